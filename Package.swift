@@ -1,0 +1,49 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "Ferry",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ferry", targets: ["ferry"]),
+        .library(name: "FerryCopy", targets: ["FerryCopy"]),
+        .library(name: "FerryStorage", targets: ["FerryStorage"]),
+        .library(name: "FerrySystem", targets: ["FerrySystem"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+    ],
+    targets: [
+        // One plain C function per thing Swift cannot import (variadic ioctl, renameat2, statx,
+        // copy_file_range, openat2, struct fsxattr): compiled with _GNU_SOURCE in shim.c.
+        .target(name: "CFerrySystem"),
+        .target(
+            name: "FerrySystem",
+            dependencies: ["CFerrySystem", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
+        .target(
+            name: "FerryCopy",
+            dependencies: ["FerrySystem", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
+        .target(name: "FerryStorage", dependencies: ["FerrySystem"], swiftSettings: strict),
+        .target(
+            name: "FerryCLI",
+            dependencies: [
+                "FerryCopy", "FerryStorage", "FerrySystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
+        .target(name: "FerryTestSupport", dependencies: ["FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(name: "FerryCopyTests", dependencies: ["FerryCopy", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "FerryStorageTests", dependencies: ["FerryStorage", "FerryTestSupport"],
+            resources: [.copy("Fixtures")], swiftSettings: strict),
+        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport"], swiftSettings: strict),
+    ]
+)

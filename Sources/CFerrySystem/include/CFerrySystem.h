@@ -1,0 +1,80 @@
+#ifndef CFERRYSYSTEM_H
+#define CFERRYSYSTEM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+// Every function returns what the syscall returns (-1 with errno set on failure), so the Swift side
+// keeps one errno path. They exist because SwiftGlibc is built without _GNU_SOURCE, and variadic
+// ioctl/syscall cannot be called from Swift.
+
+typedef struct {
+    uint32_t mask;
+    uint32_t blksize;
+    uint64_t attributes;
+    uint32_t nlink;
+    uint32_t uid;
+    uint32_t gid;
+    uint16_t mode;
+    uint64_t ino;
+    uint64_t size;
+    uint64_t blocks;
+    int64_t atime_sec; uint32_t atime_nsec;
+    int64_t btime_sec; uint32_t btime_nsec;
+    int64_t ctime_sec; uint32_t ctime_nsec;
+    int64_t mtime_sec; uint32_t mtime_nsec;
+    uint32_t rdev_major, rdev_minor;
+    uint32_t dev_major, dev_minor;
+} cferry_statx_t;
+
+int cferry_statx(int dirfd, const char *path, int flags, unsigned int mask, cferry_statx_t *out);
+int cferry_openat2(int dirfd, const char *path, int flags, unsigned int mode, uint64_t resolve);
+int cferry_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+ssize_t cferry_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off_out, size_t len);
+int cferry_ficlone(int dest_fd, int src_fd);
+int cferry_fsgetxattr(int fd, uint32_t *xflags, uint32_t *projid, uint32_t *extsize, uint32_t *nextents);
+int cferry_fssetxattr(int fd, uint32_t xflags, uint32_t projid);
+int cferry_syncfs(int fd);
+int cferry_fallocate(int fd, int mode, int64_t offset, int64_t len);
+long cferry_getdents64(int fd, void *buf, size_t len);
+int cferry_quotactl_project(const char *special, int id, uint64_t *out /* 6 values */);
+int cferry_quotactl_fd_project(int fd, int id, uint64_t *out /* 6 values */);
+int cferry_mknodat(int dirfd, const char *path, unsigned int mode, uint32_t major, uint32_t minor);
+int cferry_utimensat(int dirfd, const char *path, int64_t asec, int64_t ansec, int64_t msec, int64_t mnsec, int flags);
+int cferry_futimens(int fd, int64_t asec, int64_t ansec, int64_t msec, int64_t mnsec);
+
+ssize_t cferry_flistxattr(int fd, char *list, size_t size);
+ssize_t cferry_llistxattr(const char *path, char *list, size_t size);
+ssize_t cferry_fgetxattr(int fd, const char *name, void *value, size_t size);
+ssize_t cferry_lgetxattr(const char *path, const char *name, void *value, size_t size);
+int cferry_fsetxattr(int fd, const char *name, const void *value, size_t size, int flags);
+int cferry_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags);
+int cferry_fremovexattr(int fd, const char *name);
+
+typedef struct {
+    uint64_t type, bsize, blocks, bfree, bavail, files, ffree;
+} cferry_statfs_t;
+int cferry_fstatfs(int fd, cferry_statfs_t *out);
+
+// Constants, exported as functions so Swift never hardcodes a number the headers own.
+extern const unsigned int CFERRY_RENAME_NOREPLACE;
+extern const unsigned int CFERRY_RENAME_EXCHANGE;
+extern const uint64_t CFERRY_RESOLVE_BENEATH;
+extern const uint64_t CFERRY_RESOLVE_NO_MAGICLINKS;
+extern const uint64_t CFERRY_RESOLVE_NO_SYMLINKS;
+extern const uint64_t CFERRY_RESOLVE_NO_XDEV;
+extern const uint32_t CFERRY_FS_XFLAG_PROJINHERIT;
+extern const int CFERRY_SEEK_DATA;
+extern const int CFERRY_SEEK_HOLE;
+extern const int CFERRY_AT_STATX_SYNC_AS_STAT;
+extern const unsigned int CFERRY_STATX_BASIC_STATS;
+extern const unsigned int CFERRY_STATX_BTIME;
+extern const int CFERRY_FALLOC_FL_KEEP_SIZE;
+extern const int CFERRY_FALLOC_FL_PUNCH_HOLE;
+extern const int CFERRY_O_PATH;
+extern const int CFERRY_O_TMPFILE;
+extern const int CFERRY_O_NOATIME;
+extern const int CFERRY_AT_EMPTY_PATH;
+
+#endif

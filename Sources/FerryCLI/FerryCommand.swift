@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+
+/// `ferry`: the root command. The executable calls `FerryCommand.main()` and nothing else.
+public struct FerryCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "ferry",
+        abstract: "Move and copy data across project-quota and filesystem boundaries without losing a byte.",
+        version: "0.1.0",
+        subcommands: [FsCommand.self, CopyCommand.self])
+
+    public init() {}
+
+    /// Exit statuses: 0 done, 1 failed (nothing lost, nothing half-visible), 2 bad usage.
+    public enum Status: Int32 { case success = 0, failure = 1, usage = 2, interrupted = 130 }
+
+    /// Parses and runs, mapping argument errors to status 2 (ArgumentParser's default is 64).
+    public static func main(_ arguments: [String]? = nil) -> Never {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            Foundation.exit(Status.success.rawValue)
+        } catch let code as ExitCode {
+            Foundation.exit(code.rawValue)
+        } catch {
+            let code = exitCode(for: error)
+            let message = fullMessage(for: error)
+            if code == .success {
+                print(message)
+                Foundation.exit(0)
+            }
+            FileHandle.standardError.write(Data((message + "\n").utf8))
+            Foundation.exit(code == .validationFailure ? Status.usage.rawValue : code.rawValue)
+        }
+    }
+}
+
+/// Prints to standard error.
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// Writes one JSON object to standard output; nil values are written as `null`.
+func printJSON(_ object: [String: Any?]) {
+    let data = (try? JSONSerialization.data(withJSONObject: jsonValue(object), options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    FileHandle.standardOutput.write(data + Data("\n".utf8))
+}
+
+private func jsonValue(_ value: Any?) -> Any {
+    switch value {
+    case nil: return NSNull()
+    case let dictionary as [String: Any?]: return dictionary.mapValues { jsonValue($0) }
+    case let array as [Any?]: return array.map { jsonValue($0) }
+    case let .some(unwrapped):
+        return unwrapped
+    }
+}

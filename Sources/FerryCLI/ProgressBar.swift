@@ -1,0 +1,69 @@
+import FerryCopy
+import Foundation
+import Glibc
+
+/// A one-line progress display on a terminal: phase, percentage, bytes, files, rate and ETA,
+/// redrawn in place. Silent when standard error is not a terminal.
+final class ProgressBar: @unchecked Sendable {
+    private let enabled: Bool
+    private let lock = NSLock()
+    private var lastWidth = 0
+
+    init(enabled: Bool = isatty(STDERR_FILENO) == 1) { self.enabled = enabled }
+
+    static func line(for progress: CopyProgress, width: Int) -> String {
+        var parts: [String] = [progress.phase.rawValue]
+        let fraction: Double? = progress.bytesTotal > 0
+            ? Double(progress.bytesDone) / Double(progress.bytesTotal)
+            : progress.entriesTotal > 0 ? Double(progress.entriesDone) / Double(progress.entriesTotal) : nil
+        if let fraction {
+            let clamped = min(1, max(0, fraction))
+            let cells = 20
+            let filled = Int(clamped * Double(cells))
+            parts.append("[" + String(repeating: "#", count: filled) + String(repeating: "-", count: cells - filled) + "]")
+            parts.append(String(format: "%3.0f%%", clamped * 100))
+        }
+        if progress.bytesTotal > 0 {
+            parts.append("\(Format.bytes(progress.bytesDone))/\(Format.bytes(progress.bytesTotal))")
+        } else if progress.bytesDone > 0 {
+            parts.append(Format.bytes(progress.bytesDone))
+        }
+        if progress.entriesTotal > 0 {
+            parts.append("\(Format.count(progress.entriesDone))/\(Format.count(progress.entriesTotal)) files")
+        }
+        if progress.bytesPerSecond > 0 { parts.append("\(Format.bytes(UInt64(progress.bytesPerSecond)))/s") }
+        if let eta = progress.secondsRemaining { parts.append("ETA \(Format.duration(eta))") }
+        var line = parts.joined(separator: "  ")
+        if let path = progress.currentPath, line.count + 2 < width {
+            let room = width - line.count - 2
+            let shown = path.count > room ? "…" + path.suffix(max(0, room - 1)) : Substring(path)
+            line += "  " + shown
+        }
+        return String(line.prefix(width))
+    }
+
+    func update(_ progress: CopyProgress) {
+        guard enabled else { return }
+        let width = Self.terminalWidth()
+        let line = Self.line(for: progress, width: width - 1)
+        lock.lock()
+        defer { lock.unlock() }
+        let padding = max(0, lastWidth - line.count)
+        FileHandle.standardError.write(Data(("\r" + line + String(repeating: " ", count: padding)).utf8))
+        lastWidth = line.count
+    }
+
+    func finish() {
+        guard enabled else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        if lastWidth > 0 { FileHandle.standardError.write(Data(("\r" + String(repeating: " ", count: lastWidth) + "\r").utf8)) }
+        lastWidth = 0
+    }
+
+    static func terminalWidth() -> Int {
+        var size = winsize()
+        if ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 20 { return Int(size.ws_col) }
+        return 100
+    }
+}

@@ -1,0 +1,244 @@
+import FerrySystem
+import Glibc
+import SystemPackage
+
+/// One top-level thing to copy: `name` inside the open directory `directory`, to be published as
+/// `destinationName` in the destination directory.
+public struct CopySource: Sendable {
+    public var directory: FileDescriptor
+    public var name: ByteString
+    public var destinationName: ByteString
+
+    public init(directory: FileDescriptor, name: ByteString, destinationName: ByteString? = nil) {
+        self.directory = directory
+        self.name = name
+        self.destinationName = destinationName ?? name
+    }
+}
+
+/// A staging directory, `.ferry-staging-<id>` in the destination directory: same directory means
+/// same filesystem (and, on Lustre, same MDT), so publishing is an atomic rename.
+public struct StagingArea: Sendable {
+    public let parent: FileDescriptor
+    public let name: ByteString
+    public let directory: FileDescriptor
+    public static let prefix = ".ferry-staging-"
+}
+
+public struct CopyReport: Sendable {
+    public var measurement: TreeMeasurement
+    public var bytesCopied: UInt64
+    public var entriesCopied: UInt64
+    public var verify: VerifyMode
+    public var ownershipPreserved: Bool
+    public var notes: [String]
+    public var noteCount: Int
+    public var published: [ByteString]
+    public var seconds: Double
+    public var phaseSeconds: [String: Double]
+}
+
+/// The one copy engine: the move engine, the archive and the pool all copy through it.
+public final class CopyEngine: Sendable {
+    public let options: CopyOptions
+    private let progress: ProgressHandler?
+
+    public init(options: CopyOptions = CopyOptions(), progress: ProgressHandler? = nil) {
+        self.options = options
+        self.progress = progress
+        raiseOpenFileLimit()
+    }
+
+    /// Counts bytes, blocks and entries of the sources (what a pre-flight check needs).
+    public func measure(_ sources: [CopySource]) throws(CopyError) -> TreeMeasurement {
+        let visitor = MeasureVisitor()
+        try walk(sources, peer: nil, visitor: visitor)
+        return visitor.result
+    }
+
+    /// Creates an empty staging directory in `destination`. The name carries `id` (a task id), so a
+    /// janitor can tell whose it is.
+    public func createStaging(in destination: FileDescriptor, id: String) throws(CopyError) -> StagingArea {
+        let name = Array((StagingArea.prefix + id).utf8)
+        do {
+            try destination.makeDirectory(name, permissions: 0o700)
+            let fd = try destination.openAt(name, [.directory, .noFollow])
+            return StagingArea(parent: destination, name: name, directory: fd)
+        } catch {
+            throw .system(path: PathDisplay.string(name), error)
+        }
+    }
+
+    /// Copies the sources into the staging directory, in parallel. On failure everything staged is
+    /// removed before the error is thrown.
+    public func stage(_ sources: [CopySource], into staging: StagingArea, totals: TreeMeasurement? = nil) throws(CopyError) -> (bytes: UInt64, entries: UInt64, notes: CopyNotes) {
+        let meter = ProgressMeter(phase: .copying, bytesTotal: totals?.bytes ?? 0, entriesTotal: totals?.entries ?? 0,
+                                  interval: options.progressInterval, handler: progress)
+        let notes = CopyNotes()
+        let visitor = CopyVisitor(options: options, meter: meter, notes: notes, destinationRoot: staging.directory)
+        do {
+            try walk(sources, peer: staging.directory, visitor: visitor)
+        } catch {
+            meter.finish()
+            discard(staging)
+            throw error
+        }
+        meter.finish()
+        return (meter.bytes.load(ordering: .relaxed), meter.entries.load(ordering: .relaxed), notes)
+    }
+
+    /// Compares the staged copies with their sources; throws `.verificationFailed` with the first
+    /// differences, or `.sourceChanged` when a source changed after `copyStarted`.
+    public func verify(_ sources: [CopySource], in staging: StagingArea, copyStarted: Timespec, totals: TreeMeasurement? = nil) throws(CopyError) {
+        let meter = ProgressMeter(phase: .verifying, bytesTotal: options.verify == .checksum ? totals?.bytes ?? 0 : 0,
+                                  entriesTotal: totals?.entries ?? 0, interval: options.progressInterval, handler: progress)
+        defer { meter.finish() }
+        let visitor = VerifyVisitor(mode: options.verify, checkOwnership: options.preserveOwnership,
+                                    copyStarted: copyStarted, meter: meter, cancellation: options.cancellation)
+        let staged = sources.map { CopySource(directory: $0.directory, name: $0.name, destinationName: $0.destinationName) }
+        try walk(staged, peer: staging.directory, visitor: visitor)
+        let differences = visitor.found
+        if !differences.isEmpty { throw .verificationFailed(differences: differences) }
+    }
+
+    /// Makes the staged copies durable and visible: one `syncfs` for all the data, then each item
+    /// renamed into place with `RENAME_NOREPLACE` (never replacing anything), then `fsync` of the
+    /// destination directory so the renames survive a crash, then the empty staging directory goes.
+    /// Returns the names published. If a name is taken meanwhile, the items already published stay,
+    /// the rest are removed with the staging directory, and `.destinationExists` is thrown.
+    @discardableResult
+    public func publish(_ sources: [CopySource], from staging: StagingArea) throws(CopyError) -> [ByteString] {
+        var published: [ByteString] = []
+        do {
+            try staging.directory.syncFilesystem()
+            for source in sources {
+                try Self.renameNoReplace(from: staging.directory, source.destinationName, to: staging.parent, source.destinationName)
+                published.append(source.destinationName)
+            }
+            try staging.parent.sync()
+        } catch {
+            if error.code == .exists, let name = sources.dropFirst(published.count).first?.destinationName {
+                discard(staging)
+                throw .destinationExists(path: PathDisplay.string(name))
+            }
+            discard(staging)
+            throw .system(path: PathDisplay.string(staging.name), error)
+        }
+        discard(staging)
+        return published
+    }
+
+    /// Removes a staging directory and everything in it.
+    public func discard(_ staging: StagingArea) {
+        do {
+            try removeContents(of: staging.directory)
+        } catch {}
+        try? staging.parent.removeEntry(staging.name, isDirectory: true)
+        staging.directory.closeQuietly()
+    }
+
+    /// Removes every entry inside `directory` (not the directory itself), never following symlinks.
+    public func removeContents(of directory: FileDescriptor) throws(CopyError) {
+        let fresh: FileDescriptor
+        do { fresh = try directory.openAt(Array(".".utf8), [.directory]) } catch { throw .system(path: ".", error) }
+        defer { fresh.closeQuietly() }
+        var names: [WalkEntry] = []
+        let stream = DirectoryStream(fresh)
+        do {
+            while let entry = try stream.next() { names.append(WalkEntry(name: entry.name, peerName: entry.name, kind: entry.kind)) }
+        } catch { throw .system(path: ".", error) }
+        try runWalk(root: directory, peer: nil, entries: names, visitor: RemoveVisitor(meter: nil), cancellation: CancellationFlag())
+    }
+
+    /// Removes the named entries (files or whole trees) from their directories.
+    public func remove(_ sources: [CopySource]) throws(CopyError) {
+        try walk(sources, peer: nil, visitor: RemoveVisitor(meter: nil), cancellation: CancellationFlag())
+    }
+
+    /// The whole copy: measure, stage, verify, publish. Anything created is removed on failure;
+    /// the sources are only read.
+    public func copy(_ sources: [CopySource], to destination: FileDescriptor, id: String = randomIdentifier()) throws(CopyError) -> CopyReport {
+        let started = MonotonicClock.now()
+        var phases: [String: Double] = [:]
+        var mark = started
+        func lap(_ name: String) {
+            let now = MonotonicClock.now()
+            phases[name] = now - mark
+            mark = now
+        }
+        for source in sources {
+            if (try? destination.status(source.destinationName)) != nil {
+                throw .destinationExists(path: PathDisplay.string(source.destinationName))
+            }
+        }
+        let measurement = try measure(sources)
+        lap("measure")
+        let copyStarted = Timespec.nowCoarse()
+        let staging = try createStaging(in: destination, id: id)
+        let staged = try stage(sources, into: staging, totals: measurement)
+        lap("copy")
+        do {
+            try verify(sources, in: staging, copyStarted: copyStarted, totals: measurement)
+        } catch {
+            discard(staging)
+            throw error
+        }
+        lap("verify")
+        let published = try publish(sources, from: staging)
+        lap("publish")
+        return CopyReport(
+            measurement: measurement, bytesCopied: staged.bytes, entriesCopied: staged.entries, verify: options.verify,
+            ownershipPreserved: options.preserveOwnership, notes: staged.notes.first, noteCount: staged.notes.count,
+            published: published, seconds: MonotonicClock.now() - started, phaseSeconds: phases)
+    }
+
+    /// `renameat2(RENAME_NOREPLACE)`; where the filesystem lacks the flag (EINVAL), a file is published
+    /// with `link` + `unlink` (link never replaces), a directory with a check and a plain rename.
+    static func renameNoReplace(from: FileDescriptor, _ name: ByteString, to: FileDescriptor, _ newName: ByteString) throws(SystemError) {
+        do {
+            try rename(from: from, name, to: to, newName, flags: .noReplace)
+        } catch where error.code == .invalidArgument {
+            let status = try from.status(name)
+            if status.kind == .directory {
+                if (try? to.status(newName)) != nil { throw SystemError(errno: EEXIST, syscall: "renameat", path: newName.displayString) }
+                try rename(from: from, name, to: to, newName)
+            } else {
+                try link(from: from, name, to: to, newName)
+                try from.removeEntry(name, isDirectory: false)
+            }
+        }
+    }
+
+    private func walk(_ sources: [CopySource], peer: FileDescriptor?, visitor: any TreeVisitor, cancellation: CancellationFlag? = nil) throws(CopyError) {
+        // One walk per source directory; most copies have one.
+        var groups: [(FileDescriptor, [WalkEntry])] = []
+        for source in sources {
+            let entry = WalkEntry(name: source.name, peerName: source.destinationName, kind: .unknown)
+            if let index = groups.firstIndex(where: { $0.0.rawValue == source.directory.rawValue }) {
+                groups[index].1.append(entry)
+            } else {
+                groups.append((source.directory, [entry]))
+            }
+        }
+        for (directory, entries) in groups {
+            try runWalk(root: directory, peer: peer, entries: entries, visitor: visitor, cancellation: cancellation ?? options.cancellation)
+        }
+    }
+
+    private func runWalk(root: FileDescriptor, peer: FileDescriptor?, entries: [WalkEntry], visitor: any TreeVisitor, cancellation: CancellationFlag) throws(CopyError) {
+        let coordinator = WalkCoordinator(visitor: visitor, cancellation: cancellation)
+        do {
+            try coordinator.run(root: root, peer: peer, entries: entries, threads: options.jobs)
+        } catch {
+            throw CopyError.from(error)
+        }
+    }
+}
+
+/// 16 random hex digits: staging-directory and task identifiers.
+public func randomIdentifier() -> String {
+    var generator = SystemRandomNumberGenerator()
+    let value = generator.next() as UInt64
+    let hex = String(value, radix: 16)
+    return String(repeating: "0", count: 16 - hex.count) + hex
+}

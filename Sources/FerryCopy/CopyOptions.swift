@@ -1,0 +1,59 @@
+import FerrySystem
+import SystemPackage
+
+/// How thoroughly a copy is compared with its source before it is published.
+public enum VerifyMode: String, Sendable, CaseIterable {
+    /// Types, sizes, allocated blocks, modes, owners, times, symlink targets, hard-link structure,
+    /// entry counts, and source changes (ctime) — no data read.
+    case metadata
+    /// All of `metadata`, plus SHA-256 of every regular file on both sides.
+    case checksum
+}
+
+/// Called before a new regular file receives data, e.g. to give it the source's Lustre layout
+/// (striping is fixed at creation: it cannot be set once data is written).
+public protocol LayoutCloner: Sendable {
+    /// Names of extended attributes this cloner sets itself (skipped by the ordinary xattr copy).
+    var layoutAttributeNames: Set<ByteString> { get }
+    func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws
+}
+
+public struct CopyOptions: Sendable {
+    /// Parallel copiers; default two per core.
+    public var jobs: Int
+    public var verify: VerifyMode
+    /// Preserve owner and group. Defaults to whether the process is privileged; unprivileged, the
+    /// copy belongs to the caller and the report says ownership was not preserved.
+    public var preserveOwnership: Bool
+    /// Try `FICLONE` (reflink) first.
+    public var allowClone: Bool
+    /// Try `copy_file_range` before read/write.
+    public var allowCopyFileRange: Bool
+    public var layoutCloner: (any LayoutCloner)?
+    public var progressInterval: Duration
+    public var cancellation: CancellationFlag
+
+    public init(
+        jobs: Int? = nil, verify: VerifyMode = .metadata, preserveOwnership: Bool? = nil,
+        allowClone: Bool = true, allowCopyFileRange: Bool = true, layoutCloner: (any LayoutCloner)? = nil,
+        progressInterval: Duration = .milliseconds(200), cancellation: CancellationFlag = CancellationFlag()
+    ) {
+        self.jobs = max(1, jobs ?? Self.defaultJobs)
+        self.verify = verify
+        self.preserveOwnership = preserveOwnership ?? processIsPrivileged
+        self.allowClone = allowClone
+        self.allowCopyFileRange = allowCopyFileRange
+        self.layoutCloner = layoutCloner
+        self.progressInterval = progressInterval
+        self.cancellation = cancellation
+    }
+
+    public static var defaultJobs: Int { max(2, ProcessorCount.online * 2) }
+}
+
+enum ProcessorCount {
+    static var online: Int { Int(sysconfGlibc()) }
+}
+
+import Glibc
+private func sysconfGlibc() -> Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }

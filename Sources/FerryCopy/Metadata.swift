@@ -1,0 +1,99 @@
+import FerrySystem
+import SystemPackage
+
+/// Applies a source's metadata to its copy, in the order that keeps each step from undoing another:
+/// owner first (chown clears setuid/setgid and capabilities), then mode, then extended attributes
+/// (ACLs included, which agree with the mode's group bits), and times last (nothing after them
+/// touches mtime).
+struct MetadataApplier: Sendable {
+    let preserveOwnership: Bool
+    let privileged: Bool
+    let skippedAttributes: Set<ByteString>
+    let notes: CopyNotes
+
+    /// A regular file or directory the engine holds open on both sides.
+    func apply(from source: FileDescriptor, to destination: FileDescriptor, status: FileStatus, path: @autoclosure () -> String) throws(SystemError) {
+        if preserveOwnership {
+            try destination.changeOwner(uid: status.uid, gid: status.gid)
+        }
+        try destination.changeMode(permissions: status.permissions)
+        for name in try ExtendedAttributes.names(source) where shouldCopy(name) {
+            guard let value = try ExtendedAttributes.value(source, name) else { continue }
+            do {
+                try ExtendedAttributes.set(destination, name, value)
+            } catch where tolerable(error) {
+                notes.skippedAttribute(path(), name, error)
+            }
+        }
+        try destination.setTimes(access: status.accessTime, modification: status.modificationTime)
+    }
+
+    /// An entry that cannot be opened for this (symlink, fifo, socket, device), named in directories.
+    func apply(
+        in sourceDirectory: FileDescriptor, _ sourceName: ByteString,
+        to destinationDirectory: FileDescriptor, _ destinationName: ByteString,
+        status: FileStatus, path: @autoclosure () -> String
+    ) throws(SystemError) {
+        if preserveOwnership {
+            try destinationDirectory.changeOwner(destinationName, uid: status.uid, gid: status.gid)
+        }
+        if status.kind != .symlink {
+            try destinationDirectory.changeMode(destinationName, permissions: status.permissions)
+        }
+        let names: [ByteString]
+        do {
+            names = try ExtendedAttributes.names(in: sourceDirectory, symlink: sourceName)
+        } catch where tolerable(error) {
+            names = []
+        }
+        for name in names where shouldCopy(name) {
+            guard let value = try ExtendedAttributes.value(in: sourceDirectory, symlink: sourceName, name) else { continue }
+            do {
+                try ExtendedAttributes.set(in: destinationDirectory, symlink: destinationName, name, value)
+            } catch where tolerable(error) {
+                notes.skippedAttribute(path(), name, error)
+            }
+        }
+        try destinationDirectory.setTimes(destinationName, access: status.accessTime, modification: status.modificationTime)
+    }
+
+    private func shouldCopy(_ name: ByteString) -> Bool {
+        if skippedAttributes.contains(name) { return false }
+        if !privileged {
+            // Only root may write these; an unprivileged copy records them as not preserved.
+            if name.starts(with: Array("trusted.".utf8)) || name.starts(with: Array("security.".utf8)) {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// A destination that cannot hold an attribute (another filesystem, no permission) is noted, not
+    /// fatal: the data is intact and the report says which attributes were not preserved.
+    private func tolerable(_ error: SystemError) -> Bool {
+        switch error.code {
+        case .notSupported, .notPermitted, .permissionDenied: true
+        default: false
+        }
+    }
+}
+
+/// What a copy could not preserve, told to the user afterwards (bounded: the first few by path).
+public final class CopyNotes: Sendable {
+    private let storage = Locked<(count: Int, first: [String])>((0, []))
+    public init() {}
+
+    func skippedAttribute(_ path: String, _ name: ByteString, _ error: SystemError) {
+        add("\(path): extended attribute \(PathDisplay.string(name)) not preserved (\(error.errnoName))")
+    }
+
+    func add(_ note: String) {
+        storage.withLock {
+            $0.count += 1
+            if $0.first.count < 20 { $0.first.append(note) }
+        }
+    }
+
+    public var count: Int { storage.withLock { $0.count } }
+    public var first: [String] { storage.withLock { $0.first } }
+}

@@ -1,0 +1,87 @@
+import FerrySystem
+import Glibc
+import Synchronization
+
+/// A snapshot of a long operation, delivered at a bounded rate.
+public struct CopyProgress: Sendable {
+    public enum Phase: String, Sendable { case measuring, copying, verifying, publishing, cleaningUp = "cleaning up" }
+    public var phase: Phase
+    public var bytesDone: UInt64
+    public var bytesTotal: UInt64
+    public var entriesDone: UInt64
+    public var entriesTotal: UInt64
+    /// The file a copier started most recently.
+    public var currentPath: String?
+    /// Bytes per second since the phase started.
+    public var bytesPerSecond: Double
+    /// Seconds left at the current rate, when it can be told.
+    public var secondsRemaining: Double?
+    public var elapsedSeconds: Double
+}
+
+public typealias ProgressHandler = @Sendable (CopyProgress) -> Void
+
+/// Counters the copiers bump, and a thread that samples them for the handler every interval.
+final class ProgressMeter: @unchecked Sendable {
+    let bytes = Atomic<UInt64>(0)
+    let entries = Atomic<UInt64>(0)
+    private let current = Locked<String?>(nil)
+    private let phase: CopyProgress.Phase
+    private let totals: (bytes: UInt64, entries: UInt64)
+    private let handler: ProgressHandler?
+    private let interval: Duration
+    private let started = MonotonicClock.now()
+    private let stopped = Atomic<Bool>(false)
+    private var ticker: pthread_t?
+
+    init(phase: CopyProgress.Phase, bytesTotal: UInt64, entriesTotal: UInt64, interval: Duration, handler: ProgressHandler?) {
+        self.phase = phase
+        self.totals = (bytesTotal, entriesTotal)
+        self.handler = handler
+        self.interval = interval
+        if handler != nil {
+            ticker = Thread.spawn { [self] in
+                let micros = UInt32(max(10_000, interval.components.seconds * 1_000_000 + interval.components.attoseconds / 1_000_000_000_000))
+                while !stopped.load(ordering: .acquiring) {
+                    usleep(micros)
+                    if stopped.load(ordering: .acquiring) { break }
+                    handler?(snapshot())
+                }
+            }
+        }
+    }
+
+    func started(_ path: @autoclosure () -> String) {
+        guard handler != nil else { return }
+        let value = path()
+        current.withLock { $0 = value }
+    }
+
+    func snapshot() -> CopyProgress {
+        let done = bytes.load(ordering: .relaxed)
+        let elapsed = MonotonicClock.now() - started
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let remaining: Double? = rate > 0 && totals.bytes >= done ? Double(totals.bytes - done) / rate : nil
+        return CopyProgress(
+            phase: phase, bytesDone: done, bytesTotal: totals.bytes,
+            entriesDone: entries.load(ordering: .relaxed), entriesTotal: totals.entries,
+            currentPath: current.withLock { $0 }, bytesPerSecond: rate, secondsRemaining: remaining,
+            elapsedSeconds: elapsed)
+    }
+
+    /// Stops the ticker and delivers a last snapshot.
+    func finish() {
+        stopped.store(true, ordering: .releasing)
+        if let ticker { pthread_join(ticker, nil) }
+        ticker = nil
+        handler?(snapshot())
+    }
+}
+
+enum MonotonicClock {
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

@@ -1,0 +1,143 @@
+import FerrySystem
+import SystemPackage
+
+/// The copy visitor: recreates each entry under the walk's peer directory, data and metadata.
+final class CopyVisitor: TreeVisitor, @unchecked Sendable {
+    private enum LinkState {
+        /// The first link is being copied; these entries wait to be linked to it.
+        case copying(waiters: [(WalkDirectory, ByteString)], seen: UInt32)
+        /// Copied at this path under the destination root.
+        case copied(path: ByteString, seen: UInt32)
+    }
+
+    private let data: FileDataCopier
+    private let metadata: MetadataApplier
+    private let meter: ProgressMeter
+    private let cancellation: CancellationFlag
+    private let layoutCloner: (any LayoutCloner)?
+    private let privileged: Bool
+    /// The directory the walk's peer side starts in: later links are made relative to it.
+    private let destinationRoot: FileDescriptor
+    /// Inodes with more than one link, until all their links inside the tree are seen.
+    private let links = Locked<[FileID: LinkState]>([:])
+
+    init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, destinationRoot: FileDescriptor) {
+        data = FileDataCopier(allowClone: options.allowClone, allowCopyFileRange: options.allowCopyFileRange)
+        privileged = processIsPrivileged
+        metadata = MetadataApplier(
+            preserveOwnership: options.preserveOwnership, privileged: privileged,
+            skippedAttributes: options.layoutCloner?.layoutAttributeNames ?? [], notes: notes)
+        self.meter = meter
+        self.cancellation = options.cancellation
+        self.layoutCloner = options.layoutCloner
+        self.destinationRoot = destinationRoot
+    }
+
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        guard let peer = directory.peer else { return .done }
+        let status = try directory.source.status(entry.name)
+        switch status.kind {
+        case .directory:
+            try peer.makeDirectory(entry.peerName, permissions: 0o700)
+            meter.entries.add(1, ordering: .relaxed)
+            return .descend(peer: try peer.openAt(entry.peerName, [.directory, .noFollow]))
+        case .regular:
+            if status.linkCount > 1 { return try copyLinked(entry, in: directory, peer: peer, status: status) }
+            try copyFile(entry, in: directory, peer: peer)
+        case .symlink:
+            let target = try directory.source.readSymlink(entry.name)
+            try peer.makeSymlink(entry.peerName, target: target)
+            try metadata.apply(in: directory.source, entry.name, to: peer, entry.peerName, status: status,
+                               path: directory.displayPath(entry.name))
+        case .fifo, .socket, .characterDevice, .blockDevice:
+            if (status.kind == .characterDevice || status.kind == .blockDevice) && !privileged {
+                throw CopyError.unsupportedEntry(path: directory.displayPath(entry.name), kind: status.kind)
+            }
+            try peer.makeNode(entry.peerName, mode: (status.mode & ~0o7777) | 0o600,
+                              deviceMajor: status.rdevMajor, deviceMinor: status.rdevMinor)
+            try metadata.apply(in: directory.source, entry.name, to: peer, entry.peerName, status: status,
+                               path: directory.displayPath(entry.name))
+        case .unknown:
+            throw CopyError.unsupportedEntry(path: directory.displayPath(entry.name), kind: .unknown)
+        }
+        meter.entries.add(1, ordering: .relaxed)
+        return .done
+    }
+
+    func leave(_ directory: WalkDirectory) throws {
+        guard let peer = directory.peer, let status = directory.status else { return }
+        try metadata.apply(from: directory.source, to: peer, status: status, path: PathDisplay.string(directory.relativePath))
+    }
+
+    private func copyFile(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor) throws {
+        let flags: OpenFlags = privileged ? [.noFollow, .noAccessTime] : [.noFollow]
+        // O_NOFOLLOW: a file swapped for a symlink since the listing fails here instead of being followed.
+        let source = try directory.source.openAt(entry.name, flags)
+        defer { source.closeQuietly() }
+        let before = try source.status()
+        guard before.kind == .regular else {
+            throw CopyError.sourceChanged(path: directory.displayPath(entry.name), detail: "it is no longer a regular file")
+        }
+        meter.started(directory.displayPath(entry.name))
+        let destination = try peer.openAt(entry.peerName, [.writeOnly, .create, .exclusive, .noFollow], permissions: 0o600)
+        defer { destination.closeQuietly() }
+        try layoutCloner?.cloneLayout(from: source, to: destination)
+        try data.copy(from: source, to: destination, status: before, cancellation: cancellation) { bytes in
+            meter.bytes.add(bytes, ordering: .relaxed)
+        }
+        if cancellation.isCancelled { throw CopyError.cancelled }
+        let after = try source.status()
+        if after.size != before.size || after.modificationTime != before.modificationTime || after.changeTime != before.changeTime {
+            throw CopyError.sourceChanged(
+                path: directory.displayPath(entry.name),
+                detail: "size \(before.size) → \(after.size), mtime \(before.modificationTime) → \(after.modificationTime)")
+        }
+        try metadata.apply(from: source, to: destination, status: before, path: directory.displayPath(entry.name))
+    }
+
+    /// Hard links inside the tree stay links: the first path of an inode is copied, the others are
+    /// linked to it — after the copy is complete, if another thread is still copying it.
+    private func copyLinked(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor, status: FileStatus) throws -> VisitOutcome {
+        let id = status.fileID
+        let nlink = status.linkCount
+        enum Role { case first, wait, link(ByteString) }
+        let role: Role = links.withLock { table in
+            switch table[id] {
+            case nil:
+                table[id] = .copying(waiters: [], seen: 1)
+                return .first
+            case .copying(var waiters, let seen)?:
+                waiters.append((directory, entry.peerName))
+                table[id] = .copying(waiters: waiters, seen: seen + 1)
+                return .wait
+            case .copied(let path, let seen)?:
+                if seen + 1 >= nlink { table[id] = nil } else { table[id] = .copied(path: path, seen: seen + 1) }
+                return .link(path)
+            }
+        }
+        switch role {
+        case .wait:
+            return .deferred
+        case .link(let path):
+            try FerrySystem.link(from: destinationRoot, path, to: peer, entry.peerName)
+            meter.entries.add(1, ordering: .relaxed)
+            return .done
+        case .first:
+            try copyFile(entry, in: directory, peer: peer)
+            meter.entries.add(1, ordering: .relaxed)
+            let path = BytePath.join(directory.peerRelativePath, entry.peerName)
+            let waiters: [(WalkDirectory, ByteString)] = links.withLock { table in
+                guard case .copying(let waiters, let seen)? = table[id] else { return [] }
+                if seen >= nlink { table[id] = nil } else { table[id] = .copied(path: path, seen: seen) }
+                return waiters
+            }
+            for (waitingDirectory, name) in waiters {
+                guard let waitingPeer = waitingDirectory.peer else { continue }
+                try FerrySystem.link(from: destinationRoot, path, to: waitingPeer, name)
+                meter.entries.add(1, ordering: .relaxed)
+                waitingDirectory.finishDeferredEntry()
+            }
+            return .done
+        }
+    }
+}

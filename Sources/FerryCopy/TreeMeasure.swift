@@ -1,0 +1,95 @@
+import FerrySystem
+import Synchronization
+import SystemPackage
+
+/// The size of what a copy or a move will create: what a pre-flight check compares with free
+/// space and quota, and the totals for progress.
+public struct TreeMeasurement: Sendable, Equatable {
+    /// Sum of `st_size` of regular files, each inode once.
+    public var bytes: UInt64 = 0
+    /// Sum of allocated space (`st_blocks` × 512), each inode once: what the copy will occupy.
+    public var allocatedBytes: UInt64 = 0
+    /// Every entry, directories and the top-level items included: the inodes a copy needs, plus links.
+    public var entries: UInt64 = 0
+    public var files: UInt64 = 0
+    public var directories: UInt64 = 0
+    public var symlinks: UInt64 = 0
+    public var specialFiles: UInt64 = 0
+    /// Paths that are further links to an inode counted already.
+    public var extraHardLinks: UInt64 = 0
+    public var sparseFiles: UInt64 = 0
+    /// Regular files whose data is not on disk (Lustre HSM `released`: size > 0, no blocks).
+    public var releasedFiles: UInt64 = 0
+
+    /// Inodes the copy will create.
+    public var inodes: UInt64 { entries - extraHardLinks }
+}
+
+final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
+    private let totals = Locked(TreeMeasurement())
+    private let seenLinked = Locked<Set<FileID>>([])
+
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        let status = try directory.source.status(entry.name)
+        var firstLink = true
+        if status.kind == .regular && status.linkCount > 1 {
+            firstLink = seenLinked.withLock { $0.insert(status.fileID).inserted }
+        }
+        totals.withLock { t in
+            t.entries += 1
+            switch status.kind {
+            case .directory: t.directories += 1
+            case .symlink: t.symlinks += 1
+            case .regular:
+                t.files += 1
+                guard firstLink else { t.extraHardLinks += 1; return }
+                t.bytes += status.size
+                t.allocatedBytes += status.blocks * 512
+                if status.blocks * 512 < status.size { t.sparseFiles += 1 }
+                if status.size > 0 && status.blocks == 0 { t.releasedFiles += 1 }
+            default: t.specialFiles += 1
+            }
+            if status.kind != .regular { t.allocatedBytes += status.blocks * 512 }
+        }
+        return status.kind == .directory ? .descend(peer: nil) : .done
+    }
+
+    func leave(_ directory: WalkDirectory) throws {}
+
+    var result: TreeMeasurement { totals.withLock { $0 } }
+}
+
+/// Removes trees without following symlinks: entries are unlinked by name in directories opened
+/// with `O_NOFOLLOW`, directories after their contents.
+final class RemoveVisitor: TreeVisitor, @unchecked Sendable {
+    let meter: ProgressMeter?
+    init(meter: ProgressMeter?) { self.meter = meter }
+
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        meter?.entries.add(1, ordering: .relaxed)
+        do {
+            try directory.source.removeEntry(entry.name, isDirectory: false)
+            return .done
+        } catch {
+            switch error.code {
+            case .notFound:
+                return .done
+            case .isDirectory, .notPermitted:
+                // A directory (unlink says EISDIR, or EPERM on some filesystems): empty it first.
+                // An unprivileged owner may need to make it writable to do so.
+                if !processIsPrivileged, let status = try? directory.source.status(entry.name),
+                   status.permissions & 0o700 != 0o700 {
+                    try directory.source.changeMode(entry.name, permissions: status.permissions | 0o700)
+                }
+                return .descend(peer: nil)
+            default:
+                throw error
+            }
+        }
+    }
+
+    func leave(_ directory: WalkDirectory) throws {
+        guard let parent = directory.parent else { return }
+        try parent.source.removeEntry(directory.name, isDirectory: true)
+    }
+}

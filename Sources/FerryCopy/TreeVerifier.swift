@@ -1,0 +1,167 @@
+import Crypto
+import FerrySystem
+import Synchronization
+import SystemPackage
+
+/// Compares a copy with its source by an independent walk of both: every source entry must exist in
+/// the copy with the same type, size, allocation (sparse files stay sparse), mode, owner, mtime,
+/// symlink target and device; each directory must hold as many entries on both sides (so no extra
+/// entry hides in the copy); hard-linked source inodes must map one-to-one onto copy inodes; and no
+/// source entry may have changed (ctime) since the copy started. With `.checksum`, file contents are
+/// compared by SHA-256 as well.
+final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
+    private let mode: VerifyMode
+    private let checkOwnership: Bool
+    private let copyStarted: Timespec
+    private let meter: ProgressMeter
+    private let cancellation: CancellationFlag
+    private let differences = Locked<[CopyError.Difference]>([])
+    private let differenceCount = Atomic<Int>(0)
+    /// Source inode → copy inode, and back, for hard-linked files.
+    private let linkMap = Locked<(forward: [FileID: FileID], backward: [FileID: FileID])>(([:], [:]))
+    static let maximumDifferences = 100
+
+    init(mode: VerifyMode, checkOwnership: Bool, copyStarted: Timespec, meter: ProgressMeter, cancellation: CancellationFlag) {
+        self.mode = mode
+        self.checkOwnership = checkOwnership
+        self.copyStarted = copyStarted
+        self.meter = meter
+        self.cancellation = cancellation
+    }
+
+    var found: [CopyError.Difference] { differences.withLock { $0 } }
+
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        guard let peer = directory.peer else { return .done }
+        let path = directory.displayPath(entry.name)
+        let source = try directory.source.status(entry.name)
+        meter.entries.add(1, ordering: .relaxed)
+        if source.changeTime > copyStarted {
+            throw CopyError.sourceChanged(path: path, detail: "its ctime \(source.changeTime) is after the copy began at \(copyStarted)")
+        }
+        guard let copy = try Self.statusIfPresent(peer, entry.peerName) else {
+            note(path, "missing in the copy")
+            return .done
+        }
+        guard source.kind == copy.kind else {
+            note(path, "is a \(source.kind) in the source but a \(copy.kind) in the copy")
+            return .done
+        }
+        if source.kind != .symlink && source.permissions != copy.permissions {
+            note(path, "mode \(octal(source.permissions)) in the source, \(octal(copy.permissions)) in the copy")
+        }
+        if checkOwnership && (source.uid != copy.uid || source.gid != copy.gid) {
+            note(path, "owner \(source.uid):\(source.gid) in the source, \(copy.uid):\(copy.gid) in the copy")
+        }
+        if source.modificationTime != copy.modificationTime {
+            note(path, "mtime \(source.modificationTime) in the source, \(copy.modificationTime) in the copy")
+        }
+        switch source.kind {
+        case .directory:
+            return .descend(peer: try peer.openAt(entry.peerName, [.directory, .noFollow]))
+        case .regular:
+            try compareFile(entry, in: directory, peer: peer, source: source, copy: copy, path: path)
+        case .symlink:
+            if try directory.source.readSymlink(entry.name) != peer.readSymlink(entry.peerName) {
+                note(path, "symlink target differs")
+            }
+        case .characterDevice, .blockDevice:
+            if source.rdevMajor != copy.rdevMajor || source.rdevMinor != copy.rdevMinor {
+                note(path, "device number differs")
+            }
+        default:
+            break
+        }
+        return .done
+    }
+
+    func leave(_ directory: WalkDirectory) throws {
+        guard let peer = directory.peer else { return }
+        // Both listings are read afresh (a new open file description each), names only.
+        let sourceCount = try Self.countEntries(directory.source)
+        let copyCount = try Self.countEntries(peer)
+        if sourceCount != copyCount {
+            note(PathDisplay.string(directory.relativePath), "\(sourceCount) entries in the source, \(copyCount) in the copy")
+        }
+    }
+
+    private func compareFile(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor,
+                             source: FileStatus, copy: FileStatus, path: String) throws {
+        if source.size != copy.size {
+            note(path, "size \(source.size) in the source, \(copy.size) in the copy")
+            return
+        }
+        // Allocation may differ by a few blocks between filesystems (block size, speculative
+        // preallocation); a copy that filled a sparse file's holes differs by far more.
+        let larger = max(source.blocks, copy.blocks)
+        let tolerance = max(64, larger / 64)
+        let gap = source.blocks > copy.blocks ? source.blocks - copy.blocks : copy.blocks - source.blocks
+        if gap > tolerance {
+            note(path, "allocated \(source.blocks * 512) bytes in the source, \(copy.blocks * 512) in the copy (sparseness not preserved)")
+        }
+        if source.linkCount > 1 {
+            let consistent = linkMap.withLock { maps -> Bool in
+                let forward = maps.forward[source.fileID]
+                let backward = maps.backward[copy.fileID]
+                if forward == nil && backward == nil {
+                    maps.forward[source.fileID] = copy.fileID
+                    maps.backward[copy.fileID] = source.fileID
+                    return true
+                }
+                return forward == copy.fileID && backward == source.fileID
+            }
+            if !consistent { note(path, "hard links are not the same in the copy") }
+        }
+        if mode == .checksum {
+            meter.started(path)
+            let sourceDigest = try Self.digest(directory.source, entry.name, cancellation: cancellation) { self.meter.bytes.add($0, ordering: .relaxed) }
+            let copyDigest = try Self.digest(peer, entry.peerName, cancellation: cancellation) { _ in }
+            if sourceDigest != copyDigest { note(path, "content differs (SHA-256)") }
+        }
+    }
+
+    private func note(_ path: String, _ what: String) {
+        if differenceCount.add(1, ordering: .relaxed).newValue <= Self.maximumDifferences {
+            differences.withLock { $0.append(CopyError.Difference(path: path, what: what)) }
+        }
+    }
+
+    static func statusIfPresent(_ directory: FileDescriptor, _ name: ByteString) throws(SystemError) -> FileStatus? {
+        do {
+            return try directory.status(name)
+        } catch {
+            if error.code == .notFound { return nil }
+            throw error
+        }
+    }
+
+    private func octal(_ value: UInt32) -> String { "0" + String(value, radix: 8) }
+
+    static func countEntries(_ directory: FileDescriptor) throws(SystemError) -> Int {
+        let fresh = try directory.openAt(Array(".".utf8), [.directory])
+        defer { fresh.closeQuietly() }
+        let stream = DirectoryStream(fresh)
+        var count = 0
+        while try stream.next() != nil { count += 1 }
+        return count
+    }
+
+    /// SHA-256 of a file's content, read in 1 MiB pieces.
+    static func digest(_ directory: FileDescriptor, _ name: ByteString, cancellation: CancellationFlag, progress: (UInt64) -> Void) throws -> SHA256.Digest {
+        let fd = try directory.openAt(name, [.noFollow])
+        defer { fd.closeQuietly() }
+        var hasher = SHA256()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset: UInt64 = 0
+        while true {
+            if cancellation.isCancelled { throw CopyError.cancelled }
+            let got = try fd.read(into: buffer, at: offset)
+            if got == 0 { break }
+            hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
+            offset += UInt64(got)
+            progress(UInt64(got))
+        }
+        return hasher.finalize()
+    }
+}

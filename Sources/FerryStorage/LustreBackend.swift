@@ -1,0 +1,128 @@
+import Foundation
+import FerrySystem
+import SystemPackage
+
+/// Lustre: project IDs through the generic fsxattr ioctl (Lustre implements it), quota, layouts and
+/// HSM state through `lfs`, whose path comes from configuration or `FERRY_LFS`.
+public struct LustreBackend: StorageBackend {
+    public var kind: FilesystemKind { .lustre }
+    let lfs: CommandRunner
+
+    /// `lfsPath`: the `lfs` program; default `FERRY_LFS` from the environment, else `lfs` in PATH.
+    public init(lfsPath: String? = nil, timeout: Double = 60) {
+        let path = lfsPath ?? ProcessInfo.processInfo.environment["FERRY_LFS"] ?? "lfs"
+        lfs = CommandRunner(executable: path, timeout: timeout)
+    }
+
+    public var lfsPath: String { lfs.executable }
+
+    /// `lfs quota -p ID MOUNT`, parsed; byte figures in bytes. Where `lfs` fails the figures come from
+    /// `statvfs`, with the reason in `note`.
+    public func quota(of fd: FileDescriptor, path: ByteString) throws(StorageError) -> QuotaReport {
+        let project = try projectAttributes(of: fd)?.projectID ?? 0
+        let mountPoint = MountTable.current().mount(containing: path)?.mountPoint ?? String(decoding: path, as: UTF8.self)
+        let parsed: LustreQuotaReport
+        do {
+            parsed = try lustreQuota(project: project, mountPoint: mountPoint)
+        } catch {
+            return try statvfsQuota(fd, project: project, note: "lfs quota failed: \(error)")
+        }
+        let fs = try? fd.filesystemStatistics()
+        var report = QuotaReport(source: .lfs, projectID: parsed.projectID ?? project)
+        report.bytesUsed = parsed.bytesUsed
+        report.bytesSoftLimit = parsed.bytesSoftLimit
+        report.bytesHardLimit = parsed.bytesHardLimit
+        report.bytesFree = LinuxProjectBackend.headroom(limit: parsed.bytesHardLimit, used: parsed.bytesUsed, filesystem: fs?.availableBytes)
+        report.inodesUsed = parsed.inodesUsed
+        report.inodesSoftLimit = parsed.inodesSoftLimit
+        report.inodesHardLimit = parsed.inodesHardLimit
+        report.inodesFree = LinuxProjectBackend.headroom(limit: parsed.inodesHardLimit, used: parsed.inodesUsed, filesystem: fs?.freeInodes)
+        report.overLimit = parsed.bytesOverLimit || parsed.inodesOverLimit
+        report.inaccurate = parsed.inaccurate
+        return report
+    }
+
+    public func lustreQuota(project: UInt32, mountPoint: String) throws(StorageError) -> LustreQuotaReport {
+        let output = try lfs.run(["quota", "-p", String(project), mountPoint])
+        guard output.status == 0 else {
+            throw StorageError(.command, "lfs quota -p \(project) \(mountPoint) exited with \(output.status): \(output.standardError.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        do {
+            return try LfsQuotaParser.parse(String(decoding: output.standardOutput, as: UTF8.self))
+        } catch {
+            throw StorageError(.parse, error.description)
+        }
+    }
+
+    /// The layout lives in the `lustre.lov` xattr; set on a new, empty file it becomes that file's
+    /// layout (plain, composite/PFL and DoM alike), which is how `cp --preserve=xattr` keeps striping.
+    public static let layoutAttribute: ByteString = Array("lustre.lov".utf8)
+    public var layoutAttributeNames: Set<ByteString> { [Self.layoutAttribute, Array("trusted.lov".utf8)] }
+
+    public func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws(StorageError) {
+        do {
+            guard let layout = try ExtendedAttributes.value(source, Self.layoutAttribute), !layout.isEmpty else { return }
+            try ExtendedAttributes.set(destination, Self.layoutAttribute, layout)
+        } catch {
+            throw StorageError(.system, "could not copy the Lustre layout: \(error)", underlying: error)
+        }
+    }
+
+    /// `lfs setstripe --copy=SOURCE DEST`: creates DEST with SOURCE's layout, for callers that
+    /// create files by path.
+    public func createFile(withLayoutOf source: String, at destination: String) throws(StorageError) {
+        let output = try lfs.run(["setstripe", "--copy=\(source)", destination])
+        guard output.status == 0 else {
+            throw StorageError(.command, "lfs setstripe --copy=\(source) \(destination) failed: \(output.standardError)")
+        }
+    }
+
+    /// `lfs getstripe PATH`, parsed.
+    public func layout(of path: String) throws(StorageError) -> [LustreGetstripeEntry] {
+        let output = try lfs.run(["getstripe", path])
+        guard output.status == 0 else { throw StorageError(.command, "lfs getstripe \(path) failed: \(output.standardError)") }
+        do { return try LfsGetstripeParser.parse(String(decoding: output.standardOutput, as: UTF8.self)) } catch {
+            throw StorageError(.parse, error.description)
+        }
+    }
+
+    /// `lfs hsm_state PATH...`, parsed.
+    public func hsmState(of paths: [String]) throws(StorageError) -> [LustreHSMState] {
+        guard !paths.isEmpty else { return [] }
+        let output = try lfs.run(["hsm_state"] + paths)
+        guard output.status == 0 else { throw StorageError(.command, "lfs hsm_state failed: \(output.standardError)") }
+        do { return try LfsHSMStateParser.parse(String(decoding: output.standardOutput, as: UTF8.self)) } catch {
+            throw StorageError(.parse, error.description)
+        }
+    }
+
+    /// Files under `directory` whose data is on tape only: `lfs find DIR --layout released --print0`
+    /// (there is no `lfs find -hsm`). Paths as bytes.
+    public func releasedFiles(under directory: String) throws(StorageError) -> [ByteString] {
+        let output = try lfs.run(["find", directory, "--layout", "released", "--print0"])
+        guard output.status == 0 else { throw StorageError(.command, "lfs find \(directory) --layout released failed: \(output.standardError)") }
+        return LfsFindParser.parsePrint0(Array(output.standardOutput))
+    }
+}
+
+/// Chooses the backend for a path: detected from `statfs` magic, or forced by configuration.
+public enum Storage {
+    public static func backend(for fd: FileDescriptor, choice: BackendChoice = .auto, lfsPath: String? = nil) throws(StorageError) -> any StorageBackend {
+        let kind: FilesystemKind
+        switch choice {
+        case .auto:
+            do { kind = FilesystemKind(magic: try fd.filesystemStatistics().magic) } catch {
+                throw StorageError(.system, "could not identify the filesystem: \(error)", underlying: error)
+            }
+        case .lustre: kind = .lustre
+        case .xfs: kind = .xfs
+        case .ext4: kind = .ext4
+        case .posix: kind = .posix
+        }
+        switch kind {
+        case .lustre: return LustreBackend(lfsPath: lfsPath)
+        case .xfs, .ext4: return LinuxProjectBackend(kind: kind)
+        case .posix: return PosixBackend()
+        }
+    }
+}

@@ -1,0 +1,128 @@
+import CFerrySystem
+import Glibc
+
+/// A timestamp to the nanosecond, as `struct statx_timestamp` holds it.
+public struct Timespec: Sendable, Hashable, Comparable, CustomStringConvertible {
+    public var seconds: Int64
+    public var nanoseconds: UInt32
+
+    public init(seconds: Int64, nanoseconds: UInt32) {
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+    }
+
+    public static func < (a: Timespec, b: Timespec) -> Bool {
+        (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds)
+    }
+
+    /// The coarse real-time clock: the clock the kernel stamps ctime/mtime with (or a finer one), so
+    /// an inode changed after this call has a ctime at or after the value returned.
+    public static func nowCoarse() -> Timespec {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME_COARSE, &ts)
+        return Timespec(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))
+    }
+
+    public var description: String {
+        let nanos = String(nanoseconds)
+        return "\(seconds).\(String(repeating: "0", count: 9 - nanos.count))\(nanos)"
+    }
+}
+
+/// The kind of a directory entry.
+public enum FileKind: Sendable, Hashable, CustomStringConvertible {
+    case regular, directory, symlink, fifo, socket, characterDevice, blockDevice, unknown
+
+    public init(mode: UInt32) {
+        switch mode & UInt32(S_IFMT) {
+        case UInt32(S_IFREG): self = .regular
+        case UInt32(S_IFDIR): self = .directory
+        case UInt32(S_IFLNK): self = .symlink
+        case UInt32(S_IFIFO): self = .fifo
+        case UInt32(S_IFSOCK): self = .socket
+        case UInt32(S_IFCHR): self = .characterDevice
+        case UInt32(S_IFBLK): self = .blockDevice
+        default: self = .unknown
+        }
+    }
+
+    /// From a `getdents64` `d_type`; `.unknown` when the filesystem did not say (`DT_UNKNOWN`).
+    public init(direntType: UInt8) {
+        switch Int32(direntType) {
+        case Int32(DT_REG): self = .regular
+        case Int32(DT_DIR): self = .directory
+        case Int32(DT_LNK): self = .symlink
+        case Int32(DT_FIFO): self = .fifo
+        case Int32(DT_SOCK): self = .socket
+        case Int32(DT_CHR): self = .characterDevice
+        case Int32(DT_BLK): self = .blockDevice
+        default: self = .unknown
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .regular: "file"
+        case .directory: "directory"
+        case .symlink: "symlink"
+        case .fifo: "fifo"
+        case .socket: "socket"
+        case .characterDevice: "character device"
+        case .blockDevice: "block device"
+        case .unknown: "unknown"
+        }
+    }
+}
+
+/// What `statx(2)` says about an inode.
+public struct FileStatus: Sendable, Equatable {
+    public var kind: FileKind
+    /// The full `st_mode`, type bits included.
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var size: UInt64
+    /// Allocated space in 512-byte units (`st_blocks`): less than `size` for a sparse file.
+    public var blocks: UInt64
+    public var linkCount: UInt32
+    public var inode: UInt64
+    public var deviceMajor: UInt32
+    public var deviceMinor: UInt32
+    public var rdevMajor: UInt32
+    public var rdevMinor: UInt32
+    public var accessTime: Timespec
+    public var modificationTime: Timespec
+    public var changeTime: Timespec
+    public var blockSize: UInt32
+
+    /// Permission bits including setuid, setgid and sticky.
+    public var permissions: UInt32 { mode & 0o7777 }
+
+    /// Identifies the inode on this machine: (device, inode).
+    public var fileID: FileID { FileID(deviceMajor: deviceMajor, deviceMinor: deviceMinor, inode: inode) }
+
+    init(_ raw: cferry_statx_t) {
+        mode = UInt32(raw.mode)
+        kind = FileKind(mode: mode)
+        uid = raw.uid
+        gid = raw.gid
+        size = raw.size
+        blocks = raw.blocks
+        linkCount = raw.nlink
+        inode = raw.ino
+        deviceMajor = raw.dev_major
+        deviceMinor = raw.dev_minor
+        rdevMajor = raw.rdev_major
+        rdevMinor = raw.rdev_minor
+        accessTime = Timespec(seconds: raw.atime_sec, nanoseconds: raw.atime_nsec)
+        modificationTime = Timespec(seconds: raw.mtime_sec, nanoseconds: raw.mtime_nsec)
+        changeTime = Timespec(seconds: raw.ctime_sec, nanoseconds: raw.ctime_nsec)
+        blockSize = raw.blksize
+    }
+}
+
+public struct FileID: Sendable, Hashable {
+    public var deviceMajor: UInt32
+    public var deviceMinor: UInt32
+    public var inode: UInt64
+}

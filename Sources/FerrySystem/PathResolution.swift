@@ -1,0 +1,101 @@
+import CFerrySystem
+import Glibc
+import SystemPackage
+
+/// Opens paths beneath a root directory so that no `..`, absolute path or symlink leads outside it.
+///
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` does this in the kernel, atomically. Where the
+/// kernel lacks `openat2` (before 5.6, or a seccomp filter refusing it), the same guarantee comes
+/// from a walk one component at a time with `O_NOFOLLOW`, which refuses every symlink on the way.
+public enum PathResolver {
+    public enum SymlinkPolicy: Sendable {
+        /// Refuse any symlink in the path (RESOLVE_NO_SYMLINKS).
+        case refuse
+        /// Follow symlinks that stay beneath the root; one that points outside fails.
+        case followBeneath
+    }
+
+    /// Open `path` (relative to `root`, as bytes) with `flags`. An attempt to leave the root fails
+    /// with code `.escapesRoot`; a refused symlink with `.symlinkLoop`.
+    public static func open(
+        beneath root: FileDescriptor, _ path: ByteString, _ flags: OpenFlags,
+        permissions: mode_t = 0o600, symlinks: SymlinkPolicy = .refuse, forceWalk: Bool = false
+    ) throws(SystemError) -> FileDescriptor {
+        if path.contains(0) {
+            throw SystemError(errno: Errno(rawValue: EINVAL), syscall: "openat2", path: path.displayString)
+        }
+        if !forceWalk {
+            var resolve = CFERRY_RESOLVE_BENEATH | CFERRY_RESOLVE_NO_MAGICLINKS
+            if symlinks == .refuse { resolve |= CFERRY_RESOLVE_NO_SYMLINKS }
+            let all = flags.union(.closeOnExec).rawValue
+            let target = path.isEmpty ? Array(".".utf8) : path
+            let fd = target.withCPath { cferry_openat2(root.rawValue, $0, all, UInt32(permissions), resolve) }
+            if fd >= 0 { return FileDescriptor(rawValue: fd) }
+            let code = Glibc.errno
+            switch code {
+            case ENOSYS:
+                break  // no openat2 here: walk instead
+            case EXDEV:
+                throw SystemError(errno: Errno(rawValue: code), syscall: "openat2(RESOLVE_BENEATH)",
+                                  path: path.displayString, refinedCode: .escapesRoot)
+            case EAGAIN, EINTR:
+                return try open(beneath: root, path, flags, permissions: permissions, symlinks: symlinks)
+            default:
+                throw SystemError(errno: Errno(rawValue: code), syscall: "openat2", path: path.displayString)
+            }
+        }
+        return try walk(root, path, flags, permissions: permissions)
+    }
+
+    /// The fallback: every intermediate component must be a real directory (`O_NOFOLLOW`), `..` and
+    /// absolute paths are refused, the last component is opened with `O_NOFOLLOW` too.
+    static func walk(_ root: FileDescriptor, _ path: ByteString, _ flags: OpenFlags, permissions: mode_t) throws(SystemError) -> FileDescriptor {
+        if path.first == UInt8(ascii: "/") {
+            throw SystemError(errno: Errno(rawValue: EXDEV), syscall: "openat(walk)", path: path.displayString, refinedCode: .escapesRoot)
+        }
+        let components = path.split(separator: UInt8(ascii: "/")).map(Array.init).filter { $0 != [UInt8(ascii: ".")] }
+        if components.contains([UInt8(ascii: "."), UInt8(ascii: ".")]) {
+            throw SystemError(errno: Errno(rawValue: EXDEV), syscall: "openat(walk)", path: path.displayString, refinedCode: .escapesRoot)
+        }
+        guard let last = components.last else {
+            return try root.openAt(Array(".".utf8), flags.union(.noFollow), permissions: permissions)
+        }
+        var current = try root.duplicateDescriptor()
+        defer { current.closeQuietly() }
+        for component in components.dropLast() {
+            let next = try current.openAt(component, [.path, .directory, .noFollow])
+            current.closeQuietly()
+            current = next
+        }
+        return try current.openAt(last, flags.union(.noFollow), permissions: permissions)
+    }
+}
+
+/// Splitting and joining byte paths (no normalisation: `..` is the resolver's business).
+public enum BytePath {
+    /// (parent, last component) of a path; the parent of `name` is `.`, of `/name` is `/`.
+    public static func split(_ path: ByteString) -> (parent: ByteString, name: ByteString) {
+        var trimmed = path
+        while trimmed.count > 1, trimmed.last == UInt8(ascii: "/") { trimmed.removeLast() }
+        guard let slash = trimmed.lastIndex(of: UInt8(ascii: "/")) else { return (Array(".".utf8), trimmed) }
+        let name = Array(trimmed[(slash + 1)...])
+        let parent = slash == 0 ? Array("/".utf8) : Array(trimmed[..<slash])
+        return (parent, name)
+    }
+
+    public static func join(_ parent: ByteString, _ name: ByteString) -> ByteString {
+        if parent.isEmpty { return name }
+        if parent.last == UInt8(ascii: "/") { return parent + name }
+        return parent + [UInt8(ascii: "/")] + name
+    }
+}
+
+extension FileDescriptor {
+    /// Opens a path given by a user (absolute or relative to the working directory) as a directory,
+    /// without following a final symlink. The corresponding C function is `openat(AT_FDCWD)`.
+    public static func openDirectory(_ path: ByteString, followFinalSymlink: Bool = true) throws(SystemError) -> FileDescriptor {
+        var flags: OpenFlags = [.directory]
+        if !followFinalSymlink { flags.insert(.noFollow) }
+        return try currentWorkingDirectory.openAt(path, flags)
+    }
+}
