@@ -38,7 +38,10 @@ let package = Package(
             ],
             swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
-        .target(name: "FerryTestSupport", dependencies: ["FerrySystem"], swiftSettings: strict),
+        .target(
+            name: "FerryTestSupport",
+            dependencies: ["FerrySystem", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(name: "FerryCopyTests", dependencies: ["FerryCopy", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(

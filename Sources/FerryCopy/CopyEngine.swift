@@ -88,15 +88,14 @@ public final class CopyEngine: Sendable {
     }
 
     /// Compares the staged copies with their sources; throws `.verificationFailed` with the first
-    /// differences, or `.sourceChanged` when a source changed after `copyStarted`.
-    public func verify(_ sources: [CopySource], in staging: StagingArea, copyStarted: Timespec, totals: TreeMeasurement? = nil) throws(CopyError) {
+    /// differences, or `.sourceChanged` when a source changed after it was copied.
+    public func verify(_ sources: [CopySource], in staging: StagingArea, totals: TreeMeasurement? = nil) throws(CopyError) {
         let meter = ProgressMeter(phase: .verifying, bytesTotal: options.verify == .checksum ? totals?.bytes ?? 0 : 0,
                                   entriesTotal: totals?.entries ?? 0, interval: options.progressInterval, handler: progress)
         defer { meter.finish() }
         let visitor = VerifyVisitor(mode: options.verify, checkOwnership: options.preserveOwnership,
-                                    copyStarted: copyStarted, meter: meter, cancellation: options.cancellation)
-        let staged = sources.map { CopySource(directory: $0.directory, name: $0.name, destinationName: $0.destinationName) }
-        try walk(staged, peer: staging.directory, visitor: visitor)
+                                    meter: meter, cancellation: options.cancellation)
+        try walk(sources, peer: staging.directory, visitor: visitor)
         let differences = visitor.found
         if !differences.isEmpty { throw .verificationFailed(differences: differences) }
     }
@@ -173,12 +172,11 @@ public final class CopyEngine: Sendable {
         }
         let measurement = try measure(sources)
         lap("measure")
-        let copyStarted = Timespec.nowCoarse()
         let staging = try createStaging(in: destination, id: id)
         let staged = try stage(sources, into: staging, totals: measurement)
         lap("copy")
         do {
-            try verify(sources, in: staging, copyStarted: copyStarted, totals: measurement)
+            try verify(sources, in: staging, totals: measurement)
         } catch {
             discard(staging)
             throw error

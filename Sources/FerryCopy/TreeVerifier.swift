@@ -7,12 +7,16 @@ import SystemPackage
 /// the copy with the same type, size, allocation (sparse files stay sparse), mode, owner, mtime,
 /// symlink target and device; each directory must hold as many entries on both sides (so no extra
 /// entry hides in the copy); hard-linked source inodes must map one-to-one onto copy inodes; and no
-/// source entry may have changed (ctime) since the copy started. With `.checksum`, file contents are
-/// compared by SHA-256 as well.
+/// source entry may have changed since it was copied. With `.checksum`, file contents are compared by
+/// SHA-256 as well.
+///
+/// "Changed since it was copied" is a source ctime later than the copy's ctime: the copy's metadata
+/// is applied after its data (a directory's after all its entries), so any later change to the source
+/// carries a later ctime from the same kernel clock. A remembered start time would not do: the kernel
+/// stamps ctime with fine-grained timestamps that can run ahead of any clock sampled beforehand.
 final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
     private let mode: VerifyMode
     private let checkOwnership: Bool
-    private let copyStarted: Timespec
     private let meter: ProgressMeter
     private let cancellation: CancellationFlag
     private let differences = Locked<[CopyError.Difference]>([])
@@ -21,10 +25,9 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
     private let linkMap = Locked<(forward: [FileID: FileID], backward: [FileID: FileID])>(([:], [:]))
     static let maximumDifferences = 100
 
-    init(mode: VerifyMode, checkOwnership: Bool, copyStarted: Timespec, meter: ProgressMeter, cancellation: CancellationFlag) {
+    init(mode: VerifyMode, checkOwnership: Bool, meter: ProgressMeter, cancellation: CancellationFlag) {
         self.mode = mode
         self.checkOwnership = checkOwnership
-        self.copyStarted = copyStarted
         self.meter = meter
         self.cancellation = cancellation
     }
@@ -36,12 +39,12 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
         let path = directory.displayPath(entry.name)
         let source = try directory.source.status(entry.name)
         meter.entries.add(1, ordering: .relaxed)
-        if source.changeTime > copyStarted {
-            throw CopyError.sourceChanged(path: path, detail: "its ctime \(source.changeTime) is after the copy began at \(copyStarted)")
-        }
         guard let copy = try Self.statusIfPresent(peer, entry.peerName) else {
             note(path, "missing in the copy")
             return .done
+        }
+        if source.changeTime > copy.changeTime {
+            throw CopyError.sourceChanged(path: path, detail: "its ctime \(source.changeTime) is after its copy's \(copy.changeTime)")
         }
         guard source.kind == copy.kind else {
             note(path, "is a \(source.kind) in the source but a \(copy.kind) in the copy")

@@ -15,14 +15,6 @@ public struct Timespec: Sendable, Hashable, Comparable, CustomStringConvertible 
         (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds)
     }
 
-    /// The coarse real-time clock: the clock the kernel stamps ctime/mtime with (or a finer one), so
-    /// an inode changed after this call has a ctime at or after the value returned.
-    public static func nowCoarse() -> Timespec {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME_COARSE, &ts)
-        return Timespec(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))
-    }
-
     public var description: String {
         let nanos = String(nanoseconds)
         return "\(seconds).\(String(repeating: "0", count: 9 - nanos.count))\(nanos)"

@@ -107,6 +107,7 @@ final class WalkCoordinator: @unchecked Sendable {
     private let cancellation: CancellationFlag
     private let failure = Locked<WalkFailure?>(nil)
     let batchSize: Int
+    var peakPendingItems: Int { pool.peakPending }
 
     init(visitor: any TreeVisitor, cancellation: CancellationFlag, batchSize: Int = 256) {
         self.visitor = visitor
@@ -138,11 +139,11 @@ final class WalkCoordinator: @unchecked Sendable {
                     finishEntry(in: directory)  // listing done
                 } else {
                     directory.pending.add(batch.count, ordering: .acquiringAndReleasing)
-                    // The listing's continuation goes under its entries: they are served first.
-                    pool.push(.list(directory))
-                    pool.push(contentsOf: batch.map {
-                        .entry(directory, WalkEntry(name: $0.name, peerName: $0.name, kind: $0.kind))
-                    })
+                    // The listing's continuation goes under its entries, in the same push: the
+                    // entries are served first, and no idle thread can read ahead in between.
+                    var items: [Item] = batch.map { .entry(directory, WalkEntry(name: $0.name, peerName: $0.name, kind: $0.kind)) }
+                    items.append(.list(directory))
+                    pool.push(contentsOf: items)
                 }
             } catch {
                 fail(path: PathDisplay.string(directory.relativePath), error)

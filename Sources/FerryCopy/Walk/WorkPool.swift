@@ -12,6 +12,8 @@ final class WorkPool<Item>: @unchecked Sendable {
     private var stack: [Item] = []
     private var busy = 0
     private var stopped = false
+    /// The most items ever pending at once: what bounds the walk's memory.
+    private(set) var peakPending = 0
 
     init() {
         pthread_mutex_init(&mutex, nil)
@@ -26,6 +28,7 @@ final class WorkPool<Item>: @unchecked Sendable {
     func push(_ item: Item) {
         pthread_mutex_lock(&mutex)
         stack.append(item)
+        peakPending = max(peakPending, stack.count)
         pthread_cond_signal(&condition)
         pthread_mutex_unlock(&mutex)
     }
@@ -35,6 +38,7 @@ final class WorkPool<Item>: @unchecked Sendable {
         guard !items.isEmpty else { return }
         pthread_mutex_lock(&mutex)
         stack.append(contentsOf: items.reversed())
+        peakPending = max(peakPending, stack.count)
         if items.count == 1 { pthread_cond_signal(&condition) } else { pthread_cond_broadcast(&condition) }
         pthread_mutex_unlock(&mutex)
     }

@@ -1,0 +1,293 @@
+import Foundation
+@testable import FerryCopy
+import FerrySystem
+import FerryTestSupport
+import Glibc
+import Testing
+
+func openDir(_ path: String) throws -> FileDescriptor { try FileDescriptor.openDirectory(Array(path.utf8)) }
+func entries(_ path: String) throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: path).sorted() }
+
+/// Copies one top-level item with the engine and returns the report.
+@discardableResult
+func engineCopy(_ parent: String, _ name: String, to destination: String, options: CopyOptions = CopyOptions(jobs: 4), progress: ProgressHandler? = nil) throws -> CopyReport {
+    let source = try openDir(parent)
+    let target = try openDir(destination)
+    defer { source.closeQuietly(); target.closeQuietly() }
+    return try CopyEngine(options: options, progress: progress).copy([CopySource(directory: source, name: Array(name.utf8))], to: target)
+}
+
+@Suite("Copy engine on loop XFS (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct CopyEngineTests {
+    /// The issue's fidelity tree: a 1 GiB file, a 1 GiB sparse file with 2 MiB of data, hard links,
+    /// symlinks (one dangling), xattrs, an ACL, a fifo, a device node, a non-UTF-8 name, a 255-byte
+    /// name, an empty directory, a read-only directory, setuid and foreign owners, 10,000 small files.
+    @Test func fidelityAcrossProjects() throws {
+        try withLoopXFS(sizeMiB: 3200) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            let t = a + "/tree"
+            let fm = FileManager.default
+            for dir in ["", "/empty", "/links", "/small", "/ro", "/deep/er/still"] { try fm.createDirectory(atPath: t + dir, withIntermediateDirectories: true) }
+            try Shell.run(["dd", "if=/dev/urandom", "of=\(t)/huge", "bs=4M", "count=256", "status=none"])
+            try TreeBuilder.sparse(t + "/sparse", size: 1 << 30, dataBytes: 2 << 20, at: 300 << 20)
+            try TreeBuilder.write(t + "/links/original", bytes: 100_000, seed: 7)
+            try fm.linkItem(atPath: t + "/links/original", toPath: t + "/links/second")
+            try fm.linkItem(atPath: t + "/links/original", toPath: t + "/deep/er/third")
+            try fm.createSymbolicLink(atPath: t + "/links/relative", withDestinationPath: "original")
+            try fm.createSymbolicLink(atPath: t + "/links/dangling", withDestinationPath: "/does/not/exist")
+            try Shell.run(["setfattr", "-n", "user.note", "-v", "0x00ff10", t + "/links/original"])
+            try Shell.run(["setfattr", "-n", "trusted.secret", "-v", "root", t + "/links/original"])
+            try Shell.run(["setfacl", "-m", "u:nobody:rwx", "-m", "d:u:nobody:rx", t + "/deep"])
+            try Shell.run(["mkfifo", t + "/fifo"])
+            try Shell.run(["mknod", t + "/null", "c", "1", "3"])
+            let weird = Array(t.utf8) + Array("/caf\u{e9}-".utf8) + [0xFF, 0xC3, 0x28]
+            let weirdFD = try currentWorkingDirectory.openAt(weird, [.writeOnly, .create])
+            weirdFD.closeQuietly()
+            try TreeBuilder.write(t + "/" + String(repeating: "n", count: 255), bytes: 10)
+            for i in 0..<10_000 {
+                _ = fm.createFile(atPath: "\(t)/small/f\(i)", contents: Data("file \(i)\n".utf8))
+            }
+            try TreeBuilder.write(t + "/ro/inside", bytes: 5)
+            try TreeBuilder.write(t + "/setuid", bytes: 5)
+            try Shell.run(["chmod", "4755", t + "/setuid"])
+            try Shell.run(["chown", "65534:65534", t + "/setuid", t + "/small/f1"])
+            try Shell.run(["chmod", "0555", t + "/ro"])
+            try Shell.run(["touch", "-h", "-d", "2001-02-03 04:05:06.123456789", t + "/links/relative"])
+            try Shell.run(["touch", "-d", "1999-12-31 23:59:59.987654321", t + "/empty"])
+
+            let before = try TreeSnapshot.take(t)
+            let report = try engineCopy(a, "tree", to: b)
+            #expect(report.measurement.files == 10_000 + 9)
+            #expect(report.measurement.sparseFiles == 1)
+            #expect(report.measurement.extraHardLinks == 2)
+
+            let copy = try TreeSnapshot.take(b + "/tree")
+            let differences = before.differences(to: copy)
+            #expect(differences.isEmpty, "\(differences.prefix(5))")
+            #expect(before.entries.count == 10_000 + 21)  // 8 directories (root included) + 13 others
+            // Sparse stays sparse: a few MiB allocated for a 1 GiB file.
+            let sparse = try #require(copy.entries[Array("sparse".utf8)])
+            #expect(sparse.size == 1 << 30 && sparse.blocks * 512 < 4 << 20)
+            // The source is untouched and still in its project; every copied entry inherited 200.
+            #expect(try TreeSnapshot.take(t).differences(to: before).isEmpty)
+            #expect(try openDir(t).projectAttributes().projectID == 100)
+            for (path, entry) in copy.entries where entry.kind == "file" || entry.kind == "directory" {
+                let full = Array((b + "/tree").utf8) + (path.isEmpty ? [] : [0x2F] + path)
+                let fd = try currentWorkingDirectory.openAt(full, [.nonBlocking, .noFollow])
+                defer { fd.closeQuietly() }
+                #expect(try fd.projectAttributes().projectID == 200, "\(PathDisplay.string(path))")
+            }
+            #expect(try entries(b) == ["tree"])  // no staging directory left behind
+        }
+    }
+
+    @Test func noSpaceStopsCleanlyAndRemovesEverything() throws {
+        try withLoopXFS(sizeMiB: 300) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            for i in 0..<4 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/data/f\(i)", "bs=1M", "count=25", "status=none"]) }
+            let free = try openDir(fs.mountPoint).filesystemStatistics().availableBytes
+            try Shell.run(["fallocate", "-l", String(free - (40 << 20)), fs.mountPoint + "/filler"])
+            let before = try TreeSnapshot.take(a)
+            let error = #expect(throws: CopyError.self) { try engineCopy(a, "data", to: b) }
+            #expect(error?.systemCode == .noSpace, "\(String(describing: error))")
+            #expect(error?.description.contains("full") == true)
+            #expect(try entries(b).isEmpty)
+            #expect(try TreeSnapshot.take(a).differences(to: before).isEmpty)
+        }
+    }
+
+    @Test func cancellationRemovesWhatWasCreated() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            for i in 0..<8 { try Shell.run(["dd", "if=/dev/zero", "of=\(a)/data/f\(i)", "bs=1M", "count=20", "status=none"]) }
+            let flag = CancellationFlag()
+            let options = CopyOptions(jobs: 2, progressInterval: .milliseconds(1), cancellation: flag)
+            let error = #expect(throws: CopyError.self) {
+                try engineCopy(a, "data", to: b, options: options) { progress in
+                    if progress.phase == .copying && progress.bytesDone > 0 { flag.cancel() }
+                }
+            }
+            guard case .cancelled? = error else { Issue.record("expected cancelled, got \(String(describing: error))"); return }
+            #expect(try entries(b).isEmpty)
+            #expect(try entries(a + "/data").count == 8)
+        }
+    }
+
+    /// A source appended to while it is copied: the per-file check after the data copy sees it.
+    @Test func sourceWrittenDuringCopyIsDetected() throws {
+        struct Appender: LayoutCloner {
+            let path: String
+            var layoutAttributeNames: Set<ByteString> { [] }
+            func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws {
+                let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+                try handle.seekToEnd()
+                try handle.write(contentsOf: Data("more".utf8))
+                try handle.close()
+            }
+        }
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            try TreeBuilder.write(a + "/file", bytes: 1 << 20)
+            let options = CopyOptions(jobs: 1, layoutCloner: Appender(path: a + "/file"))
+            let error = #expect(throws: CopyError.self) { try engineCopy(a, "file", to: b, options: options) }
+            guard case .sourceChanged(let path, _)? = error else { Issue.record("got \(String(describing: error))"); return }
+            #expect(path == "file")
+            #expect(try entries(b).isEmpty)
+        }
+    }
+
+    /// A source touched after its file was copied but before verification.
+    @Test func sourceChangedBeforeVerifyIsDetected() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            try FileManager.default.createDirectory(atPath: a + "/d", withIntermediateDirectories: true)
+            for i in 0..<20 { try TreeBuilder.write("\(a)/d/f\(i)", bytes: 1000) }
+            let engine = CopyEngine(options: CopyOptions(jobs: 2))
+            let source = try openDir(a), target = try openDir(b)
+            defer { source.closeQuietly(); target.closeQuietly() }
+            let sources = [CopySource(directory: source, name: Array("d".utf8))]
+            let staging = try engine.createStaging(in: target, id: "t1")
+            _ = try engine.stage(sources, into: staging)
+            usleep(20_000)
+            try Shell.run(["chmod", "600", a + "/d/f7"])
+            let error = #expect(throws: CopyError.self) { try engine.verify(sources, in: staging) }
+            guard case .sourceChanged(let path, _)? = error else { Issue.record("got \(String(describing: error))"); return }
+            #expect(path == "d/f7")
+            engine.discard(staging)
+            #expect(try entries(b).isEmpty)
+        }
+    }
+
+    @Test func verificationFindsEveryKindOfTampering() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            let t = a + "/d"
+            try FileManager.default.createDirectory(atPath: t + "/sub", withIntermediateDirectories: true)
+            for name in ["mode", "gone", "content", "sub/x"] { try TreeBuilder.write("\(t)/\(name)", bytes: 4096, seed: 3) }
+            try TreeBuilder.sparse(t + "/sparse", size: 64 << 20, dataBytes: 1 << 20, at: 0)
+            let engine = CopyEngine(options: CopyOptions(jobs: 2))
+            let source = try openDir(a), target = try openDir(b)
+            defer { source.closeQuietly(); target.closeQuietly() }
+            let sources = [CopySource(directory: source, name: Array("d".utf8))]
+            let staging = try engine.createStaging(in: target, id: "t2")
+            _ = try engine.stage(sources, into: staging)
+            let s = b + "/.ferry-staging-t2/d"
+            // Metadata verification passes on an untouched copy.
+            try engine.verify(sources, in: staging)
+            // A flipped byte with size and mtime kept: only a checksum finds it.
+            try Shell.run(["dd", "if=/dev/zero", "of=\(s)/content", "bs=1", "count=1", "seek=100", "conv=notrunc", "status=none"])
+            try Shell.run(["touch", "-r", "\(t)/content", "\(s)/content"])
+            try engine.verify(sources, in: staging)
+            let checksum = CopyEngine(options: CopyOptions(jobs: 2, verify: .checksum))
+            let byChecksum = #expect(throws: CopyError.self) { try checksum.verify(sources, in: staging) }
+            guard case .verificationFailed(let found)? = byChecksum else { Issue.record("got \(String(describing: byChecksum))"); return }
+            #expect(found.map(\.path) == ["d/content"])
+            // Now metadata-level damage.
+            try Shell.run(["chmod", "0600", "\(s)/mode"])
+            try FileManager.default.removeItem(atPath: "\(s)/gone")
+            try TreeBuilder.write("\(s)/sub/extra", bytes: 1)
+            try Shell.run(["touch", "-r", "\(t)/sub", "\(s)/sub"])
+            try Shell.run(["dd", "if=/dev/zero", "of=\(s)/sparse", "bs=1M", "count=64", "conv=notrunc", "status=none"])
+            try Shell.run(["touch", "-r", "\(t)/sparse", "\(s)/sparse"])
+            let error = #expect(throws: CopyError.self) { try engine.verify(sources, in: staging) }
+            guard case .verificationFailed(let differences)? = error else { Issue.record("got \(String(describing: error))"); return }
+            let paths = Set(differences.map(\.path))
+            #expect(paths.isSuperset(of: ["d/mode", "d/gone", "d/sub", "d/sparse"]), "\(differences)")
+            #expect(error?.description.contains("nothing was published") == true)
+            engine.discard(staging)
+            #expect(try entries(b).isEmpty)
+        }
+    }
+
+    @Test func publishNeverReplaces() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            try TreeBuilder.write(a + "/f", bytes: 10, seed: 1)
+            let engine = CopyEngine(options: CopyOptions(jobs: 1))
+            let source = try openDir(a), target = try openDir(b)
+            defer { source.closeQuietly(); target.closeQuietly() }
+            let sources = [CopySource(directory: source, name: Array("f".utf8))]
+            let staging = try engine.createStaging(in: target, id: "t3")
+            _ = try engine.stage(sources, into: staging)
+            try TreeBuilder.write(b + "/f", bytes: 3, seed: 9)  // someone else wrote the name meanwhile
+            let error = #expect(throws: CopyError.self) { try engine.publish(sources, from: staging) }
+            guard case .destinationExists? = error else { Issue.record("got \(String(describing: error))"); return }
+            #expect(try Data(contentsOf: URL(fileURLWithPath: b + "/f")).count == 3)
+            #expect(try entries(b) == ["f"])
+            // And a whole copy to a taken name is refused before anything is written.
+            #expect(throws: CopyError.self) { try engineCopy(a, "f", to: b) }
+            #expect(try entries(b) == ["f"])
+        }
+    }
+
+    @Test func singleFileToNewNameWithProgress() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            try TreeBuilder.write(a + "/f", bytes: 5 << 20, seed: 4)
+            let snapshots = Locked<[CopyProgress]>([])
+            let source = try openDir(a), target = try openDir(b)
+            defer { source.closeQuietly(); target.closeQuietly() }
+            let engine = CopyEngine(options: CopyOptions(jobs: 2)) { p in snapshots.withLock { $0.append(p) } }
+            let report = try engine.copy([CopySource(directory: source, name: Array("f".utf8), destinationName: Array("renamed".utf8))], to: target)
+            #expect(report.published == [Array("renamed".utf8)])
+            #expect(FileManager.default.contentsEqual(atPath: a + "/f", andPath: b + "/renamed"))
+            let last = try #require(snapshots.withLock { $0.last(where: { $0.phase == .copying }) })
+            #expect(last.bytesDone == 5 << 20 && last.bytesTotal == 5 << 20)
+            #expect(last.entriesDone == 1 && last.entriesTotal == 1)
+        }
+    }
+
+    /// Many links to one inode, found by parallel copiers in many directories, stay one inode.
+    @Test func hardLinksUnderParallelCopiers() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            let fm = FileManager.default
+            try fm.createDirectory(atPath: a + "/t/d0", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/t/d0/origin", bytes: 3 << 20)
+            for d in 0..<20 {
+                try fm.createDirectory(atPath: "\(a)/t/d\(d)", withIntermediateDirectories: true)
+                for l in 0..<10 { try fm.linkItem(atPath: a + "/t/d0/origin", toPath: "\(a)/t/d\(d)/link\(l)") }
+            }
+            try engineCopy(a, "t", to: b, options: CopyOptions(jobs: 8))
+            var inode: UInt64?
+            for d in 0..<20 {
+                for l in 0..<10 {
+                    let attributes = try fm.attributesOfItem(atPath: "\(b)/t/d\(d)/link\(l)")
+                    let number = (attributes[.systemFileNumber] as? NSNumber)?.uint64Value
+                    if inode == nil { inode = number }
+                    #expect(number == inode)
+                    #expect((attributes[.referenceCount] as? NSNumber)?.intValue == 201)
+                }
+            }
+        }
+    }
+
+    /// A directory of 50,000 entries is walked with a bounded number of pending items.
+    @Test func walkMemoryIsBounded() throws {
+        try withLoopXFS { fs in
+            let flat = fs.mountPoint + "/flat"
+            try FileManager.default.createDirectory(atPath: flat, withIntermediateDirectories: true)
+            let dir = try openDir(flat)
+            defer { dir.closeQuietly() }
+            for i in 0..<50_000 { try dir.makeDirectory(Array("e\(i)".utf8)) }
+            let root = try openDir(fs.mountPoint)
+            defer { root.closeQuietly() }
+            let visitor = MeasureVisitor()
+            let walk = WalkCoordinator(visitor: visitor, cancellation: CancellationFlag())
+            try walk.run(root: root, peer: nil, entries: [WalkEntry(name: Array("flat".utf8), peerName: Array("flat".utf8), kind: .directory)], threads: 4)
+            #expect(visitor.result.directories == 50_001)
+            #expect(walk.peakPendingItems <= 2 * walk.batchSize + 8, "peak \(walk.peakPendingItems)")
+        }
+    }
+}
