@@ -47,6 +47,8 @@ let package = Package(
         .testTarget(
             name: "FerryStorageTests", dependencies: ["FerryStorage", "FerryTestSupport"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
-        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "ferry"],
+            resources: [.copy("Fixtures")], swiftSettings: strict),
     ]
 )

@@ -7,6 +7,8 @@
 #include <linux/openat2.h>
 #include <linux/quota.h>
 #include <linux/dqblk_xfs.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -171,4 +173,32 @@ int cferry_fstatfs(int fd, cferry_statfs_t *out) {
     out->blocks = s.f_blocks; out->bfree = s.f_bfree; out->bavail = s.f_bavail;
     out->files = s.f_files; out->ffree = s.f_ffree;
     return 0;
+}
+
+static volatile sig_atomic_t interrupt_count = 0;
+
+static void count_interrupt(int signo) { (void)signo; interrupt_count++; }
+
+int cferry_install_interrupt_counter(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = count_interrupt;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    if (sigaction(SIGINT, &action, NULL) != 0) return -1;
+    if (sigaction(SIGTERM, &action, NULL) != 0) return -1;
+    // A parent may have started us with these blocked (the mask is inherited): unblock them here,
+    // or the handler would never run.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+int cferry_interrupt_count(void) { return (int)interrupt_count; }
+
+void cferry_restore_interrupt_defaults(void) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
 }

@@ -47,8 +47,8 @@ struct CopyCommand: ParsableCommand {
 
         let storage = try? Storage.backend(for: plan.destination, choice: backend, lfsPath: lfs)
         let cancellation = CancellationFlag()
-        let interrupt = InterruptHandler { cancellation.cancel() }
-        defer { interrupt.restore() }
+        let interrupt = InterruptWatcher { cancellation.cancel() }
+        defer { interrupt.stop() }
         let bar = ProgressBar(enabled: !json && isatty(STDERR_FILENO) == 1)
         let options = CopyOptions(
             jobs: jobs, verify: verify, layoutCloner: storage.map { StorageLayoutCloner(backend: $0) },

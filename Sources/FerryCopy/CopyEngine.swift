@@ -106,10 +106,10 @@ public final class CopyEngine: Sendable {
     /// Returns the names published. If a name is taken meanwhile, the items already published stay,
     /// the rest are removed with the staging directory, and `.destinationExists` is thrown.
     @discardableResult
-    public func publish(_ sources: [CopySource], from staging: StagingArea) throws(CopyError) -> [ByteString] {
+    public func publish(_ sources: [CopySource], from staging: StagingArea, flushed: Bool = false) throws(CopyError) -> [ByteString] {
         var published: [ByteString] = []
         do {
-            try staging.directory.syncFilesystem()
+            if !flushed { try staging.directory.syncFilesystem() }
             for source in sources {
                 try Self.renameNoReplace(from: staging.directory, source.destinationName, to: staging.parent, source.destinationName)
                 published.append(source.destinationName)
@@ -125,6 +125,15 @@ public final class CopyEngine: Sendable {
         }
         discard(staging)
         return published
+    }
+
+    /// Writes every staged byte and inode to stable storage: one `syncfs`, not an `fsync` per file.
+    public func flush(_ staging: StagingArea) throws(CopyError) {
+        do { try staging.directory.syncFilesystem() } catch { throw .system(path: PathDisplay.string(staging.name), error) }
+    }
+
+    private func checkpoint() throws(CopyError) {
+        if options.cancellation.isCancelled { throw .cancelled }
     }
 
     /// Removes a staging directory and everything in it.
@@ -176,13 +185,17 @@ public final class CopyEngine: Sendable {
         let staged = try stage(sources, into: staging, totals: measurement)
         lap("copy")
         do {
+            try checkpoint()
             try verify(sources, in: staging, totals: measurement)
+            try checkpoint()
+            try flush(staging)
+            try checkpoint()  // the last moment a cancel can still undo everything
         } catch {
             discard(staging)
             throw error
         }
         lap("verify")
-        let published = try publish(sources, from: staging)
+        let published = try publish(sources, from: staging, flushed: true)
         lap("publish")
         return CopyReport(
             measurement: measurement, bytesCopied: staged.bytes, entriesCopied: staged.entries, verify: options.verify,

@@ -8,6 +8,12 @@ public struct MountTable: Sendable {
         public var mountPoint: String
         public var filesystemType: String
         public var source: String
+
+        public init(mountPoint: String, filesystemType: String, source: String) {
+            self.mountPoint = mountPoint
+            self.filesystemType = filesystemType
+            self.source = source
+        }
     }
 
     public var mounts: [Mount]

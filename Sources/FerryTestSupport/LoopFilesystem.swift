@@ -80,7 +80,8 @@ public enum Environment {
 
 public enum TemporaryDirectory {
     public static func make(prefix: String) throws -> String {
-        var template = Array("\(NSTemporaryDirectory())/\(prefix)-XXXXXX".utf8CString)
+        let base = NSTemporaryDirectory().hasSuffix("/") ? String(NSTemporaryDirectory().dropLast()) : NSTemporaryDirectory()
+        var template = Array("\(base)/\(prefix)-XXXXXX".utf8CString)
         guard let result = mkdtemp(&template) else {
             throw ShellError(command: "mkdtemp", status: errno, output: String(cString: strerror(errno)))
         }

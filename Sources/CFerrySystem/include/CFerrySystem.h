@@ -57,6 +57,11 @@ typedef struct {
 } cferry_statfs_t;
 int cferry_fstatfs(int fd, cferry_statfs_t *out);
 
+// SIGINT/SIGTERM as a counter a thread can poll (a handler may only touch a sig_atomic_t).
+int cferry_install_interrupt_counter(void);
+int cferry_interrupt_count(void);
+void cferry_restore_interrupt_defaults(void);
+
 // Constants, exported as functions so Swift never hardcodes a number the headers own.
 extern const unsigned int CFERRY_RENAME_NOREPLACE;
 extern const unsigned int CFERRY_RENAME_EXCHANGE;

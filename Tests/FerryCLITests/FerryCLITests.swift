@@ -1,0 +1,163 @@
+import Foundation
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// The built `ferry` executable, beside the test bundle (or FERRY_BINARY).
+func ferryBinary() -> String {
+    if let configured = ProcessInfo.processInfo.environment["FERRY_BINARY"] { return configured }
+    let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for candidate in [bundle, bundle.deletingLastPathComponent()] {
+        let path = candidate.appendingPathComponent("ferry").path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return Bundle.main.bundleURL.appendingPathComponent("ferry").path
+}
+
+@discardableResult
+func ferry(_ arguments: String..., environment: [String: String]? = nil) throws -> Shell.Result {
+    try Shell.execute([ferryBinary()] + arguments, environment: environment)
+}
+
+func jsonObject(_ text: String) throws -> [String: Any] {
+    try #require(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+}
+
+@Suite("ferry CLI end to end on loop XFS (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct FerryCLITests {
+    @Test func copyAcrossProjectsInheritsDestinationProject() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/dir/sub", withIntermediateDirectories: true)
+            for i in 0..<50 { try TreeBuilder.write("\(a)/dir/sub/f\(i)", bytes: 1000 + i) }
+            try TreeBuilder.write(a + "/single", bytes: 12345)
+            let result = try ferry("copy", "--json", a + "/dir", a + "/single", b)
+            #expect(result.status == 0, "\(result.standardError)")
+            let summary = try jsonObject(result.standardOutput)
+            #expect(summary["status"] as? String == "completed")
+            #expect((summary["published"] as? [String])?.sorted() == ["dir", "single"])
+            #expect(summary["verify"] as? String == "metadata")
+            #expect(try TreeSnapshot.take(a + "/dir").differences(to: TreeSnapshot.take(b + "/dir")).isEmpty)
+            let xfsIO = try Shell.run(["xfs_io", "-c", "lsproj", b + "/dir/sub/f7", b + "/dir", b + "/single"])
+            #expect(xfsIO.components(separatedBy: "projid = 200").count - 1 == 3, "\(xfsIO)")
+            #expect(try Shell.run(["xfs_io", "-c", "lsproj", a + "/dir/sub/f7"]).contains("projid = 100"))
+            // One source to a new name, with checksums.
+            let renamed = try ferry("copy", "--verify", "checksum", a + "/single", b + "/renamed")
+            #expect(renamed.status == 0, "\(renamed.standardError)")
+            #expect(FileManager.default.contentsEqual(atPath: a + "/single", andPath: b + "/renamed"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).sorted() == ["dir", "renamed", "single"])
+        }
+    }
+
+    @Test func usageErrorsExitTwoAndTouchNothing() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            try TreeBuilder.write(a + "/x", bytes: 1)
+            try TreeBuilder.write(a + "/y", bytes: 1)
+            #expect(try ferry("copy").status == 2)
+            #expect(try ferry("copy", a + "/x").status == 2)
+            #expect(try ferry("copy", "--jobs", "0", a + "/x", a + "/z").status == 2)
+            #expect(try ferry("copy", "--verify", "bogus", a + "/x", a + "/z").status == 2)
+            let notDirectory = try ferry("copy", a + "/x", a + "/y", a + "/nope")
+            #expect(notDirectory.status == 2)
+            #expect(notDirectory.standardError.contains("not a directory"))
+            let intoItself = try ferry("copy", a, a + "/inside")
+            #expect(intoItself.status == 2)
+            #expect(intoItself.standardError.contains("into itself"))
+            #expect(try ferry("frobnicate").status == 2)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a).sorted() == ["x", "y"])
+        }
+    }
+
+    @Test func failuresExitOneAndLeaveNothing() throws {
+        try withLoopXFS(sizeMiB: 300) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            // A missing source.
+            let missing = try ferry("copy", a + "/missing", b)
+            #expect(missing.status == 1)
+            #expect(missing.standardError.contains("No such file"))
+            // An existing destination is never replaced.
+            try TreeBuilder.write(a + "/f", bytes: 10, seed: 1)
+            try TreeBuilder.write(b + "/f", bytes: 20, seed: 2)
+            let exists = try ferry("copy", "--json", a + "/f", b)
+            #expect(exists.status == 1)
+            let failure = try jsonObject(exists.standardOutput)
+            #expect((failure["error"] as? [String: Any])?["code"] as? String == "destinationExists")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: b + "/f")).count == 20)
+            // Too big for the destination: refused up front, with figures.
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<3 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=30", "status=none"]) }
+            let free = try FileDescriptor.openDirectory(Array(fs.mountPoint.utf8)).filesystemStatistics().availableBytes
+            try Shell.run(["fallocate", "-l", String(free - (50 << 20)), fs.mountPoint + "/filler"])
+            let refused = try ferry("copy", a + "/big", b)
+            #expect(refused.status == 1)
+            #expect(refused.standardError.contains("free; the copy needs"), "\(refused.standardError)")
+            // Without the check, the real ENOSPC stops it cleanly.
+            let full = try ferry("copy", "--no-space-check", "--json", a + "/big", b)
+            #expect(full.status == 1)
+            #expect((try jsonObject(full.standardOutput)["error"] as? [String: Any])?["code"] as? String == "noSpace")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b) == ["f"])
+        }
+    }
+
+    @Test func fsReportsProjectAndQuotaAsJSON() throws {
+        try withLoopXFS { fs in
+            let p = try fs.makeProjectDirectory("p", project: 321)
+            let result = try ferry("fs", "--json", p)
+            #expect(result.status == 0, "\(result.standardError)")
+            let object = try jsonObject(result.standardOutput)
+            #expect(Set(object.keys) == ["path", "filesystem", "project", "quota"])
+            #expect(object["filesystem"] as? String == "xfs")
+            let project = try #require(object["project"] as? [String: Any])
+            #expect(project["id"] as? Int == 321 && project["inherit"] as? Bool == true)
+            let quota = try #require(object["quota"] as? [String: Any])
+            #expect(Set(quota.keys) == ["source", "bytesUsed", "bytesSoftLimit", "bytesHardLimit", "bytesFree", "inodesUsed",
+                                        "inodesSoftLimit", "inodesHardLimit", "inodesFree", "overLimit", "inaccurate"])
+            #expect(quota["source"] as? String == "statvfs")
+            #expect(quota["bytesSoftLimit"] is NSNull)
+            #expect((quota["bytesFree"] as? NSNumber)?.int64Value ?? 0 > 400 << 20)
+            // Forced Lustre backend with a stand-in lfs from FERRY_LFS: figures in bytes.
+            let lfs = fs.directory + "/lfs"
+            let fixture = try #require(Bundle.module.resourceURL?.appendingPathComponent("Fixtures/lfs_quota_p_h_v2.15.txt").path)
+            try "#!/bin/sh\ncat '\(fixture)'\n".write(toFile: lfs, atomically: true, encoding: .utf8)
+            try Shell.run(["chmod", "755", lfs])
+            let lustre = try ferry("fs", "--json", "--backend", "lustre", p, environment: ["FERRY_LFS": lfs])
+            #expect(lustre.status == 0, "\(lustre.standardError)")
+            let lustreQuota = try #require(try jsonObject(lustre.standardOutput)["quota"] as? [String: Any])
+            #expect(lustreQuota["source"] as? String == "lfs")
+            #expect((lustreQuota["bytesHardLimit"] as? NSNumber)?.uint64Value == 2 << 40)
+            #expect((lustreQuota["inodesUsed"] as? NSNumber)?.intValue == 714_982)
+            #expect(try ferry("fs", "--backend", "nonsense", p).status == 2)
+            #expect(try ferry("fs", fs.mountPoint + "/missing").status == 1)
+        }
+    }
+
+    @Test func interruptRemovesEverything() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<6 { try Shell.run(["dd", "if=/dev/zero", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ferryBinary())
+            process.arguments = ["copy", "--jobs", "1", a + "/big", b]
+            let errors = Pipe()
+            process.standardError = errors
+            try process.run()
+            // Wait until the staging directory has data in it, then interrupt.
+            for _ in 0..<500 {
+                let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
+                if let name = staged.first, (try? FileManager.default.contentsOfDirectory(atPath: "\(b)/\(name)/big"))?.isEmpty == false { break }
+                usleep(2_000)
+            }
+            process.interrupt()
+            process.waitUntilExit()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus == 130, "\(message)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a + "/big").count == 6)
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import Foundation
+import FerryStorage
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// A stand-in `lfs`: records its arguments and prints a fixture, as the real one prints quota.
+func makeStandInLFS(in directory: String, printing fixture: String, exitStatus: Int = 0) throws -> (program: String, log: String) {
+    let program = directory + "/lfs"
+    let log = directory + "/lfs.args"
+    let fixtureURL = try #require(Bundle.module.resourceURL).appendingPathComponent("Fixtures/\(fixture)")
+    let script = """
+        #!/bin/sh
+        printf '%s\\n' "$@" > '\(log)'
+        cat '\(fixtureURL.path)'
+        exit \(exitStatus)
+        """
+    try script.write(toFile: program, atomically: true, encoding: .utf8)
+    try Shell.run(["chmod", "755", program])
+    return (program, log)
+}
+
+@Suite("Storage backends on loop XFS (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct StorageBackendTests {
+    @Test func detectsXFSAndItsProjects() throws {
+        try withLoopXFS { fs in
+            let path = try fs.makeProjectDirectory("p", project: 4242)
+            let fd = try FileDescriptor.openDirectory(Array(path.utf8))
+            defer { fd.closeQuietly() }
+            let backend = try Storage.backend(for: fd)
+            #expect(backend.kind == .xfs)
+            #expect(try backend.projectAttributes(of: fd) == ProjectAttributes(projectID: 4242, inherit: true))
+            try FileManager.default.createDirectory(atPath: path + "/child", withIntermediateDirectories: false)
+            let child = try FileDescriptor.openDirectory(Array((path + "/child").utf8))
+            defer { child.closeQuietly() }
+            #expect(try backend.projectAttributes(of: child) == ProjectAttributes(projectID: 4242, inherit: true))
+            try backend.setProjectAttributes(ProjectAttributes(projectID: 7, inherit: false), on: child)
+            #expect(try backend.projectAttributes(of: child) == ProjectAttributes(projectID: 7, inherit: false))
+        }
+    }
+
+    /// No quota in this kernel: the figures come from statvfs, marked as such, with the reason.
+    @Test func quotaFallsBackToStatvfs() throws {
+        try withLoopXFS { fs in
+            let path = try fs.makeProjectDirectory("p", project: 5)
+            let fd = try FileDescriptor.openDirectory(Array(path.utf8))
+            defer { fd.closeQuietly() }
+            let quota = try Storage.backend(for: fd).quota(of: fd, path: Array(path.utf8))
+            #expect(quota.source == .statvfs)
+            #expect(quota.projectID == 5)
+            let stats = try fd.filesystemStatistics()
+            #expect(quota.bytesFree == stats.availableBytes)
+            #expect(quota.inodesFree == stats.freeInodes)
+            #expect(quota.note?.contains("quotactl") == true)
+        }
+    }
+
+    /// `backend = lustre` on any filesystem runs `lfs quota -p ID MOUNT` and parses it.
+    @Test func lustreOverrideRunsLfsQuota() throws {
+        try withLoopXFS { fs in
+            let path = try fs.makeProjectDirectory("p", project: 1000)
+            let lfs = try makeStandInLFS(in: fs.directory, printing: "lfs_quota_p_v2.17.txt")
+            let fd = try FileDescriptor.openDirectory(Array(path.utf8))
+            defer { fd.closeQuietly() }
+            let backend = try Storage.backend(for: fd, choice: .lustre, lfsPath: lfs.program)
+            #expect(backend.kind == .lustre)
+            let quota = try backend.quota(of: fd, path: Array(path.utf8))
+            #expect(quota.source == .lfs)
+            #expect(quota.projectID == 1000)
+            #expect(quota.bytesUsed == 1_225_350_212 * 1024)
+            #expect(quota.bytesHardLimit == UInt64(2_147_483_648) * 1024)
+            #expect(quota.inodesUsed == 714_982 && quota.inodesHardLimit == 1_000_000)
+            // Headroom under the limit, capped by what the filesystem itself has left.
+            let freeInodes = try fd.filesystemStatistics().freeInodes
+            #expect(quota.inodesFree == min(1_000_000 - 714_982, freeInodes))
+            #expect(quota.overLimit == false && quota.inaccurate == false)
+            let arguments = try String(contentsOfFile: lfs.log, encoding: .utf8).split(separator: "\n")
+            #expect(arguments == ["quota", "-p", "1000", Substring(fs.mountPoint)])
+        }
+    }
+
+    @Test func ferryLfsEnvironmentVariableAndFailures() throws {
+        try withLoopXFS { fs in
+            let path = try fs.makeProjectDirectory("p", project: 1000)
+            let fd = try FileDescriptor.openDirectory(Array(path.utf8))
+            defer { fd.closeQuietly() }
+            let over = try makeStandInLFS(in: fs.directory, printing: "lfs_quota_p_overquota_v2.15.txt")
+            setenv("FERRY_LFS", over.program, 1)
+            defer { unsetenv("FERRY_LFS") }
+            let backend = LustreBackend()
+            #expect(backend.lfsPath == over.program)
+            let quota = try backend.quota(of: fd, path: Array(path.utf8))
+            #expect(quota.overLimit == true)
+            // Used 30720 KiB: at the soft limit (so `*`), 200 KiB under the hard limit.
+            #expect(quota.bytesFree == 200 * 1024)
+            // A failing lfs: figures from statvfs, with the reason.
+            let broken = try makeStandInLFS(in: fs.directory, printing: "lfs_project_c.txt", exitStatus: 3)
+            let fallback = try LustreBackend(lfsPath: broken.program).quota(of: fd, path: Array(path.utf8))
+            #expect(fallback.source == .statvfs)
+            #expect(fallback.note?.contains("exited with 3") == true)
+            // A missing lfs: the same, and the note says how to configure it.
+            let missing = try LustreBackend(lfsPath: fs.directory + "/no-such-lfs").quota(of: fd, path: Array(path.utf8))
+            #expect(missing.source == .statvfs)
+            #expect(missing.note?.contains("FERRY_LFS") == true)
+        }
+    }
+
+    @Test func lustreHSMAndReleasedFilesThroughLfs() throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-lfs")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let hsm = try makeStandInLFS(in: directory, printing: "lfs_hsm_state.txt")
+        let states = try LustreBackend(lfsPath: hsm.program).hsmState(of: ["/mnt/lustre/released_file"])
+        #expect(states.first?.isReleased == true)
+        #expect(try String(contentsOfFile: hsm.log, encoding: .utf8) == "hsm_state\n/mnt/lustre/released_file\n")
+        let script = directory + "/find"
+        try "#!/bin/sh\nprintf '%s\\n' \"$@\" > '\(directory)/find.args'\nprintf '/l/a\\0/l/b\\377\\0'\n".write(toFile: script, atomically: true, encoding: .utf8)
+        try Shell.run(["chmod", "755", script])
+        let released = try LustreBackend(lfsPath: script).releasedFiles(under: "/l")
+        #expect(released == [Array("/l/a".utf8), Array("/l/b".utf8) + [0xFF]])
+        #expect(try String(contentsOfFile: directory + "/find.args", encoding: .utf8) == "find\n/l\n--layout\nreleased\n--print0\n")
+    }
+}
+
+@Suite struct MountTableTests {
+    @Test func parsesMountinfoWithEscapes() {
+        let text = """
+            22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+            35 22 0:40 / /mnt/lustre rw,flock - lustre 10.0.0.1@tcp:/testfs rw,flock
+            36 22 7:0 / /mnt/with\\040space rw - xfs /dev/loop0 rw
+            """
+        let table = MountTable(parsing: text)
+        #expect(table.mounts.count == 3)
+        #expect(table.mounts[1] == MountTable.Mount(mountPoint: "/mnt/lustre", filesystemType: "lustre", source: "10.0.0.1@tcp:/testfs"))
+        #expect(table.mounts[2].mountPoint == "/mnt/with space")
+    }
+}
