@@ -88,7 +88,9 @@ struct CopyPlan {
             let here = try current.status().fileID
             if here == source { throw UsageError(message: "cannot copy \(path.displayString) into itself") }
             let up = try current.openAt(Array("..".utf8), [.directory])
-            if try up.status().fileID == here {
+            let upID: FileID
+            do { upID = try up.status().fileID } catch { up.closeQuietly(); throw error }
+            if upID == here {
                 up.closeQuietly()
                 return  // reached the root
             }

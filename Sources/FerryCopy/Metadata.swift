@@ -17,7 +17,13 @@ struct MetadataApplier: Sendable {
             try destination.changeOwner(uid: status.uid, gid: status.gid)
         }
         try destination.changeMode(permissions: status.permissions)
-        for name in try ExtendedAttributes.names(source) where shouldCopy(name) {
+        let names: [ByteString]
+        do {
+            names = try ExtendedAttributes.names(source)
+        } catch where error.code == .notSupported {
+            names = []  // a source filesystem without xattrs has none to copy
+        }
+        for name in names where shouldCopy(name) {
             guard let value = try ExtendedAttributes.value(source, name) else { continue }
             do {
                 try ExtendedAttributes.set(destination, name, value)

@@ -17,6 +17,19 @@ public struct CopyProgress: Sendable {
     /// Seconds left at the current rate, when it can be told.
     public var secondsRemaining: Double?
     public var elapsedSeconds: Double
+
+    public init(phase: Phase, bytesDone: UInt64, bytesTotal: UInt64, entriesDone: UInt64, entriesTotal: UInt64,
+                currentPath: String?, bytesPerSecond: Double, secondsRemaining: Double?, elapsedSeconds: Double) {
+        self.phase = phase
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+        self.entriesDone = entriesDone
+        self.entriesTotal = entriesTotal
+        self.currentPath = currentPath
+        self.bytesPerSecond = bytesPerSecond
+        self.secondsRemaining = secondsRemaining
+        self.elapsedSeconds = elapsedSeconds
+    }
 }
 
 public typealias ProgressHandler = @Sendable (CopyProgress) -> Void
@@ -41,7 +54,8 @@ final class ProgressMeter: @unchecked Sendable {
         self.interval = interval
         if handler != nil {
             ticker = Thread.spawn { [self] in
-                let micros = UInt32(max(10_000, interval.components.seconds * 1_000_000 + interval.components.attoseconds / 1_000_000_000_000))
+                let requested = interval.components.seconds * 1_000_000 + interval.components.attoseconds / 1_000_000_000_000
+                let micros = UInt32(min(max(1_000, requested), 60_000_000))
                 while !stopped.load(ordering: .acquiring) {
                     usleep(micros)
                     if stopped.load(ordering: .acquiring) { break }

@@ -80,7 +80,8 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
         }
         meter.started(directory.displayPath(entry.name))
         let destination = try peer.openAt(entry.peerName, [.writeOnly, .create, .exclusive, .noFollow], permissions: 0o600)
-        defer { destination.closeQuietly() }
+        var open = true
+        defer { if open { destination.closeQuietly() } }
         try layoutCloner?.cloneLayout(from: source, to: destination)
         try data.copy(from: source, to: destination, status: before, cancellation: cancellation) { bytes in
             meter.bytes.add(bytes, ordering: .relaxed)
@@ -93,6 +94,8 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
                 detail: "size \(before.size) → \(after.size), mtime \(before.modificationTime) → \(after.modificationTime)")
         }
         try metadata.apply(from: source, to: destination, status: before, path: directory.displayPath(entry.name))
+        open = false
+        try destination.closeAfterWriting()
     }
 
     /// Hard links inside the tree stay links: the first path of an inode is copied, the others are

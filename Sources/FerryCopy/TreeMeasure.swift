@@ -21,6 +21,8 @@ public struct TreeMeasurement: Sendable, Equatable {
     /// Regular files whose data is not on disk (Lustre HSM `released`: size > 0, no blocks).
     public var releasedFiles: UInt64 = 0
 
+    public init() {}
+
     /// Inodes the copy will create.
     public var inodes: UInt64 { entries - extraHardLinks }
 }
@@ -77,9 +79,12 @@ final class RemoveVisitor: TreeVisitor, @unchecked Sendable {
             case .isDirectory, .notPermitted:
                 // A directory (unlink says EISDIR, or EPERM on some filesystems): empty it first.
                 // An unprivileged owner may need to make it writable to do so.
+                // Through a descriptor opened O_NOFOLLOW: fchmodat would follow a swapped-in symlink.
                 if !processIsPrivileged, let status = try? directory.source.status(entry.name),
-                   status.permissions & 0o700 != 0o700 {
-                    try directory.source.changeMode(entry.name, permissions: status.permissions | 0o700)
+                   status.kind == .directory, status.permissions & 0o700 != 0o700 {
+                    let fd = try directory.source.openAt(entry.name, [.directory, .noFollow])
+                    defer { fd.closeQuietly() }
+                    try fd.changeMode(permissions: status.permissions | 0o700)
                 }
                 return .descend(peer: nil)
             default:

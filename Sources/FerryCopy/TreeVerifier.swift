@@ -102,7 +102,7 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
         if gap > tolerance {
             note(path, "allocated \(source.blocks * 512) bytes in the source, \(copy.blocks * 512) in the copy (sparseness not preserved)")
         }
-        if source.linkCount > 1 {
+        if source.linkCount > 1 || copy.linkCount > 1 {
             let consistent = linkMap.withLock { maps -> Bool in
                 let forward = maps.forward[source.fileID]
                 let backward = maps.backward[copy.fileID]

@@ -1,20 +1,20 @@
 import CFerrySystem
 import Glibc
+import Synchronization
 
 /// SIGINT and SIGTERM as something a long operation can notice: a handler counts them and a
 /// watcher thread turns the first into `onInterrupt` (a handler itself may do almost nothing).
-public final class InterruptWatcher: @unchecked Sendable {
-    private var thread: pthread_t?
-    private var running = true
-    private var lock = pthread_mutex_t()
+public final class InterruptWatcher: Sendable {
+    private let startCount: CInt
+    private let running = RunningFlag()
+    private let thread = Mutex<pthread_t?>(nil)
 
     public init(pollMilliseconds: UInt32 = 50, _ onInterrupt: @escaping @Sendable () -> Void) {
-        pthread_mutex_init(&lock, nil)
         cferry_install_interrupt_counter()
         let start = cferry_interrupt_count()
-        var handle = pthread_t()
-        let box = Unmanaged.passRetained(WatchBox { [self] in
-            while self.isRunning {
+        startCount = start
+        let box = Unmanaged.passRetained(WatchBox { [running] in
+            while running.value.load(ordering: .acquiring) {
                 if cferry_interrupt_count() != start {
                     onInterrupt()
                     return
@@ -22,37 +22,35 @@ public final class InterruptWatcher: @unchecked Sendable {
                 usleep(pollMilliseconds * 1000)
             }
         }).toOpaque()
+        var handle = pthread_t()
         if pthread_create(&handle, nil, { raw in
             Unmanaged<WatchBox>.fromOpaque(raw!).takeRetainedValue().body()
             return nil
         }, box) == 0 {
-            thread = handle
+            thread.withLock { $0 = handle }
         } else {
             Unmanaged<WatchBox>.fromOpaque(box).release()
         }
     }
 
-    private var isRunning: Bool {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
-        return running
-    }
-
     /// Whether a signal arrived since the watcher started.
-    public var interrupted: Bool { cferry_interrupt_count() != 0 }
+    public var interrupted: Bool { cferry_interrupt_count() != startCount }
 
     /// Stops watching and restores the default dispositions.
     public func stop() {
-        pthread_mutex_lock(&lock)
-        running = false
-        pthread_mutex_unlock(&lock)
-        if let thread { pthread_join(thread, nil) }
-        thread = nil
+        running.value.store(false, ordering: .releasing)
+        if let handle = thread.withLock({ value -> pthread_t? in defer { value = nil }; return value }) {
+            pthread_join(handle, nil)
+        }
         cferry_restore_interrupt_defaults()
     }
 }
 
-private final class WatchBox {
-    let body: () -> Void
-    init(_ body: @escaping () -> Void) { self.body = body }
+private final class WatchBox: @unchecked Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+}
+
+private final class RunningFlag: Sendable {
+    let value = Atomic<Bool>(true)
 }

@@ -29,9 +29,11 @@ public enum PathResolver {
             if symlinks == .refuse { resolve |= CFERRY_RESOLVE_NO_SYMLINKS }
             let all = flags.union(.closeOnExec).rawValue
             let target = path.isEmpty ? Array(".".utf8) : path
-            let fd = target.withCPath { cferry_openat2(root.rawValue, $0, all, UInt32(permissions), resolve) }
+            let (fd, code) = target.withCPath { path -> (CInt, CInt) in
+                let fd = cferry_openat2(root.rawValue, path, all, UInt32(permissions), resolve)
+                return (fd, fd < 0 ? Glibc.errno : 0)
+            }
             if fd >= 0 { return FileDescriptor(rawValue: fd) }
-            let code = Glibc.errno
             switch code {
             case ENOSYS:
                 break  // no openat2 here: walk instead

@@ -48,6 +48,16 @@ extension FileDescriptor {
         return FileDescriptor(rawValue: fd)
     }
 
+    /// Closes a descriptor that was written through, reporting what `close` reports: NFS and Lustre
+    /// deliver delayed write-back failures (ENOSPC, EDQUOT, EIO) here. Not retried on EINTR: Linux
+    /// has released the descriptor whatever `close` returns.
+    public func closeAfterWriting() throws(SystemError) {
+        if Glibc.close(rawValue) != 0 {
+            let code = Glibc.errno
+            if code != EINTR { throw SystemError(errno: code, syscall: "close") }
+        }
+    }
+
     /// Closes the descriptor; errors on close are not actionable for Ferry's read paths, and write
     /// paths check durability with `fsync`/`syncfs` before closing.
     public func closeQuietly() {

@@ -118,9 +118,16 @@ final class WalkCoordinator: @unchecked Sendable {
     /// Walks the given top-level entries of `root` (a directory whose own listing is not read) on
     /// `threads` threads. `root` and `peer` are borrowed: the caller keeps ownership.
     func run(root: FileDescriptor, peer: FileDescriptor?, entries: [WalkEntry], threads: Int) throws(WalkFailure) {
-        let rootNode = WalkDirectory(
-            walk: self, parent: nil, name: [], peerName: [],
-            source: (try? root.duplicateDescriptor()) ?? root, peer: try? peer?.duplicateDescriptor(), status: nil)
+        // The root node owns duplicates (its deinit closes them); a failed dup fails the walk rather
+        // than walking with a missing peer, which would check nothing.
+        let source: FileDescriptor, peerCopy: FileDescriptor?
+        do {
+            source = try root.duplicateDescriptor()
+            do { peerCopy = try peer?.duplicateDescriptor() } catch { source.closeQuietly(); throw error }
+        } catch {
+            throw WalkFailure(path: ".", error: error)
+        }
+        let rootNode = WalkDirectory(walk: self, parent: nil, name: [], peerName: [], source: source, peer: peerCopy, status: nil)
         rootNode.pending.store(entries.count + 1, ordering: .relaxed)
         pool.push(contentsOf: entries.map { .entry(rootNode, $0) })
         finishEntry(in: rootNode)  // the root's listing is not read

@@ -7,50 +7,59 @@ import Glibc
 /// Threads, not Swift tasks: the work is blocking syscalls, and the cooperative pool has one thread
 /// per core.
 final class WorkPool<Item>: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var condition = pthread_cond_t()
+    // Heap-allocated: a pthread object must not move, and `&storedProperty` promises no address.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var stack: [Item] = []
     private var busy = 0
     private var stopped = false
     /// The most items ever pending at once: what bounds the walk's memory.
-    private(set) var peakPending = 0
+    private var peak = 0
 
     init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&condition, nil)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
     }
 
     deinit {
-        pthread_cond_destroy(&condition)
-        pthread_mutex_destroy(&mutex)
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    var peakPending: Int {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return peak
     }
 
     func push(_ item: Item) {
-        pthread_mutex_lock(&mutex)
+        pthread_mutex_lock(mutex)
         stack.append(item)
-        peakPending = max(peakPending, stack.count)
-        pthread_cond_signal(&condition)
-        pthread_mutex_unlock(&mutex)
+        peak = max(peak, stack.count)
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
     }
 
     /// Pushes in reverse, so the first of `items` is the next one served.
     func push(contentsOf items: [Item]) {
         guard !items.isEmpty else { return }
-        pthread_mutex_lock(&mutex)
+        pthread_mutex_lock(mutex)
         stack.append(contentsOf: items.reversed())
-        peakPending = max(peakPending, stack.count)
-        if items.count == 1 { pthread_cond_signal(&condition) } else { pthread_cond_broadcast(&condition) }
-        pthread_mutex_unlock(&mutex)
+        peak = max(peak, stack.count)
+        if items.count == 1 { pthread_cond_signal(condition) } else { pthread_cond_broadcast(condition) }
+        pthread_mutex_unlock(mutex)
     }
 
     /// Drops every pending item and wakes all threads so that `run` returns once the items being
     /// worked on are done.
     func stop() {
-        pthread_mutex_lock(&mutex)
+        pthread_mutex_lock(mutex)
         stopped = true
         stack.removeAll()
-        pthread_cond_broadcast(&condition)
-        pthread_mutex_unlock(&mutex)
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
     }
 
     /// Runs `body` on `threads` threads until the stack is empty and no item is in progress (an item
@@ -66,23 +75,23 @@ final class WorkPool<Item>: @unchecked Sendable {
     }
 
     private func serve(_ body: (Item) -> Void) {
-        pthread_mutex_lock(&mutex)
+        pthread_mutex_lock(mutex)
         while true {
             if stopped { break }
             if let item = stack.popLast() {
                 busy += 1
-                pthread_mutex_unlock(&mutex)
+                pthread_mutex_unlock(mutex)
                 body(item)
-                pthread_mutex_lock(&mutex)
+                pthread_mutex_lock(mutex)
                 busy -= 1
-                if busy == 0 && stack.isEmpty { pthread_cond_broadcast(&condition) }
+                if busy == 0 && stack.isEmpty { pthread_cond_broadcast(condition) }
                 continue
             }
             if busy == 0 { break }
-            pthread_cond_wait(&condition, &mutex)
+            pthread_cond_wait(condition, mutex)
         }
-        pthread_cond_broadcast(&condition)
-        pthread_mutex_unlock(&mutex)
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
     }
 }
 
@@ -115,19 +124,22 @@ enum Thread {
 
 /// A mutex around a value, for state the walk's threads share.
 final class Locked<Value>: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var value: Value
 
     init(_ value: Value) {
         self.value = value
-        pthread_mutex_init(&mutex, nil)
+        pthread_mutex_init(mutex, nil)
     }
 
-    deinit { pthread_mutex_destroy(&mutex) }
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
 
     func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
         return try body(&value)
     }
 }

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# ferry copy vs `cp -a` + sync vs `rsync -a` + sync, measured side by side in one run on a fresh
+# loop-mounted XFS with reflink off (so nobody can cheat with shared extents).
+#
+#   sudo Benchmarks/copy-bench.sh [--runs N] [--only big|small] [--ferry PATH]
+#
+# Scenarios (the foundation issue's): (a) 16 x 256 MiB files, (b) 100,000 x 4 KiB files.
+# Every timed run starts with cold caches (sync; drop_caches) and ends durable: cp and rsync are
+# followed by `sync`, ferry flushes with syncfs before it publishes. The median of N runs is kept;
+# the table prints each tool's time and its ratio to cp -a and to rsync.
+set -euo pipefail
+
+runs=3
+only=""
+ferry=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    --only) only="$2"; shift 2 ;;
+    --ferry) ferry="$2"; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--only big|small] [--ferry PATH]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "needs root (loop devices, mount, drop_caches)" >&2; exit 2; }
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -z "$ferry" ]; then
+  (cd "$here" && swift build -c release --product ferry >/dev/null)
+  ferry="$here/.build/release/ferry"
+fi
+for tool in mkfs.xfs rsync losetup; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }; done
+
+work="$(mktemp -d /var/tmp/ferry-bench.XXXXXX)"
+mnt="$work/mnt"
+loop=""
+cleanup() {
+  set +e
+  if mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
+  [ -n "$loop" ] && losetup -d "$loop"
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+mkdir -p "$mnt"
+truncate -s 14G "$work/fs.img"
+mkfs.xfs -q -m reflink=0 "$work/fs.img"
+loop="$(losetup --find --show "$work/fs.img")"
+mount -t xfs "$loop" "$mnt"
+mkdir "$mnt/src" "$mnt/dst"
+xfs_io -c 'chproj 100' -c 'chattr +P' "$mnt/src" >/dev/null
+xfs_io -c 'chproj 200' -c 'chattr +P' "$mnt/dst" >/dev/null
+
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+
+# time_one COMMAND...: runs the command on cold caches, prints seconds; clears dst after.
+time_one() {
+  local start end
+  cold
+  start=$(now)
+  "$@" >/dev/null
+  end=$(now)
+  rm -rf "${mnt:?}/dst/"* "$mnt"/dst/.ferry-staging-* 2>/dev/null || true
+  echo "$end - $start" | bc -l
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+results=()
+bench() {
+  local name="$1" src="$2" label
+  local -A times=()
+  for label in ferry cp rsync; do
+    local samples=()
+    for _ in $(seq "$runs"); do
+      case "$label" in
+        ferry) samples+=("$(time_one "$ferry" copy "$src" "$mnt/dst/")") ;;
+        cp) samples+=("$(time_one sh -c "cp -a '$src' '$mnt/dst/' && sync")") ;;
+        rsync) samples+=("$(time_one sh -c "rsync -a '$src' '$mnt/dst/' && sync")") ;;
+      esac
+    done
+    times[$label]=$(printf '%s\n' "${samples[@]}" | median)
+    echo "  $name $label: ${samples[*]} -> median ${times[$label]} s" >&2
+  done
+  results+=("$(printf '| %s | %.2f s | %.2f s | %.2f s | %.2fx | %.2fx |' "$name" \
+    "${times[ferry]}" "${times[cp]}" "${times[rsync]}" \
+    "$(echo "${times[ferry]} / ${times[cp]}" | bc -l)" "$(echo "${times[ferry]} / ${times[rsync]}" | bc -l)")")
+}
+
+if [ "$only" != small ]; then
+  echo "creating 16 x 256 MiB ..." >&2
+  mkdir "$mnt/src/big"
+  for i in $(seq -w 1 16); do head -c 256M /dev/urandom > "$mnt/src/big/f$i"; done
+  bench "16 x 256 MiB" "$mnt/src/big"
+  rm -rf "$mnt/src/big"
+fi
+if [ "$only" != big ]; then
+  echo "creating 100,000 x 4 KiB ..." >&2
+  python3 - "$mnt/src/small" <<'PY'
+import os, sys
+root = sys.argv[1]
+os.makedirs(root)
+block = os.urandom(4096)
+for d in range(100):
+    sub = os.path.join(root, "d%03d" % d)
+    os.mkdir(sub)
+    for f in range(1000):
+        with open(os.path.join(sub, "f%04d" % f), "wb") as out:
+            out.write(block)
+PY
+  bench "100,000 x 4 KiB" "$mnt/src/small"
+fi
+
+echo
+echo "ferry copy (verify=metadata, jobs=$(( $(nproc) * 2 ))) vs cp -a + sync and rsync -a + sync;"
+echo "loop XFS, reflink off, cold caches, median of $runs; $(nproc) cores, $(uname -r)"
+echo
+echo "| workload | ferry copy | cp -a + sync | rsync -a + sync | ferry / cp | ferry / rsync |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${results[@]}"

@@ -1,0 +1,58 @@
+import FerryCopy
+@testable import FerryCLI
+import Testing
+
+@Suite struct FormattingTests {
+    @Test func bytesCountsAndDurations() {
+        #expect(Format.bytes(0) == "0 B")
+        #expect(Format.bytes(1536) == "1.50 KiB")
+        #expect(Format.bytes(3_650_722_201) == "3.40 GiB")
+        #expect(Format.bytes(1 << 40) == "1.00 TiB")
+        #expect(Format.count(1_234_567) == "1,234,567")
+        #expect(Format.count(999) == "999")
+        #expect(Format.duration(65) == "1:05")
+        #expect(Format.duration(7384) == "2:03:04")
+        #expect(Format.duration(.infinity) == "--:--")
+    }
+
+    @Test func progressLineShowsPhaseBytesFilesRateAndETA() {
+        let progress = CopyProgress(
+            phase: .copying, bytesDone: 512 << 20, bytesTotal: 2 << 30, entriesDone: 1200, entriesTotal: 5000,
+            currentPath: "results/runs/run-1200.txt", bytesPerSecond: Double(256 << 20), secondsRemaining: 6, elapsedSeconds: 2)
+        let line = ProgressBar.line(for: progress, width: 160)
+        #expect(line.hasPrefix("copying  [#####---------------]   25%"))
+        #expect(line.contains("512 MiB/2.00 GiB"))
+        #expect(line.contains("1,200/5,000 files"))
+        #expect(line.contains("256 MiB/s"))
+        #expect(line.contains("ETA 0:06"))
+        #expect(line.hasSuffix("results/runs/run-1200.txt"))
+        // Narrow terminals: the line is cut to fit, the path shortened from the left.
+        let narrow = ProgressBar.line(for: progress, width: 100)
+        #expect(narrow.count <= 100)
+        #expect(narrow.contains("…") || !narrow.contains("results/"))
+    }
+
+    @Test func spaceRefusalNamesTheFigures() {
+        var measurement = TreeMeasurement()
+        measurement.allocatedBytes = 3_650_722_201
+        measurement.entries = 812
+        var quota = FerryStorageQuota.make(projectID: 200, bytesFree: 1_288_490_189, inodesFree: 40_000)
+        let message = SpaceCheck.refusal(measurement: measurement, quota: quota)
+        #expect(message == "destination project 200 has 1.20 GiB free; the copy needs 3.40 GiB. Free space there or ask for more quota; nothing was copied.")
+        quota.bytesFree = 10 << 30
+        quota.inodesFree = 100
+        #expect(SpaceCheck.refusal(measurement: measurement, quota: quota)?.contains("100 inodes free; the copy needs 812") == true)
+        quota.inodesFree = 1000
+        #expect(SpaceCheck.refusal(measurement: measurement, quota: quota) == nil)
+    }
+}
+
+import FerryStorage
+enum FerryStorageQuota {
+    static func make(projectID: UInt32, bytesFree: UInt64, inodesFree: UInt64) -> QuotaReport {
+        var report = QuotaReport(source: .quotactl, projectID: projectID)
+        report.bytesFree = bytesFree
+        report.inodesFree = inodesFree
+        return report
+    }
+}

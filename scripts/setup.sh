@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the system packages Ferry builds and tests with (Debian). Idempotent; needs root.
+set -euo pipefail
+packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev python3 bc)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "setup: need root to install: ${missing[*]}" >&2; exit 1; fi
+  [ "${FERRY_APT_UPDATED:-}" = 1 ] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v swift >/dev/null || { echo "setup: swift is not on PATH (expected Swift 6.x, e.g. /opt/swift/usr/bin)" >&2; exit 1; }
