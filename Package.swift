@@ -30,10 +30,13 @@ let package = Package(
             dependencies: ["FerrySystem", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .target(name: "FerryStorage", dependencies: ["FerrySystem"], swiftSettings: strict),
+        // The configuration file (TOML, read by our own strict parser: TOMLKit's dependencies are not
+        // available to this project).
+        .target(name: "FerryConfig", dependencies: ["FerryStorage"], swiftSettings: strict),
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryCopy", "FerryStorage", "FerrySystem",
+                "FerryConfig", "FerryCopy", "FerryStorage", "FerrySystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -43,6 +46,7 @@ let package = Package(
             dependencies: ["FerrySystem", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryCopyTests", dependencies: ["FerryCopy", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "FerryStorageTests", dependencies: ["FerryStorage", "FerryTestSupport"],

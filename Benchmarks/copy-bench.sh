@@ -7,10 +7,11 @@
 # Scenarios (the foundation issue's): (a) 16 x 256 MiB files, (b) 100,000 x 4 KiB files.
 # Every timed run starts with cold caches (sync; drop_caches) and ends durable: cp and rsync are
 # followed by `sync`, ferry flushes with syncfs before it publishes. The median of N runs is kept;
-# the table prints each tool's time and its ratio to cp -a and to rsync.
+# the table prints each tool's time and its ratio to cp -a and to rsync. A discarded warm-up round
+# comes first and the tools alternate within each round.
 set -euo pipefail
 
-runs=3
+runs=5
 only=""
 ferry=""
 while [ $# -gt 0 ]; do
@@ -66,20 +67,27 @@ time_one() {
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 results=()
+# bench NAME SRC: one discarded warm-up round, then N rounds with the tools interleaved, so that
+# drift in the storage under the loop device (write-back of the source just created, host caches)
+# falls on every tool alike.
 bench() {
-  local name="$1" src="$2" label
+  local name="$1" src="$2" label round
+  local -A samples=([ferry]="" [cp]="" [rsync]="")
+  run_tool() {
+    case "$1" in
+      ferry) time_one "$ferry" copy "$src" "$mnt/dst/" ;;
+      cp) time_one sh -c "cp -a '$src' '$mnt/dst/' && sync" ;;
+      rsync) time_one sh -c "rsync -a '$src' '$mnt/dst/' && sync" ;;
+    esac
+  }
+  for label in ferry cp rsync; do run_tool "$label" >/dev/null; done
+  for round in $(seq "$runs"); do
+    for label in ferry cp rsync; do samples[$label]+="$(run_tool "$label") "; done
+  done
   local -A times=()
   for label in ferry cp rsync; do
-    local samples=()
-    for _ in $(seq "$runs"); do
-      case "$label" in
-        ferry) samples+=("$(time_one "$ferry" copy "$src" "$mnt/dst/")") ;;
-        cp) samples+=("$(time_one sh -c "cp -a '$src' '$mnt/dst/' && sync")") ;;
-        rsync) samples+=("$(time_one sh -c "rsync -a '$src' '$mnt/dst/' && sync")") ;;
-      esac
-    done
-    times[$label]=$(printf '%s\n' "${samples[@]}" | median)
-    echo "  $name $label: ${samples[*]} -> median ${times[$label]} s" >&2
+    times[$label]=$(printf '%s\n' ${samples[$label]} | median)
+    echo "  $name $label: ${samples[$label]}-> median ${times[$label]} s" >&2
   done
   results+=("$(printf '| %s | %.2f s | %.2f s | %.2f s | %.2fx | %.2fx |' "$name" \
     "${times[ferry]}" "${times[cp]}" "${times[rsync]}" \
@@ -112,7 +120,7 @@ fi
 
 echo
 echo "ferry copy (verify=metadata, jobs=$(( $(nproc) * 2 ))) vs cp -a + sync and rsync -a + sync;"
-echo "loop XFS, reflink off, cold caches, median of $runs; $(nproc) cores, $(uname -r)"
+echo "loop XFS, reflink off, cold caches, median of $runs interleaved rounds after a warm-up; $(nproc) cores, $(uname -r)"
 echo
 echo "| workload | ferry copy | cp -a + sync | rsync -a + sync | ferry / cp | ferry / rsync |"
 echo "|---|---|---|---|---|---|"

@@ -91,6 +91,10 @@ int cferry_fssetxattr(int fd, uint32_t xflags, uint32_t projid) {
 
 int cferry_syncfs(int fd) { return syncfs(fd); }
 
+int cferry_start_writeback(int fd, int64_t offset, int64_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}
+
 int cferry_fallocate(int fd, int mode, int64_t offset, int64_t len) { return fallocate(fd, mode, offset, len); }
 
 long cferry_getdents64(int fd, void *buf, size_t len) { return syscall(SYS_getdents64, fd, buf, len); }

@@ -25,8 +25,7 @@ struct CopyCommand: ParsableCommand {
     @Option(help: "How to verify before publishing: metadata or checksum.") var verify: VerifyMode = .metadata
     @Option(help: "Parallel copiers (default: two per core).") var jobs: Int?
     @Flag(help: "Skip the free-space and free-inode check before copying.") var noSpaceCheck = false
-    @Option(help: "Destination filesystem backend: auto, lustre, xfs, ext4, posix.") var backend: BackendChoice = .auto
-    @Option(help: "The lfs program (default: FERRY_LFS, else lfs in PATH).") var lfs: String?
+    @OptionGroup var storageOptions: StorageOptions
 
     func validate() throws {
         if paths.count < 2 { throw ValidationError("give at least one source and a destination") }
@@ -34,6 +33,7 @@ struct CopyCommand: ParsableCommand {
     }
 
     func run() throws {
+        let configuration = try storageOptions.loadConfiguration()
         let plan: CopyPlan
         do {
             plan = try CopyPlan(arguments: paths.map { Array($0.utf8) })
@@ -45,7 +45,7 @@ struct CopyCommand: ParsableCommand {
         }
         defer { plan.close() }
 
-        let storage = try? Storage.backend(for: plan.destination, choice: backend, lfsPath: lfs)
+        let storage = try? storageOptions.backend(for: plan.destination, path: plan.destinationPath, configuration: configuration)
         let cancellation = CancellationFlag()
         let interrupt = InterruptWatcher { cancellation.cancel() }
         defer { interrupt.stop() }
@@ -55,9 +55,11 @@ struct CopyCommand: ParsableCommand {
             cancellation: cancellation)
         let engine = CopyEngine(options: options, progress: { bar.update($0) })
 
+        var measured: TreeMeasurement?
         if !noSpaceCheck, let storage {
             do {
                 let measurement = try engine.measure(plan.sources)
+                measured = measurement
                 if let refusal = SpaceCheck.refusal(measurement: measurement, quota: try storage.quota(of: plan.destination, path: plan.destinationPath)) {
                     bar.finish()
                     fail(refusal)
@@ -71,7 +73,7 @@ struct CopyCommand: ParsableCommand {
         }
 
         do {
-            let report = try engine.copy(plan.sources, to: plan.destination)
+            let report = try engine.copy(plan.sources, to: plan.destination, measurement: measured)
             bar.finish()
             if json {
                 printJSON(Self.summary(report, plan: plan))

@@ -10,10 +10,10 @@ struct FsCommand: ParsableCommand {
 
     @Argument(help: "A file or directory.") var path: String
     @Flag(help: "Print one JSON object.") var json = false
-    @Option(help: "Filesystem backend: auto, lustre, xfs, ext4, posix.") var backend: BackendChoice = .auto
-    @Option(help: "The lfs program (default: FERRY_LFS, else lfs in PATH).") var lfs: String?
+    @OptionGroup var storageOptions: StorageOptions
 
     func run() throws {
+        let configuration = try storageOptions.loadConfiguration()
         let bytes = Array(path.utf8)
         // Readable (non-blocking, so a fifo cannot hang us) for the fsxattr ioctl; O_PATH is
         // enough for statfs where reading is not allowed.
@@ -26,7 +26,7 @@ struct FsCommand: ParsableCommand {
         }
         defer { readable.closeQuietly() }
         do {
-            let storage = try Storage.backend(for: readable, choice: backend, lfsPath: lfs)
+            let storage = try storageOptions.backend(for: readable, path: bytes, configuration: configuration)
             let project = try storage.projectAttributes(of: readable)
             let quota = try storage.quota(of: readable, path: bytes)
             if json {

@@ -165,7 +165,9 @@ public final class CopyEngine: Sendable {
 
     /// The whole copy: measure, stage, verify, publish. Anything created is removed on failure;
     /// the sources are only read.
-    public func copy(_ sources: [CopySource], to destination: FileDescriptor, id: String = randomIdentifier()) throws(CopyError) -> CopyReport {
+    /// `measurement`: pass one taken already (e.g. for a space check) to save a walk.
+    public func copy(_ sources: [CopySource], to destination: FileDescriptor, id: String = randomIdentifier(),
+                     measurement known: TreeMeasurement? = nil) throws(CopyError) -> CopyReport {
         let started = MonotonicClock.now()
         var phases: [String: Double] = [:]
         var mark = started
@@ -179,7 +181,8 @@ public final class CopyEngine: Sendable {
                 throw .destinationExists(path: PathDisplay.string(source.destinationName))
             }
         }
-        let measurement = try measure(sources)
+        let measurement: TreeMeasurement
+        if let known { measurement = known } else { measurement = try measure(sources) }
         lap("measure")
         let staging = try createStaging(in: destination, id: id)
         let staged = try stage(sources, into: staging, totals: measurement)
@@ -187,14 +190,15 @@ public final class CopyEngine: Sendable {
         do {
             try checkpoint()
             try verify(sources, in: staging, totals: measurement)
+            lap("verify")
             try checkpoint()
             try flush(staging)
+            lap("flush")
             try checkpoint()  // the last moment a cancel can still undo everything
         } catch {
             discard(staging)
             throw error
         }
-        lap("verify")
         let published = try publish(sources, from: staging, flushed: true)
         lap("publish")
         return CopyReport(

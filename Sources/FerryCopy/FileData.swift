@@ -76,6 +76,11 @@ final class FileDataCopier: Sendable {
                 // The source ended before its recorded size: it shrank while being copied.
                 throw SystemError(errno: Errno(rawValue: ENODATA), syscall: "copy_file_range (source ended early)")
             }
+            // Large files: let the kernel write each chunk back while the next is read, instead of
+            // leaving gigabytes of dirty pages for the final flush. Only a hint: ignore failures.
+            if end - start >= UInt64(Self.chunk) {
+                try? destination.startWriteback(offset: outOffset - UInt64(copied), length: UInt64(copied))
+            }
             progress(UInt64(copied))
         }
         guard inOffset < end else { return }

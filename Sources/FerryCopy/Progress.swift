@@ -55,9 +55,15 @@ final class ProgressMeter: @unchecked Sendable {
         if handler != nil {
             ticker = Thread.spawn { [self] in
                 let requested = interval.components.seconds * 1_000_000 + interval.components.attoseconds / 1_000_000_000_000
-                let micros = UInt32(min(max(1_000, requested), 60_000_000))
+                let micros = min(max(1_000, requested), 60_000_000)
+                // Sleep in short slices so that finish() never waits out a whole interval.
+                let slice: Int64 = 5_000
+                var slept: Int64 = 0
                 while !stopped.load(ordering: .acquiring) {
-                    usleep(micros)
+                    usleep(UInt32(min(slice, micros)))
+                    slept += min(slice, micros)
+                    if slept < micros { continue }
+                    slept = 0
                     if stopped.load(ordering: .acquiring) { break }
                     handler?(snapshot())
                 }

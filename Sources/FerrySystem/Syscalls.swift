@@ -181,6 +181,14 @@ extension FileDescriptor {
     /// `fsync` per file. The corresponding C function is `syncfs`.
     public func syncFilesystem() throws(SystemError) { _ = try syscallRetrying("syncfs") { cferry_syncfs(rawValue) } }
 
+    /// Starts writing a range back to storage without waiting for it, so the flush at the end of a
+    /// large copy has less left to do. The corresponding C function is
+    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`; it is a hint, and durability still comes from
+    /// `fsync`/`syncfs`.
+    public func startWriteback(offset: UInt64, length: UInt64) throws(SystemError) {
+        _ = try syscallRetrying("sync_file_range") { cferry_start_writeback(rawValue, Int64(offset), Int64(length)) }
+    }
+
     /// The corresponding C function is `ftruncate`.
     public func truncate(to size: UInt64) throws(SystemError) {
         _ = try syscallRetrying("ftruncate") { ftruncate(rawValue, off_t(size)) }

@@ -135,22 +135,9 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
 
 /// Runs a call that returns -1 and sets errno on failure, retrying `EINTR` in this one place.
 @inline(__always)
-func syscallRetrying(
-    _ name: String, path: @autoclosure () -> String? = nil, _ body: () -> CInt
-) throws(SystemError) -> CInt {
-    while true {
-        let result = body()
-        if result >= 0 { return result }
-        let code = Glibc.errno
-        if code == EINTR { continue }
-        throw SystemError(errno: code, syscall: name, path: path())
-    }
-}
-
-@inline(__always)
-func syscallRetrying(
-    _ name: String, path: @autoclosure () -> String? = nil, _ body: () -> Int
-) throws(SystemError) -> Int {
+func syscallRetrying<Result: FixedWidthInteger & SignedInteger>(
+    _ name: String, path: @autoclosure () -> String? = nil, _ body: () -> Result
+) throws(SystemError) -> Result {
     while true {
         let result = body()
         if result >= 0 { return result }

@@ -129,6 +129,20 @@ struct FerryCLITests {
             #expect(lustreQuota["source"] as? String == "lfs")
             #expect((lustreQuota["bytesHardLimit"] as? NSNumber)?.uint64Value == 2 << 40)
             #expect((lustreQuota["inodesUsed"] as? NSNumber)?.intValue == 714_982)
+            // The same through the configuration file: the root containing p says lustre, and lfs is set there.
+            let config = fs.directory + "/ferry.toml"
+            try "lfs = \"\(lfs)\"\n\n[[roots]]\npath = \"\(fs.mountPoint)\"\nbackend = \"lustre\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+            let configured = try ferry("fs", "--json", "--config", config, p)
+            #expect(configured.status == 0, "\(configured.standardError)")
+            #expect((try jsonObject(configured.standardOutput)["filesystem"] as? String) == "lustre")
+            #expect(((try jsonObject(configured.standardOutput)["quota"] as? [String: Any])?["source"] as? String) == "lfs")
+            // --backend wins over the file; a broken file is a usage error that names the line.
+            let overridden = try ferry("fs", "--json", "--config", config, "--backend", "xfs", p)
+            #expect((try jsonObject(overridden.standardOutput)["filesystem"] as? String) == "xfs")
+            try "[[roots]]\npath = \"/x\"\nbackend = \"zfs\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+            let broken = try ferry("fs", "--config", config, p)
+            #expect(broken.status == 2)
+            #expect(broken.standardError.contains("backend must be one of"), "\(broken.standardError)")
             #expect(try ferry("fs", "--backend", "nonsense", p).status == 2)
             #expect(try ferry("fs", fs.mountPoint + "/missing").status == 1)
         }

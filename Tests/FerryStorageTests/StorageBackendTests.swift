@@ -121,6 +121,24 @@ struct StorageBackendTests {
     }
 }
 
+@Suite struct LustreLayoutCommandTests {
+    /// Striping is recreated with `lfs setstripe --copy=SRC DEST` (the whole PFL/DoM layout, not a
+    /// plain stripe count), and the layout xattr is left to `cloneLayout`, not the ordinary xattr copy.
+    @Test func setstripeCopyAndLayoutAttributes() throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-lfs")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let lfs = try makeStandInLFS(in: directory, printing: "lfs_getstripe_pfl_manual_init.txt")
+        let backend = LustreBackend(lfsPath: lfs.program)
+        try backend.createFile(withLayoutOf: "/mnt/lustre/src file", at: "/mnt/lustre/.ferry-staging-1/dst")
+        #expect(try String(contentsOfFile: lfs.log, encoding: .utf8) == "setstripe\n--copy=/mnt/lustre/src file\n/mnt/lustre/.ferry-staging-1/dst\n")
+        let layout = try backend.layout(of: "/mnt/testfs/create_comp")
+        #expect(layout.first?.layout.isComposite == true)
+        #expect(try String(contentsOfFile: lfs.log, encoding: .utf8) == "getstripe\n/mnt/testfs/create_comp\n")
+        #expect(backend.layoutAttributeNames.contains(Array("lustre.lov".utf8)))
+        #expect(LinuxProjectBackend(kind: .xfs).layoutAttributeNames.isEmpty)
+    }
+}
+
 @Suite struct MountTableTests {
     @Test func parsesMountinfoWithEscapes() {
         let text = """

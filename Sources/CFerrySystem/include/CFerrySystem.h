@@ -36,6 +36,7 @@ int cferry_ficlone(int dest_fd, int src_fd);
 int cferry_fsgetxattr(int fd, uint32_t *xflags, uint32_t *projid, uint32_t *extsize, uint32_t *nextents);
 int cferry_fssetxattr(int fd, uint32_t xflags, uint32_t projid);
 int cferry_syncfs(int fd);
+int cferry_start_writeback(int fd, int64_t offset, int64_t length);
 int cferry_fallocate(int fd, int mode, int64_t offset, int64_t len);
 long cferry_getdents64(int fd, void *buf, size_t len);
 int cferry_quotactl_project(const char *special, int id, uint64_t *out /* 6 values */);

@@ -1,0 +1,33 @@
+import ArgumentParser
+import FerryConfig
+import FerryStorage
+import FerrySystem
+import Foundation
+
+/// Options shared by the commands that look at filesystems: which configuration file, and the
+/// per-invocation overrides of what it says.
+struct StorageOptions: ParsableArguments {
+    @Option(help: "Configuration file (default: FERRY_CONFIG, ~/.config/ferry/ferry.toml, /etc/ferry/ferry.toml).")
+    var config: String?
+    @Option(help: "Filesystem backend: auto, lustre, xfs, ext4, posix (default: the configured root's, else auto).")
+    var backend: BackendChoice?
+    @Option(help: "The lfs program (default: FERRY_LFS, else the configuration's lfs, else lfs in PATH).")
+    var lfs: String?
+
+    func loadConfiguration() throws -> FerryConfiguration {
+        guard let file = FerryConfiguration.locate(explicit: config) else { return FerryConfiguration() }
+        do {
+            return try FerryConfiguration.load(file: file)
+        } catch {
+            throw ValidationError("configuration \(error)")
+        }
+    }
+
+    /// The backend for an open path: `--backend`, else the deepest configured root containing it.
+    func backend(for fd: FileDescriptor, path: ByteString, configuration: FerryConfiguration) throws(StorageError) -> any StorageBackend {
+        let absolute = URL(fileURLWithPath: String(decoding: path, as: UTF8.self)).standardizedFileURL.resolvingSymlinksInPath().path
+        let choice = backend ?? configuration.backend(for: absolute)
+        let lfsPath = lfs ?? ProcessInfo.processInfo.environment["FERRY_LFS"] ?? configuration.lfsPath
+        return try Storage.backend(for: fd, choice: choice, lfsPath: lfsPath)
+    }
+}

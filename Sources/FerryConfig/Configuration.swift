@@ -1,0 +1,119 @@
+import FerryStorage
+import Foundation
+
+/// Ferry's configuration file (TOML). Today: the `lfs` program and the directories Ferry works in,
+/// each with an optional display name and filesystem backend override:
+///
+///     lfs = "/usr/bin/lfs"
+///
+///     [[roots]]
+///     path = "/lustre/projects"
+///     name = "Projects"
+///     backend = "lustre"      # auto | lustre | xfs | ext4 | posix
+public struct FerryConfiguration: Equatable, Sendable {
+    public struct Root: Equatable, Sendable {
+        public var path: String
+        public var name: String?
+        public var backend: BackendChoice
+        public init(path: String, name: String? = nil, backend: BackendChoice = .auto) {
+            self.path = path
+            self.name = name
+            self.backend = backend
+        }
+    }
+
+    public var lfsPath: String?
+    public var roots: [Root]
+
+    public init(lfsPath: String? = nil, roots: [Root] = []) {
+        self.lfsPath = lfsPath
+        self.roots = roots
+    }
+
+    public struct Error: Swift.Error, CustomStringConvertible, Sendable {
+        public var file: String
+        public var message: String
+        public var description: String { "\(file): \(message)" }
+    }
+
+    /// Reads and checks a configuration file. Unknown keys are errors (a typo must not be ignored).
+    public static func load(file: String) throws(Error) -> FerryConfiguration {
+        let text: String
+        do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
+            throw Error(file: file, message: "cannot be read: \(error.localizedDescription)")
+        }
+        do { return try parse(text) } catch let error as TOMLError {
+            throw Error(file: file, message: error.description)
+        } catch let error as Error {
+            throw Error(file: file, message: error.message)
+        } catch {
+            throw Error(file: file, message: "\(error)")
+        }
+    }
+
+    public static func parse(_ text: String) throws -> FerryConfiguration {
+        let document = try TOMLParser.parse(text)
+        var configuration = FerryConfiguration()
+        for (key, value) in document {
+            switch key {
+            case "lfs":
+                guard let path = value.string else { throw Error(file: "", message: "lfs must be a string (the path of the lfs program)") }
+                configuration.lfsPath = path
+            case "roots":
+                guard let items = value.array else { throw Error(file: "", message: "roots must be an array of [[roots]] tables") }
+                for item in items {
+                    guard let table = item.table else { throw Error(file: "", message: "each root must be a [[roots]] table") }
+                    configuration.roots.append(try root(table))
+                }
+            default:
+                throw Error(file: "", message: "unknown setting \(key)")
+            }
+        }
+        return configuration
+    }
+
+    static func root(_ table: [String: TOMLValue]) throws -> Root {
+        guard let path = table["path"]?.string, path.hasPrefix("/") else {
+            throw Error(file: "", message: "each root needs an absolute path = \"/…\"")
+        }
+        var root = Root(path: path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path)
+        for (key, value) in table {
+            switch key {
+            case "path": break
+            case "name":
+                guard let name = value.string else { throw Error(file: "", message: "root \(path): name must be a string") }
+                root.name = name
+            case "backend":
+                guard let word = value.string, let backend = BackendChoice(rawValue: word) else {
+                    throw Error(file: "", message: "root \(path): backend must be one of \(BackendChoice.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                root.backend = backend
+            default:
+                throw Error(file: "", message: "root \(path): unknown setting \(key)")
+            }
+        }
+        return root
+    }
+
+    /// The backend configured for `path` (absolute): that of the deepest root containing it.
+    public func backend(for path: String) -> BackendChoice {
+        root(containing: path)?.backend ?? .auto
+    }
+
+    public func root(containing path: String) -> Root? {
+        roots.filter { path == $0.path || $0.path == "/" || path.hasPrefix($0.path + "/") }
+            .max { $0.path.count < $1.path.count }
+    }
+
+    /// `--config`, else `FERRY_CONFIG`, else `$XDG_CONFIG_HOME/ferry/ferry.toml` or
+    /// `/etc/ferry/ferry.toml` when they exist; none at all is an empty configuration.
+    public static func locate(explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+        if let explicit { return explicit }
+        if let configured = environment["FERRY_CONFIG"], !configured.isEmpty { return configured }
+        let home = environment["XDG_CONFIG_HOME"] ?? environment["HOME"].map { $0 + "/.config" }
+        for candidate in [home.map { $0 + "/ferry/ferry.toml" }, "/etc/ferry/ferry.toml"].compactMap({ $0 }) where FileManager.default.fileExists(atPath: candidate) {
+            return candidate
+        }
+        return nil
+    }
+}

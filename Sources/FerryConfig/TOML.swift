@@ -1,0 +1,299 @@
+/// A TOML value, as far as Ferry's configuration needs: strings, integers, floats, booleans,
+/// arrays, tables and arrays of tables (TOML 1.0 syntax for each; dates are not used by Ferry and
+/// are refused with a clear error).
+public indirect enum TOMLValue: Equatable, Sendable {
+    case string(String)
+    case integer(Int64)
+    case float(Double)
+    case boolean(Bool)
+    case array([TOMLValue])
+    case table([String: TOMLValue])
+
+    public var string: String? { if case .string(let v) = self { v } else { nil } }
+    public var integer: Int64? { if case .integer(let v) = self { v } else { nil } }
+    public var boolean: Bool? { if case .boolean(let v) = self { v } else { nil } }
+    public var array: [TOMLValue]? { if case .array(let v) = self { v } else { nil } }
+    public var table: [String: TOMLValue]? { if case .table(let v) = self { v } else { nil } }
+}
+
+public struct TOMLError: Error, Equatable, CustomStringConvertible, Sendable {
+    public var line: Int
+    public var message: String
+    public var description: String { "line \(line): \(message)" }
+}
+
+/// Parses TOML text into a table. Strict: a duplicate key, a redefined table or anything it does
+/// not understand is an error naming the line, never a guess.
+public enum TOMLParser {
+    public static func parse(_ text: String) throws(TOMLError) -> [String: TOMLValue] {
+        var reader = Reader(Array(text.unicodeScalars))
+        return try reader.document()
+    }
+}
+
+private struct Reader {
+    let s: [Unicode.Scalar]
+    var i = 0
+    var line = 1
+    var root: [String: TOMLValue] = [:]
+    /// The table new keys go into, as a path from the root; arrays of tables address their last element.
+    var current: [String] = []
+    var definedTables: Set<[String]> = []
+
+    init(_ scalars: [Unicode.Scalar]) { s = scalars }
+
+    func fail(_ message: String) -> TOMLError { TOMLError(line: line, message: message) }
+
+    var atEnd: Bool { i >= s.count }
+    var peek: Unicode.Scalar? { i < s.count ? s[i] : nil }
+
+    mutating func skipSpaces() {
+        while let c = peek, c == " " || c == "\t" { i += 1 }
+    }
+
+    mutating func skipComment() {
+        if peek == "#" { while let c = peek, c != "\n" { i += 1 } }
+    }
+
+    mutating func endOfLine() throws(TOMLError) {
+        skipSpaces()
+        skipComment()
+        if atEnd { return }
+        if peek == "\r" { i += 1 }
+        guard peek == "\n" else { throw fail("unexpected text after the value") }
+        i += 1
+        line += 1
+    }
+
+    mutating func document() throws(TOMLError) -> [String: TOMLValue] {
+        while !atEnd {
+            skipSpaces()
+            switch peek {
+            case "#", "\n", "\r":
+                try endOfLine()
+            case "[":
+                try tableHeader()
+                try endOfLine()
+            case nil:
+                break
+            default:
+                let key = try keyPath()
+                skipSpaces()
+                guard peek == "=" else { throw fail("expected = after the key") }
+                i += 1
+                skipSpaces()
+                let value = try self.value()
+                try insert(current + key, value)
+                try endOfLine()
+            }
+        }
+        return root
+    }
+
+    mutating func tableHeader() throws(TOMLError) {
+        i += 1
+        let isArray = peek == "["
+        if isArray { i += 1 }
+        skipSpaces()
+        let path = try keyPath()
+        skipSpaces()
+        guard peek == "]" else { throw fail("expected ] to close the table header") }
+        i += 1
+        if isArray {
+            guard peek == "]" else { throw fail("expected ]] to close the array-of-tables header") }
+            i += 1
+            try appendTable(path)
+        } else {
+            guard definedTables.insert(path).inserted else { throw fail("table [\(path.joined(separator: "."))] is defined twice") }
+            try ensureTable(path)
+        }
+        current = path
+    }
+
+    mutating func keyPath() throws(TOMLError) -> [String] {
+        var parts = [try key()]
+        skipSpaces()
+        while peek == "." {
+            i += 1
+            skipSpaces()
+            parts.append(try key())
+            skipSpaces()
+        }
+        return parts
+    }
+
+    mutating func key() throws(TOMLError) -> String {
+        if peek == "\"" { return try basicString() }
+        if peek == "'" { return try literalString() }
+        var out = ""
+        while let c = peek, c.properties.isASCIIHexDigit || ("a"..."z").contains(c) || ("A"..."Z").contains(c) || c == "_" || c == "-" || ("0"..."9").contains(c) {
+            out.unicodeScalars.append(c)
+            i += 1
+        }
+        guard !out.isEmpty else { throw fail("expected a key") }
+        return out
+    }
+
+    mutating func value() throws(TOMLError) -> TOMLValue {
+        switch peek {
+        case "\"": return .string(try basicString())
+        case "'": return .string(try literalString())
+        case "[": return try arrayValue()
+        case "{": throw fail("inline tables are not supported in Ferry's configuration; use a [table]")
+        case "t", "f": return .boolean(try boolean())
+        case nil: throw fail("expected a value")
+        default: return try number()
+        }
+    }
+
+    mutating func basicString() throws(TOMLError) -> String {
+        if s.count >= i + 3, s[i + 1] == "\"", s[i + 2] == "\"" { throw fail("multi-line strings are not supported") }
+        i += 1
+        var out = ""
+        while true {
+            guard let c = peek, c != "\n" else { throw fail("unterminated string") }
+            i += 1
+            if c == "\"" { return out }
+            if c != "\\" { out.unicodeScalars.append(c); continue }
+            guard let e = peek else { throw fail("unterminated escape") }
+            i += 1
+            switch e {
+            case "\"": out += "\""
+            case "\\": out += "\\"
+            case "n": out += "\n"
+            case "t": out += "\t"
+            case "r": out += "\r"
+            case "b": out += "\u{8}"
+            case "f": out += "\u{C}"
+            case "u", "U":
+                let count = e == "u" ? 4 : 8
+                guard i + count <= s.count else { throw fail("short \\\(e) escape") }
+                var hex = ""
+                hex.unicodeScalars.append(contentsOf: s[i..<i + count])
+                i += count
+                guard let code = UInt32(hex, radix: 16), let scalar = Unicode.Scalar(code) else { throw fail("bad \\\(e) escape") }
+                out.unicodeScalars.append(scalar)
+            default:
+                throw fail("unknown escape \\\(e)")
+            }
+        }
+    }
+
+    mutating func literalString() throws(TOMLError) -> String {
+        i += 1
+        var out = ""
+        while true {
+            guard let c = peek, c != "\n" else { throw fail("unterminated string") }
+            i += 1
+            if c == "'" { return out }
+            out.unicodeScalars.append(c)
+        }
+    }
+
+    mutating func boolean() throws(TOMLError) -> Bool {
+        for (word, value) in [("true", true), ("false", false)] {
+            let scalars = Array(word.unicodeScalars)
+            if i + scalars.count <= s.count, Array(s[i..<i + scalars.count]) == scalars {
+                i += scalars.count
+                return value
+            }
+        }
+        throw fail("expected true or false")
+    }
+
+    mutating func number() throws(TOMLError) -> TOMLValue {
+        var text = ""
+        while let c = peek, !(c == " " || c == "\t" || c == "\n" || c == "\r" || c == "," || c == "]" || c == "#") {
+            text.unicodeScalars.append(c)
+            i += 1
+        }
+        let plain = text.replacingUnderscores()
+        if let value = Int64(plain) { return .integer(value) }
+        if plain.hasPrefix("0x"), let value = Int64(plain.dropFirst(2), radix: 16) { return .integer(value) }
+        if plain.hasPrefix("0o"), let value = Int64(plain.dropFirst(2), radix: 8) { return .integer(value) }
+        if plain.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let value = Double(plain) { return .float(value) }
+        throw fail(text.isEmpty ? "expected a value" : "cannot read \(text) (quote strings: \"\(text)\")")
+    }
+
+    mutating func arrayValue() throws(TOMLError) -> TOMLValue {
+        i += 1
+        var items: [TOMLValue] = []
+        while true {
+            try skipBlank()
+            if peek == "]" { i += 1; return .array(items) }
+            items.append(try value())
+            try skipBlank()
+            if peek == "," { i += 1; continue }
+            try skipBlank()
+            guard peek == "]" else { throw fail("expected , or ] in the array") }
+        }
+    }
+
+    /// Inside arrays, newlines and comments are whitespace.
+    mutating func skipBlank() throws(TOMLError) {
+        while let c = peek {
+            if c == " " || c == "\t" || c == "\r" { i += 1 } else if c == "\n" { i += 1; line += 1 } else if c == "#" { skipComment() } else { return }
+        }
+    }
+
+    // MARK: building the document
+
+    // Each edit works on a copy of the document and stores it back: `modify` reads `self` (for the
+    // line of an error) and must not overlap a mutation of `self.root`.
+    mutating func insert(_ path: [String], _ value: TOMLValue) throws(TOMLError) {
+        var document = root
+        try modify(path.dropLast(), in: &document) { (table) throws(TOMLError) in
+            let key = path[path.count - 1]
+            guard table[key] == nil else { throw fail("key \(path.joined(separator: ".")) is defined twice") }
+            table[key] = value
+        }
+        root = document
+    }
+
+    mutating func ensureTable(_ path: [String]) throws(TOMLError) {
+        var document = root
+        try modify(path[...], in: &document) { _ in }
+        root = document
+    }
+
+    mutating func appendTable(_ path: [String]) throws(TOMLError) {
+        var document = root
+        defer { root = document }
+        try modify(path.dropLast(), in: &document) { (table) throws(TOMLError) in
+            let key = path[path.count - 1]
+            switch table[key] {
+            case nil: table[key] = .array([.table([:])])
+            case .array(var items)?:
+                items.append(.table([:]))
+                table[key] = .array(items)
+            default: throw fail("\(path.joined(separator: ".")) is not an array of tables")
+            }
+        }
+    }
+
+    /// Walks to the table at `path` (creating tables, entering the last element of arrays of
+    /// tables) and applies `body` to it.
+    func modify(_ path: ArraySlice<String>, in table: inout [String: TOMLValue], _ body: (inout [String: TOMLValue]) throws(TOMLError) -> Void) throws(TOMLError) {
+        guard let first = path.first else { return try body(&table) }
+        switch table[first] {
+        case nil:
+            var child: [String: TOMLValue] = [:]
+            try modify(path.dropFirst(), in: &child, body)
+            table[first] = .table(child)
+        case .table(var child)?:
+            try modify(path.dropFirst(), in: &child, body)
+            table[first] = .table(child)
+        case .array(var items)?:
+            guard case .table(var last)? = items.last else { throw fail("\(first) is not a table") }
+            try modify(path.dropFirst(), in: &last, body)
+            items[items.count - 1] = .table(last)
+            table[first] = .array(items)
+        default:
+            throw fail("\(first) is a value, not a table")
+        }
+    }
+}
+
+extension String {
+    fileprivate func replacingUnderscores() -> String { String(filter { $0 != "_" }) }
+}

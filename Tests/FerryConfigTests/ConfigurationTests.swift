@@ -1,0 +1,102 @@
+import FerryConfig
+import FerryStorage
+import Foundation
+import Testing
+
+@Suite struct TOMLParserTests {
+    @Test func readsWhatFerryConfigurationsUse() throws {
+        let document = try TOMLParser.parse("""
+            # comment
+            lfs = "/opt/lustre/bin/lfs"   # trailing comment
+            margin = 5
+            big = 1_000_000
+            ratio = 0.05
+            enabled = true
+            quoted = "tab\\tand \\"quotes\\" and \\u00e9"
+            literal = 'C:\\raw\\path'
+            list = [ "a", 'b',
+              "c", ]  # multi-line array
+
+            [server]
+            listen = "127.0.0.1:8080"
+
+            [[roots]]
+            path = "/lustre/projects"
+            backend = "lustre"
+
+            [[roots]]
+            path = "/scratch"
+            "odd key" = 1
+            """)
+        #expect(document["lfs"] == .string("/opt/lustre/bin/lfs"))
+        #expect(document["margin"] == .integer(5) && document["big"] == .integer(1_000_000))
+        #expect(document["ratio"] == .float(0.05) && document["enabled"] == .boolean(true))
+        #expect(document["quoted"] == .string("tab\tand \"quotes\" and é"))
+        #expect(document["literal"] == .string("C:\\raw\\path"))
+        #expect(document["list"] == .array([.string("a"), .string("b"), .string("c")]))
+        #expect(document["server"]?.table?["listen"] == .string("127.0.0.1:8080"))
+        let roots = try #require(document["roots"]?.array)
+        #expect(roots.count == 2)
+        #expect(roots[1].table?["odd key"] == .integer(1))
+    }
+
+    @Test(arguments: [
+        ("a = 1\na = 2", 2, "defined twice"),
+        ("[t]\n[t]", 2, "defined twice"),
+        ("a = \"open", 1, "unterminated"),
+        ("a = nope", 1, "cannot read nope"),
+        ("a = 1 b", 1, "unexpected text"),
+        ("= 1", 1, "expected a key"),
+        ("a = { x = 1 }", 1, "inline tables"),
+        ("x = 1\n[x]", 2, "not a table"),
+        ("a = [1, 2", 1, "expected , or ]"),
+        ("a = \"\\q\"", 1, "unknown escape"),
+    ])
+    func errorsNameTheLine(text: String, line: Int, message: String) {
+        let error = #expect(throws: TOMLError.self) { try TOMLParser.parse(text) }
+        #expect(error?.line == line, "\(text)")
+        #expect(error?.message.contains(message) == true, "\(String(describing: error))")
+    }
+}
+
+@Suite struct ConfigurationTests {
+    @Test func rootsChooseTheBackendByDeepestPrefix() throws {
+        let configuration = try FerryConfiguration.parse("""
+            lfs = "/usr/bin/lfs"
+            [[roots]]
+            path = "/data"
+            name = "Data"
+            backend = "xfs"
+            [[roots]]
+            path = "/data/lustre/"
+            backend = "lustre"
+            """)
+        #expect(configuration.lfsPath == "/usr/bin/lfs")
+        #expect(configuration.roots == [
+            .init(path: "/data", name: "Data", backend: .xfs), .init(path: "/data/lustre", backend: .lustre),
+        ])
+        #expect(configuration.backend(for: "/data/lustre/p1/x") == .lustre)
+        #expect(configuration.backend(for: "/data/lustre") == .lustre)
+        #expect(configuration.backend(for: "/data/lustreX") == .xfs)
+        #expect(configuration.backend(for: "/elsewhere") == .auto)
+    }
+
+    @Test func mistakesAreErrorsNotIgnored() {
+        for text in ["lsf = \"typo\"", "[[roots]]\npath = \"relative\"", "[[roots]]\npath = \"/x\"\nbackend = \"zfs\"",
+                     "[[roots]]\npath = \"/x\"\ncolour = \"red\"", "lfs = 3"] {
+            #expect(throws: (any Error).self, "\(text)") { try FerryConfiguration.parse(text) }
+        }
+    }
+
+    @Test func locateFollowsFlagThenEnvironmentThenDefaults() throws {
+        #expect(FerryConfiguration.locate(explicit: "/x.toml", environment: ["FERRY_CONFIG": "/y.toml"]) == "/x.toml")
+        #expect(FerryConfiguration.locate(explicit: nil, environment: ["FERRY_CONFIG": "/y.toml"]) == "/y.toml")
+        let home = NSTemporaryDirectory() + "ferry-config-\(getpid())"
+        try FileManager.default.createDirectory(atPath: home + "/ferry", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        try "".write(toFile: home + "/ferry/ferry.toml", atomically: true, encoding: .utf8)
+        #expect(FerryConfiguration.locate(explicit: nil, environment: ["XDG_CONFIG_HOME": home]) == home + "/ferry/ferry.toml")
+        let error = #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.load(file: home + "/missing.toml") }
+        #expect(error?.description.contains("cannot be read") == true)
+    }
+}
