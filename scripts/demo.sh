@@ -44,7 +44,10 @@ echo; echo "== rename(2) across projects:"
 python3 -c "import os,sys
 try: os.rename(sys.argv[1], sys.argv[2]); print('renamed (same project or no project quota here)')
 except OSError as e: print('rename failed:', e.strerror, '(errno %d)' % e.errno)" "$base/projects/alpha/results" "$base/projects/beta/results" || true
-if [ -d "$base/projects/alpha/results" ]; then
+if [ -e "$base/projects/beta/results" ]; then
+  echo; echo "== already copied to $base/projects/beta/results (ferry never replaces data;"
+  echo "   run scripts/demo.sh --clean to start over)"
+elif [ -d "$base/projects/alpha/results" ]; then
   echo; echo "== ferry copy (staged, verified, durable):"
   "$ferry" copy "$base/projects/alpha/results" "$base/projects/beta/"
   echo; "$ferry" fs "$base/projects/beta/results"

@@ -148,6 +148,37 @@ struct FerryCLITests {
         }
     }
 
+    /// Unprivileged: the copy belongs to the caller, the summary says ownership was not preserved,
+    /// and root-only attributes the caller cannot even see do not fail the copy.
+    @Test func unprivilegedCopyRecordsOwnershipNotPreserved() throws {
+        try withLoopXFS { fs in
+            try Shell.run(["chmod", "755", fs.directory])
+            let area = fs.mountPoint + "/shared"
+            try FileManager.default.createDirectory(atPath: area + "/src/sub", withIntermediateDirectories: true)
+            try TreeBuilder.write(area + "/src/sub/data", bytes: 50_000)
+            try Shell.run(["setfattr", "-n", "trusted.admin", "-v", "x", area + "/src/sub/data"])
+            try Shell.run(["setfattr", "-n", "user.note", "-v", "kept", area + "/src/sub/data"])
+            try Shell.run(["chown", "-R", "nobody:nogroup", area])
+            let result = try Shell.execute(["runuser", "-u", "nobody", "--", ferryBinary(), "copy", "--json", area + "/src", area + "/dst"])
+            #expect(result.status == 0, "\(result.standardError)")
+            let summary = try jsonObject(result.standardOutput)
+            #expect(summary["ownershipPreserved"] as? Bool == false)
+            #expect(FileManager.default.contentsEqual(atPath: area + "/src/sub/data", andPath: area + "/dst/sub/data"))
+            #expect(try Shell.run(["getfattr", "--only-values", "-n", "user.note", area + "/dst/sub/data"]) == "kept")
+            let owner = try FileManager.default.attributesOfItem(atPath: area + "/dst/sub/data")[.ownerAccountName] as? String
+            #expect(owner == "nobody")
+            // A file the caller cannot read stops the copy: typed error naming it, nothing left.
+            try TreeBuilder.write(area + "/src/sub/secret", bytes: 10)
+            try Shell.run(["chmod", "000", area + "/src/sub/secret"])
+            let denied = try Shell.execute(["runuser", "-u", "nobody", "--", ferryBinary(), "copy", "--json", area + "/src", area + "/dst2"])
+            #expect(denied.status == 1)
+            let error = try #require(try jsonObject(denied.standardOutput)["error"] as? [String: Any])
+            #expect(error["code"] as? String == "permissionDenied")
+            #expect((error["message"] as? String)?.contains("src/sub/secret") == true, "\(error)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: area).sorted() == ["dst", "src"])
+        }
+    }
+
     @Test func interruptRemovesEverything() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
             let a = try fs.makeProjectDirectory("a", project: 1)
