@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // One plain C function per thing Swift cannot import (variadic ioctl, renameat2, statx,
@@ -30,6 +31,8 @@ let package = Package(
             dependencies: ["FerrySystem", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .target(name: "FerryStorage", dependencies: ["FerrySystem"], swiftSettings: strict),
+        // The durable task store: SQLite (GRDB) embedded; PostgreSQL for many workers.
+        .target(name: "FerryJobs", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
         // The configuration file (TOML, read by our own strict parser: TOMLKit's dependencies are not
         // available to this project).
         .target(name: "FerryConfig", dependencies: ["FerryStorage"], swiftSettings: strict),
@@ -46,6 +49,7 @@ let package = Package(
             dependencies: ["FerrySystem", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(name: "FerryJobsTests", dependencies: ["FerryJobs", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryCopyTests", dependencies: ["FerryCopy", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(

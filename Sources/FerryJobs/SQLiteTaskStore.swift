@@ -1,0 +1,367 @@
+import Foundation
+import GRDB
+
+/// The embedded task store: one SQLite file in WAL mode. Claims and lock checks run inside write
+/// transactions, which SQLite serialises, so two workers of one machine never take the same task
+/// or overlapping paths.
+public final class SQLiteTaskStore: TaskStore {
+    private let pool: DatabasePool
+    private let wakeup = Wakeup()
+
+    public init(path: String) throws {
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(30)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL")
+        }
+        pool = try DatabasePool(path: path, configuration: configuration)
+        try Self.migrator.migrate(pool)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE tasks (
+                    id TEXT PRIMARY KEY,
+                    kind TEXT NOT NULL,
+                    sources TEXT NOT NULL,
+                    destination TEXT NOT NULL,
+                    options TEXT NOT NULL,
+                    owner TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    plan TEXT,
+                    progress TEXT NOT NULL,
+                    failure_code TEXT,
+                    failure_message TEXT,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    cancel_requested INTEGER NOT NULL DEFAULT 0,
+                    lease_owner TEXT,
+                    lease_expires_at REAL,
+                    not_before REAL,
+                    created_at REAL NOT NULL,
+                    updated_at REAL NOT NULL,
+                    finished_at REAL
+                );
+                CREATE INDEX tasks_by_status ON tasks(status, created_at);
+                CREATE INDEX tasks_by_owner ON tasks(owner, created_at);
+                CREATE TABLE task_events (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+                    at REAL NOT NULL,
+                    status TEXT NOT NULL,
+                    message TEXT NOT NULL
+                );
+                CREATE INDEX task_events_by_task ON task_events(task_id, seq);
+                CREATE TABLE path_locks (
+                    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+                    filesystem TEXT NOT NULL,
+                    path BLOB NOT NULL,
+                    PRIMARY KEY (task_id, filesystem, path)
+                );
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: reading
+
+    public func task(_ id: String) async throws -> TaskRecord? {
+        try await pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE id = ?", arguments: [id]).map(Self.record) }
+    }
+
+    public func list(_ filter: TaskFilter) async throws -> [TaskRecord] {
+        try await pool.read { db in
+            var clauses: [String] = []
+            var arguments: [any DatabaseValueConvertible] = []
+            if let statuses = filter.statuses, !statuses.isEmpty {
+                clauses.append("status IN (\(statuses.map { _ in "?" }.joined(separator: ",")))")
+                arguments += statuses.map(\.rawValue)
+            }
+            if let owner = filter.owner {
+                clauses.append("owner = ?")
+                arguments.append(owner)
+            }
+            let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+            arguments += [filter.limit, filter.offset]
+            return try Row.fetchAll(db, sql: "SELECT * FROM tasks \(whereClause) ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                                    arguments: StatementArguments(arguments)).map(Self.record)
+        }
+    }
+
+    public func events(_ id: String) async throws -> [TaskEvent] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM task_events WHERE task_id = ? ORDER BY seq", arguments: [id]).map { row in
+                TaskEvent(taskID: row["task_id"], at: Date(timeIntervalSince1970: row["at"]),
+                          status: TaskStatus(rawValue: row["status"]) ?? .failed, message: row["message"])
+            }
+        }
+    }
+
+    public func locks() async throws -> [PathLock] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM path_locks ORDER BY task_id").map { row in
+                PathLock(taskID: row["task_id"], filesystem: row["filesystem"], path: StoredPath(Array((row["path"] as Data))))
+            }
+        }
+    }
+
+    // MARK: writing
+
+    public func create(_ new: NewTask) async throws -> TaskRecord {
+        let id = Identifier.make()
+        let now = Date().timeIntervalSince1970
+        let record = try await pool.write { db -> TaskRecord in
+            try db.execute(sql: """
+                INSERT INTO tasks (id, kind, sources, destination, options, owner, status, progress, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)
+                """, arguments: [id, new.kind.rawValue, try Self.json(new.sources), try Self.json(new.destination),
+                                 try Self.json(new.options), new.owner, try Self.json(TaskProgress()), now, now])
+            try Self.event(db, id, .pending, "created by \(new.owner): \(new.kind.rawValue) \(new.sources.map(\.description).joined(separator: ", ")) → \(new.destination)")
+            return try Self.fetch(db, id)
+        }
+        wakeup.signal()
+        return record
+    }
+
+    public func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] {
+        try await pool.write { db in
+            let now = Date().timeIntervalSince1970
+            let ids = try String.fetchAll(db, sql: """
+                SELECT id FROM tasks
+                WHERE status IN ('pending','validating','locked','copying','verifying','committing')
+                  AND (lease_expires_at IS NULL OR lease_expires_at < ?)
+                  AND (not_before IS NULL OR not_before <= ?)
+                ORDER BY created_at, id LIMIT ?
+                """, arguments: [now, now, limit])
+            return try ids.map { id in try Self.take(db, id, worker: worker, lease: lease, now: now) }
+        }
+    }
+
+    public func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? {
+        try await pool.write { db in
+            let now = Date().timeIntervalSince1970
+            let claimable = try Bool.fetchOne(db, sql: """
+                SELECT 1 FROM tasks WHERE id = ?
+                  AND status IN ('pending','validating','locked','copying','verifying','committing')
+                  AND (lease_expires_at IS NULL OR lease_expires_at < ? OR lease_owner = ?)
+                """, arguments: [id, now, worker]) ?? false
+            return claimable ? try Self.take(db, id, worker: worker, lease: lease, now: now) : nil
+        }
+    }
+
+    public func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool {
+        try await pool.write { db in
+            let now = Date().timeIntervalSince1970
+            try db.execute(sql: "UPDATE tasks SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND lease_expires_at >= ?",
+                           arguments: [now + lease.seconds, id, worker, now])
+            return db.changesCount == 1
+        }
+    }
+
+    public func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws {
+        try await pool.write { db in
+            try Self.fence(db, id, worker)
+            if let plan {
+                try db.execute(sql: "UPDATE tasks SET status = ?, plan = ?, updated_at = ? WHERE id = ?",
+                               arguments: [status.rawValue, try Self.json(plan), Date().timeIntervalSince1970, id])
+            } else {
+                try db.execute(sql: "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?",
+                               arguments: [status.rawValue, Date().timeIntervalSince1970, id])
+            }
+            try Self.event(db, id, status, message)
+        }
+    }
+
+    public func updateProgress(id: String, worker: String, _ progress: TaskProgress) async throws {
+        try await pool.write { db in
+            try Self.fence(db, id, worker)
+            try db.execute(sql: "UPDATE tasks SET progress = ?, updated_at = ? WHERE id = ?",
+                           arguments: [try Self.json(progress), Date().timeIntervalSince1970, id])
+        }
+    }
+
+    public func finish(id: String, worker: String, status: TaskStatus, failure: TaskFailure?, message: String) async throws {
+        guard status.isTerminal else { throw TaskStoreError.invalidTransition("finish needs a terminal status, not \(status.rawValue)") }
+        try await pool.write { db in
+            try Self.fence(db, id, worker)
+            let now = Date().timeIntervalSince1970
+            try db.execute(sql: """
+                UPDATE tasks SET status = ?, failure_code = ?, failure_message = ?, lease_owner = NULL,
+                  lease_expires_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?
+                """, arguments: [status.rawValue, failure?.code, failure?.message, now, now, id])
+            try db.execute(sql: "DELETE FROM path_locks WHERE task_id = ?", arguments: [id])
+            try Self.event(db, id, status, message)
+        }
+        wakeup.signal()  // freed locks may unblock a waiting task
+    }
+
+    public func release(id: String, worker: String, retryAfter: Duration?, failure: TaskFailure?, message: String) async throws {
+        try await pool.write { db in
+            try Self.fence(db, id, worker)
+            let now = Date().timeIntervalSince1970
+            try db.execute(sql: """
+                UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = ?,
+                  failure_code = ?, failure_message = ?, updated_at = ? WHERE id = ?
+                """, arguments: [retryAfter.map { now + $0.seconds }, failure?.code, failure?.message, now, id])
+            let status = try String.fetchOne(db, sql: "SELECT status FROM tasks WHERE id = ?", arguments: [id]).flatMap(TaskStatus.init) ?? .pending
+            try Self.event(db, id, status, message)
+        }
+        wakeup.signal()
+    }
+
+    public func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws {
+        try await pool.write { db in
+            try Self.fence(db, id, worker)
+            let held = try Row.fetchAll(db, sql: "SELECT * FROM path_locks WHERE task_id != ?", arguments: [id]).map { row in
+                PathLock(taskID: row["task_id"], filesystem: row["filesystem"], path: StoredPath(Array((row["path"] as Data))))
+            }
+            for lock in locks {
+                if let other = held.first(where: { $0.conflicts(with: lock) }) {
+                    throw TaskStoreError.locked(by: other.taskID, path: other.path.description)
+                }
+            }
+            for lock in locks {
+                try db.execute(sql: "INSERT OR IGNORE INTO path_locks (task_id, filesystem, path) VALUES (?, ?, ?)",
+                               arguments: [id, lock.filesystem, Data(lock.path.bytes)])
+            }
+        }
+    }
+
+    public func requestCancel(_ id: String) async throws -> TaskRecord {
+        let record = try await pool.write { db -> TaskRecord in
+            let task = try Self.fetch(db, id)
+            guard !task.status.isTerminal else { return task }
+            let now = Date().timeIntervalSince1970
+            if task.status == .pending && (task.leaseExpiresAt.map { $0.timeIntervalSince1970 < now } ?? true) {
+                try db.execute(sql: "UPDATE tasks SET status = 'cancelled', cancel_requested = 1, finished_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                               arguments: [now, now, id])
+                try Self.event(db, id, .cancelled, "cancelled before it started")
+            } else {
+                try db.execute(sql: "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?", arguments: [now, id])
+                try Self.event(db, id, task.status, "cancel requested; the worker stops at its next checkpoint")
+            }
+            return try Self.fetch(db, id)
+        }
+        wakeup.signal()
+        return record
+    }
+
+    public func retry(_ id: String) async throws -> TaskRecord {
+        let record = try await pool.write { db -> TaskRecord in
+            let task = try Self.fetch(db, id)
+            guard [.failed, .cancelled, .rolledBack].contains(task.status) else {
+                throw TaskStoreError.invalidTransition("task \(id) is \(task.status.rawValue); only failed, cancelled or rolled-back tasks can be retried")
+            }
+            try db.execute(sql: """
+                UPDATE tasks SET status = 'pending', plan = NULL, failure_code = NULL, failure_message = NULL,
+                  cancel_requested = 0, not_before = NULL, finished_at = NULL, progress = ?, updated_at = ? WHERE id = ?
+                """, arguments: [try Self.json(TaskProgress()), Date().timeIntervalSince1970, id])
+            try Self.event(db, id, .pending, "retried")
+            return try Self.fetch(db, id)
+        }
+        wakeup.signal()
+        return record
+    }
+
+    public func record(_ id: String, message: String) async throws {
+        try await pool.write { db in
+            let task = try Self.fetch(db, id)
+            try Self.event(db, id, task.status, message)
+        }
+    }
+
+    public func waitForWork(timeout: Duration) async {
+        await wakeup.wait(timeout: timeout)
+    }
+
+    // MARK: helpers
+
+    private static func take(_ db: Database, _ id: String, worker: String, lease: Duration, now: Double) throws -> TaskRecord {
+        try db.execute(sql: """
+            UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?
+            """, arguments: [worker, now + lease.seconds, now, id])
+        let task = try fetch(db, id)
+        try event(db, id, task.status, "claimed by \(worker) (attempt \(task.attempts))")
+        return task
+    }
+
+    /// Fails unless `worker` holds an unexpired lease on the task.
+    private static func fence(_ db: Database, _ id: String, _ worker: String) throws {
+        let holds = try Bool.fetchOne(db, sql: "SELECT 1 FROM tasks WHERE id = ? AND lease_owner = ? AND lease_expires_at >= ?",
+                                      arguments: [id, worker, Date().timeIntervalSince1970]) ?? false
+        if !holds {
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tasks WHERE id = ?", arguments: [id]) ?? false else { throw TaskStoreError.notFound(id) }
+            throw TaskStoreError.leaseLost(id)
+        }
+    }
+
+    private static func event(_ db: Database, _ id: String, _ status: TaskStatus, _ message: String) throws {
+        try db.execute(sql: "INSERT INTO task_events (task_id, at, status, message) VALUES (?, ?, ?, ?)",
+                       arguments: [id, Date().timeIntervalSince1970, status.rawValue, message])
+    }
+
+    private static func fetch(_ db: Database, _ id: String) throws -> TaskRecord {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE id = ?", arguments: [id]) else { throw TaskStoreError.notFound(id) }
+        return try record(row)
+    }
+
+    static func record(_ row: Row) throws -> TaskRecord {
+        let code: String? = row["failure_code"]
+        let message: String? = row["failure_message"]
+        let planText: String? = row["plan"]
+        return TaskRecord(
+            id: row["id"], kind: TaskKind(rawValue: row["kind"]) ?? .move,
+            sources: try decode(row["sources"]), destination: try decode(row["destination"]),
+            options: try decode(row["options"]), owner: row["owner"],
+            status: TaskStatus(rawValue: row["status"]) ?? .failed,
+            plan: try planText.map { try decode($0) }, progress: try decode(row["progress"]),
+            failure: code.map { TaskFailure(code: $0, message: message ?? "") },
+            attempts: row["attempts"], cancelRequested: row["cancel_requested"],
+            leaseOwner: row["lease_owner"], leaseExpiresAt: (row["lease_expires_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+            notBefore: (row["not_before"] as Double?).map(Date.init(timeIntervalSince1970:)),
+            createdAt: Date(timeIntervalSince1970: row["created_at"]), updatedAt: Date(timeIntervalSince1970: row["updated_at"]),
+            finishedAt: (row["finished_at"] as Double?).map(Date.init(timeIntervalSince1970:)))
+    }
+
+    static func json<T: Encodable>(_ value: T) throws -> String {
+        String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
+    }
+
+    static func decode<T: Decodable>(_ text: String) throws -> T {
+        try JSONDecoder().decode(T.self, from: Data(text.utf8))
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+/// In-process wake-ups: waiters sleep until `signal()` or their timeout, without polling.
+final class Wakeup: Sendable {
+    private let waiters = Mutex<[UInt64: CheckedContinuation<Void, Never>]>([:])
+    private let counter = Mutex<UInt64>(0)
+
+    func signal() {
+        let all = waiters.withLock { value -> [CheckedContinuation<Void, Never>] in
+            defer { value.removeAll() }
+            return Array(value.values)
+        }
+        all.forEach { $0.resume() }
+    }
+
+    func wait(timeout: Duration) async {
+        let key = counter.withLock { value -> UInt64 in value += 1; return value }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            waiters.withLock { $0[key] = continuation }
+            Task {
+                try? await Task.sleep(for: timeout)
+                let waiting = self.waiters.withLock { $0.removeValue(forKey: key) }
+                waiting?.resume()
+            }
+        }
+    }
+}
+
+import Synchronization

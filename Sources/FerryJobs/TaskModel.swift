@@ -1,0 +1,210 @@
+import Foundation
+
+public enum TaskKind: String, Codable, Sendable, CaseIterable { case move, copy }
+
+/// Where a task is. The running states are also the phase a resumed task continues from: every
+/// transition is committed before the phase's work starts.
+public enum TaskStatus: String, Codable, Sendable, CaseIterable {
+    case pending, validating, locked, copying, verifying, committing
+    case completed, failed, cancelled
+    case rolledBack = "rolled_back"
+
+    public var isTerminal: Bool { [.completed, .failed, .cancelled, .rolledBack].contains(self) }
+    public static let running: [TaskStatus] = [.pending, .validating, .locked, .copying, .verifying, .committing]
+}
+
+/// A path as bytes, stored as base64 so that names that are not UTF-8 survive the database.
+public struct StoredPath: Codable, Sendable, Hashable, CustomStringConvertible {
+    public var bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public init(_ string: String) { self.bytes = Array(string.utf8) }
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let data = Data(base64Encoded: text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not base64"))
+        }
+        bytes = Array(data)
+    }
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(Data(bytes).base64EncodedString())
+    }
+    public var description: String { String(decoding: bytes, as: UTF8.self) }
+}
+
+/// What the requester asked for, beyond sources and destination.
+public struct TaskOptions: Codable, Sendable, Equatable {
+    public var verify: String = "metadata"
+    /// nil: the engine chooses (rename, relink or copy).
+    public var strategy: String?
+    public var recall: Bool = false
+    public var jobs: Int?
+    /// Safety margin on free space and inodes, as a fraction (0.05 = 5%).
+    public var margin: Double = 0.05
+    /// Wait for conflicting path locks instead of failing.
+    public var waitForLocks: Bool = false
+    public init() {}
+}
+
+/// What the validate phase decided, persisted so that any worker can carry on from it.
+public struct TaskPlan: Codable, Sendable, Equatable {
+    public var strategy: String
+    public var bytes: UInt64
+    public var allocatedBytes: UInt64
+    public var entries: UInt64
+    public var inodes: UInt64
+    /// `.ferry-staging-<task>` in the destination directory.
+    public var stagingName: StoredPath
+    /// Final names in the destination directory, one per source.
+    public var finalNames: [StoredPath]
+    /// The destination directory (resolved).
+    public var destinationDirectory: StoredPath
+    public var warnings: [String] = []
+    public init(strategy: String, bytes: UInt64, allocatedBytes: UInt64, entries: UInt64, inodes: UInt64,
+                stagingName: StoredPath, finalNames: [StoredPath], destinationDirectory: StoredPath) {
+        self.strategy = strategy
+        self.bytes = bytes
+        self.allocatedBytes = allocatedBytes
+        self.entries = entries
+        self.inodes = inodes
+        self.stagingName = stagingName
+        self.finalNames = finalNames
+        self.destinationDirectory = destinationDirectory
+    }
+}
+
+public struct TaskProgress: Codable, Sendable, Equatable {
+    public var bytesDone: UInt64 = 0
+    public var bytesTotal: UInt64 = 0
+    public var entriesDone: UInt64 = 0
+    public var entriesTotal: UInt64 = 0
+    public var bytesPerSecond: Double = 0
+    public init() {}
+    public init(bytesDone: UInt64, bytesTotal: UInt64, entriesDone: UInt64, entriesTotal: UInt64, bytesPerSecond: Double) {
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+        self.entriesDone = entriesDone
+        self.entriesTotal = entriesTotal
+        self.bytesPerSecond = bytesPerSecond
+    }
+}
+
+/// Why a task failed: a stable code for programs, a message for people.
+public struct TaskFailure: Codable, Sendable, Equatable, Error {
+    public var code: String
+    public var message: String
+    public init(code: String, message: String) {
+        self.code = code
+        self.message = message
+    }
+}
+
+public struct NewTask: Sendable {
+    public var kind: TaskKind
+    public var sources: [StoredPath]
+    public var destination: StoredPath
+    public var options: TaskOptions
+    public var owner: String
+    public init(kind: TaskKind, sources: [StoredPath], destination: StoredPath, options: TaskOptions = TaskOptions(), owner: String) {
+        self.kind = kind
+        self.sources = sources
+        self.destination = destination
+        self.options = options
+        self.owner = owner
+    }
+}
+
+public struct TaskRecord: Sendable, Equatable {
+    public var id: String
+    public var kind: TaskKind
+    public var sources: [StoredPath]
+    public var destination: StoredPath
+    public var options: TaskOptions
+    public var owner: String
+    public var status: TaskStatus
+    public var plan: TaskPlan?
+    public var progress: TaskProgress
+    public var failure: TaskFailure?
+    public var attempts: Int
+    public var cancelRequested: Bool
+    public var leaseOwner: String?
+    public var leaseExpiresAt: Date?
+    public var notBefore: Date?
+    public var createdAt: Date
+    public var updatedAt: Date
+    public var finishedAt: Date?
+}
+
+public struct TaskEvent: Sendable, Equatable {
+    public var taskID: String
+    public var at: Date
+    public var status: TaskStatus
+    public var message: String
+}
+
+/// A path lock: a task holds `path` (absolute, as bytes) on the filesystem `filesystem` (device id).
+public struct PathLock: Sendable, Equatable, Hashable {
+    public var taskID: String
+    public var filesystem: String
+    public var path: StoredPath
+    public init(taskID: String, filesystem: String, path: StoredPath) {
+        self.taskID = taskID
+        self.filesystem = filesystem
+        self.path = path
+    }
+
+    /// Same path, ancestor or descendant, on the same filesystem.
+    public func conflicts(with other: PathLock) -> Bool {
+        guard filesystem == other.filesystem else { return false }
+        let a = path.bytes, b = other.path.bytes
+        if a == b { return true }
+        return Self.isAncestor(a, of: b) || Self.isAncestor(b, of: a)
+    }
+
+    static func isAncestor(_ a: [UInt8], of b: [UInt8]) -> Bool {
+        if a == [0x2F] { return true }
+        return b.count > a.count && b.starts(with: a) && b[a.count] == 0x2F
+    }
+}
+
+public struct TaskFilter: Sendable {
+    public var statuses: [TaskStatus]?
+    public var owner: String?
+    public var limit: Int
+    public var offset: Int
+    public init(statuses: [TaskStatus]? = nil, owner: String? = nil, limit: Int = 100, offset: Int = 0) {
+        self.statuses = statuses
+        self.owner = owner
+        self.limit = limit
+        self.offset = offset
+    }
+}
+
+public enum TaskStoreError: Error, Sendable, Equatable, CustomStringConvertible {
+    case notFound(String)
+    /// The worker no longer holds the task's lease: another worker may have taken it over.
+    case leaseLost(String)
+    /// A path this task needs is locked by another task.
+    case locked(by: String, path: String)
+    case invalidTransition(String)
+    case database(String)
+
+    public var description: String {
+        switch self {
+        case .notFound(let id): "no task \(id)"
+        case .leaseLost(let id): "task \(id): this worker's lease expired and another worker may have taken the task over"
+        case .locked(let other, let path): "\(path) is locked by task \(other); wait for it or cancel it"
+        case .invalidTransition(let message): message
+        case .database(let message): "database: \(message)"
+        }
+    }
+}
+
+enum Identifier {
+    static func make() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let value = generator.next() as UInt64
+        let hex = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+}

@@ -1,0 +1,70 @@
+import Foundation
+
+/// The durable task store: one contract, two engines (SQLite for one machine, PostgreSQL for
+/// many). Every state change a worker makes is fenced by its lease: a worker whose lease expired
+/// gets `.leaseLost` and must stop touching the task.
+public protocol TaskStore: Sendable {
+    func create(_ task: NewTask) async throws -> TaskRecord
+    func task(_ id: String) async throws -> TaskRecord?
+    func list(_ filter: TaskFilter) async throws -> [TaskRecord]
+    func events(_ id: String) async throws -> [TaskEvent]
+
+    /// Leases up to `limit` claimable tasks (running and not leased, or leased with an expired
+    /// lease, and past their retry time), oldest first. Each claim counts an attempt.
+    func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord]
+    /// Leases one given task if it is claimable (for `ferry move` running its own task).
+    func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord?
+    /// Extends the lease; false if this worker no longer holds it.
+    func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool
+    /// Commits a phase transition (and the plan, when the validate phase made one).
+    func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws
+    func updateProgress(id: String, worker: String, _ progress: TaskProgress) async throws
+    /// Ends the task in a terminal state, releasing its lease and locks.
+    func finish(id: String, worker: String, status: TaskStatus, failure: TaskFailure?, message: String) async throws
+    /// Gives the lease back without finishing (shutdown, or a transient error retried after `retryAfter`).
+    func release(id: String, worker: String, retryAfter: Duration?, failure: TaskFailure?, message: String) async throws
+
+    /// Takes all `locks` for the task at once, or none: `.locked` names the conflicting task.
+    func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws
+    func locks() async throws -> [PathLock]
+
+    /// Pending tasks are cancelled at once; running ones are marked and cancel at their next checkpoint.
+    func requestCancel(_ id: String) async throws -> TaskRecord
+    /// A failed, cancelled or rolled-back task goes back to pending.
+    func retry(_ id: String) async throws -> TaskRecord
+    /// Appends to the task's history.
+    func record(_ id: String, message: String) async throws
+
+    /// Returns when there may be new work, or after `timeout`.
+    func waitForWork(timeout: Duration) async
+}
+
+/// `sqlite:///path/ferry.sqlite` or `postgres://user@host:port/db`.
+public enum DatabaseURL: Sendable, Equatable {
+    case sqlite(path: String)
+    case postgres(host: String, port: Int, user: String, password: String?, database: String)
+
+    public init(_ text: String) throws {
+        if text.hasPrefix("sqlite://") {
+            let path = String(text.dropFirst("sqlite://".count))
+            guard path.hasPrefix("/") else { throw TaskStoreError.database("sqlite URLs name an absolute path: sqlite:///var/lib/ferry/ferry.sqlite") }
+            self = .sqlite(path: path)
+            return
+        }
+        guard let url = URLComponents(string: text), url.scheme == "postgres" || url.scheme == "postgresql",
+              let host = url.host, !host.isEmpty else {
+            throw TaskStoreError.database("unsupported database URL \(text): use sqlite:///path or postgres://user@host/db")
+        }
+        let database = url.path.hasPrefix("/") ? String(url.path.dropFirst()) : url.path
+        self = .postgres(host: host, port: url.port ?? 5432, user: url.user ?? "postgres", password: url.password,
+                         database: database.isEmpty ? "ferry" : database)
+    }
+
+    /// `--database`, else `FERRY_DATABASE_URL`, else `$XDG_STATE_HOME/ferry/ferry.sqlite`.
+    public static func resolve(_ explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> DatabaseURL {
+        if let explicit { return try DatabaseURL(explicit) }
+        if let configured = environment["FERRY_DATABASE_URL"], !configured.isEmpty { return try DatabaseURL(configured) }
+        let state = environment["XDG_STATE_HOME"] ?? ((environment["HOME"] ?? "/root") + "/.local/state")
+        return .sqlite(path: state + "/ferry/ferry.sqlite")
+    }
+}

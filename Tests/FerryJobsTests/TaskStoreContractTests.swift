@@ -1,0 +1,189 @@
+import Foundation
+import FerryJobs
+import FerryTestSupport
+import Testing
+
+/// A store under test and how to throw it away.
+struct StoreUnderTest: Sendable, CustomStringConvertible {
+    let name: String
+    let make: @Sendable () async throws -> (any TaskStore, @Sendable () async -> Void)
+    var description: String { name }
+}
+
+/// Every engine must pass the same contract.
+let storeEngines: [StoreUnderTest] = {
+    var engines = [StoreUnderTest(name: "sqlite") {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-jobs")
+        let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
+        return (store, { try? FileManager.default.removeItem(atPath: directory) })
+    }]
+    engines += extraStoreEngines
+    return engines
+}()
+
+func newMove(_ owner: String = "alice", sources: [String] = ["/p/a/data"], destination: String = "/p/b") -> NewTask {
+    NewTask(kind: .move, sources: sources.map(StoredPath.init), destination: StoredPath(destination), owner: owner)
+}
+
+func withStore(_ engine: StoreUnderTest, _ body: (any TaskStore) async throws -> Void) async throws {
+    let (store, cleanup) = try await engine.make()
+    do { try await body(store) } catch { await cleanup(); throw error }
+    await cleanup()
+}
+
+@Suite("Task store contract", .serialized)
+struct TaskStoreContractTests {
+    @Test(arguments: storeEngines)
+    func createClaimAdvanceFinish(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            let weird = StoredPath([0x2F, 0x70, 0xFF, 0xFE])  // "/p\xff\xfe": not UTF-8, must survive
+            let created = try await store.create(NewTask(kind: .copy, sources: [weird], destination: StoredPath("/dst"), owner: "alice"))
+            #expect(created.status == .pending && created.attempts == 0 && created.kind == .copy)
+            #expect(created.sources == [weird])
+            let claimed = try await store.claim(worker: "w1", limit: 10, lease: .seconds(30))
+            #expect(claimed.map(\.id) == [created.id])
+            #expect(claimed.first?.attempts == 1 && claimed.first?.leaseOwner == "w1")
+            #expect(try await store.claim(worker: "w2", limit: 10, lease: .seconds(30)).isEmpty)
+
+            let plan = TaskPlan(strategy: "copy", bytes: 10, allocatedBytes: 4096, entries: 3, inodes: 3,
+                                stagingName: StoredPath(".ferry-staging-\(created.id)"), finalNames: [StoredPath("data")],
+                                destinationDirectory: StoredPath("/dst"))
+            try await store.advance(id: created.id, worker: "w1", to: .validating, plan: nil, message: "validating")
+            try await store.advance(id: created.id, worker: "w1", to: .locked, plan: plan, message: "plan made")
+            try await store.updateProgress(id: created.id, worker: "w1", TaskProgress(bytesDone: 5, bytesTotal: 10, entriesDone: 1, entriesTotal: 3, bytesPerSecond: 2))
+            var task = try #require(try await store.task(created.id))
+            #expect(task.status == .locked && task.plan == plan && task.progress.bytesDone == 5)
+
+            try await store.finish(id: created.id, worker: "w1", status: .completed, failure: nil, message: "done")
+            task = try #require(try await store.task(created.id))
+            #expect(task.status == .completed && task.leaseOwner == nil && task.finishedAt != nil)
+            #expect(try await store.claim(worker: "w2", limit: 10, lease: .seconds(30)).isEmpty)
+            let events = try await store.events(created.id).map(\.status)
+            #expect(events == [.pending, .pending, .validating, .locked, .completed])
+            await #expect(throws: TaskStoreError.self) {
+                try await store.finish(id: created.id, worker: "w1", status: .copying, failure: nil, message: "")
+            }
+        }
+    }
+
+    @Test(arguments: storeEngines)
+    func expiredLeaseIsTakenOverAndTheOldWorkerFenced(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            let task = try await store.create(newMove())
+            _ = try await store.claim(worker: "dead", limit: 1, lease: .milliseconds(200))
+            try await store.advance(id: task.id, worker: "dead", to: .copying, plan: nil, message: "copying")
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(try await store.heartbeat(id: task.id, worker: "dead", lease: .seconds(1)) == false)
+            let taken = try await store.claim(worker: "alive", limit: 1, lease: .seconds(30))
+            #expect(taken.first?.id == task.id)
+            #expect(taken.first?.status == .copying)  // resumes from its last committed phase
+            #expect(taken.first?.attempts == 2)
+            await #expect(throws: TaskStoreError.leaseLost(task.id)) {
+                try await store.advance(id: task.id, worker: "dead", to: .verifying, plan: nil, message: "too late")
+            }
+            #expect(try await store.heartbeat(id: task.id, worker: "alive", lease: .seconds(30)))
+        }
+    }
+
+    @Test(arguments: storeEngines)
+    func pathLocksConflictOnSameAncestorOrDescendant(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            let first = try await store.create(newMove())
+            let second = try await store.create(newMove("bob"))
+            let claimed = try await store.claim(worker: "w", limit: 2, lease: .seconds(30))
+            #expect(claimed.count == 2)
+            try await store.acquireLocks(id: first.id, worker: "w", [PathLock(taskID: first.id, filesystem: "7:0", path: StoredPath("/p/a/data")),
+                                                                  PathLock(taskID: first.id, filesystem: "7:0", path: StoredPath("/p/b/data"))])
+            for (path, fs, conflicts) in [("/p/a/data", "7:0", true), ("/p/a", "7:0", true), ("/p/a/data/sub/x", "7:0", true),
+                                          ("/", "7:0", true), ("/p/a/database", "7:0", false), ("/p/a/data", "8:0", false), ("/p/c", "7:0", false)] {
+                let attempt = { try await store.acquireLocks(id: second.id, worker: "w", [PathLock(taskID: second.id, filesystem: fs, path: StoredPath(path))]) }
+                if conflicts {
+                    await #expect(throws: TaskStoreError.self, "\(path) on \(fs)") { try await attempt() }
+                } else {
+                    try await attempt()
+                }
+            }
+            // All or nothing: a conflicting set takes none of its locks.
+            let before = try await store.locks().count
+            await #expect(throws: TaskStoreError.self) {
+                try await store.acquireLocks(id: second.id, worker: "w", [PathLock(taskID: second.id, filesystem: "7:0", path: StoredPath("/q")),
+                                                                        PathLock(taskID: second.id, filesystem: "7:0", path: StoredPath("/p/b"))])
+            }
+            #expect(try await store.locks().count == before)
+            try await store.finish(id: first.id, worker: "w", status: .completed, failure: nil, message: "done")
+            try await store.acquireLocks(id: second.id, worker: "w", [PathLock(taskID: second.id, filesystem: "7:0", path: StoredPath("/p/a"))])
+            #expect(try await store.locks().allSatisfy { $0.taskID == second.id })
+        }
+    }
+
+    @Test(arguments: storeEngines)
+    func cancelRetryAndBackoff(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            let waiting = try await store.create(newMove())
+            #expect(try await store.requestCancel(waiting.id).status == .cancelled)
+            let running = try await store.create(newMove())
+            _ = try await store.claim(worker: "w", limit: 1, lease: .seconds(30))
+            let marked = try await store.requestCancel(running.id)
+            #expect(marked.status == .pending && marked.cancelRequested)
+            try await store.finish(id: running.id, worker: "w", status: .rolledBack, failure: TaskFailure(code: "cancelled", message: "cancelled by alice"), message: "rolled back")
+            let again = try await store.retry(running.id)
+            #expect(again.status == .pending && again.failure == nil && !again.cancelRequested && again.plan == nil)
+            await #expect(throws: TaskStoreError.self) { try await store.retry(running.id) }
+            // A transient failure: released with a retry time, not claimable before it.
+            _ = try await store.claim(worker: "w", limit: 1, lease: .seconds(30))
+            try await store.release(id: running.id, worker: "w", retryAfter: .milliseconds(300), failure: TaskFailure(code: "io", message: "EIO"), message: "retrying later")
+            #expect(try await store.claim(worker: "w", limit: 1, lease: .seconds(30)).isEmpty)
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(try await store.claim(worker: "w", limit: 1, lease: .seconds(30)).first?.id == running.id)
+        }
+    }
+
+    @Test(arguments: storeEngines)
+    func concurrentClaimersNeverShareATask(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            for _ in 0..<200 { _ = try await store.create(newMove()) }
+            let claims = try await withThrowingTaskGroup(of: [String].self) { group in
+                for worker in 0..<8 {
+                    group.addTask {
+                        var mine: [String] = []
+                        while true {
+                            let batch = try await store.claim(worker: "w\(worker)", limit: 3, lease: .seconds(60))
+                            if batch.isEmpty { return mine }
+                            mine += batch.map(\.id)
+                        }
+                    }
+                }
+                var all: [String] = []
+                for try await batch in group { all += batch }
+                return all
+            }
+            #expect(claims.count == 200)
+            #expect(Set(claims).count == 200)
+        }
+    }
+
+    @Test(arguments: storeEngines)
+    func listingFiltersAndPages(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            for i in 0..<5 { _ = try await store.create(newMove(i % 2 == 0 ? "alice" : "bob")) }
+            #expect(try await store.list(TaskFilter(owner: "alice")).count == 3)
+            #expect(try await store.list(TaskFilter(statuses: [.pending], limit: 2)).count == 2)
+            #expect(try await store.list(TaskFilter(limit: 10, offset: 4)).count == 1)
+            #expect(try await store.list(TaskFilter(statuses: [.completed])).isEmpty)
+        }
+    }
+
+    @Test(arguments: storeEngines)
+    func waitersWakeOnNewWork(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            let clock = ContinuousClock()
+            let start = clock.now
+            async let woke: Void = store.waitForWork(timeout: .seconds(20))
+            try await Task.sleep(for: .milliseconds(100))
+            _ = try await store.create(newMove())
+            await woke
+            #expect(clock.now - start < .seconds(10))
+        }
+    }
+}
+
