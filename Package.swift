@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // One plain C function per thing Swift cannot import (variadic ioctl, renameat2, statx,
@@ -32,14 +33,19 @@ let package = Package(
             swiftSettings: strict),
         .target(name: "FerryStorage", dependencies: ["FerrySystem"], swiftSettings: strict),
         // The durable task store: SQLite (GRDB) embedded; PostgreSQL for many workers.
-        .target(name: "FerryJobs", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
+        .target(
+            name: "FerryJobs",
+            dependencies: [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "PostgresNIO", package: "postgres-nio")],
+            swiftSettings: strict),
+        // The staged-commit move engine, workers and janitor.
+        .target(name: "FerryMove", dependencies: ["FerryJobs", "FerryStorage", "FerryCopy", "FerrySystem"], swiftSettings: strict),
         // The configuration file (TOML, read by our own strict parser: TOMLKit's dependencies are not
         // available to this project).
         .target(name: "FerryConfig", dependencies: ["FerryStorage"], swiftSettings: strict),
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryConfig", "FerryCopy", "FerryStorage", "FerrySystem",
+                "FerryConfig", "FerryCopy", "FerryJobs", "FerryMove", "FerryStorage", "FerrySystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -50,6 +56,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(name: "FerryJobsTests", dependencies: ["FerryJobs", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(name: "FerryMoveTests", dependencies: ["FerryMove", "FerryTestSupport", "ferry"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryCopyTests", dependencies: ["FerryCopy", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(

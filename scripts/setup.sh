@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Ferry builds and tests with (Debian). Idempotent; needs root.
 set -euo pipefail
-packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev python3 bc)
+packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev python3 bc fuse3 libfuse3-dev pkg-config gcc strace postgresql-15)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine and runs every test: `scripts/test.sh` (as root: the tests mount loop XFS).
+# Sets up a fresh machine and runs every test: `scripts/test.sh` (as root: the tests mount loop XFS,
+# FUSE and a throwaway PostgreSQL). Then the crash test: `ferry move` killed with SIGKILL 30 times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,9 +11,20 @@ set +e
 swift test --skip-build 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One plain closing line, whatever the runner printed: "tests: N passed, M failed".
 total=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
 failed=$(grep -Ec '^✘ Test .* failed' "$log" || true)
-echo "tests: $((total - failed)) passed, $failed failed"
+crash_passed=0
+crash_failed=0
+if [ "$(id -u)" = 0 ]; then
+  set +e
+  Tests/crash/crash-test.sh --kills "${FERRY_CRASH_KILLS:-30}" --ferry "$PWD/.build/debug/ferry" 2>&1 | tee -a "$log"
+  crash_status=${PIPESTATUS[0]}
+  set -e
+  crash_passed=$(grep -Eo '^crash: [0-9]+ passed' "$log" | grep -Eo '[0-9]+' || echo 0)
+  crash_failed=$(grep -Eo '^crash: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
+  [ "$crash_status" = 0 ] || status=1
+fi
+# One plain closing line over everything: "tests: N passed, M failed".
+echo "tests: $((total - failed + crash_passed)) passed, $((failed + crash_failed)) failed"
 [ "$total" -gt 0 ] || { echo "no tests ran" >&2; exit 1; }
 exit "$status"

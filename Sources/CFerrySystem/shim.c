@@ -51,7 +51,10 @@ int cferry_openat2(int dirfd, const char *path, int flags, unsigned int mode, ui
     struct open_how how;
     memset(&how, 0, sizeof how);
     how.flags = (uint64_t)(unsigned int)flags;
-    how.mode = (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0;
+    // openat2 rejects a mode unless the call creates: O_CREAT, or all of O_TMPFILE's bits (glibc's
+    // __O_TMPFILE includes O_DIRECTORY, so testing that mask alone would match every O_DIRECTORY open).
+    int creates = (flags & O_CREAT) || ((flags & O_TMPFILE) == O_TMPFILE);
+    how.mode = creates ? mode : 0;
     how.resolve = resolve;
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
 }

@@ -1,24 +1,30 @@
 import ArgumentParser
 import Foundation
 
-/// `ferry`: the root command. The executable calls `FerryCommand.main()` and nothing else.
-public struct FerryCommand: ParsableCommand {
+/// `ferry`: the root command. The executable calls `FerryCommand.execute()` and nothing else.
+public struct FerryCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ferry",
         abstract: "Move and copy data across project-quota and filesystem boundaries without losing a byte.",
         version: "0.1.0",
-        subcommands: [FsCommand.self, CopyCommand.self])
+        subcommands: [FsCommand.self, CopyCommand.self, MoveCommand.self, TasksCommand.self, TaskCommand.self,
+                      WorkerCommand.self, JanitorCommand.self])
 
     public init() {}
 
-    /// Exit statuses: 0 done, 1 failed (nothing lost, nothing half-visible), 2 bad usage.
-    public enum Status: Int32 { case success = 0, failure = 1, usage = 2, interrupted = 130 }
+    /// Exit statuses: 0 done, 1 failed (nothing lost, nothing half-visible), 2 bad usage, 3 refused
+    /// by the pre-flight check, 4 a path is locked by another task, 130 interrupted.
+    public enum Status: Int32 { case success = 0, failure = 1, usage = 2, refused = 3, locked = 4, interrupted = 130 }
 
     /// Parses and runs, mapping argument errors to status 2 (ArgumentParser's default is 64).
-    public static func main(_ arguments: [String]? = nil) -> Never {
+    public static func execute(_ arguments: [String]? = nil) async -> Never {
         do {
             var command = try parseAsRoot(arguments)
-            try command.run()
+            if var asynchronous = command as? any AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
             Foundation.exit(Status.success.rawValue)
         } catch let code as ExitCode {
             Foundation.exit(code.rawValue)

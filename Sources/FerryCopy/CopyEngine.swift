@@ -23,6 +23,12 @@ public struct StagingArea: Sendable {
     public let name: ByteString
     public let directory: FileDescriptor
     public static let prefix = ".ferry-staging-"
+
+    public init(parent: FileDescriptor, name: ByteString, directory: FileDescriptor) {
+        self.parent = parent
+        self.name = name
+        self.directory = directory
+    }
 }
 
 public struct CopyReport: Sendable {
@@ -71,16 +77,20 @@ public final class CopyEngine: Sendable {
 
     /// Copies the sources into the staging directory, in parallel. On failure everything staged is
     /// removed before the error is thrown.
-    public func stage(_ sources: [CopySource], into staging: StagingArea, totals: TreeMeasurement? = nil) throws(CopyError) -> (bytes: UInt64, entries: UInt64, notes: CopyNotes) {
+    /// `resume`: the staging directory holds what an interrupted attempt copied; complete entries are
+    /// kept, the rest redone. `discardOnFailure`: remove the staging directory when the copy fails (a
+    /// caller that may resume later keeps it and decides itself).
+    public func stage(_ sources: [CopySource], into staging: StagingArea, totals: TreeMeasurement? = nil, resume: Bool = false,
+                      discardOnFailure: Bool = true) throws(CopyError) -> (bytes: UInt64, entries: UInt64, notes: CopyNotes) {
         let meter = ProgressMeter(phase: .copying, bytesTotal: totals?.bytes ?? 0, entriesTotal: totals?.entries ?? 0,
                                   interval: options.progressInterval, handler: progress)
         let notes = CopyNotes()
-        let visitor = CopyVisitor(options: options, meter: meter, notes: notes, destinationRoot: staging.directory)
+        let visitor = CopyVisitor(options: options, meter: meter, notes: notes, destinationRoot: staging.directory, resume: resume)
         do {
             try walk(sources, peer: staging.directory, visitor: visitor)
         } catch {
             meter.finish()
-            discard(staging)
+            if discardOnFailure { discard(staging) }
             throw error
         }
         meter.finish()
@@ -89,12 +99,14 @@ public final class CopyEngine: Sendable {
 
     /// Compares the staged copies with their sources; throws `.verificationFailed` with the first
     /// differences, or `.sourceChanged` when a source changed after it was copied.
-    public func verify(_ sources: [CopySource], in staging: StagingArea, totals: TreeMeasurement? = nil) throws(CopyError) {
+    /// `sourceIsSubset`: the sources are what is left of a partly deleted original (a move interrupted
+    /// while removing its source): each remaining entry must match, directories may hold fewer.
+    public func verify(_ sources: [CopySource], in staging: StagingArea, totals: TreeMeasurement? = nil, sourceIsSubset: Bool = false) throws(CopyError) {
         let meter = ProgressMeter(phase: .verifying, bytesTotal: options.verify == .checksum ? totals?.bytes ?? 0 : 0,
                                   entriesTotal: totals?.entries ?? 0, interval: options.progressInterval, handler: progress)
         defer { meter.finish() }
         let visitor = VerifyVisitor(mode: options.verify, checkOwnership: options.preserveOwnership,
-                                    meter: meter, cancellation: options.cancellation)
+                                    meter: meter, cancellation: options.cancellation, sourceIsSubset: sourceIsSubset)
         try walk(sources, peer: staging.directory, visitor: visitor)
         let differences = visitor.found
         if !differences.isEmpty { throw .verificationFailed(differences: differences) }
@@ -158,6 +170,26 @@ public final class CopyEngine: Sendable {
         try runWalk(root: directory, peer: nil, entries: names, visitor: RemoveVisitor(meter: nil), cancellation: CancellationFlag())
     }
 
+    /// Removes `name` in `directory` and, if it is a directory, everything in it.
+    static func removeTree(in directory: FileDescriptor, _ name: ByteString) throws {
+        let walk = WalkCoordinator(visitor: RemoveVisitor(meter: nil), cancellation: CancellationFlag())
+        do {
+            try walk.run(root: directory, peer: nil, entries: [WalkEntry(name: name, peerName: name, kind: .unknown)], threads: 1)
+        } catch { throw CopyError.from(error) }
+    }
+
+    /// Opens an existing staging directory left by an earlier attempt; nil if there is none.
+    public func openStaging(in destination: FileDescriptor, id: String) throws(CopyError) -> StagingArea? {
+        let name = Array((StagingArea.prefix + id).utf8)
+        do {
+            let fd = try destination.openAt(name, [.directory, .noFollow])
+            return StagingArea(parent: destination, name: name, directory: fd)
+        } catch {
+            if error.code == .notFound { return nil }
+            throw .system(path: PathDisplay.string(name), error)
+        }
+    }
+
     /// Removes the named entries (files or whole trees) from their directories.
     public func remove(_ sources: [CopySource]) throws(CopyError) {
         try walk(sources, peer: nil, visitor: RemoveVisitor(meter: nil), cancellation: CancellationFlag())
@@ -205,6 +237,12 @@ public final class CopyEngine: Sendable {
             measurement: measurement, bytesCopied: staged.bytes, entriesCopied: staged.entries, verify: options.verify,
             ownershipPreserved: options.preserveOwnership, notes: staged.notes.first, noteCount: staged.notes.count,
             published: published, seconds: MonotonicClock.now() - started, phaseSeconds: phases)
+    }
+
+    /// Publishes one staged item under its own name in the staging directory's parent, never
+    /// replacing anything (`.exists` if the name is taken).
+    public static func publishOne(from staging: StagingArea, _ name: ByteString) throws(SystemError) {
+        try renameNoReplace(from: staging.directory, name, to: staging.parent, name)
     }
 
     /// `renameat2(RENAME_NOREPLACE)`; where the filesystem lacks the flag (EINVAL), a file is published

@@ -20,8 +20,11 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
     private let destinationRoot: FileDescriptor
     /// Inodes with more than one link, until all their links inside the tree are seen.
     private let links = Locked<[FileID: LinkState]>([:])
+    /// Continue a staging that an interrupted attempt left: keep what is complete, redo the rest.
+    private let resume: Bool
 
-    init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, destinationRoot: FileDescriptor) {
+    init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, destinationRoot: FileDescriptor, resume: Bool = false) {
+        self.resume = resume
         data = FileDataCopier(allowClone: options.allowClone, allowCopyFileRange: options.allowCopyFileRange)
         privileged = processIsPrivileged
         metadata = MetadataApplier(
@@ -36,6 +39,7 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
         guard let peer = directory.peer else { return .done }
         let status = try directory.source.status(entry.name)
+        if resume, let outcome = try resumeExisting(entry, status: status, in: directory, peer: peer) { return outcome }
         switch status.kind {
         case .directory:
             try peer.makeDirectory(entry.peerName, permissions: 0o700)
@@ -67,6 +71,37 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
     func leave(_ directory: WalkDirectory) throws {
         guard let peer = directory.peer, let status = directory.status else { return }
         try metadata.apply(from: directory.source, to: peer, status: status, path: PathDisplay.string(directory.relativePath))
+    }
+
+    /// In a resumed stage: an entry that exists already is kept when it is complete (a directory is
+    /// entered again; a file whose size, mode and mtime match was finished — times are set last), and
+    /// removed otherwise so the normal path recreates it. Returns nil to continue on the normal path.
+    private func resumeExisting(_ entry: WalkEntry, status: FileStatus, in directory: WalkDirectory, peer: FileDescriptor) throws -> VisitOutcome? {
+        let existing: FileStatus
+        do { existing = try peer.status(entry.peerName) } catch {
+            if error.code == .notFound { return nil }
+            throw error
+        }
+        if status.kind == .directory && existing.kind == .directory {
+            meter.entries.add(1, ordering: .relaxed)
+            // Its metadata is applied again when it is left; until then it must be writable.
+            try peer.changeMode(entry.peerName, permissions: 0o700)
+            return .descend(peer: try peer.openAt(entry.peerName, [.directory, .noFollow]))
+        }
+        let complete = status.kind == .regular && existing.kind == .regular && status.linkCount == 1
+            && existing.size == status.size && existing.permissions == status.permissions
+            && existing.modificationTime == status.modificationTime
+        if complete {
+            meter.entries.add(1, ordering: .relaxed)
+            meter.bytes.add(status.size, ordering: .relaxed)
+            return .done
+        }
+        if existing.kind == .directory {
+            try CopyEngine.removeTree(in: peer, entry.peerName)
+        } else {
+            try peer.removeEntry(entry.peerName, isDirectory: false)
+        }
+        return nil
     }
 
     private func copyFile(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor) throws {

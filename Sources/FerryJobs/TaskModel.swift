@@ -43,7 +43,20 @@ public struct TaskOptions: Codable, Sendable, Equatable {
     public var margin: Double = 0.05
     /// Wait for conflicting path locks instead of failing.
     public var waitForLocks: Bool = false
+    /// Check the destination's free bytes and inodes before copying.
+    public var spaceCheck: Bool = true
     public init() {}
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        verify = try c.decodeIfPresent(String.self, forKey: .verify) ?? "metadata"
+        strategy = try c.decodeIfPresent(String.self, forKey: .strategy)
+        recall = try c.decodeIfPresent(Bool.self, forKey: .recall) ?? false
+        jobs = try c.decodeIfPresent(Int.self, forKey: .jobs)
+        margin = try c.decodeIfPresent(Double.self, forKey: .margin) ?? 0.05
+        waitForLocks = try c.decodeIfPresent(Bool.self, forKey: .waitForLocks) ?? false
+        spaceCheck = try c.decodeIfPresent(Bool.self, forKey: .spaceCheck) ?? true
+    }
 }
 
 /// What the validate phase decided, persisted so that any worker can carry on from it.
@@ -60,6 +73,9 @@ public struct TaskPlan: Codable, Sendable, Equatable {
     /// The destination directory (resolved).
     public var destinationDirectory: StoredPath
     public var warnings: [String] = []
+    /// Set (and committed) before the first source entry is deleted: from then on the source may be
+    /// partial, and recovery checks that what is left is contained in the published copy.
+    public var deletingSource: Bool = false
     public init(strategy: String, bytes: UInt64, allocatedBytes: UInt64, entries: UInt64, inodes: UInt64,
                 stagingName: StoredPath, finalNames: [StoredPath], destinationDirectory: StoredPath) {
         self.strategy = strategy

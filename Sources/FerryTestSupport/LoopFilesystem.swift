@@ -155,3 +155,10 @@ private final class OutputBox: @unchecked Sendable {
     var output: Data { lock.lock(); defer { lock.unlock() }; return out }
     var error: Data { lock.lock(); defer { lock.unlock() }; return err }
 }
+
+/// `withLoopXFS` for async test bodies.
+public func withLoopXFSAsync<T>(sizeMiB: Int = 512, reflink: Bool = false, _ body: (LoopXFS) async throws -> T) async throws -> T {
+    let fs = try LoopXFS(sizeMiB: sizeMiB, reflink: reflink)
+    defer { fs.tearDown() }
+    return try await body(fs)
+}

@@ -16,8 +16,11 @@ func ferryBinary() -> String {
 
 @discardableResult
 func ferry(_ arguments: String..., environment: [String: String]? = nil) throws -> Shell.Result {
-    try Shell.execute([ferryBinary()] + arguments, environment: environment)
+    try Shell.execute([ferryBinary()] + arguments, environment: (environment ?? [:]).merging(["FERRY_DATABASE_URL": testDatabase]) { a, _ in a })
 }
+
+/// Each test process keeps its tasks in a database of its own.
+let testDatabase = "sqlite://" + NSTemporaryDirectory() + "ferry-cli-tests-\(getpid()).sqlite"
 
 func jsonObject(_ text: String) throws -> [String: Any] {
     try #require(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
@@ -82,9 +85,9 @@ struct FerryCLITests {
             try TreeBuilder.write(a + "/f", bytes: 10, seed: 1)
             try TreeBuilder.write(b + "/f", bytes: 20, seed: 2)
             let exists = try ferry("copy", "--json", a + "/f", b)
-            #expect(exists.status == 1)
+            #expect(exists.status == 3)  // refused by the pre-flight check
             let failure = try jsonObject(exists.standardOutput)
-            #expect((failure["error"] as? [String: Any])?["code"] as? String == "destinationExists")
+            #expect((failure["error"] as? [String: Any])?["code"] as? String == "destination.exists")
             #expect(try Data(contentsOf: URL(fileURLWithPath: b + "/f")).count == 20)
             // Too big for the destination: refused up front, with figures.
             try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
@@ -92,12 +95,12 @@ struct FerryCLITests {
             let free = try FileDescriptor.openDirectory(Array(fs.mountPoint.utf8)).filesystemStatistics().availableBytes
             try Shell.run(["fallocate", "-l", String(free - (50 << 20)), fs.mountPoint + "/filler"])
             let refused = try ferry("copy", a + "/big", b)
-            #expect(refused.status == 1)
-            #expect(refused.standardError.contains("free; the copy needs"), "\(refused.standardError)")
+            #expect(refused.status == 3)
+            #expect(refused.standardError.contains("free; this copy needs"), "\(refused.standardError)")
             // Without the check, the real ENOSPC stops it cleanly.
             let full = try ferry("copy", "--no-space-check", "--json", a + "/big", b)
             #expect(full.status == 1)
-            #expect((try jsonObject(full.standardOutput)["error"] as? [String: Any])?["code"] as? String == "noSpace")
+            #expect((try jsonObject(full.standardOutput)["error"] as? [String: Any])?["code"] as? String == "nospace")
             #expect(try FileManager.default.contentsOfDirectory(atPath: b) == ["f"])
         }
     }
@@ -173,7 +176,7 @@ struct FerryCLITests {
             let denied = try Shell.execute(["runuser", "-u", "nobody", "--", ferryBinary(), "copy", "--json", area + "/src", area + "/dst2"])
             #expect(denied.status == 1)
             let error = try #require(try jsonObject(denied.standardOutput)["error"] as? [String: Any])
-            #expect(error["code"] as? String == "permissionDenied")
+            #expect(error["code"] as? String == "permission")
             #expect((error["message"] as? String)?.contains("src/sub/secret") == true, "\(error)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: area).sorted() == ["dst", "src"])
         }

@@ -31,28 +31,4 @@ import Testing
         #expect(narrow.count <= 100)
         #expect(narrow.contains("…") || !narrow.contains("results/"))
     }
-
-    @Test func spaceRefusalNamesTheFigures() {
-        var measurement = TreeMeasurement()
-        measurement.allocatedBytes = 3_650_722_201
-        measurement.entries = 812
-        var quota = FerryStorageQuota.make(projectID: 200, bytesFree: 1_288_490_189, inodesFree: 40_000)
-        let message = SpaceCheck.refusal(measurement: measurement, quota: quota)
-        #expect(message == "destination project 200 has 1.20 GiB free; the copy needs 3.40 GiB. Free space there or ask for more quota; nothing was copied.")
-        quota.bytesFree = 10 << 30
-        quota.inodesFree = 100
-        #expect(SpaceCheck.refusal(measurement: measurement, quota: quota)?.contains("100 inodes free; the copy needs 812") == true)
-        quota.inodesFree = 1000
-        #expect(SpaceCheck.refusal(measurement: measurement, quota: quota) == nil)
-    }
-}
-
-import FerryStorage
-enum FerryStorageQuota {
-    static func make(projectID: UInt32, bytesFree: UInt64, inodesFree: UInt64) -> QuotaReport {
-        var report = QuotaReport(source: .quotactl, projectID: projectID)
-        report.bytesFree = bytesFree
-        report.inodesFree = inodesFree
-        return report
-    }
 }

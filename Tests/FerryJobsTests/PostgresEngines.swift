@@ -1,2 +1,141 @@
-/// Filled in by the PostgreSQL store's tests (throwaway cluster on loopback).
-let extraStoreEngines: [StoreUnderTest] = []
+import FerryJobs
+import FerryTestSupport
+import Foundation
+import Synchronization
+import Testing
+
+/// The PostgreSQL engine under the contract, where a throwaway cluster can run (root, PostgreSQL 15
+/// installed): one cluster for the whole test process, started on first use and stopped at exit;
+/// a fresh database per test, dropped afterwards.
+let extraStoreEngines: [StoreUnderTest] = PostgresCluster.available ? [
+    StoreUnderTest(name: "postgres") {
+        let (cluster, database) = try SharedPostgresCluster.newDatabase()
+        do {
+            let store = try await SharedPostgresCluster.open(cluster, database)
+            return (store, {
+                await store.shutdown()
+                try? cluster.dropDatabase(database)
+            })
+        } catch {
+            try? cluster.dropDatabase(database)
+            throw error
+        }
+    },
+] : []
+
+enum SharedPostgresCluster {
+    private static let state = Mutex<Result<PostgresCluster, any Error>?>(nil)
+
+    /// The process's cluster, started by the first caller (a failure to start is remembered) and
+    /// stopped when the process exits.
+    static func get() throws -> PostgresCluster {
+        try state.withLock { state in
+            if state == nil {
+                state = Result { try PostgresCluster() }
+                if case .success = state { atexit { SharedPostgresCluster.stop() } }
+            }
+            return try state!.get()
+        }
+    }
+
+    static func stop() {
+        let cluster = state.withLock { state in try? state?.get() }
+        cluster?.stop()
+    }
+
+    static func newDatabase() throws -> (PostgresCluster, String) {
+        let cluster = try get()
+        let database = "t_" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        try cluster.createDatabase(database)
+        return (cluster, database)
+    }
+
+    static func open(_ cluster: PostgresCluster, _ database: String) async throws -> PostgresTaskStore {
+        try await PostgresTaskStore(host: cluster.host, port: cluster.port, user: PostgresCluster.user, password: nil, database: database)
+    }
+}
+
+/// What only the PostgreSQL engine has: several stores (workers on several machines) on one database.
+@Suite("PostgreSQL task store", .serialized, .enabled(if: PostgresCluster.available))
+struct PostgresTaskStoreTests {
+    /// Two stores on one fresh database, shut down and dropped afterwards.
+    func withTwoStores(_ body: (PostgresCluster, String, PostgresTaskStore, PostgresTaskStore) async throws -> Void) async throws {
+        let (cluster, database) = try SharedPostgresCluster.newDatabase()
+        defer { try? cluster.dropDatabase(database) }
+        let first = try await SharedPostgresCluster.open(cluster, database)
+        let second: PostgresTaskStore
+        do { second = try await SharedPostgresCluster.open(cluster, database) } catch { await first.shutdown(); throw error }
+        do {
+            try await body(cluster, database, first, second)
+        } catch {
+            await first.shutdown(); await second.shutdown()
+            throw error
+        }
+        await first.shutdown(); await second.shutdown()
+    }
+
+    func wakes(_ waiter: PostgresTaskStore, when action: () async throws -> Void) async throws -> Bool {
+        let clock = ContinuousClock()
+        let start = clock.now
+        async let woke: Void = waiter.waitForWork(timeout: .seconds(20))
+        try await Task.sleep(for: .milliseconds(100))
+        try await action()
+        await woke
+        return clock.now - start < .seconds(10)
+    }
+
+    @Test func anotherStoresNewWorkWakesTheWaiters() async throws {
+        try await withTwoStores { cluster, database, waiter, creator in
+            #expect(try await wakes(waiter) { _ = try await creator.create(newMove()) })
+            // The listening connection is killed: the store listens again and still wakes.
+            let killed = try cluster.psql(database, """
+                SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'
+                """)
+            #expect(killed.trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+            try await Task.sleep(for: .seconds(1))
+            #expect(try await wakes(waiter) { _ = try await creator.create(newMove()) })
+        }
+    }
+
+    @Test func claimByIDRecordAndHistory() async throws {
+        try await withTwoStores { _, _, one, two in
+            let task = try await one.create(newMove())
+            let mine = try #require(try await one.claim(id: task.id, worker: "cli", lease: .seconds(30)))
+            #expect(mine.attempts == 1 && mine.leaseOwner == "cli")
+            #expect(try await two.claim(id: task.id, worker: "other", lease: .seconds(30)) == nil)
+            #expect(try await two.claim(id: task.id, worker: "cli", lease: .seconds(30))?.attempts == 2)  // its own lease
+            #expect(try await two.claim(worker: "other", limit: 5, lease: .seconds(30)).isEmpty)
+            try await two.record(task.id, message: "note")
+            await #expect(throws: TaskStoreError.notFound("nope")) { try await one.record("nope", message: "x") }
+            await #expect(throws: TaskStoreError.notFound("nope")) {
+                try await one.updateProgress(id: "nope", worker: "cli", TaskProgress())
+            }
+            await #expect(throws: TaskStoreError.leaseLost(task.id)) {
+                try await one.updateProgress(id: task.id, worker: "other", TaskProgress())
+            }
+            let messages = try await one.events(task.id).map(\.message)
+            #expect(messages.count == 4 && messages.last == "note")
+            #expect(messages[1] == "claimed by cli (attempt 1)" && messages[2] == "claimed by cli (attempt 2)")
+        }
+    }
+
+    @Test func racingLockTakersOnTwoStoresNeverBothWin() async throws {
+        try await withTwoStores { _, _, one, two in
+            for round in 0..<20 {
+                let a = try await one.create(newMove())
+                let b = try await two.create(newMove())
+                #expect(try await one.claim(id: a.id, worker: "wa", lease: .seconds(30)) != nil)
+                #expect(try await two.claim(id: b.id, worker: "wb", lease: .seconds(30)) != nil)
+                async let first: Bool = (try? await one.acquireLocks(id: a.id, worker: "wa", [
+                    PathLock(taskID: a.id, filesystem: "9:\(round)", path: StoredPath("/x/y")),
+                ])) != nil
+                async let second: Bool = (try? await two.acquireLocks(id: b.id, worker: "wb", [
+                    PathLock(taskID: b.id, filesystem: "9:\(round)", path: StoredPath("/x")),
+                ])) != nil
+                let (wonA, wonB) = await (first, second)
+                #expect(wonA != wonB, "round \(round): exactly one of the two overlapping lock sets is taken")
+            }
+        }
+    }
+}

@@ -207,6 +207,12 @@ struct SystemCallTests {
             for forceWalk in [false, true] {
                 let ok = try PathResolver.open(beneath: root, Array("inside/file".utf8), [], forceWalk: forceWalk)
                 ok.closeQuietly()
+                // Directories, the root itself included (O_DIRECTORY must not be taken for O_TMPFILE).
+                for directory in ["", "inside", "inside/"] {
+                    let fd = try PathResolver.open(beneath: root, Array(directory.utf8), [.directory], forceWalk: forceWalk)
+                    #expect(try fd.status().kind == .directory)
+                    fd.closeQuietly()
+                }
                 for hostile in ["../outside", "inside/../../outside", fs.mountPoint + "/outside"] {
                     let error = #expect(throws: SystemError.self) {
                         try PathResolver.open(beneath: root, Array(hostile.utf8), [], forceWalk: forceWalk)

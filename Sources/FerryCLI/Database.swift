@@ -1,0 +1,96 @@
+import ArgumentParser
+import FerryJobs
+import Foundation
+
+/// Where tasks live: `--database URL`, else `FERRY_DATABASE_URL`, else an SQLite file under
+/// `$XDG_STATE_HOME/ferry/`.
+struct DatabaseOptions: ParsableArguments {
+    @Option(help: "sqlite:///path/ferry.sqlite or postgres://user@host/db (default: FERRY_DATABASE_URL, else ~/.local/state/ferry/ferry.sqlite).")
+    var database: String?
+    @Option(help: "Lease length in seconds: how long a dead worker's task waits before another takes it over (default: FERRY_LEASE_SECONDS, else 30).")
+    var lease: Double?
+
+    var leaseDuration: Duration {
+        let seconds = lease ?? ProcessInfo.processInfo.environment["FERRY_LEASE_SECONDS"].flatMap(Double.init) ?? 30
+        return .milliseconds(Int64(max(0.2, seconds) * 1000))
+    }
+
+    func open() async throws -> any TaskStore {
+        let url: DatabaseURL
+        do { url = try DatabaseURL.resolve(database) } catch { throw ValidationError("\(error)") }
+        switch url {
+        case .sqlite(let path):
+            do {
+                return try SQLiteTaskStore(path: try Self.usable(path, explicit: database != nil))
+            } catch let error as ValidationError {
+                throw error
+            } catch {
+                throw ValidationError("cannot open the task database \(path): \(error.localizedDescription); choose one with --database or FERRY_DATABASE_URL")
+            }
+        case .postgres(let host, let port, let user, let password, let name):
+            return try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: name)
+        }
+    }
+}
+
+extension DatabaseOptions {
+    /// The default database lives in the user's state directory; a user without a writable home
+    /// (a service account such as nobody) gets a private directory under /tmp instead, created 0700
+    /// and refused if it is not ours or is a symlink.
+    static func usable(_ path: String, explicit: Bool) throws -> String {
+        let directory = (path as NSString).deletingLastPathComponent
+        if explicit || (try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)) != nil {
+            return path
+        }
+        let fallback = "/tmp/ferry-\(geteuid())"
+        if mkdir(fallback, 0o700) != 0 && errno != EEXIST {
+            throw ValidationError("cannot create \(directory) or \(fallback); choose a database with --database or FERRY_DATABASE_URL")
+        }
+        var status = stat()
+        guard lstat(fallback, &status) == 0, (status.st_mode & S_IFMT) == S_IFDIR, status.st_uid == geteuid(), status.st_mode & 0o077 == 0 else {
+            throw ValidationError("\(fallback) is not a private directory of yours; choose a database with --database or FERRY_DATABASE_URL")
+        }
+        return fallback + "/ferry.sqlite"
+    }
+}
+
+/// This process's name as a worker: host and pid, so leases say who holds them.
+func workerName(_ role: String) -> String {
+    "\(ProcessInfo.processInfo.hostName):\(getpid()):\(role)"
+}
+
+/// The user a task is recorded for.
+func currentUser() -> String {
+    if let entry = getpwuid(geteuid()), let name = entry.pointee.pw_name { return String(cString: name) }
+    return "uid\(geteuid())"
+}
+
+extension TaskRecord {
+    var json: [String: Any?] {
+        [
+            "id": id, "kind": kind.rawValue, "status": status.rawValue, "owner": owner,
+            "sources": sources.map(\.description), "destination": destination.description,
+            "strategy": plan?.strategy, "attempts": attempts, "cancelRequested": cancelRequested,
+            "progress": ["bytesDone": progress.bytesDone, "bytesTotal": progress.bytesTotal,
+                         "entriesDone": progress.entriesDone, "entriesTotal": progress.entriesTotal,
+                         "bytesPerSecond": progress.bytesPerSecond] as [String: Any?],
+            "error": failure.map { ["code": $0.code, "message": $0.message] as [String: Any?] },
+            "createdAt": createdAt.timeIntervalSince1970, "finishedAt": finishedAt?.timeIntervalSince1970,
+            "leaseOwner": leaseOwner,
+        ]
+    }
+
+    /// The exit status a CLI run of this task ends with.
+    var exitStatus: Int32 {
+        switch status {
+        case .completed: return FerryCommand.Status.success.rawValue
+        case .cancelled, .rolledBack: return failure?.code == "cancelled" ? FerryCommand.Status.interrupted.rawValue : FerryCommand.Status.failure.rawValue
+        default:
+            guard let code = failure?.code else { return FerryCommand.Status.failure.rawValue }
+            if code == "locked" { return FerryCommand.Status.locked.rawValue }
+            let refusals = ["quota.insufficient", "destination.exists", "source.missing", "hsm.released", "strategy.unknown",
+                            "strategy.invalid", "strategy.unavailable"]
+            return refusals.contains(code) ? FerryCommand.Status.refused.rawValue : FerryCommand.Status.failure.rawValue
+        }
+    }
+}

@@ -1,0 +1,139 @@
+import ArgumentParser
+import FerryCopy
+import FerryJobs
+import FerryMove
+import FerrySystem
+import Foundation
+
+struct TasksCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tasks", abstract: "List tasks: running and queued ones, or all with --all.")
+    @Flag(help: "Include finished tasks.") var all = false
+    @Flag(help: "Print JSON.") var json = false
+    @Option(help: "Only this user's tasks.") var owner: String?
+    @Option(help: "At most this many.") var limit = 50
+    @OptionGroup var database: DatabaseOptions
+
+    func run() async throws {
+        let store = try await database.open()
+        let tasks = try await store.list(TaskFilter(statuses: all ? nil : TaskStatus.running, owner: owner, limit: limit))
+        if json {
+            printJSON(["tasks": tasks.map { $0.json as Any? }])
+            return
+        }
+        if tasks.isEmpty { print(all ? "no tasks" : "no running or queued tasks (ferry tasks --all shows finished ones)"); return }
+        for task in tasks {
+            let done = task.progress.bytesTotal > 0 ? String(format: " %3.0f%%", Double(task.progress.bytesDone) * 100 / Double(task.progress.bytesTotal)) : ""
+            let sources = task.sources.map(\.description).joined(separator: " ")
+            print("\(task.id)  \(task.status.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0))\(done)  \(task.kind.rawValue) \(sources) → \(task.destination)  [\(task.owner)]")
+        }
+    }
+}
+
+struct TaskCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "task", abstract: "Show, cancel or retry one task.", subcommands: [Show.self, Cancel.self, Retry.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "A task's state, progress, error and history.")
+        @Argument var id: String
+        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var database: DatabaseOptions
+        func run() async throws {
+            let store = try await database.open()
+            guard let task = try await store.task(id) else { printError("ferry task show: no task \(id)"); throw ExitCode(1) }
+            let events = try await store.events(id)
+            if json {
+                var object = task.json
+                object["events"] = events.map { ["at": $0.at.timeIntervalSince1970, "status": $0.status.rawValue, "message": $0.message] as [String: Any?] as Any? }
+                printJSON(object)
+                return
+            }
+            print("task \(task.id): \(task.kind.rawValue) \(task.sources.map(\.description).joined(separator: " ")) → \(task.destination)")
+            print("  status \(task.status.rawValue), owner \(task.owner), attempts \(task.attempts)\(task.plan.map { ", strategy \($0.strategy)" } ?? "")")
+            if task.progress.bytesTotal > 0 || task.progress.entriesTotal > 0 {
+                print("  progress \(Format.bytes(task.progress.bytesDone))/\(Format.bytes(task.progress.bytesTotal)), \(Format.count(task.progress.entriesDone))/\(Format.count(task.progress.entriesTotal)) entries")
+            }
+            if let failure = task.failure { print("  error [\(failure.code)] \(failure.message)") }
+            let formatter = ISO8601DateFormatter()
+            for event in events { print("  \(formatter.string(from: event.at))  \(event.status.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0)) \(event.message)") }
+        }
+    }
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel: a queued task at once, a running one at its next checkpoint (rolled back).")
+        @Argument var id: String
+        @OptionGroup var database: DatabaseOptions
+        func run() async throws {
+            let store = try await database.open()
+            do {
+                let task = try await store.requestCancel(id)
+                print(task.status == .cancelled ? "cancelled \(id)" : "\(id): cancel requested; it rolls back at its next checkpoint")
+            } catch TaskStoreError.notFound { printError("ferry task cancel: no task \(id)"); throw ExitCode(1) }
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Queue a failed, cancelled or rolled-back task again.")
+        @Argument var id: String
+        @OptionGroup var database: DatabaseOptions
+        func run() async throws {
+            let store = try await database.open()
+            do {
+                _ = try await store.retry(id)
+                print("\(id) queued again; a worker (ferry worker) will run it")
+            } catch let error as TaskStoreError {
+                printError("ferry task retry: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+}
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Claim and run tasks until stopped (SIGTERM: finish the current checkpoint, release the lease).")
+    @Flag(help: "Run every task claimable now, then exit.") var once = false
+    @Option(help: "Tasks run at once.") var concurrency = 2
+    @Option(help: "Parallel copiers per task (default: two per core).") var jobs: Int?
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var storageOptions: StorageOptions
+
+    func run() async throws {
+        let store = try await database.open()
+        let engine = try makeEngine(store: store, role: "worker", lease: database.leaseDuration, jobs: jobs, storageOptions: storageOptions)
+        let stop = CancellationFlag()
+        let interrupt = InterruptWatcher { stop.cancel() }
+        defer { interrupt.stop() }
+        let records = await Worker(engine: engine, concurrency: concurrency).run(once: once, stop: stop)
+        for record in records { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
+    }
+}
+
+struct JanitorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "janitor",
+        abstract: "Finish or roll back tasks whose worker died, and remove staging directories no live task owns.")
+    @Flag(help: "Only say what would be removed.") var dryRun = false
+    @Option(name: .customLong("scan"), help: "Also search this directory (and its subdirectories) for .ferry-staging-*; repeatable.")
+    var scan: [String] = []
+    @Option(help: "Staging directories unknown to the database are removed when older than this many seconds.") var grace: Double = 3600
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var storageOptions: StorageOptions
+
+    func run() async throws {
+        let store = try await database.open()
+        let engine = try makeEngine(store: store, role: "janitor", lease: database.leaseDuration, jobs: nil, storageOptions: storageOptions)
+        let report = try await Janitor(engine: engine, grace: .milliseconds(Int64(grace * 1000)))
+            .run(directories: scan.map { Transfer.absolute(Array($0.utf8)) }, dryRun: dryRun)
+        for id in report.recovered { print("recovered task \(id)") }
+        for path in report.removed { print("\(dryRun ? "would remove" : "removed") \(path)") }
+        for path in report.kept { print("kept \(path) (its task is still running, or it is younger than the grace period)") }
+    }
+}
+
+func makeEngine(store: any TaskStore, role: String, lease: Duration, jobs: Int?, storageOptions: StorageOptions) throws -> MoveEngine {
+    let configuration = try storageOptions.loadConfiguration()
+    let planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
+    return MoveEngine(store: store, settings: .init(worker: workerName(role), lease: lease, jobs: jobs), planner: planner)
+}

@@ -1,0 +1,155 @@
+import ArgumentParser
+import FerryConfig
+import FerryCopy
+import FerryJobs
+import FerryMove
+import FerryStorage
+import FerrySystem
+import Foundation
+
+extension VerifyMode: ExpressibleByArgument {}
+
+/// What `ferry move` and `ferry copy` share.
+struct TransferOptions: ParsableArguments {
+    @Argument(help: "Sources, then the destination (an existing directory, or a new name for one source).")
+    var paths: [String]
+    @Flag(help: "Print the plan and the pre-flight verdict; change nothing.") var dryRun = false
+    @Flag(help: "Print one JSON object instead of progress.") var json = false
+    @Option(help: "How to verify before publishing: metadata or checksum.") var verify: VerifyMode = .metadata
+    @Option(help: "rename, relink or copy (default: the cheapest the filesystem allows).") var strategy: String?
+    @Flag(help: "Restore HSM-released files from tape before moving them (Lustre).") var recall = false
+    @Flag(help: "Queue the task for a worker and print its id instead of running it here.") var detach = false
+    @Flag(help: "If a path is locked by another task, wait for it instead of failing.") var waitForLocks = false
+    @Flag(help: "Skip the free-space and free-inode check (the copy still stops cleanly at ENOSPC/EDQUOT).") var noSpaceCheck = false
+    @Option(help: "Safety margin on free space and inodes, in percent (default 5).") var margin: Double = 5
+    @Option(help: "Parallel copiers (default: two per core).") var jobs: Int?
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var storageOptions: StorageOptions
+
+    func validate() throws {
+        if paths.count < 2 { throw ValidationError("give at least one source and a destination") }
+        if let jobs, jobs < 1 || jobs > 1024 { throw ValidationError("--jobs must be between 1 and 1024") }
+        if let strategy, Strategy(rawValue: strategy) == nil { throw ValidationError("--strategy must be rename, relink or copy") }
+        if margin < 0 || margin > 100 { throw ValidationError("--margin is a percentage between 0 and 100") }
+    }
+
+    func run(kind: TaskKind) async throws {
+        let command = "ferry \(kind.rawValue)"
+        let configuration = try storageOptions.loadConfiguration()
+        let bytes = paths.map { Array($0.utf8) }
+        // Usage problems are found before a task exists.
+        do {
+            _ = try Transfer(sources: Array(bytes.dropLast()), destination: bytes[bytes.count - 1])
+        } catch let usage as Transfer.UsageError {
+            printError("\(command): \(usage.message)")
+            throw ExitCode(FerryCommand.Status.usage.rawValue)
+        } catch {
+            printError("\(command): \(error)")
+            throw ExitCode(FerryCommand.Status.failure.rawValue)
+        }
+        var options = TaskOptions()
+        options.verify = verify.rawValue
+        options.strategy = strategy
+        options.recall = recall
+        options.jobs = jobs
+        options.margin = margin / 100
+        options.waitForLocks = waitForLocks
+        options.spaceCheck = !noSpaceCheck
+        let request = NewTask(kind: kind, sources: bytes.dropLast().map { StoredPath(Transfer.absolute($0)) },
+                              destination: StoredPath(Transfer.absolute(bytes[bytes.count - 1])), options: options, owner: currentUser())
+        let store = try await database.open()
+        let storageOptions = self.storageOptions
+        let planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
+        let bar = ProgressBar(enabled: !json && isatty(STDERR_FILENO) == 1)
+        let engine = MoveEngine(store: store, settings: .init(worker: workerName("cli"), lease: database.leaseDuration, jobs: jobs),
+                                planner: planner) { _, progress in bar.update(progress) }
+
+        if dryRun {
+            let preflight = try engine.preflight(request)
+            if json {
+                printJSON(preflightJSON(preflight))
+            } else {
+                print(preflight.summary)
+                for warning in preflight.warnings { print("warning: \(warning)") }
+            }
+            throw ExitCode(preflight.refusal == nil ? FerryCommand.Status.success.rawValue : FerryCommand.Status.refused.rawValue)
+        }
+        let created = try await store.create(request)
+        if detach {
+            if json { printJSON(created.json) } else { print(created.id) }
+            return
+        }
+        let cancellation = CancellationFlag()
+        let interrupt = InterruptWatcher { cancellation.cancel() }
+        defer { interrupt.stop() }
+        guard let claimed = try await store.claim(id: created.id, worker: engine.settings.worker, lease: engine.settings.lease) else {
+            printError("\(command): task \(created.id) was taken by a worker; follow it with: ferry task show \(created.id)")
+            return
+        }
+        let record = await engine.run(claimed, cancellation: cancellation)
+        bar.finish()
+        if json {
+            var summary = record.json
+            summary["verify"] = record.options.verify
+            summary["published"] = record.status == .completed ? record.plan?.finalNames.map(\.description) : []
+            summary["ownershipPreserved"] = processIsPrivileged
+            printJSON(summary)
+        } else if record.status == .completed {
+            let bytesText = Format.bytes(record.plan?.bytes ?? 0)
+            let entries = Format.count(record.plan?.entries ?? 0)
+            if record.plan?.strategy == "rename" {
+                printError("renamed (same filesystem and project: nothing to copy) — task \(record.id)")
+            } else {
+                printError("\(kind == .move ? "moved" : "copied") \(entries) entries, \(bytesText), verified and durable — task \(record.id)")
+            }
+        } else if let failure = record.failure {
+            printError("\(command): \(failure.message)")
+            printError("task \(record.id) \(record.status.rawValue); the source is untouched")
+        }
+        throw ExitCode(record.exitStatus)
+    }
+
+    func preflightJSON(_ preflight: Preflight) -> [String: Any?] {
+        [
+            "strategy": preflight.strategy.rawValue, "summary": preflight.summary,
+            "bytes": preflight.measurement.bytes, "allocatedBytes": preflight.measurement.allocatedBytes,
+            "entries": preflight.measurement.entries, "inodes": preflight.measurement.inodes,
+            "bytesFree": preflight.quota?.bytesFree, "inodesFree": preflight.quota?.inodesFree,
+            "destinationProject": preflight.destinationProject.map { Int($0.projectID) },
+            "warnings": preflight.warnings,
+            "refusal": preflight.refusal.map { ["code": $0.code, "message": $0.message] as [String: Any?] },
+        ]
+    }
+}
+
+struct MoveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "move",
+        abstract: "Move files and trees, across project quotas too: staged, verified, published, then the source removed.",
+        discussion: """
+            Like `mv`: DEST is an existing directory or, with one SOURCE, a new name. Within one \
+            filesystem and project this is a rename. Otherwise the data is copied into \
+            .ferry-staging-<task> beside the destination, verified, flushed, renamed into place without \
+            replacing anything, verified again, and only then is the source deleted. The task is \
+            recorded, so a crash is finished or rolled back by `ferry worker` or `ferry janitor`.
+            Exit status: 0 done, 1 failed (nothing lost), 2 usage, 3 refused by the pre-flight check, \
+            4 path locked by another task, 130 interrupted (rolled back).
+            """)
+    @OptionGroup var options: TransferOptions
+    func run() async throws { try await options.run(kind: .move) }
+}
+
+struct CopyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "copy",
+        abstract: "Copy files and trees: staged beside the destination, verified, then published atomically.",
+        discussion: """
+            Like `cp -a`. Everything is copied into .ferry-staging-<task> in the destination \
+            directory, compared with the source, flushed with one syncfs, and renamed into place \
+            without ever replacing an existing name. On any failure nothing is left behind.
+            Exit status: 0 done, 1 failed (nothing half-visible left), 2 usage, 3 refused by the \
+            pre-flight check, 4 path locked, 130 interrupted.
+            """)
+    @OptionGroup var options: TransferOptions
+    func run() async throws { try await options.run(kind: .copy) }
+}

@@ -1,0 +1,452 @@
+import Foundation
+import PostgresNIO
+
+/// The task store for many workers on many machines: PostgreSQL through a connection pool.
+/// Same contract and history messages as `SQLiteTaskStore`. Claims are one statement that skips
+/// rows other claimers hold (`FOR UPDATE SKIP LOCKED`); every fenced change locks the task's row
+/// first; path locks are checked and taken under one advisory lock; leases use the database's
+/// clock. New work is announced with `NOTIFY ferry_tasks`, which every store listens to.
+public final class PostgresTaskStore: TaskStore {
+    static let channel = "ferry_tasks"
+    private static let runningStatuses = TaskStatus.running.map(\.rawValue)
+    private static let clock = PostgresSchema.clock
+
+    private let client: PostgresClient
+    private let logger: Logger
+    private let wakeup: Wakeup
+    private let runTask: Task<Void, Never>
+    private let listenTask: Task<Void, Never>
+
+    /// Connects, brings the schema up to date and starts listening for new work.
+    public init(host: String, port: Int, user: String, password: String?, database: String) async throws {
+        let logger = { var logger = Logger(label: "ferry.jobs.postgres"); logger.logLevel = .critical; return logger }()
+        // One plain connection first, for the migrations and for a clear error at once: the pool
+        // retries a failing server for about a minute and then reports only that it gave up.
+        let first: PostgresConnection
+        do {
+            first = try await PostgresConnection.connect(
+                configuration: .init(host: host, port: port, username: user, password: password, database: database, tls: .disable),
+                id: 0, logger: logger)
+        } catch let error as PSQLError {
+            throw TaskStoreError.database("cannot connect to postgres://\(user)@\(host):\(port)/\(database): \(PostgresSchema.describe(error))")
+        }
+        do {
+            try await Self.inTransaction(first, logger) { connection in try await PostgresSchema.migrate(connection, logger: logger) }
+        } catch {
+            try? await first.close()
+            throw error
+        }
+        try? await first.close()
+
+        let configuration = PostgresClient.Configuration(host: host, port: port, username: user, password: password,
+                                                         database: database, tls: .disable)
+        let client = PostgresClient(configuration: configuration)
+        let wakeup = Wakeup()
+        self.client = client
+        self.logger = logger
+        self.wakeup = wakeup
+        runTask = Task { await client.run() }
+        let (ready, readyContinuation) = AsyncStream<(any Error)?>.makeStream()
+        listenTask = Task {
+            await Self.listen(client: client, wakeup: wakeup, logger: logger, ready: readyContinuation)
+        }
+        do {
+            // Not ready before LISTEN is in place: a notification sent before it would be lost.
+            for await outcome in ready {
+                if let outcome = outcome as? PSQLError { throw TaskStoreError.database(PostgresSchema.describe(outcome)) }
+                if let outcome { throw outcome }
+                break
+            }
+        } catch {
+            await shutdown()
+            throw error
+        }
+    }
+
+    /// Stops listening and closes the pool's connections. The store is unusable afterwards.
+    public func shutdown() async {
+        listenTask.cancel()
+        await listenTask.value
+        runTask.cancel()
+        await runTask.value
+        wakeup.signal()
+    }
+
+    deinit {
+        listenTask.cancel()
+        runTask.cancel()
+    }
+
+    // MARK: reading
+
+    public func task(_ id: String) async throws -> TaskRecord? {
+        try await rows("SELECT \(unescaped: PostgresSchema.columns()) FROM tasks WHERE id = \(id)").first.map(PostgresSchema.record)
+    }
+
+    public func list(_ filter: TaskFilter) async throws -> [TaskRecord] {
+        var binds = PostgresBindings()
+        var clauses: [String] = []
+        if let statuses = filter.statuses, !statuses.isEmpty {
+            binds.append(statuses.map(\.rawValue))
+            clauses.append("status = ANY($\(binds.count))")
+        }
+        if let owner = filter.owner {
+            binds.append(owner)
+            clauses.append("owner = $\(binds.count)")
+        }
+        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        binds.append(filter.limit < 0 ? nil : filter.limit)  // a negative limit means none, as in SQLite
+        binds.append(max(filter.offset, 0))
+        let sql = "SELECT \(PostgresSchema.columns()) FROM tasks \(whereClause) ORDER BY created_at DESC, id LIMIT $\(binds.count - 1) OFFSET $\(binds.count)"
+        return try await rows(PostgresQuery(unsafeSQL: sql, binds: binds)).map(PostgresSchema.record)
+    }
+
+    public func events(_ id: String) async throws -> [TaskEvent] {
+        try await rows("SELECT task_id, at, status, message FROM task_events WHERE task_id = \(id) ORDER BY seq").map { row in
+            let (taskID, at, status, message) = try row.decode((String, Double, String, String).self)
+            return TaskEvent(taskID: taskID, at: Date(timeIntervalSince1970: at), status: TaskStatus(rawValue: status) ?? .failed, message: message)
+        }
+    }
+
+    public func locks() async throws -> [PathLock] {
+        try await rows("SELECT task_id, filesystem, path FROM path_locks ORDER BY task_id, filesystem, path").map(Self.pathLock)
+    }
+
+    // MARK: writing
+
+    public func create(_ new: NewTask) async throws -> TaskRecord {
+        let id = Identifier.make()
+        let sources = try PostgresSchema.json(new.sources), destination = try PostgresSchema.json(new.destination)
+        let options = try PostgresSchema.json(new.options), progress = try PostgresSchema.json(TaskProgress())
+        let message = "created by \(new.owner): \(new.kind.rawValue) \(new.sources.map(\.description).joined(separator: ", ")) → \(new.destination)"
+        let record = try await transaction { connection -> TaskRecord in
+            let inserted = try await self.run(connection, """
+                INSERT INTO tasks (id, kind, sources, destination, options, owner, status, progress, created_at, updated_at)
+                SELECT \(id), \(new.kind.rawValue), \(sources)::jsonb, \(destination)::jsonb, \(options)::jsonb, \(new.owner),
+                       'pending', \(progress)::jsonb, n.now, n.now
+                FROM (SELECT \(unescaped: Self.clock) AS now) n
+                RETURNING \(unescaped: PostgresSchema.columns())
+                """)
+            guard let row = inserted.first else { throw TaskStoreError.database("insert of task \(id) returned nothing") }
+            try await self.event(connection, id, .pending, message)
+            try await self.notify(connection, id)
+            return try PostgresSchema.record(row)
+        }
+        wakeup.signal()
+        return record
+    }
+
+    public func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] {
+        guard limit > 0 else { return [] }
+        return try await rows("""
+            WITH n AS MATERIALIZED (SELECT \(unescaped: Self.clock) AS now, \(worker)::text AS worker, \(lease.seconds)::float8 AS lease),
+            c AS MATERIALIZED (
+                SELECT tasks.id FROM tasks, n
+                WHERE tasks.status = ANY(\(Self.runningStatuses))
+                  AND (tasks.lease_expires_at IS NULL OR tasks.lease_expires_at < n.now)
+                  AND (tasks.not_before IS NULL OR tasks.not_before <= n.now)
+                ORDER BY tasks.created_at, tasks.id
+                LIMIT \(limit)
+                FOR UPDATE OF tasks SKIP LOCKED),
+            \(unescaped: Self.takeClaimed)
+            """).map(PostgresSchema.record)
+    }
+
+    public func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? {
+        try await rows("""
+            WITH n AS MATERIALIZED (SELECT \(unescaped: Self.clock) AS now, \(worker)::text AS worker, \(lease.seconds)::float8 AS lease),
+            c AS MATERIALIZED (
+                SELECT tasks.id FROM tasks, n
+                WHERE tasks.id = \(id)
+                  AND tasks.status = ANY(\(Self.runningStatuses))
+                  AND (tasks.lease_expires_at IS NULL OR tasks.lease_expires_at < n.now OR tasks.lease_owner = n.worker)
+                FOR UPDATE OF tasks),
+            \(unescaped: Self.takeClaimed)
+            """).first.map(PostgresSchema.record)
+    }
+
+    /// The rest of a claim, after CTEs `n` (now, worker, lease) and `c` (the ids taken, locked):
+    /// lease them, count the attempt, record "claimed by", return them oldest first.
+    private static let takeClaimed = """
+        u AS (
+            UPDATE tasks t SET lease_owner = n.worker, lease_expires_at = n.now + n.lease, attempts = t.attempts + 1, updated_at = n.now
+            FROM c, n WHERE t.id = c.id
+            RETURNING t.*),
+        e AS (
+            INSERT INTO task_events (task_id, at, status, message)
+            SELECT u.id, n.now, u.status, 'claimed by ' || n.worker || ' (attempt ' || u.attempts || ')' FROM u, n)
+        SELECT \(PostgresSchema.columns("u")) FROM u ORDER BY u.created_at, u.id
+        """
+
+    public func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool {
+        try await !rows("""
+            UPDATE tasks SET lease_expires_at = n.now + \(lease.seconds)::float8
+            FROM (SELECT \(unescaped: Self.clock) AS now) n
+            WHERE tasks.id = \(id) AND tasks.lease_owner = \(worker) AND tasks.lease_expires_at >= n.now
+            RETURNING 1
+            """).isEmpty
+    }
+
+    public func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws {
+        let planText = try plan.map(PostgresSchema.json)
+        try await transaction { connection in
+            _ = try await self.fence(connection, id, worker)
+            try await self.run(connection, """
+                UPDATE tasks SET status = \(status.rawValue), plan = coalesce(\(planText)::jsonb, plan), updated_at = \(unescaped: Self.clock)
+                WHERE id = \(id)
+                """)
+            try await self.event(connection, id, status, message)
+        }
+    }
+
+    public func updateProgress(id: String, worker: String, _ progress: TaskProgress) async throws {
+        // One fenced statement: progress is written often.
+        let updated = try await rows("""
+            UPDATE tasks SET progress = \(try PostgresSchema.json(progress))::jsonb, updated_at = n.now
+            FROM (SELECT \(unescaped: Self.clock) AS now) n
+            WHERE tasks.id = \(id) AND tasks.lease_owner = \(worker) AND tasks.lease_expires_at >= n.now
+            RETURNING 1
+            """)
+        if updated.isEmpty {
+            guard try await !rows("SELECT 1 FROM tasks WHERE id = \(id)").isEmpty else { throw TaskStoreError.notFound(id) }
+            throw TaskStoreError.leaseLost(id)
+        }
+    }
+
+    public func finish(id: String, worker: String, status: TaskStatus, failure: TaskFailure?, message: String) async throws {
+        guard status.isTerminal else { throw TaskStoreError.invalidTransition("finish needs a terminal status, not \(status.rawValue)") }
+        try await transaction { connection in
+            let (_, now) = try await self.fence(connection, id, worker)
+            try await self.run(connection, """
+                UPDATE tasks SET status = \(status.rawValue), failure_code = \(failure?.code), failure_message = \(failure?.message),
+                  lease_owner = NULL, lease_expires_at = NULL, finished_at = \(now), updated_at = \(now)
+                WHERE id = \(id)
+                """)
+            try await self.run(connection, "DELETE FROM path_locks WHERE task_id = \(id)")
+            try await self.event(connection, id, status, message)
+            try await self.notify(connection, id)  // freed locks may unblock a waiting task
+        }
+        wakeup.signal()
+    }
+
+    public func release(id: String, worker: String, retryAfter: Duration?, failure: TaskFailure?, message: String) async throws {
+        try await transaction { connection in
+            let (status, now) = try await self.fence(connection, id, worker)
+            try await self.run(connection, """
+                UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = \(now) + \(retryAfter?.seconds)::float8,
+                  failure_code = \(failure?.code), failure_message = \(failure?.message), updated_at = \(now)
+                WHERE id = \(id)
+                """)
+            try await self.event(connection, id, status, message)
+            try await self.notify(connection, id)
+        }
+        wakeup.signal()
+    }
+
+    public func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws {
+        try await transaction { connection in
+            _ = try await self.fence(connection, id, worker)
+            guard !locks.isEmpty else { return }
+            // Takers queue here, so that two of them cannot both see the other's paths free.
+            try await self.run(connection, "SELECT pg_advisory_xact_lock(\(PostgresSchema.pathLock))")
+            let filesystems = Array(Set(locks.map(\.filesystem)))
+            let held = try await self.run(connection, """
+                SELECT task_id, filesystem, path FROM path_locks WHERE task_id <> \(id) AND filesystem = ANY(\(filesystems))
+                ORDER BY task_id, filesystem, path
+                """).map(Self.pathLock)
+            for lock in locks {
+                if let other = held.first(where: { $0.conflicts(with: lock) }) {
+                    throw TaskStoreError.locked(by: other.taskID, path: other.path.description)
+                }
+            }
+            for lock in locks {
+                try await self.run(connection, """
+                    INSERT INTO path_locks (task_id, filesystem, path) VALUES (\(id), \(lock.filesystem), \(Data(lock.path.bytes)))
+                    ON CONFLICT DO NOTHING
+                    """)
+            }
+        }
+    }
+
+    public func requestCancel(_ id: String) async throws -> TaskRecord {
+        let record = try await transaction { connection -> TaskRecord in
+            let (task, now) = try await self.lockedTask(connection, id)
+            guard !task.status.isTerminal else { return task }
+            if task.status == .pending && (task.leaseExpiresAt.map { $0.timeIntervalSince1970 < now } ?? true) {
+                try await self.run(connection, """
+                    UPDATE tasks SET status = 'cancelled', cancel_requested = true, finished_at = \(now), updated_at = \(now),
+                      lease_owner = NULL, lease_expires_at = NULL
+                    WHERE id = \(id)
+                    """)
+                try await self.event(connection, id, .cancelled, "cancelled before it started")
+            } else {
+                try await self.run(connection, "UPDATE tasks SET cancel_requested = true, updated_at = \(now) WHERE id = \(id)")
+                try await self.event(connection, id, task.status, "cancel requested; the worker stops at its next checkpoint")
+            }
+            try await self.notify(connection, id)
+            return try await self.lockedTask(connection, id).task
+        }
+        wakeup.signal()
+        return record
+    }
+
+    public func retry(_ id: String) async throws -> TaskRecord {
+        let progress = try PostgresSchema.json(TaskProgress())
+        let record = try await transaction { connection -> TaskRecord in
+            let (task, now) = try await self.lockedTask(connection, id)
+            guard [.failed, .cancelled, .rolledBack].contains(task.status) else {
+                throw TaskStoreError.invalidTransition("task \(id) is \(task.status.rawValue); only failed, cancelled or rolled-back tasks can be retried")
+            }
+            try await self.run(connection, """
+                UPDATE tasks SET status = 'pending', plan = NULL, failure_code = NULL, failure_message = NULL,
+                  cancel_requested = false, not_before = NULL, finished_at = NULL, progress = \(progress)::jsonb, updated_at = \(now)
+                WHERE id = \(id)
+                """)
+            try await self.event(connection, id, .pending, "retried")
+            try await self.notify(connection, id)
+            return try await self.lockedTask(connection, id).task
+        }
+        wakeup.signal()
+        return record
+    }
+
+    public func record(_ id: String, message: String) async throws {
+        let inserted = try await rows("""
+            INSERT INTO task_events (task_id, at, status, message)
+            SELECT id, \(unescaped: Self.clock), status, \(message) FROM tasks WHERE id = \(id)
+            RETURNING 1
+            """)
+        if inserted.isEmpty { throw TaskStoreError.notFound(id) }
+    }
+
+    public func waitForWork(timeout: Duration) async {
+        await wakeup.wait(timeout: timeout)
+    }
+
+    // MARK: helpers
+
+    /// Locks the task's row for the rest of the transaction and fails unless `worker` holds an
+    /// unexpired lease on it. Returns its status and the database's time.
+    private func fence(_ connection: PostgresConnection, _ id: String, _ worker: String) async throws -> (TaskStatus, Double) {
+        let rows = try await run(connection, """
+            SELECT status, coalesce(lease_owner = \(worker) AND lease_expires_at >= n.now, false) AS holds, n.now
+            FROM tasks, (SELECT \(unescaped: Self.clock) AS now) n
+            WHERE id = \(id)
+            FOR UPDATE OF tasks
+            """)
+        guard let row = rows.first else { throw TaskStoreError.notFound(id) }
+        let (status, holds, now) = try row.decode((String, Bool, Double).self)
+        guard holds else { throw TaskStoreError.leaseLost(id) }
+        return (TaskStatus(rawValue: status) ?? .failed, now)
+    }
+
+    /// The task, its row locked for the rest of the transaction, and the database's time.
+    private func lockedTask(_ connection: PostgresConnection, _ id: String) async throws -> (task: TaskRecord, now: Double) {
+        let rows = try await run(connection, """
+            SELECT \(unescaped: PostgresSchema.columns("tasks")), n.now
+            FROM tasks, (SELECT \(unescaped: Self.clock) AS now) n
+            WHERE id = \(id)
+            FOR UPDATE OF tasks
+            """)
+        guard let row = rows.first else { throw TaskStoreError.notFound(id) }
+        return (try PostgresSchema.record(row), try row.makeRandomAccess()["now"].decode(Double.self))
+    }
+
+    private func event(_ connection: PostgresConnection, _ id: String, _ status: TaskStatus, _ message: String) async throws {
+        try await run(connection, """
+            INSERT INTO task_events (task_id, at, status, message) VALUES (\(id), \(unescaped: Self.clock), \(status.rawValue), \(message))
+            """)
+    }
+
+    /// Delivered to every listening store when the transaction commits (not at all if it rolls back).
+    private func notify(_ connection: PostgresConnection, _ id: String) async throws {
+        try await run(connection, "SELECT pg_notify(\(Self.channel), \(id))")
+    }
+
+    private static func pathLock(_ row: PostgresRow) throws -> PathLock {
+        let (taskID, filesystem, path) = try row.decode((String, String, Data).self)
+        return PathLock(taskID: taskID, filesystem: filesystem, path: StoredPath(Array(path)))
+    }
+
+    @discardableResult
+    private func run(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {
+        try await PostgresSchema.run(connection, query, logger)
+    }
+
+    /// One statement on any pooled connection (its own transaction).
+    private func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
+        do {
+            return try await client.withConnection { connection in try await PostgresSchema.run(connection, query, logger) }
+        } catch let error as PSQLError {
+            throw TaskStoreError.database(PostgresSchema.describe(error))
+        }
+    }
+
+    /// Runs `body` in a transaction on one pooled connection: committed if it returns, rolled back
+    /// if it throws (its error is rethrown as it is).
+    private func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection { connection in try await Self.inTransaction(connection, logger, body) }
+        } catch let error as PSQLError {
+            throw TaskStoreError.database(PostgresSchema.describe(error))
+        }
+    }
+
+    private nonisolated(nonsending) static func inTransaction<T: Sendable>(_ connection: PostgresConnection, _ logger: Logger,
+                                                   _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await PostgresSchema.run(connection, "BEGIN", logger)
+        let value: T
+        do {
+            value = try await body(connection)
+        } catch {
+            do {
+                try await PostgresSchema.run(connection, "ROLLBACK", logger)
+            } catch {
+                try? await connection.close()  // in an unknown state: do not hand it back to the pool
+            }
+            throw error
+        }
+        try await PostgresSchema.run(connection, "COMMIT", logger)
+        return value
+    }
+
+    /// Keeps one pooled connection listening on `ferry_tasks` and wakes the waiters on each
+    /// notification; reconnects (with backoff) if that connection fails, until cancelled. A ping
+    /// every 30 seconds notices a connection that died without closing. `ready` gets nil once
+    /// LISTEN is in place, or the first attempt's error.
+    private static func listen(client: PostgresClient, wakeup: Wakeup, logger: Logger,
+                               ready: AsyncStream<(any Error)?>.Continuation) async {
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                try await client.withConnection { connection in
+                    try await connection.listen(on: channel) { notifications in
+                        ready.yield(nil)
+                        ready.finish()
+                        failures = 0
+                        wakeup.signal()  // anything announced while we were not listening
+                        try await withThrowingTaskGroup(of: Void.self) { group in
+                            group.addTask {
+                                for try await _ in notifications { wakeup.signal() }
+                            }
+                            group.addTask {
+                                while true {
+                                    try await Task.sleep(for: .seconds(30))
+                                    try await PostgresSchema.run(connection, "SELECT 1", logger)
+                                }
+                            }
+                            _ = try await group.next()
+                            group.cancelAll()
+                        }
+                    }
+                }
+            } catch {
+                ready.yield(error)  // ignored once the first outcome is in
+            }
+            if Task.isCancelled { break }
+            failures += 1
+            try? await Task.sleep(for: .milliseconds(100 * (1 << min(failures, 6))))
+        }
+        ready.finish()
+    }
+}

@@ -1,0 +1,90 @@
+import FerryCopy
+import FerryJobs
+import FerrySystem
+import Foundation
+
+/// Cleans up after crashes: removes `.ferry-staging-*` directories whose task finished, failed, was
+/// cancelled, or is unknown to the database and older than a grace period; and finishes or rolls
+/// back tasks whose worker died (their lease expired) by running them here.
+public struct Janitor: Sendable {
+    public struct Report: Sendable, Equatable {
+        public var removed: [String] = []
+        public var kept: [String] = []
+        public var recovered: [String] = []
+    }
+
+    public let engine: MoveEngine
+    public var grace: Duration
+
+    public init(engine: MoveEngine, grace: Duration = .seconds(3600)) {
+        self.engine = engine
+        self.grace = grace
+    }
+
+    /// `directories`: where to look for staging directories besides the destinations the database
+    /// knows (each directory itself and its immediate subdirectories are searched).
+    public func run(directories: [ByteString] = [], dryRun: Bool = false) async throws -> Report {
+        var report = Report()
+        // 1. Tasks whose worker died: resume them (or roll them back) now.
+        if !dryRun {
+            let records = await Worker(engine: engine, concurrency: 2).run(once: true)
+            report.recovered = records.map(\.id)
+        }
+        // 2. Staging directories no live task owns.
+        var searched = Set<ByteString>()
+        var places = directories
+        for task in try await engine.store.list(TaskFilter(limit: 10_000)) {
+            if let plan = task.plan { places.append(plan.destinationDirectory.bytes) }
+        }
+        var candidates: [(directory: ByteString, name: ByteString)] = []
+        for place in places where searched.insert(place).inserted {
+            candidates += Self.stagingDirectories(in: place, depth: directories.contains(place) ? 1 : 0)
+        }
+        let cutoff = Date().addingTimeInterval(-Double(grace.components.seconds))
+        for (directory, name) in candidates {
+            let id = String(decoding: name.dropFirst(StagingArea.prefix.count), as: UTF8.self)
+            let path = PathDisplay.string(BytePath.join(directory, name))
+            let task = try await engine.store.task(id)
+            let removable: Bool
+            if let task {
+                removable = task.status.isTerminal
+            } else {
+                let modified = (try? FileDescriptor.openDirectory(directory)).flatMap { fd -> Date? in
+                    defer { fd.closeQuietly() }
+                    return (try? fd.status(name)).map { Date(timeIntervalSince1970: Double($0.modificationTime.seconds)) }
+                }
+                removable = modified.map { $0 < cutoff } ?? false
+            }
+            guard removable else { report.kept.append(path); continue }
+            if !dryRun {
+                try await Blocking.run {
+                    let fd = try FileDescriptor.openDirectory(directory)
+                    defer { fd.closeQuietly() }
+                    let staging = try fd.openAt(name, [.directory, .noFollow])
+                    CopyEngine(options: CopyOptions(jobs: 2)).discard(StagingArea(parent: fd, name: name, directory: staging))
+                }
+                if let task { try? await engine.store.record(task.id, message: "janitor removed its staging directory \(path)") }
+            }
+            report.removed.append(path)
+        }
+        return report
+    }
+
+    static func stagingDirectories(in directory: ByteString, depth: Int) -> [(ByteString, ByteString)] {
+        guard let fd = try? FileDescriptor.openDirectory(directory) else { return [] }
+        defer { fd.closeQuietly() }
+        let stream = DirectoryStream(fd)
+        var found: [(ByteString, ByteString)] = []
+        var subdirectories: [ByteString] = []
+        let prefix = Array(StagingArea.prefix.utf8)
+        while let entry = try? stream.next() {
+            if entry.name.starts(with: prefix) {
+                found.append((directory, entry.name))
+            } else if depth > 0, entry.kind == .directory {
+                subdirectories.append(BytePath.join(directory, entry.name))
+            }
+        }
+        for sub in subdirectories { found += stagingDirectories(in: sub, depth: depth - 1) }
+        return found
+    }
+}

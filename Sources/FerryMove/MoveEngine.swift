@@ -1,0 +1,452 @@
+import FerryCopy
+import FerryJobs
+import FerryStorage
+import FerrySystem
+import Foundation
+import Synchronization
+
+/// Carries a task through validate → lock → stage → verify → commit. Each phase is committed to
+/// the store before its work starts, and no phase needs anything held in memory, so any worker can
+/// take a task over from its last phase after a crash. Every byte exists whole somewhere at all
+/// times: the source is deleted only after the copy is published, flushed and verified again.
+public final class MoveEngine: Sendable {
+    public struct Settings: Sendable {
+        public var worker: String
+        public var lease: Duration
+        /// Directories users may touch; nil for the CLI acting as the calling user.
+        public var roots: [ByteString]?
+        public var jobs: Int?
+        public var maxAttempts: Int
+        public var progressInterval: Duration
+        public init(worker: String, lease: Duration = .seconds(30), roots: [ByteString]? = nil, jobs: Int? = nil,
+                    maxAttempts: Int = 5, progressInterval: Duration = .seconds(1)) {
+            self.worker = worker
+            self.lease = lease
+            self.roots = roots
+            self.jobs = jobs
+            self.maxAttempts = maxAttempts
+            self.progressInterval = progressInterval
+        }
+    }
+
+    public let store: any TaskStore
+    public let settings: Settings
+    public let planner: Planner
+    private let progressHandler: (@Sendable (TaskRecord, CopyProgress) -> Void)?
+    /// Set by a worker shutting down: stop at the next checkpoint, keep what is staged, give the lease back.
+    public let shutdown = CancellationFlag()
+
+    public init(store: any TaskStore, settings: Settings, planner: Planner = Planner(),
+                progress: (@Sendable (TaskRecord, CopyProgress) -> Void)? = nil) {
+        self.store = store
+        self.settings = settings
+        var planner = planner
+        planner.jobs = settings.jobs
+        self.planner = planner
+        self.progressHandler = progress
+    }
+
+    /// What running the task would do, without doing anything.
+    public func preflight(_ task: NewTask) throws -> Preflight {
+        let transfer = try Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
+        return try planner.preflight(kind: task.kind, transfer: transfer, options: task.options)
+    }
+
+    /// Runs a task this worker has claimed until it ends or must be handed back. Returns its record.
+    /// `cancellation`: cancels this run (as a cancel request does), e.g. from Ctrl-C.
+    @discardableResult
+    public func run(_ claimed: TaskRecord, cancellation: CancellationFlag? = nil) async -> TaskRecord {
+        let context = RunContext(task: claimed, cancellation: cancellation ?? CancellationFlag())
+        let heartbeat = Task { await self.beat(context) }
+        defer { heartbeat.cancel() }
+        do {
+            try await drive(context)
+        } catch let error as TaskStoreError {
+            if case .leaseLost = error { return (try? await store.task(claimed.id)) ?? claimed }
+            await fail(context, TaskFailure(code: "database", message: error.description), rollback: true)
+        } catch let refusal as Refusal {
+            await fail(context, TaskFailure(code: refusal.code, message: refusal.message), rollback: true)
+        } catch {
+            await handle(error, context)
+        }
+        return (try? await store.task(claimed.id)) ?? claimed
+    }
+
+    // MARK: phases
+
+    private func drive(_ context: RunContext) async throws {
+        var task = context.task
+        if task.cancelRequested && task.status != .committing {
+            await rollBack(context, status: .rolledBack, failure: TaskFailure(code: "cancelled", message: "cancelled by request"))
+            return
+        }
+        if task.status == .pending || task.status == .validating {
+            try await store.advance(id: task.id, worker: settings.worker, to: .validating, plan: nil, message: "validating")
+            let (preflight, plan, locks) = try await Blocking.run { [self, task] in try self.validate(task) }
+            if let refusal = preflight.refusal { throw refusal }
+            do {
+                try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
+            } catch TaskStoreError.locked(let other, let path) {
+                if task.options.waitForLocks {
+                    try await store.release(id: task.id, worker: settings.worker, retryAfter: .seconds(2), failure: nil,
+                                            message: "waiting: \(path) is locked by task \(other)")
+                    return
+                }
+                throw Refusal(code: "locked", message: "\(path) is locked by task \(other); wait for it or cancel it")
+            }
+            try await store.advance(id: task.id, worker: settings.worker, to: .locked, plan: plan,
+                                    message: "\(preflight.summary)\(preflight.warnings.map { " Warning: \($0)." }.joined())")
+            task.plan = plan
+            task.status = .locked
+        }
+        guard let plan = task.plan else { throw Refusal(code: "plan.missing", message: "task \(task.id) reached \(task.status.rawValue) without a plan") }
+        let strategy = Strategy(rawValue: plan.strategy) ?? .copy
+        if strategy == .rename {
+            try await checkpoint(context)
+            try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: nil, message: "renaming")
+            try await Blocking.run { [self, task] in try self.commitRename(task) }
+            try await store.finish(id: task.id, worker: settings.worker, status: .completed, failure: nil, message: "renamed")
+            return
+        }
+        if task.status == .locked {
+            try await checkpoint(context)
+            try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: nil, message: "copying into \(plan.stagingName)")
+            task.status = .copying
+        }
+        if task.status == .copying {
+            try await Blocking.run { [self, task] in try self.stage(task, plan, context) }
+            try await checkpoint(context)
+            try await store.advance(id: task.id, worker: settings.worker, to: .verifying, plan: nil, message: "verifying the copy")
+            task.status = .verifying
+        }
+        if task.status == .verifying {
+            try await Blocking.run { [self, task] in try self.verifyAndFlush(task, plan, context) }
+            try await checkpoint(context)
+            try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: nil,
+                                    message: task.kind == .move ? "publishing, then removing the source" : "publishing")
+            task.status = .committing
+        }
+        // From here on there is no going back: a cancel is too late, and a failure is retried.
+        let needsDeletion = try await Blocking.run { [self, task] in try self.publishAndCheck(task, plan) }
+        if needsDeletion {
+            var deleting = plan
+            if !plan.deletingSource {
+                deleting.deletingSource = true
+                try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: deleting,
+                                        message: "the published copy matches the source; removing the source")
+            }
+            try await Blocking.run { [self, task, deleting] in try self.deleteSources(task, deleting) }
+        }
+        try await store.finish(id: task.id, worker: settings.worker, status: .completed, failure: nil,
+                               message: task.kind == .move ? "moved: published, source removed" : "copied: published")
+    }
+
+    /// Validate: resolve, measure, choose, check room; lock paths. Nothing is written.
+    private func validate(_ task: TaskRecord) throws -> (Preflight, TaskPlan, [PathLock]) {
+        let transfer = try Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
+        let preflight = try planner.preflight(kind: task.kind, transfer: transfer, options: task.options)
+        let plan = TaskPlan(
+            strategy: preflight.strategy.rawValue, bytes: preflight.measurement.bytes,
+            allocatedBytes: preflight.measurement.allocatedBytes, entries: preflight.measurement.entries,
+            inodes: preflight.measurement.inodes, stagingName: StoredPath(StagingArea.prefix + task.id),
+            finalNames: transfer.sources.map { StoredPath($0.destinationName) },
+            destinationDirectory: StoredPath(transfer.destinationPath))
+        var locks: [PathLock] = []
+        let destinationDevice = try Self.device(transfer.destination)
+        for (source, path) in zip(transfer.sources, transfer.sourcePaths) {
+            locks.append(PathLock(taskID: task.id, filesystem: try Self.device(source.directory), path: StoredPath(path)))
+        }
+        for final in transfer.finalPaths {
+            locks.append(PathLock(taskID: task.id, filesystem: destinationDevice, path: StoredPath(final)))
+        }
+        return (preflight, plan, locks)
+    }
+
+    static func device(_ fd: FileDescriptor) throws -> String {
+        let status = try fd.status()
+        return "\(status.deviceMajor):\(status.deviceMinor)"
+    }
+
+    /// Reopens the task's paths from what the plan recorded (any worker, any time).
+    private func reopen(_ task: TaskRecord, _ plan: TaskPlan) throws -> (Transfer?, FileDescriptor) {
+        let opener = DirectoryOpener(roots: settings.roots)
+        defer { opener.close() }
+        let destination = try opener.openDirectory(plan.destinationDirectory.bytes)
+        // After the commit deleted them, sources no longer resolve: nil then.
+        let transfer = try? Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
+        return (transfer, destination)
+    }
+
+    private func sources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
+        let opener = DirectoryOpener(roots: settings.roots)
+        defer { opener.close() }
+        return try zip(task.sources, plan.finalNames).map { source, final in
+            let (parent, name) = BytePath.split(Transfer.absolute(source.bytes))
+            return CopySource(directory: try opener.openDirectory(parent), name: name, destinationName: final.bytes)
+        }
+    }
+
+    private func copyEngine(_ task: TaskRecord, _ context: RunContext) -> CopyEngine {
+        let options = CopyOptions(jobs: task.options.jobs ?? settings.jobs, verify: VerifyMode(rawValue: task.options.verify) ?? .metadata,
+                                  progressInterval: settings.progressInterval, cancellation: context.cancellation)
+        return CopyEngine(options: options) { [self] progress in self.report(task, progress, context) }
+    }
+
+    /// Stage: copy into `.ferry-staging-<task>` beside the destination; a staging directory left by
+    /// an earlier attempt is continued, not started over.
+    private func stage(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext) throws {
+        let sources = try self.sources(task, plan)
+        defer { sources.forEach { $0.directory.closeQuietly() } }
+        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+        defer { destination.closeQuietly() }
+        let engine = copyEngine(task, context)
+        let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
+        let existing = try engine.openStaging(in: destination, id: id)
+        let staging = try existing ?? engine.createStaging(in: destination, id: id)
+        defer { staging.directory.closeQuietly() }
+        var totals = TreeMeasurement()
+        totals.bytes = plan.bytes
+        totals.entries = plan.entries
+        _ = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
+    }
+
+    private func verifyAndFlush(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext) throws {
+        let sources = try self.sources(task, plan)
+        defer { sources.forEach { $0.directory.closeQuietly() } }
+        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+        defer { destination.closeQuietly() }
+        let engine = copyEngine(task, context)
+        let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
+        guard let staging = try engine.openStaging(in: destination, id: id) else {
+            throw Refusal(code: "staging.missing", message: "the staging directory \(plan.stagingName) is gone; retry the task to copy again")
+        }
+        defer { staging.directory.closeQuietly() }
+        try engine.verify(sources, in: staging)
+        try engine.flush(staging)
+    }
+
+    /// Commit, idempotent so that recovery can run it again: publish each staged item that is still
+    /// in staging (never replacing), fsync the destination; for a move, verify the published copy
+    /// against the source once more. Returns whether source entries remain to be deleted.
+    private func publishAndCheck(_ task: TaskRecord, _ plan: TaskPlan) throws -> Bool {
+        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+        defer { destination.closeQuietly() }
+        let engine = copyEngine(task, RunContext(task: task))  // not cancellable any more
+        let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
+        if let staging = try engine.openStaging(in: destination, id: id) {
+            defer { staging.directory.closeQuietly() }
+            try staging.directory.syncFilesystem()
+            for final in plan.finalNames {
+                guard (try? staging.directory.status(final.bytes)) != nil else { continue }  // published before a crash
+                do {
+                    try CopyEngine.publishOne(from: staging, final.bytes)
+                } catch {
+                    if error.code == .exists {
+                        throw Refusal(code: "destination.exists", message: "\(final) appeared in the destination while the copy was being made; nothing was replaced — remove it and retry")
+                    }
+                    throw error
+                }
+            }
+            try destination.sync()
+            try? destination.removeEntry(plan.stagingName.bytes, isDirectory: true)
+        }
+        guard task.kind == .move else { return false }
+        let present = try remainingSources(task, plan)
+        defer { present.forEach { $0.directory.closeQuietly() } }
+        guard !present.isEmpty else { return false }
+        // The published copy must still match the source before the source goes (or, after an
+        // interrupted deletion, contain what is left of it).
+        let published = StagingArea(parent: destination, name: [], directory: destination)
+        try engine.verify(present, in: published, sourceIsSubset: plan.deletingSource)
+        return true
+    }
+
+    /// Deletes the source entries and makes each deletion durable.
+    private func deleteSources(_ task: TaskRecord, _ plan: TaskPlan) throws {
+        let engine = CopyEngine(options: CopyOptions(jobs: task.options.jobs ?? settings.jobs))
+        let present = try remainingSources(task, plan)
+        defer { present.forEach { $0.directory.closeQuietly() } }
+        for source in present {
+            try engine.remove([source])
+            try source.directory.sync()
+        }
+    }
+
+    /// The sources that still exist (all of them, until a deletion has begun).
+    private func remainingSources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
+        try sources(task, plan).filter { source in
+            if (try? source.directory.status(source.name)) != nil { return true }
+            source.directory.closeQuietly()
+            return false
+        }
+    }
+
+    private func commitRename(_ task: TaskRecord) throws {
+        guard let plan = task.plan else { return }
+        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+        defer { destination.closeQuietly() }
+        let sources = (try? self.sources(task, plan)) ?? []
+        defer { sources.forEach { $0.directory.closeQuietly() } }
+        for source in sources where (try? source.directory.status(source.name)) != nil {
+            do {
+                try rename(from: source.directory, source.name, to: destination, source.destinationName, flags: .noReplace)
+            } catch {
+                if error.code == .exists {
+                    throw Refusal(code: "destination.exists", message: "\(source.destinationName.displayString) exists already; nothing was replaced")
+                }
+                if error.code == .crossDevice {
+                    throw Refusal(code: "strategy.rename.exdev", message: "the kernel refused the rename (EXDEV); retry to copy instead")
+                }
+                throw error
+            }
+            try source.directory.sync()
+        }
+        try destination.sync()
+    }
+
+    // MARK: failure, cancellation, progress
+
+    private func handle(_ error: any Error, _ context: RunContext) async {
+        let task = (try? await store.task(context.task.id)) ?? context.task
+        if shutdown.isCancelled {
+            try? await store.release(id: task.id, worker: settings.worker, retryAfter: nil, failure: nil,
+                                     message: "worker stopping: released at the \(task.status.rawValue) checkpoint")
+            return
+        }
+        if let copy = error as? CopyError, case .cancelled = copy {
+            if context.leaseLost.load(ordering: .acquiring) { return }
+            await rollBack(context, status: .rolledBack, failure: TaskFailure(code: "cancelled", message: "cancelled by request"))
+            return
+        }
+        let failure = Self.failure(for: error)
+        if task.status == .committing || (Self.isTransient(error) && task.attempts < settings.maxAttempts) {
+            // Past the point of no return (or a passing fault): keep everything, try again later.
+            let delay = Duration.seconds(min(300, 1 << min(task.attempts, 8)))
+            try? await store.release(id: task.id, worker: settings.worker, retryAfter: delay, failure: failure,
+                                     message: "\(failure.message); retrying in \(delay.components.seconds) s")
+            return
+        }
+        await fail(context, failure, rollback: true)
+    }
+
+    private func fail(_ context: RunContext, _ failure: TaskFailure, rollback: Bool) async {
+        if rollback { await discardStaging(context) }
+        try? await store.finish(id: context.task.id, worker: settings.worker, status: .failed, failure: failure,
+                                message: "failed: \(failure.message)\(rollback ? " — staged data removed, source untouched" : "")")
+    }
+
+    private func rollBack(_ context: RunContext, status: TaskStatus, failure: TaskFailure) async {
+        await discardStaging(context)
+        try? await store.finish(id: context.task.id, worker: settings.worker, status: status, failure: failure,
+                                message: "rolled back: staged data removed, source untouched")
+    }
+
+    private func discardStaging(_ context: RunContext) async {
+        guard let task = try? await store.task(context.task.id), let plan = task.plan else { return }
+        _ = try? await Blocking.run { [self] in
+            let destination = try DirectoryOpener(roots: self.settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+            defer { destination.closeQuietly() }
+            let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs))
+            let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
+            if let staging = try engine.openStaging(in: destination, id: id) { engine.discard(staging) }
+        }
+    }
+
+    private func checkpoint(_ context: RunContext) async throws {
+        if shutdown.isCancelled || context.cancellation.isCancelled { throw CopyError.cancelled }
+        if let task = try await store.task(context.task.id), task.cancelRequested { throw CopyError.cancelled }
+    }
+
+    /// Extends the lease every third of its length; notices cancel requests and a lost lease, and
+    /// stops the copy for either.
+    private func beat(_ context: RunContext) async {
+        let interval = settings.lease / 3
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            if Task.isCancelled { return }
+            let kept = (try? await store.heartbeat(id: context.task.id, worker: settings.worker, lease: settings.lease)) ?? true
+            if !kept {
+                context.leaseLost.store(true, ordering: .releasing)
+                context.cancellation.cancel()
+                return
+            }
+            if shutdown.isCancelled { context.cancellation.cancel() }
+            if let task = try? await store.task(context.task.id), task.cancelRequested, task.status != .committing {
+                context.cancellation.cancel()
+            }
+        }
+    }
+
+    private func report(_ task: TaskRecord, _ progress: CopyProgress, _ context: RunContext) {
+        progressHandler?(task, progress)
+        let now = ContinuousClock.now
+        let due = context.lastProgress.withLock { last -> Bool in
+            if let previous = last, now - previous < settings.progressInterval { return false }
+            last = now
+            return true
+        }
+        guard due, progress.phase == .copying || progress.phase == .verifying else { return }
+        let value = TaskProgress(bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal, entriesDone: progress.entriesDone,
+                                 entriesTotal: progress.entriesTotal, bytesPerSecond: progress.bytesPerSecond)
+        let store = self.store, worker = settings.worker
+        Task { try? await store.updateProgress(id: task.id, worker: worker, value) }
+    }
+
+    static func isTransient(_ error: any Error) -> Bool {
+        let code: SystemError.Code?
+        if let copy = error as? CopyError { code = copy.systemCode } else { code = (error as? SystemError)?.code }
+        switch code {
+        case .io?, .busy?, .tooManyOpenFiles?: return true
+        default: return false
+        }
+    }
+
+    static func failure(for error: any Error) -> TaskFailure {
+        switch error {
+        case let copy as CopyError:
+            switch copy {
+            case .system(_, let system):
+                let code: String
+                switch system.code {
+                case .noSpace: code = "nospace"
+                case .quotaExceeded: code = "quota.exceeded"
+                case .permissionDenied, .notPermitted: code = "permission"
+                case .io: code = "io"
+                default: code = "system"
+                }
+                return TaskFailure(code: code, message: copy.description)
+            case .sourceChanged: return TaskFailure(code: "source.changed", message: copy.description)
+            case .verificationFailed: return TaskFailure(code: "verify.mismatch", message: copy.description)
+            case .destinationExists: return TaskFailure(code: "destination.exists", message: copy.description)
+            case .unsupportedEntry: return TaskFailure(code: "unsupported", message: copy.description)
+            case .cancelled: return TaskFailure(code: "cancelled", message: copy.description)
+            }
+        case let system as SystemError:
+            return TaskFailure(code: system.code == .escapesRoot ? "path.outside" : "system", message: system.description)
+        case let usage as Transfer.UsageError:
+            return TaskFailure(code: "usage", message: usage.message)
+        default:
+            return TaskFailure(code: "internal", message: "\(error)")
+        }
+    }
+}
+
+/// What one run of a task shares between its phases, its heartbeat and its progress reports.
+final class RunContext: Sendable {
+    let task: TaskRecord
+    let cancellation: CancellationFlag
+    let leaseLost = Atomic<Bool>(false)
+    let lastProgress = Mutex<ContinuousClock.Instant?>(nil)
+    init(task: TaskRecord, cancellation: CancellationFlag = CancellationFlag()) {
+        self.task = task
+        self.cancellation = cancellation
+    }
+}
+
+extension DirectoryOpener {
+    /// Opens one directory and closes the opener's root descriptors.
+    func openDirectoryClosingRoots(_ absolute: ByteString) throws -> FileDescriptor {
+        defer { close() }
+        return try openDirectory(absolute)
+    }
+}

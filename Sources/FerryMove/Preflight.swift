@@ -1,0 +1,182 @@
+import FerryCopy
+import FerryJobs
+import FerryStorage
+import FerrySystem
+import Foundation
+
+/// How a transfer is carried out, cheapest first.
+public enum Strategy: String, Sendable, Codable, CaseIterable {
+    /// Same filesystem and project (or no inherited project): `renameat2`, O(1).
+    case rename
+    /// Lustre ≥ 2.15: files renamed across projects one by one into a new directory skeleton.
+    case relink
+    /// Everything else: staged copy, verify, publish, then delete the source.
+    case copy
+}
+
+/// Why a request is refused before anything is written: a stable code and a message with figures.
+public struct Refusal: Error, Sendable, Equatable, CustomStringConvertible {
+    public var code: String
+    public var message: String
+    public var description: String { message }
+}
+
+/// The pre-flight verdict: what would happen, with the figures, and whether it may.
+public struct Preflight: Sendable {
+    public var kind: TaskKind
+    public var strategy: Strategy
+    public var measurement: TreeMeasurement
+    public var quota: QuotaReport?
+    public var destinationProject: ProjectAttributes?
+    public var sourceProject: ProjectAttributes?
+    public var filesystemKind: FilesystemKind?
+    public var finalPaths: [ByteString]
+    public var warnings: [String]
+    public var refusal: Refusal?
+
+    /// In plain words, as the UI and `--dry-run` say it.
+    public var summary: String {
+        if let refusal { return "Refused: \(refusal.message)" }
+        let size = Formatting.bytes(measurement.bytes)
+        let files = Formatting.count(measurement.files)
+        switch strategy {
+        case .rename:
+            return "Instant: same filesystem and project, a rename (\(size), \(files) files stay where they are on disk)."
+        case .relink:
+            return "Relink \(files) files (\(size)) into \(projectPhrase): no data is copied; directories are recreated."
+        case .copy:
+            let free = quota?.bytesFree.map { ", which has \(Formatting.bytes($0)) free" } ?? ""
+            let tail = kind == .move ? "; the source is deleted only after the copy is verified and durable" : "; the copy is verified before it appears"
+            return "Copy \(size), \(files) files into \(projectPhrase)\(free)\(tail)."
+        }
+    }
+
+    var projectPhrase: String {
+        if let project = destinationProject, project.projectID != 0 { return "project \(project.projectID)" }
+        return "the destination"
+    }
+}
+
+enum Formatting {
+    static func bytes(_ value: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var amount = Double(value)
+        var unit = 0
+        while amount >= 1024 && unit < units.count - 1 { amount /= 1024; unit += 1 }
+        return unit == 0 ? "\(value) B" : String(format: amount >= 100 ? "%.0f %@" : "%.1f %@", amount, units[unit])
+    }
+
+    static func count(_ value: UInt64) -> String {
+        let digits = String(value)
+        var out = ""
+        for (index, character) in digits.enumerated() {
+            if index > 0 && (digits.count - index) % 3 == 0 { out.append(",") }
+            out.append(character)
+        }
+        return out
+    }
+}
+
+/// Looks before leaping: resolves the request, measures the source, chooses the strategy and checks
+/// the destination's room. Writes nothing.
+public struct Planner: Sendable {
+    public var storage: @Sendable (FileDescriptor, ByteString) throws -> any StorageBackend
+    public var jobs: Int?
+
+    public init(jobs: Int? = nil, storage: @escaping @Sendable (FileDescriptor, ByteString) throws -> any StorageBackend = { fd, _ in try Storage.backend(for: fd) }) {
+        self.storage = storage
+        self.jobs = jobs
+    }
+
+    public func preflight(kind: TaskKind, transfer: Transfer, options: TaskOptions) throws -> Preflight {
+        var warnings: [String] = []
+        // Nothing may be overwritten.
+        for (source, final) in zip(transfer.sources, transfer.finalPaths) where (try? transfer.destination.status(source.destinationName)) != nil {
+            return refused(kind, transfer, code: "destination.exists",
+                           "\(final.displayString) exists already; Ferry never replaces data — choose another name or remove it first")
+        }
+        let engine = CopyEngine(options: CopyOptions(jobs: jobs))
+        let measurement: TreeMeasurement
+        do { measurement = try engine.measure(transfer.sources) } catch {
+            if let code = error.systemCode, code == .notFound {
+                return refused(kind, transfer, code: "source.missing", "\(error)")
+            }
+            throw error
+        }
+        let backend = try storage(transfer.destination, transfer.destinationPath)
+        let destinationProject = try backend.projectAttributes(of: transfer.destination)
+        let sourceProject = try? backend.projectAttributes(of: transfer.sources[0].directory)
+
+        let strategy: Strategy
+        if let forced = options.strategy {
+            guard let chosen = Strategy(rawValue: forced) else {
+                return refused(kind, transfer, code: "strategy.unknown", "unknown strategy \(forced): use rename, relink or copy")
+            }
+            strategy = chosen
+        } else if kind == .copy {
+            strategy = .copy
+        } else {
+            strategy = try Self.renamePossible(transfer, destinationProject: destinationProject) ? .rename : .copy
+        }
+        if kind == .copy && strategy != .copy {
+            return refused(kind, transfer, code: "strategy.invalid", "a copy can only use the copy strategy")
+        }
+        if strategy == .relink {
+            return refused(kind, transfer, code: "strategy.unavailable", "the relink strategy is not available yet; use copy")
+        }
+        if backend.kind == .lustre && measurement.releasedFiles > 0 && !options.recall {
+            return refused(kind, transfer, code: "hsm.released",
+                           "\(measurement.releasedFiles) files are released to tape (HSM) and would have to be read back; run with --recall to restore them first")
+        }
+        if let project = destinationProject, project.projectID != 0, !project.inherit {
+            warnings.append("the destination directory has project \(project.projectID) without the inherit flag: new files will not be charged to that project")
+        }
+
+        var quota: QuotaReport?
+        var refusal: Refusal?
+        if strategy == .copy {
+            let report = try backend.quota(of: transfer.destination, path: transfer.destinationPath)
+            quota = report
+            let needBytes = UInt64(Double(measurement.allocatedBytes) * (1 + options.margin))
+            let needInodes = UInt64(Double(measurement.inodes) * (1 + options.margin))
+            let bytesShort = options.spaceCheck && (report.bytesFree.map { needBytes > $0 } ?? false)
+            let inodesShort = options.spaceCheck && (report.inodesFree.map { needInodes > $0 } ?? false)
+            if bytesShort || inodesShort {
+                let subject = destinationProject.map { $0.projectID != 0 && report.source != .statvfs ? "project \($0.projectID)" : "the destination filesystem" } ?? "the destination filesystem"
+                let free = "\(report.bytesFree.map(Formatting.bytes) ?? "?") and \(report.inodesFree.map(Formatting.count) ?? "?") inodes free"
+                let need = "\(Formatting.bytes(needBytes)) and \(Formatting.count(needInodes)) inodes (with a \(Int(options.margin * 100))% margin)"
+                refusal = Refusal(code: "quota.insufficient", message: "\(subject) has \(free); this \(kind.rawValue) needs \(need)")
+            }
+            if report.inaccurate == true { warnings.append("the quota figures are estimates (lfs could not reach every target)") }
+        }
+        return Preflight(kind: kind, strategy: strategy, measurement: measurement, quota: quota,
+                         destinationProject: destinationProject, sourceProject: sourceProject, filesystemKind: backend.kind,
+                         finalPaths: transfer.finalPaths, warnings: warnings, refusal: refusal)
+    }
+
+    private func refused(_ kind: TaskKind, _ transfer: Transfer, code: String, _ message: String) -> Preflight {
+        Preflight(kind: kind, strategy: .copy, measurement: TreeMeasurement(), quota: nil, destinationProject: nil, sourceProject: nil,
+                  filesystemKind: nil, finalPaths: transfer.finalPaths, warnings: [], refusal: Refusal(code: code, message: message))
+    }
+
+    /// `rename(2)` works within one filesystem unless the destination directory carries the inherit
+    /// flag with another project than the entry's (then the kernel answers EXDEV).
+    static func renamePossible(_ transfer: Transfer, destinationProject: ProjectAttributes?) throws -> Bool {
+        let destination = try transfer.destination.status()
+        for source in transfer.sources {
+            let status = try source.directory.status(source.name)
+            guard status.deviceMajor == destination.deviceMajor && status.deviceMinor == destination.deviceMinor else { return false }
+            guard let project = destinationProject, project.inherit else { continue }
+            let entryProject: UInt32
+            if status.kind == .regular || status.kind == .directory,
+               let fd = try? source.directory.openAt(source.name, [.nonBlocking, .noFollow]) {
+                defer { fd.closeQuietly() }
+                entryProject = (try? fd.projectAttributes().projectID) ?? 0
+            } else {
+                entryProject = (try? source.directory.projectAttributes().projectID) ?? 0
+            }
+            if entryProject != project.projectID { return false }
+        }
+        return true
+    }
+}

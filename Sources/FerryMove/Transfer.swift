@@ -1,0 +1,153 @@
+import FerryCopy
+import FerrySystem
+import Foundation
+
+/// A request's paths, opened: each source's directory and name, the destination directory, and the
+/// final names — `mv`/`cp` semantics (DEST an existing directory, or a new name for one source).
+/// Owns its descriptors.
+public final class Transfer: @unchecked Sendable {
+    public let sources: [CopySource]
+    /// Absolute source paths (as given, made absolute) and their directories' devices.
+    public let sourcePaths: [ByteString]
+    public let destination: FileDescriptor
+    public let destinationPath: ByteString
+    private let opened: [FileDescriptor]
+
+    public struct UsageError: Error, CustomStringConvertible, Sendable {
+        public var message: String
+        public var description: String { message }
+    }
+
+    /// Resolves `paths` (sources then destination). With `roots`, every path must lie beneath one of
+    /// them and is opened with `openat2(RESOLVE_BENEATH)` from that root, so no `..` or symlink leads
+    /// outside; without, paths are opened as the caller's shell would.
+    public init(sources sourceArguments: [ByteString], destination last: ByteString, roots: [ByteString]? = nil) throws {
+        guard !sourceArguments.isEmpty else { throw UsageError(message: "give at least one source and a destination") }
+        var opened: [FileDescriptor] = []
+        var success = false
+        defer { if !success { opened.forEach { $0.closeQuietly() } } }
+        let opener = DirectoryOpener(roots: roots)
+        defer { opener.close() }
+
+        let destination: FileDescriptor
+        var renameTo: ByteString?
+        let absoluteLast = Self.absolute(last)
+        if let directory = try? opener.openDirectory(absoluteLast) {
+            destination = directory
+            destinationPath = absoluteLast
+        } else {
+            guard sourceArguments.count == 1 else {
+                throw UsageError(message: "\(last.displayString) is not a directory (several sources need an existing directory)")
+            }
+            let (parent, name) = BytePath.split(absoluteLast)
+            guard Self.isPlainName(name) else { throw UsageError(message: "\(last.displayString) is not a usable destination name") }
+            do {
+                destination = try opener.openDirectory(parent)
+            } catch {
+                throw UsageError(message: "the destination's directory \(parent.displayString) cannot be opened: \(error)")
+            }
+            destinationPath = parent
+            renameTo = name
+        }
+        opened.append(destination)
+
+        var sources: [CopySource] = []
+        var paths: [ByteString] = []
+        var parents: [ByteString: FileDescriptor] = [:]
+        for argument in sourceArguments {
+            let path = Self.absolute(argument)
+            let (parent, name) = BytePath.split(path)
+            guard Self.isPlainName(name) else { throw UsageError(message: "\(argument.displayString): name a file or directory (not ., .. or /)") }
+            let parentFD: FileDescriptor
+            if let known = parents[parent] {
+                parentFD = known
+            } else {
+                parentFD = try opener.openDirectory(parent)
+                opened.append(parentFD)
+                parents[parent] = parentFD
+            }
+            let status = try parentFD.status(name)  // lstat: a symlink moves as a symlink
+            if status.kind == .directory {
+                try Self.refuseIntoItself(parentFD, name, destination: destination, path: argument)
+            }
+            let finalName = renameTo ?? name
+            if sources.contains(where: { $0.destinationName == finalName }) {
+                throw UsageError(message: "two sources would both be named \(finalName.displayString) in the destination")
+            }
+            sources.append(CopySource(directory: parentFD, name: name, destinationName: finalName))
+            paths.append(path)
+        }
+        self.sources = sources
+        self.sourcePaths = paths
+        self.destination = destination
+        self.opened = opened
+        success = true
+    }
+
+    deinit { opened.forEach { $0.closeQuietly() } }
+
+    /// The final absolute paths, one per source.
+    public var finalPaths: [ByteString] { sources.map { BytePath.join(destinationPath, $0.destinationName) } }
+
+    static func isPlainName(_ name: ByteString) -> Bool {
+        !name.isEmpty && name != Array(".".utf8) && name != Array("..".utf8) && !name.contains(UInt8(ascii: "/"))
+    }
+
+    /// Absolute and free of `.`/`..` components, without touching the filesystem (the opener refuses
+    /// whatever escapes a root).
+    public static func absolute(_ path: ByteString) -> ByteString {
+        var full = path
+        if full.first != UInt8(ascii: "/") {
+            full = Array(FileManager.default.currentDirectoryPath.utf8) + [UInt8(ascii: "/")] + path
+        }
+        var parts: [ByteString] = []
+        for part in full.split(separator: UInt8(ascii: "/")) {
+            if part.elementsEqual(".".utf8) { continue }
+            if part.elementsEqual("..".utf8) { _ = parts.popLast(); continue }
+            parts.append(Array(part))
+        }
+        return [UInt8(ascii: "/")] + Array(parts.joined(separator: [UInt8(ascii: "/")]))
+    }
+
+    /// A directory copied or moved into itself would never end: refuse if the destination is the
+    /// source or lies beneath it, walking up from the destination by `..` to the root.
+    static func refuseIntoItself(_ parent: FileDescriptor, _ name: ByteString, destination: FileDescriptor, path: ByteString) throws {
+        let source = try parent.status(name).fileID
+        var current = try destination.openAt(Array(".".utf8), [.directory])
+        defer { current.closeQuietly() }
+        for _ in 0..<4096 {
+            let here = try current.status().fileID
+            if here == source { throw UsageError(message: "cannot move or copy \(path.displayString) into itself") }
+            let up = try current.openAt(Array("..".utf8), [.directory])
+            let upID: FileID
+            do { upID = try up.status().fileID } catch { up.closeQuietly(); throw error }
+            if upID == here { up.closeQuietly(); return }
+            current.closeQuietly()
+            current = up
+        }
+    }
+}
+
+/// Opens directories by absolute path: beneath the allowed roots when there are any.
+struct DirectoryOpener {
+    let roots: [(path: ByteString, fd: FileDescriptor)]?
+
+    init(roots: [ByteString]?) {
+        self.roots = roots?.compactMap { root in (try? FileDescriptor.openDirectory(root)).map { (root, $0) } }
+    }
+
+    func close() { roots?.forEach { $0.fd.closeQuietly() } }
+
+    func openDirectory(_ absolute: ByteString) throws -> FileDescriptor {
+        guard let roots else { return try FileDescriptor.openDirectory(absolute) }
+        let slash = UInt8(ascii: "/")
+        let candidates = roots.filter { root in
+            absolute == root.path || root.path == [slash] || (absolute.starts(with: root.path) && absolute.count > root.path.count && absolute[root.path.count] == slash)
+        }
+        guard let root = candidates.max(by: { $0.path.count < $1.path.count }) else {
+            throw SystemError(errno: Errno(rawValue: EXDEV), syscall: "resolve", path: absolute.displayString, refinedCode: .escapesRoot)
+        }
+        let relative = Array(absolute.dropFirst(root.path.count).drop(while: { $0 == slash }))
+        return try PathResolver.open(beneath: root.fd, relative, [.directory], symlinks: .followBeneath)
+    }
+}

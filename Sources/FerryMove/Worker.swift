@@ -1,0 +1,48 @@
+import FerryCopy
+import FerryJobs
+import Foundation
+
+/// Claims tasks from the store and runs them, up to `concurrency` at once, until stopped. Stopping
+/// (SIGTERM) lets each running task reach its next checkpoint and hand its lease back, with what it
+/// staged kept for whoever resumes it.
+public final class Worker: Sendable {
+    public let engine: MoveEngine
+    public let concurrency: Int
+
+    public init(engine: MoveEngine, concurrency: Int = 2) {
+        self.engine = engine
+        self.concurrency = max(1, concurrency)
+    }
+
+    /// `once`: run every task claimable now (and those they unblock), then return.
+    /// Returns the records of the tasks this worker ran to an end or handed back.
+    @discardableResult
+    public func run(once: Bool = false, stop: CancellationFlag = CancellationFlag()) async -> [TaskRecord] {
+        await withTaskGroup(of: TaskRecord.self) { group in
+            var running = 0
+            var finished: [TaskRecord] = []
+            while true {
+                if stop.isCancelled { engine.shutdown.cancel() }
+                if !stop.isCancelled && running < concurrency {
+                    let claimed = (try? await engine.store.claim(worker: engine.settings.worker, limit: concurrency - running,
+                                                                  lease: engine.settings.lease)) ?? []
+                    for task in claimed {
+                        running += 1
+                        group.addTask { await self.engine.run(task) }
+                    }
+                    if !claimed.isEmpty { continue }
+                }
+                if running == 0 && (once || stop.isCancelled) { return finished }
+                if running > 0 {
+                    // Wait for a task to end, or for new work / a stop, whichever is first.
+                    if let done = await group.next() {
+                        finished.append(done)
+                        running -= 1
+                    }
+                } else {
+                    await engine.store.waitForWork(timeout: .seconds(2))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import Foundation
+
+/// The tests' own FUSE filesystem (Tests/Tools/quotafs): passes everything through to a backing
+/// directory and answers EDQUOT once `budget` bytes have been written — a real EDQUOT from the
+/// kernel's point of view, on a kernel without quota support. Always unmounted by `tearDown`.
+public final class QuotaFS: @unchecked Sendable {
+    public let directory: String
+    public let backing: String
+    public let mountPoint: String
+    private var mounted = false
+    private var process: Process?
+
+    public static var available: Bool {
+        Environment.isRoot && FileManager.default.fileExists(atPath: "/dev/fuse")
+            && FileManager.default.isExecutableFile(atPath: "/usr/bin/fusermount3")
+    }
+
+    public init(budget: Int, errno: String = "EDQUOT") throws {
+        directory = try TemporaryDirectory.make(prefix: "ferry-quotafs")
+        backing = directory + "/backing"
+        mountPoint = directory + "/mnt"
+        do {
+            try FileManager.default.createDirectory(atPath: backing, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+            let binary = try Self.build()
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = [backing, mountPoint, "--budget", String(budget), "--errno", errno, "-f",
+                                 "-o", "attr_timeout=0,entry_timeout=0,negative_timeout=0"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            self.process = process
+            for _ in 0..<200 where !mounted {
+                if (try? Shell.run(["mountpoint", "-q", mountPoint])) != nil { mounted = true } else { usleep(20_000) }
+            }
+            guard mounted else { throw ShellError(command: "quotafs", status: 1, output: "did not mount") }
+        } catch {
+            tearDown()
+            throw error
+        }
+    }
+
+    public func tearDown() {
+        if mounted {
+            if (try? Shell.run(["fusermount3", "-u", mountPoint])) == nil { _ = try? Shell.run(["fusermount3", "-uz", mountPoint]) }
+            mounted = false
+        }
+        if let process, process.isRunning { process.terminate(); process.waitUntilExit() }
+        process = nil
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { tearDown() }
+
+    private static let built = Mutex<String?>(nil)
+
+    /// Compiles quotafs once per test process.
+    static func build() throws -> String {
+        try built.withLock { path in
+            if let path { return path }
+            let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent("Tests/Tools/quotafs/quotafs.c").path
+            let output = try TemporaryDirectory.make(prefix: "ferry-quotafs-bin") + "/quotafs"
+            let flags = try Shell.run(["pkg-config", "--cflags", "--libs", "fuse3"]).split(separator: " ").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }
+            try Shell.run(["gcc", "-O2", "-Wall", source, "-o", output] + flags.filter { !$0.isEmpty })
+            path = output
+            return output
+        }
+    }
+}
+
+import Synchronization

@@ -1,0 +1,147 @@
+import Foundation
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+@Suite("ferry move, tasks, worker, janitor (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct MoveCLITests {
+    /// A database of the test's own, so task listings are predictable.
+    func database(_ fs: LoopXFS) -> [String: String] { ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"] }
+
+    @Test func dryRunSaysWhatWouldHappenAndChangesNothing() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            for i in 0..<12 { try TreeBuilder.write("\(a)/data/f\(i)", bytes: 100_000) }
+            let copy = try ferry("move", "--dry-run", a + "/data", b, environment: database(fs))
+            #expect(copy.status == 0)
+            #expect(copy.standardOutput.hasPrefix("Copy 1.1 MiB, 12 files into project 200, which has"), "\(copy.standardOutput)")
+            #expect(copy.standardOutput.contains("the source is deleted only after the copy is verified"))
+            let rename = try ferry("move", "--dry-run", "--json", a + "/data", a + "/renamed", environment: database(fs))
+            let verdict = try jsonObject(rename.standardOutput)
+            #expect(verdict["strategy"] as? String == "rename")
+            #expect((verdict["summary"] as? String)?.hasPrefix("Instant") == true)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a) == ["data"])
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+            let tasks = try jsonObject(try ferry("tasks", "--all", "--json", environment: database(fs)).standardOutput)
+            #expect((tasks["tasks"] as? [Any])?.isEmpty == true)
+        }
+    }
+
+    @Test func refusedExitsThreeAndLockedExitsFour() throws {
+        try withLoopXFS(sizeMiB: 300) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/data/big", "bs=1M", "count=40", "status=none"])
+            let free = try FileDescriptor.openDirectory(Array(fs.mountPoint.utf8)).filesystemStatistics().availableBytes
+            try Shell.run(["fallocate", "-l", String(free - (20 << 20)), fs.mountPoint + "/filler"])
+            let refused = try ferry("move", a + "/data", b, environment: database(fs))
+            #expect(refused.status == 3)
+            #expect(refused.standardError.contains("needs 42.0 MiB"), "\(refused.standardError)")
+            try FileManager.default.removeItem(atPath: fs.mountPoint + "/filler")
+            // A queued task that a stopped worker left holding the lock on the source's directory.
+            let held = try ferry("move", "--detach", a, b, environment: database(fs))
+            let id = held.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(id.count == 16)
+            try lockAsIfRunning(id: id, path: a, database: "\(fs.directory)/tasks.sqlite")
+            let locked = try ferry("move", a + "/data", b, environment: database(fs))
+            #expect(locked.status == 4, "\(locked.standardError)")
+            #expect(locked.standardError.contains("locked by task \(id)"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a) == ["data"])
+        }
+    }
+
+    @Test func detachedTasksRunOnAWorkerAndCanBeCancelledAndRetried() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            for name in ["one", "two"] {
+                try FileManager.default.createDirectory(atPath: "\(a)/\(name)", withIntermediateDirectories: true)
+                try TreeBuilder.write("\(a)/\(name)/file", bytes: 300_000)
+            }
+            let first = try ferry("move", "--detach", a + "/one", b, environment: database(fs)).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            let second = try ferry("move", "--detach", a + "/two", b, environment: database(fs)).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            let listed = try ferry("tasks", environment: database(fs)).standardOutput
+            #expect(listed.contains(first) && listed.contains(second) && listed.contains("pending"))
+            let cancel = try ferry("task", "cancel", second, environment: database(fs))
+            #expect(cancel.status == 0 && cancel.standardOutput.contains("cancelled \(second)"))
+            let worker = try ferry("worker", "--once", environment: database(fs))
+            #expect(worker.status == 0, "\(worker.standardError)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b) == ["one"])
+            let shown = try jsonObject(try ferry("task", "show", "--json", first, environment: database(fs)).standardOutput)
+            #expect(shown["status"] as? String == "completed")
+            let history = (shown["events"] as? [[String: Any]])?.compactMap { $0["status"] as? String } ?? []
+            #expect(history.contains("copying") && history.contains("verifying") && history.last == "completed")
+            // The cancelled one is queued again and runs.
+            #expect(try ferry("task", "retry", second, environment: database(fs)).status == 0)
+            #expect(try ferry("worker", "--once", environment: database(fs)).status == 0)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).sorted() == ["one", "two"])
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a).isEmpty)
+            #expect(try ferry("task", "retry", second, environment: database(fs)).status == 1)  // completed: nothing to retry
+            #expect(try ferry("task", "show", "0000000000000000", environment: database(fs)).status == 1)
+        }
+    }
+
+    @Test func interruptRollsBackAndExits130() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<6 { try Shell.run(["dd", "if=/dev/zero", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ferryBinary())
+            process.arguments = ["move", "--jobs", "1", a + "/big", b]
+            process.environment = ProcessInfo.processInfo.environment.merging(database(fs)) { $1 }
+            let errors = Pipe()
+            process.standardError = errors
+            try process.run()
+            for _ in 0..<1000 {
+                let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
+                if let name = staged.first, (try? FileManager.default.contentsOfDirectory(atPath: "\(b)/\(name)/big"))?.isEmpty == false { break }
+                usleep(2_000)
+            }
+            process.interrupt()
+            process.waitUntilExit()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus == 130, "\(message)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a + "/big").count == 6)
+            let tasks = try jsonObject(try ferry("tasks", "--all", "--json", environment: database(fs)).standardOutput)
+            #expect(((tasks["tasks"] as? [[String: Any]])?.first?["status"] as? String) == "rolled_back")
+        }
+    }
+
+    @Test func janitorRemovesOrphanedStagingAndKeepsLiveOnes() throws {
+        try withLoopXFS { fs in
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: b + "/.ferry-staging-0123456789abcdef/data", withIntermediateDirectories: true)
+            try TreeBuilder.write(b + "/.ferry-staging-0123456789abcdef/data/partial", bytes: 1000)
+            try Shell.run(["chmod", "0555", b + "/.ferry-staging-0123456789abcdef/data"])
+            try FileManager.default.createDirectory(atPath: b + "/keep", withIntermediateDirectories: true)
+            let young = try ferry("janitor", "--scan", b, environment: database(fs))
+            #expect(young.standardOutput.contains("kept"), "\(young.standardOutput)")  // within the grace period
+            let dry = try ferry("janitor", "--scan", b, "--grace", "0", "--dry-run", environment: database(fs))
+            #expect(dry.standardOutput.contains("would remove"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).count == 2)
+            let run = try ferry("janitor", "--scan", b, "--grace", "0", environment: database(fs))
+            #expect(run.status == 0 && run.standardOutput.contains("removed"), "\(run.standardOutput)\(run.standardError)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b) == ["keep"])
+        }
+    }
+}
+
+/// Marks a queued task as claimed by a (stopped) worker and holding a lock on `path`, through
+/// sqlite3's command line: as a task mid-run would be.
+func lockAsIfRunning(id: String, path: String, database: String) throws {
+    let status = try FileDescriptor.openDirectory(Array(path.utf8)).status()
+    let hex = Array(path.utf8).map { String(format: "%02x", $0) }.joined()
+    try Shell.run(["python3", "-c", """
+        import sqlite3, time
+        db = sqlite3.connect("\(database)")
+        db.execute("UPDATE tasks SET status='copying', lease_owner='stopped-worker', lease_expires_at=? WHERE id=?", (time.time() + 3600, "\(id)"))
+        db.execute("INSERT INTO path_locks (task_id, filesystem, path) VALUES (?, ?, x'\(hex)')", ("\(id)", "\(status.deviceMajor):\(status.deviceMinor)"))
+        db.commit()
+        """])
+}

@@ -1,0 +1,272 @@
+import Foundation
+import FerryCopy
+import FerryJobs
+import FerryMove
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// A task store and an engine on a temporary SQLite file.
+struct Harness {
+    let directory: String
+    let store: SQLiteTaskStore
+    let engine: MoveEngine
+
+    init(lease: Duration = .seconds(30), roots: [String]? = nil, progress: (@Sendable (TaskRecord, CopyProgress) -> Void)? = nil) throws {
+        directory = try TemporaryDirectory.make(prefix: "ferry-move")
+        store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
+        engine = MoveEngine(store: store, settings: .init(worker: "test-worker", lease: lease, roots: roots.map { $0.map { Array($0.utf8) } },
+                                                          jobs: 2, progressInterval: .milliseconds(5)), progress: progress)
+    }
+
+    func cleanup() { try? FileManager.default.removeItem(atPath: directory) }
+
+    /// Creates, claims and runs a task here; returns its final record.
+    func run(_ sources: [String], to destination: String, kind: TaskKind = .move, options: TaskOptions = TaskOptions()) async throws -> TaskRecord {
+        let task = try await store.create(NewTask(kind: kind, sources: sources.map(StoredPath.init), destination: StoredPath(destination), options: options, owner: "test"))
+        let claimed = try #require(try await store.claim(id: task.id, worker: "test-worker", lease: engine.settings.lease))
+        return await engine.run(claimed)
+    }
+}
+
+func listing(_ path: String) -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() }
+
+func makeTree(_ root: String, files: Int = 40, size: Int = 64 << 10) throws {
+    try FileManager.default.createDirectory(atPath: root + "/sub/deeper", withIntermediateDirectories: true)
+    for i in 0..<files { try TreeBuilder.write("\(root)/sub/f\(i)", bytes: size, seed: UInt64(i + 1)) }
+    try TreeBuilder.write(root + "/sub/deeper/last", bytes: 1234)
+    try FileManager.default.createSymbolicLink(atPath: root + "/link", withDestinationPath: "sub/f1")
+}
+
+@Suite("Move engine on loop XFS (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct MoveEngineTests {
+    @Test func moveAcrossProjectsCopiesVerifiesAndRemovesTheSource() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data")
+            let before = try TreeSnapshot.take(a + "/data")
+            let record = try await harness.run([a + "/data"], to: b)
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            #expect(record.plan?.strategy == "copy")
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            #expect(listing(b) == ["data"])
+            #expect(try Shell.run(["xfs_io", "-c", "lsproj", b + "/data/sub/f3"]).contains("projid = 200"))
+            let phases = try await harness.store.events(record.id).map(\.status)
+            #expect(phases.firstIndex(of: .copying)! < phases.firstIndex(of: .verifying)!)
+            #expect(phases.firstIndex(of: .verifying)! < phases.firstIndex(of: .committing)!)
+            #expect(phases.last == .completed)
+            #expect(try await harness.store.locks().isEmpty)
+        }
+    }
+
+    @Test func sameProjectIsAnInstantRename() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try makeTree(a + "/data")
+            let inode = try FileManager.default.attributesOfItem(atPath: a + "/data/sub/f1")[.systemFileNumber] as? NSNumber
+            let preflight = try harness.engine.preflight(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(a + "/moved"), owner: "t"))
+            #expect(preflight.strategy == .rename)
+            #expect(preflight.summary.hasPrefix("Instant"))
+            let record = try await harness.run([a + "/data"], to: a + "/moved")
+            #expect(record.status == .completed && record.plan?.strategy == "rename")
+            #expect(try FileManager.default.attributesOfItem(atPath: a + "/moved/sub/f1")[.systemFileNumber] as? NSNumber == inode)
+            #expect(listing(a) == ["moved"])
+        }
+    }
+
+    @Test func refusalsComeWithFiguresAndTouchNothing() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync(sizeMiB: 300) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<3 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=30", "status=none"]) }
+            let free = try FileDescriptor.openDirectory(Array(fs.mountPoint.utf8)).filesystemStatistics().availableBytes
+            try Shell.run(["fallocate", "-l", String(free - (60 << 20)), fs.mountPoint + "/filler"])
+            let record = try await harness.run([a + "/big"], to: b)
+            #expect(record.status == .failed)
+            #expect(record.failure?.code == "quota.insufficient")
+            #expect(record.failure?.message.contains("free; this move needs") == true, "\(String(describing: record.failure))")
+            #expect(record.failure?.message.contains("inodes") == true)
+            #expect(listing(b).isEmpty && listing(a + "/big").count == 3)
+            // A name that exists is refused.
+            try FileManager.default.createDirectory(atPath: b + "/big", withIntermediateDirectories: true)
+            #expect(try await harness.run([a + "/big"], to: b).failure?.code == "destination.exists")
+        }
+    }
+
+    @Test func noSpaceMidCopyRollsBackCleanly() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync(sizeMiB: 300) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<3 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=30", "status=none"]) }
+            let free = try FileDescriptor.openDirectory(Array(fs.mountPoint.utf8)).filesystemStatistics().availableBytes
+            try Shell.run(["fallocate", "-l", String(free - (50 << 20)), fs.mountPoint + "/filler"])
+            let before = try TreeSnapshot.take(a + "/big")
+            var options = TaskOptions()
+            options.spaceCheck = false
+            let record = try await harness.run([a + "/big"], to: b, options: options)
+            #expect(record.status == .failed)
+            #expect(record.failure?.code == "nospace", "\(String(describing: record.failure))")
+            #expect(record.failure?.message.contains("ENOSPC") == true)
+            #expect(listing(b).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
+        }
+    }
+
+    @Test(.enabled(if: QuotaFS.available)) func quotaExceededMidCopyRollsBackCleanly() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            for i in 0..<8 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/data/f\(i)", "bs=1M", "count=4", "status=none"]) }
+            let quota = try QuotaFS(budget: 10 << 20)
+            defer { quota.tearDown() }
+            let before = try TreeSnapshot.take(a + "/data")
+            let record = try await harness.run([a + "/data"], to: quota.mountPoint)
+            #expect(record.status == .failed)
+            #expect(record.failure?.code == "quota.exceeded", "\(String(describing: record.failure))")
+            #expect(record.failure?.message.contains("EDQUOT") == true)
+            #expect(record.failure?.message.contains("quota") == true)
+            #expect(listing(quota.backing).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+        }
+    }
+
+    @Test func sourceModifiedDuringTheCopyIsDetectedAndNothingDeleted() async throws {
+        let touched = Mutex<Bool>(false)
+        let source = Mutex<String>("")
+        let harness = try Harness { _, progress in
+            guard progress.phase == .copying, progress.entriesDone >= 5 else { return }
+            let first = touched.withLock { value -> Bool in defer { value = true }; return !value }
+            guard first else { return }
+            let root = source.withLock { $0 }
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/sub")) ?? [] {
+                if let handle = FileHandle(forWritingAtPath: root + "/sub/" + name) {
+                    handle.seekToEndOfFile()
+                    handle.write(Data("changed".utf8))
+                    handle.closeFile()
+                }
+            }
+        }
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data", files: 300, size: 256 << 10)
+            source.withLock { $0 = a + "/data" }
+            let record = try await harness.run([a + "/data"], to: b)
+            #expect(touched.withLock { $0 })
+            #expect(record.status == .failed)
+            #expect(record.failure?.code == "source.changed", "\(String(describing: record.failure))")
+            #expect(FileManager.default.fileExists(atPath: a + "/data/sub/f0"))
+            #expect(listing(b).isEmpty)
+        }
+    }
+
+    @Test func conflictingMovesAreHeldApartByPathLocks() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data")
+            // Another task holds the source's parent.
+            let other = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a)], destination: StoredPath(b), owner: "other"))
+            _ = try await harness.store.claim(id: other.id, worker: "other-worker", lease: .seconds(60))
+            let device = try FileDescriptor.openDirectory(Array(a.utf8)).status()
+            try await harness.store.acquireLocks(id: other.id, worker: "other-worker",
+                                                  [PathLock(taskID: other.id, filesystem: "\(device.deviceMajor):\(device.deviceMinor)", path: StoredPath(a))])
+            let refused = try await harness.run([a + "/data"], to: b)
+            #expect(refused.status == .failed && refused.failure?.code == "locked", "\(String(describing: refused.failure))")
+            #expect(refused.failure?.message.contains(other.id) == true)
+            // Waiting instead: the task steps back and is not failed.
+            var options = TaskOptions()
+            options.waitForLocks = true
+            let waiting = try await harness.run([a + "/data"], to: b, options: options)
+            #expect(waiting.status == .validating && waiting.leaseOwner == nil)
+            #expect(listing(a) == ["data"] && listing(b).isEmpty)
+            // Once the other task ends, a worker runs the waiting one to completion.
+            try await harness.store.finish(id: other.id, worker: "other-worker", status: .completed, failure: nil, message: "done")
+            try await Task.sleep(for: .milliseconds(2100))
+            let records = await Worker(engine: harness.engine, concurrency: 1).run(once: true)
+            #expect(records.contains { $0.id == waiting.id && $0.status == .completed })
+            #expect(listing(b) == ["data"])
+        }
+    }
+
+    @Test func pathsOutsideTheRootsAreRefusedAndSymlinksNeverFollowed() async throws {
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            let outside = fs.directory + "/outside"
+            try FileManager.default.createDirectory(atPath: outside + "/secret", withIntermediateDirectories: true)
+            try TreeBuilder.write(outside + "/secret/key", bytes: 10)
+            try FileManager.default.createSymbolicLink(atPath: a + "/escape", withDestinationPath: outside)
+            try makeTree(a + "/data")
+            try FileManager.default.createSymbolicLink(atPath: a + "/data/planted", withDestinationPath: outside + "/secret")
+            let harness = try Harness(roots: [fs.mountPoint])
+            defer { harness.cleanup() }
+            // Through a symlinked directory that leads out of the root: refused, nothing read.
+            let escaped = try await harness.run([a + "/escape/secret"], to: b)
+            #expect(escaped.status == .failed && escaped.failure?.code == "path.outside", "\(String(describing: escaped.failure))")
+            #expect(FileManager.default.fileExists(atPath: outside + "/secret/key"))
+            #expect(try await harness.run([outside + "/secret"], to: b).failure?.code == "path.outside")
+            // A symlink inside the tree moves as a symlink; its target is neither read nor moved.
+            let record = try await harness.run([a + "/data"], to: b)
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            #expect(try FileManager.default.destinationOfSymbolicLink(atPath: b + "/data/planted") == outside + "/secret")
+            #expect(FileManager.default.fileExists(atPath: outside + "/secret/key"))
+        }
+    }
+
+    /// From an strace of a real move: data flushed (syncfs), then the atomic rename into place, then
+    /// the destination directory fsynced, and only then the source removed.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/strace")))
+    func commitDurabilityOrderFromStrace() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data", files: 5)
+            let log = fs.directory + "/strace.log"
+            // -y: every descriptor is shown with its path, so each call is matched by what it acts on.
+            let result = try Shell.execute(["strace", "-f", "-qq", "-y", "-o", log, "-e", "trace=syncfs,renameat2,fsync,unlinkat",
+                                            ferryBinaryForTests(), "move", a + "/data", b],
+                                           environment: ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/db.sqlite"])
+            #expect(result.status == 0, "\(result.standardError)")
+            let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+            let syncfs = try #require(lines.lastIndex { $0.contains("syncfs(") && $0.contains(".ferry-staging-") && $0.hasSuffix("= 0") })
+            let publish = try #require(lines.firstIndex {
+                $0.contains("renameat2(") && $0.contains(".ferry-staging-") && $0.contains("\"data\"") && $0.contains("RENAME_NOREPLACE") && $0.hasSuffix("= 0")
+            }, "\(lines.filter { $0.contains("renameat2") })")
+            let parentSync = try #require(lines[publish...].firstIndex { $0.contains("fsync(") && $0.contains("<\(b)>") })
+            let firstRemoval = try #require(lines.firstIndex { $0.contains("unlinkat(") && $0.contains("<\(a)/data") })
+            #expect(syncfs < publish, "syncfs must come before the rename")
+            #expect(publish < parentSync, "the destination directory is fsynced after the rename")
+            #expect(parentSync < firstRemoval, "the source is removed only after the rename is durable")
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+        }
+    }
+}
+
+func ferryBinaryForTests() -> String {
+    let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for candidate in [bundle, bundle.deletingLastPathComponent()] {
+        let path = candidate.appendingPathComponent("ferry").path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return "ferry"
+}
+
+import Synchronization

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Kills `ferry move` with SIGKILL at random moments and checks that nothing is ever lost.
+#
+#   Tests/crash/crash-test.sh [--kills N] [--ferry PATH] [--seed S]      (root: loop XFS)
+#
+# Each round: a tree with a big file, a sparse file, hard links, symlinks and 2,000 small files is
+# placed in project 100; `ferry move` to project 200 is started and killed at a random moment
+# (anywhere from before the task exists to after it finished); after the lease expires,
+# `ferry janitor` recovers. Then, every time:
+#   - the tree exists whole (content, sizes, modes, links, symlinks compared with a manifest made
+#     before) at the destination or, if the move was rolled back, at the source — never neither;
+#   - a destination that exists is complete, and after recovery source and destination are not
+#     both present;
+#   - no .ferry-staging-* directory is left;
+#   - the task (if it was created) ended completed or rolled_back.
+# Prints "crash: N passed, M failed" and exits non-zero on any failure.
+set -euo pipefail
+kills=30
+ferry=""
+seed=$RANDOM
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kills) kills="$2"; shift 2 ;;
+    --ferry) ferry="$2"; shift 2 ;;
+    --seed) seed="$2"; shift 2 ;;
+    *) echo "usage: $0 [--kills N] [--ferry PATH] [--seed S]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "crash-test: needs root (loop XFS)" >&2; exit 2; }
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+ferry="${ferry:-$here/.build/debug/ferry}"
+[ -x "$ferry" ] || { echo "crash-test: no ferry binary at $ferry (swift build first)" >&2; exit 2; }
+RANDOM=$seed
+
+work="$(mktemp -d /var/tmp/ferry-crash.XXXXXX)"
+mnt="$work/mnt"
+loop=""
+cleanup() {
+  set +e
+  pkill -9 -f "$ferry move" 2>/dev/null
+  if mountpoint -q "$mnt"; then umount "$mnt" 2>/dev/null || umount -l "$mnt"; fi
+  [ -n "$loop" ] && losetup -d "$loop"
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+mkdir -p "$mnt"
+truncate -s 2G "$work/fs.img"
+mkfs.xfs -q -m reflink=0 "$work/fs.img"
+loop="$(losetup --find --show "$work/fs.img")"
+mount -t xfs "$loop" "$mnt"
+mkdir "$mnt/a" "$mnt/b" "$mnt/template"
+xfs_io -c 'chproj 100' -c 'chattr +P' "$mnt/a" >/dev/null
+xfs_io -c 'chproj 200' -c 'chattr +P' "$mnt/b" >/dev/null
+
+# The template tree (its own directory: copies of it are placed in project 100 each round).
+t="$mnt/template/data"
+mkdir -p "$t/small" "$t/deep/er"
+head -c 24M /dev/urandom > "$t/big"
+truncate -s 256M "$t/sparse"
+dd if=/dev/urandom of="$t/sparse" bs=1M count=2 seek=100 conv=notrunc status=none
+ln "$t/big" "$t/deep/er/big-link"
+ln -s ../big "$t/deep/relative-link"
+ln -s /nowhere "$t/dangling"
+python3 - "$t/small" <<'PY'
+import os, sys
+for i in range(2000):
+    with open(os.path.join(sys.argv[1], "f%04d" % i), "w") as f:
+        f.write("small file %d\n" % i)
+PY
+chmod 0750 "$t/deep"
+manifest() {
+  python3 - "$1" <<'PY'
+import hashlib, os, stat, sys
+root = sys.argv[1]
+lines = []
+inodes = {}
+for dirpath, dirnames, filenames in os.walk(root):
+    for name in sorted(dirnames + filenames):
+        full = os.path.join(dirpath, name)
+        rel = os.path.relpath(full, root)
+        st = os.lstat(full)
+        kind = stat.S_IFMT(st.st_mode)
+        extra = ""
+        if stat.S_ISREG(kind):
+            h = hashlib.sha256()
+            with open(full, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            extra = "%d %s sparse=%s" % (st.st_size, h.hexdigest(), st.st_blocks * 512 < st.st_size // 2)
+            if st.st_nlink > 1:
+                inodes.setdefault(st.st_ino, []).append(rel)
+        elif stat.S_ISLNK(kind):
+            extra = os.readlink(full)
+        lines.append("%s %o %s" % (rel, st.st_mode, extra))
+for group in sorted(sorted(g) for g in inodes.values()):
+    lines.append("links " + " ".join(group))
+print("\n".join(sorted(lines)))
+PY
+}
+expected="$(manifest "$t")"
+
+export FERRY_DATABASE_URL="sqlite://$work/ferry.sqlite"
+export FERRY_LEASE_SECONDS=1
+# How long an undisturbed move takes, to spread the kills over it.
+cp -a "$t" "$mnt/a/data"
+start=$(date +%s%N)
+"$ferry" move "$mnt/a/data" "$mnt/b/" 2>/dev/null
+duration_ms=$(( ($(date +%s%N) - start) / 1000000 + 200 ))
+rm -rf "$mnt/b/data"
+echo "an undisturbed move takes about ${duration_ms} ms; killing $kills times (seed $seed)"
+
+passed=0
+failed=0
+for round in $(seq 1 "$kills"); do
+  rm -rf "$mnt/a/data" "$mnt/b/data"
+  cp -a "$t" "$mnt/a/data"
+  sync
+  before=$("$ferry" tasks --all --json --limit 100000 | python3 -c "import json,sys; print(len(json.load(sys.stdin)['tasks']))")
+  delay_ms=$(( RANDOM % (duration_ms * 2 / 3) ))
+  "$ferry" move "$mnt/a/data" "$mnt/b/" >/dev/null 2>&1 &
+  pid=$!
+  sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  at_kill=$("$ferry" tasks --all --json --limit 100000 | python3 -c "
+import json,sys
+tasks = json.load(sys.stdin)['tasks']
+t = tasks[0] if len(tasks) > $before else None
+print(t['status'] if t else 'no task yet')")
+  sleep 1.2  # the lease (FERRY_LEASE_SECONDS=1) expires
+  "$ferry" janitor --scan "$mnt/b" --grace 0 >/dev/null 2>&1 || true
+
+  problems=()
+  task_status=$("$ferry" tasks --all --json --limit 100000 | python3 -c "
+import json,sys
+tasks = json.load(sys.stdin)['tasks']
+print(tasks[0]['status'] if len(tasks) > $before else 'none')")
+  case "$task_status" in
+    completed|rolled_back|none) ;;
+    *) problems+=("task ended $task_status") ;;
+  esac
+  leftovers=$(find "$mnt/a" "$mnt/b" -maxdepth 1 -name '.ferry-staging-*' | wc -l)
+  [ "$leftovers" = 0 ] || problems+=("$leftovers staging directories left")
+  where=""
+  if [ -e "$mnt/b/data" ]; then
+    [ "$(manifest "$mnt/b/data")" = "$expected" ] || problems+=("destination exists but differs from the source")
+    where="destination"
+    [ -e "$mnt/a/data" ] && problems+=("source and destination both present after recovery")
+  elif [ -e "$mnt/a/data" ]; then
+    [ "$(manifest "$mnt/a/data")" = "$expected" ] || problems+=("source damaged though the move did not complete")
+    where="source"
+  else
+    problems+=("DATA LOST: neither source nor destination exists")
+  fi
+  if [ "$task_status" = completed ] && [ "$where" != destination ]; then problems+=("completed but the destination is missing"); fi
+  if [ ${#problems[@]} -eq 0 ]; then
+    passed=$((passed + 1))
+    echo "round $round: killed after ${delay_ms} ms (task $at_kill) -> $task_status, data whole at the $where"
+  else
+    failed=$((failed + 1))
+    echo "round $round: killed after ${delay_ms} ms (task $at_kill) -> $task_status: FAILED: ${problems[*]}"
+    "$ferry" tasks --all --json --limit 1 | head -c 2000; echo
+  fi
+done
+echo "crash: $passed passed, $failed failed"
+[ "$failed" = 0 ]
