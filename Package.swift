@@ -56,7 +56,9 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(name: "FerryJobsTests", dependencies: ["FerryJobs", "FerryTestSupport"], swiftSettings: strict),
-        .testTarget(name: "FerryMoveTests", dependencies: ["FerryMove", "FerryTestSupport", "ferry"], swiftSettings: strict),
+        .testTarget(
+            name: "FerryMoveTests", dependencies: ["FerryMove", "FerryStorage", "FerryTestSupport", "ferry"],
+            resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryCopyTests", dependencies: ["FerryCopy", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(

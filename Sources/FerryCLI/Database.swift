@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryConfig
 import FerryJobs
 import Foundation
 
@@ -15,9 +16,14 @@ struct DatabaseOptions: ParsableArguments {
         return .milliseconds(Int64(max(0.2, seconds) * 1000))
     }
 
-    func open() async throws -> any TaskStore {
+    /// `configuration`: the loaded configuration file, whose `database` comes after `--database` and
+    /// `FERRY_DATABASE_URL`; without one, the default file (FERRY_CONFIG, ~/.config, /etc) is read.
+    func open(configuration: FerryConfiguration? = nil) async throws -> any TaskStore {
         let url: DatabaseURL
-        do { url = try DatabaseURL.resolve(database) } catch { throw ValidationError("\(error)") }
+        let configured = configuration?.database
+            ?? FerryConfiguration.locate(explicit: nil).flatMap { try? FerryConfiguration.load(file: $0) }?.database
+        let environment = ProcessInfo.processInfo.environment["FERRY_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        do { url = try DatabaseURL.resolve(database ?? environment ?? configured) } catch { throw ValidationError("\(error)") }
         switch url {
         case .sqlite(let path):
             do {

@@ -100,7 +100,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @OptionGroup var storageOptions: StorageOptions
 
     func run() async throws {
-        let store = try await database.open()
+        let store = try await database.open(configuration: try storageOptions.loadConfiguration())
         let engine = try makeEngine(store: store, role: "worker", lease: database.leaseDuration, jobs: jobs, storageOptions: storageOptions)
         let stop = CancellationFlag()
         let interrupt = InterruptWatcher { stop.cancel() }
@@ -122,7 +122,7 @@ struct JanitorCommand: AsyncParsableCommand {
     @OptionGroup var storageOptions: StorageOptions
 
     func run() async throws {
-        let store = try await database.open()
+        let store = try await database.open(configuration: try storageOptions.loadConfiguration())
         let engine = try makeEngine(store: store, role: "janitor", lease: database.leaseDuration, jobs: nil, storageOptions: storageOptions)
         let report = try await Janitor(engine: engine, grace: .milliseconds(Int64(grace * 1000)))
             .run(directories: scan.map { Transfer.absolute(Array($0.utf8)) }, dryRun: dryRun)

@@ -57,7 +57,7 @@ struct TransferOptions: ParsableArguments {
         options.spaceCheck = !noSpaceCheck
         let request = NewTask(kind: kind, sources: bytes.dropLast().map { StoredPath(Transfer.absolute($0)) },
                               destination: StoredPath(Transfer.absolute(bytes[bytes.count - 1])), options: options, owner: currentUser())
-        let store = try await database.open()
+        let store = try await database.open(configuration: configuration)
         let storageOptions = self.storageOptions
         let planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
         let bar = ProgressBar(enabled: !json && isatty(STDERR_FILENO) == 1)

@@ -5,6 +5,7 @@ import Foundation
 /// each with an optional display name and filesystem backend override:
 ///
 ///     lfs = "/usr/bin/lfs"
+///     database = "postgres://ferry@db.example/ferry"
 ///
 ///     [[roots]]
 ///     path = "/lustre/projects"
@@ -24,10 +25,13 @@ public struct FerryConfiguration: Equatable, Sendable {
 
     public var lfsPath: String?
     public var roots: [Root]
+    /// The task database URL (`FERRY_DATABASE_URL` and `--database` take precedence).
+    public var database: String?
 
-    public init(lfsPath: String? = nil, roots: [Root] = []) {
+    public init(lfsPath: String? = nil, roots: [Root] = [], database: String? = nil) {
         self.lfsPath = lfsPath
         self.roots = roots
+        self.database = database
     }
 
     public struct Error: Swift.Error, CustomStringConvertible, Sendable {
@@ -59,6 +63,9 @@ public struct FerryConfiguration: Equatable, Sendable {
             case "lfs":
                 guard let path = value.string else { throw Error(file: "", message: "lfs must be a string (the path of the lfs program)") }
                 configuration.lfsPath = path
+            case "database":
+                guard let url = value.string else { throw Error(file: "", message: "database must be a URL string: sqlite:///path or postgres://user@host/db") }
+                configuration.database = url
             case "roots":
                 guard let items = value.array else { throw Error(file: "", message: "roots must be an array of [[roots]] tables") }
                 for item in items {

@@ -84,6 +84,11 @@ public final class MoveEngine: Sendable {
             try await store.advance(id: task.id, worker: settings.worker, to: .validating, plan: nil, message: "validating")
             let (preflight, plan, locks) = try await Blocking.run { [self, task] in try self.validate(task) }
             if let refusal = preflight.refusal { throw refusal }
+            if task.options.recall, preflight.filesystemKind == .lustre, preflight.measurement.releasedFiles > 0 {
+                try await store.record(task.id, message: "recalling \(preflight.measurement.releasedFiles) HSM-released files before copying")
+                let restored = try await Blocking.run { [self, task] in try self.recall(task) }
+                try await store.record(task.id, message: "\(restored) files restored from the HSM archive")
+            }
             do {
                 try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
             } catch TaskStoreError.locked(let other, let path) {
@@ -160,6 +165,13 @@ public final class MoveEngine: Sendable {
             locks.append(PathLock(taskID: task.id, filesystem: destinationDevice, path: StoredPath(final)))
         }
         return (preflight, plan, locks)
+    }
+
+    /// Restores the task's released files through its source filesystem's Lustre backend.
+    private func recall(_ task: TaskRecord) throws -> Int {
+        let transfer = try Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
+        guard let lustre = try planner.storage(transfer.sources[0].directory, transfer.sourcePaths[0]) as? LustreBackend else { return 0 }
+        return try planner.recall.run(lustre, sources: transfer.sourcePaths)
     }
 
     static func device(_ fd: FileDescriptor) throws -> String {

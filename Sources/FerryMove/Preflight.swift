@@ -41,7 +41,7 @@ public struct Preflight: Sendable {
         let files = Formatting.count(measurement.files)
         switch strategy {
         case .rename:
-            return "Instant: same filesystem and project, a rename (\(size), \(files) files stay where they are on disk)."
+            return "Instant: same filesystem and project, a rename (no data moves on disk)."
         case .relink:
             return "Relink \(files) files (\(size)) into \(projectPhrase): no data is copied; directories are recreated."
         case .copy:
@@ -77,11 +77,39 @@ enum Formatting {
     }
 }
 
+/// Brings HSM-released files back before they are copied: lists them (`lfs find --layout released`),
+/// asks for their restore, and waits until `lfs hsm_action` shows no pending request.
+public struct Recall: Sendable {
+    public var pollInterval: Duration = .seconds(5)
+    public var timeout: Duration = .seconds(6 * 3600)
+    public init() {}
+
+    /// Returns the number of files restored.
+    public func run(_ backend: LustreBackend, sources: [ByteString], progress: (String) -> Void = { _ in }) throws -> Int {
+        var released: [ByteString] = []
+        for source in sources { released += try backend.releasedFiles(under: String(decoding: source, as: UTF8.self)) }
+        guard !released.isEmpty else { return 0 }
+        progress("restoring \(released.count) files from the HSM archive")
+        try backend.restore(released)
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let pending = try backend.pendingHSMActions(released)
+            if pending.isEmpty { return released.count }
+            guard ContinuousClock.now < deadline else {
+                throw Refusal(code: "hsm.timeout", message: "\(pending.count) files were still being restored from tape after \(timeout.components.seconds / 3600) h; retry the task later")
+            }
+            progress("\(released.count - pending.count) of \(released.count) files restored")
+            Thread.sleep(forTimeInterval: Double(pollInterval.components.seconds) + Double(pollInterval.components.attoseconds) / 1e18)
+        }
+    }
+}
+
 /// Looks before leaping: resolves the request, measures the source, chooses the strategy and checks
 /// the destination's room. Writes nothing.
 public struct Planner: Sendable {
     public var storage: @Sendable (FileDescriptor, ByteString) throws -> any StorageBackend
     public var jobs: Int?
+    public var recall = Recall()
 
     public init(jobs: Int? = nil, storage: @escaping @Sendable (FileDescriptor, ByteString) throws -> any StorageBackend = { fd, _ in try Storage.backend(for: fd) }) {
         self.storage = storage
@@ -94,14 +122,6 @@ public struct Planner: Sendable {
         for (source, final) in zip(transfer.sources, transfer.finalPaths) where (try? transfer.destination.status(source.destinationName)) != nil {
             return refused(kind, transfer, code: "destination.exists",
                            "\(final.displayString) exists already; Ferry never replaces data — choose another name or remove it first")
-        }
-        let engine = CopyEngine(options: CopyOptions(jobs: jobs))
-        let measurement: TreeMeasurement
-        do { measurement = try engine.measure(transfer.sources) } catch {
-            if let code = error.systemCode, code == .notFound {
-                return refused(kind, transfer, code: "source.missing", "\(error)")
-            }
-            throw error
         }
         let backend = try storage(transfer.destination, transfer.destinationPath)
         let destinationProject = try backend.projectAttributes(of: transfer.destination)
@@ -118,11 +138,24 @@ public struct Planner: Sendable {
         } else {
             strategy = try Self.renamePossible(transfer, destinationProject: destinationProject) ? .rename : .copy
         }
+        // A rename is O(1) whatever the tree's size: only a copy needs the source measured.
+        var measurement = TreeMeasurement()
+        if strategy != .rename {
+            do { measurement = try CopyEngine(options: CopyOptions(jobs: jobs)).measure(transfer.sources) } catch {
+                if let code = error.systemCode, code == .notFound {
+                    return refused(kind, transfer, code: "source.missing", "\(error)")
+                }
+                throw error
+            }
+        }
         if kind == .copy && strategy != .copy {
             return refused(kind, transfer, code: "strategy.invalid", "a copy can only use the copy strategy")
         }
         if strategy == .relink {
             return refused(kind, transfer, code: "strategy.unavailable", "the relink strategy is not available yet; use copy")
+        }
+        if backend.kind == .lustre && measurement.releasedFiles > 0 && options.recall {
+            warnings.append("\(measurement.releasedFiles) files are released to tape (HSM); they are restored before the copy starts")
         }
         if backend.kind == .lustre && measurement.releasedFiles > 0 && !options.recall {
             return refused(kind, transfer, code: "hsm.released",

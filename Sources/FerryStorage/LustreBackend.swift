@@ -105,6 +105,33 @@ public struct LustreBackend: StorageBackend {
     }
 }
 
+extension LustreBackend {
+    /// Asks the HSM to bring released files back from the archive (`lfs hsm_restore`), in batches.
+    public func restore(_ paths: [ByteString]) throws(StorageError) {
+        for start in stride(from: 0, to: paths.count, by: 100) {
+            let batch = paths[start..<min(start + 100, paths.count)].map { String(decoding: $0, as: UTF8.self) }
+            let output = try lfs.run(["hsm_restore"] + batch)
+            guard output.status == 0 else { throw StorageError(.command, "lfs hsm_restore failed: \(output.standardError)") }
+        }
+    }
+
+    /// The paths whose HSM request is still pending (`lfs hsm_action`): empty once all restores ended.
+    public func pendingHSMActions(_ paths: [ByteString]) throws(StorageError) -> [String] {
+        var pending: [String] = []
+        for start in stride(from: 0, to: paths.count, by: 100) {
+            let batch = paths[start..<min(start + 100, paths.count)].map { String(decoding: $0, as: UTF8.self) }
+            let output = try lfs.run(["hsm_action"] + batch)
+            guard output.status == 0 else { throw StorageError(.command, "lfs hsm_action failed: \(output.standardError)") }
+            do {
+                pending += try LfsHSMActionParser.parse(String(decoding: output.standardOutput, as: UTF8.self)).filter { !$0.isIdle }.map(\.path)
+            } catch {
+                throw StorageError(.parse, error.description)
+            }
+        }
+        return pending
+    }
+}
+
 /// Chooses the backend for a path: detected from `statfs` magic, or forced by configuration.
 public enum Storage {
     public static func backend(for fd: FileDescriptor, choice: BackendChoice = .auto, lfsPath: String? = nil) throws(StorageError) -> any StorageBackend {

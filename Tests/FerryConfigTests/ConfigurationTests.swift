@@ -63,6 +63,7 @@ import Testing
     @Test func rootsChooseTheBackendByDeepestPrefix() throws {
         let configuration = try FerryConfiguration.parse("""
             lfs = "/usr/bin/lfs"
+            database = "postgres://ferry@db/ferry"
             [[roots]]
             path = "/data"
             name = "Data"
@@ -72,6 +73,7 @@ import Testing
             backend = "lustre"
             """)
         #expect(configuration.lfsPath == "/usr/bin/lfs")
+        #expect(configuration.database == "postgres://ferry@db/ferry")
         #expect(configuration.roots == [
             .init(path: "/data", name: "Data", backend: .xfs), .init(path: "/data/lustre", backend: .lustre),
         ])

@@ -96,3 +96,41 @@ public enum LfsHSMStateParser {
         return LustreHSMState(path: path, flags: flags, states: states, archiveID: archiveID)
     }
 }
+
+/// Reads `lfs hsm_action FILE...`: one `PATH: ACTION [STATE ...]` line per file, where ACTION is
+/// NOOP when no HSM request is pending. The exact tail after the action (state, extent) varies
+/// between Lustre versions, so only the action word and the state word after it are read; the path
+/// ends at the last ": " that is followed by a known action word.
+public enum LfsHSMActionParser {
+    public struct Entry: Equatable, Sendable {
+        public var path: String
+        public var action: String
+        public var state: String?
+        /// No request pending, or the last one has ended.
+        public var isIdle: Bool { action == "NOOP" || ["SUCCEED", "FAILED", "CANCELED"].contains(state ?? "") }
+    }
+
+    static let actions = ["NOOP", "ARCHIVE", "RESTORE", "REMOVE", "CANCEL"]
+
+    public static func parse(_ text: String) throws(LustreParseError) -> [Entry] {
+        var entries: [Entry] = []
+        for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty { continue }
+            var split: String.Index?
+            var searchEnd = line.endIndex
+            while let range = line.range(of: ": ", options: .backwards, range: line.startIndex..<searchEnd) {
+                let rest = line[range.upperBound...]
+                if actions.contains(where: { rest.hasPrefix($0) }) { split = range.lowerBound; break }
+                searchEnd = range.lowerBound
+            }
+            guard let split else {
+                throw LustreParseError(command: "lfs hsm_action", line: number + 1, reason: "no HSM action word (NOOP, RESTORE, …) in \"\(line)\"")
+            }
+            let words = line[line.index(split, offsetBy: 2)...].split(separator: " ").map(String.init)
+            entries.append(Entry(path: String(line[..<split]), action: words[0], state: words.count > 1 ? words[1] : nil))
+        }
+        if entries.isEmpty { throw LustreParseError(command: "lfs hsm_action", line: nil, reason: "no output") }
+        return entries
+    }
+}
