@@ -50,6 +50,8 @@ let package = Package(
             ],
             swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
+        // Benchmarks/move-bench.sh: task claims per second against SQLite and PostgreSQL.
+        .executableTarget(name: "ferry-claim-bench", dependencies: ["FerryJobs"], path: "Benchmarks/ClaimBench", swiftSettings: strict),
         .target(
             name: "FerryTestSupport",
             dependencies: ["FerrySystem", .product(name: "Crypto", package: "swift-crypto")],

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# ferry move against mv and rsync, and task claims per second, measured side by side in one run.
+#
+#   sudo Benchmarks/move-bench.sh [--runs N] [--ferry PATH]
+#
+# On a fresh loop XFS (reflink off) with project directories 100 and 200:
+#   1. same-project move of 1 file and of a 100,000-file tree: ferry move vs mv (both O(1)); each
+#      sample moves the item there and back, so every run sees the same tree;
+#   2. cross-project move of 16 x 256 MiB, durable and verified, vs mv (which falls back to copy +
+#      delete) + sync and rsync -a --remove-source-files + sync, on cold caches;
+#   3. cross-project move of 100,000 x 4 KiB, the same way;
+#   4. task claims per second by 8 concurrent workers on SQLite and on a throwaway PostgreSQL 15
+#      cluster with production durability (fsync on).
+set -euo pipefail
+runs=3
+ferry=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    --ferry) ferry="$2"; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--ferry PATH]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 2; }
+here="$(cd "$(dirname "$0")/.." && pwd)"
+(cd "$here" && swift build -c release --product ferry >/dev/null && swift build -c release --product ferry-claim-bench >/dev/null)
+ferry="${ferry:-$here/.build/release/ferry}"
+claimbench="$here/.build/release/ferry-claim-bench"
+
+work="$(mktemp -d /var/tmp/ferry-move-bench.XXXXXX)"
+chmod 755 "$work"
+mnt="$work/mnt"
+loop=""
+pgdata=""
+cleanup() {
+  set +e
+  [ -n "$pgdata" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pgdata" -m immediate stop >/dev/null 2>&1
+  if mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
+  [ -n "$loop" ] && losetup -d "$loop"
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+mkdir -p "$mnt"
+truncate -s 14G "$work/fs.img"
+mkfs.xfs -q -m reflink=0 "$work/fs.img"
+loop="$(losetup --find --show "$work/fs.img")"
+mount -t xfs "$loop" "$mnt"
+mkdir "$mnt/a" "$mnt/b"
+xfs_io -c 'chproj 100' -c 'chattr +P' "$mnt/a" >/dev/null
+xfs_io -c 'chproj 200' -c 'chattr +P' "$mnt/b" >/dev/null
+export FERRY_DATABASE_URL="sqlite://$work/ferry.sqlite"
+
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+elapsed() { echo "$2 - $1" | bc -l; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+mktree() {  # mktree DIR COUNT SIZE: COUNT files of SIZE bytes in 1,000-file directories
+  python3 - "$1" "$2" "$3" <<'PY'
+import os, sys
+root, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+block = os.urandom(size)
+for i in range(count):
+    d = os.path.join(root, "d%03d" % (i // 1000))
+    if i % 1000 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%04d" % (i % 1000)), "wb") as f:
+        f.write(block)
+PY
+}
+rows=()
+
+# 1. Same project: a rename, whatever the size.
+head -c 4096 /dev/urandom > "$mnt/a/one-file"
+mktree "$mnt/a/tree" 100000 16
+same_project() {  # same_project TOOL ITEM: median seconds of one move (there and back, halved)
+  local tool="$1" item="$2" samples=()
+  for _ in $(seq "$runs"); do
+    local s e
+    s=$(now)
+    if [ "$tool" = ferry ]; then
+      "$ferry" move "$mnt/a/$item" "$mnt/a/$item.moved" 2>/dev/null
+      "$ferry" move "$mnt/a/$item.moved" "$mnt/a/$item" 2>/dev/null
+    else
+      mv "$mnt/a/$item" "$mnt/a/$item.moved"
+      mv "$mnt/a/$item.moved" "$mnt/a/$item"
+    fi
+    e=$(now)
+    samples+=("$(echo "($e - $s) / 2" | bc -l)")
+  done
+  printf '%s\n' "${samples[@]}" | median
+}
+for item in one-file tree; do
+  f=$(same_project ferry "$item"); m=$(same_project mv "$item")
+  label=$([ "$item" = tree ] && echo "same-project move, 100,000-file tree" || echo "same-project move, 1 file")
+  rows+=("$(printf '| %s | %.3f s | %.3f s (mv) | — | %.1fx | — |' "$label" "$f" "$m" "$(echo "$f / $m" | bc -l)")")
+done
+rm -rf "$mnt/a/tree" "$mnt/a/one-file"
+
+# 2 and 3. Across projects, durable.
+cross_project() {  # cross_project NAME MAKE...: ferry vs mv+sync vs rsync --remove-source-files+sync
+  local name="$1"; shift
+  local -A samples=([ferry]="" [mv]="" [rsync]="")
+  for round in $(seq 0 "$runs"); do
+    for tool in ferry mv rsync; do
+      rm -rf "$mnt/a/data" "$mnt/b/data"
+      "$@" "$mnt/a/data"
+      cold
+      local s e
+      s=$(now)
+      case "$tool" in
+        ferry) "$ferry" move "$mnt/a/data" "$mnt/b/" 2>/dev/null ;;
+        mv) mv "$mnt/a/data" "$mnt/b/" && sync ;;
+        rsync) rsync -a --remove-source-files "$mnt/a/data" "$mnt/b/" && find "$mnt/a/data" -depth -type d -empty -delete && sync ;;
+      esac
+      e=$(now)
+      [ "$round" = 0 ] || samples[$tool]+="$(elapsed "$s" "$e") "   # round 0 is a warm-up
+    done
+  done
+  local f m r
+  f=$(printf '%s\n' ${samples[ferry]} | median); m=$(printf '%s\n' ${samples[mv]} | median); r=$(printf '%s\n' ${samples[rsync]} | median)
+  echo "  $name: ferry ${samples[ferry]}| mv ${samples[mv]}| rsync ${samples[rsync]}" >&2
+  rows+=("$(printf '| %s | %.2f s | %.2f s (mv + sync) | %.2f s | %.2fx | %.2fx |' "$name" "$f" "$m" "$r" "$(echo "$f / $m" | bc -l)" "$(echo "$f / $r" | bc -l)")")
+}
+big() { mkdir -p "$1"; for i in $(seq -w 1 16); do head -c 256M /dev/urandom > "$1/f$i"; done; }
+small() { mktree "$1" 100000 4096; }
+cross_project "cross-project move, 16 x 256 MiB" big
+cross_project "cross-project move, 100,000 x 4 KiB" small
+rm -rf "$mnt/a/data" "$mnt/b/data"
+
+# 4. Claims per second.
+sqlite_rate=$("$claimbench" --database "sqlite://$work/claims.sqlite" --tasks 20000 --workers 8)
+pgdata="$work/pg"
+mkdir -p "$pgdata" && chown postgres "$pgdata"
+runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D "$pgdata" -U postgres --auth=trust >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pgdata" -o "-p $port -k $pgdata -c listen_addresses=127.0.0.1" -w start >/dev/null </dev/null
+runuser -u postgres -- /usr/lib/postgresql/15/bin/createdb -h 127.0.0.1 -p "$port" ferry_bench
+pg_rate=$("$claimbench" --database "postgres://postgres@127.0.0.1:$port/ferry_bench" --tasks 20000 --workers 8)
+
+echo
+echo "ferry move (release build, SQLite task store) vs mv and rsync; loop XFS, reflink off; medians of $runs"
+echo "(cross-project: cold caches, a warm-up round first, tools interleaved); $(nproc) cores, $(uname -r)"
+echo
+echo "| workload | ferry move | mv | rsync --remove-source-files + sync | ferry / mv | ferry / rsync |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo
+echo "$sqlite_rate"
+echo "$pg_rate"
