@@ -103,7 +103,10 @@ struct WorkerCommand: AsyncParsableCommand {
         let store = try await database.open(configuration: try storageOptions.loadConfiguration())
         let engine = try makeEngine(store: store, role: "worker", lease: database.leaseDuration, jobs: jobs, storageOptions: storageOptions)
         let stop = CancellationFlag()
-        let interrupt = InterruptWatcher { stop.cancel() }
+        let interrupt = InterruptWatcher {
+            stop.cancel()
+            engine.stop()  // running tasks stop at their next checkpoint and release their leases
+        }
         defer { interrupt.stop() }
         let records = await Worker(engine: engine, concurrency: concurrency).run(once: once, stop: stop)
         for record in records { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }

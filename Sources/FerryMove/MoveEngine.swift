@@ -35,6 +35,15 @@ public final class MoveEngine: Sendable {
     private let progressHandler: (@Sendable (TaskRecord, CopyProgress) -> Void)?
     /// Set by a worker shutting down: stop at the next checkpoint, keep what is staged, give the lease back.
     public let shutdown = CancellationFlag()
+    /// The runs in progress, so that `stop()` reaches them at once, not at their next heartbeat.
+    private let active = Mutex<[String: RunContext]>([:])
+
+    /// Shuts down: every running task stops at its next checkpoint (within a copy: its next file or
+    /// chunk), keeps what it staged and hands its lease back, so another worker resumes it at once.
+    public func stop() {
+        shutdown.cancel()
+        active.withLock { runs in runs.values.forEach { $0.cancellation.cancel() } }
+    }
 
     public init(store: any TaskStore, settings: Settings, planner: Planner = Planner(),
                 progress: (@Sendable (TaskRecord, CopyProgress) -> Void)? = nil) {
@@ -57,8 +66,13 @@ public final class MoveEngine: Sendable {
     @discardableResult
     public func run(_ claimed: TaskRecord, cancellation: CancellationFlag? = nil) async -> TaskRecord {
         let context = RunContext(task: claimed, cancellation: cancellation ?? CancellationFlag())
+        active.withLock { $0[claimed.id] = context }
+        if shutdown.isCancelled { context.cancellation.cancel() }
         let heartbeat = Task { await self.beat(context) }
-        defer { heartbeat.cancel() }
+        defer {
+            heartbeat.cancel()
+            active.withLock { _ = $0.removeValue(forKey: claimed.id) }
+        }
         do {
             try await drive(context)
         } catch let error as TaskStoreError {

@@ -22,7 +22,7 @@ public final class Worker: Sendable {
             var running = 0
             var finished: [TaskRecord] = []
             while true {
-                if stop.isCancelled { engine.shutdown.cancel() }
+                if stop.isCancelled && !engine.shutdown.isCancelled { engine.stop() }
                 if !stop.isCancelled && running < concurrency {
                     let claimed = (try? await engine.store.claim(worker: engine.settings.worker, limit: concurrency - running,
                                                                   lease: engine.settings.lease)) ?? []

@@ -113,6 +113,44 @@ struct MoveCLITests {
         }
     }
 
+    /// SIGTERM: the worker stops its task at the next checkpoint, gives the lease back and keeps
+    /// what it staged; the next worker resumes the task (no lease wait) and finishes it.
+    @Test func terminatedWorkerReleasesItsTaskForTheNext() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<8 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=25", "status=none"]) }
+            let before = try TreeSnapshot.take(a + "/big")
+            let id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: database(fs)).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            let worker = Process()
+            worker.executableURL = URL(fileURLWithPath: ferryBinary())
+            worker.arguments = ["worker", "--lease", "600"]
+            worker.environment = ProcessInfo.processInfo.environment.merging(database(fs)) { $1 }
+            worker.standardError = FileHandle.nullDevice
+            try worker.run()
+            for _ in 0..<2000 {
+                let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
+                if let name = staged.first, (try? FileManager.default.contentsOfDirectory(atPath: "\(b)/\(name)/big"))?.isEmpty == false { break }
+                usleep(2_000)
+            }
+            worker.terminate()
+            worker.waitUntilExit()
+            #expect(worker.terminationStatus == 0)
+            let paused = try jsonObject(try ferry("task", "show", "--json", id, environment: database(fs)).standardOutput)
+            #expect(["copying", "verifying", "validating", "locked"].contains(paused["status"] as? String ?? ""), "\(paused["status"] ?? "")")
+            #expect(paused["leaseOwner"] is NSNull, "the lease was given back")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).contains { $0.hasPrefix(".ferry-staging-") })
+            // A 600 s lease was released, so the next worker need not wait for it.
+            let next = try ferry("worker", "--once", environment: database(fs))
+            #expect(next.status == 0)
+            let done = try jsonObject(try ferry("task", "show", "--json", id, environment: database(fs)).standardOutput)
+            #expect(done["status"] as? String == "completed")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b) == ["big"])
+        }
+    }
+
     @Test func janitorRemovesOrphanedStagingAndKeepsLiveOnes() throws {
         try withLoopXFS { fs in
             let b = try fs.makeProjectDirectory("b", project: 200)
