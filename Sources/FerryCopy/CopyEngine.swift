@@ -48,6 +48,7 @@ public struct CopyReport: Sendable {
 public final class CopyEngine: Sendable {
     public let options: CopyOptions
     private let progress: ProgressHandler?
+    var progressHandler: ProgressHandler? { progress }
 
     public init(options: CopyOptions = CopyOptions(), progress: ProgressHandler? = nil) {
         self.options = options
@@ -260,6 +261,10 @@ public final class CopyEngine: Sendable {
                 try from.removeEntry(name, isDirectory: false)
             }
         }
+    }
+
+    func walkPublic(_ sources: [CopySource], peer: FileDescriptor?, visitor: any TreeVisitor) throws(CopyError) {
+        try walk(sources, peer: peer, visitor: visitor)
     }
 
     private func walk(_ sources: [CopySource], peer: FileDescriptor?, visitor: any TreeVisitor, cancellation: CancellationFlag? = nil) throws(CopyError) {

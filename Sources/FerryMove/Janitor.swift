@@ -46,7 +46,24 @@ public struct Janitor: Sendable {
             let path = PathDisplay.string(BytePath.join(directory, name))
             let task = try await engine.store.task(id)
             let removable: Bool
-            if let task {
+            if let task, task.plan?.strategy == Strategy.relink.rawValue {
+                // A relink's staging holds the only copy of what it moved: only empty directories go.
+                if task.status.isTerminal && !dryRun {
+                    try await Blocking.run {
+                        let fd = try FileDescriptor.openDirectory(directory)
+                        defer { fd.closeQuietly() }
+                        let staging = try fd.openAt(name, [.directory, .noFollow])
+                        defer { staging.closeQuietly() }
+                        _ = try CopyEngine(options: CopyOptions(jobs: 1)).removeEmptySkeleton([CopySource(directory: fd, name: name)])
+                    }
+                }
+                let gone = (try? FileDescriptor.openDirectory(directory)).map { fd -> Bool in
+                    defer { fd.closeQuietly() }
+                    return (try? fd.status(name)) == nil
+                } ?? false
+                if gone { report.removed.append(path) } else { report.kept.append(path) }
+                continue
+            } else if let task {
                 removable = task.status.isTerminal
             } else {
                 let modified = (try? FileDescriptor.openDirectory(directory)).flatMap { fd -> Date? in

@@ -233,7 +233,11 @@ public final class MoveEngine: Sendable {
         var totals = TreeMeasurement()
         totals.bytes = plan.bytes
         totals.entries = plan.entries
-        _ = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
+        if plan.strategy == Strategy.relink.rawValue {
+            try engine.relink(sources, into: staging, totals: totals)
+        } else {
+            _ = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
+        }
     }
 
     private func verifyAndFlush(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext) throws {
@@ -247,8 +251,31 @@ public final class MoveEngine: Sendable {
             throw Refusal(code: "staging.missing", message: "the staging directory \(plan.stagingName) is gone; retry the task to copy again")
         }
         defer { staging.directory.closeQuietly() }
-        try engine.verify(sources, in: staging)
+        if plan.strategy == Strategy.relink.rawValue {
+            try verifyRelinked(sources, staging: staging, plan: plan, engine: engine)
+        } else {
+            try engine.verify(sources, in: staging)
+        }
         try engine.flush(staging)
+    }
+
+    /// A relinked tree is the source's own inodes under new names: it must hold exactly what the
+    /// plan measured, and the source must be left a skeleton of directories (anything else there
+    /// was written during the move).
+    private func verifyRelinked(_ sources: [CopySource], staging: StagingArea, plan: TaskPlan, engine: CopyEngine) throws {
+        let staged = sources.map { CopySource(directory: staging.directory, name: $0.destinationName) }
+            .filter { (try? staging.directory.status($0.name)) != nil }
+        let measured = try engine.measure(staged)
+        let skeleton = try engine.measure(sources.filter { (try? $0.directory.status($0.name)) != nil })
+        let leftover = skeleton.entries - skeleton.directories
+        if leftover > 0 {
+            throw CopyError.sourceChanged(path: sources.first.map { PathDisplay.string($0.name) } ?? "", detail: "\(leftover) entries appeared in the source while it was being relinked")
+        }
+        if measured.entries != plan.entries || measured.bytes != plan.bytes {
+            throw CopyError.verificationFailed(differences: [CopyError.Difference(
+                path: plan.stagingName.description,
+                what: "\(measured.entries) entries and \(measured.bytes) bytes relinked; the plan measured \(plan.entries) and \(plan.bytes)")])
+        }
     }
 
     /// Commit, idempotent so that recovery can run it again: publish each staged item that is still
@@ -277,6 +304,17 @@ public final class MoveEngine: Sendable {
             try? destination.removeEntry(plan.stagingName.bytes, isDirectory: true)
         }
         guard task.kind == .move else { return false }
+        if plan.strategy == Strategy.relink.rawValue {
+            // The source is a skeleton of empty directories: remove those, never anything else.
+            let skeleton = try remainingSources(task, plan)
+            defer { skeleton.forEach { $0.directory.closeQuietly() } }
+            let survivors = try engine.removeEmptySkeleton(skeleton)
+            for source in skeleton { try source.directory.sync() }
+            if !survivors.isEmpty {
+                throw Refusal(code: "source.changed", message: "\(survivors.count) entries were written into the source while it was moved (\(survivors.prefix(3).joined(separator: ", "))); they were left in place")
+            }
+            return false
+        }
         let present = try remainingSources(task, plan)
         defer { present.forEach { $0.directory.closeQuietly() } }
         guard !present.isEmpty else { return false }
@@ -356,25 +394,51 @@ public final class MoveEngine: Sendable {
     }
 
     private func fail(_ context: RunContext, _ failure: TaskFailure, rollback: Bool) async {
-        if rollback { await discardStaging(context) }
+        if rollback, !(await discardStaging(context)) {
+            try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+                                     message: "\(failure.message) — putting relinked entries back did not finish; retrying the rollback")
+            return
+        }
         try? await store.finish(id: context.task.id, worker: settings.worker, status: .failed, failure: failure,
                                 message: "failed: \(failure.message)\(rollback ? " — staged data removed, source untouched" : "")")
     }
 
     private func rollBack(_ context: RunContext, status: TaskStatus, failure: TaskFailure) async {
-        await discardStaging(context)
+        guard await discardStaging(context) else {
+            try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+                                     message: "putting relinked entries back did not finish; retrying the rollback")
+            return
+        }
         try? await store.finish(id: context.task.id, worker: settings.worker, status: status, failure: failure,
                                 message: "rolled back: staged data removed, source untouched")
     }
 
-    private func discardStaging(_ context: RunContext) async {
-        guard let task = try? await store.task(context.task.id), let plan = task.plan else { return }
-        _ = try? await Blocking.run { [self] in
-            let destination = try DirectoryOpener(roots: self.settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
-            defer { destination.closeQuietly() }
-            let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs))
-            let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-            if let staging = try engine.openStaging(in: destination, id: id) { engine.discard(staging) }
+    /// Undoes the stage: a copy's staging is deleted; a relink's entries are renamed back into the
+    /// source (they are the only copy). Returns false if a relink could not be fully put back.
+    @discardableResult
+    private func discardStaging(_ context: RunContext) async -> Bool {
+        guard let task = try? await store.task(context.task.id), let plan = task.plan else { return true }
+        let relinked = plan.strategy == Strategy.relink.rawValue
+        do {
+            try await Blocking.run { [self] in
+                let destination = try DirectoryOpener(roots: self.settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+                defer { destination.closeQuietly() }
+                let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs))
+                let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
+                guard let staging = try engine.openStaging(in: destination, id: id) else { return }
+                if relinked {
+                    defer { staging.directory.closeQuietly() }
+                    let sources = try self.sources(task, plan)
+                    defer { sources.forEach { $0.directory.closeQuietly() } }
+                    try engine.unrelink(sources, from: staging)
+                } else {
+                    engine.discard(staging)
+                }
+            }
+            return true
+        } catch {
+            try? await store.record(task.id, message: "rollback: \(error)")
+            return !relinked
         }
     }
 

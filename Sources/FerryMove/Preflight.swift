@@ -139,6 +139,9 @@ public struct Planner: Sendable {
             strategy = try Self.renamePossible(transfer, destinationProject: destinationProject) ? .rename : .copy
         }
         // A rename is O(1) whatever the tree's size: only a copy needs the source measured.
+        if strategy == .relink, !(try Self.sameFilesystem(transfer)) {
+            return refused(kind, transfer, code: "strategy.invalid", "relink renames files, so the source and the destination must be on one filesystem")
+        }
         var measurement = TreeMeasurement()
         if strategy != .rename {
             do { measurement = try CopyEngine(options: CopyOptions(jobs: jobs)).measure(transfer.sources) } catch {
@@ -150,9 +153,6 @@ public struct Planner: Sendable {
         }
         if kind == .copy && strategy != .copy {
             return refused(kind, transfer, code: "strategy.invalid", "a copy can only use the copy strategy")
-        }
-        if strategy == .relink {
-            return refused(kind, transfer, code: "strategy.unavailable", "the relink strategy is not available yet; use copy")
         }
         if backend.kind == .lustre && measurement.releasedFiles > 0 && options.recall {
             warnings.append("\(measurement.releasedFiles) files are released to tape (HSM); they are restored before the copy starts")
@@ -167,7 +167,7 @@ public struct Planner: Sendable {
 
         var quota: QuotaReport?
         var refusal: Refusal?
-        if strategy == .copy {
+        if strategy == .copy || strategy == .relink {
             let report = try backend.quota(of: transfer.destination, path: transfer.destinationPath)
             quota = report
             let needBytes = UInt64(Double(measurement.allocatedBytes) * (1 + options.margin))
@@ -190,6 +190,14 @@ public struct Planner: Sendable {
     private func refused(_ kind: TaskKind, _ transfer: Transfer, code: String, _ message: String) -> Preflight {
         Preflight(kind: kind, strategy: .copy, measurement: TreeMeasurement(), quota: nil, destinationProject: nil, sourceProject: nil,
                   filesystemKind: nil, finalPaths: transfer.finalPaths, warnings: [], refusal: Refusal(code: code, message: message))
+    }
+
+    static func sameFilesystem(_ transfer: Transfer) throws -> Bool {
+        let destination = try transfer.destination.status()
+        return try transfer.sources.allSatisfy { source in
+            let status = try source.directory.status()
+            return status.deviceMajor == destination.deviceMajor && status.deviceMinor == destination.deviceMinor
+        }
     }
 
     /// `rename(2)` works within one filesystem unless the destination directory carries the inherit

@@ -1,0 +1,119 @@
+import Foundation
+import FerryCopy
+import FerryJobs
+import FerryMove
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// The relink strategy, forced with `strategy = relink` on XFS: files are renamed one by one into a
+/// recreated directory skeleton (same inodes, no data copied); a cancel puts every file back; a
+/// stopped run resumes; the kernel's EXDEV across projects rolls back cleanly.
+@Suite("Relink strategy on loop XFS (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct RelinkTests {
+    func inodes(_ root: String) throws -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        let enumerator = FileManager.default.enumerator(atPath: root)
+        while let relative = enumerator?.nextObject() as? String {
+            let attributes = try FileManager.default.attributesOfItem(atPath: root + "/" + relative)
+            if attributes[.type] as? FileAttributeType != .typeDirectory {
+                out[relative] = (attributes[.systemFileNumber] as? NSNumber)?.uint64Value
+            }
+        }
+        return out
+    }
+
+    func relinkOptions() -> TaskOptions {
+        var options = TaskOptions()
+        options.strategy = "relink"
+        return options
+    }
+
+    @Test func relinkMovesNamesNotData() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = fs.mountPoint + "/b"  // no inherited project: files may be renamed into it
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            try makeTree(a + "/data")
+            try FileManager.default.linkItem(atPath: a + "/data/sub/f1", toPath: a + "/data/hardlink")
+            try Shell.run(["chmod", "0751", a + "/data/sub"])
+            let before = try inodes(a + "/data")
+            let snapshot = try TreeSnapshot.take(a + "/data")
+            let record = try await harness.run([a + "/data"], to: b, options: relinkOptions())
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            #expect(record.plan?.strategy == "relink")
+            #expect(try inodes(b + "/data") == before, "every file is the same inode: nothing was copied")
+            #expect(try snapshot.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+            #expect(listing(b) == ["data"])
+        }
+    }
+
+    @Test func cancelledRelinkPutsEveryFileBack() async throws {
+        let cancel = CancellationFlag()
+        let harness = try Harness { _, progress in if progress.entriesDone >= 10 { cancel.cancel() } }
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = fs.mountPoint + "/b"
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            try makeTree(a + "/data", files: 400, size: 1000)
+            let before = try inodes(a + "/data")
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b),
+                                                              options: relinkOptions(), owner: "t"))
+            let claimed = try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30)))
+            let record = await harness.engine.run(claimed, cancellation: cancel)
+            #expect(cancel.isCancelled)
+            #expect(record.status == .rolledBack, "\(record.status) \(String(describing: record.failure))")
+            #expect(try inodes(a + "/data") == before, "every file back where it was, same inode")
+            #expect(listing(b).isEmpty, "\(listing(b))")
+        }
+    }
+
+    @Test func stoppedRelinkResumes() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = fs.mountPoint + "/b"
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            try makeTree(a + "/data", files: 400, size: 1000)
+            let before = try inodes(a + "/data")
+            // A worker that stops part-way: the task is released with half its files relinked.
+            let stopping = MoveEngine(store: harness.store, settings: .init(worker: "stopping", jobs: 1, progressInterval: .milliseconds(1)),
+                                      progress: { _, progress in if progress.entriesDone >= 20 { stopperBox.engine?.stop() } })
+            stopperBox.engine = stopping
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b),
+                                                              options: relinkOptions(), owner: "t"))
+            let first = await stopping.run(try #require(try await harness.store.claim(id: task.id, worker: "stopping", lease: .seconds(30))))
+            #expect(first.status == .copying && first.leaseOwner == nil, "\(first.status)")
+            #expect(listing(b).contains { $0.hasPrefix(".ferry-staging-") })
+            let second = await harness.engine.run(try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))))
+            #expect(second.status == .completed, "\(String(describing: second.failure))")
+            #expect(try inodes(b + "/data") == before)
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+        }
+    }
+
+    @Test func kernelRefusalAcrossProjectsRollsBack() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)  // inherit flag: XFS answers EXDEV
+            try makeTree(a + "/data")
+            let before = try inodes(a + "/data")
+            let record = try await harness.run([a + "/data"], to: b, options: relinkOptions())
+            #expect(record.status == .failed)
+            #expect(record.failure?.message.contains("EXDEV") == true, "\(String(describing: record.failure))")
+            #expect(try inodes(a + "/data") == before)
+            #expect(listing(b).isEmpty)
+        }
+    }
+}
+
+/// Lets a progress handler reach the engine it belongs to.
+final class EngineBox: @unchecked Sendable { var engine: MoveEngine? }
+let stopperBox = EngineBox()
