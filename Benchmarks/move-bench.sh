@@ -71,7 +71,7 @@ rows=()
 
 # 1. Same project: a rename, whatever the size.
 head -c 4096 /dev/urandom > "$mnt/a/one-file"
-mktree "$mnt/a/tree" 100000 16
+mktree "$mnt/a/tree" "${FERRY_BENCH_TREE_FILES:-100000}" 16
 same_project() {  # same_project TOOL ITEM: median seconds of one move (there and back, halved)
   local tool="$1" item="$2" samples=()
   for _ in $(seq "$runs"); do
@@ -97,8 +97,8 @@ done
 rm -rf "$mnt/a/tree" "$mnt/a/one-file"
 
 # 2 and 3. Across projects, durable.
-cross_project() {  # cross_project NAME MAKE...: ferry vs mv+sync vs rsync --remove-source-files+sync
-  local name="$1"; shift
+cross_project() {  # cross_project NAME FILES MAKE...: ferry vs mv+sync vs rsync --remove-source-files+sync
+  local name="$1" expect_files="$2"; shift 2
   local -A samples=([ferry]="" [mv]="" [rsync]="")
   for round in $(seq 0 "$runs"); do
     for tool in ferry mv rsync; do
@@ -113,6 +113,13 @@ cross_project() {  # cross_project NAME MAKE...: ferry vs mv+sync vs rsync --rem
         rsync) rsync -a --remove-source-files "$mnt/a/data" "$mnt/b/" && find "$mnt/a/data" -depth -type d -empty -delete && sync ;;
       esac
       e=$(now)
+      # A timing is only kept for a move that happened: everything at the destination, nothing left.
+      local moved
+      moved=$(find "$mnt/b/data" -type f 2>/dev/null | wc -l)
+      if [ "$moved" != "$expect_files" ] || [ -e "$mnt/a/data" ]; then
+        echo "move-bench: $tool left $moved of $expect_files files at the destination (source still there: $([ -e "$mnt/a/data" ] && echo yes || echo no))" >&2
+        exit 1
+      fi
       [ "$round" = 0 ] || samples[$tool]+="$(elapsed "$s" "$e") "   # round 0 is a warm-up
     done
   done
@@ -121,21 +128,22 @@ cross_project() {  # cross_project NAME MAKE...: ferry vs mv+sync vs rsync --rem
   echo "  $name: ferry ${samples[ferry]}| mv ${samples[mv]}| rsync ${samples[rsync]}" >&2
   rows+=("$(printf '| %s | %.2f s | %.2f s (mv + sync) | %.2f s | %.2fx | %.2fx |' "$name" "$f" "$m" "$r" "$(echo "$f / $m" | bc -l)" "$(echo "$f / $r" | bc -l)")")
 }
-big() { mkdir -p "$1"; for i in $(seq -w 1 16); do head -c 256M /dev/urandom > "$1/f$i"; done; }
-small() { mktree "$1" 100000 4096; }
-cross_project "cross-project move, 16 x 256 MiB" big
-cross_project "cross-project move, 100,000 x 4 KiB" small
+big_count=${FERRY_BENCH_BIG_FILES:-16}; big_mb=${FERRY_BENCH_BIG_MB:-256}; small_count=${FERRY_BENCH_SMALL_FILES:-100000}
+big() { mkdir -p "$1"; for i in $(seq -w 1 "$big_count"); do head -c "${big_mb}M" /dev/urandom > "$1/f$i"; done; }
+small() { mktree "$1" "$small_count" 4096; }
+cross_project "cross-project move, $big_count x $big_mb MiB" "$big_count" big
+cross_project "cross-project move, $small_count x 4 KiB" "$small_count" small
 rm -rf "$mnt/a/data" "$mnt/b/data"
 
 # 4. Claims per second.
-sqlite_rate=$("$claimbench" --database "sqlite://$work/claims.sqlite" --tasks 20000 --workers 8)
+sqlite_rate=$("$claimbench" --database "sqlite://$work/claims.sqlite" --tasks "${FERRY_BENCH_CLAIMS:-20000}" --workers 8)
 pgdata="$work/pg"
 mkdir -p "$pgdata" && chown postgres "$pgdata"
 runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D "$pgdata" -U postgres --auth=trust >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pgdata" -o "-p $port -k $pgdata -c listen_addresses=127.0.0.1" -w start >/dev/null </dev/null
 runuser -u postgres -- /usr/lib/postgresql/15/bin/createdb -h 127.0.0.1 -p "$port" ferry_bench
-pg_rate=$("$claimbench" --database "postgres://postgres@127.0.0.1:$port/ferry_bench" --tasks 20000 --workers 8)
+pg_rate=$("$claimbench" --database "postgres://postgres@127.0.0.1:$port/ferry_bench" --tasks "${FERRY_BENCH_CLAIMS:-20000}" --workers 8)
 
 echo
 echo "ferry move (release build, SQLite task store) vs mv and rsync; loop XFS, reflink off; medians of $runs"

@@ -96,6 +96,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Flag(help: "Run every task claimable now, then exit.") var once = false
     @Option(help: "Tasks run at once.") var concurrency = 2
     @Option(help: "Parallel copiers per task (default: two per core).") var jobs: Int?
+    @Option(help: "Minutes between the worker's own clean-ups of orphaned staging directories.") var janitorMinutes: Int64 = 10
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var storageOptions: StorageOptions
 
@@ -108,7 +109,8 @@ struct WorkerCommand: AsyncParsableCommand {
             engine.stop()  // running tasks stop at their next checkpoint and release their leases
         }
         defer { interrupt.stop() }
-        let records = await Worker(engine: engine, concurrency: concurrency).run(once: once, stop: stop)
+        let records = await Worker(engine: engine, concurrency: concurrency, janitorInterval: .seconds(janitorMinutes * 60))
+            .run(once: once, stop: stop)
         for record in records { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
     }
 }
@@ -137,6 +139,7 @@ struct JanitorCommand: AsyncParsableCommand {
 
 func makeEngine(store: any TaskStore, role: String, lease: Duration, jobs: Int?, storageOptions: StorageOptions) throws -> MoveEngine {
     let configuration = try storageOptions.loadConfiguration()
-    let planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
+    var planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
+    planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
     return MoveEngine(store: store, settings: .init(worker: workerName(role), lease: lease, jobs: jobs), planner: planner)
 }

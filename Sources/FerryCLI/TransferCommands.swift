@@ -59,7 +59,8 @@ struct TransferOptions: ParsableArguments {
                               destination: StoredPath(Transfer.absolute(bytes[bytes.count - 1])), options: options, owner: currentUser())
         let store = try await database.open(configuration: configuration)
         let storageOptions = self.storageOptions
-        let planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
+        var planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
+        planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
         let bar = ProgressBar(enabled: !json && isatty(STDERR_FILENO) == 1)
         let engine = MoveEngine(store: store, settings: .init(worker: workerName("cli"), lease: database.leaseDuration, jobs: jobs),
                                 planner: planner) { _, progress in bar.update(progress) }

@@ -11,15 +11,20 @@ import Foundation
 ///     path = "/lustre/projects"
 ///     name = "Projects"
 ///     backend = "lustre"      # auto | lustre | xfs | ext4 | posix
+///     strategy = "relink"     # rename | relink | copy (default: the cheapest that works)
 public struct FerryConfiguration: Equatable, Sendable {
     public struct Root: Equatable, Sendable {
         public var path: String
         public var name: String?
         public var backend: BackendChoice
-        public init(path: String, name: String? = nil, backend: BackendChoice = .auto) {
+        /// How moves into this root are made when the request does not say: "rename", "relink" or
+        /// "copy" (nil: the cheapest the filesystem allows). "relink" suits Lustre 2.15+.
+        public var strategy: String?
+        public init(path: String, name: String? = nil, backend: BackendChoice = .auto, strategy: String? = nil) {
             self.path = path
             self.name = name
             self.backend = backend
+            self.strategy = strategy
         }
     }
 
@@ -95,6 +100,11 @@ public struct FerryConfiguration: Equatable, Sendable {
                     throw Error(file: "", message: "root \(path): backend must be one of \(BackendChoice.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 root.backend = backend
+            case "strategy":
+                guard let word = value.string, ["rename", "relink", "copy"].contains(word) else {
+                    throw Error(file: "", message: "root \(path): strategy must be rename, relink or copy")
+                }
+                root.strategy = word
             default:
                 throw Error(file: "", message: "root \(path): unknown setting \(key)")
             }

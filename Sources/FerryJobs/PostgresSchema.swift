@@ -63,6 +63,15 @@ enum PostgresSchema {
             """,
             "CREATE INDEX path_locks_by_filesystem ON path_locks (filesystem)",
         ],
+        // Claims must not scan the tasks already leased: runnable tasks nobody holds, oldest first;
+        // leases by expiry.
+        [
+            """
+            CREATE INDEX tasks_unleased ON tasks (created_at, id)
+              WHERE lease_owner IS NULL AND status IN ('pending','validating','locked','copying','verifying','committing')
+            """,
+            "CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE lease_owner IS NOT NULL",
+        ],
     ]
 
     /// Brings the schema up to date. Safe to run from many processes at once: an advisory lock

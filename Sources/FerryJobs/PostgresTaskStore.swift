@@ -140,14 +140,25 @@ public final class PostgresTaskStore: TaskStore {
         guard limit > 0 else { return [] }
         return try await rows("""
             WITH n AS MATERIALIZED (SELECT \(unescaped: Self.clock) AS now, \(worker)::text AS worker, \(lease.seconds)::float8 AS lease),
-            c AS MATERIALIZED (
-                SELECT tasks.id FROM tasks, n
-                WHERE tasks.status = ANY(\(Self.runningStatuses))
-                  AND (tasks.lease_expires_at IS NULL OR tasks.lease_expires_at < n.now)
+            free AS MATERIALIZED (
+                SELECT tasks.id, tasks.created_at FROM tasks, n
+                WHERE tasks.lease_owner IS NULL
+                  AND tasks.status IN ('pending','validating','locked','copying','verifying','committing')
                   AND (tasks.not_before IS NULL OR tasks.not_before <= n.now)
                 ORDER BY tasks.created_at, tasks.id
                 LIMIT \(limit)
                 FOR UPDATE OF tasks SKIP LOCKED),
+            expired AS MATERIALIZED (
+                SELECT tasks.id, tasks.created_at FROM tasks, n
+                WHERE tasks.lease_owner IS NOT NULL AND tasks.lease_expires_at < n.now
+                  AND tasks.status IN ('pending','validating','locked','copying','verifying','committing')
+                  AND (tasks.not_before IS NULL OR tasks.not_before <= n.now)
+                ORDER BY tasks.lease_expires_at
+                LIMIT \(limit)
+                FOR UPDATE OF tasks SKIP LOCKED),
+            c AS MATERIALIZED (
+                SELECT id FROM (SELECT * FROM free UNION ALL SELECT * FROM expired) both_kinds
+                ORDER BY created_at, id LIMIT \(limit)),
             \(unescaped: Self.takeClaimed)
             """).map(PostgresSchema.record)
     }

@@ -62,6 +62,15 @@ public final class SQLiteTaskStore: TaskStore {
                 );
                 """)
         }
+        // Claims must not scan the tasks already leased (the queue's head is behind them): one
+        // index for runnable tasks nobody holds, oldest first; one for leases, by expiry.
+        migrator.registerMigration("v2-claim-indexes") { db in
+            try db.execute(sql: """
+                CREATE INDEX tasks_unleased ON tasks(created_at, id)
+                  WHERE lease_owner IS NULL AND status IN ('pending','validating','locked','copying','verifying','committing');
+                CREATE INDEX tasks_leased ON tasks(lease_expires_at) WHERE lease_owner IS NOT NULL;
+                """)
+        }
         return migrator
     }
 
@@ -128,13 +137,23 @@ public final class SQLiteTaskStore: TaskStore {
     public func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] {
         try await pool.write { db in
             let now = Date().timeIntervalSince1970
-            let ids = try String.fetchAll(db, sql: """
-                SELECT id FROM tasks
-                WHERE status IN ('pending','validating','locked','copying','verifying','committing')
-                  AND (lease_expires_at IS NULL OR lease_expires_at < ?)
+            // Tasks nobody holds first (the unleased index), then those whose lease expired (the
+            // lease index): neither query reads the tasks that are leased and alive.
+            var ids = try String.fetchAll(db, sql: """
+                SELECT id FROM tasks INDEXED BY tasks_unleased
+                WHERE lease_owner IS NULL AND status IN ('pending','validating','locked','copying','verifying','committing')
                   AND (not_before IS NULL OR not_before <= ?)
                 ORDER BY created_at, id LIMIT ?
-                """, arguments: [now, now, limit])
+                """, arguments: [now, limit])
+            if ids.count < limit {
+                ids += try String.fetchAll(db, sql: """
+                    SELECT id FROM tasks INDEXED BY tasks_leased
+                    WHERE lease_owner IS NOT NULL AND lease_expires_at < ?
+                      AND status IN ('pending','validating','locked','copying','verifying','committing')
+                      AND (not_before IS NULL OR not_before <= ?)
+                    ORDER BY lease_expires_at LIMIT ?
+                    """, arguments: [now, now, limit - ids.count])
+            }
             return try ids.map { id in try Self.take(db, id, worker: worker, lease: lease, now: now) }
         }
     }

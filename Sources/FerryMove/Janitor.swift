@@ -23,10 +23,10 @@ public struct Janitor: Sendable {
 
     /// `directories`: where to look for staging directories besides the destinations the database
     /// knows (each directory itself and its immediate subdirectories are searched).
-    public func run(directories: [ByteString] = [], dryRun: Bool = false) async throws -> Report {
+    public func run(directories: [ByteString] = [], dryRun: Bool = false, recover: Bool = true) async throws -> Report {
         var report = Report()
         // 1. Tasks whose worker died: resume them (or roll them back) now.
-        if !dryRun {
+        if !dryRun && recover {
             let records = await Worker(engine: engine, concurrency: 2).run(once: true)
             report.recovered = records.map(\.id)
         }

@@ -110,6 +110,8 @@ public struct Planner: Sendable {
     public var storage: @Sendable (FileDescriptor, ByteString) throws -> any StorageBackend
     public var jobs: Int?
     public var recall = Recall()
+    /// The configured strategy for a destination path, used when a request does not name one.
+    public var configuredStrategy: @Sendable (ByteString) -> String? = { _ in nil }
 
     public init(jobs: Int? = nil, storage: @escaping @Sendable (FileDescriptor, ByteString) throws -> any StorageBackend = { fd, _ in try Storage.backend(for: fd) }) {
         self.storage = storage
@@ -128,7 +130,7 @@ public struct Planner: Sendable {
         let sourceProject = try? backend.projectAttributes(of: transfer.sources[0].directory)
 
         let strategy: Strategy
-        if let forced = options.strategy {
+        if let forced = options.strategy ?? (kind == .move ? configuredStrategy(transfer.destinationPath) : nil) {
             guard let chosen = Strategy(rawValue: forced) else {
                 return refused(kind, transfer, code: "strategy.unknown", "unknown strategy \(forced): use rename, relink or copy")
             }

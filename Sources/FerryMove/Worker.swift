@@ -8,17 +8,32 @@ import Foundation
 public final class Worker: Sendable {
     public let engine: MoveEngine
     public let concurrency: Int
+    /// How often a long-running worker removes staging directories no live task owns (the
+    /// janitor's cleanup; recovering dead workers' tasks is what claiming does anyway).
+    public let janitorInterval: Duration?
 
-    public init(engine: MoveEngine, concurrency: Int = 2) {
+    public init(engine: MoveEngine, concurrency: Int = 2, janitorInterval: Duration? = nil) {
         self.engine = engine
         self.concurrency = max(1, concurrency)
+        self.janitorInterval = janitorInterval
     }
 
     /// `once`: run every task claimable now (and those they unblock), then return.
     /// Returns the records of the tasks this worker ran to an end or handed back.
     @discardableResult
     public func run(once: Bool = false, stop: CancellationFlag = CancellationFlag()) async -> [TaskRecord] {
-        await withTaskGroup(of: TaskRecord.self) { group in
+        let janitor = janitorInterval.flatMap { interval -> Task<Void, Never>? in
+            guard !once else { return nil }
+            return Task { [engine] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    if Task.isCancelled || stop.isCancelled { return }
+                    _ = try? await Janitor(engine: engine).run(recover: false)
+                }
+            }
+        }
+        defer { janitor?.cancel() }
+        return await withTaskGroup(of: TaskRecord.self) { group in
             var running = 0
             var finished: [TaskRecord] = []
             while true {

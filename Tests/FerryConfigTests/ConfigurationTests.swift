@@ -71,11 +71,12 @@ import Testing
             [[roots]]
             path = "/data/lustre/"
             backend = "lustre"
+            strategy = "relink"
             """)
         #expect(configuration.lfsPath == "/usr/bin/lfs")
         #expect(configuration.database == "postgres://ferry@db/ferry")
         #expect(configuration.roots == [
-            .init(path: "/data", name: "Data", backend: .xfs), .init(path: "/data/lustre", backend: .lustre),
+            .init(path: "/data", name: "Data", backend: .xfs), .init(path: "/data/lustre", backend: .lustre, strategy: "relink"),
         ])
         #expect(configuration.backend(for: "/data/lustre/p1/x") == .lustre)
         #expect(configuration.backend(for: "/data/lustre") == .lustre)
@@ -85,7 +86,7 @@ import Testing
 
     @Test func mistakesAreErrorsNotIgnored() {
         for text in ["lsf = \"typo\"", "[[roots]]\npath = \"relative\"", "[[roots]]\npath = \"/x\"\nbackend = \"zfs\"",
-                     "[[roots]]\npath = \"/x\"\ncolour = \"red\"", "lfs = 3"] {
+                     "[[roots]]\npath = \"/x\"\ncolour = \"red\"", "lfs = 3", "[[roots]]\npath = \"/x\"\nstrategy = \"teleport\""] {
             #expect(throws: (any Error).self, "\(text)") { try FerryConfiguration.parse(text) }
         }
     }

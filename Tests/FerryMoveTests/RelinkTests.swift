@@ -114,6 +114,49 @@ struct RelinkTests {
     }
 }
 
+@Suite("Configured strategy and the worker's own janitor (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct ConfiguredBehaviourTests {
+    @Test func configuredRelinkIsUsedWhenTheRequestNamesNone() async throws {
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = fs.mountPoint + "/b"
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            try makeTree(a + "/data")
+            var planner = Planner(jobs: 2)
+            planner.configuredStrategy = { path in String(decoding: path, as: UTF8.self).hasPrefix(b) ? "relink" : nil }
+            let store = try SQLiteTaskStore(path: fs.directory + "/tasks.sqlite")
+            let engine = MoveEngine(store: store, settings: .init(worker: "w", jobs: 2), planner: planner)
+            let task = try await store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "t"))
+            let record = await engine.run(try #require(try await store.claim(id: task.id, worker: "w", lease: .seconds(30))))
+            #expect(record.status == .completed && record.plan?.strategy == "relink", "\(String(describing: record.plan?.strategy))")
+        }
+    }
+
+    @Test func aLongRunningWorkerRemovesOrphanedStagingItself() async throws {
+        try await withLoopXFSAsync { fs in
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            let store = try SQLiteTaskStore(path: fs.directory + "/tasks.sqlite")
+            let engine = MoveEngine(store: store, settings: .init(worker: "w", jobs: 1))
+            // A task that failed and whose staging directory was left behind (its worker died mid-rollback).
+            let task = try await store.create(NewTask(kind: .copy, sources: [StoredPath(fs.mountPoint + "/gone")], destination: StoredPath(b), owner: "t"))
+            _ = try await store.claim(id: task.id, worker: "w", lease: .seconds(30))
+            let plan = TaskPlan(strategy: "copy", bytes: 1, allocatedBytes: 4096, entries: 1, inodes: 1, stagingName: StoredPath(".ferry-staging-\(task.id)"),
+                                finalNames: [StoredPath("gone")], destinationDirectory: StoredPath(b))
+            try await store.advance(id: task.id, worker: "w", to: .copying, plan: plan, message: "copying")
+            try await store.finish(id: task.id, worker: "w", status: .failed, failure: TaskFailure(code: "io", message: "EIO"), message: "failed")
+            try FileManager.default.createDirectory(atPath: "\(b)/.ferry-staging-\(task.id)/gone", withIntermediateDirectories: true)
+            let stop = CancellationFlag()
+            let worker = Worker(engine: engine, concurrency: 1, janitorInterval: .milliseconds(200))
+            async let ran = worker.run(stop: stop)
+            for _ in 0..<100 where !listing(b).isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+            stop.cancel()
+            _ = await ran
+            #expect(listing(b).isEmpty, "\(listing(b))")
+            #expect(try await store.events(task.id).contains { $0.message.hasPrefix("janitor removed") })
+        }
+    }
+}
+
 /// Lets a progress handler reach the engine it belongs to.
 final class EngineBox: @unchecked Sendable { var engine: MoveEngine? }
 let stopperBox = EngineBox()
