@@ -1,3 +1,4 @@
+import FerryMove
 import ArgumentParser
 import FerryStorage
 import FerrySystem

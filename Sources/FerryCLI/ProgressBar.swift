@@ -1,3 +1,4 @@
+import FerryMove
 import FerryCopy
 import Foundation
 import Glibc

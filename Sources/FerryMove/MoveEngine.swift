@@ -32,7 +32,7 @@ public final class MoveEngine: Sendable {
     public let store: any TaskStore
     public let settings: Settings
     public let planner: Planner
-    private let progressHandler: (@Sendable (TaskRecord, CopyProgress) -> Void)?
+    let progressHandler: (@Sendable (TaskRecord, CopyProgress) -> Void)?
     /// Set by a worker shutting down: stop at the next checkpoint, keep what is staged, give the lease back.
     public let shutdown = CancellationFlag()
     /// The runs in progress, so that `stop()` reaches them at once, not at their next heartbeat.
@@ -203,7 +203,7 @@ public final class MoveEngine: Sendable {
         return (transfer, destination)
     }
 
-    private func sources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
+    func sources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
         let opener = DirectoryOpener(roots: settings.roots)
         defer { opener.close() }
         return try zip(task.sources, plan.finalNames).map { source, final in
@@ -366,158 +366,6 @@ public final class MoveEngine: Sendable {
             try source.directory.sync()
         }
         try destination.sync()
-    }
-
-    // MARK: failure, cancellation, progress
-
-    private func handle(_ error: any Error, _ context: RunContext) async {
-        let task = (try? await store.task(context.task.id)) ?? context.task
-        if shutdown.isCancelled {
-            try? await store.release(id: task.id, worker: settings.worker, retryAfter: nil, failure: nil,
-                                     message: "worker stopping: released at the \(task.status.rawValue) checkpoint")
-            return
-        }
-        if let copy = error as? CopyError, case .cancelled = copy {
-            if context.leaseLost.load(ordering: .acquiring) { return }
-            await rollBack(context, status: .rolledBack, failure: TaskFailure(code: "cancelled", message: "cancelled by request"))
-            return
-        }
-        let failure = Self.failure(for: error)
-        if task.status == .committing || (Self.isTransient(error) && task.attempts < settings.maxAttempts) {
-            // Past the point of no return (or a passing fault): keep everything, try again later.
-            let delay = Duration.seconds(min(300, 1 << min(task.attempts, 8)))
-            try? await store.release(id: task.id, worker: settings.worker, retryAfter: delay, failure: failure,
-                                     message: "\(failure.message); retrying in \(delay.components.seconds) s")
-            return
-        }
-        await fail(context, failure, rollback: true)
-    }
-
-    private func fail(_ context: RunContext, _ failure: TaskFailure, rollback: Bool) async {
-        if rollback, !(await discardStaging(context)) {
-            try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
-                                     message: "\(failure.message) — putting relinked entries back did not finish; retrying the rollback")
-            return
-        }
-        try? await store.finish(id: context.task.id, worker: settings.worker, status: .failed, failure: failure,
-                                message: "failed: \(failure.message)\(rollback ? " — staged data removed, source untouched" : "")")
-    }
-
-    private func rollBack(_ context: RunContext, status: TaskStatus, failure: TaskFailure) async {
-        guard await discardStaging(context) else {
-            try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
-                                     message: "putting relinked entries back did not finish; retrying the rollback")
-            return
-        }
-        try? await store.finish(id: context.task.id, worker: settings.worker, status: status, failure: failure,
-                                message: "rolled back: staged data removed, source untouched")
-    }
-
-    /// Undoes the stage: a copy's staging is deleted; a relink's entries are renamed back into the
-    /// source (they are the only copy). Returns false if a relink could not be fully put back.
-    @discardableResult
-    private func discardStaging(_ context: RunContext) async -> Bool {
-        guard let task = try? await store.task(context.task.id), let plan = task.plan else { return true }
-        let relinked = plan.strategy == Strategy.relink.rawValue
-        do {
-            try await Blocking.run { [self] in
-                let destination = try DirectoryOpener(roots: self.settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
-                defer { destination.closeQuietly() }
-                let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs))
-                let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-                guard let staging = try engine.openStaging(in: destination, id: id) else { return }
-                if relinked {
-                    defer { staging.directory.closeQuietly() }
-                    let sources = try self.sources(task, plan)
-                    defer { sources.forEach { $0.directory.closeQuietly() } }
-                    try engine.unrelink(sources, from: staging)
-                } else {
-                    engine.discard(staging)
-                }
-            }
-            return true
-        } catch {
-            try? await store.record(task.id, message: "rollback: \(error)")
-            return !relinked
-        }
-    }
-
-    private func checkpoint(_ context: RunContext) async throws {
-        if shutdown.isCancelled || context.cancellation.isCancelled { throw CopyError.cancelled }
-        if let task = try await store.task(context.task.id), task.cancelRequested { throw CopyError.cancelled }
-    }
-
-    /// Extends the lease every third of its length; notices cancel requests and a lost lease, and
-    /// stops the copy for either.
-    private func beat(_ context: RunContext) async {
-        let interval = settings.lease / 3
-        while !Task.isCancelled {
-            try? await Task.sleep(for: interval)
-            if Task.isCancelled { return }
-            let kept = (try? await store.heartbeat(id: context.task.id, worker: settings.worker, lease: settings.lease)) ?? true
-            if !kept {
-                context.leaseLost.store(true, ordering: .releasing)
-                context.cancellation.cancel()
-                return
-            }
-            if shutdown.isCancelled { context.cancellation.cancel() }
-            if let task = try? await store.task(context.task.id), task.cancelRequested, task.status != .committing {
-                context.cancellation.cancel()
-            }
-        }
-    }
-
-    private func report(_ task: TaskRecord, _ progress: CopyProgress, _ context: RunContext) {
-        progressHandler?(task, progress)
-        let now = ContinuousClock.now
-        let due = context.lastProgress.withLock { last -> Bool in
-            if let previous = last, now - previous < settings.progressInterval { return false }
-            last = now
-            return true
-        }
-        guard due, progress.phase == .copying || progress.phase == .verifying else { return }
-        let value = TaskProgress(bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal, entriesDone: progress.entriesDone,
-                                 entriesTotal: progress.entriesTotal, bytesPerSecond: progress.bytesPerSecond)
-        let store = self.store, worker = settings.worker
-        Task { try? await store.updateProgress(id: task.id, worker: worker, value) }
-    }
-
-    static func isTransient(_ error: any Error) -> Bool {
-        let code: SystemError.Code?
-        if let copy = error as? CopyError { code = copy.systemCode } else { code = (error as? SystemError)?.code }
-        switch code {
-        case .io?, .busy?, .tooManyOpenFiles?: return true
-        default: return false
-        }
-    }
-
-    static func failure(for error: any Error) -> TaskFailure {
-        switch error {
-        case let copy as CopyError:
-            switch copy {
-            case .system(_, let system):
-                let code: String
-                switch system.code {
-                case .noSpace: code = "nospace"
-                case .quotaExceeded: code = "quota.exceeded"
-                case .permissionDenied, .notPermitted: code = "permission"
-                case .io: code = "io"
-                default: code = "system"
-                }
-                return TaskFailure(code: code, message: copy.description)
-            case .sourceChanged: return TaskFailure(code: "source.changed", message: copy.description)
-            case .verificationFailed: return TaskFailure(code: "verify.mismatch", message: copy.description)
-            case .destinationExists: return TaskFailure(code: "destination.exists", message: copy.description)
-            case .unsupportedEntry: return TaskFailure(code: "unsupported", message: copy.description)
-            case .cancelled: return TaskFailure(code: "cancelled", message: copy.description)
-            }
-        case let system as SystemError:
-            return TaskFailure(code: system.code == .escapesRoot ? "path.outside" : "system", message: system.description)
-        case let usage as Transfer.UsageError:
-            return TaskFailure(code: "usage", message: usage.message)
-        default:
-            return TaskFailure(code: "internal", message: "\(error)")
-        }
     }
 }
 

@@ -37,15 +37,15 @@ public struct Preflight: Sendable {
     /// In plain words, as the UI and `--dry-run` say it.
     public var summary: String {
         if let refusal { return "Refused: \(refusal.message)" }
-        let size = Formatting.bytes(measurement.bytes)
-        let files = Formatting.count(measurement.files)
+        let size = Format.bytes(measurement.bytes)
+        let files = Format.count(measurement.files)
         switch strategy {
         case .rename:
             return "Instant: same filesystem and project, a rename (no data moves on disk)."
         case .relink:
             return "Relink \(files) files (\(size)) into \(projectPhrase): no data is copied; directories are recreated."
         case .copy:
-            let free = quota?.bytesFree.map { ", which has \(Formatting.bytes($0)) free" } ?? ""
+            let free = quota?.bytesFree.map { ", which has \(Format.bytes($0)) free" } ?? ""
             let tail = kind == .move ? "; the source is deleted only after the copy is verified and durable" : "; the copy is verified before it appears"
             return "Copy \(size), \(files) files into \(projectPhrase)\(free)\(tail)."
         }
@@ -54,26 +54,6 @@ public struct Preflight: Sendable {
     var projectPhrase: String {
         if let project = destinationProject, project.projectID != 0 { return "project \(project.projectID)" }
         return "the destination"
-    }
-}
-
-enum Formatting {
-    static func bytes(_ value: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-        var amount = Double(value)
-        var unit = 0
-        while amount >= 1024 && unit < units.count - 1 { amount /= 1024; unit += 1 }
-        return unit == 0 ? "\(value) B" : String(format: amount >= 100 ? "%.0f %@" : "%.1f %@", amount, units[unit])
-    }
-
-    static func count(_ value: UInt64) -> String {
-        let digits = String(value)
-        var out = ""
-        for (index, character) in digits.enumerated() {
-            if index > 0 && (digits.count - index) % 3 == 0 { out.append(",") }
-            out.append(character)
-        }
-        return out
     }
 }
 
@@ -178,8 +158,8 @@ public struct Planner: Sendable {
             let inodesShort = options.spaceCheck && (report.inodesFree.map { needInodes > $0 } ?? false)
             if bytesShort || inodesShort {
                 let subject = destinationProject.map { $0.projectID != 0 && report.source != .statvfs ? "project \($0.projectID)" : "the destination filesystem" } ?? "the destination filesystem"
-                let free = "\(report.bytesFree.map(Formatting.bytes) ?? "?") and \(report.inodesFree.map(Formatting.count) ?? "?") inodes free"
-                let need = "\(Formatting.bytes(needBytes)) and \(Formatting.count(needInodes)) inodes (with a \(Int(options.margin * 100))% margin)"
+                let free = "\(report.bytesFree.map(Format.bytes) ?? "?") and \(report.inodesFree.map(Format.count) ?? "?") inodes free"
+                let need = "\(Format.bytes(needBytes)) and \(Format.count(needInodes)) inodes (with a \(Int(options.margin * 100))% margin)"
                 refusal = Refusal(code: "quota.insufficient", message: "\(subject) has \(free); this \(kind.rawValue) needs \(need)")
             }
             if report.inaccurate == true { warnings.append("the quota figures are estimates (lfs could not reach every target)") }

@@ -1,3 +1,4 @@
+import FerryMove
 import FerryCopy
 @testable import FerryCLI
 import Testing

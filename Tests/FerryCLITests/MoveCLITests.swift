@@ -16,7 +16,7 @@ struct MoveCLITests {
             for i in 0..<12 { try TreeBuilder.write("\(a)/data/f\(i)", bytes: 100_000) }
             let copy = try ferry("move", "--dry-run", a + "/data", b, environment: database(fs))
             #expect(copy.status == 0)
-            #expect(copy.standardOutput.hasPrefix("Copy 1.1 MiB, 12 files into project 200, which has"), "\(copy.standardOutput)")
+            #expect(copy.standardOutput.hasPrefix("Copy 1.14 MiB, 12 files into project 200, which has"), "\(copy.standardOutput)")
             #expect(copy.standardOutput.contains("the source is deleted only after the copy is verified"))
             let rename = try ferry("move", "--dry-run", "--json", a + "/data", a + "/renamed", environment: database(fs))
             let verdict = try jsonObject(rename.standardOutput)

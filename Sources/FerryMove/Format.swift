@@ -1,8 +1,9 @@
 import Foundation
 
-enum Format {
+/// Numbers for people: binary byte units (as quotas are counted), grouped counts, durations.
+public enum Format {
     /// 1536 → "1.5 KiB": binary units, as storage quotas are counted.
-    static func bytes(_ value: UInt64) -> String {
+    public static func bytes(_ value: UInt64) -> String {
         let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
         var amount = Double(value)
         var unit = 0
@@ -15,7 +16,7 @@ enum Format {
     }
 
     /// 1234567 → "1,234,567".
-    static func count(_ value: UInt64) -> String {
+    public static func count(_ value: UInt64) -> String {
         let digits = String(value)
         var out = ""
         for (index, character) in digits.enumerated() {
@@ -26,7 +27,7 @@ enum Format {
     }
 
     /// Seconds → "1:05" or "2:03:04".
-    static func duration(_ seconds: Double) -> String {
+    public static func duration(_ seconds: Double) -> String {
         guard seconds.isFinite, seconds >= 0 else { return "--:--" }
         let total = Int(seconds.rounded())
         let (h, m, s) = (total / 3600, (total % 3600) / 60, total % 60)
