@@ -30,25 +30,11 @@ if [ -z "$ferry" ]; then
 fi
 for tool in mkfs.xfs rsync losetup; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }; done
 
-work="$(mktemp -d /var/tmp/ferry-bench.XXXXXX)"
-mnt="$work/mnt"
-loop=""
-cleanup() {
-  set +e
-  if mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
-  [ -n "$loop" ] && losetup -d "$loop"
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-mkdir -p "$mnt"
-truncate -s 14G "$work/fs.img"
-mkfs.xfs -q -m reflink=0 "$work/fs.img"
-loop="$(losetup --find --show "$work/fs.img")"
-mount -t xfs "$loop" "$mnt"
-mkdir "$mnt/src" "$mnt/dst"
-xfs_io -c 'chproj 100' -c 'chattr +P' "$mnt/src" >/dev/null
-xfs_io -c 'chproj 200' -c 'chattr +P' "$mnt/dst" >/dev/null
+. "$here/scripts/lib/loop-xfs.sh"
+trap loop_xfs_down EXIT INT TERM
+loop_xfs_up ferry-bench 14G
+project_dir "$mnt/src" 100
+project_dir "$mnt/dst" 200
 
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }

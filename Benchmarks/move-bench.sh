@@ -27,27 +27,18 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 ferry="${ferry:-$here/.build/release/ferry}"
 claimbench="$here/.build/release/ferry-claim-bench"
 
-work="$(mktemp -d /var/tmp/ferry-move-bench.XXXXXX)"
-chmod 755 "$work"
-mnt="$work/mnt"
-loop=""
+. "$here/scripts/lib/loop-xfs.sh"
 pgdata=""
 cleanup() {
   set +e
   [ -n "$pgdata" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pgdata" -m immediate stop >/dev/null 2>&1
-  if mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
-  [ -n "$loop" ] && losetup -d "$loop"
-  rm -rf "$work"
+  loop_xfs_down
 }
 trap cleanup EXIT INT TERM
-mkdir -p "$mnt"
-truncate -s 14G "$work/fs.img"
-mkfs.xfs -q -m reflink=0 "$work/fs.img"
-loop="$(losetup --find --show "$work/fs.img")"
-mount -t xfs "$loop" "$mnt"
-mkdir "$mnt/a" "$mnt/b"
-xfs_io -c 'chproj 100' -c 'chattr +P' "$mnt/a" >/dev/null
-xfs_io -c 'chproj 200' -c 'chattr +P' "$mnt/b" >/dev/null
+loop_xfs_up ferry-move-bench 14G
+chmod 755 "$work"
+project_dir "$mnt/a" 100
+project_dir "$mnt/b" 200
 export FERRY_DATABASE_URL="sqlite://$work/ferry.sqlite"
 
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }

@@ -263,11 +263,7 @@ public final class CopyEngine: Sendable {
         }
     }
 
-    func walkPublic(_ sources: [CopySource], peer: FileDescriptor?, visitor: any TreeVisitor) throws(CopyError) {
-        try walk(sources, peer: peer, visitor: visitor)
-    }
-
-    private func walk(_ sources: [CopySource], peer: FileDescriptor?, visitor: any TreeVisitor, cancellation: CancellationFlag? = nil) throws(CopyError) {
+    func walk(_ sources: [CopySource], peer: FileDescriptor?, visitor: any TreeVisitor, cancellation: CancellationFlag? = nil) throws(CopyError) {
         // One walk per source directory; most copies have one.
         var groups: [(FileDescriptor, [WalkEntry])] = []
         for source in sources {

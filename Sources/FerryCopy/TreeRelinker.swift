@@ -78,7 +78,7 @@ extension CopyEngine {
                                   interval: options.progressInterval, handler: progressHandler)
         defer { meter.finish() }
         let visitor = RelinkVisitor(options: options, meter: meter, notes: CopyNotes())
-        try walkPublic(sources.filter { (try? $0.directory.status($0.name)) != nil }, peer: staging.directory, visitor: visitor)
+        try walk(sources.filter { (try? $0.directory.status($0.name)) != nil }, peer: staging.directory, visitor: visitor)
     }
 
     /// Puts relinked entries back: renames everything in the staging directory into the sources'
@@ -90,7 +90,7 @@ extension CopyEngine {
         let visitor = RelinkVisitor(options: options, meter: meter, notes: CopyNotes())
         for source in sources where (try? staging.directory.status(source.destinationName)) != nil {
             let back = CopySource(directory: staging.directory, name: source.destinationName, destinationName: source.name)
-            try walkPublic([back], peer: source.directory, visitor: visitor)
+            try walk([back], peer: source.directory, visitor: visitor)
         }
         try removeEmptyDirectories(in: staging.directory)
         try? staging.parent.removeEntry(staging.name, isDirectory: true)
@@ -101,7 +101,7 @@ extension CopyEngine {
     @discardableResult
     public func removeEmptySkeleton(_ sources: [CopySource]) throws(CopyError) -> [String] {
         let visitor = EmptyDirectoryRemover()
-        try walkPublic(sources.filter { (try? $0.directory.status($0.name)) != nil }, peer: nil, visitor: visitor)
+        try walk(sources.filter { (try? $0.directory.status($0.name)) != nil }, peer: nil, visitor: visitor)
         return visitor.survivors
     }
 
@@ -116,6 +116,6 @@ extension CopyEngine {
             stream = names
         } catch { throw .system(path: ".", error) }
         let sources = stream.map { CopySource(directory: directory, name: $0.name) }
-        try walkPublic(sources, peer: nil, visitor: EmptyDirectoryRemover())
+        try walk(sources, peer: nil, visitor: EmptyDirectoryRemover())
     }
 }

@@ -193,16 +193,6 @@ public final class MoveEngine: Sendable {
         return "\(status.deviceMajor):\(status.deviceMinor)"
     }
 
-    /// Reopens the task's paths from what the plan recorded (any worker, any time).
-    private func reopen(_ task: TaskRecord, _ plan: TaskPlan) throws -> (Transfer?, FileDescriptor) {
-        let opener = DirectoryOpener(roots: settings.roots)
-        defer { opener.close() }
-        let destination = try opener.openDirectory(plan.destinationDirectory.bytes)
-        // After the commit deleted them, sources no longer resolve: nil then.
-        let transfer = try? Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
-        return (transfer, destination)
-    }
-
     func sources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
         let opener = DirectoryOpener(roots: settings.roots)
         defer { opener.close() }

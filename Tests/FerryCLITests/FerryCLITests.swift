@@ -3,17 +3,6 @@ import FerrySystem
 import FerryTestSupport
 import Testing
 
-/// The built `ferry` executable, beside the test bundle (or FERRY_BINARY).
-func ferryBinary() -> String {
-    if let configured = ProcessInfo.processInfo.environment["FERRY_BINARY"] { return configured }
-    let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for candidate in [bundle, bundle.deletingLastPathComponent()] {
-        let path = candidate.appendingPathComponent("ferry").path
-        if FileManager.default.isExecutableFile(atPath: path) { return path }
-    }
-    return Bundle.main.bundleURL.appendingPathComponent("ferry").path
-}
-
 @discardableResult
 func ferry(_ arguments: String..., environment: [String: String]? = nil) throws -> Shell.Result {
     try Shell.execute([ferryBinary()] + arguments, environment: (environment ?? [:]).merging(["FERRY_DATABASE_URL": testDatabase]) { a, _ in a })
@@ -195,11 +184,7 @@ struct FerryCLITests {
             process.standardError = errors
             try process.run()
             // Wait until the staging directory has data in it, then interrupt.
-            for _ in 0..<500 {
-                let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
-                if let name = staged.first, (try? FileManager.default.contentsOfDirectory(atPath: "\(b)/\(name)/big"))?.isEmpty == false { break }
-                usleep(2_000)
-            }
+            waitUntilStaging(in: b, holds: "big")
             process.interrupt()
             process.waitUntilExit()
             let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)

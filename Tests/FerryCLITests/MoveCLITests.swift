@@ -97,11 +97,7 @@ struct MoveCLITests {
             let errors = Pipe()
             process.standardError = errors
             try process.run()
-            for _ in 0..<1000 {
-                let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
-                if let name = staged.first, (try? FileManager.default.contentsOfDirectory(atPath: "\(b)/\(name)/big"))?.isEmpty == false { break }
-                usleep(2_000)
-            }
+            waitUntilStaging(in: b, holds: "big")
             process.interrupt()
             process.waitUntilExit()
             let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
@@ -129,11 +125,7 @@ struct MoveCLITests {
             worker.environment = ProcessInfo.processInfo.environment.merging(database(fs)) { $1 }
             worker.standardError = FileHandle.nullDevice
             try worker.run()
-            for _ in 0..<2000 {
-                let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
-                if let name = staged.first, (try? FileManager.default.contentsOfDirectory(atPath: "\(b)/\(name)/big"))?.isEmpty == false { break }
-                usleep(2_000)
-            }
+            waitUntilStaging(in: b, holds: "big")
             worker.terminate()
             worker.waitUntilExit()
             #expect(worker.terminationStatus == 0)

@@ -242,7 +242,7 @@ struct MoveEngineTests {
             let log = fs.directory + "/strace.log"
             // -y: every descriptor is shown with its path, so each call is matched by what it acts on.
             let result = try Shell.execute(["strace", "-f", "-qq", "-y", "-o", log, "-e", "trace=syncfs,renameat2,fsync,unlinkat",
-                                            ferryBinaryForTests(), "move", a + "/data", b],
+                                            ferryBinary(), "move", a + "/data", b],
                                            environment: ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/db.sqlite"])
             #expect(result.status == 0, "\(result.standardError)")
             let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
@@ -258,15 +258,6 @@ struct MoveEngineTests {
             #expect(!FileManager.default.fileExists(atPath: a + "/data"))
         }
     }
-}
-
-func ferryBinaryForTests() -> String {
-    let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for candidate in [bundle, bundle.deletingLastPathComponent()] {
-        let path = candidate.appendingPathComponent("ferry").path
-        if FileManager.default.isExecutableFile(atPath: path) { return path }
-    }
-    return "ferry"
 }
 
 import Synchronization

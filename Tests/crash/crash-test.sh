@@ -32,25 +32,17 @@ ferry="${ferry:-$here/.build/debug/ferry}"
 [ -x "$ferry" ] || { echo "crash-test: no ferry binary at $ferry (swift build first)" >&2; exit 2; }
 RANDOM=$seed
 
-work="$(mktemp -d /var/tmp/ferry-crash.XXXXXX)"
-mnt="$work/mnt"
-loop=""
+. "$here/scripts/lib/loop-xfs.sh"
 cleanup() {
-  set +e
+  set +e  # nothing may stop the teardown (pkill fails when nothing is left to kill)
   pkill -9 -f "$ferry move" 2>/dev/null
-  if mountpoint -q "$mnt"; then umount "$mnt" 2>/dev/null || umount -l "$mnt"; fi
-  [ -n "$loop" ] && losetup -d "$loop"
-  rm -rf "$work"
+  loop_xfs_down
 }
 trap cleanup EXIT INT TERM
-mkdir -p "$mnt"
-truncate -s 2G "$work/fs.img"
-mkfs.xfs -q -m reflink=0 "$work/fs.img"
-loop="$(losetup --find --show "$work/fs.img")"
-mount -t xfs "$loop" "$mnt"
-mkdir "$mnt/a" "$mnt/b" "$mnt/template"
-xfs_io -c 'chproj 100' -c 'chattr +P' "$mnt/a" >/dev/null
-xfs_io -c 'chproj 200' -c 'chattr +P' "$mnt/b" >/dev/null
+loop_xfs_up ferry-crash 2G
+project_dir "$mnt/a" 100
+project_dir "$mnt/b" 200
+mkdir "$mnt/template"
 
 # The template tree (its own directory: copies of it are placed in project 100 each round).
 t="$mnt/template/data"

@@ -1,0 +1,132 @@
+import Foundation
+import PostgresNIO
+
+/// The PostgreSQL store's plumbing: fencing and row locks inside transactions, history events,
+/// NOTIFY, queries, transactions, and the LISTEN connection that wakes waiting workers.
+extension PostgresTaskStore {
+
+    /// Locks the task's row for the rest of the transaction and fails unless `worker` holds an
+    /// unexpired lease on it. Returns its status and the database's time.
+    func fence(_ connection: PostgresConnection, _ id: String, _ worker: String) async throws -> (TaskStatus, Double) {
+        let rows = try await run(connection, """
+            SELECT status, coalesce(lease_owner = \(worker) AND lease_expires_at >= n.now, false) AS holds, n.now
+            FROM tasks, (SELECT \(unescaped: Self.clock) AS now) n
+            WHERE id = \(id)
+            FOR UPDATE OF tasks
+            """)
+        guard let row = rows.first else { throw TaskStoreError.notFound(id) }
+        let (status, holds, now) = try row.decode((String, Bool, Double).self)
+        guard holds else { throw TaskStoreError.leaseLost(id) }
+        return (TaskStatus(rawValue: status) ?? .failed, now)
+    }
+
+    /// The task, its row locked for the rest of the transaction, and the database's time.
+    func lockedTask(_ connection: PostgresConnection, _ id: String) async throws -> (task: TaskRecord, now: Double) {
+        let rows = try await run(connection, """
+            SELECT \(unescaped: PostgresSchema.columns("tasks")), n.now
+            FROM tasks, (SELECT \(unescaped: Self.clock) AS now) n
+            WHERE id = \(id)
+            FOR UPDATE OF tasks
+            """)
+        guard let row = rows.first else { throw TaskStoreError.notFound(id) }
+        return (try PostgresSchema.record(row), try row.makeRandomAccess()["now"].decode(Double.self))
+    }
+
+    func event(_ connection: PostgresConnection, _ id: String, _ status: TaskStatus, _ message: String) async throws {
+        try await run(connection, """
+            INSERT INTO task_events (task_id, at, status, message) VALUES (\(id), \(unescaped: Self.clock), \(status.rawValue), \(message))
+            """)
+    }
+
+    /// Delivered to every listening store when the transaction commits (not at all if it rolls back).
+    func notify(_ connection: PostgresConnection, _ id: String) async throws {
+        try await run(connection, "SELECT pg_notify(\(Self.channel), \(id))")
+    }
+
+    static func pathLock(_ row: PostgresRow) throws -> PathLock {
+        let (taskID, filesystem, path) = try row.decode((String, String, Data).self)
+        return PathLock(taskID: taskID, filesystem: filesystem, path: StoredPath(Array(path)))
+    }
+
+    @discardableResult
+    func run(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {
+        try await PostgresSchema.run(connection, query, logger)
+    }
+
+    /// One statement on any pooled connection (its own transaction).
+    func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
+        do {
+            return try await client.withConnection { connection in try await PostgresSchema.run(connection, query, logger) }
+        } catch let error as PSQLError {
+            throw TaskStoreError.database(PostgresSchema.describe(error))
+        }
+    }
+
+    /// Runs `body` in a transaction on one pooled connection: committed if it returns, rolled back
+    /// if it throws (its error is rethrown as it is).
+    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection { connection in try await Self.inTransaction(connection, logger, body) }
+        } catch let error as PSQLError {
+            throw TaskStoreError.database(PostgresSchema.describe(error))
+        }
+    }
+
+    nonisolated(nonsending) static func inTransaction<T: Sendable>(_ connection: PostgresConnection, _ logger: Logger,
+                                                   _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await PostgresSchema.run(connection, "BEGIN", logger)
+        let value: T
+        do {
+            value = try await body(connection)
+        } catch {
+            do {
+                try await PostgresSchema.run(connection, "ROLLBACK", logger)
+            } catch {
+                try? await connection.close()  // in an unknown state: do not hand it back to the pool
+            }
+            throw error
+        }
+        try await PostgresSchema.run(connection, "COMMIT", logger)
+        return value
+    }
+
+    /// Keeps one pooled connection listening on `ferry_tasks` and wakes the waiters on each
+    /// notification; reconnects (with backoff) if that connection fails, until cancelled. A ping
+    /// every 30 seconds notices a connection that died without closing. `ready` gets nil once
+    /// LISTEN is in place, or the first attempt's error.
+    static func listen(client: PostgresClient, wakeup: Wakeup, logger: Logger,
+                               ready: AsyncStream<(any Error)?>.Continuation) async {
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                try await client.withConnection { connection in
+                    try await connection.listen(on: channel) { notifications in
+                        ready.yield(nil)
+                        ready.finish()
+                        failures = 0
+                        wakeup.signal()  // anything announced while we were not listening
+                        try await withThrowingTaskGroup(of: Void.self) { group in
+                            group.addTask {
+                                for try await _ in notifications { wakeup.signal() }
+                            }
+                            group.addTask {
+                                while true {
+                                    try await Task.sleep(for: .seconds(30))
+                                    try await PostgresSchema.run(connection, "SELECT 1", logger)
+                                }
+                            }
+                            _ = try await group.next()
+                            group.cancelAll()
+                        }
+                    }
+                }
+            } catch {
+                ready.yield(error)  // ignored once the first outcome is in
+            }
+            if Task.isCancelled { break }
+            failures += 1
+            try? await Task.sleep(for: .milliseconds(100 * (1 << min(failures, 6))))
+        }
+        ready.finish()
+    }
+}

@@ -1,0 +1,27 @@
+# Sourced by the benchmark and crash scripts: a loop-mounted XFS (reflink off) in a fresh work
+# directory, with project directories, torn down again by loop_xfs_down (call it from your trap).
+#   loop_xfs_up PREFIX SIZE      sets $work, $mnt, $loop
+#   project_dir DIR PROJECT_ID   mkdir + project ID + inherit flag
+#   loop_xfs_down                unmount (lazily if busy), detach, remove the work directory
+loop_xfs_up() {
+  work="$(mktemp -d "/var/tmp/$1.XXXXXX")"
+  mnt="$work/mnt"
+  loop=""
+  mkdir -p "$mnt"
+  truncate -s "$2" "$work/fs.img"
+  mkfs.xfs -q -m reflink=0 "$work/fs.img"
+  loop="$(losetup --find --show "$work/fs.img")"
+  mount -t xfs "$loop" "$mnt"
+}
+
+project_dir() {
+  mkdir -p "$1"
+  xfs_io -c "chproj $2" -c 'chattr +P' "$1" >/dev/null
+}
+
+loop_xfs_down() {
+  set +e
+  if [ -n "${mnt:-}" ] && mountpoint -q "$mnt"; then umount "$mnt" 2>/dev/null || umount -l "$mnt"; fi
+  [ -n "${loop:-}" ] && losetup -d "$loop"
+  [ -n "${work:-}" ] && rm -rf "$work"
+}
