@@ -18,6 +18,14 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         // One plain C function per thing Swift cannot import (variadic ioctl, renameat2, statx,
@@ -42,10 +50,28 @@ let package = Package(
         // The configuration file (TOML, read by our own strict parser: TOMLKit's dependencies are not
         // available to this project).
         .target(name: "FerryConfig", dependencies: ["FerryStorage"], swiftSettings: strict),
+        // libpam, for `ferry serve` with auth = "pam": one C function around the PAM conversation.
+        .target(name: "CFerryPAM", linkerSettings: [.linkedLibrary("pam")]),
+        // `ferry serve`: the REST API, the web UI, authentication and the per-user task runners.
+        .target(
+            name: "FerryServer",
+            dependencies: [
+                "FerryConfig", "FerryCopy", "FerryJobs", "FerryMove", "FerryStorage", "FerrySystem", "CFerryPAM",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Mustache", package: "swift-mustache"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            resources: [.copy("Web")],
+            swiftSettings: strict),
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryConfig", "FerryCopy", "FerryJobs", "FerryMove", "FerryStorage", "FerrySystem",
+                "FerryConfig", "FerryCopy", "FerryJobs", "FerryMove", "FerryServer", "FerryStorage", "FerrySystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -66,6 +92,7 @@ let package = Package(
         .testTarget(
             name: "FerryStorageTests", dependencies: ["FerryStorage", "FerryTestSupport"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
+        .testTarget(name: "FerryServerTests", dependencies: ["FerryServer", "FerryTestSupport", "ferry"], swiftSettings: strict),
         .testTarget(
             name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "ferry"],
             resources: [.copy("Fixtures")], swiftSettings: strict),

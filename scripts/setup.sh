@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages Ferry builds and tests with (Debian). Idempotent; needs root.
 set -euo pipefail
-packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev python3 bc fuse3 libfuse3-dev pkg-config gcc strace postgresql-15)
+packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev python3 bc fuse3 libfuse3-dev pkg-config gcc strace postgresql-15 libpam0g-dev)
+# `scripts/setup.sh --test`: also what the web tests drive (headless Chromium, its driver, the
+# Python test runner and Selenium).
+if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver python3-pip passwd); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -12,3 +15,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (expected Swift 6.x, e.g. /opt/swift/usr/bin)" >&2; exit 1; }
+if [ "${1:-}" = "--test" ]; then
+  python3 -c 'import selenium, pytest, requests' 2>/dev/null || python3 -m pip install -q 'selenium<4.52' pytest requests
+fi

@@ -3,7 +3,7 @@
 # FUSE and a throwaway PostgreSQL). Then the crash test: `ferry move` killed with SIGKILL 30 times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --test
 swift build --build-tests
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -12,10 +12,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/quota.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -208,4 +210,151 @@ int cferry_interrupt_count(void) { return (int)interrupt_count; }
 void cferry_restore_interrupt_defaults(void) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+}
+
+enum {
+    SPAWN_PIPE = 1, SPAWN_FORK, SPAWN_SIGNALS, SPAWN_DESCRIPTORS, SPAWN_SETGROUPS, SPAWN_SETRESGID,
+    SPAWN_SETRESUID, SPAWN_PDEATHSIG, SPAWN_PARENT_EXITED, SPAWN_CHDIR, SPAWN_CLOSE, SPAWN_EXEC,
+};
+
+const char *cferry_spawn_step_name(int step) {
+    switch (step) {
+    case SPAWN_PIPE: return "pipe2";
+    case SPAWN_FORK: return "fork";
+    case SPAWN_SIGNALS: return "sigprocmask";
+    case SPAWN_DESCRIPTORS: return "dup2";
+    case SPAWN_SETGROUPS: return "setgroups";
+    case SPAWN_SETRESGID: return "setresgid";
+    case SPAWN_SETRESUID: return "setresuid";
+    case SPAWN_PDEATHSIG: return "prctl(PR_SET_PDEATHSIG)";
+    case SPAWN_PARENT_EXITED: return "getppid";
+    case SPAWN_CHDIR: return "chdir";
+    case SPAWN_CLOSE: return "close_range";
+    case SPAWN_EXEC: return "execve";
+    default: return "spawn";
+    }
+}
+
+// In the child: tell the parent which step failed and with which errno, then leave.
+static void spawn_fail(int report_fd, int step) {
+    int message[2] = {step, errno};
+    while (write(report_fd, message, sizeof message) < 0 && errno == EINTR) {}
+    _exit(127);
+}
+
+static int close_from(int first, int last, long open_max) {
+    if (first > last) return 0;
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned int)first, (unsigned int)last, 0) == 0) return 0;
+    if (errno != ENOSYS) return -1;
+#endif
+    for (long fd = first; fd <= last && fd < open_max; fd++) close((int)fd);
+    return 0;
+}
+
+// Everything between fork and execve runs in a copy of a multithreaded process: only
+// async-signal-safe calls, no allocation, and raw syscalls for the credentials (glibc's wrappers
+// would try to reach threads that do not exist in the child).
+static void spawn_child(const char *path, char *const argv[], char *const envp[],
+                        const cferry_spawn_attributes_t *a, int report_fd, pid_t parent, long open_max) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = SIG_DFL;
+    sigemptyset(&action.sa_mask);
+    for (int signo = 1; signo < NSIG; signo++) {
+        if (signo == SIGKILL || signo == SIGSTOP) continue;
+        (void)sigaction(signo, &action, NULL);  // glibc's reserved signals answer EINVAL: fine
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) != 0) spawn_fail(report_fd, SPAWN_SIGNALS);
+
+    // Lift every descriptor we need above 2 first, so that a dup2 into 0, 1 or 2 cannot clobber one
+    // still to be placed, and dup2 always clears close-on-exec on the result.
+    if (report_fd < 3 && (report_fd = fcntl(report_fd, F_DUPFD_CLOEXEC, 3)) < 0) _exit(127);
+    int sources[3] = {a->stdin_fd, a->stdout_fd, a->stderr_fd};
+    for (int i = 0; i < 3; i++) {
+        if (sources[i] >= 0 && (sources[i] = fcntl(sources[i], F_DUPFD_CLOEXEC, 3)) < 0) spawn_fail(report_fd, SPAWN_DESCRIPTORS);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (sources[i] >= 0 && dup2(sources[i], i) < 0) spawn_fail(report_fd, SPAWN_DESCRIPTORS);
+    }
+
+    if (a->change_identity) {
+        if (syscall(SYS_setgroups, a->group_count, a->groups) != 0) spawn_fail(report_fd, SPAWN_SETGROUPS);
+        if (syscall(SYS_setresgid, a->gid, a->gid, a->gid) != 0) spawn_fail(report_fd, SPAWN_SETRESGID);
+        if (syscall(SYS_setresuid, a->uid, a->uid, a->uid) != 0) spawn_fail(report_fd, SPAWN_SETRESUID);
+    }
+    // After the credentials change, which clears the death signal.
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) spawn_fail(report_fd, SPAWN_PDEATHSIG);
+    if (getppid() != parent) {
+        errno = ESRCH;
+        spawn_fail(report_fd, SPAWN_PARENT_EXITED);
+    }
+    if (a->directory != NULL && chdir(a->directory) != 0) spawn_fail(report_fd, SPAWN_CHDIR);
+    // The report pipe stays open (it is close-on-exec) so that a failed execve can still be told.
+    if (close_from(3, report_fd - 1, open_max) != 0 || close_from(report_fd + 1, ~0U >> 1, open_max) != 0) {
+        spawn_fail(report_fd, SPAWN_CLOSE);
+    }
+    execve(path, argv, envp);
+    spawn_fail(report_fd, SPAWN_EXEC);
+}
+
+pid_t cferry_spawn(const char *path, char *const argv[], char *const envp[],
+                   const cferry_spawn_attributes_t *attributes, int *failed_step) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) {
+        *failed_step = SPAWN_PIPE;
+        return -1;
+    }
+    long open_max = sysconf(_SC_OPEN_MAX);
+    if (open_max < 0) open_max = 1024;
+    pid_t parent = getpid();
+
+    // No handler of ours may run in the child before it has reset the dispositions.
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t pid = fork();
+    if (pid == 0) spawn_child(path, argv, envp, attributes, report[1], parent, open_max);
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    close(report[1]);
+    if (pid < 0) {
+        close(report[0]);
+        *failed_step = SPAWN_FORK;
+        errno = fork_errno;
+        return -1;
+    }
+
+    // End of file: execve succeeded and closed the pipe. Otherwise the child says why it did not.
+    int message[2];
+    ssize_t n;
+    do { n = read(report[0], message, sizeof message); } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n != (ssize_t)sizeof message) return pid;
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    *failed_step = message[0];
+    errno = message[1];
+    return -1;
+}
+
+int cferry_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+ssize_t cferry_write_nosigpipe(int fd, const void *buffer, size_t count) {
+    sigset_t pipe_only, previous, pending;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    sigpending(&pending);
+    int already_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &previous);
+    ssize_t n = write(fd, buffer, count);
+    int saved = errno;
+    if (n < 0 && saved == EPIPE && !already_pending) {
+        struct timespec now = {0, 0};
+        while (sigtimedwait(&pipe_only, NULL, &now) < 0 && errno == EINTR) {}
+    }
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = saved;
+    return n;
 }

@@ -8,7 +8,7 @@ public struct FerryCommand: AsyncParsableCommand {
         abstract: "Move and copy data across project-quota and filesystem boundaries without losing a byte.",
         version: "0.1.0",
         subcommands: [FsCommand.self, CopyCommand.self, MoveCommand.self, TasksCommand.self, TaskCommand.self,
-                      WorkerCommand.self, JanitorCommand.self])
+                      WorkerCommand.self, JanitorCommand.self, ServeCommand.self, AgentCommand.self])
 
     public init() {}
 

@@ -32,6 +32,8 @@ public struct FerryConfiguration: Equatable, Sendable {
     public var roots: [Root]
     /// The task database URL (`FERRY_DATABASE_URL` and `--database` take precedence).
     public var database: String?
+    /// `ferry serve`: listening address, authentication, engine settings.
+    public var serve = ServeSettings()
 
     public init(lfsPath: String? = nil, roots: [Root] = [], database: String? = nil) {
         self.lfsPath = lfsPath
@@ -77,6 +79,8 @@ public struct FerryConfiguration: Equatable, Sendable {
                     guard let table = item.table else { throw Error(file: "", message: "each root must be a [[roots]] table") }
                     configuration.roots.append(try root(table))
                 }
+            case _ where ServeSettings.keys.contains(key):
+                try configuration.serve.read(key: key, value: value)
             default:
                 throw Error(file: "", message: "unknown setting \(key)")
             }

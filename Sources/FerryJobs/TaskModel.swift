@@ -45,6 +45,8 @@ public struct TaskOptions: Codable, Sendable, Equatable {
     public var waitForLocks: Bool = false
     /// Check the destination's free bytes and inodes before copying.
     public var spaceCheck: Bool = true
+    /// Run with the server's privileges instead of the owner's (admins only, e.g. to keep owners).
+    public var privileged: Bool = false
     public init() {}
 
     public init(from decoder: any Decoder) throws {
@@ -56,6 +58,7 @@ public struct TaskOptions: Codable, Sendable, Equatable {
         margin = try c.decodeIfPresent(Double.self, forKey: .margin) ?? 0.05
         waitForLocks = try c.decodeIfPresent(Bool.self, forKey: .waitForLocks) ?? false
         spaceCheck = try c.decodeIfPresent(Bool.self, forKey: .spaceCheck) ?? true
+        privileged = try c.decodeIfPresent(Bool.self, forKey: .privileged) ?? false
     }
 }
 
@@ -130,7 +133,7 @@ public struct NewTask: Sendable {
     }
 }
 
-public struct TaskRecord: Sendable, Equatable {
+public struct TaskRecord: Codable, Sendable, Equatable {
     public var id: String
     public var kind: TaskKind
     public var sources: [StoredPath]
@@ -151,7 +154,7 @@ public struct TaskRecord: Sendable, Equatable {
     public var finishedAt: Date?
 }
 
-public struct TaskEvent: Sendable, Equatable {
+public struct TaskEvent: Codable, Sendable, Equatable {
     public var taskID: String
     public var at: Date
     public var status: TaskStatus
@@ -159,7 +162,7 @@ public struct TaskEvent: Sendable, Equatable {
 }
 
 /// A path lock: a task holds `path` (absolute, as bytes) on the filesystem `filesystem` (device id).
-public struct PathLock: Sendable, Equatable, Hashable {
+public struct PathLock: Codable, Sendable, Equatable, Hashable {
     public var taskID: String
     public var filesystem: String
     public var path: StoredPath

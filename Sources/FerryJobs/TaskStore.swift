@@ -68,3 +68,17 @@ public enum DatabaseURL: Sendable, Equatable {
         return .sqlite(path: state + "/ferry/ferry.sqlite")
     }
 }
+
+extension TaskStore {
+    /// How many tasks are in each state (for metrics). Stores may answer this with one query.
+    public func countByStatus() async throws -> [TaskStatus: Int] {
+        var counts: [TaskStatus: Int] = [:]
+        var offset = 0
+        while true {
+            let page = try await list(TaskFilter(limit: 1000, offset: offset))
+            for task in page { counts[task.status, default: 0] += 1 }
+            if page.count < 1000 { return counts }
+            offset += page.count
+        }
+    }
+}

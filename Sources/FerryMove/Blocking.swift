@@ -2,8 +2,8 @@ import Glibc
 
 /// Runs blocking filesystem work on a thread of its own, so that it never occupies one of the
 /// cooperative pool's few threads (two, on a two-core machine) for seconds at a time.
-enum Blocking {
-    static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+public enum Blocking {
+    public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             let box = Unmanaged.passRetained(Job {
                 do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }

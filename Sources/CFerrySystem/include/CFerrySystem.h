@@ -63,6 +63,31 @@ int cferry_install_interrupt_counter(void);
 int cferry_interrupt_count(void);
 void cferry_restore_interrupt_defaults(void);
 
+// Starts `path` in a child process, the way `ferry serve` runs work as a user. The child resets
+// signal dispositions and the mask, takes the given descriptors as 0/1/2 (-1: keep its own), drops
+// to the identity if `change_identity`, asks for SIGTERM when its parent thread dies, changes to
+// `directory` (if not NULL), closes every other descriptor and execs. Returns the child's pid, or
+// -1 with errno set and `*failed_step` naming the step that failed (see cferry_spawn_step_name).
+typedef struct {
+    int stdin_fd, stdout_fd, stderr_fd;
+    int change_identity;
+    uint32_t uid, gid;
+    const uint32_t *groups;
+    size_t group_count;
+    const char *directory;
+} cferry_spawn_attributes_t;
+
+pid_t cferry_spawn(const char *path, char *const argv[], char *const envp[],
+                   const cferry_spawn_attributes_t *attributes, int *failed_step);
+// The call a spawn step makes, e.g. "setresuid" or "execve".
+const char *cferry_spawn_step_name(int step);
+
+int cferry_pipe2(int fds[2], int flags);
+
+// write(2) that reports EPIPE instead of letting SIGPIPE end the process: the signal is blocked on
+// this thread for the call and a SIGPIPE it raised is taken back before unblocking.
+ssize_t cferry_write_nosigpipe(int fd, const void *buffer, size_t count);
+
 // Constants, exported as functions so Swift never hardcodes a number the headers own.
 extern const unsigned int CFERRY_RENAME_NOREPLACE;
 extern const unsigned int CFERRY_RENAME_EXCHANGE;

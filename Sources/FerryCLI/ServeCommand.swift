@@ -1,0 +1,89 @@
+import ArgumentParser
+import FerryConfig
+import FerryJobs
+import FerryServer
+import FerrySystem
+import Foundation
+import Logging
+
+/// `ferry serve`: the web UI and REST API, with task runners and the janitor, until SIGTERM.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve the web UI and REST API; run tasks as the users who asked for them.",
+        discussion: "Every configuration key can be overridden by its FERRY_… environment variable (see the README).")
+
+    @Option(help: "Address to listen on, HOST:PORT (port 0: any free port).") var listen: String?
+    @Option(help: "Tasks run at once by this server (0: serve only; workers run elsewhere).") var workers: Int?
+    @Flag(help: "Create and serve a demo sandbox (as root: a loop-mounted XFS with three projects) with an embedded database.") var demo = false
+    @Option(help: "Where --demo keeps its sandbox.") var demoDirectory = "demo-sandbox"
+    @OptionGroup var storageOptions: StorageOptions
+    @OptionGroup var databaseOptions: DatabaseOptions
+
+    func run() async throws {
+        LoggingSystem.bootstrap { JSONLogHandler(label: $0) }
+        let logger = Logger(label: "ferry.serve")
+        var configuration: FerryConfiguration
+        var sandbox: DemoSandbox?
+        if demo {
+            let directory = URL(fileURLWithPath: demoDirectory, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL.path
+            let created = DemoSandbox(directory: directory)
+            do {
+                configuration = try created.prepare { say("ferry serve --demo: \($0)") }
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            sandbox = created
+        } else {
+            configuration = try storageOptions.loadConfiguration()
+        }
+        do { configuration.serve = try configuration.serve.applying(environment: ProcessInfo.processInfo.environment) } catch {
+            throw ValidationError("\(error)")
+        }
+        if let listen { configuration.serve.listen = listen }
+        if configuration.roots.isEmpty {
+            throw ValidationError("no [[roots]] in the configuration: name the directories users may browse, or try ferry serve --demo")
+        }
+        if let lease = databaseOptions.lease { configuration.serve.leaseSeconds = lease }
+        let store = try await databaseOptions.open(configuration: configuration)
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let demoSandbox = sandbox
+        defer { demoSandbox?.shutdown() }
+        let options = FerryServer.Options(
+            configuration: configuration, store: store, executable: executable,
+            workers: workers ?? configuration.serve.workers, logger: logger
+        ) { url, login in
+            say("ferry serve: listening on \(url)")
+            if let login { say("ferry serve: log in at \(login)") }
+            if let sandbox = demoSandbox { say("ferry serve: demo sandbox in \(sandbox.directory) (projects in \(sandbox.projects)); stop with Ctrl-C") }
+        }
+        do {
+            try await FerryServer.run(options)
+        } catch let error as APIError {
+            throw ValidationError(error.message)
+        }
+    }
+}
+
+/// Prints a line to standard output at once (the tests and the demo read it as it comes).
+private func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// `ferry agent`: the processes `ferry serve` starts with a user's identity. Not for people.
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent", abstract: "Internal: the per-user processes of ferry serve.", shouldDisplay: false,
+        subcommands: [Request.self, RunTask.self])
+
+    struct Request: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "request", abstract: "Answer one filesystem request read from standard input.")
+        func run() throws { throw ExitCode(AgentMain.request()) }
+    }
+
+    struct RunTask: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "run-task", abstract: "Run one claimed task through the server's relay.")
+        @Argument var settings: String
+        func run() async throws { throw ExitCode(await AgentMain.runTask(settingsJSON: settings)) }
+    }
+}

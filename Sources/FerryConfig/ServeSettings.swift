@@ -1,0 +1,139 @@
+import Foundation
+
+/// How `ferry serve` authenticates people.
+public enum AuthMode: String, Sendable, CaseIterable {
+    /// A random token printed at start (or a fixed one), exchanged for a session cookie.
+    case token
+    /// A header set by the site's single-sign-on reverse proxy, trusted only from its addresses.
+    case proxy
+    /// Username and password checked by PAM.
+    case pam
+}
+
+/// The `ferry serve` part of the configuration file: where to listen, who may log in and how, and
+/// the engine's knobs. Every key can be overridden by a `FERRY_…` environment variable.
+///
+///     listen = "127.0.0.1:8080"      # FERRY_LISTEN
+///     margin = 0.05                  # FERRY_MARGIN
+///     lease_seconds = 30             # FERRY_LEASE_SECONDS
+///     workers = 2                    # FERRY_WORKERS (0: serve only; workers run elsewhere)
+///     [auth]
+///     mode = "token"                 # FERRY_AUTH_MODE: token | proxy | pam
+///     token = "…"                    # FERRY_AUTH_TOKEN (default: a new random token each start)
+///     admins = ["root"]              # FERRY_AUTH_ADMINS, comma-separated
+///     proxy_header = "X-Remote-User" # FERRY_AUTH_PROXY_HEADER
+///     proxy_addresses = ["127.0.0.1"] # FERRY_AUTH_PROXY_ADDRESSES, comma-separated
+///     pam_service = "ferry"          # FERRY_AUTH_PAM_SERVICE
+public struct ServeSettings: Equatable, Sendable {
+    public var listen: String = "127.0.0.1:8080"
+    public var margin: Double = 0.05
+    public var leaseSeconds: Double = 30
+    public var workers: Int = 2
+    public var authMode: AuthMode = .token
+    public var token: String?
+    public var admins: [String] = ["root"]
+    public var proxyHeader: String = "X-Remote-User"
+    public var proxyAddresses: [String] = []
+    public var pamService: String = "ferry"
+    public init() {}
+
+    static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "auth"]
+
+    mutating func read(key: String, value: TOMLValue) throws {
+        func fail(_ message: String) -> FerryConfiguration.Error { FerryConfiguration.Error(file: "", message: message) }
+        switch key {
+        case "listen":
+            guard let text = value.string else { throw fail("listen must be a string such as \"127.0.0.1:8080\"") }
+            listen = text
+        case "margin":
+            guard let number = value.number, (0..<1).contains(number) else { throw fail("margin must be a fraction from 0 to 1, such as 0.05") }
+            margin = number
+        case "lease_seconds":
+            guard let number = value.number, number > 0 else { throw fail("lease_seconds must be a positive number") }
+            leaseSeconds = number
+        case "workers":
+            guard let count = value.integer, count >= 0 else { throw fail("workers must be a whole number, 0 or more") }
+            workers = Int(count)
+        case "auth":
+            guard let table = value.table else { throw fail("auth must be an [auth] table") }
+            for (name, item) in table {
+                switch name {
+                case "mode":
+                    guard let word = item.string, let mode = AuthMode(rawValue: word) else { throw fail("auth.mode must be token, proxy or pam") }
+                    authMode = mode
+                case "token":
+                    guard let text = item.string, text.count >= 16 else { throw fail("auth.token must be a string of at least 16 characters") }
+                    token = text
+                case "admins":
+                    guard let names = item.array?.compactMap(\.string), names.count == item.array?.count else { throw fail("auth.admins must be an array of user names") }
+                    admins = names
+                case "proxy_header":
+                    guard let text = item.string, !text.isEmpty else { throw fail("auth.proxy_header must be a header name") }
+                    proxyHeader = text
+                case "proxy_addresses":
+                    guard let list = item.array?.compactMap(\.string), list.count == item.array?.count else { throw fail("auth.proxy_addresses must be an array of IP addresses") }
+                    proxyAddresses = list
+                case "pam_service":
+                    guard let text = item.string, !text.isEmpty, !text.contains("/") else { throw fail("auth.pam_service must be a PAM service name") }
+                    pamService = text
+                default:
+                    throw fail("unknown setting auth.\(name)")
+                }
+            }
+        default:
+            throw fail("unknown setting \(key)")
+        }
+    }
+
+    /// The `FERRY_…` variables win over the file.
+    public func applying(environment: [String: String]) throws(FerryConfiguration.Error) -> ServeSettings {
+        func fail(_ message: String) -> FerryConfiguration.Error { FerryConfiguration.Error(file: "environment", message: message) }
+        func list(_ text: String) -> [String] { text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+        var settings = self
+        let env = environment.filter { !$0.value.isEmpty }
+        if let value = env["FERRY_LISTEN"] { settings.listen = value }
+        if let value = env["FERRY_MARGIN"] {
+            guard let number = Double(value), (0..<1).contains(number) else { throw fail("FERRY_MARGIN must be a fraction such as 0.05") }
+            settings.margin = number
+        }
+        if let value = env["FERRY_LEASE_SECONDS"] {
+            guard let number = Double(value), number > 0 else { throw fail("FERRY_LEASE_SECONDS must be a positive number") }
+            settings.leaseSeconds = number
+        }
+        if let value = env["FERRY_WORKERS"] {
+            guard let count = Int(value), count >= 0 else { throw fail("FERRY_WORKERS must be 0 or more") }
+            settings.workers = count
+        }
+        if let value = env["FERRY_AUTH_MODE"] {
+            guard let mode = AuthMode(rawValue: value) else { throw fail("FERRY_AUTH_MODE must be token, proxy or pam") }
+            settings.authMode = mode
+        }
+        if let value = env["FERRY_AUTH_TOKEN"] {
+            guard value.count >= 16 else { throw fail("FERRY_AUTH_TOKEN must be at least 16 characters") }
+            settings.token = value
+        }
+        if let value = env["FERRY_AUTH_ADMINS"] { settings.admins = list(value) }
+        if let value = env["FERRY_AUTH_PROXY_HEADER"] { settings.proxyHeader = value }
+        if let value = env["FERRY_AUTH_PROXY_ADDRESSES"] { settings.proxyAddresses = list(value) }
+        if let value = env["FERRY_AUTH_PAM_SERVICE"] { settings.pamService = value }
+        return settings
+    }
+
+    /// `listen` split into host and port ("[::1]:8080", "0.0.0.0:80", ":8080").
+    public var hostAndPort: (host: String, port: Int)? {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(listen[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host.isEmpty ? "0.0.0.0" : host, port)
+    }
+}
+
+extension TOMLValue {
+    var number: Double? {
+        switch self {
+        case .float(let value): value
+        case .integer(let value): Double(value)
+        default: nil
+        }
+    }
+}

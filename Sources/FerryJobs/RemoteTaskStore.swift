@@ -1,0 +1,473 @@
+import Foundation
+import Synchronization
+
+// `ferry serve` runs each task in a child process as the task's owner. The child has no access to
+// the database: its store is a `RemoteTaskStore`, which sends every call as one JSON line
+//
+//     {"id": 7, "op": "advance", "args": {"id": "…", "worker": "…", "status": "copying", "message": "…"}}
+//
+// to a `TaskStoreRelay` in the server, which answers `{"id": 7, "result": …}` or
+// `{"id": 7, "error": {"kind": "leaseLost", "message": "…"}}` and forwards to the real store only
+// what concerns its one task and worker. Dates travel as seconds since 1970, durations as seconds.
+
+/// The task store of a task runner child: each call is a request to the server's relay. Calls may
+/// overlap (the engine's heartbeat runs beside its phases); answers are matched by id.
+public final class RemoteTaskStore: TaskStore {
+    private let calls = PendingCalls()
+    private let writer: LineWriter
+
+    /// `requests` is written to (the child's standard output), `responses` read from (its standard
+    /// input). Neither is closed by the store.
+    public init(requests: Int32, responses: Int32) {
+        writer = LineWriter(requests, label: "ferry.remote-task-store.write")
+        let calls = calls
+        LineReader.start(responses, label: "ferry.remote-task-store.read") { line in
+            calls.answer(line)
+        } onEnd: {
+            calls.close()
+        }
+    }
+
+    public func task(_ id: String) async throws -> TaskRecord? {
+        try await call("task", ChannelArguments(id: id), TaskRecord.self)
+    }
+
+    public func events(_ id: String) async throws -> [TaskEvent] {
+        try await call("events", ChannelArguments(id: id), [TaskEvent].self) ?? []
+    }
+
+    public func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool {
+        try await call("heartbeat", ChannelArguments(id: id, worker: worker, leaseSeconds: lease.seconds), Bool.self) ?? false
+    }
+
+    public func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws {
+        try await perform("advance", ChannelArguments(id: id, worker: worker, status: status, plan: plan, message: message))
+    }
+
+    public func updateProgress(id: String, worker: String, _ progress: TaskProgress) async throws {
+        try await perform("updateProgress", ChannelArguments(id: id, worker: worker, progress: progress))
+    }
+
+    public func finish(id: String, worker: String, status: TaskStatus, failure: TaskFailure?, message: String) async throws {
+        try await perform("finish", ChannelArguments(id: id, worker: worker, status: status, message: message, failure: failure))
+    }
+
+    public func release(id: String, worker: String, retryAfter: Duration?, failure: TaskFailure?, message: String) async throws {
+        try await perform("release", ChannelArguments(id: id, worker: worker, message: message, failure: failure,
+                                                      retryAfterSeconds: retryAfter?.seconds))
+    }
+
+    public func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws {
+        try await perform("acquireLocks", ChannelArguments(id: id, worker: worker, locks: locks))
+    }
+
+    public func record(_ id: String, message: String) async throws {
+        try await perform("record", ChannelArguments(id: id, message: message))
+    }
+
+    // A task runner has no business with these; they are sent anyway so that the relay is the one
+    // place that decides, and answers "not allowed".
+    public func create(_ task: NewTask) async throws -> TaskRecord { try await refused("create") }
+    public func list(_ filter: TaskFilter) async throws -> [TaskRecord] { try await refused("list") }
+    public func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] { try await refused("claim") }
+    public func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? { try await refused("claimTask") }
+    public func locks() async throws -> [PathLock] { try await refused("locks") }
+    public func requestCancel(_ id: String) async throws -> TaskRecord { try await refused("requestCancel") }
+    public func retry(_ id: String) async throws -> TaskRecord { try await refused("retry") }
+
+    /// Nothing to wait on over the channel: a runner has its one task.
+    public func waitForWork(timeout: Duration) async {
+        try? await Task.sleep(for: timeout)
+    }
+
+    private func perform(_ op: String, _ arguments: ChannelArguments) async throws {
+        _ = try await call(op, arguments, Bool.self)
+    }
+
+    private func refused<T>(_ op: String) async throws -> T {
+        _ = try await call(op, ChannelArguments(), Bool.self)
+        throw TaskStoreError.database("the relay answered \(op), which it never allows")
+    }
+
+    private func call<T: Decodable>(_ op: String, _ arguments: ChannelArguments, _ type: T.Type) async throws -> T? {
+        let line: Data = try await withCheckedThrowingContinuation { continuation in
+            guard let id = calls.register(continuation) else { return }
+            do {
+                writer.send(try ChannelCoding.encoder.encode(ChannelRequest(id: id, op: op, args: arguments))) { [calls] written in
+                    if !written { calls.close() }
+                }
+            } catch {
+                calls.fail(id, TaskStoreError.database("cannot encode \(op): \(error)"))
+            }
+        }
+        let reply: ChannelReply<T>
+        do {
+            reply = try ChannelCoding.decoder.decode(ChannelReply<T>.self, from: line)
+        } catch {
+            throw TaskStoreError.database("unreadable answer to \(op): \(error)")
+        }
+        if let failure = reply.error { throw failure.storeError }
+        return reply.result
+    }
+}
+
+/// The server's end of a task runner's channel: answers one runner's calls from the real store,
+/// and only those about its task under its worker name.
+public final class TaskStoreRelay: Sendable {
+    private let store: any TaskStore
+    private let taskID: String
+    private let worker: String
+    private let maximumLease: Duration
+    private let onChange: @Sendable (String) -> Void
+
+    /// `onChange` is called with the task id after every call that changed the task (heartbeats
+    /// aside). A runner may ask for leases of at most `maximumLease`.
+    public init(store: any TaskStore, taskID: String, worker: String, maximumLease: Duration = .seconds(600),
+                onChange: @escaping @Sendable (String) -> Void) {
+        self.store = store
+        self.taskID = taskID
+        self.worker = worker
+        self.maximumLease = maximumLease
+        self.onChange = onChange
+    }
+
+    /// Answers requests read from `requests` on `responses` until `requests` ends, then returns
+    /// once every answer is written. Neither descriptor is closed here.
+    public func serve(requests: Int32, responses: Int32) async {
+        let writer = LineWriter(responses, label: "ferry.task-relay.write")
+        let inFlight = DispatchGroup()
+        // A runner is the user's process: it gets a few calls at once, not as many as it can send.
+        let slots = DispatchSemaphore(value: 8)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            LineReader.start(requests, label: "ferry.task-relay.read") { line in
+                slots.wait()
+                inFlight.enter()
+                Task {
+                    if let answer = await self.answer(line) { writer.send(answer) }
+                    slots.signal()
+                    inFlight.leave()
+                }
+            } onEnd: {
+                // On the writer's queue, so after every answer sent before it.
+                inFlight.notify(queue: writer.queue) { done.resume() }
+            }
+        }
+    }
+
+    private func answer(_ line: Data) async -> Data? {
+        guard let header = try? ChannelCoding.decoder.decode(ChannelHeader.self, from: line) else { return nil }
+        let reply: ChannelReply<ChannelValue>
+        do {
+            let request = try ChannelCoding.decoder.decode(ChannelRequest.self, from: line)
+            reply = ChannelReply(id: header.id, result: try await forward(request.op, request.args))
+        } catch {
+            let storeError = error as? TaskStoreError ?? .database(String(describing: error))
+            reply = ChannelReply(id: header.id, error: ChannelError(storeError))
+        }
+        return try? ChannelCoding.encoder.encode(reply)
+    }
+
+    private func forward(_ op: String, _ a: ChannelArguments) async throws -> ChannelValue {
+        switch op {
+        case "task":
+            try own(op, a, worker: false)
+            return .task(try await store.task(taskID))
+        case "events":
+            try own(op, a, worker: false)
+            return .events(try await store.events(taskID))
+        case "heartbeat":
+            try own(op, a)
+            let seconds = try required(a.leaseSeconds, op, "leaseSeconds")
+            guard seconds.isFinite, seconds > 0 else { throw TaskStoreError.database("not allowed: a lease of \(seconds) s") }
+            return .bool(try await store.heartbeat(id: taskID, worker: worker, lease: min(.seconds(seconds), maximumLease)))
+        case "advance":
+            try own(op, a)
+            try await store.advance(id: taskID, worker: worker, to: try required(a.status, op, "status"), plan: a.plan,
+                                    message: a.message ?? "")
+        case "updateProgress":
+            try own(op, a)
+            try await store.updateProgress(id: taskID, worker: worker, try required(a.progress, op, "progress"))
+        case "finish":
+            try own(op, a)
+            try await store.finish(id: taskID, worker: worker, status: try required(a.status, op, "status"), failure: a.failure,
+                                   message: a.message ?? "")
+        case "release":
+            try own(op, a)
+            var retryAfter: Duration?
+            if let seconds = a.retryAfterSeconds {
+                guard seconds.isFinite, seconds >= 0 else { throw TaskStoreError.database("not allowed: retry after \(seconds) s") }
+                retryAfter = .seconds(seconds)
+            }
+            try await store.release(id: taskID, worker: worker, retryAfter: retryAfter, failure: a.failure, message: a.message ?? "")
+        case "acquireLocks":
+            try own(op, a)
+            let locks = try required(a.locks, op, "locks")
+            guard locks.allSatisfy({ $0.taskID == taskID }) else {
+                throw TaskStoreError.database("not allowed: locks for another task than \(taskID)")
+            }
+            try await store.acquireLocks(id: taskID, worker: worker, locks)
+        case "record":
+            try own(op, a, worker: false)
+            try await store.record(taskID, message: try required(a.message, op, "message"))
+        default:
+            throw TaskStoreError.database("not allowed: \(op)")
+        }
+        onChange(taskID)
+        return .nothing
+    }
+
+    /// The call must be about this relay's task (and, for the fenced calls, its worker).
+    private func own(_ op: String, _ a: ChannelArguments, worker checkWorker: Bool = true) throws(TaskStoreError) {
+        guard a.id == taskID else { throw TaskStoreError.database("not allowed: \(op) for task \(a.id ?? "(none)")") }
+        if checkWorker, a.worker != worker {
+            throw TaskStoreError.database("not allowed: \(op) as worker \(a.worker ?? "(none)")")
+        }
+    }
+
+    private func required<T>(_ value: T?, _ op: String, _ name: String) throws(TaskStoreError) -> T {
+        guard let value else { throw TaskStoreError.database("\(op) needs \(name)") }
+        return value
+    }
+}
+
+// MARK: the wire
+
+private struct ChannelHeader: Decodable { var id: UInt64 }
+
+private struct ChannelRequest: Codable {
+    var id: UInt64
+    var op: String
+    var args: ChannelArguments
+}
+
+/// Every call's arguments, all optional: each op reads the ones it has.
+struct ChannelArguments: Codable {
+    var id: String?
+    var worker: String?
+    var leaseSeconds: Double?
+    var status: TaskStatus?
+    var plan: TaskPlan?
+    var progress: TaskProgress?
+    var message: String?
+    var failure: TaskFailure?
+    var retryAfterSeconds: Double?
+    var locks: [PathLock]?
+}
+
+/// What the relay answers with.
+private enum ChannelValue: Encodable {
+    case nothing
+    case bool(Bool)
+    case task(TaskRecord?)
+    case events([TaskEvent])
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .nothing: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .task(let value): try container.encode(value)
+        case .events(let value): try container.encode(value)
+        }
+    }
+}
+
+private struct ChannelReply<Result> {
+    var id: UInt64
+    var result: Result?
+    var error: ChannelError?
+    init(id: UInt64, result: Result? = nil, error: ChannelError? = nil) {
+        self.id = id
+        self.result = result
+        self.error = error
+    }
+    enum CodingKeys: String, CodingKey { case id, result, error }
+}
+
+extension ChannelReply: Decodable where Result: Decodable {
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(UInt64.self, forKey: .id)
+        result = try c.decodeIfPresent(Result.self, forKey: .result)
+        error = try c.decodeIfPresent(ChannelError.self, forKey: .error)
+    }
+}
+
+extension ChannelReply: Encodable where Result: Encodable {
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        if let error { try c.encode(error, forKey: .error) } else { try c.encode(result, forKey: .result) }
+    }
+}
+
+/// A `TaskStoreError` on the wire: its case as `kind`, its text as `message`.
+private struct ChannelError: Codable {
+    var kind: String
+    var message: String
+    var by: String?
+    var path: String?
+
+    init(_ error: TaskStoreError) {
+        switch error {
+        case .notFound(let id): (kind, message) = ("notFound", id)
+        case .leaseLost(let id): (kind, message) = ("leaseLost", id)
+        case .locked(let other, let path): (kind, message, by, self.path) = ("locked", error.description, other, path)
+        case .invalidTransition(let text): (kind, message) = ("invalidTransition", text)
+        case .database(let text): (kind, message) = ("database", text)
+        }
+    }
+
+    var storeError: TaskStoreError {
+        switch kind {
+        case "notFound": .notFound(message)
+        case "leaseLost": .leaseLost(message)
+        case "locked": .locked(by: by ?? "", path: path ?? "")
+        case "invalidTransition": .invalidTransition(message)
+        default: .database(message)
+        }
+    }
+}
+
+private enum ChannelCoding {
+    static var encoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .secondsSince1970
+        return encoder
+    }
+    static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .secondsSince1970
+        return decoder
+    }
+}
+
+// MARK: the pipes
+
+/// The client's calls waiting for an answer, by request id.
+private final class PendingCalls: Sendable {
+    private struct State {
+        var nextID: UInt64 = 0
+        var waiting: [UInt64: CheckedContinuation<Data, any Error>] = [:]
+        var closed = false
+    }
+    private let state = Mutex(State())
+    static let closedError = TaskStoreError.database("the server closed the task channel")
+
+    /// The new call's id, or nil (and the call failed) when the channel is closed.
+    func register(_ continuation: CheckedContinuation<Data, any Error>) -> UInt64? {
+        let id: UInt64? = state.withLock { state in
+            guard !state.closed else { return nil }
+            state.nextID += 1
+            state.waiting[state.nextID] = continuation
+            return state.nextID
+        }
+        if id == nil { continuation.resume(throwing: Self.closedError) }
+        return id
+    }
+
+    func answer(_ line: Data) {
+        guard let header = try? ChannelCoding.decoder.decode(ChannelHeader.self, from: line) else { return }
+        state.withLock { $0.waiting.removeValue(forKey: header.id) }?.resume(returning: line)
+    }
+
+    func fail(_ id: UInt64, _ error: any Error) {
+        state.withLock { $0.waiting.removeValue(forKey: id) }?.resume(throwing: error)
+    }
+
+    /// Fails every waiting call, and every later one.
+    func close() {
+        let waiting = state.withLock { state in
+            state.closed = true
+            defer { state.waiting = [:] }
+            return state.waiting
+        }
+        for continuation in waiting.values { continuation.resume(throwing: Self.closedError) }
+    }
+}
+
+/// Lines read from a descriptor on a thread of their own: a blocking `read` must not hold one of
+/// the few threads of Swift's cooperative pool.
+private enum LineReader {
+    /// A longer line ends the channel.
+    static let maximumLine = 16 << 20
+
+    static func start(_ fd: Int32, label: String, onLine: @escaping @Sendable (Data) -> Void, onEnd: @escaping @Sendable () -> Void) {
+        let thread = Thread {
+            var pending: [UInt8] = []
+            var scanned = 0
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                if count <= 0 { break }
+                pending += buffer[0..<count]
+                var start = 0
+                while let newline = pending[scanned...].firstIndex(of: 0x0A) {
+                    if newline > start { onLine(Data(pending[start..<newline])) }
+                    start = newline + 1
+                    scanned = start
+                }
+                pending.removeFirst(start)
+                scanned = pending.count
+                if pending.count > maximumLine { break }
+            }
+            onEnd()
+        }
+        thread.name = label
+        thread.start()
+    }
+}
+
+/// Lines written in order on a serial queue; after the first failed write (the reader is gone:
+/// EPIPE) the rest are dropped.
+private final class LineWriter: Sendable {
+    let queue: DispatchQueue
+    private let fd: Int32
+    private let broken = Atomic<Bool>(false)
+
+    init(_ fd: Int32, label: String) {
+        self.fd = fd
+        queue = DispatchQueue(label: label)
+    }
+
+    func send(_ line: Data, completion: (@Sendable (Bool) -> Void)? = nil) {
+        queue.async { [self] in
+            var ok = !broken.load(ordering: .relaxed)
+            if ok {
+                ok = writeAll(line + [0x0A])
+                if !ok { broken.store(true, ordering: .relaxed) }
+            }
+            completion?(ok)
+        }
+    }
+
+    /// `write` until done, with SIGPIPE blocked on this thread so that a vanished reader is an
+    /// EPIPE, not the end of the process; a SIGPIPE raised here is taken back before unblocking.
+    private func writeAll(_ data: Data) -> Bool {
+        var pipeOnly = sigset_t(), previous = sigset_t(), pending = sigset_t()
+        sigemptyset(&pipeOnly)
+        sigaddset(&pipeOnly, SIGPIPE)
+        sigpending(&pending)
+        let alreadyPending = sigismember(&pending, SIGPIPE) == 1
+        pthread_sigmask(SIG_BLOCK, &pipeOnly, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+        return data.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if written >= 0 {
+                    offset += written
+                    continue
+                }
+                if errno == EINTR { continue }
+                if errno == EPIPE && !alreadyPending {
+                    var now = timespec()
+                    _ = sigtimedwait(&pipeOnly, nil, &now)
+                }
+                return false
+            }
+            return true
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import FerryCopy
+import FerryJobs
+import FerryMove
+import FerryStorage
+import FerrySystem
+import Foundation
+
+/// The entry points of `ferry agent …`, the processes the server starts as a user.
+public enum AgentMain {
+    /// `ferry agent request`: one request on standard input, one answer on standard output.
+    /// Exit 0: the answer; exit 3 (`AgentExit.refused`): an `APIError`.
+    public static func request() -> Int32 {
+        let input = FileHandle.standardInput.readDataToEndOfFile()
+        let answer: Data
+        var status: Int32 = 0
+        do {
+            let request: AgentRequest
+            do { request = try WireJSON.decoder.decode(AgentRequest.self, from: input) } catch {
+                throw APIError(.badRequest, "request.invalid", "unreadable agent request: \(error)")
+            }
+            answer = try AgentOperations(request).answer()
+        } catch let error as APIError {
+            answer = (try? WireJSON.encoder.encode(error)) ?? Data()
+            status = AgentExit.refused
+        } catch {
+            answer = (try? WireJSON.encoder.encode(APIError(.internalError, "internal", "\(error)"))) ?? Data()
+            status = AgentExit.refused
+        }
+        FileHandle.standardOutput.write(answer)
+        return status
+    }
+
+    /// `ferry agent run-task SETTINGS`: carries one claimed task on, as its owner, through a task
+    /// store relayed by the server over standard input and output. SIGTERM: stop at the next
+    /// checkpoint and hand the lease back.
+    public static func runTask(settingsJSON: String) async -> Int32 {
+        guard let settings = try? WireJSON.decoder.decode(RunTaskSettings.self, from: Data(settingsJSON.utf8)) else {
+            FileHandle.standardError.write(Data("ferry agent run-task: unreadable settings\n".utf8))
+            return 2
+        }
+        // The relay owns the real standard output; anything else printed goes to standard error.
+        let channel = dup(STDOUT_FILENO)
+        dup2(STDERR_FILENO, STDOUT_FILENO)
+        let store = RemoteTaskStore(requests: channel, responses: STDIN_FILENO)
+        var planner = Planner { fd, path in
+            let text = String(decoding: path, as: UTF8.self)
+            let choice = settings.roots.filter { text == $0.path || text.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }?.backend ?? .auto
+            return try Storage.backend(for: fd, choice: choice, lfsPath: settings.lfsPath)
+        }
+        planner.configuredStrategy = { path in
+            let text = String(decoding: path, as: UTF8.self)
+            return settings.roots.filter { text == $0.path || text.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }?.strategy
+        }
+        let engine = MoveEngine(store: store, settings: .init(worker: settings.worker, lease: .milliseconds(settings.leaseMilliseconds),
+                                                              roots: settings.roots.map { Array($0.path.utf8) }),
+                                planner: planner)
+        let interrupt = InterruptWatcher { engine.stop() }
+        defer { interrupt.stop() }
+        guard let task = try? await store.task(settings.taskID) else {
+            FileHandle.standardError.write(Data("ferry agent run-task: task \(settings.taskID) is not available\n".utf8))
+            return 1
+        }
+        let record = await engine.run(task)
+        return record.status.isTerminal ? 0 : 1
+    }
+}

@@ -1,0 +1,71 @@
+import FerrySystem
+
+/// A path from a request, checked before anything touches the filesystem: absolute, valid UTF-8,
+/// no NUL, no `.` or `..` component, names of at most 255 bytes, at most 4095 bytes in all, and
+/// beneath one of the allowed roots. Resolution itself (symlinks) happens beneath the root's
+/// descriptor, in the agent, as the requesting user.
+public struct ServerPath: Sendable, Equatable {
+    public var path: String
+    /// The deepest allowed root containing the path.
+    public var root: String
+    /// The path below the root ("" for the root itself).
+    public var relative: String
+
+    public static func check(_ raw: String?, roots: [String]) throws(APIError) -> ServerPath {
+        guard let raw, !raw.isEmpty else { throw APIError(.badRequest, "path.invalid", "a path is required") }
+        let bytes = Array(raw.utf8)
+        if bytes.contains(0) { throw APIError(.badRequest, "path.invalid", "the path contains a NUL byte") }
+        if raw.unicodeScalars.contains("\u{FFFD}") { throw APIError(.badRequest, "path.invalid", "the path is not valid UTF-8") }
+        guard raw.hasPrefix("/") else { throw APIError(.badRequest, "path.invalid", "paths must be absolute (start with /)") }
+        guard bytes.count < 4096 else { throw APIError(.badRequest, "path.invalid", "the path is longer than 4095 bytes") }
+        let components = raw.split(separator: "/", omittingEmptySubsequences: true)
+        for component in components {
+            if component == ".." || component == "." {
+                throw APIError(.badRequest, "path.invalid", "paths may not contain . or .. components")
+            }
+            if component.utf8.count > 255 { throw APIError(.badRequest, "path.invalid", "a name in the path is longer than 255 bytes") }
+        }
+        let normal = "/" + components.joined(separator: "/")
+        guard let root = roots.filter({ normal == $0 || $0 == "/" || normal.hasPrefix($0 + "/") }).max(by: { $0.count < $1.count }) else {
+            throw APIError(.badRequest, "path.outside_roots", "\(normal) is not inside any of the directories this server shares")
+        }
+        let relative = root == "/" ? String(normal.dropFirst()) : String(normal.dropFirst(root.count).drop(while: { $0 == "/" }))
+        return ServerPath(path: normal, root: root, relative: relative)
+    }
+
+    /// The parent directory's path, nil at a root.
+    public var parent: String? {
+        guard !relative.isEmpty else { return nil }
+        let cut = path.lastIndex(of: "/")!
+        return cut == path.startIndex ? "/" : String(path[..<cut])
+    }
+}
+
+/// An API failure: an HTTP status, a stable code programs switch on, and a sentence for people.
+public struct APIError: Error, Sendable, Equatable, Codable {
+    public enum Status: Int, Sendable, Codable {
+        case badRequest = 400, unauthorized = 401, forbidden = 403, notFound = 404, conflict = 409,
+             unprocessable = 422, tooManyRequests = 429, internalError = 500, unavailable = 503
+    }
+    public var status: Status
+    public var code: String
+    public var message: String
+    public init(_ status: Status, _ code: String, _ message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+
+    /// What a failed system call means to the person who asked.
+    public init(_ error: SystemError, path: String) {
+        switch error.code {
+        case .notFound: self.init(.notFound, "path.not_found", "\(path) does not exist")
+        case .permissionDenied, .notPermitted: self.init(.forbidden, "permission.denied", "you may not read \(path) (\(error.errnoName))")
+        case .notDirectory: self.init(.badRequest, "path.not_directory", "\(path) is not a directory")
+        case .symlinkLoop: self.init(.badRequest, "path.symlink_loop", "\(path) goes through a symlink loop or too many symlinks")
+        case .escapesRoot: self.init(.badRequest, "path.outside_roots", "\(path) leads outside the shared directories (through .. or a symlink)")
+        case .nameTooLong: self.init(.badRequest, "path.invalid", "\(path) has a name that is too long")
+        default: self.init(.internalError, "internal", "\(path): \(error)")
+        }
+    }
+}

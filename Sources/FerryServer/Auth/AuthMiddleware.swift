@@ -1,0 +1,97 @@
+import FerryConfig
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// Decides who is asking, before any handler runs: a trusted proxy's header, a bearer token, or a
+/// session cookie. Unauthenticated requests get 401 (API) or the login page; state-changing
+/// requests that rely on the cookie must carry the session's CSRF token.
+struct AuthMiddleware: RouterMiddleware {
+    typealias Context = FerryContext
+    let state: ServerState
+
+    static let publicPaths: Set<String> = ["/healthz", "/metrics", "/login", "/api/openapi.yaml", "/favicon.ico"]
+
+    func handle(_ request: Request, context: FerryContext, next: (Request, FerryContext) async throws -> Response) async throws -> Response {
+        var request = request
+        var context = context
+        let path = request.uri.path
+        var newSession: SessionStore.Session?
+        let settings = state.settings
+
+        if settings.authMode == .proxy, let address = context.remoteAddress, settings.proxyAddresses.contains(address),
+           let user = request.headers[HTTPField.Name(settings.proxyHeader) ?? .init("X-Remote-User")!], !user.isEmpty {
+            guard Self.plausibleUser(user) else { return APIError(.unauthorized, "auth.failed", "the proxy sent an unusable user name").response() }
+            if let id = request.cookie(ServerState.cookie), let session = state.sessions.session(id), session.user == user {
+                context.session = session
+            } else {
+                let session = state.sessions.create(user: user)
+                context.session = session
+                newSession = session
+            }
+            context.principal = state.principal(user)
+        } else if settings.authMode == .token, let token = state.token,
+                  let authorization = request.headers[.authorization], authorization.hasPrefix("Bearer ") {
+            guard Secret.equal(String(authorization.dropFirst(7)), token) else {
+                return APIError(.unauthorized, "auth.failed", "the bearer token is not this server's token").response()
+            }
+            context.principal = state.principal(state.serverUser)
+            context.viaBearer = true
+        } else if let id = request.cookie(ServerState.cookie), let session = state.sessions.session(id) {
+            context.session = session
+            context.principal = state.principal(session.user)
+        }
+
+        let isPublic = Self.publicPaths.contains(path) || path.hasPrefix("/static/")
+        if context.principal == nil && !isPublic {
+            if path.hasPrefix("/api/") {
+                return APIError(.unauthorized, "auth.required", "log in first: \(settings.authMode == .token ? "open the URL with the token that ferry serve printed, or send Authorization: Bearer <token>" : "sign in at /login")").response()
+            }
+            return Reply.redirect("/login")
+        }
+
+        if ![.get, .head, .options].contains(request.method), !context.viaBearer, let session = context.session, path != "/login" {
+            var presented = request.headers[HTTPField.Name("X-CSRF-Token")!]
+            if presented == nil, request.headers[.contentType]?.hasPrefix("application/x-www-form-urlencoded") == true {
+                let body = try await request.collectBody(upTo: 1 << 16)
+                presented = FormData.parse(String(buffer: body))["csrf_token"] ?? nil
+            }
+            guard let presented, Secret.equal(presented, session.csrfToken) else {
+                return APIError(.forbidden, "csrf.invalid", "this request needs the session's CSRF token (X-CSRF-Token header); reload the page and try again").response()
+            }
+        }
+
+        var response = try await next(request, context)
+        if let newSession { response.headers[values: .setCookie].append(state.cookie(for: newSession, request: request)) }
+        return response
+    }
+
+    static func plausibleUser(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 256 && !name.contains(where: { $0 == "/" || $0 == ":" || $0.isNewline || $0 == "\0" })
+    }
+}
+
+/// Counts requests and their durations by route for `/metrics`, and logs each one.
+struct MetricsMiddleware: RouterMiddleware {
+    typealias Context = FerryContext
+    let state: ServerState
+
+    func handle(_ request: Request, context: FerryContext, next: (Request, FerryContext) async throws -> Response) async throws -> Response {
+        let start = ContinuousClock.now
+        let status: Int
+        let response: Response
+        do {
+            response = try await next(request, context)
+            status = Int(response.status.code)
+        } catch let error as HTTPError {
+            state.metrics.request(method: request.method.rawValue, route: context.endpointPath ?? "unmatched", status: Int(error.status.code),
+                                  duration: ContinuousClock.now - start)
+            throw error
+        } catch {
+            state.metrics.request(method: request.method.rawValue, route: context.endpointPath ?? "unmatched", status: 500, duration: ContinuousClock.now - start)
+            throw error
+        }
+        state.metrics.request(method: request.method.rawValue, route: context.endpointPath ?? "unmatched", status: status, duration: ContinuousClock.now - start)
+        return response
+    }
+}

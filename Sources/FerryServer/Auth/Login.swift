@@ -1,0 +1,105 @@
+import FerryConfig
+import FerryMove
+import Foundation
+import Hummingbird
+import HTTPTypes
+import NIOCore
+
+/// `/login` and `/logout`. Token mode: the printed token, by link (`/login?token=…`, as Jupyter
+/// does) or typed into the form. PAM mode: username and password. Proxy mode: the proxy has
+/// logged people in already. Failures are counted per client address and rate-limited.
+enum Login {
+    struct Credentials: Decodable { var token: String?; var username: String?; var password: String? }
+
+    static func add(to router: Router<FerryContext>, state: ServerState) {
+        router.get("/login") { request, context in
+            let token = (try? request.query("token")) ?? nil
+            if let token {
+                return await attempt(Credentials(token: token), request: request, context: context, state: state, json: false)
+            }
+            if context.principal != nil { return Reply.redirect("/browse") }
+            return Pages.login(state: state, error: nil)
+        }
+
+        router.post("/login") { request, context in
+            var request = request
+            let isJSON = request.headers[.contentType]?.hasPrefix("application/json") == true
+            let body = (try? await request.collectBody(upTo: 1 << 16)).map { Data($0.readableBytesView) } ?? Data()
+            let credentials: Credentials
+            if isJSON {
+                guard let decoded = try? JSONDecoder().decode(Credentials.self, from: body) else {
+                    return APIError(.badRequest, "request.invalid", "send {\"token\": …} or {\"username\": …, \"password\": …}").response()
+                }
+                credentials = decoded
+            } else {
+                let fields = FormData.parse(String(decoding: body, as: UTF8.self))
+                credentials = Credentials(token: fields["token"] ?? nil, username: fields["username"] ?? nil, password: fields["password"] ?? nil)
+            }
+            return await attempt(credentials, request: request, context: context, state: state, json: isJSON)
+        }
+
+        router.post("/logout") { request, context in
+            if let session = context.session { state.sessions.remove(session.id) }
+            return Reply.redirect("/login", headers: [.setCookie: "\(ServerState.cookie)=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"])
+        }
+    }
+
+    static func attempt(_ credentials: Credentials, request: Request, context: FerryContext, state: ServerState, json: Bool) async -> Response {
+        let address = context.remoteAddress ?? "unknown"
+        func failure(_ error: APIError) -> Response {
+            if json { return error.response() }
+            return Pages.login(state: state, error: error.message, status: error.httpStatus)
+        }
+        if let wait = state.limiter.retryAfter(address) {
+            return failure(APIError(.tooManyRequests, "auth.rate_limited", "too many failed logins from \(address); try again in \(wait) s"))
+                .with(header: .retryAfter, String(wait))
+        }
+        let user: String
+        switch state.settings.authMode {
+        case .token:
+            guard let expected = state.token, let token = credentials.token, Secret.equal(token, expected) else {
+                state.limiter.recordFailure(address)
+                state.logger.notice("failed token login", metadata: ["address": "\(address)"])
+                return failure(APIError(.unauthorized, "auth.failed", "that is not the token ferry serve printed"))
+            }
+            user = state.serverUser
+        case .pam:
+            guard let name = credentials.username, let password = credentials.password, AuthMiddleware.plausibleUser(name) else {
+                state.limiter.recordFailure(address)
+                return failure(APIError(.unauthorized, "auth.failed", "give a user name and password"))
+            }
+            let service = state.settings.pamService
+            let result = (try? await Blocking.run { PAM.authenticate(service: service, user: name, password: password) }) ?? .unavailable("PAM did not answer")
+            switch result {
+            case .success:
+                user = name
+            case .denied:
+                state.limiter.recordFailure(address)
+                state.logger.notice("failed PAM login", metadata: ["address": "\(address)", "user": "\(name)"])
+                return failure(APIError(.unauthorized, "auth.failed", "wrong user name or password"))
+            case .unavailable(let why):
+                return failure(APIError(.unavailable, "auth.unavailable", "the password check is not available: \(why)"))
+            }
+        case .proxy:
+            return failure(APIError(.unauthorized, "auth.failed", "this server is behind a login proxy; open it through the proxy"))
+        }
+        state.limiter.recordSuccess(address)
+        let session = state.sessions.create(user: user)
+        state.logger.info("login", metadata: ["user": "\(user)", "address": "\(address)"])
+        let cookie = state.cookie(for: session, request: request)
+        if json {
+            let body = (try? WireJSON.encoder.encode(SessionInfo(user: user, admin: state.principal(user).isAdmin, csrfToken: session.csrfToken,
+                                                                 authMode: state.settings.authMode.rawValue))) ?? Data()
+            return Reply.json(body).with(header: .setCookie, cookie)
+        }
+        return Reply.redirect("/browse", headers: [.setCookie: cookie])
+    }
+}
+
+extension Response {
+    func with(header name: HTTPField.Name, _ value: String) -> Response {
+        var response = self
+        response.headers[name] = value
+        return response
+    }
+}

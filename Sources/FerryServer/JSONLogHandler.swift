@@ -1,0 +1,29 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Structured logs: one JSON object per line on standard error (time, level, message, and the
+/// metadata such as the task id), for journald and log shippers.
+public struct JSONLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level = .info
+    let label: String
+    private static let lock = Mutex(())
+
+    public init(label: String) { self.label = label }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String,
+                    file: String, function: String, line: UInt) {
+        var object: [String: String] = ["time": Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)),
+                                        "level": level.rawValue, "message": message.description, "logger": label]
+        for (key, value) in metadata.merging(explicit ?? [:], uniquingKeysWith: { $1 }) { object[key] = "\(value)" }
+        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+        data.append(0x0A)
+        Self.lock.withLock { _ in FileHandle.standardError.write(data) }
+    }
+}

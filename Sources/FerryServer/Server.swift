@@ -1,0 +1,161 @@
+import FerryConfig
+import FerryCopy
+import FerryJobs
+import FerryMove
+import FerrySystem
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import Mustache
+import NIOCore
+import ServiceLifecycle
+
+/// Everything the handlers share.
+public final class ServerState: Sendable {
+    static let cookie = "ferry_session"
+
+    public let configuration: FerryConfiguration
+    public let settings: ServeSettings
+    public let store: any TaskStore
+    public let sessions = SessionStore()
+    public let limiter = LoginRateLimiter()
+    /// Token mode: the login token.
+    public let token: String?
+    /// The account the server runs as: the user of token mode.
+    public let serverUser: String
+    public let agent: AgentClient
+    public let feed = ChangeFeed()
+    public let metrics = ServerMetrics()
+    public let templates: MustacheLibrary
+    public let logger: Logger
+    let janitorEngine: MoveEngine
+
+    init(configuration: FerryConfiguration, store: any TaskStore, executable: String, templates: MustacheLibrary, logger: Logger) {
+        self.configuration = configuration
+        self.settings = configuration.serve
+        self.store = store
+        self.token = configuration.serve.authMode == .token ? (configuration.serve.token ?? Secret.make(bytes: 24)) : nil
+        self.serverUser = UserIdentity.current.name
+        self.agent = AgentClient(executable: executable, configuration: configuration)
+        self.templates = templates
+        self.logger = logger
+        self.janitorEngine = MoveEngine(store: store, settings: .init(worker: "\(ProcessInfo.processInfo.hostName):\(getpid()):janitor",
+                                                                     roots: configuration.roots.map { Array($0.path.utf8) }))
+    }
+
+    func principal(_ user: String) -> Principal {
+        Principal(user: user, isAdmin: settings.admins.contains(user))
+    }
+
+    func cookie(for session: SessionStore.Session, request: Request) -> String {
+        let secure = request.headers[HTTPField.Name("X-Forwarded-Proto")!] == "https" ? "; Secure" : ""
+        return "\(Self.cookie)=\(session.id); Path=/; HttpOnly; SameSite=Strict\(secure)"
+    }
+
+    func rootsRequest(_ operation: AgentRequest.Operation) -> AgentRequest {
+        AgentRequest(operation: operation, configuration: configuration)
+    }
+}
+
+/// `ferry serve`: the HTTP server, the task runners and the janitor in one service group with one
+/// graceful shutdown.
+public enum FerryServer {
+    public struct Options: Sendable {
+        public var configuration: FerryConfiguration
+        public var store: any TaskStore
+        /// The `ferry` executable, for agents and task runners.
+        public var executable: String
+        public var workers: Int
+        public var logger: Logger
+        /// Called once listening, with the address actually bound and the login URL in token mode.
+        public var onListening: @Sendable (_ url: String, _ loginURL: String?) -> Void
+        public init(configuration: FerryConfiguration, store: any TaskStore, executable: String, workers: Int, logger: Logger,
+                    onListening: @escaping @Sendable (String, String?) -> Void) {
+            self.configuration = configuration
+            self.store = store
+            self.executable = executable
+            self.workers = workers
+            self.logger = logger
+            self.onListening = onListening
+        }
+    }
+
+    public static func run(_ options: Options) async throws {
+        let settings = options.configuration.serve
+        guard let (host, port) = settings.hostAndPort else {
+            throw APIError(.badRequest, "config.invalid", "listen = \"\(settings.listen)\" is not HOST:PORT")
+        }
+        guard !options.configuration.roots.isEmpty else {
+            throw APIError(.badRequest, "config.invalid", "no [[roots]] configured: name the directories users may browse")
+        }
+        if settings.authMode != .token && geteuid() != 0 {
+            options.logger.warning("not running as root: only \(UserIdentity.current.name) can be served, whatever the \(settings.authMode.rawValue) login says")
+        }
+        let templates = try await Web.templates()
+        let state = ServerState(configuration: options.configuration, store: options.store, executable: options.executable,
+                                templates: templates, logger: options.logger)
+        let router = Router(context: FerryContext.self)
+        router.add(middleware: MetricsMiddleware(state: state))
+        router.add(middleware: AuthMiddleware(state: state))
+        Routes.add(to: router, state: state)
+        Pages.add(to: router, state: state)
+
+        var services: [any Service] = []
+        if options.workers > 0 {
+            services.append(TaskRunner(store: options.store, executable: options.executable, configuration: options.configuration,
+                                       concurrency: options.workers, worker: "\(ProcessInfo.processInfo.hostName):\(getpid()):serve",
+                                       lease: .milliseconds(Int64(settings.leaseSeconds * 1000)), feed: state.feed, metrics: state.metrics,
+                                       logger: options.logger))
+            services.append(JanitorService(state: state, interval: .seconds(600)))
+        }
+        let token = state.token
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "ferry"),
+            onServerRunning: { channel in
+                let bound = channel.localAddress?.port ?? port
+                let shown = host.contains(":") ? "[\(host)]" : host
+                let url = "http://\(shown):\(bound)"
+                options.onListening(url, token.map { "\(url)/login?token=\($0)" })
+            },
+            logger: options.logger)
+        let group = ServiceGroup(
+            configuration: .init(services: [.init(service: app)] + services.map { .init(service: $0) },
+                                 gracefulShutdownSignals: [.sigterm, .sigint], logger: options.logger))
+        try await group.run()
+    }
+}
+
+/// Removes orphaned staging directories now and then (tasks whose worker died are recovered by
+/// the task runners' claims, as their owners).
+struct JanitorService: Service {
+    let state: ServerState
+    let interval: Duration
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                if Task.isCancelled { return }
+                _ = try? await Janitor(engine: state.janitorEngine).run(directories: state.configuration.roots.map { Array($0.path.utf8) }, recover: false)
+            }
+        }
+    }
+}
+
+/// The templates and static files shipped with the server.
+enum Web {
+    static var directory: String { Bundle.module.resourcePath.map { $0 + "/Web" } ?? "Web" }
+
+    static func templates() async throws -> MustacheLibrary {
+        try await MustacheLibrary(directory: directory + "/templates")
+    }
+
+    static func file(_ name: String) -> Data? {
+        guard !name.contains("/"), !name.hasPrefix(".") else { return nil }
+        return FileManager.default.contents(atPath: directory + "/static/" + name)
+    }
+
+    static var openAPI: Data? { FileManager.default.contents(atPath: directory + "/openapi.yaml") }
+}

@@ -1,0 +1,146 @@
+import FerryConfig
+import FerryCopy
+import FerryJobs
+import FerryMove
+import FerrySystem
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// The server's workers: claims tasks and runs each in a `ferry agent run-task` process with the
+/// task owner's uid, gid and groups, so the kernel checks every file operation as that user. The
+/// child's task store is a relay to the real one that only accepts calls about its own task.
+/// Graceful shutdown sends the children SIGTERM: each stops at its next checkpoint, keeps what it
+/// staged and hands its lease back through the relay, so the next server resumes it at once.
+public final class TaskRunner: Service, Sendable {
+    let store: any TaskStore
+    let executable: String
+    let configuration: FerryConfiguration
+    let concurrency: Int
+    let worker: String
+    let lease: Duration
+    let feed: ChangeFeed
+    let metrics: ServerMetrics
+    let logger: Logger
+    private let children = Mutex<[String: pid_t]>([:])
+    private let stopping = CancellationFlag()
+
+    public init(store: any TaskStore, executable: String, configuration: FerryConfiguration, concurrency: Int,
+                worker: String, lease: Duration, feed: ChangeFeed, metrics: ServerMetrics, logger: Logger) {
+        self.store = store
+        self.executable = executable
+        self.configuration = configuration
+        self.concurrency = max(1, concurrency)
+        self.worker = worker
+        self.lease = lease
+        self.feed = feed
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await self.loop()
+        } onGracefulShutdown: {
+            self.stop()
+        }
+    }
+
+    /// Stops claiming and asks every running child to stop at its next checkpoint.
+    public func stop() {
+        stopping.cancel()
+        children.withLock { all in for pid in all.values { kill(pid, SIGTERM) } }
+    }
+
+    func loop() async {
+        await withTaskGroup(of: Bool.self) { group in
+            var running = 0
+            var waking = false
+            while true {
+                if !stopping.isCancelled && running < concurrency {
+                    let claimed: [TaskRecord]
+                    do {
+                        claimed = try await store.claim(worker: worker, limit: concurrency - running, lease: lease)
+                    } catch {
+                        logger.error("claiming tasks failed", metadata: ["error": "\(error)"])
+                        claimed = []
+                    }
+                    for task in claimed {
+                        running += 1
+                        group.addTask { await self.execute(task); return true }
+                    }
+                    if !claimed.isEmpty { continue }
+                }
+                if stopping.isCancelled && running == 0 { return }
+                // Wake on whichever comes first: a task ending, or (with room for more) new work.
+                if !waking && !stopping.isCancelled && running < concurrency {
+                    waking = true
+                    group.addTask { await self.store.waitForWork(timeout: .seconds(2)); return false }
+                }
+                guard let taskEnded = await group.next() else { continue }
+                if taskEnded { running -= 1 } else { waking = false }
+            }
+        }
+    }
+
+    /// Runs one claimed task in a child process as its owner; returns when the child has exited.
+    func execute(_ task: TaskRecord) async {
+        var log = logger
+        log[metadataKey: "task"] = "\(task.id)"
+        let identity: UserIdentity?
+        do {
+            identity = task.options.privileged ? nil : try AgentClient.identity(for: task.owner)
+        } catch {
+            log.error("cannot run the task as its owner", metadata: ["owner": "\(task.owner)", "error": "\(error.message)"])
+            try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(60),
+                                     failure: TaskFailure(code: "owner.unavailable", message: error.message), message: error.message)
+            return
+        }
+        let settings = RunTaskSettings(taskID: task.id, worker: worker, leaseMilliseconds: Int64(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000),
+                                       roots: configuration.roots.map { AgentRequest.Root(path: $0.path, name: $0.name, backend: $0.backend, strategy: $0.strategy) },
+                                       lfsPath: configuration.lfsPath)
+        let child: ChildProcess
+        do {
+            let argument = String(decoding: try WireJSON.encoder.encode(settings), as: UTF8.self)
+            child = try ChildProcess.spawn(executable: executable, arguments: ["agent", "run-task", argument], environment: AgentClient.environment(),
+                                           identity: identity, standardError: .inherit)
+        } catch {
+            log.error("cannot start the task's process", metadata: ["error": "\(error)"])
+            try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(30),
+                                     failure: TaskFailure(code: "runner.failed", message: "could not start the task's process: \(error)"), message: "runner failed to start")
+            return
+        }
+        children.withLock { $0[task.id] = child.pid }
+        if stopping.isCancelled { child.signal(SIGTERM) }
+        log.info("task started", metadata: ["owner": "\(task.owner)", "pid": "\(child.pid)", "status": "\(task.status.rawValue)"])
+        let relay = TaskStoreRelay(store: store, taskID: task.id, worker: worker) { [feed] id in feed.notify(id) }
+        async let relayed: Void = relay.serve(requests: child.standardOutput.rawValue, responses: child.standardInput.rawValue)
+        let termination = try? await Blocking.run { child.wait() }
+        await relayed
+        children.withLock { _ = $0.removeValue(forKey: task.id) }
+        child.standardOutput.closeQuietly()
+        child.standardInput.closeQuietly()
+        let record = try? await store.task(task.id)
+        if let record, record.leaseOwner == worker, !record.status.isTerminal {
+            // The child died without handing the task back (a crash, or killed): give it back.
+            try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(5),
+                                     failure: TaskFailure(code: "runner.exited", message: "the task's process ended unexpectedly (\(termination.map { "\($0)" } ?? "unknown"))"),
+                                     message: "task process ended unexpectedly; the task will be resumed")
+        }
+        feed.notify(task.id)
+        if let record {
+            log.info("task process ended", metadata: ["status": "\(record.status.rawValue)", "exit": "\(termination.map { "\($0)" } ?? "?")"])
+            if record.status == .completed { await metrics.taskCompleted(record, events: (try? await store.events(task.id)) ?? []) }
+        }
+    }
+}
+
+/// What `ferry agent run-task` needs to carry a task on.
+public struct RunTaskSettings: Codable, Sendable {
+    public var taskID: String
+    public var worker: String
+    public var leaseMilliseconds: Int64
+    public var roots: [AgentRequest.Root]
+    public var lfsPath: String?
+}

@@ -1,0 +1,98 @@
+import FerryJobs
+import FerryMove
+import Foundation
+
+/// A task as the API and the pages show it: the record plus what people want to read off it
+/// (percent, ETA, a one-line summary).
+public struct TaskView: Codable, Sendable {
+    public struct ProgressView: Codable, Sendable {
+        public var bytesDone: UInt64
+        public var bytesTotal: UInt64
+        public var entriesDone: UInt64
+        public var entriesTotal: UInt64
+        public var bytesPerSecond: Double
+        public var percent: Double
+        @Nullable public var etaSeconds: Double?
+    }
+    public struct ErrorView: Codable, Sendable { public var code: String; public var message: String }
+    public struct EventView: Codable, Sendable { public var at: String; public var status: String; public var message: String }
+
+    public var id: String
+    public var kind: String
+    public var status: String
+    public var owner: String
+    public var sources: [String]
+    public var destination: String
+    @Nullable public var strategy: String?
+    public var attempts: Int
+    public var cancelRequested: Bool
+    public var progress: ProgressView
+    @Nullable public var error: ErrorView?
+    public var createdAt: String
+    public var updatedAt: String
+    @Nullable public var finishedAt: String?
+    public var terminal: Bool
+    public var summary: String
+    public var events: [EventView]?
+
+    public init(_ task: TaskRecord, events: [TaskEvent]? = nil) {
+        let p = task.progress
+        let percent: Double
+        if task.status == .completed {
+            percent = 100
+        } else if p.bytesTotal > 0 {
+            percent = min(100, Double(p.bytesDone) * 100 / Double(p.bytesTotal))
+        } else if p.entriesTotal > 0 {
+            percent = min(100, Double(p.entriesDone) * 100 / Double(p.entriesTotal))
+        } else {
+            percent = 0
+        }
+        var eta: Double?
+        if !task.status.isTerminal, p.bytesPerSecond > 0, p.bytesTotal > p.bytesDone {
+            eta = Double(p.bytesTotal - p.bytesDone) / p.bytesPerSecond
+        }
+        id = task.id
+        kind = task.kind.rawValue
+        status = task.status.rawValue
+        owner = task.owner
+        sources = task.sources.map(\.description)
+        destination = task.destination.description
+        strategy = task.plan?.strategy
+        attempts = task.attempts
+        cancelRequested = task.cancelRequested
+        progress = ProgressView(bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, entriesDone: p.entriesDone, entriesTotal: p.entriesTotal,
+                                bytesPerSecond: p.bytesPerSecond, percent: (percent * 10).rounded() / 10, etaSeconds: eta)
+        error = task.failure.map { ErrorView(code: $0.code, message: $0.message) }
+        createdAt = Self.iso(task.createdAt)
+        updatedAt = Self.iso(task.updatedAt)
+        finishedAt = task.finishedAt.map(Self.iso)
+        terminal = task.status.isTerminal
+        summary = Self.summary(task)
+        self.events = events?.map { EventView(at: Self.iso($0.at), status: $0.status.rawValue, message: $0.message) }
+    }
+
+    static func iso(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+
+    static func summary(_ task: TaskRecord) -> String {
+        let p = task.progress
+        let verb = task.kind == .move ? "Moving" : "Copying"
+        switch task.status {
+        case .pending: return task.cancelRequested ? "Cancelling" : "Waiting for a worker"
+        case .validating: return "Checking paths, space and quota"
+        case .locked: return "Locked; about to stage"
+        case .copying:
+            if task.plan?.strategy == "relink" { return "Relinking \(Format.count(p.entriesDone)) of \(Format.count(p.entriesTotal)) entries" }
+            return "\(verb) \(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytesTotal))"
+        case .verifying: return "Verifying the copy against the source"
+        case .committing: return task.kind == .move ? "Publishing and removing the source" : "Publishing"
+        case .completed:
+            let size = task.plan.map { " (\(Format.bytes($0.bytes)), \(Format.count($0.entries)) entries)" } ?? ""
+            return "Done\(size)"
+        case .failed: return "Failed: \(task.failure?.message ?? "unknown error")"
+        case .cancelled: return "Cancelled"
+        case .rolledBack: return "Rolled back: \(task.failure?.message ?? "the source is unchanged")"
+        }
+    }
+}

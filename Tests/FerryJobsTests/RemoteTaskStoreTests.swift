@@ -1,0 +1,235 @@
+import Foundation
+import FerryJobs
+import FerryTestSupport
+import Glibc
+import Synchronization
+import Testing
+
+/// A pipe whose ends do not leak into processes other tests start.
+private func makePipe() -> (read: Int32, write: Int32) {
+    var fds: [Int32] = [-1, -1]
+    precondition(pipe(&fds) == 0)
+    for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    return (fds[0], fds[1])
+}
+
+private final class Changes: Sendable {
+    let ids = Mutex<[String]>([])
+    func append(_ id: String) { ids.withLock { $0.append(id) } }
+    var count: Int { ids.withLock { $0.count } }
+}
+
+/// A real SQLite store, a relay for one task and worker, and a client talking to it over two pipes,
+/// all in this process.
+private struct Channel {
+    let store: SQLiteTaskStore
+    let client: RemoteTaskStore
+    let changes = Changes()
+    let serving: Task<Void, Never>
+    let requests: (read: Int32, write: Int32)
+    let responses: (read: Int32, write: Int32)
+
+    init(store: SQLiteTaskStore, taskID: String, worker: String) {
+        self.store = store
+        requests = makePipe()
+        responses = makePipe()
+        client = RemoteTaskStore(requests: requests.write, responses: responses.read)
+        let relay = TaskStoreRelay(store: store, taskID: taskID, worker: worker) { [changes] in changes.append($0) }
+        serving = Task { [requests, responses] in await relay.serve(requests: requests.read, responses: responses.write) }
+    }
+
+    /// The runner goes away: the relay sees the end of its requests, finishes, and its side closes.
+    func close() async {
+        Glibc.close(requests.write)
+        await serving.value
+        Glibc.close(responses.write)
+        Glibc.close(requests.read)
+    }
+}
+
+private func withChannel(
+    lease: Duration = .seconds(30), _ body: (SQLiteTaskStore, TaskRecord, Channel) async throws -> Void
+) async throws {
+    let directory = try TemporaryDirectory.make(prefix: "ferry-remote")
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
+    let created = try await store.create(NewTask(kind: .move, sources: [StoredPath("/p/a/data")], destination: StoredPath("/p/b"), owner: "alice"))
+    let task = try #require(try await store.claim(id: created.id, worker: "w1", lease: lease))
+    let channel = Channel(store: store, taskID: task.id, worker: "w1")
+    do {
+        try await body(store, task, channel)
+    } catch {
+        await channel.close()
+        throw error
+    }
+    await channel.close()
+    // With the server's side closed, the client fails at once rather than waiting forever.
+    await #expect(throws: TaskStoreError.database("the server closed the task channel")) { try await channel.client.task(task.id) }
+    Glibc.close(channel.responses.read)
+}
+
+private func isRefusal(_ error: any Error) -> Bool {
+    guard case TaskStoreError.database(let message) = error else { return false }
+    return message.hasPrefix("not allowed")
+}
+
+@Suite("Remote task store over pipes")
+struct RemoteTaskStoreTests {
+    @Test func everyRunnerCallReachesTheRealStore() async throws {
+        try await withChannel { store, task, channel in
+            let client = channel.client
+            #expect(try await client.task(task.id) == task)
+
+            let before = try #require(try await store.task(task.id)?.leaseExpiresAt)
+            try await Task.sleep(for: .milliseconds(20))
+            #expect(try await client.heartbeat(id: task.id, worker: "w1", lease: .seconds(60)))
+            #expect(try #require(try await store.task(task.id)?.leaseExpiresAt) > before)
+
+            let plan = TaskPlan(strategy: "copy", bytes: 10, allocatedBytes: 4096, entries: 3, inodes: 3,
+                                stagingName: StoredPath(".ferry-staging-\(task.id)"), finalNames: [StoredPath([0x64, 0xFF])],
+                                destinationDirectory: StoredPath("/p/b"))
+            try await client.advance(id: task.id, worker: "w1", to: .validating, plan: nil, message: "validating")
+            try await client.advance(id: task.id, worker: "w1", to: .locked, plan: plan, message: "planned")
+            var real = try #require(try await store.task(task.id))
+            #expect(real.status == .locked && real.plan == plan)
+
+            let progress = TaskProgress(bytesDone: 5, bytesTotal: 10, entriesDone: 1, entriesTotal: 3, bytesPerSecond: 2.5)
+            try await client.updateProgress(id: task.id, worker: "w1", progress)
+            #expect(try await store.task(task.id)?.progress == progress)
+
+            let lock = PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath("/p/a/data"))
+            try await client.acquireLocks(id: task.id, worker: "w1", [lock])
+            #expect(try await store.locks() == [lock])
+
+            try await client.record(task.id, message: "a note")
+            #expect(try await store.events(task.id).contains { $0.message == "a note" })
+            #expect(try await client.events(task.id) == (try await store.events(task.id)))
+
+            try await client.finish(id: task.id, worker: "w1", status: .failed, failure: TaskFailure(code: "x.y", message: "why"), message: "done")
+            real = try #require(try await store.task(task.id))
+            #expect(real.status == .failed && real.failure == TaskFailure(code: "x.y", message: "why") && real.leaseOwner == nil)
+            #expect(try await store.locks().isEmpty)
+            #expect(try await client.task(task.id) == real)
+            // advance twice, progress, locks, record, finish; heartbeats and reads are not changes.
+            #expect(channel.changes.ids.withLock { $0 } == Array(repeating: task.id, count: 6))
+        }
+    }
+
+    @Test func concurrentCallsAreAllAnswered() async throws {
+        try await withChannel { store, task, channel in
+            let client = channel.client
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<50 {
+                    group.addTask { try await client.heartbeat(id: task.id, worker: "w1", lease: .seconds(30)) }
+                    group.addTask {
+                        try await client.updateProgress(id: task.id, worker: "w1", TaskProgress(bytesDone: UInt64(i), bytesTotal: 50,
+                                                                                               entriesDone: 0, entriesTotal: 0, bytesPerSecond: 0))
+                        return true
+                    }
+                    group.addTask { try await client.task(task.id)?.id == task.id }
+                }
+                var answered = 0
+                for try await ok in group {
+                    #expect(ok)
+                    answered += 1
+                }
+                #expect(answered == 150)
+            }
+            #expect(try await store.task(task.id)?.progress.bytesTotal == 50)
+            #expect(channel.changes.count == 50)
+        }
+    }
+
+    @Test func otherTasksWorkersAndStoreWideCallsAreRefused() async throws {
+        try await withChannel { store, task, channel in
+            let other = try await store.create(NewTask(kind: .copy, sources: [StoredPath("/q")], destination: StoredPath("/r"), owner: "bob"))
+            _ = try await store.claim(id: other.id, worker: "w1", lease: .seconds(30))
+            let before = (try await store.list(TaskFilter()), try await store.events(task.id), try await store.events(other.id))
+            let client = channel.client
+            let attempts: [(String, () async throws -> Void)] = [
+                ("task of another", { _ = try await client.task(other.id) }),
+                ("events of another", { _ = try await client.events(other.id) }),
+                ("advance another", { try await client.advance(id: other.id, worker: "w1", to: .copying, plan: nil, message: "") }),
+                ("advance as another worker", { try await client.advance(id: task.id, worker: "w2", to: .copying, plan: nil, message: "") }),
+                ("heartbeat as another worker", { _ = try await client.heartbeat(id: task.id, worker: "w2", lease: .seconds(30)) }),
+                ("finish another", { try await client.finish(id: other.id, worker: "w1", status: .completed, failure: nil, message: "") }),
+                ("release another", { try await client.release(id: other.id, worker: "w1", retryAfter: nil, failure: nil, message: "") }),
+                ("progress of another", { try await client.updateProgress(id: other.id, worker: "w1", TaskProgress()) }),
+                ("record on another", { try await client.record(other.id, message: "x") }),
+                ("locks for another", {
+                    try await client.acquireLocks(id: task.id, worker: "w1", [PathLock(taskID: other.id, filesystem: "7:0", path: StoredPath("/z"))])
+                }),
+                ("create", { _ = try await client.create(NewTask(kind: .move, sources: [StoredPath("/x")], destination: StoredPath("/y"), owner: "eve")) }),
+                ("list", { _ = try await client.list(TaskFilter()) }),
+                ("claim", { _ = try await client.claim(worker: "w1", limit: 10, lease: .seconds(30)) }),
+                ("claim one", { _ = try await client.claim(id: other.id, worker: "w1", lease: .seconds(30)) }),
+                ("locks", { _ = try await client.locks() }),
+                ("cancel", { _ = try await client.requestCancel(other.id) }),
+                ("retry", { _ = try await client.retry(other.id) }),
+            ]
+            for (name, attempt) in attempts {
+                do {
+                    try await attempt()
+                    Issue.record("\(name) was allowed")
+                } catch {
+                    #expect(isRefusal(error), "\(name): \(error)")
+                }
+            }
+            let after = (try await store.list(TaskFilter()), try await store.events(task.id), try await store.events(other.id))
+            #expect(after.0 == before.0 && after.1 == before.1 && after.2 == before.2)
+            #expect(try await store.locks().isEmpty)
+            #expect(channel.changes.count == 0)
+        }
+    }
+
+    @Test func aLostLeaseSurfacesAsLeaseLost() async throws {
+        try await withChannel(lease: .milliseconds(200)) { store, task, channel in
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(try await store.claim(worker: "w2", limit: 1, lease: .seconds(30)).first?.id == task.id)
+            #expect(try await channel.client.heartbeat(id: task.id, worker: "w1", lease: .seconds(30)) == false)
+            await #expect(throws: TaskStoreError.leaseLost(task.id)) {
+                try await channel.client.advance(id: task.id, worker: "w1", to: .copying, plan: nil, message: "")
+            }
+            #expect(try await store.task(task.id)?.leaseOwner == "w2")
+            #expect(channel.changes.count == 0)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aClosedChannelFailsPendingAndLaterCalls() async throws {
+        let closed = TaskStoreError.database("the server closed the task channel")
+        // Nobody answers: the call waits until the server's side closes, then fails.
+        let requests = makePipe(), responses = makePipe()
+        let client = RemoteTaskStore(requests: requests.write, responses: responses.read)
+        let pending = Task { try await client.task("0123456789abcdef") }
+        try await Task.sleep(for: .milliseconds(100))
+        Glibc.close(responses.write)
+        await #expect(throws: closed) { try await pending.value }
+        await #expect(throws: closed) { try await client.heartbeat(id: "0123456789abcdef", worker: "w1", lease: .seconds(1)) }
+        for fd in [requests.read, requests.write, responses.read] { Glibc.close(fd) }
+
+        // Nobody reads: the write fails with EPIPE (not SIGPIPE), and so does the call.
+        let requests2 = makePipe(), responses2 = makePipe()
+        Glibc.close(requests2.read)
+        let deaf = RemoteTaskStore(requests: requests2.write, responses: responses2.read)
+        await #expect(throws: closed) { try await deaf.record("0123456789abcdef", message: "hello") }
+        await #expect(throws: closed) { try await deaf.record("0123456789abcdef", message: "again") }
+        Glibc.close(responses2.write)
+        Glibc.close(requests2.write)
+    }
+
+    @Test func recordsRoundTripThroughJSON() async throws {
+        try await withChannel { store, task, _ in
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .secondsSince1970
+            let decoder = JSONDecoder()
+            decoder.dateDecodingStrategy = .secondsSince1970
+            let real = try #require(try await store.task(task.id))
+            #expect(try decoder.decode(TaskRecord.self, from: encoder.encode(real)) == real)
+            let events = try await store.events(task.id)
+            #expect(try decoder.decode([TaskEvent].self, from: encoder.encode(events)) == events)
+            let lock = PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath([0x2F, 0xFF]))
+            #expect(try decoder.decode(PathLock.self, from: encoder.encode(lock)) == lock)
+        }
+    }
+}

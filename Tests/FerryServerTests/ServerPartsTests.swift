@@ -1,0 +1,145 @@
+import FerryConfig
+@testable import FerryServer
+import FerrySystem
+import FerryTestSupport
+import Foundation
+import Testing
+
+@Suite struct ServerPathTests {
+    let roots = ["/srv/projects", "/srv/projects/alpha/deep", "/scratch"]
+
+    @Test func pathsBeneathTheDeepestRoot() throws {
+        let p = try ServerPath.check("/srv/projects/alpha/deep/x//y/", roots: roots)
+        #expect(p.path == "/srv/projects/alpha/deep/x/y" && p.root == "/srv/projects/alpha/deep" && p.relative == "x/y")
+        #expect(p.parent == "/srv/projects/alpha/deep/x")
+        let root = try ServerPath.check("/scratch", roots: roots)
+        #expect(root.relative == "" && root.parent == nil)
+    }
+
+    @Test func hostileInputIsRefusedWithItsCode() {
+        func code(_ raw: String?) -> String? {
+            do { _ = try ServerPath.check(raw, roots: roots); return nil } catch { return error.code }
+        }
+        #expect(code("/srv/projects/../etc/passwd") == "path.invalid")
+        #expect(code("/srv/projects/./a") == "path.invalid")
+        #expect(code("relative/path") == "path.invalid")
+        #expect(code("/srv/projects/a\0b") == "path.invalid")
+        #expect(code("/srv/projects/" + String(repeating: "n", count: 256)) == "path.invalid")
+        #expect(code("/srv/" + String(repeating: "d/", count: 2100)) == "path.invalid")
+        #expect(code("/etc/passwd") == "path.outside_roots")
+        #expect(code("/srv/projectsX/a") == "path.outside_roots")
+        #expect(code(nil) == "path.invalid")
+        #expect(code("/srv/projects/" + String(repeating: "n", count: 255)) == nil)
+    }
+
+    @Test func queryDecodingRejectsBrokenEncodings() {
+        let fields = FormData.parse("path=%2Fsrv%2Fa+b&bad=%FF&nul=a%00b&short=%4&empty=&x")
+        #expect(fields["path"] == .some("/srv/a b"))
+        #expect(fields["bad"] == .some(nil))
+        #expect(fields["short"] == .some(nil))
+        #expect(fields["nul"] == .some("a\0b"))
+        #expect(fields["empty"] == .some("") && fields["x"] == .some(""))
+        #expect(fields["missing"] == nil)
+    }
+}
+
+@Suite struct DirectoryPageTests {
+    /// The bounded heap must give exactly the page a full sort would, for every key and order.
+    @Test func pagesMatchAFullSort() throws {
+        let dir = try TemporaryDirectory.make(prefix: "ferry-page")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var generator = SystemRandomNumberGenerator()
+        var expected: [(name: String, isDirectory: Bool, size: UInt64)] = []
+        for i in 0..<300 {
+            let name = "e\(UInt32.random(in: 0...999_999, using: &generator))-\(i)"
+            if i % 7 == 0 {
+                try FileManager.default.createDirectory(atPath: dir + "/" + name, withIntermediateDirectories: false)
+                expected.append((name, true, 0))
+            } else {
+                let size = UInt64(i % 13) * 100
+                FileManager.default.createFile(atPath: dir + "/" + name, contents: Data(count: Int(size)))
+                expected.append((name, false, size))
+            }
+        }
+        let fd = try FileDescriptor.openDirectory(Array(dir.utf8))
+        defer { fd.closeQuietly() }
+        for descending in [false, true] {
+            let byName = expected.sorted { a, b in
+                if a.isDirectory != b.isDirectory { return a.isDirectory }
+                return descending ? a.name.utf8.lexicographicallyPrecedes(b.name.utf8) == false : a.name.utf8.lexicographicallyPrecedes(b.name.utf8)
+            }
+            for (offset, limit) in [(0, 10), (37, 25), (290, 50), (400, 5)] {
+                let rewound = try FileDescriptor.openDirectory(Array(dir.utf8))
+                defer { rewound.closeQuietly() }
+                let page = try DirectoryPage.read(rewound, offset: offset, limit: limit, sort: .name, descending: descending)
+                #expect(page.total == 300)
+                let want = byName.dropFirst(offset).prefix(limit).map(\.name)
+                #expect(page.entries.map { String(decoding: $0.name, as: UTF8.self) } == Array(want))
+            }
+            let bySize = expected.sorted { a, b in
+                if a.isDirectory != b.isDirectory { return a.isDirectory }
+                if a.size != b.size { return descending ? a.size > b.size : a.size < b.size }
+                return descending ? !a.name.utf8.lexicographicallyPrecedes(b.name.utf8) : a.name.utf8.lexicographicallyPrecedes(b.name.utf8)
+            }
+            let rewound = try FileDescriptor.openDirectory(Array(dir.utf8))
+            defer { rewound.closeQuietly() }
+            let page = try DirectoryPage.read(rewound, offset: 50, limit: 100, sort: .size, descending: descending)
+            #expect(page.entries.map { String(decoding: $0.name, as: UTF8.self) } == Array(bySize.dropFirst(50).prefix(100).map(\.name)))
+        }
+        _ = fd
+    }
+}
+
+@Suite struct SessionTests {
+    @Test func sessionsCarryTheirCSRFTokenAndExpire() async throws {
+        let store = SessionStore(idleLimit: .milliseconds(300))
+        let session = store.create(user: "alice")
+        #expect(session.id.count == 64 && session.csrfToken.count == 64 && session.id != session.csrfToken)
+        #expect(store.session(session.id)?.user == "alice")
+        #expect(store.session("nope") == nil)
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(store.session(session.id) == nil)
+    }
+
+    @Test func loginFailuresAreRateLimitedPerAddress() {
+        let limiter = LoginRateLimiter(limit: 3, window: .seconds(60))
+        for _ in 0..<3 {
+            #expect(limiter.retryAfter("10.0.0.1") == nil)
+            limiter.recordFailure("10.0.0.1")
+        }
+        let wait = limiter.retryAfter("10.0.0.1")
+        #expect(wait != nil && wait! > 0 && wait! <= 61)
+        #expect(limiter.retryAfter("10.0.0.2") == nil)
+        limiter.recordSuccess("10.0.0.1")
+        #expect(limiter.retryAfter("10.0.0.1") == nil)
+    }
+
+    @Test func secretsCompareWholly() {
+        #expect(Secret.equal("abc", "abc") && !Secret.equal("abc", "abd") && !Secret.equal("abc", "abcd"))
+    }
+}
+
+@Suite struct ServeSettingsTests {
+    @Test func fileThenEnvironment() throws {
+        let configuration = try FerryConfiguration.parse("""
+            listen = "0.0.0.0:9000"
+            workers = 4
+            lease_seconds = 2.5
+            [auth]
+            mode = "proxy"
+            admins = ["ops", "root"]
+            proxy_addresses = ["10.1.2.3"]
+            [[roots]]
+            path = "/srv/p"
+            """)
+        #expect(configuration.serve.listen == "0.0.0.0:9000" && configuration.serve.workers == 4 && configuration.serve.leaseSeconds == 2.5)
+        #expect(configuration.serve.authMode == .proxy && configuration.serve.admins == ["ops", "root"])
+        let overridden = try configuration.serve.applying(environment: [
+            "FERRY_LISTEN": "[::1]:0", "FERRY_AUTH_MODE": "pam", "FERRY_AUTH_ADMINS": "a, b", "FERRY_WORKERS": "0"])
+        #expect(overridden.authMode == .pam && overridden.admins == ["a", "b"] && overridden.workers == 0)
+        #expect(overridden.hostAndPort?.host == "::1" && overridden.hostAndPort?.port == 0)
+        #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("[auth]\nmode = \"kerberos\"") }
+        #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("[auth]\ntoken = \"short\"") }
+        #expect(throws: FerryConfiguration.Error.self) { try configuration.serve.applying(environment: ["FERRY_MARGIN": "2"]) }
+    }
+}

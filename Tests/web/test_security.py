@@ -1,0 +1,326 @@
+"""Who may do what: real Unix users (useradd), the kernel as the authorizer, sessions, CSRF, proxy trust,
+login rate limiting.
+
+Run as root: python3 -m pytest Tests/web/test_security.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+import requests
+
+from conftest import describe, expect, expect_error, get_path, list_all_tasks, transfer, tree_snapshot, wait_for_task, write
+
+
+@pytest.fixture
+def alpha_dir(xfs_sandbox):
+    path = xfs_sandbox.fresh("alpha", "sec")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def beta_dir(xfs_sandbox):
+    path = xfs_sandbox.fresh("beta", "sec")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def two_users(unix_user):
+    return unix_user(), unix_user()
+
+
+@pytest.fixture
+def proxy_server(start_server):
+    return start_server(auth="proxy", admins=["root"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the kernel is the authorizer
+
+
+def test_user_cannot_reach_another_users_private_directory(proxy_server, two_users, alpha_dir, beta_dir):
+    a, b = two_users
+    server = proxy_server
+    private = alpha_dir / "b-private"
+    write(private / "secret.txt", "B's data")
+    write(private / "inner" / "more.txt", "more")
+    for path in [private, private / "inner", private / "secret.txt", private / "inner" / "more.txt"]:
+        os.chown(path, b.uid, b.gid)
+    private.chmod(0o700)
+    loose = write(alpha_dir / "b-file", "B's 0600 file", 0o600)
+    os.chown(loose, b.uid, b.gid)
+    before = tree_snapshot(alpha_dir), tree_snapshot(beta_dir)
+
+    as_b = server.session(user=b.name)
+    expect(get_path(as_b, server, "files", str(private)), 200)  # B may: the refusal below is about who asks
+
+    as_a = server.session(user=a.name)
+    assert expect(as_a.get(server.api("/api/session"), timeout=30), 200)["user"] == a.name
+    expect_error(get_path(as_a, server, "files", str(private)), 403, "permission.denied")
+    expect_error(get_path(as_a, server, "files", str(private / "inner")), 403, "permission.denied")
+    expect_error(get_path(as_a, server, "stat", str(private / "secret.txt")), 403, "permission.denied")
+    expect_error(get_path(as_a, server, "quota", str(private / "secret.txt")), 403, "permission.denied")
+    for kind in ("move", "copy"):
+        for source in (private, private / "secret.txt", loose):
+            body = transfer(kind, [source], beta_dir)
+            expect_error(as_a.post(server.api("/api/preflight"), json=body, timeout=60), 403, "permission.denied")
+            expect_error(as_a.post(server.api("/api/tasks"), json=body, timeout=60), 403, "permission.denied")
+    assert list_all_tasks(as_a, server) == []
+
+    # Within project 100 a move would be a rename: the sticky, world-writable parent lets only B do it.
+    (alpha_dir / "a-dest").mkdir()
+    os.chown(alpha_dir / "a-dest", a.uid, a.gid)
+    r = as_a.post(server.api("/api/tasks"), json=transfer("move", [private], alpha_dir / "a-dest"), timeout=60)
+    if r.status_code == 201:
+        done = wait_for_task(as_a, server, r.json()["id"])
+        assert done["status"] != "completed", f"A moved B's private directory: {done}"
+    else:
+        expect_error(r, 403, "permission.denied")
+    assert list((alpha_dir / "a-dest").iterdir()) == []
+    (alpha_dir / "a-dest").rmdir()
+    assert (tree_snapshot(alpha_dir), tree_snapshot(beta_dir)) == before, "B's data or the destination changed"
+
+
+def test_task_runs_as_its_owner(proxy_server, unix_user, alpha_dir, beta_dir, xfs_sandbox):
+    a = unix_user()
+    server = proxy_server
+    as_a = server.session(user=a.name)
+    # Readable by everyone, owned by root: a copy made as A belongs to A; one made as root would keep root.
+    public = write(alpha_dir / "public.txt", "everyone may read this", 0o644)
+    assert os.stat(public).st_uid == 0
+    target = beta_dir / "a-target"
+    target.mkdir()
+    os.chown(target, a.uid, a.gid)
+
+    task = expect(as_a.post(server.api("/api/tasks"), json=transfer("copy", [public], target), timeout=60), 201)
+    assert task["owner"] == a.name
+    done = wait_for_task(as_a, server, task["id"])
+    assert done["status"] == "completed", done
+    copied = os.stat(target / "public.txt")
+    assert (copied.st_uid, copied.st_gid) == (a.uid, a.gid), \
+        f"the copy belongs to uid {copied.st_uid} gid {copied.st_gid}, not to A ({a.uid}:{a.gid}): the task did not run as A"
+    assert (target / "public.txt").read_text() == "everyone may read this"
+
+    # A may not write where only root may: the task is refused or fails, and nothing appears there.
+    closed = beta_dir / "root-only"
+    closed.mkdir(mode=0o755)
+    r = as_a.post(server.api("/api/tasks"), json=transfer("copy", [public], closed), timeout=60)
+    if r.status_code == 201:
+        done = wait_for_task(as_a, server, r.json()["id"])
+        assert done["status"] in ("failed", "rolled_back"), f"A wrote into a root-only directory: {done}"
+    else:
+        expect_error(r, 403, "permission.denied")
+    assert list(closed.iterdir()) == [], "something was written into a directory A may not write"
+
+
+def test_users_see_only_their_own_tasks(start_server, two_users, alpha_dir, beta_dir):
+    a, b = two_users
+    server = start_server(auth="proxy", admins=["root"], workers=0)
+    as_a, as_b, as_root = (server.session(user=u) for u in (a.name, b.name, "root"))
+    source = write(alpha_dir / "a-src" / "f", "a")
+    os.chown(source.parent, a.uid, a.gid)
+    os.chown(source, a.uid, a.gid)
+    task = expect(as_a.post(server.api("/api/tasks"), json=transfer("copy", [source.parent], beta_dir), timeout=60), 201)
+    tid = task["id"]
+
+    assert [t["id"] for t in list_all_tasks(as_a, server)] == [tid]
+    assert list_all_tasks(as_b, server) == []
+    r = as_b.get(server.api("/api/tasks"), params={"owner": a.name, "state": "all"}, timeout=30)
+    if r.status_code == 200:
+        assert tid not in [t["id"] for t in r.json()["tasks"]]
+    else:
+        expect_error(r, 403, "forbidden")
+    # Another user's task: 403 `forbidden` (the spec), or 404 `task.not_found` (its id does not leak).
+    for method, suffix in [("get", ""), ("post", "/cancel"), ("post", "/retry"), ("get", "/stream")]:
+        with getattr(as_b, method)(server.api(f"/api/tasks/{tid}{suffix}"), timeout=30, stream=True) as r:
+            if r.status_code == 404:
+                expect_error(r, 404, "task.not_found")
+            else:
+                expect_error(r, 403, "forbidden")
+    assert expect(as_a.get(server.api(f"/api/tasks/{tid}"), timeout=30), 200)["status"] == "pending"
+
+    # Admins see everyone's and may filter by owner.
+    assert tid in [t["id"] for t in list_all_tasks(as_root, server)]
+    body = expect(as_root.get(server.api("/api/tasks"), params={"owner": a.name}, timeout=30), 200)
+    assert [t["id"] for t in body["tasks"]] == [tid]
+    body = expect(as_root.get(server.api("/api/tasks"), params={"owner": b.name}, timeout=30), 200)
+    assert body["tasks"] == []
+    expect(as_root.get(server.api(f"/api/tasks/{tid}"), timeout=30), 200)
+
+
+# --------------------------------------------------------------------------------------------------
+# authentication
+
+
+def api_requests(task_id: str, path: str) -> list[tuple[str, str, dict | None]]:
+    body = {"kind": "copy", "sources": [path], "destination": path}
+    return [
+        ("get", "/api/session", None), ("get", "/api/roots", None),
+        ("get", f"/api/files?path={path}", None), ("get", f"/api/stat?path={path}", None),
+        ("get", f"/api/quota?path={path}", None), ("post", "/api/preflight", body),
+        ("get", "/api/tasks", None), ("post", "/api/tasks", body), ("get", f"/api/tasks/{task_id}", None),
+        ("post", f"/api/tasks/{task_id}/cancel", None), ("post", f"/api/tasks/{task_id}/retry", None),
+        ("get", f"/api/tasks/{task_id}/stream", None), ("get", "/api/stream", None),
+        ("get", "/api/admin/workers", None), ("get", "/api/admin/staging", None),
+        ("post", "/api/admin/janitor", {"dryRun": True}),
+    ]
+
+
+def test_unauthenticated_requests_get_401(start_server, alpha_dir):
+    server = start_server(workers=0)
+    write(alpha_dir / "src" / "f", "f")
+    task = expect(requests.post(server.api("/api/tasks"), headers=server.bearer(), timeout=60,
+                                json=transfer("copy", [alpha_dir / "src"], alpha_dir / "copy")), 201)
+    before = tree_snapshot(alpha_dir)
+    failures = []
+    for credentials in [{}, {"Cookie": "ferry_session=forged"}, {"Authorization": "Bearer not-the-token"},
+                        {"X-Remote-User": "root"}]:
+        for method, path, body in api_requests(task["id"], str(alpha_dir)):
+            # stream=True: a wrongly accepted event stream must not hang the test.
+            with requests.request(method, server.api(path), json=body, headers=credentials, timeout=30,
+                                  stream=True) as r:
+                if r.status_code != 401:
+                    failures.append(f"{method.upper()} {path} with {credentials or 'nothing'} → {r.status_code}")
+                    continue
+                try:
+                    expect_error(r, 401, "auth.required", "auth.failed")
+                except AssertionError as error:
+                    failures.append(str(error))
+    assert not failures, "expected 401 everywhere:\n" + "\n".join(failures)
+    # Pages send the browser to the login page.
+    for page in ("/browse", "/tasks", f"/tasks/{task['id']}", "/admin"):
+        r = requests.get(server.api(page), allow_redirects=False, timeout=30)
+        assert r.status_code == 303, describe(r)
+        assert r.headers.get("Location", "").split("?")[0].endswith("/login"), describe(r)
+    # Public: health, metrics and the API description.
+    for public in ("/healthz", "/metrics", "/api/openapi.yaml"):
+        expect(requests.get(server.api(public), timeout=30), 200) if public == "/healthz" else None
+        assert requests.get(server.api(public), timeout=30).status_code == 200, public
+    assert tree_snapshot(alpha_dir) == before
+    after = requests.get(server.api(f"/api/tasks/{task['id']}"), headers=server.bearer(), timeout=30).json()
+    assert after["status"] == "pending" and not after["cancelRequested"], "an unauthenticated request changed the task"
+
+
+def test_state_changing_requests_need_the_csrf_token(start_server, alpha_dir, beta_dir):
+    server = start_server(workers=0)
+    client = server.session()
+    token = client.headers.pop("X-CSRF-Token")
+    write(alpha_dir / "src" / "f", "f")
+    body = transfer("copy", [alpha_dir / "src"], beta_dir)
+    task = expect(client.post(server.api("/api/tasks"), json=body, headers={"X-CSRF-Token": token}, timeout=60), 201)
+    tasks_before = list_all_tasks(client, server)
+    disk_before = tree_snapshot(alpha_dir), tree_snapshot(beta_dir)
+    posts = [("/api/preflight", body), ("/api/tasks", body), (f"/api/tasks/{task['id']}/cancel", None),
+             (f"/api/tasks/{task['id']}/retry", None), ("/api/admin/janitor", {"dryRun": True}), ("/logout", None)]
+    failures = []
+    for headers in [{}, {"X-CSRF-Token": "wrong"}, {"X-CSRF-Token": ""}]:
+        for path, payload in posts:
+            r = client.post(server.api(path), json=payload, headers=headers, allow_redirects=False, timeout=60)
+            try:
+                expect_error(r, 403, "csrf.invalid")
+            except AssertionError as error:
+                failures.append(f"{path} with {headers or 'no token'}: {error}")
+    assert not failures, "\n".join(failures)
+    assert list_all_tasks(client, server) == tasks_before
+    assert (tree_snapshot(alpha_dir), tree_snapshot(beta_dir)) == disk_before
+    # The session survived the forged logout, and the right token works.
+    expect(client.get(server.api("/api/session"), timeout=30), 200)
+    expect(client.post(server.api(f"/api/tasks/{task['id']}/cancel"), headers={"X-CSRF-Token": token}, timeout=30), 200)
+    # A plain HTML form sends the token as a field.
+    r = client.post(server.api("/logout"), data={"csrf_token": token}, allow_redirects=False, timeout=30)
+    assert r.status_code == 303 and r.headers["Location"].split("?")[0].endswith("/login"), describe(r)
+    expect_error(client.get(server.api("/api/session"), timeout=30), 401, "auth.required")
+
+
+def set_cookie_headers(r: requests.Response) -> list[str]:
+    return [v for k, v in r.raw.headers.items() if k.lower() == "set-cookie"]
+
+
+def test_session_cookie_flags(server):
+    r = requests.get(server.api("/login"), params={"token": server.token}, allow_redirects=False, timeout=30)
+    assert r.status_code == 303, describe(r)
+    cookies = [c for c in set_cookie_headers(r) if c.startswith("ferry_session=")]
+    assert len(cookies) == 1, f"Set-Cookie: {set_cookie_headers(r)}"
+    attributes = [part.strip().lower() for part in cookies[0].split(";")[1:]]
+    assert "httponly" in attributes, cookies[0]
+    assert "samesite=strict" in attributes, cookies[0]
+    assert "path=/" in attributes, cookies[0]
+    assert "secure" not in attributes, f"Secure on plain HTTP would lose the cookie: {cookies[0]}"
+
+    r = requests.get(server.api("/login"), params={"token": server.token}, allow_redirects=False,
+                     headers={"X-Forwarded-Proto": "https"}, timeout=30)
+    cookie = [c for c in set_cookie_headers(r) if c.startswith("ferry_session=")][0]
+    assert "secure" in [part.strip().lower() for part in cookie.split(";")[1:]], cookie
+
+    r = requests.get(server.api("/login"), params={"token": "wrong"}, allow_redirects=False, timeout=30)
+    assert r.status_code == 401, describe(r)
+    assert not [c for c in set_cookie_headers(r) if c.startswith("ferry_session=")]
+
+
+def login_failure_status(r: requests.Response) -> tuple[int, str | None]:
+    code = None
+    if r.headers.get("content-type", "").startswith("application/json"):
+        code = r.json()["error"]["code"]
+    return r.status_code, code
+
+
+def test_login_is_rate_limited(server):
+    url = server.api("/login")
+    for attempt in range(5):
+        r = requests.post(url, data={"token": f"guess-{attempt}"}, allow_redirects=False, timeout=30)
+        status, code = login_failure_status(r)
+        assert status == 401 and code in (None, "auth.failed"), f"attempt {attempt + 1}: {describe(r)}"
+    r = requests.post(url, data={"token": "guess-6"}, allow_redirects=False, timeout=30)
+    status, code = login_failure_status(r)
+    assert status == 429 and code in (None, "auth.rate_limited"), describe(r)
+    assert int(r.headers["Retry-After"]) >= 1, r.headers
+    # Even the right token waits now: the limit is on the address, not on the guess.
+    r = requests.post(url, data={"token": server.token}, allow_redirects=False, timeout=30)
+    assert r.status_code == 429, describe(r)
+    r = requests.get(url, params={"token": server.token}, allow_redirects=False, timeout=30)
+    assert r.status_code == 429, describe(r)
+    # API clients with the token are not logging in: they are not blocked.
+    expect(requests.get(server.api("/api/session"), headers=server.bearer(), timeout=30), 200)
+
+
+def test_pam_login(start_server, unix_user):
+    user = unix_user(password="correct horse 42")
+    server = start_server(auth="pam")
+    session = server.session(user=user.name, password="correct horse 42")
+    body = expect(session.get(server.api("/api/session"), timeout=30), 200)
+    assert (body["user"], body["admin"], body["authMode"]) == (user.name, False, "pam")
+    for name, password in [(user.name, "wrong"), (user.name, ""), ("no-such-user-xyz", "x")]:
+        r = requests.post(server.api("/login"), data={"username": name, "password": password},
+                          allow_redirects=False, timeout=30)
+        assert r.status_code == 401, describe(r)
+        assert "ferry_session=" not in " ".join(set_cookie_headers(r))
+    # Two more failures reach the limit of five in a minute.
+    for _ in range(2):
+        requests.post(server.api("/login"), data={"username": user.name, "password": "nope"}, allow_redirects=False, timeout=30)
+    r = requests.post(server.api("/login"), data={"username": user.name, "password": "correct horse 42"},
+                      allow_redirects=False, timeout=30)
+    assert r.status_code == 429, describe(r)
+
+
+def test_proxy_header_only_from_proxy_addresses(start_server, unix_user):
+    user = unix_user()
+    trusted = start_server(auth="proxy", proxy_addresses=["127.0.0.1"])
+    r = requests.get(trusted.api("/api/session"), headers={"X-Remote-User": user.name}, timeout=30)
+    assert expect(r, 200)["user"] == user.name
+
+    untrusted = start_server(auth="proxy", proxy_addresses=["192.0.2.10"])
+    for headers in [{"X-Remote-User": user.name}, {"X-Remote-User": "root"},
+                    {"X-Remote-User": "root", "X-Forwarded-For": "192.0.2.10"},
+                    {"X-Remote-User": "root", "X-Real-IP": "192.0.2.10", "Forwarded": "for=192.0.2.10"}]:
+        for path in ("/api/session", "/api/roots", "/api/tasks", "/api/admin/workers"):
+            r = requests.get(untrusted.api(path), headers=headers, timeout=30)
+            expect_error(r, 401, "auth.required")
+    r = requests.post(untrusted.api("/api/tasks"), headers={"X-Remote-User": "root"}, timeout=30,
+                      json={"kind": "copy", "sources": ["/x"], "destination": "/y"})
+    expect_error(r, 401, "auth.required")
