@@ -24,7 +24,22 @@ if [ "$(id -u)" = 0 ]; then
   crash_failed=$(grep -Eo '^crash: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
   [ "$crash_status" = 0 ] || status=1
 fi
+# The web tests: a real `ferry serve` driven over HTTP and through headless Chromium (as root:
+# they mount loop XFS and create Unix users). Screenshots land in artifacts/browser/.
+web_passed=0
+web_failed=0
+if [ "$(id -u)" = 0 ]; then
+  set +e
+  FERRY_BIN="$PWD/.build/debug/ferry" python3 -m pytest -q -p no:cacheprovider Tests/web 2>&1 | tee -a "$log"
+  web_status=${PIPESTATUS[0]}
+  set -e
+  summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -1)
+  web_passed=$(echo "$summary" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' || echo 0)
+  web_failed=$(echo "$summary" | grep -Eo '[0-9]+ (failed|error)' | grep -Eo '[0-9]+' | paste -sd+ | bc || echo 0)
+  [ -n "$web_failed" ] || web_failed=0
+  [ "$web_status" = 0 ] || { status=1; [ "$web_failed" -gt 0 ] || web_failed=1; }
+fi
 # One plain closing line over everything: "tests: N passed, M failed".
-echo "tests: $((total - failed + crash_passed)) passed, $((failed + crash_failed)) failed"
+echo "tests: $((total - failed + crash_passed + web_passed)) passed, $((failed + crash_failed + web_failed)) failed"
 [ "$total" -gt 0 ] || { echo "no tests ran" >&2; exit 1; }
 exit "$status"

@@ -33,7 +33,7 @@ public struct DemoSandbox: Sendable {
                 try run("mount -o loop \(q(image)) \(q(mountPoint))")
             }
         }
-        let marker = projects + "/.ferry-demo"
+        let marker = (projects as NSString).deletingLastPathComponent + "/.ferry-demo-populated"
         if !FileManager.default.fileExists(atPath: marker) {
             log("writing sample data into \(projects)")
             try populate()

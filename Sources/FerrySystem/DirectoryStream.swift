@@ -54,6 +54,28 @@ public final class DirectoryStream: @unchecked Sendable {
         }
     }
 
+    /// Calls `body` with every entry other than `.` and `..`, its name still in the read buffer (valid
+    /// only during the call): for scans of huge directories that keep few of the names they see.
+    public func scan(_ body: (UnsafeBufferPointer<UInt8>, FileKind) throws(SystemError) -> Void) throws(SystemError) {
+        while true {
+            if position >= filled {
+                if finished { return }
+                let count = try syscallRetrying("getdents64") { cferry_getdents64(fd.rawValue, buffer.baseAddress, buffer.count) }
+                if count == 0 { finished = true; return }
+                filled = count
+                position = 0
+            }
+            let base = buffer.baseAddress! + position
+            let recordLength = Int(base.loadUnaligned(fromByteOffset: 16, as: UInt16.self))
+            let type = base.load(fromByteOffset: 18, as: UInt8.self)
+            let namePointer = (base + 19).assumingMemoryBound(to: UInt8.self)
+            let nameLength = strnlen(UnsafeRawPointer(namePointer).assumingMemoryBound(to: CChar.self), recordLength - 19)
+            position += recordLength
+            if nameLength <= 2 && namePointer[0] == 0x2E && (nameLength == 1 || namePointer[1] == 0x2E) { continue }
+            try body(UnsafeBufferPointer(start: namePointer, count: nameLength), FileKind(direntType: type))
+        }
+    }
+
     /// Reads up to `limit` entries: the unit of work a parallel walker hands out.
     public func nextBatch(limit: Int) throws(SystemError) -> [DirectoryEntry] {
         var batch: [DirectoryEntry] = []

@@ -1,4 +1,5 @@
 import FerrySystem
+import Glibc
 
 /// One page of a directory in a chosen order, read without holding the directory in memory: the
 /// listing streams every entry once (`getdents64`) and keeps only the best `offset + limit` in a
@@ -35,26 +36,57 @@ struct DirectoryPage {
         }
         var heap = BoundedHeap(capacity: keep, precedes: precedes)
         var total = 0
-        while let entry = try stream.next() {
+        var failure: SystemError?
+        try stream.scan { name, direntKind throws(SystemError) in
             total += 1
-            var kind = entry.kind
+            var kind = direntKind
+            if sort == .name && kind != .unknown {
+                // The common case, a million times over: most names cannot make the page; tell
+                // without copying them (directories come first, then bytes compared).
+                if heap.isFull, let last = heap.last {
+                    let isDirectory = kind == .directory
+                    if isDirectory != last.isDirectory {
+                        if !isDirectory { return }  // a file after the directories kept
+                    } else {
+                        let order = Self.compare(name, last.name)
+                        if descending ? order <= 0 : order >= 0 { return }
+                    }
+                }
+                heap.offer(Item(name: Array(name), isDirectory: kind == .directory, number: 0, text: ""))
+                return
+            }
+            let owned = Array(name)
+            let status: FileStatus
+            do { status = try directory.status(owned) } catch let error as SystemError {
+                if error.code == .notFound { total -= 1; return }  // removed meanwhile
+                failure = error
+                return
+            } catch { return }
+            kind = status.kind
             var number: UInt64 = 0
             var text = ""
-            if sort != .name || kind == .unknown {
-                guard let status = try? directory.status(entry.name) else { total -= 1; continue }
-                kind = status.kind
-                switch sort {
-                case .size: number = status.size
-                case .modified: number = UInt64(max(0, status.modificationTime.seconds)) &* 1_000_000_000 &+ UInt64(status.modificationTime.nanoseconds)
-                case .owner: text = owner(status.uid)
-                case .name: break
-                }
+            switch sort {
+            case .size: number = status.size
+            case .modified: number = UInt64(max(0, status.modificationTime.seconds)) &* 1_000_000_000 &+ UInt64(status.modificationTime.nanoseconds)
+            case .owner: text = owner(status.uid)
+            case .name: break
             }
-            heap.offer(Item(name: entry.name, isDirectory: kind == .directory, number: number, text: text))
+            heap.offer(Item(name: owned, isDirectory: kind == .directory, number: number, text: text))
         }
+        if let failure { throw failure }
         let sorted = heap.sortedItems()
         let page = offset < sorted.count ? Array(sorted[offset...]) : []
         return DirectoryPage(entries: page, total: total)
+    }
+}
+
+extension DirectoryPage {
+    /// memcmp order, shorter first on a common prefix: the order of `lexicographicallyPrecedes`.
+    static func compare(_ a: UnsafeBufferPointer<UInt8>, _ b: ByteString) -> Int {
+        let common = min(a.count, b.count)
+        let order = b.withUnsafeBufferPointer { memcmp(a.baseAddress!, $0.baseAddress!, common) }
+        if order != 0 { return Int(order) }
+        return a.count - b.count
     }
 }
 
@@ -79,6 +111,10 @@ struct BoundedHeap {
             siftDown(0)
         }
     }
+
+    var isFull: Bool { items.count >= capacity }
+    /// The item that would be dropped first: the last of those kept.
+    var last: DirectoryPage.Item? { items.first }
 
     /// `a` belongs above `b` in the heap: it would be dropped before `b`.
     private func above(_ a: Int, _ b: Int) -> Bool { precedes(items[b], items[a]) }
