@@ -31,7 +31,7 @@ struct ServeCommand: AsyncParsableCommand {
             do {
                 configuration = try created.prepare { say("ferry serve --demo: \($0)") }
             } catch {
-                throw ValidationError("\(error)")
+                throw ServeFailure(description: "ferry serve --demo: \(error)")
             }
             sandbox = created
         } else {
@@ -60,10 +60,12 @@ struct ServeCommand: AsyncParsableCommand {
         do {
             try await FerryServer.run(options)
         } catch let error as APIError {
-            throw ValidationError(error.message)
+            throw ServeFailure(description: "ferry serve: \(error.message)")
         }
     }
 }
+
+struct ServeFailure: Error, CustomStringConvertible { var description: String }
 
 /// Prints a line to standard output at once (the tests and the demo read it as it comes).
 private func say(_ line: String) {

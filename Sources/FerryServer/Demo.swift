@@ -62,8 +62,8 @@ public struct DemoSandbox: Sendable {
             dd if=/dev/urandom of=\(q(results))/checkpoints/state.img bs=1M count=64 seek=1024 conv=notrunc status=none
             dd if=/dev/urandom of=\(q(results))/checkpoints/state.img bs=1M count=64 seek=2560 conv=notrunc status=none
             for i in $(seq 1 200); do head -c 65536 /dev/urandom > \(q(results))/runs/run-$i.dat; done
-            ln \(q(results))/model-weights.bin \(q(results))/model-weights.hardlink
-            ln -s model-weights.bin \(q(results))/current
+            ln -f \(q(results))/model-weights.bin \(q(results))/model-weights.hardlink
+            ln -sfn model-weights.bin \(q(results))/current
             echo 'Simulation output: a directory of a few GiB, sparse and real.' > \(q(results))/README.txt
             """)
         let small = projects + "/gamma/survey-images"
