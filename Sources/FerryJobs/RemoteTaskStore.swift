@@ -182,6 +182,7 @@ public final class TaskStoreRelay: Sendable {
             return .bool(try await store.heartbeat(id: taskID, worker: worker, lease: min(.seconds(seconds), maximumLease)))
         case "advance":
             try own(op, a)
+            if let plan = a.plan { try await check(plan) }
             try await store.advance(id: taskID, worker: worker, to: try required(a.status, op, "status"), plan: a.plan,
                                     message: a.message ?? "")
         case "updateProgress":
@@ -214,6 +215,23 @@ public final class TaskStoreRelay: Sendable {
         }
         onChange(taskID)
         return .nothing
+    }
+
+    /// A runner may not point its plan anywhere but its own task's destination: the privileged
+    /// janitor later searches a plan's destination directory for staging directories to remove.
+    private func check(_ plan: TaskPlan) async throws {
+        guard let task = try await store.task(taskID) else { throw TaskStoreError.notFound(taskID) }
+        let slash = UInt8(ascii: "/")
+        var destination = task.destination.bytes
+        while destination.count > 1 && destination.last == slash { destination.removeLast() }
+        let parent: [UInt8] = destination.lastIndex(of: slash).map { $0 == 0 ? [slash] : Array(destination[..<$0]) } ?? []
+        let directory = plan.destinationDirectory.bytes
+        let plain = { (name: [UInt8]) in !name.isEmpty && !name.contains(slash) && !name.contains(0) && name != [0x2E] && name != [0x2E, 0x2E] }
+        guard directory == destination || directory == parent,
+              plan.stagingName.bytes == Array(".ferry-staging-\(taskID)".utf8),
+              plan.finalNames.allSatisfy({ plain($0.bytes) }), plan.finalNames.count == task.sources.count else {
+            throw TaskStoreError.database("not allowed: a plan outside the task's destination \(task.destination)")
+        }
     }
 
     /// The call must be about this relay's task (and, for the fenced calls, its worker).

@@ -115,6 +115,30 @@ struct RemoteTaskStoreTests {
         }
     }
 
+    /// The privileged janitor searches a plan's destination directory; a runner (running as an
+    /// ordinary user) must not be able to point it anywhere else.
+    @Test func plansOutsideTheTasksDestinationAreRefused() async throws {
+        try await withChannel { store, task, channel in
+            let client = channel.client
+            try await client.advance(id: task.id, worker: "w1", to: .validating, plan: nil, message: "validating")
+            func plan(_ directory: String, staging: String? = nil, names: [String] = ["data"]) -> TaskPlan {
+                TaskPlan(strategy: "copy", bytes: 1, allocatedBytes: 1, entries: 1, inodes: 1,
+                         stagingName: StoredPath(staging ?? ".ferry-staging-\(task.id)"), finalNames: names.map(StoredPath.init),
+                         destinationDirectory: StoredPath(directory))
+            }
+            for bad in [plan("/etc"), plan("/p/b/sub"), plan("/p/b", staging: ".ferry-staging-other"), plan("/p/b", names: ["../x"]),
+                        plan("/p/b", names: ["a", "b"])] {
+                await #expect(performing: { try await client.advance(id: task.id, worker: "w1", to: .locked, plan: bad, message: "") },
+                              throws: { isRefusal($0) })
+            }
+            #expect(try await store.task(task.id)?.plan == nil)
+            // The destination itself (an existing directory), or its parent (a new name).
+            try await client.advance(id: task.id, worker: "w1", to: .locked, plan: plan("/p/b"), message: "ok")
+            try await client.advance(id: task.id, worker: "w1", to: .locked, plan: plan("/p", names: ["b"]), message: "ok")
+            #expect(try await store.task(task.id)?.plan?.destinationDirectory == StoredPath("/p"))
+        }
+    }
+
     @Test func concurrentCallsAreAllAnswered() async throws {
         try await withChannel { store, task, channel in
             let client = channel.client

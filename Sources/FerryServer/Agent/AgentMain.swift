@@ -38,10 +38,19 @@ public enum AgentMain {
             FileHandle.standardError.write(Data("ferry agent run-task: unreadable settings\n".utf8))
             return 2
         }
-        // The relay owns the real standard output; anything else printed goes to standard error.
-        let channel = dup(STDOUT_FILENO)
+        // The channel to the relay moves to close-on-exec descriptors, so that no program the task
+        // starts (lfs) inherits it; standard output then goes to standard error, standard input
+        // reads /dev/null.
+        let requests = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3)
+        let responses = fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3)
+        guard requests >= 0, responses >= 0 else {
+            FileHandle.standardError.write(Data("ferry agent run-task: cannot set up the task channel\n".utf8))
+            return 2
+        }
         dup2(STDERR_FILENO, STDOUT_FILENO)
-        let store = RemoteTaskStore(requests: channel, responses: STDIN_FILENO)
+        let null = open("/dev/null", O_RDONLY)
+        if null >= 0 { dup2(null, STDIN_FILENO); close(null) }
+        let store = RemoteTaskStore(requests: requests, responses: responses)
         var planner = Planner { fd, path in
             let text = String(decoding: path, as: UTF8.self)
             let choice = settings.roots.filter { text == $0.path || text.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }?.backend ?? .auto
