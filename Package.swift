@@ -72,6 +72,7 @@ let package = Package(
             name: "FerryCLI",
             dependencies: [
                 "FerryConfig", "FerryCopy", "FerryJobs", "FerryMove", "FerryServer", "FerryStorage", "FerrySystem",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),

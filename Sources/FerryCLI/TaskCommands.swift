@@ -2,8 +2,10 @@ import ArgumentParser
 import FerryCopy
 import FerryJobs
 import FerryMove
+import FerryServer
 import FerrySystem
 import Foundation
+import Logging
 
 struct TasksCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "tasks", abstract: "List tasks: running and queued ones, or all with --all.")
@@ -97,11 +99,25 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Tasks run at once.") var concurrency = 2
     @Option(help: "Parallel copiers per task (default: two per core).") var jobs: Int?
     @Option(help: "Minutes between the worker's own clean-ups of orphaned staging directories.") var janitorMinutes: Int64 = 10
+    @Flag(help: "Run each task in a process with its owner's uid, gid and groups (as ferry serve does; needs root for other owners).")
+    var asOwner = false
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var storageOptions: StorageOptions
 
     func run() async throws {
-        let store = try await database.open(configuration: try storageOptions.loadConfiguration())
+        let configuration = try storageOptions.loadConfiguration()
+        let store = try await database.open(configuration: configuration)
+        if asOwner {
+            guard !once else { throw ValidationError("--as-owner runs until stopped; it does not take --once") }
+            let runner = TaskRunner(store: store, executable: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0],
+                                    configuration: configuration, concurrency: concurrency, worker: workerName("worker"),
+                                    lease: database.leaseDuration, feed: ChangeFeed(), metrics: ServerMetrics(),
+                                    logger: Logger(label: "ferry.worker"))
+            let interrupt = InterruptWatcher { runner.stop() }
+            defer { interrupt.stop() }
+            await runner.runUntilStopped()
+            return
+        }
         let engine = try makeEngine(store: store, role: "worker", lease: database.leaseDuration, jobs: jobs, storageOptions: storageOptions)
         let stop = CancellationFlag()
         let interrupt = InterruptWatcher {

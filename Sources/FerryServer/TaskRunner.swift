@@ -41,7 +41,7 @@ public final class TaskRunner: Service, Sendable {
 
     public func run() async throws {
         await withGracefulShutdownHandler {
-            await self.loop()
+            await self.runUntilStopped()
         } onGracefulShutdown: {
             self.stop()
         }
@@ -53,7 +53,8 @@ public final class TaskRunner: Service, Sendable {
         children.withLock { all in for pid in all.values { kill(pid, SIGTERM) } }
     }
 
-    func loop() async {
+    /// Claims and runs tasks until `stop()`, then waits for the running ones to hand back.
+    public func runUntilStopped() async {
         await withTaskGroup(of: Bool.self) { group in
             var running = 0
             var waking = false

@@ -61,7 +61,9 @@ public enum AgentMain {
             return settings.roots.filter { text == $0.path || text.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }?.strategy
         }
         let engine = MoveEngine(store: store, settings: .init(worker: settings.worker, lease: .milliseconds(settings.leaseMilliseconds),
-                                                              roots: settings.roots.map { Array($0.path.utf8) }),
+                                                              // No roots (a worker without configured roots): the
+                                                              // owner's own permissions are the only limit, as for `ferry move`.
+                                                              roots: settings.roots.isEmpty ? nil : settings.roots.map { Array($0.path.utf8) }),
                                 planner: planner)
         let interrupt = InterruptWatcher { engine.stop() }
         defer { interrupt.stop() }

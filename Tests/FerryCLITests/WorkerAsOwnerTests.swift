@@ -1,0 +1,77 @@
+import Foundation
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// `ferry worker --as-owner` (and ferry serve's runners): each task runs in a process with its
+/// owner's identity, so the kernel decides what the task may read and write.
+@Suite("ferry worker --as-owner (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct WorkerAsOwnerTests {
+    @Test func tasksRunWithTheirOwnersIdentity() throws {
+        try withTestUser { user in
+            try withLoopXFS { fs in
+                // The user must reach the sandbox and a database directory of their own.
+                chmod(fs.directory, 0o755)
+                let a = try fs.makeProjectDirectory("a", project: 100)
+                let b = try fs.makeProjectDirectory("b", project: 200)
+                chmod(a, 0o1777)
+                chmod(b, 0o1777)
+                let databaseDirectory = fs.directory + "/db"
+                try FileManager.default.createDirectory(atPath: databaseDirectory, withIntermediateDirectories: false)
+                chmod(databaseDirectory, 0o1777)
+                let environment = ["FERRY_DATABASE_URL": "sqlite://\(databaseDirectory)/tasks.sqlite"]
+                func asUser(_ arguments: String...) throws -> Shell.Result {
+                    try Shell.execute(["runuser", "-u", user.name, "--", "env", "FERRY_DATABASE_URL=sqlite://\(databaseDirectory)/tasks.sqlite",
+                                       ferryBinary()] + arguments)
+                }
+                _ = try Shell.run(["runuser", "-u", user.name, "--", "mkdir", "-p", "\(a)/mine/inner", "\(a)/theirs"])
+                _ = try Shell.run(["runuser", "-u", user.name, "--", "dd", "if=/dev/urandom", "of=\(a)/mine/inner/data", "bs=64k", "count=16", "status=none"])
+                _ = try Shell.run(["runuser", "-u", user.name, "--", "dd", "if=/dev/urandom", "of=\(a)/theirs/data", "bs=64k", "count=4", "status=none"])
+                let mine = try asUser("move", "--detach", "\(a)/mine", b)
+                #expect(mine.status == 0, "\(mine.standardError)")
+                let theirs = try asUser("copy", "--detach", "\(a)/theirs", b)
+                #expect(theirs.status == 0, "\(theirs.standardError)")
+                // Before a worker runs it, root takes the second task's source away from the user:
+                // a worker acting as root would still copy it; one acting as the owner must not.
+                _ = try Shell.run(["chown", "root:root", "\(a)/theirs/data"])
+                chmod("\(a)/theirs/data", 0o600)
+
+                let worker = Process()
+                worker.executableURL = URL(fileURLWithPath: ferryBinary())
+                worker.arguments = ["worker", "--as-owner", "--lease", "5"]
+                worker.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+                let log = Pipe()
+                worker.standardError = log
+                worker.standardOutput = log
+                try worker.run()
+                defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
+
+                func status(_ id: String) throws -> [String: Any] {
+                    try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput)
+                }
+                let ids = [mine.standardOutput, theirs.standardOutput].map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+                let deadline = Date().addingTimeInterval(60)
+                while Date() < deadline, try ids.contains(where: { id in
+                    !["completed", "failed", "rolled_back", "cancelled"].contains(try status(id)["status"] as? String ?? "")
+                }) { Thread.sleep(forTimeInterval: 0.2) }
+                worker.terminate()
+                worker.waitUntilExit()
+                let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                #expect(worker.terminationStatus == 0, "\(output)")
+
+                let first = try status(ids[0])
+                #expect(first["status"] as? String == "completed", "\(first)")
+                let moved = try FileDescriptor.openDirectory(Array("\(b)/mine/inner".utf8))
+                defer { moved.closeQuietly() }
+                let uid = try #require(try UserIdentity.lookup(name: user.name)).uid
+                #expect(try moved.status(Array("data".utf8)).uid == uid, "the copy is made by the owner, so it is theirs")
+                #expect(!FileManager.default.fileExists(atPath: "\(a)/mine"))
+
+                let refused = try status(ids[1])
+                #expect(["failed", "rolled_back"].contains(refused["status"] as? String ?? ""), "\(refused)")
+                #expect("\(refused["error"] ?? "")".contains("EACCES") || "\(refused["error"] ?? "")".contains("ermission"), "\(refused)")
+                #expect(!FileManager.default.fileExists(atPath: "\(b)/theirs"))
+            }
+        }
+    }
+}
