@@ -72,6 +72,9 @@ enum Login {
             let result = (try? await Blocking.run { PAM.authenticate(service: service, user: name, password: password) }) ?? .unavailable("PAM did not answer")
             switch result {
             case .success:
+                // An account this server cannot act as (no local uid, or a server not running as
+                // root) would get a session and nothing it could do with it.
+                do { _ = try AgentClient.identity(for: name) } catch { return failure(error) }
                 user = name
             case .denied:
                 state.limiter.recordFailure(address)
