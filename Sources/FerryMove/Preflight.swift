@@ -38,16 +38,16 @@ public struct Preflight: Sendable {
     public var summary: String {
         if let refusal { return "Refused: \(refusal.message)" }
         let size = Format.bytes(measurement.bytes)
-        let files = Format.count(measurement.files)
+        let files = measurement.files == 1 ? "1 file" : "\(Format.count(measurement.files)) files"
         switch strategy {
         case .rename:
             return "Instant: same filesystem and project, a rename (no data moves on disk)."
         case .relink:
-            return "Relink \(files) files (\(size)) into \(projectPhrase): no data is copied; directories are recreated."
+            return "Relink \(files) (\(size)) into \(projectPhrase): no data is copied; directories are recreated."
         case .copy:
             let free = quota?.bytesFree.map { ", which has \(Format.bytes($0)) free" } ?? ""
             let tail = kind == .move ? "; the source is deleted only after the copy is verified and durable" : "; the copy is verified before it appears"
-            return "Copy \(size), \(files) files into \(projectPhrase)\(free)\(tail)."
+            return "Copy \(size), \(files) into \(projectPhrase)\(free)\(tail)."
         }
     }
 
@@ -117,8 +117,13 @@ public struct Planner: Sendable {
             strategy = chosen
         } else if kind == .copy {
             strategy = .copy
+        } else if try Self.renamePossible(transfer, destinationProject: destinationProject) {
+            strategy = .rename
+        } else if backend.renamesFilesAcrossProjects, try Self.sameFilesystem(transfer) {
+            // Lustre 2.15+: files rename across projects, directories do not; no data needs copying.
+            strategy = .relink
         } else {
-            strategy = try Self.renamePossible(transfer, destinationProject: destinationProject) ? .rename : .copy
+            strategy = .copy
         }
         // A rename is O(1) whatever the tree's size: only a copy needs the source measured.
         if strategy == .relink, !(try Self.sameFilesystem(transfer)) {

@@ -110,7 +110,7 @@ enum Pages {
             }
             if let quota {
                 values["filesystem"] = quota.filesystem
-                if let project = quota.project {
+                if let project = quota.project, project.id != 0 {
                     values["hasProject"] = true
                     values["projectID"] = project.id
                     values["inherit"] = project.inherit
@@ -127,8 +127,11 @@ enum Pages {
 
     static func quotaView(_ quota: QuotaInfo) -> [String: Any] {
         func bar(used: UInt64?, limit: UInt64?, free: UInt64?, format: (UInt64) -> String) -> [String: Any] {
-            var view: [String: Any] = ["usedText": used.map(format) ?? "?", "limitText": limit.map(format) ?? "no limit",
-                                       "freeText": free.map(format) ?? "?"]
+            // Unknown figures are left out; the template says so in words.
+            var view: [String: Any] = [:]
+            if let used { view["usedText"] = format(used) }
+            if let limit { view["limitText"] = format(limit) }
+            if let free { view["freeText"] = format(free) }
             let total = limit ?? used.flatMap { u in free.map { u + $0 } }
             if let used, let total, total > 0 {
                 let percent = min(100, Double(used) * 100 / Double(total))
@@ -171,11 +174,13 @@ enum Pages {
             return ["name": phase.rawValue, "state": state]
         }
         let view = TaskView(record)
-        return render("task", [
+        var values: [String: Any] = [:]
+        if let strategy = record.plan?.strategy { values["strategy"] = strategy }
+        return render("task", values.merging([
             "title": "Task \(record.id) — Ferry", "navTasks": true, "task": taskView(record), "phases": phases,
-            "strategy": record.plan?.strategy ?? "", "summary": view.summary,
+            "summary": view.summary,
             "events": events.map { ["atText": $0.at.formatted(date: .abbreviated, time: .standard), "status": $0.status.rawValue, "message": $0.message] },
-        ], state: state, context: context)
+        ]) { $1 }, state: state, context: context)
     }
 
     static func admin(_ context: FerryContext, _ state: ServerState) async -> Response {
@@ -199,7 +204,7 @@ enum Pages {
 
     static func taskView(_ task: TaskRecord) -> [String: Any] {
         let view = TaskView(task)
-        let p = task.progress
+        let p = TaskView.progress(task)
         var values: [String: Any] = [
             "id": task.id, "url": "/tasks/\(task.id)", "kind": task.kind.rawValue, "status": task.status.rawValue,
             "statusClass": task.status == .completed ? "ok" : task.status.isTerminal ? "bad" : "running",

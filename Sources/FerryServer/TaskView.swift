@@ -36,16 +36,14 @@ public struct TaskView: Codable, Sendable {
     public var events: [EventView]?
 
     public init(_ task: TaskRecord, events: [TaskEvent]? = nil) {
-        let p = task.progress
+        let p = Self.progress(task)
         let percent: Double
-        if task.status == .completed {
-            percent = 100
-        } else if p.bytesTotal > 0 {
+        if p.bytesTotal > 0 {
             percent = min(100, Double(p.bytesDone) * 100 / Double(p.bytesTotal))
         } else if p.entriesTotal > 0 {
             percent = min(100, Double(p.entriesDone) * 100 / Double(p.entriesTotal))
         } else {
-            percent = 0
+            percent = task.status == .completed ? 100 : 0
         }
         var eta: Double?
         if !task.status.isTerminal, p.bytesPerSecond > 0, p.bytesTotal > p.bytesDone {
@@ -71,6 +69,15 @@ public struct TaskView: Codable, Sendable {
         self.events = events?.map { EventView(at: Self.iso($0.at), status: $0.status.rawValue, message: $0.message) }
     }
 
+    /// What the progress bar shows: the staging (copy or relink) of the data. Once that is done
+    /// (verifying, committing, completed) the engine's counters describe the later phases' own
+    /// work, so the bar stays full at the plan's figures instead of starting again.
+    static func progress(_ task: TaskRecord) -> TaskProgress {
+        guard let plan = task.plan, [.verifying, .committing, .completed].contains(task.status) else { return task.progress }
+        return TaskProgress(bytesDone: plan.bytes, bytesTotal: plan.bytes, entriesDone: plan.entries, entriesTotal: plan.entries,
+                            bytesPerSecond: task.progress.bytesPerSecond)
+    }
+
     static func iso(_ date: Date) -> String {
         date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
@@ -83,6 +90,7 @@ public struct TaskView: Codable, Sendable {
         case .validating: return "Checking paths, space and quota"
         case .locked: return "Locked; about to stage"
         case .copying:
+            let p = task.progress
             if task.plan?.strategy == "relink" { return "Relinking \(Format.count(p.entriesDone)) of \(Format.count(p.entriesTotal)) entries" }
             return "\(verb) \(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytesTotal))"
         case .verifying: return "Verifying the copy against the source"

@@ -1,6 +1,7 @@
 import Foundation
 import FerrySystem
 import SystemPackage
+import Synchronization
 
 /// Lustre: project IDs through the generic fsxattr ioctl (Lustre implements it), quota, layouts and
 /// HSM state through `lfs`, whose path comes from configuration or `FERRY_LFS`.
@@ -15,6 +16,24 @@ public struct LustreBackend: StorageBackend {
     }
 
     public var lfsPath: String { lfs.executable }
+
+    /// Lustre 2.15 moved a file's project quota on rename (LU-13176); older servers answer EXDEV
+    /// for files too. Known from `lfs --version`, asked once per `lfs` program.
+    public var renamesFilesAcrossProjects: Bool {
+        guard let version = version else { return false }
+        return version >= LustreVersion(major: 2, minor: 15)
+    }
+
+    /// The version `lfs --version` reports, nil when it cannot be run or read.
+    public var version: LustreVersion? {
+        let path = lfs.executable
+        if let known = Self.versions.withLock({ $0[path] }) { return known }
+        let parsed = (try? lfs.run(["--version"])).flatMap { $0.status == 0 ? LustreVersion(lfsOutput: String(decoding: $0.standardOutput, as: UTF8.self)) : nil }
+        Self.versions.withLock { $0[path] = .some(parsed) }
+        return parsed
+    }
+
+    private static let versions = Mutex<[String: LustreVersion?]>([:])
 
     /// `lfs quota -p ID MOUNT`, parsed; byte figures in bytes. Where `lfs` fails the figures come from
     /// `statvfs`, with the reason in `note`.
@@ -152,4 +171,34 @@ public enum Storage {
         case .posix: return PosixBackend()
         }
     }
+}
+
+/// A Lustre release, as `lfs --version` prints it ("lfs 2.15.4", "lfs version 2.12.9_ddn12").
+public struct LustreVersion: Sendable, Equatable, Comparable, CustomStringConvertible {
+    public var major: Int
+    public var minor: Int
+    public var patch: Int = 0
+
+    public init(major: Int, minor: Int, patch: Int = 0) {
+        self.major = major
+        self.minor = minor
+        self.patch = patch
+    }
+
+    public init?(lfsOutput text: String) {
+        for word in text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }) {
+            let numbers = word.prefix { $0.isNumber || $0 == "." }.split(separator: ".").compactMap { Int($0) }
+            if numbers.count >= 2 {
+                self.init(major: numbers[0], minor: numbers[1], patch: numbers.count > 2 ? numbers[2] : 0)
+                return
+            }
+        }
+        return nil
+    }
+
+    public static func < (a: LustreVersion, b: LustreVersion) -> Bool {
+        (a.major, a.minor, a.patch) < (b.major, b.minor, b.patch)
+    }
+
+    public var description: String { "\(major).\(minor).\(patch)" }
 }

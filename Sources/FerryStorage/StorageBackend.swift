@@ -16,9 +16,14 @@ public protocol StorageBackend: Sendable {
     var layoutAttributeNames: Set<ByteString> { get }
     /// Gives a new, empty file the layout of `source` (Lustre striping is fixed at creation).
     func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws(StorageError)
+    /// Whether `rename(2)` moves a *file* (not a directory) into a directory of another project,
+    /// the server moving its quota: Lustre 2.15 and later. Then a move can relink instead of copy.
+    var renamesFilesAcrossProjects: Bool { get }
 }
 
 extension StorageBackend {
+    public var renamesFilesAcrossProjects: Bool { false }
+
     public func projectAttributes(of fd: FileDescriptor) throws(StorageError) -> ProjectAttributes? {
         do {
             return try fd.projectAttributes()

@@ -382,3 +382,13 @@ struct LfsSmallParserTests {
         #expect(LfsFindParser.parsePrint0([0, 0]) == [])
     }
 }
+
+@Suite struct LustreVersionTests {
+    @Test func readsWhatLfsVersionPrints() {
+        #expect(LustreVersion(lfsOutput: "lfs 2.15.4\n") == LustreVersion(major: 2, minor: 15, patch: 4))
+        #expect(LustreVersion(lfsOutput: "lfs version 2.12.9_ddn12") == LustreVersion(major: 2, minor: 12, patch: 9))
+        #expect(LustreVersion(lfsOutput: "lfs 2.16") == LustreVersion(major: 2, minor: 16))
+        #expect(LustreVersion(lfsOutput: "lfs: unknown option") == nil)
+        #expect(LustreVersion(major: 2, minor: 14, patch: 99) < LustreVersion(major: 2, minor: 15))
+    }
+}
