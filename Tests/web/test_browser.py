@@ -160,7 +160,8 @@ def test_move_a_directory_to_another_project(server, xfs_sandbox, driver):
         assert card.find_element("css selector", ".progress-bar").get_attribute("data-percent") == "100"
         assert name in card.text
         shots("task history")
-        assert not console_errors(driver), f"JavaScript errors: {console_errors(driver)}"
+        errors = console_errors(driver)
+        assert not errors, f"JavaScript errors: {errors}"
     finally:
         shutil.rmtree(source, ignore_errors=True)
         shutil.rmtree(destination, ignore_errors=True)
@@ -214,7 +215,8 @@ def test_refused_move_and_keyboard(server, xfs_sandbox, driver):
         assert (source / "data.txt").read_text() == "the source\n"
         assert (existing / "other.txt").read_text() == "already here\n"
         assert not (existing / name).exists()
-        assert not console_errors(driver), f"JavaScript errors: {console_errors(driver)}"
+        errors = console_errors(driver)
+        assert not errors, f"JavaScript errors: {errors}"
     finally:
         shutil.rmtree(source, ignore_errors=True)
         shutil.rmtree(existing, ignore_errors=True)
@@ -249,6 +251,56 @@ def test_phone_width(server, xfs_sandbox, phone):
         one(phone, "#task-list")
         no_sideways_scroll("the task list")
         shots("tasks")
-        assert not console_errors(phone), f"JavaScript errors: {console_errors(phone)}"
+        errors = console_errors(phone)
+        assert not errors, f"JavaScript errors: {errors}"
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+
+
+def test_live_task_list_cancel_and_retry(start_server, xfs_sandbox, driver):
+    """The task list shows a task created elsewhere as it appears (server-sent events), and its Cancel
+    and Retry buttons act in place, without reloading the page. The server runs no workers, so the
+    task waits as pending until it is cancelled."""
+    shots = Shots(driver, "cancel-and-retry")
+    server = start_server(workers=0)
+    alpha, beta = xfs_sandbox.project("alpha"), xfs_sandbox.project("beta")
+    name = unique("waiting")
+    source = write(alpha / name / "data.txt", "waits\n").parent
+    try:
+        log_in(driver, server)
+        driver.get(server.url + "/tasks")
+        one(driver, "#task-list")
+        wait(driver, lambda d: one(d, "#live-indicator").get_attribute("data-state") == "live",
+             message="the live connection")
+        driver.execute_script("window.ferryTestMarker = 'same page'")
+
+        # A task created through the API shows up on the open page.
+        api = server.session()
+        response = api.post(server.api("/api/tasks"), timeout=30,
+                            json={"kind": "move", "sources": [str(source)], "destination": str(beta)})
+        assert response.status_code == 201, response.text
+        task_id = response.json()["id"]
+        card = one(driver, f"#task-list {attribute_selector('data-task-id', task_id)}")
+        assert card.get_attribute("data-status") == "pending"
+        shots("task appeared")
+
+        cancel = card.find_element("css selector", "[data-action='cancel']")
+        retry = card.find_element("css selector", "[data-action='retry']")
+        assert cancel.is_displayed() and not retry.is_displayed()
+        cancel.click()
+        wait(driver, lambda d: card.get_attribute("data-status") == "cancelled", message="the card to show cancelled")
+        wait(driver, lambda d: retry.is_displayed() and not cancel.is_displayed(), message="Retry instead of Cancel")
+        assert card.find_element("css selector", "[data-field='status']").text.strip() == "cancelled"
+        shots("cancelled")
+
+        retry.click()
+        wait(driver, lambda d: card.get_attribute("data-status") == "pending", message="the card to show pending again")
+        wait(driver, lambda d: cancel.is_displayed() and not retry.is_displayed(), message="Cancel again after Retry")
+        shots("retried")
+        assert driver.execute_script("return window.ferryTestMarker") == "same page", "the page reloaded"
+        assert api.get(server.api(f"/api/tasks/{task_id}"), timeout=30).json()["status"] == "pending"
+        assert (source / "data.txt").read_text() == "waits\n", "nothing ran: the server has no workers"
+        errors = console_errors(driver)
+        assert not errors, f"JavaScript errors: {errors}"
     finally:
         shutil.rmtree(source, ignore_errors=True)

@@ -229,9 +229,14 @@
       pill.setAttribute('data-status', task.status);
     }
     setField(holder, 'phase', label);
+    // While a task runs its bar only moves forward: a phase that counts afresh (committing counts
+    // entries, not bytes) must not look like lost work. A retry starts from zero again.
     const bar = $('.progress-bar', holder);
-    if (bar) setBar(bar, figures.percent);
-    setField(holder, 'percent', figures.percent + '%');
+    const shown = bar ? parseFloat(bar.getAttribute('data-percent')) || 0 : 0;
+    const restarted = task.status === 'pending' || PROBLEM.includes(previous);
+    const percent = !task.terminal && !restarted ? Math.max(shown, figures.percent) : figures.percent;
+    if (bar) setBar(bar, percent);
+    setField(holder, 'percent', percent + '%');
     setField(holder, 'bytes', figures.bytes);
     setField(holder, 'files', figures.files);
     setField(holder, 'rate', figures.rate);
@@ -482,6 +487,8 @@
 
   function initAdminPage(page) {
     const list = $('#task-list', page);
+    const indicator = $('#live-indicator', page);
+    if (indicator) indicator.hidden = !list;
     if (list) {
       openStream('/api/stream', (task) => {
         const row = list.querySelector('[data-task-id="' + CSS.escape(task.id) + '"]');
