@@ -95,7 +95,7 @@ extension TaskRecord {
             guard let code = failure?.code else { return FerryCommand.Status.failure.rawValue }
             if code == "locked" { return FerryCommand.Status.locked.rawValue }
             let refusals = ["quota.insufficient", "destination.exists", "source.missing", "hsm.released", "strategy.unknown",
-                            "strategy.invalid", "strategy.unavailable"]
+                            "strategy.invalid", "strategy.unavailable", "permission.denied"]
             return refusals.contains(code) ? FerryCommand.Status.refused.rawValue : FerryCommand.Status.failure.rawValue
         }
     }

@@ -351,6 +351,10 @@ public final class MoveEngine: Sendable {
                 if error.code == .crossDevice {
                     throw Refusal(code: "strategy.rename.exdev", message: "the kernel refused the rename (EXDEV); retry to copy instead")
                 }
+                if error.code == .permissionDenied || error.code == .notPermitted {
+                    // A rename is all or nothing: refused, it changed nothing, and retrying will not help.
+                    throw Refusal(code: "permission.denied", message: "the kernel refused to rename \(source.name.displayString) (\(error.errnoName)): you may not move it")
+                }
                 throw error
             }
             try source.directory.sync()

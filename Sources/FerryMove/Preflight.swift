@@ -105,6 +105,9 @@ public struct Planner: Sendable {
             return refused(kind, transfer, code: "destination.exists",
                            "\(final.displayString) exists already; Ferry never replaces data — choose another name or remove it first")
         }
+        if let refusal = Self.permissionRefusal(kind, transfer) {
+            return refused(kind, transfer, code: "permission.denied", refusal)
+        }
         let backend = try storage(transfer.destination, transfer.destinationPath)
         let destinationProject = try backend.projectAttributes(of: transfer.destination)
         let sourceProject = try? backend.projectAttributes(of: transfer.sources[0].directory)
@@ -177,6 +180,29 @@ public struct Planner: Sendable {
     private func refused(_ kind: TaskKind, _ transfer: Transfer, code: String, _ message: String) -> Preflight {
         Preflight(kind: kind, strategy: .copy, measurement: TreeMeasurement(), quota: nil, destinationProject: nil, sourceProject: nil,
                   filesystemKind: nil, finalPaths: transfer.finalPaths, warnings: [], refusal: Refusal(code: code, message: message))
+    }
+
+    /// What the kernel would refuse at the end of the task: creating entries in the destination,
+    /// and, for a move, removing (or renaming) the source from its directory — write and search
+    /// permission there, and in a sticky directory (such as /tmp or a shared project root) owning
+    /// the entry or the directory. Found now, rather than after a long copy.
+    static func permissionRefusal(_ kind: TaskKind, _ transfer: Transfer) -> String? {
+        if !transfer.destination.isAccessible(mode: W_OK | X_OK) {
+            return "you may not create entries in \(transfer.destinationPath.displayString) (no write permission there)"
+        }
+        guard kind == .move else { return nil }
+        let euid = geteuid()
+        for (source, path) in zip(transfer.sources, transfer.sourcePaths) {
+            let parent = BytePath.split(path).0.displayString
+            if !source.directory.isAccessible(mode: W_OK | X_OK) {
+                return "you may not remove entries from \(parent) (no write permission there), so \(path.displayString) cannot be moved; copy it instead"
+            }
+            if euid != 0, let directory = try? source.directory.status(), directory.mode & UInt32(S_ISVTX) != 0,
+               let entry = try? source.directory.status(source.name), entry.uid != euid, directory.uid != euid {
+                return "\(parent) is a sticky directory and \(path.displayString) belongs to someone else, so only its owner may move it; copy it instead"
+            }
+        }
+        return nil
     }
 
     static func sameFilesystem(_ transfer: Transfer) throws -> Bool {

@@ -83,6 +83,14 @@ extension FileDescriptor {
         return FileStatus(raw)
     }
 
+    /// Whether this process (its effective ids) may `mode` (`W_OK | X_OK`, …) `name` in this
+    /// directory, or the directory itself when `name` is nil. The corresponding C function is
+    /// `faccessat` with `AT_EACCESS`.
+    public func isAccessible(_ name: ByteString? = nil, mode: CInt) -> Bool {
+        let flags = AT_EACCESS | (name == nil ? CFERRY_AT_EMPTY_PATH : AT_SYMLINK_NOFOLLOW)
+        return (name ?? []).withCPath { path in faccessat(rawValue, path, mode, flags) == 0 }
+    }
+
     /// The corresponding C function is `mkdirat`.
     public func makeDirectory(_ name: ByteString, permissions: mode_t = 0o700) throws(SystemError) {
         _ = try name.withCPath { (path) throws(SystemError) in

@@ -130,6 +130,7 @@ public struct AgentOperations: Sendable {
         guard !sources.isEmpty else { throw APIError(.badRequest, "request.invalid", "give at least one source") }
         let destination = try ServerPath.check(transfer.destination, roots: rootPaths)
         let options = try Self.taskOptions(transfer.options)
+        try checkTransferPaths(sources: sources, destination: destination)
         let opened: Transfer
         do {
             opened = try Transfer(sources: sources.map { Array($0.path.utf8) }, destination: Array(destination.path.utf8),
@@ -155,8 +156,34 @@ public struct AgentOperations: Sendable {
             return PreflightResult(refusal: refusal, kind: transfer.kind)
         } catch let error as SystemError {
             throw APIError(error, path: error.path ?? sources[0].path)
+        } catch let error as CopyError {
+            if case .system(let path, let system) = error { throw APIError(system, path: path) }
+            throw APIError(.unprocessable, "request.invalid", error.description)
         }
         return PreflightResult(verdict)
+    }
+
+    /// Resolves every source and the destination (or, for a new name, its parent) beneath the
+    /// roots first, so that each failure gets its precise code (outside the roots, a symlink loop,
+    /// permission denied, not found) before the engine's own checks run.
+    func checkTransferPaths(sources: [ServerPath], destination: ServerPath) throws(APIError) {
+        for source in sources {
+            guard let parentPath = source.parent else {
+                throw APIError(.badRequest, "request.invalid", "\(source.path) is a shared root itself; choose something inside it")
+            }
+            let parent = try open(try ServerPath.check(parentPath, roots: rootPaths), [.directory])
+            defer { parent.closeQuietly() }
+            let name = Array((source.path.split(separator: "/").last ?? "").utf8)
+            do { _ = try parent.status(name) } catch { throw APIError(error, path: source.path) }
+        }
+        do {
+            let fd = try open(destination, [.directory])
+            fd.closeQuietly()
+        } catch {
+            guard ["path.not_found", "path.not_directory"].contains(error.code), let parentPath = destination.parent else { throw error }
+            let parent = try open(try ServerPath.check(parentPath, roots: rootPaths), [.directory])
+            parent.closeQuietly()
+        }
     }
 
     /// The options a request may set; the rest keep their defaults.

@@ -1,0 +1,54 @@
+import Foundation
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+/// What the kernel would refuse at the end of a move is refused before it starts: a source in a
+/// directory the user may not write, another user's entry in a sticky directory, a destination the
+/// user may not write. (Found late, the copy would be made and the source's deletion retried.)
+@Suite("pre-flight permission checks (root)", .enabled(if: Environment.canMountXFS), .serialized)
+struct PermissionPreflightTests {
+    @Test func movesTheKernelWouldRefuseAreRefusedFirst() throws {
+        try withTestUser { user in
+            try withLoopXFS { fs in
+                chmod(fs.directory, 0o755)
+                let a = try fs.makeProjectDirectory("a", project: 100)
+                let b = try fs.makeProjectDirectory("b", project: 200)
+                chmod(a, 0o1777)  // sticky, like a shared project root
+                chmod(b, 0o1777)
+                let readOnly = a + "/readonly"
+                try FileManager.default.createDirectory(atPath: readOnly + "/data", withIntermediateDirectories: true)
+                try TreeBuilder.write(readOnly + "/data/f", bytes: 1000)
+                chmod(readOnly + "/data", 0o755)
+                chmod(readOnly, 0o755)  // root's, not writable by the user
+                try FileManager.default.createDirectory(atPath: a + "/roots-data", withIntermediateDirectories: true)
+                try TreeBuilder.write(a + "/roots-data/f", bytes: 1000)
+                chmod(a + "/roots-data", 0o755)
+                let closed = b + "/closed"
+                try FileManager.default.createDirectory(atPath: closed, withIntermediateDirectories: true)
+                chmod(closed, 0o755)
+                let databaseDirectory = fs.directory + "/db"
+                try FileManager.default.createDirectory(atPath: databaseDirectory, withIntermediateDirectories: true)
+                chmod(databaseDirectory, 0o1777)
+                func asUser(_ arguments: String...) throws -> Shell.Result {
+                    try Shell.execute(["runuser", "-u", user.name, "--", "env", "FERRY_DATABASE_URL=sqlite://\(databaseDirectory)/tasks.sqlite",
+                                       ferryBinary()] + arguments)
+                }
+                let notWritable = try asUser("move", readOnly + "/data", b)
+                #expect(notWritable.status == 3, "\(notWritable.standardError)")
+                #expect(notWritable.standardError.contains("may not remove entries from \(readOnly)"), "\(notWritable.standardError)")
+                let sticky = try asUser("move", "--dry-run", a + "/roots-data", a + "/renamed")
+                #expect(sticky.status == 3, "\(sticky.standardError)\(sticky.standardOutput)")
+                #expect((sticky.standardError + sticky.standardOutput).contains("sticky directory"))
+                let destination = try asUser("copy", readOnly + "/data", closed)
+                #expect(destination.status == 3, "\(destination.standardError)")
+                #expect(destination.standardError.contains("may not create entries in \(closed)"))
+                // A copy out of the read-only directory is fine: nothing there needs removing.
+                let copy = try asUser("copy", readOnly + "/data", b)
+                #expect(copy.status == 0, "\(copy.standardError)")
+                #expect(FileManager.default.fileExists(atPath: readOnly + "/data/f") && FileManager.default.fileExists(atPath: b + "/data/f"))
+                #expect(FileManager.default.fileExists(atPath: a + "/roots-data/f"))
+            }
+        }
+    }
+}
