@@ -96,6 +96,7 @@ class XFSSandbox:
         return path
 
     def up(self) -> None:
+        self.work.chmod(0o755)  # mkdtemp makes it 0700: the test users must reach the projects
         run("truncate", "-s", "3G", str(self.image))
         run("mkfs.xfs", "-q", "-m", "reflink=0", str(self.image))
         self.loop = run("losetup", "--find", "--show", str(self.image)).stdout.strip()
@@ -447,9 +448,11 @@ def describe(r: requests.Response) -> str:
 
 
 def expect(r: requests.Response, status: int) -> dict | list | None:
-    """Requires the status and returns the JSON body (None if the body is empty)."""
+    """Requires the status and returns the JSON body (None if the body is empty or not JSON)."""
     assert r.status_code == status, f"expected {status}: {describe(r)}"
-    return r.json() if r.content else None
+    if not r.content or "json" not in r.headers.get("content-type", ""):
+        return None
+    return r.json()
 
 
 def expect_error(r: requests.Response, status: int, *codes: str) -> dict:

@@ -62,29 +62,49 @@ def test_user_cannot_reach_another_users_private_directory(proxy_server, two_use
 
     as_a = server.session(user=a.name)
     assert expect(as_a.get(server.api("/api/session"), timeout=30), 200)["user"] == a.name
-    expect_error(get_path(as_a, server, "files", str(private)), 403, "permission.denied")
-    expect_error(get_path(as_a, server, "files", str(private / "inner")), 403, "permission.denied")
-    expect_error(get_path(as_a, server, "stat", str(private / "secret.txt")), 403, "permission.denied")
-    expect_error(get_path(as_a, server, "quota", str(private / "secret.txt")), 403, "permission.denied")
+    attempts = [get_path(as_a, server, "files", str(private)),
+                get_path(as_a, server, "files", str(private / "inner")),
+                get_path(as_a, server, "stat", str(private / "secret.txt")),
+                get_path(as_a, server, "quota", str(private / "secret.txt"))]
     for kind in ("move", "copy"):
-        for source in (private, private / "secret.txt", loose):
+        for source in (private, private / "secret.txt"):
             body = transfer(kind, [source], beta_dir)
-            expect_error(as_a.post(server.api("/api/preflight"), json=body, timeout=60), 403, "permission.denied")
-            expect_error(as_a.post(server.api("/api/tasks"), json=body, timeout=60), 403, "permission.denied")
-    assert list_all_tasks(as_a, server) == []
+            attempts.append(as_a.post(server.api("/api/preflight"), json=body, timeout=60))
+            attempts.append(as_a.post(server.api("/api/tasks"), json=body, timeout=60))
+    failures = []
+    for r in attempts:
+        try:
+            expect_error(r, 403, "permission.denied")
+            assert "B's data" not in r.text
+        except AssertionError as error:
+            failures.append(str(error).splitlines()[0])
+    assert list_all_tasks(as_a, server) == [], "a request for B's private data created a task"
+
+    # B's 0600 file in a shared directory: its name and size are visible (as with ls), its content is
+    # not. The pre-flight needs only metadata, so the request may be accepted, but the task, running
+    # as A, cannot read the file: it fails and nothing is copied.
+    for kind in ("move", "copy"):
+        r = as_a.post(server.api("/api/tasks"), json=transfer(kind, [loose], beta_dir), timeout=60)
+        if r.status_code == 201:
+            done = wait_for_task(as_a, server, r.json()["id"])
+            assert done["status"] in ("failed", "rolled_back"), f"A's {kind} of B's 0600 file: {done}"
+            assert done["error"] and done["error"]["code"], done
+        else:
+            expect_error(r, 403, "permission.denied")
 
     # Within project 100 a move would be a rename: the sticky, world-writable parent lets only B do it.
     (alpha_dir / "a-dest").mkdir()
     os.chown(alpha_dir / "a-dest", a.uid, a.gid)
     r = as_a.post(server.api("/api/tasks"), json=transfer("move", [private], alpha_dir / "a-dest"), timeout=60)
     if r.status_code == 201:
-        done = wait_for_task(as_a, server, r.json()["id"])
+        done = wait_for_task(as_a, server, r.json()["id"], timeout=60)
         assert done["status"] != "completed", f"A moved B's private directory: {done}"
     else:
         expect_error(r, 403, "permission.denied")
     assert list((alpha_dir / "a-dest").iterdir()) == []
     (alpha_dir / "a-dest").rmdir()
     assert (tree_snapshot(alpha_dir), tree_snapshot(beta_dir)) == before, "B's data or the destination changed"
+    assert not failures, "A reached B's private data, or was refused without 403 permission.denied:\n" + "\n".join(failures)
 
 
 def test_task_runs_as_its_owner(proxy_server, unix_user, alpha_dir, beta_dir, xfs_sandbox):
