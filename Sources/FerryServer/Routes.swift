@@ -76,7 +76,10 @@ enum Routes {
             let principal = try context.requirePrincipal()
             let transfer = try await request.decodeJSON(TransferRequest.self)
             let (_, verdict) = try await preflight(transfer, principal: principal, state: state)
-            if let refusal = verdict.refusal { throw APIError(.unprocessable, refusal.code, refusal.message) }
+            if let refusal = verdict.refusal {
+                // The kernel would refuse it as this user: a 403 like every other permission.denied.
+                throw APIError(refusal.code == "permission.denied" ? .forbidden : .unprocessable, refusal.code, refusal.message)
+            }
             var options = try AgentOperations.taskOptions(transfer.options)
             options.margin = state.settings.margin
             options.privileged = transfer.options?.privileged ?? false
