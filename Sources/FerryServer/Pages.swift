@@ -65,7 +65,7 @@ enum Pages {
         let offset = max(0, Int(((try? request.query("offset")) ?? nil) ?? "0") ?? 0)
         let limit = 100
         var values: [String: Any] = ["title": "\(path) — Ferry", "navBrowse": true, "path": path]
-        let activeRoot = roots.filter { path == $0.path || path.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }
+        let activeRoot = state.configuration.root(containing: path)
         values["roots"] = roots.map { root -> [String: Any] in
             ["name": root.name ?? root.path, "path": root.path, "url": browseURL(root.path), "active": root.path == activeRoot?.path]
         }

@@ -51,15 +51,7 @@ public enum AgentMain {
         let null = open("/dev/null", O_RDONLY)
         if null >= 0 { dup2(null, STDIN_FILENO); close(null) }
         let store = RemoteTaskStore(requests: requests, responses: responses)
-        var planner = Planner { fd, path in
-            let text = String(decoding: path, as: UTF8.self)
-            let choice = settings.roots.filter { text == $0.path || text.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }?.backend ?? .auto
-            return try Storage.backend(for: fd, choice: choice, lfsPath: settings.lfsPath)
-        }
-        planner.configuredStrategy = { path in
-            let text = String(decoding: path, as: UTF8.self)
-            return settings.roots.filter { text == $0.path || text.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }?.strategy
-        }
+        let planner = Planner.serving(settings.roots, lfsPath: settings.lfsPath)
         let engine = MoveEngine(store: store, settings: .init(worker: settings.worker, lease: .milliseconds(settings.leaseMilliseconds),
                                                               // No roots (a worker without configured roots): the
                                                               // owner's own permissions are the only limit, as for `ferry move`.

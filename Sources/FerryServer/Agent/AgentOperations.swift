@@ -140,15 +140,7 @@ public struct AgentOperations: Sendable {
         } catch let error as Transfer.UsageError {
             throw APIError(.badRequest, "request.invalid", error.message)
         }
-        var planner = Planner { [request] fd, path in
-            let text = String(decoding: path, as: UTF8.self)
-            let choice = request.roots.filter { text == $0.path || text.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }?.backend ?? .auto
-            return try Storage.backend(for: fd, choice: choice, lfsPath: request.lfsPath)
-        }
-        planner.configuredStrategy = { [request] path in
-            let text = String(decoding: path, as: UTF8.self)
-            return request.roots.filter { text == $0.path || text.hasPrefix($0.path + "/") }.max { $0.path.count < $1.path.count }?.strategy
-        }
+        let planner = Planner.serving(request.roots, lfsPath: request.lfsPath)
         let verdict: Preflight
         do {
             verdict = try planner.preflight(kind: transfer.kind, transfer: opened, options: options)
@@ -268,3 +260,16 @@ final class NameCache {
 }
 
 typealias group_t = Glibc.group
+
+extension Planner {
+    /// The planner of an agent: each path's backend and default strategy are those of the deepest
+    /// configured root containing it (as `FerryConfiguration.root(containing:)` decides).
+    static func serving(_ roots: [AgentRequest.Root], lfsPath: String?) -> Planner {
+        let configuration = FerryConfiguration(roots: roots.map { .init(path: $0.path, name: $0.name, backend: $0.backend, strategy: $0.strategy) })
+        var planner = Planner { fd, path in
+            try Storage.backend(for: fd, choice: configuration.backend(for: String(decoding: path, as: UTF8.self)), lfsPath: lfsPath)
+        }
+        planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
+        return planner
+    }
+}
