@@ -37,7 +37,7 @@ struct ServeCommand: AsyncParsableCommand {
         } else {
             configuration = try storageOptions.loadConfiguration()
         }
-        do { configuration.serve = try configuration.serve.applying(environment: ProcessInfo.processInfo.environment) } catch {
+        do { configuration = try configuration.applyingEnvironment(ProcessInfo.processInfo.environment) } catch {
             throw ValidationError("\(error)")
         }
         if let listen { configuration.serve.listen = listen }

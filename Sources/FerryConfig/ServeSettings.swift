@@ -11,7 +11,8 @@ public enum AuthMode: String, Sendable, CaseIterable {
 }
 
 /// The `ferry serve` part of the configuration file: where to listen, who may log in and how, and
-/// the engine's knobs. Every key can be overridden by a `FERRY_…` environment variable.
+/// the engine's knobs. Every key can be overridden by a `FERRY_…` environment variable (the
+/// database by `FERRY_DATABASE_URL`, the roots by `FERRY_ROOTS`).
 ///
 ///     listen = "127.0.0.1:8080"      # FERRY_LISTEN
 ///     margin = 0.05                  # FERRY_MARGIN
@@ -135,5 +136,29 @@ extension TOMLValue {
         case .integer(let value): Double(value)
         default: nil
         }
+    }
+}
+
+extension FerryConfiguration {
+    /// The configuration with the `FERRY_…` environment variables applied over the file: the
+    /// server's settings, and `FERRY_ROOTS` (comma-separated absolute paths, each optionally
+    /// `Name=/path`), which replaces the file's roots.
+    public func applyingEnvironment(_ environment: [String: String]) throws(FerryConfiguration.Error) -> FerryConfiguration {
+        var configuration = self
+        configuration.serve = try serve.applying(environment: environment)
+        if let text = environment["FERRY_ROOTS"], !text.isEmpty {
+            var roots: [Root] = []
+            for item in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !item.isEmpty {
+                let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+                let path = parts.count == 2 ? parts[1] : parts[0]
+                guard path.hasPrefix("/") else {
+                    throw Error(file: "environment", message: "FERRY_ROOTS: \(item) is not an absolute path (use /path or Name=/path, comma-separated)")
+                }
+                roots.append(Root(path: path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path, name: parts.count == 2 ? parts[0] : nil))
+            }
+            configuration.roots = roots
+        }
+        if let lfs = environment["FERRY_LFS"], !lfs.isEmpty { configuration.lfsPath = lfs }
+        return configuration
     }
 }

@@ -141,5 +141,9 @@ import Testing
         #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("[auth]\nmode = \"kerberos\"") }
         #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("[auth]\ntoken = \"short\"") }
         #expect(throws: FerryConfiguration.Error.self) { try configuration.serve.applying(environment: ["FERRY_MARGIN": "2"]) }
+        let rooted = try configuration.applyingEnvironment(["FERRY_ROOTS": "Alpha=/srv/a/, /srv/b", "FERRY_LFS": "/opt/lfs"])
+        #expect(rooted.roots == [.init(path: "/srv/a", name: "Alpha"), .init(path: "/srv/b")] && rooted.lfsPath == "/opt/lfs")
+        #expect(try configuration.applyingEnvironment([:]).roots == configuration.roots)
+        #expect(throws: FerryConfiguration.Error.self) { try configuration.applyingEnvironment(["FERRY_ROOTS": "relative/path"]) }
     }
 }
