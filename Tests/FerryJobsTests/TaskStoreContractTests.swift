@@ -70,9 +70,10 @@ struct TaskStoreContractTests {
     func expiredLeaseIsTakenOverAndTheOldWorkerFenced(engine: StoreUnderTest) async throws {
         try await withStore(engine) { store in
             let task = try await store.create(newMove())
-            _ = try await store.claim(worker: "dead", limit: 1, lease: .milliseconds(200))
+            // Long enough that a loaded machine still advances within it, short enough to wait out.
+            _ = try await store.claim(worker: "dead", limit: 1, lease: .milliseconds(1500))
             try await store.advance(id: task.id, worker: "dead", to: .copying, plan: nil, message: "copying")
-            try await Task.sleep(for: .milliseconds(400))
+            try await Task.sleep(for: .milliseconds(1800))
             #expect(try await store.heartbeat(id: task.id, worker: "dead", lease: .seconds(1)) == false)
             let taken = try await store.claim(worker: "alive", limit: 1, lease: .seconds(30))
             #expect(taken.first?.id == task.id)
