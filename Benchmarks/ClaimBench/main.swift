@@ -2,8 +2,11 @@ import FerryJobs
 import Foundation
 
 // Task claims per second with N concurrent workers: `ferry-claim-bench --database URL [--tasks N]
-// [--workers W]`. Queues N tasks, then W workers claim one task at a time (a lease each) until the
-// queue is empty; prints claims/s and checks that no task was claimed twice.
+// [--workers W] [--separate-stores]`. Queues N tasks, then W workers claim one task at a time (a
+// lease each) until the queue is empty; prints claims/s and checks that no task was claimed twice.
+// The workers share one store (one process with W workers), or with --separate-stores each opens
+// its own (W processes: on PostgreSQL each has its own connection pool, and no two workers' claims
+// can share a statement).
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 func option(_ name: String, _ fallback: String) -> String {
@@ -13,15 +16,22 @@ func option(_ name: String, _ fallback: String) -> String {
 let url = try DatabaseURL(option("--database", "sqlite:///tmp/ferry-claim-bench.sqlite"))
 let taskCount = Int(option("--tasks", "20000")) ?? 20000
 let workers = Int(option("--workers", "8")) ?? 8
+let separateStores = arguments.contains("--separate-stores")
 
-let store: any TaskStore
-switch url {
-case .sqlite(let path):
-    try? FileManager.default.removeItem(atPath: path)
-    store = try SQLiteTaskStore(path: path)
-case .postgres(let host, let port, let user, let password, let database):
-    store = try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: database)
+func open() async throws -> any TaskStore {
+    switch url {
+    case .sqlite(let path):
+        return try SQLiteTaskStore(path: path)
+    case .postgres(let host, let port, let user, let password, let database):
+        return try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: database)
+    }
 }
+if case .sqlite(let path) = url {
+    for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+}
+let store = try await open()
+var stores: [any TaskStore] = []
+for _ in 0..<workers { stores.append(separateStores ? try await open() : store) }
 let request = NewTask(kind: .move, sources: [StoredPath("/bench/src")], destination: StoredPath("/bench/dst"), owner: "bench")
 try await withThrowingTaskGroup(of: Void.self) { group in
     for w in 0..<8 {
@@ -33,6 +43,7 @@ let clock = ContinuousClock()
 let start = clock.now
 let claimed = try await withThrowingTaskGroup(of: [String].self) { group in
     for worker in 0..<workers {
+        let store = stores[worker]
         group.addTask {
             var mine: [String] = []
             while true {
@@ -49,7 +60,10 @@ let claimed = try await withThrowingTaskGroup(of: [String].self) { group in
 let seconds = Double((clock.now - start).components.attoseconds) / 1e18 + Double((clock.now - start).components.seconds)
 let engine: String
 if case .sqlite = url { engine = "sqlite" } else { engine = "postgres" }
-print(String(format: "%@: %d claims by %d workers in %.2f s = %.0f claims/s (duplicates: %d)",
-             engine, claimed.count, workers, seconds, Double(claimed.count) / seconds, claimed.count - Set(claimed).count))
-if let postgres = store as? PostgresTaskStore { await postgres.shutdown() }
+print(String(format: "%@: %d claims by %d workers%@ in %.2f s = %.0f claims/s (duplicates: %d)",
+             engine, claimed.count, workers, separateStores ? " (a store each)" : "", seconds, Double(claimed.count) / seconds,
+             claimed.count - Set(claimed).count))
+for opened in [store] + (separateStores ? stores : []) {
+    if let postgres = opened as? PostgresTaskStore { await postgres.shutdown() }
+}
 exit(claimed.count == taskCount && Set(claimed).count == taskCount ? 0 : 1)

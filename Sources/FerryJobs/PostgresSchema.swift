@@ -72,6 +72,68 @@ enum PostgresSchema {
             """,
             "CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE lease_owner IS NOT NULL",
         ],
+        // The claim queue: one narrow row per task that is running and unleased, oldest first.
+        // Claims lock the queue row and the task row with SKIP LOCKED and never wait; every other
+        // writer changes the task row first and the queue row after it (through the trigger), so
+        // no two can deadlock. A claim that reaches a queue row whose task another transaction
+        // took or cancelled meanwhile skips it, because that transaction deleted the row. The queue
+        // replaces the partial index `tasks_unleased`, whose row estimates come from the wide
+        // table's statistics: on a table not analysed since a burst of new tasks the planner took
+        // them for a handful and sorted the whole backlog on every claim. The queue table is
+        // estimated from its own size, so its ordered index scan stays the plan whatever the
+        // statistics say. A trigger on `tasks` keeps it exact for every writer, including a
+        // ferry of the previous version still running while the database is upgraded: a task
+        // is queued when it becomes running and unleased, and dequeued when it stops being so.
+        [
+            """
+            CREATE TABLE task_queue (
+                task_id text PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+                created_at double precision NOT NULL,
+                not_before double precision
+            ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+                    autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000)
+            """,
+            "CREATE INDEX task_queue_order ON task_queue (created_at, task_id)",
+            """
+            CREATE FUNCTION ferry_task_queue() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.lease_owner IS NULL AND NEW.status IN ('pending','validating','locked','copying','verifying','committing') THEN
+                    INSERT INTO task_queue (task_id, created_at, not_before) VALUES (NEW.id, NEW.created_at, NEW.not_before)
+                    ON CONFLICT (task_id) DO UPDATE SET created_at = excluded.created_at, not_before = excluded.not_before;
+                ELSE
+                    DELETE FROM task_queue WHERE task_id = NEW.id;
+                END IF;
+                RETURN NULL;
+            END
+            $$
+            """,
+            """
+            CREATE TRIGGER tasks_enqueue AFTER INSERT ON tasks FOR EACH ROW
+            WHEN (NEW.lease_owner IS NULL AND NEW.status IN ('pending','validating','locked','copying','verifying','committing'))
+            EXECUTE FUNCTION ferry_task_queue()
+            """,
+            """
+            CREATE TRIGGER tasks_requeue AFTER UPDATE OF status, lease_owner, not_before ON tasks FOR EACH ROW
+            WHEN ((OLD.lease_owner IS NULL AND OLD.status IN ('pending','validating','locked','copying','verifying','committing'))
+                  IS DISTINCT FROM (NEW.lease_owner IS NULL AND NEW.status IN ('pending','validating','locked','copying','verifying','committing'))
+                  OR (NEW.lease_owner IS NULL AND OLD.not_before IS DISTINCT FROM NEW.not_before))
+            EXECUTE FUNCTION ferry_task_queue()
+            """,
+            """
+            INSERT INTO task_queue (task_id, created_at, not_before)
+            SELECT id, created_at, not_before FROM tasks WHERE lease_owner IS NULL AND status IN ('pending','validating','locked','copying','verifying','committing')
+            """,
+            "DROP INDEX tasks_unleased",
+            // Expired leases: the index holds only leases of running tasks, so that the claim's
+            // conditions match it whole and the scan is bounded by the time alone. With the
+            // status left to a filter, the planner combined it with `tasks_by_status` on
+            // tables not analysed since a burst, reading every running task on each claim.
+            """
+            CREATE INDEX tasks_lease_expiry ON tasks (lease_expires_at)
+              WHERE lease_owner IS NOT NULL AND status IN ('pending','validating','locked','copying','verifying','committing')
+            """,
+            "DROP INDEX tasks_leased",
+        ],
     ]
 
     /// Brings the schema up to date. Safe to run from many processes at once: an advisory lock

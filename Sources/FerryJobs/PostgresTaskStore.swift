@@ -2,10 +2,12 @@ import Foundation
 import PostgresNIO
 
 /// The task store for many workers on many machines: PostgreSQL through a connection pool.
-/// Same contract and history messages as `SQLiteTaskStore`. Claims are one statement that skips
-/// rows other claimers hold (`FOR UPDATE SKIP LOCKED`); every fenced change locks the task's row
-/// first; path locks are checked and taken under one advisory lock; leases use the database's
-/// clock. New work is announced with `NOTIFY ferry_tasks`, which every store listens to.
+/// Same contract and history messages as `SQLiteTaskStore`. Claims are one prepared statement
+/// that takes free tasks from a narrow queue table and skips rows other claimers hold (`FOR
+/// UPDATE SKIP LOCKED`); claims made at the same time through one store share a statement. Every
+/// fenced change locks the task's row first; path locks are checked and taken under one advisory
+/// lock; leases use the database's clock. New work is announced with `NOTIFY ferry_tasks`, which
+/// every store listens to.
 public final class PostgresTaskStore: TaskStore {
     static let channel = "ferry_tasks"
     static let runningStatuses = TaskStatus.running.map(\.rawValue)
@@ -14,6 +16,9 @@ public final class PostgresTaskStore: TaskStore {
     let client: PostgresClient
     let logger: Logger
     let wakeup: Wakeup
+    /// Concurrent claims through this store share statements.
+    let claims = ClaimCombiner()
+    let queueVacuum = QueueVacuum()
     let runTask: Task<Void, Never>
     let listenTask: Task<Void, Never>
 
@@ -138,29 +143,27 @@ public final class PostgresTaskStore: TaskStore {
 
     public func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] {
         guard limit > 0 else { return [] }
-        return try await rows("""
-            WITH n AS MATERIALIZED (SELECT \(unescaped: Self.clock) AS now, \(worker)::text AS worker, \(lease.seconds)::float8 AS lease),
-            free AS MATERIALIZED (
-                SELECT tasks.id, tasks.created_at FROM tasks, n
-                WHERE tasks.lease_owner IS NULL
-                  AND tasks.status IN ('pending','validating','locked','copying','verifying','committing')
-                  AND (tasks.not_before IS NULL OR tasks.not_before <= n.now)
-                ORDER BY tasks.created_at, tasks.id
-                LIMIT \(limit)
-                FOR UPDATE OF tasks SKIP LOCKED),
-            expired AS MATERIALIZED (
-                SELECT tasks.id, tasks.created_at FROM tasks, n
-                WHERE tasks.lease_owner IS NOT NULL AND tasks.lease_expires_at < n.now
-                  AND tasks.status IN ('pending','validating','locked','copying','verifying','committing')
-                  AND (tasks.not_before IS NULL OR tasks.not_before <= n.now)
-                ORDER BY tasks.lease_expires_at
-                LIMIT \(limit)
-                FOR UPDATE OF tasks SKIP LOCKED),
-            c AS MATERIALIZED (
-                SELECT id FROM (SELECT * FROM free UNION ALL SELECT * FROM expired) both_kinds
-                ORDER BY created_at, id LIMIT \(limit)),
-            \(unescaped: Self.takeClaimed)
-            """).map(PostgresSchema.record)
+        return try await claims.claim(ClaimRequest(worker: worker, limit: limit, lease: lease)) { requests in
+            try await self.claim(requests)
+        }
+    }
+
+    /// One statement that serves several claims (see `ClaimSQL`): request i gets the slots after
+    /// those of the requests before it, one slot per task it may take.
+    func claim(_ requests: [ClaimRequest]) async throws -> [[TaskRecord]] {
+        let workers = requests.flatMap { Array(repeating: $0.worker, count: $0.limit) }
+        let leases = requests.flatMap { Array(repeating: $0.lease.seconds, count: $0.limit) }
+        let rows = try await claimRows(workers: workers, leases: leases)
+        tookFromQueue(rows.count)
+        var claimed = [[TaskRecord]](repeating: [], count: requests.count)
+        var ends: [Int] = []  // the last slot of each request
+        for request in requests { ends.append((ends.last ?? 0) + request.limit) }
+        for row in rows {
+            let slot = try row.makeRandomAccess()["slot"].decode(Int.self)
+            guard slot <= workers.count, let index = ends.firstIndex(where: { slot <= $0 }) else { continue }
+            claimed[index].append(try PostgresSchema.record(row))
+        }
+        return claimed
     }
 
     public func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? {
@@ -172,22 +175,16 @@ public final class PostgresTaskStore: TaskStore {
                   AND tasks.status = ANY(\(Self.runningStatuses))
                   AND (tasks.lease_expires_at IS NULL OR tasks.lease_expires_at < n.now OR tasks.lease_owner = n.worker)
                 FOR UPDATE OF tasks),
-            \(unescaped: Self.takeClaimed)
+            u AS (
+                UPDATE tasks t SET lease_owner = n.worker, lease_expires_at = n.now + n.lease, attempts = t.attempts + 1, updated_at = n.now
+                FROM c, n WHERE t.id = c.id
+                RETURNING t.*),
+            e AS (
+                INSERT INTO task_events (task_id, at, status, message)
+                SELECT u.id, n.now, u.status, 'claimed by ' || n.worker || ' (attempt ' || u.attempts || ')' FROM u, n)
+            SELECT \(unescaped: PostgresSchema.columns("u")) FROM u
             """).first.map(PostgresSchema.record)
     }
-
-    /// The rest of a claim, after CTEs `n` (now, worker, lease) and `c` (the ids taken, locked):
-    /// lease them, count the attempt, record "claimed by", return them oldest first.
-    static let takeClaimed = """
-        u AS (
-            UPDATE tasks t SET lease_owner = n.worker, lease_expires_at = n.now + n.lease, attempts = t.attempts + 1, updated_at = n.now
-            FROM c, n WHERE t.id = c.id
-            RETURNING t.*),
-        e AS (
-            INSERT INTO task_events (task_id, at, status, message)
-            SELECT u.id, n.now, u.status, 'claimed by ' || n.worker || ' (attempt ' || u.attempts || ')' FROM u, n)
-        SELECT \(PostgresSchema.columns("u")) FROM u ORDER BY u.created_at, u.id
-        """
 
     public func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool {
         try await !rows("""
