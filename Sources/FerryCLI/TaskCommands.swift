@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryConfig
 import FerryCopy
 import FerryJobs
 import FerryMove
@@ -99,7 +100,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Tasks run at once.") var concurrency = 2
     @Option(help: "Parallel copiers per task (default: two per core).") var jobs: Int?
     @Option(help: "Minutes between the worker's own clean-ups of orphaned staging directories.") var janitorMinutes: Int64 = 10
-    @Flag(help: "Run each task in a process with its owner's uid, gid and groups (as ferry serve does; needs root for other owners).")
+    @Flag(help: "Run each task in a process with its owner's uid, gid and groups, as ferry serve does (always so as root).")
     var asOwner = false
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var storageOptions: StorageOptions
@@ -107,15 +108,17 @@ struct WorkerCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = try storageOptions.loadConfiguration()
         let store = try await database.open(configuration: configuration)
-        if asOwner {
-            guard !once else { throw ValidationError("--as-owner runs until stopped; it does not take --once") }
-            let runner = TaskRunner(store: store, executable: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0],
-                                    configuration: configuration, concurrency: concurrency, worker: workerName("worker"),
-                                    lease: database.leaseDuration, feed: ChangeFeed(), metrics: ServerMetrics(),
-                                    logger: Logger(label: "ferry.worker"))
+        // As root, tasks always run as their owners: a root worker must never carry out a user's
+        // request with root's rights.
+        if asOwner || geteuid() == 0 {
+            let runner = ownerRunner(store: store, configuration: configuration, concurrency: concurrency, role: "worker", lease: database.leaseDuration)
             let interrupt = InterruptWatcher { runner.stop() }
             defer { interrupt.stop() }
-            await runner.runUntilStopped()
+            if once {
+                for record in await runner.runOnce() { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
+            } else {
+                await runner.runUntilStopped()
+            }
             return
         }
         let engine = try makeEngine(store: store, role: "worker", lease: database.leaseDuration, jobs: jobs, storageOptions: storageOptions)
@@ -143,14 +146,25 @@ struct JanitorCommand: AsyncParsableCommand {
     @OptionGroup var storageOptions: StorageOptions
 
     func run() async throws {
-        let store = try await database.open(configuration: try storageOptions.loadConfiguration())
+        let configuration = try storageOptions.loadConfiguration()
+        let store = try await database.open(configuration: configuration)
         let engine = try makeEngine(store: store, role: "janitor", lease: database.leaseDuration, jobs: nil, storageOptions: storageOptions)
+        // Tasks whose worker died are carried on as their owners (never with the janitor's rights).
+        let recovered = dryRun ? [] : await ownerRunner(store: store, configuration: configuration, concurrency: 2, role: "janitor",
+                                                        lease: database.leaseDuration).runOnce()
         let report = try await Janitor(engine: engine, grace: .milliseconds(Int64(grace * 1000)))
-            .run(directories: scan.map { Transfer.absolute(Array($0.utf8)) }, dryRun: dryRun)
-        for id in report.recovered { print("recovered task \(id)") }
+            .run(directories: scan.map { Transfer.absolute(Array($0.utf8)) }, dryRun: dryRun, recover: false)
+        for record in recovered { print("recovered task \(record.id)") }
         for path in report.removed { print("\(dryRun ? "would remove" : "removed") \(path)") }
         for path in report.kept { print("kept \(path) (its task is still running, or it is younger than the grace period)") }
     }
+}
+
+/// Runs tasks in processes with their owners' identities (ferry serve's runner).
+func ownerRunner(store: any TaskStore, configuration: FerryConfiguration, concurrency: Int, role: String, lease: Duration) -> TaskRunner {
+    TaskRunner(store: store, executable: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0],
+               configuration: configuration, concurrency: concurrency, worker: workerName(role), lease: lease,
+               feed: ChangeFeed(), metrics: ServerMetrics(), logger: Logger(label: "ferry.\(role)"))
 }
 
 func makeEngine(store: any TaskStore, role: String, lease: Duration, jobs: Int?, storageOptions: StorageOptions) throws -> MoveEngine {

@@ -5,7 +5,8 @@ import Foundation
 
 /// Cleans up after crashes: removes `.ferry-staging-*` directories whose task finished, failed, was
 /// cancelled, or is unknown to the database and older than a grace period; and finishes or rolls
-/// back tasks whose worker died (their lease expired) by running them here.
+/// back tasks whose worker died (their lease expired) by running them here. It runs privileged
+/// on directories users can change, so it opens them through no symlink at all.
 public struct Janitor: Sendable {
     public struct Report: Sendable, Equatable {
         public var removed: [String] = []
@@ -50,14 +51,14 @@ public struct Janitor: Sendable {
                 // A relink's staging holds the only copy of what it moved: only empty directories go.
                 if task.status.isTerminal && !dryRun {
                     try await Blocking.run {
-                        let fd = try FileDescriptor.openDirectory(directory)
+                        let fd = try FileDescriptor.openDirectoryWithoutSymlinks(directory)
                         defer { fd.closeQuietly() }
                         let staging = try fd.openAt(name, [.directory, .noFollow])
                         defer { staging.closeQuietly() }
                         _ = try CopyEngine(options: CopyOptions(jobs: 1)).removeEmptySkeleton([CopySource(directory: fd, name: name)])
                     }
                 }
-                let gone = (try? FileDescriptor.openDirectory(directory)).map { fd -> Bool in
+                let gone = (try? FileDescriptor.openDirectoryWithoutSymlinks(directory)).map { fd -> Bool in
                     defer { fd.closeQuietly() }
                     return (try? fd.status(name)) == nil
                 } ?? false
@@ -66,7 +67,7 @@ public struct Janitor: Sendable {
             } else if let task {
                 removable = task.status.isTerminal
             } else {
-                let modified = (try? FileDescriptor.openDirectory(directory)).flatMap { fd -> Date? in
+                let modified = (try? FileDescriptor.openDirectoryWithoutSymlinks(directory)).flatMap { fd -> Date? in
                     defer { fd.closeQuietly() }
                     return (try? fd.status(name)).map { Date(timeIntervalSince1970: Double($0.modificationTime.seconds)) }
                 }
@@ -75,7 +76,7 @@ public struct Janitor: Sendable {
             guard removable else { report.kept.append(path); continue }
             if !dryRun {
                 try await Blocking.run {
-                    let fd = try FileDescriptor.openDirectory(directory)
+                    let fd = try FileDescriptor.openDirectoryWithoutSymlinks(directory)
                     defer { fd.closeQuietly() }
                     let staging = try fd.openAt(name, [.directory, .noFollow])
                     CopyEngine(options: CopyOptions(jobs: 2)).discard(StagingArea(parent: fd, name: name, directory: staging))
@@ -88,7 +89,7 @@ public struct Janitor: Sendable {
     }
 
     static func stagingDirectories(in directory: ByteString, depth: Int) -> [(ByteString, ByteString)] {
-        guard let fd = try? FileDescriptor.openDirectory(directory) else { return [] }
+        guard let fd = try? FileDescriptor.openDirectoryWithoutSymlinks(directory) else { return [] }
         defer { fd.closeQuietly() }
         let stream = DirectoryStream(fd)
         var found: [(ByteString, ByteString)] = []

@@ -23,7 +23,8 @@ public final class TaskRunner: Service, Sendable {
     let feed: ChangeFeed
     let metrics: ServerMetrics
     let logger: Logger
-    private let children = Mutex<[String: pid_t]>([:])
+    private let children = Mutex<[String: ChildProcess]>([:])
+    private let runs = Atomic<UInt64>(0)
     private let stopping = CancellationFlag()
 
     public init(store: any TaskStore, executable: String, configuration: FerryConfiguration, concurrency: Int,
@@ -50,7 +51,33 @@ public final class TaskRunner: Service, Sendable {
     /// Stops claiming and asks every running child to stop at its next checkpoint.
     public func stop() {
         stopping.cancel()
-        children.withLock { all in for pid in all.values { kill(pid, SIGTERM) } }
+        children.withLock { all in for child in all.values { child.signal(SIGTERM) } }
+    }
+
+    /// Each run claims under a name of its own, so that fencing tells apart a child that lost its
+    /// lease from the next one running the same task.
+    private func runName() -> String { "\(worker)#\(runs.add(1, ordering: .relaxed).newValue)" }
+
+    /// Runs every task claimable now (and those they make claimable), then returns their records:
+    /// `ferry worker --once` and the janitor's recovery.
+    public func runOnce() async -> [TaskRecord] {
+        var finished: [TaskRecord] = []
+        while !stopping.isCancelled {
+            var claimed: [TaskRecord] = []
+            for _ in 0..<concurrency {
+                let name = runName()
+                guard let task = (try? await store.claim(worker: name, limit: 1, lease: lease))?.first else { break }
+                claimed.append(task)
+            }
+            if claimed.isEmpty { break }
+            finished += await withTaskGroup(of: TaskRecord?.self) { group in
+                for task in claimed { group.addTask { await self.execute(task) } }
+                var records: [TaskRecord] = []
+                for await record in group { if let record { records.append(record) } }
+                return records
+            }
+        }
+        return finished
     }
 
     /// Claims and runs tasks until `stop()`, then waits for the running ones to hand back.
@@ -60,18 +87,18 @@ public final class TaskRunner: Service, Sendable {
             var waking = false
             while true {
                 if !stopping.isCancelled && running < concurrency {
-                    let claimed: [TaskRecord]
+                    let claimed: TaskRecord?
                     do {
-                        claimed = try await store.claim(worker: worker, limit: concurrency - running, lease: lease)
+                        claimed = try await store.claim(worker: runName(), limit: 1, lease: lease).first
                     } catch {
                         logger.error("claiming tasks failed", metadata: ["error": "\(error)"])
-                        claimed = []
+                        claimed = nil
                     }
-                    for task in claimed {
+                    if let task = claimed {
                         running += 1
-                        group.addTask { await self.execute(task); return true }
+                        group.addTask { _ = await self.execute(task); return true }
+                        continue
                     }
-                    if !claimed.isEmpty { continue }
                 }
                 if stopping.isCancelled && running == 0 { return }
                 // Wake on whichever comes first: a task ending, or (with room for more) new work.
@@ -86,7 +113,11 @@ public final class TaskRunner: Service, Sendable {
     }
 
     /// Runs one claimed task in a child process as its owner; returns when the child has exited.
-    func execute(_ task: TaskRecord) async {
+    /// A child that stops heartbeating (stopped with SIGSTOP by its owner, or hung) is killed when
+    /// its lease runs out, so no user can hold a runner, and the task goes to the next claim.
+    @discardableResult
+    func execute(_ task: TaskRecord) async -> TaskRecord? {
+        guard let worker = task.leaseOwner else { return nil }
         var log = logger
         log[metadataKey: "task"] = "\(task.id)"
         let identity: UserIdentity?
@@ -96,7 +127,7 @@ public final class TaskRunner: Service, Sendable {
             log.error("cannot run the task as its owner", metadata: ["owner": "\(task.owner)", "error": "\(error.message)"])
             try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(60),
                                      failure: TaskFailure(code: "owner.unavailable", message: error.message), message: error.message)
-            return
+            return try? await store.task(task.id)
         }
         let settings = RunTaskSettings(taskID: task.id, worker: worker, leaseMilliseconds: Int64(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000),
                                        roots: configuration.roots.map { AgentRequest.Root(path: $0.path, name: $0.name, backend: $0.backend, strategy: $0.strategy) },
@@ -110,14 +141,29 @@ public final class TaskRunner: Service, Sendable {
             log.error("cannot start the task's process", metadata: ["error": "\(error)"])
             try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(30),
                                      failure: TaskFailure(code: "runner.failed", message: "could not start the task's process: \(error)"), message: "runner failed to start")
-            return
+            return try? await store.task(task.id)
         }
-        children.withLock { $0[task.id] = child.pid }
+        children.withLock { $0[task.id] = child }
         if stopping.isCancelled { child.signal(SIGTERM) }
         log.info("task started", metadata: ["owner": "\(task.owner)", "pid": "\(child.pid)", "status": "\(task.status.rawValue)"])
         let relay = TaskStoreRelay(store: store, taskID: task.id, worker: worker) { [feed] id in feed.notify(id) }
         async let relayed: Void = relay.serve(requests: child.standardOutput.rawValue, responses: child.standardInput.rawValue)
+        let watchdog = Task { [store, lease] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: lease / 2)
+                if Task.isCancelled { return }
+                guard let current = try? await store.task(task.id) else { continue }
+                if current.leaseOwner != worker || (current.leaseExpiresAt.map { $0 < Date() } ?? true) {
+                    if !current.status.isTerminal || current.leaseOwner == worker {
+                        log.warning("task process missed its heartbeats; stopping it", metadata: ["pid": "\(child.pid)"])
+                        child.signal(SIGKILL)
+                    }
+                    return
+                }
+            }
+        }
         let termination = try? await Blocking.run { child.wait() }
+        watchdog.cancel()
         await relayed
         children.withLock { _ = $0.removeValue(forKey: task.id) }
         child.standardOutput.closeQuietly()
@@ -134,6 +180,7 @@ public final class TaskRunner: Service, Sendable {
             log.info("task process ended", metadata: ["status": "\(record.status.rawValue)", "exit": "\(termination.map { "\($0)" } ?? "?")"])
             if record.status == .completed { await metrics.taskCompleted(record, events: (try? await store.events(task.id)) ?? []) }
         }
+        return try? await store.task(task.id)
     }
 }
 

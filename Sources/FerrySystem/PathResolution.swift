@@ -100,4 +100,14 @@ extension FileDescriptor {
         if !followFinalSymlink { flags.insert(.noFollow) }
         return try currentWorkingDirectory.openAt(path, flags)
     }
+
+    /// Opens an absolute directory path through no symlink at all (`RESOLVE_NO_SYMLINKS` from
+    /// `/`): for privileged code acting on paths that users can change, so that a component
+    /// swapped for a symlink cannot send it elsewhere.
+    public static func openDirectoryWithoutSymlinks(_ path: ByteString) throws(SystemError) -> FileDescriptor {
+        let root = try currentWorkingDirectory.openAt(Array("/".utf8), [.directory])
+        defer { root.closeQuietly() }
+        let relative = Array(path.drop(while: { $0 == UInt8(ascii: "/") }))
+        return try PathResolver.open(beneath: root, relative, [.directory], symlinks: .refuse)
+    }
 }

@@ -74,4 +74,43 @@ struct WorkerAsOwnerTests {
             }
         }
     }
+
+    /// A task's process that stops heartbeating (here stopped with SIGSTOP, as its owner could)
+    /// must not hold a runner forever: it is killed when its lease runs out and the task resumes.
+    @Test func aStoppedTaskProcessIsKilledAndItsTaskResumed() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<8 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=25", "status=none"]) }
+            let before = try TreeSnapshot.take(a + "/big")
+            let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
+            let id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: environment).standardOutput
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let worker = Process()
+            worker.executableURL = URL(fileURLWithPath: ferryBinary())
+            worker.arguments = ["worker", "--as-owner", "--lease", "2"]
+            worker.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            worker.standardError = FileHandle.nullDevice
+            try worker.run()
+            defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
+            waitUntilStaging(in: b, holds: "big", seconds: 20)
+            let pid = try Shell.run(["pgrep", "-f", "-n", "agent run-task .*\(id)"]).trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(!pid.isEmpty)
+            _ = try Shell.run(["kill", "-STOP", pid])
+            var record: [String: Any] = [:]
+            let deadline = Date().addingTimeInterval(90)
+            repeat {
+                Thread.sleep(forTimeInterval: 0.5)
+                record = try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput)
+            } while Date() < deadline && record["status"] as? String != "completed"
+            #expect(record["status"] as? String == "completed", "\(record)")
+            #expect((record["attempts"] as? Int ?? 0) >= 2, "\(record)")
+            #expect(!FileManager.default.fileExists(atPath: "/proc/\(pid)/status") || (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.contains("zombie") == true)
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            worker.terminate()
+            worker.waitUntilExit()
+            #expect(worker.terminationStatus == 0)
+        }
+    }
 }
