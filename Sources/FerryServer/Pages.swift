@@ -62,7 +62,7 @@ enum Pages {
         let path = requested ?? roots.first?.path ?? "/"
         let sort = ((try? request.query("sort")) ?? nil).flatMap(ListingSort.init(rawValue:)) ?? .name
         let descending = ((try? request.query("order")) ?? nil) == "desc"
-        let offset = max(0, Int(((try? request.query("offset")) ?? nil) ?? "0") ?? 0)
+        let offset = min(10_000_000, max(0, Int(((try? request.query("offset")) ?? nil) ?? "0") ?? 0))
         let limit = 100
         var values: [String: Any] = ["title": "\(path) — Ferry", "navBrowse": true, "path": path]
         let activeRoot = state.configuration.root(containing: path)

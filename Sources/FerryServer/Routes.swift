@@ -43,7 +43,7 @@ enum Routes {
         router.get("/api/files", use: handle { request, context in
             var ask = state.rootsRequest(.list)
             ask.path = try ServerPath.check(try request.query("path"), roots: state.configuration.roots.map(\.path)).path
-            ask.offset = try request.intQuery("offset", range: 0...Int.max)
+            ask.offset = try request.intQuery("offset", range: 0...10_000_000)
             ask.limit = try request.intQuery("limit", range: 1...1000)
             if let sort = try request.query("sort") {
                 guard let key = ListingSort(rawValue: sort) else { throw APIError(.badRequest, "request.invalid", "sort must be name, size, modified or owner") }
@@ -157,7 +157,15 @@ enum Routes {
         router.post("/api/admin/janitor", use: handle { request, context in
             try context.requireAdmin()
             var request = request
-            let dryRun = (try? await request.decodeJSON(JanitorRequest.self))?.dryRun ?? false
+            // No body is a real run; a body must say what it means (a typo must not become a real run).
+            let body = try? await request.collectBody(upTo: 1 << 16)
+            var dryRun = false
+            if let body, body.readableBytes > 0 {
+                guard let decoded = try? WireJSON.decoder.decode(JanitorRequest.self, from: Data(body.readableBytesView)) else {
+                    throw APIError(.badRequest, "request.invalid", "send {\"dryRun\": true} or {\"dryRun\": false}")
+                }
+                dryRun = decoded.dryRun
+            }
             let report = try await database {
                 try await Janitor(engine: state.janitorEngine).run(directories: state.configuration.roots.map { Array($0.path.utf8) },
                                                                    dryRun: dryRun, recover: false)
@@ -279,5 +287,5 @@ struct RootInfo: Codable { var path: String; @Nullable var name: String? }
 struct TaskList: Codable { var tasks: [TaskView]; var offset: Int; var limit: Int }
 struct LeaseInfo: Codable { var worker: String; var taskID: String; var status: String; var expiresAt: String }
 struct StagingInfo: Codable { var path: String; var taskID: String; @Nullable var taskStatus: String? }
-struct JanitorRequest: Codable { var dryRun: Bool? }
+struct JanitorRequest: Codable { var dryRun: Bool }
 struct JanitorReport: Codable { var recovered: [String]; var removed: [String]; var kept: [String]; var dryRun: Bool }

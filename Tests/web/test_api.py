@@ -535,8 +535,11 @@ def test_task_detail_cancel_retry(start_server, work, beta_work):
 
 
 def test_cancel_running_task_rolls_back(server, client, work, beta_work):
+    # Large enough that the cancel lands while copying even on an idle machine.
     for i in range(2000):
         write(work / "src" / f"f{i:04d}", os.urandom(16384))
+    for i in range(8):
+        write(work / "src" / f"big{i}", os.urandom(32 << 20))
     before = tree_snapshot(work)
     task = expect(client.post(server.api("/api/tasks"), json=transfer("move", [work / "src"], beta_work), timeout=60), 201)
     wait_for_task(client, server, task["id"], until=lambda t: t["status"] == "copying" or t["terminal"])

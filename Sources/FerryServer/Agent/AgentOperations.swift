@@ -58,7 +58,7 @@ public struct AgentOperations: Sendable {
         let directory = try open(path, [.directory])
         defer { directory.closeQuietly() }
         let limit = min(max(request.limit ?? 100, 1), 1000)
-        let offset = max(request.offset ?? 0, 0)
+        let offset = min(max(request.offset ?? 0, 0), 10_000_000)
         let sort = request.sort ?? .name
         let descending = request.descending ?? false
         let names = NameCache()

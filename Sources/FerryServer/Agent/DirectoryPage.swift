@@ -99,7 +99,7 @@ struct BoundedHeap {
     init(capacity: Int, precedes: @escaping (DirectoryPage.Item, DirectoryPage.Item) -> Bool) {
         self.capacity = capacity
         self.precedes = precedes
-        items.reserveCapacity(capacity)
+        items.reserveCapacity(min(capacity, 4096))
     }
 
     mutating func offer(_ item: DirectoryPage.Item) {

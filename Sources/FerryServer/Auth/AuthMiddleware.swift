@@ -19,9 +19,12 @@ struct AuthMiddleware: RouterMiddleware {
         var newSession: SessionStore.Session?
         let settings = state.settings
 
+        let proxyHeader = HTTPField.Name(settings.proxyHeader) ?? .init("X-Remote-User")!
         if settings.authMode == .proxy, let address = context.remoteAddress, settings.proxyAddresses.contains(address),
-           let user = request.headers[HTTPField.Name(settings.proxyHeader) ?? .init("X-Remote-User")!], !user.isEmpty {
-            guard Self.plausibleUser(user) else { return APIError(.unauthorized, "auth.failed", "the proxy sent an unusable user name").response() }
+           let user = request.headers[proxyHeader], !user.isEmpty {
+            guard Self.plausibleUser(user), request.headers[values: proxyHeader].count == 1 else {
+                return APIError(.unauthorized, "auth.failed", "the proxy sent an unusable user name").response()
+            }
             if let id = request.cookie(ServerState.cookie), let session = state.sessions.session(id), session.user == user {
                 context.session = session
             } else {
@@ -32,6 +35,8 @@ struct AuthMiddleware: RouterMiddleware {
             context.principal = state.principal(user)
         } else if settings.authMode == .token, let token = state.token,
                   let authorization = request.headers[.authorization], authorization.hasPrefix("Bearer ") {
+            // Not rate-limited: the token is 192 random bits, and API clients holding it are not
+            // logging in (a login lock-out must not stop them).
             guard Secret.equal(String(authorization.dropFirst(7)), token) else {
                 return APIError(.unauthorized, "auth.failed", "the bearer token is not this server's token").response()
             }

@@ -1,5 +1,6 @@
 import FerryConfig
 import FerryMove
+import FerrySystem
 import Foundation
 import Hummingbird
 import HTTPTypes
@@ -54,18 +55,19 @@ enum Login {
             return failure(APIError(.tooManyRequests, "auth.rate_limited", "too many failed logins from \(address); try again in \(wait) s"))
                 .with(header: .retryAfter, String(wait))
         }
+        // Counted as a failure until it succeeds, so parallel attempts cannot all pass the check
+        // while a slow password check is under way.
+        state.limiter.recordFailure(address)
         let user: String
         switch state.settings.authMode {
         case .token:
             guard let expected = state.token, let token = credentials.token, Secret.equal(token, expected) else {
-                state.limiter.recordFailure(address)
                 state.logger.notice("failed token login", metadata: ["address": "\(address)"])
                 return failure(APIError(.unauthorized, "auth.failed", "that is not the token ferry serve printed"))
             }
             user = state.serverUser
         case .pam:
             guard let name = credentials.username, let password = credentials.password, AuthMiddleware.plausibleUser(name) else {
-                state.limiter.recordFailure(address)
                 return failure(APIError(.unauthorized, "auth.failed", "give a user name and password"))
             }
             let service = state.settings.pamService
@@ -75,9 +77,10 @@ enum Login {
                 // An account this server cannot act as (no local uid, or a server not running as
                 // root) would get a session and nothing it could do with it.
                 do { _ = try AgentClient.identity(for: name) } catch { return failure(error) }
-                user = name
+                // The account's own name (PAM may accept aliases or other spellings): tasks and
+                // the admin list are keyed by it.
+                user = (try? UserIdentity.lookup(name: name))??.name ?? name
             case .denied:
-                state.limiter.recordFailure(address)
                 state.logger.notice("failed PAM login", metadata: ["address": "\(address)", "user": "\(name)"])
                 return failure(APIError(.unauthorized, "auth.failed", "wrong user name or password"))
             case .unavailable(let why):
