@@ -101,6 +101,15 @@ import Testing
         #expect(store.session(session.id) == nil)
     }
 
+    @Test func theLeastRecentlyUsedSessionsGoFirstBeyondTheCapacity() {
+        let store = SessionStore(capacity: 3)
+        let first = store.create(user: "a"), second = store.create(user: "b"), third = store.create(user: "c")
+        _ = store.session(first.id)  // used again: now the most recent
+        let fourth = store.create(user: "d")
+        #expect(store.session(second.id) == nil)
+        #expect(store.session(first.id) != nil && store.session(third.id) != nil && store.session(fourth.id) != nil)
+    }
+
     @Test func loginFailuresAreRateLimitedPerAddress() {
         let limiter = LoginRateLimiter(limit: 3, window: .seconds(60))
         for _ in 0..<3 {

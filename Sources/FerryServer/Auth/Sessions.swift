@@ -19,14 +19,24 @@ public final class SessionStore: Sendable {
 
     private let sessions = Mutex<[String: Session]>([:])
     private let idleLimit: Duration
+    /// At most this many live sessions (clients that never send the cookie back, such as curl
+    /// behind a login proxy, make one per request): the least recently used go first.
+    private let capacity: Int
 
-    public init(idleLimit: Duration = .seconds(12 * 3600)) { self.idleLimit = idleLimit }
+    public init(idleLimit: Duration = .seconds(12 * 3600), capacity: Int = 10_000) {
+        self.idleLimit = idleLimit
+        self.capacity = max(1, capacity)
+    }
 
     public func create(user: String) -> Session {
         let session = Session(id: Secret.make(), user: user, csrfToken: Secret.make(), lastSeen: .now)
         sessions.withLock { all in
             let now = ContinuousClock.now
             all = all.filter { now - $0.value.lastSeen < idleLimit }
+            if all.count >= capacity {
+                let oldest = all.values.sorted { $0.lastSeen < $1.lastSeen }.prefix(all.count - capacity + 1)
+                for stale in oldest { all[stale.id] = nil }
+            }
             all[session.id] = session
         }
         return session
