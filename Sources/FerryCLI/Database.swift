@@ -65,6 +65,11 @@ func workerName(_ role: String) -> String {
     "\(ProcessInfo.processInfo.hostName):\(getpid()):\(role)"
 }
 
+/// This `ferry` executable, which agents and task runners are started from.
+func ferryExecutable() -> String {
+    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+}
+
 /// The user a task is recorded for.
 func currentUser() -> String {
     if let entry = getpwuid(geteuid()), let name = entry.pointee.pw_name { return String(cString: name) }

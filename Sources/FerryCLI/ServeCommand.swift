@@ -46,7 +46,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         if let lease = databaseOptions.lease { configuration.serve.leaseSeconds = lease }
         let store = try await databaseOptions.open(configuration: configuration)
-        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let executable = ferryExecutable()
         let demoSandbox = sandbox
         defer { demoSandbox?.shutdown() }
         let options = FerryServer.Options(

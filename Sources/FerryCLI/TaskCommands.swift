@@ -162,7 +162,7 @@ struct JanitorCommand: AsyncParsableCommand {
 
 /// Runs tasks in processes with their owners' identities (ferry serve's runner).
 func ownerRunner(store: any TaskStore, configuration: FerryConfiguration, concurrency: Int, role: String, lease: Duration) -> TaskRunner {
-    TaskRunner(store: store, executable: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0],
+    TaskRunner(store: store, executable: ferryExecutable(),
                configuration: configuration, concurrency: concurrency, worker: workerName(role), lease: lease,
                feed: ChangeFeed(), metrics: ServerMetrics(), logger: Logger(label: "ferry.\(role)"))
 }

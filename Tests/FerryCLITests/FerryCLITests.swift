@@ -11,6 +11,44 @@ func ferry(_ arguments: String..., environment: [String: String]? = nil) throws 
 /// Each test process keeps its tasks in a database of its own.
 let testDatabase = "sqlite://" + NSTemporaryDirectory() + "ferry-cli-tests-\(getpid()).sqlite"
 
+/// Starts `ferry` with `arguments` in the background (its output discarded unless `output` is given).
+func startFerry(_ arguments: [String], environment: [String: String], output: Pipe? = nil) throws -> Process {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: ferryBinary())
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    process.standardError = output ?? FileHandle.nullDevice
+    process.standardOutput = output ?? FileHandle.nullDevice
+    try process.run()
+    return process
+}
+
+/// A loop-XFS sandbox a throwaway user can work in: project directories a (100) and b (200),
+/// sticky and world-writable like shared project roots, and a task database directory the user
+/// may write.
+struct UserSandbox {
+    let a: String
+    let b: String
+    let environment: [String: String]
+
+    init(_ fs: LoopXFS) throws {
+        chmod(fs.directory, 0o755)
+        a = try fs.makeProjectDirectory("a", project: 100)
+        b = try fs.makeProjectDirectory("b", project: 200)
+        chmod(a, 0o1777)
+        chmod(b, 0o1777)
+        let databaseDirectory = fs.directory + "/db"
+        try FileManager.default.createDirectory(atPath: databaseDirectory, withIntermediateDirectories: true)
+        chmod(databaseDirectory, 0o1777)
+        environment = ["FERRY_DATABASE_URL": "sqlite://\(databaseDirectory)/tasks.sqlite"]
+    }
+
+    /// `ferry ARGUMENTS` run as `user`, on this sandbox's database.
+    func ferry(as user: TestUser, _ arguments: [String]) throws -> Shell.Result {
+        try Shell.execute(["runuser", "-u", user.name, "--", "env"] + environment.map { "\($0.key)=\($0.value)" } + [ferryBinary()] + arguments)
+    }
+}
+
 func jsonObject(_ text: String) throws -> [String: Any] {
     try #require(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
 }

@@ -11,11 +11,8 @@ struct PermissionPreflightTests {
     @Test func movesTheKernelWouldRefuseAreRefusedFirst() throws {
         try withTestUser { user in
             try withLoopXFS { fs in
-                chmod(fs.directory, 0o755)
-                let a = try fs.makeProjectDirectory("a", project: 100)
-                let b = try fs.makeProjectDirectory("b", project: 200)
-                chmod(a, 0o1777)  // sticky, like a shared project root
-                chmod(b, 0o1777)
+                let sandbox = try UserSandbox(fs)  // a and b: sticky, like shared project roots
+                let (a, b) = (sandbox.a, sandbox.b)
                 let readOnly = a + "/readonly"
                 try FileManager.default.createDirectory(atPath: readOnly + "/data", withIntermediateDirectories: true)
                 try TreeBuilder.write(readOnly + "/data/f", bytes: 1000)
@@ -27,13 +24,7 @@ struct PermissionPreflightTests {
                 let closed = b + "/closed"
                 try FileManager.default.createDirectory(atPath: closed, withIntermediateDirectories: true)
                 chmod(closed, 0o755)
-                let databaseDirectory = fs.directory + "/db"
-                try FileManager.default.createDirectory(atPath: databaseDirectory, withIntermediateDirectories: true)
-                chmod(databaseDirectory, 0o1777)
-                func asUser(_ arguments: String...) throws -> Shell.Result {
-                    try Shell.execute(["runuser", "-u", user.name, "--", "env", "FERRY_DATABASE_URL=sqlite://\(databaseDirectory)/tasks.sqlite",
-                                       ferryBinary()] + arguments)
-                }
+                func asUser(_ arguments: String...) throws -> Shell.Result { try sandbox.ferry(as: user, arguments) }
                 let notWritable = try asUser("move", readOnly + "/data", b)
                 #expect(notWritable.status == 3, "\(notWritable.standardError)")
                 #expect(notWritable.standardError.contains("may not remove entries from \(readOnly)"), "\(notWritable.standardError)")

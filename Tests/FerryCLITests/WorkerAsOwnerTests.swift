@@ -10,20 +10,9 @@ struct WorkerAsOwnerTests {
     @Test func tasksRunWithTheirOwnersIdentity() throws {
         try withTestUser { user in
             try withLoopXFS { fs in
-                // The user must reach the sandbox and a database directory of their own.
-                chmod(fs.directory, 0o755)
-                let a = try fs.makeProjectDirectory("a", project: 100)
-                let b = try fs.makeProjectDirectory("b", project: 200)
-                chmod(a, 0o1777)
-                chmod(b, 0o1777)
-                let databaseDirectory = fs.directory + "/db"
-                try FileManager.default.createDirectory(atPath: databaseDirectory, withIntermediateDirectories: false)
-                chmod(databaseDirectory, 0o1777)
-                let environment = ["FERRY_DATABASE_URL": "sqlite://\(databaseDirectory)/tasks.sqlite"]
-                func asUser(_ arguments: String...) throws -> Shell.Result {
-                    try Shell.execute(["runuser", "-u", user.name, "--", "env", "FERRY_DATABASE_URL=sqlite://\(databaseDirectory)/tasks.sqlite",
-                                       ferryBinary()] + arguments)
-                }
+                let sandbox = try UserSandbox(fs)
+                let (a, b, environment) = (sandbox.a, sandbox.b, sandbox.environment)
+                func asUser(_ arguments: String...) throws -> Shell.Result { try sandbox.ferry(as: user, arguments) }
                 _ = try Shell.run(["runuser", "-u", user.name, "--", "mkdir", "-p", "\(a)/mine/inner", "\(a)/theirs"])
                 _ = try Shell.run(["runuser", "-u", user.name, "--", "dd", "if=/dev/urandom", "of=\(a)/mine/inner/data", "bs=64k", "count=16", "status=none"])
                 _ = try Shell.run(["runuser", "-u", user.name, "--", "dd", "if=/dev/urandom", "of=\(a)/theirs/data", "bs=64k", "count=4", "status=none"])
@@ -36,14 +25,8 @@ struct WorkerAsOwnerTests {
                 _ = try Shell.run(["chown", "root:root", "\(a)/theirs/data"])
                 chmod("\(a)/theirs/data", 0o600)
 
-                let worker = Process()
-                worker.executableURL = URL(fileURLWithPath: ferryBinary())
-                worker.arguments = ["worker", "--as-owner", "--lease", "5"]
-                worker.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
                 let log = Pipe()
-                worker.standardError = log
-                worker.standardOutput = log
-                try worker.run()
+                let worker = try startFerry(["worker", "--as-owner", "--lease", "5"], environment: environment, output: log)
                 defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
 
                 func status(_ id: String) throws -> [String: Any] {
@@ -87,12 +70,7 @@ struct WorkerAsOwnerTests {
             let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
             let id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: environment).standardOutput
                 .trimmingCharacters(in: .whitespacesAndNewlines)
-            let worker = Process()
-            worker.executableURL = URL(fileURLWithPath: ferryBinary())
-            worker.arguments = ["worker", "--as-owner", "--lease", "2"]
-            worker.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-            worker.standardError = FileHandle.nullDevice
-            try worker.run()
+            let worker = try startFerry(["worker", "--as-owner", "--lease", "2"], environment: environment)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
             waitUntilStaging(in: b, holds: "big", seconds: 20)
             let pid = try Shell.run(["pgrep", "-f", "-n", "agent run-task .*\(id)"]).trimmingCharacters(in: .whitespacesAndNewlines)

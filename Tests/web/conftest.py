@@ -145,6 +145,20 @@ def xfs_sandbox():
         sandbox.down()
 
 
+@pytest.fixture
+def fresh_dir(xfs_sandbox):
+    """fresh_dir(project, prefix): a new 1777 directory in a project, removed after the test."""
+    made = []
+
+    def make(project: str, prefix: str = "t") -> Path:
+        made.append(xfs_sandbox.fresh(project, prefix))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def project_of(path: Path) -> int:
     """The XFS project ID of a file or directory, read with xfs_io (independently of ferry)."""
     out = run("xfs_io", "-r", "-c", "lsproj", str(path)).stdout

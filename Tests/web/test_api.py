@@ -48,19 +48,15 @@ def client(server):
 
 
 @pytest.fixture
-def work(xfs_sandbox):
+def work(fresh_dir):
     """A fresh directory in project alpha (100) for one test; removed afterwards."""
-    path = xfs_sandbox.fresh("alpha", "api")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return fresh_dir("alpha", "api")
 
 
 @pytest.fixture
-def beta_work(xfs_sandbox):
+def beta_work(fresh_dir):
     """A fresh directory in project beta (200)."""
-    path = xfs_sandbox.fresh("beta", "api")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return fresh_dir("beta", "api")
 
 
 # --------------------------------------------------------------------------------------------------

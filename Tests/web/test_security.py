@@ -7,7 +7,6 @@ Run as root: python3 -m pytest Tests/web/test_security.py
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import pytest
@@ -17,17 +16,13 @@ from conftest import describe, expect, expect_error, get_path, list_all_tasks, t
 
 
 @pytest.fixture
-def alpha_dir(xfs_sandbox):
-    path = xfs_sandbox.fresh("alpha", "sec")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def alpha_dir(fresh_dir):
+    return fresh_dir("alpha", "sec")
 
 
 @pytest.fixture
-def beta_dir(xfs_sandbox):
-    path = xfs_sandbox.fresh("beta", "sec")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def beta_dir(fresh_dir):
+    return fresh_dir("beta", "sec")
 
 
 @pytest.fixture
