@@ -25,7 +25,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "needs root (loop devices, mount, drop_caches)" >&2; exit 2; }
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -z "$ferry" ]; then
-  (cd "$here" && swift build -c release --product ferry >/dev/null)
+  (cd "$here" && swift build -c release --static-swift-stdlib --product ferry >/dev/null)
   ferry="$here/.build/release/ferry"
 fi
 for tool in mkfs.xfs rsync losetup; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }; done

@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 2; }
 here="$(cd "$(dirname "$0")/.." && pwd)"
-(cd "$here" && swift build -c release --product ferry >/dev/null && swift build -c release --product ferry-claim-bench >/dev/null)
+(cd "$here" && swift build -c release --static-swift-stdlib --product ferry >/dev/null && swift build -c release --static-swift-stdlib --product ferry-claim-bench >/dev/null)
 ferry="${ferry:-$here/.build/release/ferry}"
 claimbench="$here/.build/release/ferry-claim-bench"
 

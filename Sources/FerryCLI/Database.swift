@@ -19,12 +19,7 @@ struct DatabaseOptions: ParsableArguments {
     /// `configuration`: the loaded configuration file, whose `database` comes after `--database` and
     /// `FERRY_DATABASE_URL`; without one, the default file (FERRY_CONFIG, ~/.config, /etc) is read.
     func open(configuration: FerryConfiguration? = nil) async throws -> any TaskStore {
-        let url: DatabaseURL
-        let configured = configuration?.database
-            ?? FerryConfiguration.locate(explicit: nil).flatMap { try? FerryConfiguration.load(file: $0) }?.database
-        let environment = ProcessInfo.processInfo.environment["FERRY_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
-        do { url = try DatabaseURL.resolve(database ?? environment ?? configured) } catch { throw ValidationError("\(error)") }
-        switch url {
+        switch try url(configuration: configuration) {
         case .sqlite(let path):
             do {
                 return try SQLiteTaskStore(path: try Self.usable(path, explicit: database != nil))
@@ -40,6 +35,26 @@ struct DatabaseOptions: ParsableArguments {
 }
 
 extension DatabaseOptions {
+    func url(configuration: FerryConfiguration?) throws -> DatabaseURL {
+        let configured = configuration?.database
+            ?? FerryConfiguration.locate(explicit: nil).flatMap { try? FerryConfiguration.load(file: $0) }?.database
+        let environment = ProcessInfo.processInfo.environment["FERRY_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        do { return try DatabaseURL.resolve(database ?? environment ?? configured) } catch { throw ValidationError("\(error)") }
+    }
+
+    /// The path locks tasks hold now, read as cheaply as the database allows: an SQLite file through
+    /// one read-only connection (see `SQLiteTaskStore.heldLocks`), PostgreSQL through `store`, which
+    /// is opened on first use and kept for the caller.
+    func heldLocks(configuration: FerryConfiguration?, store: inout (any TaskStore)?) async throws -> [PathLock] {
+        if case .sqlite(let path) = try url(configuration: configuration), store == nil {
+            return try SQLiteTaskStore.heldLocks(atPath: try Self.usable(path, explicit: database != nil))
+        }
+        let opened: any TaskStore
+        if let store { opened = store } else { opened = try await open(configuration: configuration) }
+        store = opened
+        return try await opened.locks()
+    }
+
     /// The default database lives in the user's state directory; a user without a writable home
     /// (a service account such as nobody) gets a private directory under /tmp instead, created 0700
     /// and refused if it is not ours or is a symlink.

@@ -57,10 +57,18 @@ struct TransferOptions: ParsableArguments {
         options.spaceCheck = !noSpaceCheck
         let request = NewTask(kind: kind, sources: bytes.dropLast().map { StoredPath(Transfer.absolute($0)) },
                               destination: StoredPath(Transfer.absolute(bytes[bytes.count - 1])), options: options, owner: currentUser())
-        let store = try await database.open(configuration: configuration)
         let storageOptions = self.storageOptions
         var planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
         planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
+        var opened: (any TaskStore)?
+        if kind == .move, !detach, !dryRun,
+           try await renameWithoutTask(request, planner: planner, command: command, heldLocks: {
+               try await database.heldLocks(configuration: configuration, store: &opened)
+           }) {
+            return
+        }
+        let store: any TaskStore
+        if let opened { store = opened } else { store = try await database.open(configuration: configuration) }
         let bar = ProgressBar(enabled: !json && isatty(STDERR_FILENO) == 1)
         let engine = MoveEngine(store: store, settings: .init(worker: workerName("cli"), lease: database.leaseDuration, jobs: jobs),
                                 planner: planner) { _, progress in bar.update(progress) }
@@ -108,6 +116,41 @@ struct TransferOptions: ParsableArguments {
             printError("task \(record.id) \(record.status.rawValue); the source is untouched")
         }
         throw ExitCode(record.exitStatus)
+    }
+
+    /// A move that is one rename is done here, without a task (see `MoveEngine.renameWithoutTask`).
+    /// Returns false when the request needs a task after all.
+    func renameWithoutTask(_ request: NewTask, planner: Planner, command: String,
+                           heldLocks: () async throws -> [PathLock]) async throws -> Bool {
+        let published: [ByteString]
+        do {
+            guard let renamed = try await MoveEngine.renameWithoutTask(request, planner: planner, heldLocks: heldLocks) else { return false }
+            published = renamed
+        } catch let refusal as Refusal {
+            report(command, code: refusal.code, refusal.message)
+            throw ExitCode(FerryCommand.Status.refused.rawValue)
+        } catch {
+            let failure = MoveEngine.failure(for: error)
+            report(command, code: failure.code, failure.message)
+            throw ExitCode(FerryCommand.Status.failure.rawValue)
+        }
+        if json {
+            printJSON(["kind": "move", "status": "completed", "strategy": "rename", "id": nil,
+                       "published": published.map(\.displayString), "verify": request.options.verify])
+        } else {
+            printError("renamed (same filesystem and project: nothing to copy)")
+        }
+        return true
+    }
+
+    private func report(_ command: String, code: String, _ message: String) {
+        if json {
+            printJSON(["kind": "move", "status": "failed", "strategy": "rename", "id": nil,
+                       "error": ["code": code, "message": message] as [String: Any?]])
+        } else {
+            printError("\(command): \(message)")
+            printError("nothing was moved")
+        }
     }
 
     func preflightJSON(_ preflight: Preflight) -> [String: Any?] {

@@ -109,10 +109,29 @@ public final class SQLiteTaskStore: TaskStore {
     }
 
     public func locks() async throws -> [PathLock] {
-        try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM path_locks ORDER BY task_id").map { row in
-                PathLock(taskID: row["task_id"], filesystem: row["filesystem"], path: StoredPath(Array((row["path"] as Data))))
-            }
+        try await pool.read(Self.locks)
+    }
+
+    static func locks(_ db: Database) throws -> [PathLock] {
+        try Row.fetchAll(db, sql: "SELECT * FROM path_locks ORDER BY task_id").map { row in
+            PathLock(taskID: row["task_id"], filesystem: row["filesystem"], path: StoredPath(Array((row["path"] as Data))))
+        }
+    }
+
+    /// The locks held in the database at `path`, read without opening it as a store: one read-only
+    /// connection, which neither migrates, nor writes, nor checkpoints the WAL when it closes, so a
+    /// command that only needs to know whether a path is locked does not pay for the database's
+    /// fsyncs. No file means no tasks and so no locks; a database from before the locks table
+    /// existed has none either.
+    public static func heldLocks(atPath path: String) throws -> [PathLock] {
+        guard FileManager.default.fileExists(atPath: path) else { return [] }
+        var configuration = Configuration()
+        configuration.readonly = true
+        configuration.busyMode = .timeout(30)
+        let queue = try DatabaseQueue(path: path, configuration: configuration)
+        return try queue.read { db in
+            guard try db.tableExists("path_locks") else { return [] }
+            return try locks(db)
         }
     }
 

@@ -130,7 +130,7 @@ extension MoveEngine {
         }
     }
 
-    static func failure(for error: any Error) -> TaskFailure {
+    public static func failure(for error: any Error) -> TaskFailure {
         switch error {
         case let copy as CopyError:
             switch copy {

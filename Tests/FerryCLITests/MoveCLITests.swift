@@ -53,6 +53,54 @@ struct MoveCLITests {
         }
     }
 
+    /// Within one project a move is one rename, done without a task: the entry keeps its inode, the
+    /// rename is made durable (both directories fsynced after it, from an strace), no task is
+    /// recorded, and the database is not even created. A path a task holds is still respected
+    /// (exit 4, nothing moves), and an existing name is never replaced (exit 3).
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/strace")))
+    func sameProjectMoveIsADurableRenameWithoutATask() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try FileManager.default.createDirectory(atPath: a + "/data/sub", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: a + "/elsewhere", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/data/sub/f", bytes: 10_000)
+            let inode = try FileDescriptor.openDirectory(Array((a + "/data").utf8)).status().fileID
+            let log = fs.directory + "/strace.log"
+            let moved = try Shell.execute(["strace", "-f", "-qq", "-y", "-o", log, "-e", "trace=renameat2,fsync",
+                                           ferryBinary(), "move", "--json", a + "/data", a + "/elsewhere/renamed"], environment: database(fs))
+            #expect(moved.status == 0, "\(moved.standardError)")
+            let summary = try jsonObject(moved.standardOutput)
+            #expect(summary["strategy"] as? String == "rename" && summary["status"] as? String == "completed")
+            #expect(summary["published"] as? [String] == [a + "/elsewhere/renamed"])
+            #expect(try FileDescriptor.openDirectory(Array((a + "/elsewhere/renamed").utf8)).status().fileID == inode)
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+            let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+            let rename = try #require(lines.firstIndex { $0.contains("renameat2(") && $0.contains("RENAME_NOREPLACE") && $0.hasSuffix("= 0") })
+            #expect(lines[rename...].contains { $0.contains("fsync(") && $0.contains("<\(a)>") }, "the source directory is fsynced after the rename")
+            #expect(lines[rename...].contains { $0.contains("fsync(") && $0.contains("<\(a)/elsewhere>") }, "the destination directory is fsynced after the rename")
+            #expect(!FileManager.default.fileExists(atPath: fs.directory + "/tasks.sqlite"), "no task, so no database")
+
+            // A task holding the destination directory: the rename waits for it or, as here, is refused.
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: b + "/queued", withIntermediateDirectories: true)
+            let held = try ferry("move", "--detach", b + "/queued", a, environment: database(fs))
+            let id = held.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            try lockAsIfRunning(id: id, path: a + "/elsewhere", database: "\(fs.directory)/tasks.sqlite")
+            let locked = try ferry("move", a + "/elsewhere/renamed", a + "/elsewhere/again", environment: database(fs))
+            #expect(locked.status == 4, "\(locked.standardError)")
+            #expect(locked.standardError.contains("locked by task \(id)"))
+            #expect(FileManager.default.fileExists(atPath: a + "/elsewhere/renamed"))
+
+            // Nothing is replaced: an existing name is refused before anything moves.
+            try TreeBuilder.write(a + "/g", bytes: 10)
+            try TreeBuilder.write(a + "/h", bytes: 20)
+            let collision = try ferry("move", a + "/g", a + "/h", environment: database(fs))
+            #expect(collision.status == 3, "\(collision.standardError)")
+            #expect(try FileManager.default.attributesOfItem(atPath: a + "/h")[.size] as? Int == 20)
+            #expect(FileManager.default.fileExists(atPath: a + "/g"))
+        }
+    }
+
     @Test func detachedTasksRunOnAWorkerAndCanBeCancelledAndRetried() throws {
         try withLoopXFS { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
