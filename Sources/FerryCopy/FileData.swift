@@ -12,14 +12,16 @@ import SystemPackage
 final class FileDataCopier: Sendable {
     private let cloneAllowed: Atomic<Bool>
     private let copyRangeAllowed: Atomic<Bool>
+    private let dropSourceCache: Bool
     /// Bytes per call: small enough to notice cancellation and report progress, large enough
     /// that per-call overhead vanishes.
     static let chunk = 32 << 20
     static let bufferSize = 1 << 20
 
-    init(allowClone: Bool, allowCopyFileRange: Bool) {
+    init(allowClone: Bool, allowCopyFileRange: Bool, dropSourceCache: Bool = false) {
         cloneAllowed = Atomic(allowClone)
         copyRangeAllowed = Atomic(allowCopyFileRange)
+        self.dropSourceCache = dropSourceCache
     }
 
     /// Copies `status.size` bytes. `progress` is called with byte counts as they land.
@@ -38,6 +40,7 @@ final class FileDataCopier: Sendable {
                 cloneAllowed.store(false, ordering: .relaxed)
             }
         }
+        defer { if dropSourceCache { try? source.dropCachedPages() } }
         // A file whose allocation is smaller than its size has holes; walk its extents.
         let sparse = status.blocks &* 512 < size
         var offset: UInt64 = 0

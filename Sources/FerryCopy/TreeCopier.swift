@@ -25,7 +25,8 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
 
     init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, destinationRoot: FileDescriptor, resume: Bool = false) {
         self.resume = resume
-        data = FileDataCopier(allowClone: options.allowClone, allowCopyFileRange: options.allowCopyFileRange)
+        data = FileDataCopier(allowClone: options.allowClone, allowCopyFileRange: options.allowCopyFileRange,
+                              dropSourceCache: options.dropSourceCache)
         privileged = processIsPrivileged
         metadata = MetadataApplier(
             preserveOwnership: options.preserveOwnership, privileged: privileged,

@@ -204,7 +204,8 @@ public final class MoveEngine: Sendable {
 
     private func copyEngine(_ task: TaskRecord, _ context: RunContext) -> CopyEngine {
         let options = CopyOptions(jobs: task.options.jobs ?? settings.jobs, verify: VerifyMode(rawValue: task.options.verify) ?? .metadata,
-                                  progressInterval: settings.progressInterval, cancellation: context.cancellation)
+                                  dropSourceCache: task.kind == .move, progressInterval: settings.progressInterval,
+                                  cancellation: context.cancellation)
         return CopyEngine(options: options) { [self] progress in self.report(task, progress, context) }
     }
 

@@ -197,6 +197,13 @@ extension FileDescriptor {
         _ = try syscallRetrying("sync_file_range") { cferry_start_writeback(rawValue, Int64(offset), Int64(length)) }
     }
 
+    /// `posix_fadvise(POSIX_FADV_DONTNEED)` over the whole file: drops its clean cached pages.
+    /// Like `startWriteback`, a hint.
+    public func dropCachedPages() throws(SystemError) {
+        let result = posix_fadvise(rawValue, 0, 0, POSIX_FADV_DONTNEED)
+        if result != 0 { throw SystemError(errno: Errno(rawValue: result), syscall: "posix_fadvise") }
+    }
+
     /// The corresponding C function is `ftruncate`.
     public func truncate(to size: UInt64) throws(SystemError) {
         _ = try syscallRetrying("ftruncate") { ftruncate(rawValue, off_t(size)) }

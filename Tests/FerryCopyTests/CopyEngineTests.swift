@@ -298,3 +298,38 @@ struct CopyEngineTests {
         }
     }
 }
+
+/// How many of a file's pages are in the page cache (`mincore` over a mapping of it).
+func residentPages(_ path: String) throws -> Int {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { throw POSIXError(.init(rawValue: errno)!) }
+    defer { close(fd) }
+    var status = stat()
+    fstat(fd, &status)
+    let size = Int(status.st_size)
+    guard let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else { throw POSIXError(.init(rawValue: errno)!) }
+    defer { munmap(map, size) }
+    let pages = (size + 4095) / 4096
+    var vector = [UInt8](repeating: 0, count: pages)
+    guard mincore(map, size, &vector) == 0 else { throw POSIXError(.init(rawValue: errno)!) }
+    return vector.filter { $0 & 1 != 0 }.count
+}
+
+@Suite("Source page cache")
+struct SourceCacheTests {
+    /// A move's copy drops each source file's cached pages once its data is copied: the source is
+    /// about to go. (The data was just read through the cache, so without the drop it is resident.)
+    @Test func moveDropsTheSourcesCachedPages() throws {
+        let root = NSTemporaryDirectory() + "ferry-cache-\(getpid())"
+        try FileManager.default.createDirectory(atPath: root + "/src", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root + "/kept", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root + "/dropped", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try TreeBuilder.write(root + "/src/file", bytes: 8 << 20)
+        _ = try Data(contentsOf: URL(fileURLWithPath: root + "/src/file"))  // read it: cached
+        #expect(try residentPages(root + "/src/file") > 1000)
+        _ = try engineCopy(root + "/src", "file", to: root + "/dropped", options: CopyOptions(jobs: 1, allowClone: false, dropSourceCache: true))
+        #expect(try residentPages(root + "/src/file") == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: root + "/dropped/file")) == Data(contentsOf: URL(fileURLWithPath: root + "/src/file")))
+    }
+}
