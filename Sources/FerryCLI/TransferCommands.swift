@@ -172,7 +172,8 @@ struct MoveCommand: AsyncParsableCommand {
         abstract: "Move files and trees, across project quotas too: staged, verified, published, then the source removed.",
         discussion: """
             Like `mv`: DEST is an existing directory or, with one SOURCE, a new name. Within one \
-            filesystem and project this is a rename. Otherwise the data is copied into \
+            filesystem and project this is a rename, made durable and done at once without a task \
+            unless a task holds one of the paths. Otherwise the data is copied into \
             .ferry-staging-<task> beside the destination, verified, flushed, renamed into place without \
             replacing anything, verified again, and only then is the source deleted. The task is \
             recorded, so a crash is finished or rolled back by `ferry worker` or `ferry janitor`.
