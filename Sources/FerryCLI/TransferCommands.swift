@@ -38,8 +38,9 @@ struct TransferOptions: ParsableArguments {
         let configuration = try storageOptions.loadConfiguration()
         let bytes = paths.map { Array($0.utf8) }
         // Usage problems are found before a task exists.
+        let transfer: Transfer
         do {
-            _ = try Transfer(sources: Array(bytes.dropLast()), destination: bytes[bytes.count - 1])
+            transfer = try Transfer(sources: Array(bytes.dropLast()), destination: bytes[bytes.count - 1])
         } catch let usage as Transfer.UsageError {
             printError("\(command): \(usage.message)")
             throw ExitCode(FerryCommand.Status.usage.rawValue)
@@ -62,7 +63,7 @@ struct TransferOptions: ParsableArguments {
         planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
         var opened: (any TaskStore)?
         if kind == .move, !detach, !dryRun,
-           try await renameWithoutTask(request, planner: planner, command: command, heldLocks: {
+           try await renameWithoutTask(transfer, options: options, planner: planner, command: command, heldLocks: {
                try await database.heldLocks(configuration: configuration, store: &opened)
            }) {
             return
@@ -120,11 +121,12 @@ struct TransferOptions: ParsableArguments {
 
     /// A move that is one rename is done here, without a task (see `MoveEngine.renameWithoutTask`).
     /// Returns false when the request needs a task after all.
-    func renameWithoutTask(_ request: NewTask, planner: Planner, command: String,
+    func renameWithoutTask(_ transfer: Transfer, options: TaskOptions, planner: Planner, command: String,
                            heldLocks: () async throws -> [PathLock]) async throws -> Bool {
         let published: [ByteString]
         do {
-            guard let renamed = try await MoveEngine.renameWithoutTask(request, planner: planner, heldLocks: heldLocks) else { return false }
+            guard let renamed = try await MoveEngine.renameWithoutTask(transfer, options: options, planner: planner,
+                                                                       heldLocks: heldLocks) else { return false }
             published = renamed
         } catch let refusal as Refusal {
             report(command, code: refusal.code, refusal.message)
@@ -136,7 +138,7 @@ struct TransferOptions: ParsableArguments {
         }
         if json {
             printJSON(["kind": "move", "status": "completed", "strategy": "rename", "id": nil,
-                       "published": published.map(\.displayString), "verify": request.options.verify])
+                       "published": published.map(\.displayString), "verify": options.verify])
         } else {
             printError("renamed (same filesystem and project: nothing to copy)")
         }

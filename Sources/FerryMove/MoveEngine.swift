@@ -170,15 +170,15 @@ public final class MoveEngine: Sendable {
             inodes: preflight.measurement.inodes, stagingName: StoredPath(StagingArea.prefix + task.id),
             finalNames: transfer.sources.map { StoredPath($0.destinationName) },
             destinationDirectory: StoredPath(transfer.destinationPath))
-        var locks: [PathLock] = []
-        let destinationDevice = try Self.device(transfer.destination)
-        for (source, path) in zip(transfer.sources, transfer.sourcePaths) {
-            locks.append(PathLock(taskID: task.id, filesystem: try Self.device(source.directory), path: StoredPath(path)))
-        }
-        for final in transfer.finalPaths {
-            locks.append(PathLock(taskID: task.id, filesystem: destinationDevice, path: StoredPath(final)))
-        }
-        return (preflight, plan, locks)
+        return (preflight, plan, try Self.locks(for: transfer, taskID: task.id))
+    }
+
+    /// The paths a transfer touches, as locks: each source and each final name, on its filesystem.
+    static func locks(for transfer: Transfer, taskID: String) throws -> [PathLock] {
+        let destinationDevice = try device(transfer.destination)
+        return try zip(transfer.sources, transfer.sourcePaths).map { source, path in
+            PathLock(taskID: taskID, filesystem: try device(source.directory), path: StoredPath(path))
+        } + transfer.finalPaths.map { PathLock(taskID: taskID, filesystem: destinationDevice, path: StoredPath($0)) }
     }
 
     /// Restores the task's released files through its source filesystem's Lustre backend.
@@ -343,75 +343,6 @@ public final class MoveEngine: Sendable {
         let sources = (try? self.sources(task, plan)) ?? []
         defer { sources.forEach { $0.directory.closeQuietly() } }
         try Self.rename(sources, into: destination)
-    }
-
-    /// Renames each source still present into the destination without replacing anything, then
-    /// makes the renames durable: each source directory and the destination are fsynced.
-    static func rename(_ sources: [CopySource], into destination: FileDescriptor) throws {
-        var synced: [FileID] = []
-        for source in sources where (try? source.directory.status(source.name)) != nil {
-            do {
-                try FerrySystem.rename(from: source.directory, source.name, to: destination, source.destinationName, flags: .noReplace)
-            } catch {
-                if error.code == .exists {
-                    throw Refusal(code: "destination.exists", message: "\(source.destinationName.displayString) exists already; nothing was replaced")
-                }
-                if error.code == .crossDevice {
-                    throw Refusal(code: "strategy.rename.exdev", message: "the kernel refused the rename (EXDEV); retry to copy instead")
-                }
-                if error.code == .permissionDenied || error.code == .notPermitted {
-                    // A rename is all or nothing: refused, it changed nothing, and retrying will not help.
-                    throw Refusal(code: "permission.denied", message: "the kernel refused to rename \(source.name.displayString) (\(error.errnoName)): you may not move it")
-                }
-                throw error
-            }
-            let directory = try source.directory.status().fileID
-            if !synced.contains(directory) {
-                try source.directory.sync()
-                synced.append(directory)
-            }
-        }
-        try destination.sync()
-    }
-
-    // MARK: a move that is one rename
-
-    /// Moves by `renameat2(RENAME_NOREPLACE)` alone, without recording a task, when the pre-flight
-    /// check finds that a rename will do it and no task holds a lock on any of its paths. A rename
-    /// is atomic and durable once its directories are fsynced, so a crash leaves each source either
-    /// where it was or published — there is nothing for a task record to recover, and writing one
-    /// (a task, a claim, phases, history: several database commits) would cost far more than the
-    /// rename itself. Returns the published paths, or nil when the request needs a task: any other
-    /// verdict (a copy, a relink, a refusal, which the task records and reports), a path locked by a
-    /// task (which the task path waits for or refuses), or a rename the kernel refuses with EXDEV
-    /// before anything moved.
-    ///
-    /// A task that locks one of these paths after the check finds the source gone or the name
-    /// taken when it gets there, and fails cleanly: renames never lose data.
-    ///
-    /// `heldLocks` reads the locks tasks hold now; it is called only when a rename will do.
-    public static func renameWithoutTask(_ request: NewTask, planner: Planner, roots: [ByteString]? = nil,
-                                         heldLocks: () async throws -> [PathLock]) async throws -> [ByteString]? {
-        guard request.kind == .move, request.options.strategy == nil || request.options.strategy == Strategy.rename.rawValue else { return nil }
-        let (transfer, preflight) = try await Blocking.run {
-            let transfer = try Transfer(sources: request.sources.map(\.bytes), destination: request.destination.bytes, roots: roots)
-            return (transfer, try planner.preflight(kind: .move, transfer: transfer, options: request.options))
-        }
-        guard preflight.refusal == nil, preflight.strategy == .rename else { return nil }
-        let wanted = try zip(transfer.sources, transfer.sourcePaths).map { source, path in
-            PathLock(taskID: "", filesystem: try Self.device(source.directory), path: StoredPath(path))
-        } + transfer.finalPaths.map { PathLock(taskID: "", filesystem: try Self.device(transfer.destination), path: StoredPath($0)) }
-        // A lock table that cannot be read sends the request down the task path, which says why.
-        guard let held = try? await heldLocks() else { return nil }
-        guard !held.contains(where: { lock in wanted.contains { $0.conflicts(with: lock) } }) else { return nil }
-        do {
-            try await Blocking.run { try Self.rename(transfer.sources, into: transfer.destination) }
-        } catch let refusal as Refusal where refusal.code == "strategy.rename.exdev" {
-            // Refused before anything moved (the first rename): the task path copies instead.
-            if transfer.sources.allSatisfy({ (try? $0.directory.status($0.name)) != nil }) { return nil }
-            throw refusal
-        }
-        return transfer.finalPaths
     }
 }
 

@@ -1,0 +1,71 @@
+import FerryCopy
+import FerryJobs
+import FerrySystem
+
+/// Renames: the commit of the `rename` strategy, and a move that is one rename done without a task.
+extension MoveEngine {
+    /// Renames each source still present into the destination without replacing anything, then
+    /// makes the renames durable: each source directory and the destination are fsynced.
+    static func rename(_ sources: [CopySource], into destination: FileDescriptor) throws {
+        var synced: [FileID] = []
+        for source in sources where (try? source.directory.status(source.name)) != nil {
+            do {
+                try FerrySystem.rename(from: source.directory, source.name, to: destination, source.destinationName, flags: .noReplace)
+            } catch {
+                if error.code == .exists {
+                    throw Refusal(code: "destination.exists", message: "\(source.destinationName.displayString) exists already; nothing was replaced")
+                }
+                if error.code == .crossDevice {
+                    throw Refusal(code: "strategy.rename.exdev", message: "the kernel refused the rename (EXDEV); retry to copy instead")
+                }
+                if error.code == .permissionDenied || error.code == .notPermitted {
+                    // A rename is all or nothing: refused, it changed nothing, and retrying will not help.
+                    throw Refusal(code: "permission.denied", message: "the kernel refused to rename \(source.name.displayString) (\(error.errnoName)): you may not move it")
+                }
+                throw error
+            }
+            let directory = try source.directory.status().fileID
+            if !synced.contains(directory) {
+                try source.directory.sync()
+                synced.append(directory)
+            }
+        }
+        try destination.sync()
+    }
+
+    // MARK: a move that is one rename
+
+    /// Moves by `renameat2(RENAME_NOREPLACE)` alone, without recording a task, when the pre-flight
+    /// check finds that a rename will do it and no task holds a lock on any of its paths. A rename
+    /// is atomic and durable once its directories are fsynced, so a crash leaves each source either
+    /// where it was or published — there is nothing for a task record to recover, and writing one
+    /// (a task, a claim, phases, history: several database commits) would cost far more than the
+    /// rename itself. Returns the published paths, or nil when the request needs a task: any other
+    /// verdict (a copy, a relink, a refusal, which the task records and reports), a path locked by a
+    /// task (which the task path waits for or refuses), or a rename the kernel refuses with EXDEV
+    /// before anything moved.
+    ///
+    /// A task that locks one of these paths after the check finds the source gone or the name
+    /// taken when it gets there, and fails cleanly: renames never lose data.
+    ///
+    /// `transfer`: the request's paths, opened. `heldLocks` reads the locks tasks hold now; it is
+    /// called only when a rename will do.
+    public static func renameWithoutTask(_ transfer: Transfer, options: TaskOptions, planner: Planner,
+                                         heldLocks: () async throws -> [PathLock]) async throws -> [ByteString]? {
+        guard options.strategy == nil || options.strategy == Strategy.rename.rawValue else { return nil }
+        let preflight = try await Blocking.run { try planner.preflight(kind: .move, transfer: transfer, options: options) }
+        guard preflight.refusal == nil, preflight.strategy == .rename else { return nil }
+        let wanted = try locks(for: transfer, taskID: "")
+        // A lock table that cannot be read sends the request down the task path, which says why.
+        guard let held = try? await heldLocks() else { return nil }
+        guard !held.contains(where: { lock in wanted.contains { $0.conflicts(with: lock) } }) else { return nil }
+        do {
+            try await Blocking.run { try Self.rename(transfer.sources, into: transfer.destination) }
+        } catch let refusal as Refusal where refusal.code == "strategy.rename.exdev" {
+            // Refused before anything moved (the first rename): the task path copies instead.
+            if transfer.sources.allSatisfy({ (try? $0.directory.status($0.name)) != nil }) { return nil }
+            throw refusal
+        }
+        return transfer.finalPaths
+    }
+}
