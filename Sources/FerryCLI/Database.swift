@@ -2,6 +2,7 @@ import ArgumentParser
 import FerryConfig
 import FerryJobs
 import Foundation
+import Synchronization
 
 /// Where tasks live: `--database URL`, else `FERRY_DATABASE_URL`, else an SQLite file under
 /// `$XDG_STATE_HOME/ferry/`.
@@ -22,14 +23,14 @@ struct DatabaseOptions: ParsableArguments {
         switch try url(configuration: configuration) {
         case .sqlite(let path):
             do {
-                return try SQLiteTaskStore(path: try Self.usable(path, explicit: database != nil))
+                return OpenStores.add(try SQLiteTaskStore(path: try Self.usable(path, explicit: database != nil)))
             } catch let error as ValidationError {
                 throw error
             } catch {
                 throw ValidationError("cannot open the task database \(path): \(error.localizedDescription); choose one with --database or FERRY_DATABASE_URL")
             }
         case .postgres(let host, let port, let user, let password, let name):
-            return try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: name)
+            return OpenStores.add(try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: name))
         }
     }
 }
@@ -72,6 +73,24 @@ extension DatabaseOptions {
             throw ValidationError("\(fallback) is not a private directory of yours; choose a database with --database or FERRY_DATABASE_URL")
         }
         return fallback + "/ferry.sqlite"
+    }
+}
+
+/// The task stores this process opened, which `FerryCommand.execute` closes before it exits: an
+/// SQLite file whose last user exits without closing keeps its write-ahead log, and every later
+/// command then reads the whole log before its first query.
+enum OpenStores {
+    private static let stores = Mutex<[any TaskStore]>([])
+
+    static func add(_ store: any TaskStore) -> any TaskStore {
+        stores.withLock { $0.append(store) }
+        return store
+    }
+
+    static func closeAll() async {
+        for store in stores.withLock({ stores in defer { stores = [] }; return stores }) {
+            await store.close()
+        }
     }
 }
 

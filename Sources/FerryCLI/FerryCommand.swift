@@ -16,8 +16,15 @@ public struct FerryCommand: AsyncParsableCommand {
     /// by the pre-flight check, 4 a path is locked by another task, 130 interrupted.
     public enum Status: Int32 { case success = 0, failure = 1, usage = 2, refused = 3, locked = 4, interrupted = 130 }
 
-    /// Parses and runs, mapping argument errors to status 2 (ArgumentParser's default is 64).
+    /// Parses and runs, mapping argument errors to status 2 (ArgumentParser's default is 64), then
+    /// closes the task stores the command opened and exits.
     public static func execute(_ arguments: [String]? = nil) async -> Never {
+        let status = await run(arguments)
+        await OpenStores.closeAll()
+        Foundation.exit(status)
+    }
+
+    private static func run(_ arguments: [String]?) async -> Int32 {
         do {
             var command = try parseAsRoot(arguments)
             if var asynchronous = command as? any AsyncParsableCommand {
@@ -25,18 +32,18 @@ public struct FerryCommand: AsyncParsableCommand {
             } else {
                 try command.run()
             }
-            Foundation.exit(Status.success.rawValue)
+            return Status.success.rawValue
         } catch let code as ExitCode {
-            Foundation.exit(code.rawValue)
+            return code.rawValue
         } catch {
             let code = exitCode(for: error)
             let message = fullMessage(for: error)
             if code == .success {
                 print(message)
-                Foundation.exit(0)
+                return 0
             }
             FileHandle.standardError.write(Data((message + "\n").utf8))
-            Foundation.exit(code == .validationFailure ? Status.usage.rawValue : code.rawValue)
+            return code == .validationFailure ? Status.usage.rawValue : code.rawValue
         }
     }
 }

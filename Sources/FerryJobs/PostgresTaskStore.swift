@@ -77,6 +77,10 @@ public final class PostgresTaskStore: TaskStore {
         wakeup.signal()
     }
 
+    public func close() async {
+        await shutdown()
+    }
+
     deinit {
         listenTask.cancel()
         runTask.cancel()

@@ -6,6 +6,7 @@ import GRDB
 /// or overlapping paths.
 public final class SQLiteTaskStore: TaskStore {
     private let pool: DatabasePool
+    private let path: String
     private let wakeup = Wakeup()
 
     public init(path: String) throws {
@@ -16,6 +17,7 @@ public final class SQLiteTaskStore: TaskStore {
             try db.execute(sql: "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL")
         }
         pool = try DatabasePool(path: path, configuration: configuration)
+        self.path = path
         try Self.migrator.migrate(pool)
     }
 
@@ -63,21 +65,39 @@ public final class SQLiteTaskStore: TaskStore {
         }
     }
 
-    /// The locks held in the database at `path`, read without opening it as a store: one read-only
-    /// connection, which neither migrates, nor writes, nor checkpoints the WAL when it closes, so a
-    /// command that only needs to know whether a path is locked does not pay for the database's
-    /// fsyncs. No file means no tasks and so no locks; a database from before the locks table
-    /// existed has none either.
+    /// The locks held in the database at `path`, read without opening it as a store: one plain
+    /// connection, which neither migrates nor writes, so a command that only needs to know whether
+    /// a path is locked does not pay for a store's set-up. No file means no tasks and so no locks;
+    /// a database from before the locks table existed has none either. As the file's last user it
+    /// folds in a log left behind (see `close`); a read-only connection could not.
     public static func heldLocks(atPath path: String) throws -> [PathLock] {
         guard FileManager.default.fileExists(atPath: path) else { return [] }
-        var configuration = Configuration()
-        configuration.readonly = true
-        configuration.busyMode = .timeout(30)
-        let queue = try DatabaseQueue(path: path, configuration: configuration)
+        let queue = try DatabaseQueue(path: path, configuration: plainConfiguration)
+        defer { try? queue.close() }
         return try queue.read { db in
             guard try db.tableExists("path_locks") else { return [] }
             return try locks(db)
         }
+    }
+
+    /// Closes the store. The process that closes an SQLite file last folds the write-ahead log
+    /// into the database and removes it; otherwise the log stays (up to ~4 MB between automatic
+    /// checkpoints), and each process that opens the file alone reads all of it before its first
+    /// query: 17 ms of every same-project `ferry move` with a 1.4 MB log here. The pool closes its
+    /// writer before its read-only readers, and a read-only connection cannot fold the log, so one
+    /// plain connection, opened and read once, closes last. With other processes using the file
+    /// it leaves the log to them and waits for nothing.
+    public func close() async {
+        try? pool.close()
+        guard let last = try? DatabaseQueue(path: path, configuration: Self.plainConfiguration) else { return }
+        _ = try? await last.read { db in try db.tableExists("tasks") }
+        try? last.close()
+    }
+
+    private static var plainConfiguration: Configuration {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(30)
+        return configuration
     }
 
     // MARK: writing

@@ -37,6 +37,11 @@ public protocol TaskStore: Sendable {
 
     /// Returns when there may be new work, or after `timeout`.
     func waitForWork(timeout: Duration) async
+
+    /// Lets go of the database before the process ends; the store is unusable afterwards. An SQLite
+    /// store that is the file's last user folds its write-ahead log back into the database and
+    /// removes it, so that the next process to open the file need not read the log through first.
+    func close() async
 }
 
 /// `sqlite:///path/ferry.sqlite` or `postgres://user@host:port/db`.

@@ -101,6 +101,33 @@ struct MoveCLITests {
         }
     }
 
+    @Test func commandsLeaveNoWriteAheadLogBehind() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/one", withIntermediateDirectories: true)
+            let log = fs.directory + "/tasks.sqlite-wal"
+            func logBytes() -> Int { (try? FileManager.default.attributesOfItem(atPath: log)[.size] as? Int) ?? 0 }
+
+            // A command that wrote closes the database as it exits: the log is folded in and removed.
+            let queued = try ferry("move", "--detach", a + "/one", b, environment: database(fs))
+            #expect(queued.status == 0, "\(queued.standardError)")
+            #expect(!FileManager.default.fileExists(atPath: log), "the log was left with \(logBytes()) bytes")
+
+            // A writer that died left a lock on the source in the log alone. The task-less rename
+            // honours it, and as the file's last user folds the log in, so no later command has
+            // to read it through again; the lock survives that.
+            let id = queued.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            try lockAsIfRunning(id: id, path: a + "/one", database: fs.directory + "/tasks.sqlite", dying: true)
+            #expect(logBytes() > 0)
+            let locked = try ferry("move", a + "/one", a + "/two", environment: database(fs))
+            #expect(locked.status == 4, "\(locked.standardError)")
+            #expect(!FileManager.default.fileExists(atPath: log), "the log was left with \(logBytes()) bytes")
+            #expect(try ferry("move", a + "/one", a + "/two", environment: database(fs)).status == 4)
+            #expect(FileManager.default.fileExists(atPath: a + "/one") && !FileManager.default.fileExists(atPath: a + "/two"))
+        }
+    }
+
     @Test func detachedTasksRunOnAWorkerAndCanBeCancelledAndRetried() throws {
         try withLoopXFS { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
@@ -212,7 +239,9 @@ struct MoveCLITests {
 
 /// Marks a queued task as claimed by a (stopped) worker and holding a lock on `path`, through
 /// sqlite3's command line: as a task mid-run would be.
-func lockAsIfRunning(id: String, path: String, database: String) throws {
+/// `dying`: the writer exits without closing the database, as a killed process would, so what it
+/// committed stays in the write-ahead log.
+func lockAsIfRunning(id: String, path: String, database: String, dying: Bool = false) throws {
     let status = try FileDescriptor.openDirectory(Array(path.utf8)).status()
     let hex = Array(path.utf8).map { String(format: "%02x", $0) }.joined()
     try Shell.run(["python3", "-c", """
@@ -221,5 +250,6 @@ func lockAsIfRunning(id: String, path: String, database: String) throws {
         db.execute("UPDATE tasks SET status='copying', lease_owner='stopped-worker', lease_expires_at=? WHERE id=?", (time.time() + 3600, "\(id)"))
         db.execute("INSERT INTO path_locks (task_id, filesystem, path) VALUES (?, ?, x'\(hex)')", ("\(id)", "\(status.deviceMajor):\(status.deviceMinor)"))
         db.commit()
+        \(dying ? "import os; os._exit(0)" : "")
         """])
 }
