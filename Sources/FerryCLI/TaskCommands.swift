@@ -37,7 +37,7 @@ struct TaskCommand: AsyncParsableCommand {
         commandName: "task", abstract: "Show, cancel or retry one task.", subcommands: [Show.self, Cancel.self, Retry.self])
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "A task's state, progress, error and history.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "A task's state, progress, error and history.")
         @Argument var id: String
         @Flag(help: "Print JSON.") var json = false
         @OptionGroup var database: DatabaseOptions
@@ -63,7 +63,7 @@ struct TaskCommand: AsyncParsableCommand {
     }
 
     struct Cancel: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Cancel: a queued task at once, a running one at its next checkpoint (rolled back).")
+        static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel: a queued task at once, a running one at its next checkpoint (rolled back).")
         @Argument var id: String
         @OptionGroup var database: DatabaseOptions
         func run() async throws {
@@ -76,7 +76,7 @@ struct TaskCommand: AsyncParsableCommand {
     }
 
     struct Retry: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Queue a failed, cancelled or rolled-back task again.")
+        static let configuration = CommandConfiguration(commandName: "retry", abstract: "Queue a failed, cancelled or rolled-back task again.")
         @Argument var id: String
         @OptionGroup var database: DatabaseOptions
         func run() async throws {
