@@ -18,6 +18,7 @@ public enum AuthMode: String, Sendable, CaseIterable {
 ///     margin = 0.05                  # FERRY_MARGIN
 ///     lease_seconds = 30             # FERRY_LEASE_SECONDS
 ///     workers = 2                    # FERRY_WORKERS (0: serve only; workers run elsewhere)
+///     streams_per_user = 16          # FERRY_STREAMS_PER_USER: event streams one user may hold open
 ///     [auth]
 ///     mode = "token"                 # FERRY_AUTH_MODE: token | proxy | pam
 ///     token = "…"                    # FERRY_AUTH_TOKEN (default: a new random token each start)
@@ -30,6 +31,7 @@ public struct ServeSettings: Equatable, Sendable {
     public var margin: Double = 0.05
     public var leaseSeconds: Double = 30
     public var workers: Int = 2
+    public var streamsPerUser: Int = 16
     public var authMode: AuthMode = .token
     public var token: String?
     public var admins: [String] = ["root"]
@@ -38,7 +40,7 @@ public struct ServeSettings: Equatable, Sendable {
     public var pamService: String = "ferry"
     public init() {}
 
-    static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "auth"]
+    static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "streams_per_user", "auth"]
 
     mutating func read(key: String, value: TOMLValue) throws {
         func fail(_ message: String) -> FerryConfiguration.Error { FerryConfiguration.Error(file: "", message: message) }
@@ -55,6 +57,9 @@ public struct ServeSettings: Equatable, Sendable {
         case "workers":
             guard let count = value.integer, count >= 0 else { throw fail("workers must be a whole number, 0 or more") }
             workers = Int(count)
+        case "streams_per_user":
+            guard let count = value.integer, count >= 1 else { throw fail("streams_per_user must be a whole number, 1 or more") }
+            streamsPerUser = Int(count)
         case "auth":
             guard let table = value.table else { throw fail("auth must be an [auth] table") }
             for (name, item) in table {
@@ -104,6 +109,10 @@ public struct ServeSettings: Equatable, Sendable {
         if let value = env["FERRY_WORKERS"] {
             guard let count = Int(value), count >= 0 else { throw fail("FERRY_WORKERS must be 0 or more") }
             settings.workers = count
+        }
+        if let value = env["FERRY_STREAMS_PER_USER"] {
+            guard let count = Int(value), count >= 1 else { throw fail("FERRY_STREAMS_PER_USER must be 1 or more") }
+            settings.streamsPerUser = count
         }
         if let value = env["FERRY_AUTH_MODE"] {
             guard let mode = AuthMode(rawValue: value) else { throw fail("FERRY_AUTH_MODE must be token, proxy or pam") }

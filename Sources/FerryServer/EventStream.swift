@@ -3,16 +3,19 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import Synchronization
 
 /// Server-sent events of task progress: `event: task` with the task's JSON whenever it changes,
 /// `event: end` once the watched task has ended. Woken at once by changes this server's runners
 /// report, and re-reads the store every second for changes made by workers elsewhere.
 enum EventStream {
-    static func response(state: ServerState, fetch: @escaping @Sendable () async throws -> [TaskRecord],
+    /// `slot`: the user's stream slot, given back when the body ends or is dropped unsent.
+    static func response(state: ServerState, slot: StreamSlot, fetch: @escaping @Sendable () async throws -> [TaskRecord],
                          endWhen: @escaping @Sendable ([TaskRecord]) -> Bool) -> Response {
         let headers: HTTPFields = [.contentType: "text/event-stream; charset=utf-8", .cacheControl: "no-store",
                                    HTTPField.Name("X-Accel-Buffering")!: "no"]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            defer { withExtendedLifetime(slot) {} }
             var sent: [String: TaskRecord] = [:]
             var lastWrite = ContinuousClock.now
             try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
@@ -37,5 +40,58 @@ enum EventStream {
             }
             try await writer.finish(nil)
         })
+    }
+}
+
+/// The event streams each user holds open, at most `perUser` at once. Every stream re-reads the
+/// task store each second, so without a bound one user (or a script of theirs gone wrong) could
+/// make the server do any amount of work; the stream past the bound is refused with 429.
+final class StreamSlots: Sendable {
+    private let open = Mutex<[String: Int]>([:])
+    let perUser: Int
+
+    init(perUser: Int) {
+        self.perUser = max(1, perUser)
+    }
+
+    /// A slot for one more stream of `user`, or `stream.limit` when all of theirs are taken.
+    func take(for user: String) throws(APIError) -> StreamSlot {
+        let taken = open.withLock { open -> Bool in
+            guard open[user, default: 0] < perUser else { return false }
+            open[user, default: 0] += 1
+            return true
+        }
+        guard taken else {
+            throw APIError(.tooManyRequests, "stream.limit",
+                           "\(user) already has \(perUser) event streams open, the most one user may hold; close a page that follows tasks, or wait for a stream to end")
+        }
+        return StreamSlot(slots: self, user: user)
+    }
+
+    /// Streams `user` holds open now.
+    func count(for user: String) -> Int {
+        open.withLock { $0[user] ?? 0 }
+    }
+
+    fileprivate func release(_ user: String) {
+        open.withLock { open in
+            let left = (open[user] ?? 1) - 1
+            open[user] = left > 0 ? left : nil
+        }
+    }
+}
+
+/// One open stream's place in `StreamSlots`, given back when the last reference goes.
+final class StreamSlot: Sendable {
+    private let slots: StreamSlots
+    private let user: String
+
+    fileprivate init(slots: StreamSlots, user: String) {
+        self.slots = slots
+        self.user = user
+    }
+
+    deinit {
+        slots.release(user)
     }
 }

@@ -122,13 +122,15 @@ enum Routes {
 
         router.get("/api/tasks/:id/stream", use: handle { _, context in
             let task = try await visibleTask(context, state: state)
-            return EventStream.response(state: state) { try await state.store.task(task.id).map { [$0] } ?? [] } endWhen: { $0.first?.status.isTerminal ?? true }
+            let slot = try state.streams.take(for: try context.requirePrincipal().user)
+            return EventStream.response(state: state, slot: slot) { try await state.store.task(task.id).map { [$0] } ?? [] } endWhen: { $0.first?.status.isTerminal ?? true }
         })
 
         router.get("/api/stream", use: handle { _, context in
             let principal = try context.requirePrincipal()
             let owner = principal.isAdmin ? nil : principal.user
-            return EventStream.response(state: state) {
+            let slot = try state.streams.take(for: principal.user)
+            return EventStream.response(state: state, slot: slot) {
                 // Running tasks and those that ended in the last minute (so a stream sees them finish).
                 let running = try await state.store.list(TaskFilter(statuses: TaskStatus.running, owner: owner, limit: 200))
                 let recent = try await state.store.list(TaskFilter(owner: owner, limit: 50))

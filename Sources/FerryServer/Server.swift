@@ -26,6 +26,7 @@ public final class ServerState: Sendable {
     public let serverUser: String
     public let agent: AgentClient
     public let feed = ChangeFeed()
+    let streams: StreamSlots
     public let metrics = ServerMetrics()
     public let templates: MustacheLibrary
     public let logger: Logger
@@ -34,6 +35,7 @@ public final class ServerState: Sendable {
     init(configuration: FerryConfiguration, store: any TaskStore, executable: String, templates: MustacheLibrary, logger: Logger) {
         self.configuration = configuration
         self.settings = configuration.serve
+        self.streams = StreamSlots(perUser: configuration.serve.streamsPerUser)
         self.store = store
         self.token = configuration.serve.authMode == .token ? (configuration.serve.token ?? Secret.make(bytes: 24)) : nil
         self.serverUser = UserIdentity.current.name

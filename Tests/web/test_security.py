@@ -345,3 +345,37 @@ def test_proxy_header_only_from_proxy_addresses(start_server, unix_user):
     r = requests.post(untrusted.api("/api/tasks"), headers={"X-Remote-User": "root"}, timeout=30,
                       json={"kind": "copy", "sources": ["/x"], "destination": "/y"})
     expect_error(r, 401, "auth.required")
+
+
+def test_each_user_holds_a_bounded_number_of_event_streams(start_server, alpha_dir):
+    """Every event stream re-reads the task store each second, so one user may hold only
+    `streams_per_user` of them open; the next is refused with 429 `stream.limit`, and a stream
+    that ends or whose client goes away gives its place back."""
+    server = start_server(extra_toml="streams_per_user = 2", workers=0)
+    write(alpha_dir / "src" / "f", "f")
+    task = expect(requests.post(server.api("/api/tasks"), headers=server.bearer(), timeout=60,
+                                json=transfer("copy", [alpha_dir / "src"], alpha_dir / "copy")), 201)
+    client = server.session()
+    streams = [client.get(server.api(path), stream=True, timeout=(10, 60))
+               for path in ("/api/stream", f"/api/tasks/{task['id']}/stream")]
+    try:
+        assert [r.status_code for r in streams] == [200, 200], [describe(r) for r in streams]
+        for path in ("/api/stream", f"/api/tasks/{task['id']}/stream"):
+            with client.get(server.api(path), stream=True, timeout=(10, 60)) as refused:
+                error = expect_error(refused, 429, "stream.limit")
+                assert "2 event streams" in error["message"], error
+        # Another client of the same user is the same user.
+        with requests.get(server.api("/api/stream"), headers=server.bearer(), stream=True, timeout=(10, 60)) as refused:
+            expect_error(refused, 429, "stream.limit")
+    finally:
+        streams[0].close()
+    # The server sees the closed connection at its next write at the latest (a keep-alive every 15 s).
+    deadline = time.monotonic() + 40
+    while True:
+        with client.get(server.api("/api/stream"), stream=True, timeout=(10, 60)) as again:
+            if again.status_code == 200:
+                break
+            expect_error(again, 429, "stream.limit")
+        assert time.monotonic() < deadline, "a closed stream never gave its place back"
+        time.sleep(1)
+    streams[1].close()
