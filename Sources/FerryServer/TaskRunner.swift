@@ -136,7 +136,7 @@ public final class TaskRunner: Service, Sendable {
         do {
             let argument = String(decoding: try WireJSON.encoder.encode(settings), as: UTF8.self)
             child = try ChildProcess.spawn(executable: executable, arguments: ["agent", "run-task", argument], environment: AgentClient.environment(),
-                                           identity: identity, standardError: .inherit)
+                                           identity: identity, standardError: .pipe)
         } catch {
             log.error("cannot start the task's process", metadata: ["error": "\(error)"])
             try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(30),
@@ -148,6 +148,7 @@ public final class TaskRunner: Service, Sendable {
         log.info("task started", metadata: ["owner": "\(task.owner)", "pid": "\(child.pid)", "status": "\(task.status.rawValue)"])
         let relay = TaskStoreRelay(store: store, taskID: task.id, worker: worker) { [feed] id in feed.notify(id) }
         async let relayed: Void = relay.serve(requests: child.standardOutput.rawValue, responses: child.standardInput.rawValue)
+        async let complaints: Void = Self.logStandardError(of: child, log: log)
         let watchdog = Task { [store, lease] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: lease / 2)
@@ -165,6 +166,7 @@ public final class TaskRunner: Service, Sendable {
         let termination = try? await Blocking.run { child.wait() }
         watchdog.cancel()
         await relayed
+        await complaints
         children.withLock { _ = $0.removeValue(forKey: task.id) }
         child.standardOutput.closeQuietly()
         child.standardInput.closeQuietly()
@@ -181,6 +183,56 @@ public final class TaskRunner: Service, Sendable {
             if record.status == .completed { await metrics.taskCompleted(record, events: (try? await store.events(task.id)) ?? []) }
         }
         return try? await store.task(task.id)
+    }
+}
+
+extension TaskRunner {
+    /// Bytes of one task process's standard error that reach the server's log, and of one line.
+    static let standardErrorBudget = 64 * 1024
+    static let standardErrorLine = 2048
+
+    /// Logs what a task's process writes to standard error, one server log entry per line with
+    /// the line in `line` and the task in `task`. The process runs as the task's owner, who must
+    /// not be able to write into the server's log directly: forged entries, or enough to fill the
+    /// disk. Lines are cut at `standardErrorLine` bytes, and past `standardErrorBudget` the rest
+    /// is read, counted, and reported in one last entry. Returns when the process's end of the
+    /// pipe is closed (it and anything it started have exited).
+    static func logStandardError(of child: ChildProcess, log: Logger) async {
+        guard let fd = child.standardError else { return }
+        _ = try? await Blocking.run {
+            defer { fd.closeQuietly() }
+            var budget = standardErrorBudget
+            var dropped = 0
+            var line: [UInt8] = []
+            var cut = false
+            func emit() {
+                defer { line.removeAll(keepingCapacity: true); cut = false }
+                guard !line.isEmpty || cut else { return }
+                guard budget > 0 else { dropped += line.count; return }
+                budget -= line.count
+                log.warning("task process wrote to standard error", metadata: [
+                    "pid": "\(child.pid)", "line": "\(String(decoding: line, as: UTF8.self))\(cut ? " [cut]" : "")"])
+            }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let count = (try? buffer.withUnsafeMutableBytes { raw in try fd.read(into: raw) }) ?? 0
+                if count == 0 { break }
+                for byte in buffer[0..<count] {
+                    if byte == 0x0A {
+                        emit()
+                    } else if line.count < standardErrorLine {
+                        line.append(byte)
+                    } else {
+                        cut = true
+                        dropped += 1
+                    }
+                }
+            }
+            emit()
+            if dropped > 0 {
+                log.warning("task process wrote more to standard error than the server logs", metadata: ["pid": "\(child.pid)", "dropped bytes": "\(dropped)"])
+            }
+        }
     }
 }
 

@@ -255,6 +255,12 @@ extension FileDescriptor {
         _ = try syscallRetrying("ioctl(FICLONE)") { cferry_ficlone(rawValue, source.rawValue) }
     }
 
+    /// Reads what is there now, from the current position (a pipe, say); 0 at the end. The
+    /// corresponding C function is `read`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+        try syscallRetrying("read") { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
+    }
+
     /// The corresponding C function is `pread`.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
         try syscallRetrying("pread") { Glibc.pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }

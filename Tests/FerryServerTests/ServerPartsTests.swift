@@ -3,6 +3,7 @@ import FerryConfig
 import FerrySystem
 import FerryTestSupport
 import Foundation
+import Logging
 import Testing
 
 @Suite struct ServerPathTests {
@@ -134,6 +135,7 @@ import Testing
             listen = "0.0.0.0:9000"
             workers = 4
             lease_seconds = 2.5
+            streams_per_user = 3
             [auth]
             mode = "proxy"
             admins = ["ops", "root"]
@@ -143,6 +145,10 @@ import Testing
             """)
         #expect(configuration.serve.listen == "0.0.0.0:9000" && configuration.serve.workers == 4 && configuration.serve.leaseSeconds == 2.5)
         #expect(configuration.serve.authMode == .proxy && configuration.serve.admins == ["ops", "root"])
+        #expect(configuration.serve.streamsPerUser == 3 && ServeSettings().streamsPerUser == 16)
+        #expect(try configuration.serve.applying(environment: ["FERRY_STREAMS_PER_USER": "40"]).streamsPerUser == 40)
+        #expect(throws: FerryConfiguration.Error.self) { try configuration.serve.applying(environment: ["FERRY_STREAMS_PER_USER": "0"]) }
+        #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("streams_per_user = 0") }
         let overridden = try configuration.serve.applying(environment: [
             "FERRY_LISTEN": "[::1]:0", "FERRY_AUTH_MODE": "pam", "FERRY_AUTH_ADMINS": "a, b", "FERRY_WORKERS": "0"])
         #expect(overridden.authMode == .pam && overridden.admins == ["a", "b"] && overridden.workers == 0)
@@ -154,5 +160,72 @@ import Testing
         #expect(rooted.roots == [.init(path: "/srv/a", name: "Alpha"), .init(path: "/srv/b")] && rooted.lfsPath == "/opt/lfs")
         #expect(try configuration.applyingEnvironment([:]).roots == configuration.roots)
         #expect(throws: FerryConfiguration.Error.self) { try configuration.applyingEnvironment(["FERRY_ROOTS": "relative/path"]) }
+    }
+}
+
+/// Keeps every log entry, for tests that read what was logged.
+struct CapturingLogHandler: LogHandler {
+    final class Entries: @unchecked Sendable {
+        private let lock = NSLock()
+        private var entries: [(message: String, metadata: [String: String])] = []
+        func append(_ entry: (message: String, metadata: [String: String])) { lock.withLock { entries.append(entry) } }
+        var all: [(message: String, metadata: [String: String])] { lock.withLock { entries } }
+    }
+
+    let entries: Entries
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        let merged = metadata.merging(explicit ?? [:]) { $1 }.mapValues { "\($0)" }
+        entries.append((message.description, merged))
+    }
+}
+
+@Suite struct TaskProcessStandardErrorTests {
+    /// A task process runs as its owner: what it writes to standard error reaches the server's
+    /// log only as values of the server's own entries, a bounded amount of it.
+    @Test func linesBecomeBoundedEntriesOfTheServersLog() async throws {
+        let entries = CapturingLogHandler.Entries()
+        let log = Logger(label: "test") { _ in CapturingLogHandler(entries: entries) }
+        let forged = #"{"level":"info","message":"login succeeded","user":"root"}"#
+        let script = """
+            exec >&2
+            printf '%s\\n' 'first complaint' '\(forged)'
+            head -c 5000 /dev/zero | tr '\\0' x; echo
+            printf 'no newline at the end'
+            """
+        let child = try ChildProcess.spawn(executable: "/bin/sh", arguments: ["-c", script], environment: [:], identity: nil)
+        child.standardInput.closeQuietly()
+        await TaskRunner.logStandardError(of: child, log: log)
+        _ = child.wait()
+        child.standardOutput.closeQuietly()
+        let lines = entries.all.filter { $0.message == "task process wrote to standard error" }.compactMap { $0.metadata["line"] }
+        #expect(lines.count == 4)
+        #expect(lines.first == "first complaint")
+        #expect(lines.dropFirst().first == forged, "a forged entry is only the value of one of ours")
+        #expect(lines.dropFirst(2).first == String(repeating: "x", count: TaskRunner.standardErrorLine) + " [cut]")
+        #expect(lines.last == "no newline at the end")
+        #expect(entries.all.last?.metadata["dropped bytes"] == "\(5000 - TaskRunner.standardErrorLine)")
+
+        // A flood: everything is read (the process never blocks on a full pipe), little is logged.
+        let flood = CapturingLogHandler.Entries()
+        let floodLog = Logger(label: "test") { _ in CapturingLogHandler(entries: flood) }
+        let noisy = try ChildProcess.spawn(executable: "/bin/sh", arguments: ["-c", "yes 'a line of complaint' | head -c 1000000 >&2"],
+                                           environment: [:], identity: nil)
+        noisy.standardInput.closeQuietly()
+        await TaskRunner.logStandardError(of: noisy, log: floodLog)
+        #expect(noisy.wait() == .exited(0))
+        noisy.standardOutput.closeQuietly()
+        let logged = flood.all.compactMap { $0.metadata["line"] }.reduce(0) { $0 + $1.utf8.count }
+        #expect(logged <= TaskRunner.standardErrorBudget + TaskRunner.standardErrorLine)
+        // 50,000 lines of 19 bytes and a newline: each byte is either logged or counted as dropped.
+        #expect(logged + (Int(flood.all.last?.metadata["dropped bytes"] ?? "") ?? 0) == 950_000)
     }
 }
