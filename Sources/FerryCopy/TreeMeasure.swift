@@ -66,6 +66,8 @@ final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
 final class RemoveVisitor: TreeVisitor, @unchecked Sendable {
     let meter: ProgressMeter?
     init(meter: ProgressMeter?) { self.meter = meter }
+    /// Each unlink takes the directory's lock: threads go to different directories instead.
+    var visitsFilesWhereListed: Bool { true }
 
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
         meter?.entries.add(1, ordering: .relaxed)

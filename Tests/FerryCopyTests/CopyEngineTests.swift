@@ -333,3 +333,59 @@ struct SourceCacheTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: root + "/dropped/file")) == Data(contentsOf: URL(fileURLWithPath: root + "/src/file")))
     }
 }
+
+/// Records, per directory, how many threads are visiting its files at once.
+final class ConcurrencyProbe: TreeVisitor, @unchecked Sendable {
+    let visitsFilesWhereListed: Bool
+    private let lock = NSLock()
+    private var active: [String: Int] = [:]
+    private(set) var peakInOneDirectory = 0
+    private(set) var visited: [String] = []
+
+    init(inline: Bool) { visitsFilesWhereListed = inline }
+
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        if entry.kind == .directory { return .descend(peer: nil) }
+        let key = String(decoding: directory.relativePath, as: UTF8.self)
+        lock.withLock {
+            active[key, default: 0] += 1
+            peakInOneDirectory = max(peakInOneDirectory, active[key]!)
+            visited.append(key + "/" + String(decoding: entry.name, as: UTF8.self))
+        }
+        usleep(200)  // long enough for the other threads to come into the same directory, if they may
+        lock.withLock { active[key]! -= 1 }
+        return .done
+    }
+
+    func leave(_ directory: WalkDirectory) throws {}
+}
+
+@Suite("Walk: files visited where listed")
+struct WalkPlacementTests {
+    /// Removal unlinks under the directory's lock: its visitor has each directory's files done by
+    /// the thread that listed them, while threads spread over directories. Every entry is still
+    /// visited exactly once. The default hands each file to any thread.
+    @Test func filesStayWithTheThreadThatListedThem() throws {
+        let root = NSTemporaryDirectory() + "ferry-walk-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        for d in 0..<6 {
+            try FileManager.default.createDirectory(atPath: "\(root)/tree/d\(d)/sub", withIntermediateDirectories: true)
+            for f in 0..<300 { FileManager.default.createFile(atPath: "\(root)/tree/d\(d)/f\(f)", contents: Data()) }
+            FileManager.default.createFile(atPath: "\(root)/tree/d\(d)/sub/x", contents: Data())
+        }
+        let top = try openDir(root)
+        defer { top.closeQuietly() }
+        let name = Array("tree".utf8)
+        let inline = ConcurrencyProbe(inline: true)
+        try WalkCoordinator(visitor: inline, cancellation: CancellationFlag(), batchSize: 64)
+            .run(root: top, peer: nil, entries: [WalkEntry(name: name, peerName: name, kind: .directory)], threads: 4)
+        #expect(inline.visited.count == 6 * 301 && Set(inline.visited).count == 6 * 301)
+        #expect(inline.peakInOneDirectory == 1)
+
+        let anywhere = ConcurrencyProbe(inline: false)
+        try WalkCoordinator(visitor: anywhere, cancellation: CancellationFlag(), batchSize: 64)
+            .run(root: top, peer: nil, entries: [WalkEntry(name: name, peerName: name, kind: .directory)], threads: 4)
+        #expect(Set(anywhere.visited) == Set(inline.visited))
+        #expect(anywhere.peakInOneDirectory > 1, "the default spreads one directory's files over threads")
+    }
+}

@@ -47,8 +47,11 @@ private struct Channel {
     }
 }
 
+/// `lease`: long by default, so that a test stalled behind others (the whole suite shares two
+/// cores, and synchronous tests hold the cooperative threads while their child processes run)
+/// does not lose its task; the test of expiry passes a short one.
 private func withChannel(
-    lease: Duration = .seconds(30), _ body: (SQLiteTaskStore, TaskRecord, Channel) async throws -> Void
+    lease: Duration = .seconds(600), _ body: (SQLiteTaskStore, TaskRecord, Channel) async throws -> Void
 ) async throws {
     let directory = try TemporaryDirectory.make(prefix: "ferry-remote")
     defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -86,6 +86,15 @@ public protocol TreeVisitor: Sendable {
     /// Called once all of a directory's entries are finished (post-order), before its descriptors
     /// close; not called for the walk's root.
     func leave(_ directory: WalkDirectory) throws
+    /// True: the entries the listing says are not directories are visited by the thread that
+    /// read them, one directory at a time per thread, instead of each on any thread. For work
+    /// that changes the directory itself (removing entries takes its lock), where threads in one
+    /// directory would only queue for that lock; threads still spread over directories.
+    var visitsFilesWhereListed: Bool { get }
+}
+
+extension TreeVisitor {
+    public var visitsFilesWhereListed: Bool { false }
 }
 
 /// Why a walk stopped: the first error a visitor threw, with the path it was about.
@@ -146,11 +155,20 @@ final class WalkCoordinator: @unchecked Sendable {
                     finishEntry(in: directory)  // listing done
                 } else {
                     directory.pending.add(batch.count, ordering: .acquiringAndReleasing)
-                    // The listing's continuation goes under its entries, in the same push: the
-                    // entries are served first, and no idle thread can read ahead in between.
-                    var items: [Item] = batch.map { .entry(directory, WalkEntry(name: $0.name, peerName: $0.name, kind: $0.kind)) }
-                    items.append(.list(directory))
-                    pool.push(contentsOf: items)
+                    let entries = batch.map { WalkEntry(name: $0.name, peerName: $0.name, kind: $0.kind) }
+                    if visitor.visitsFilesWhereListed {
+                        // Subdirectories (and entries of unknown kind) go to any thread; the rest
+                        // are visited here, and only then may the listing go on, so that no
+                        // other thread works in this directory meanwhile.
+                        let here = entries.filter { $0.kind != .directory && $0.kind != .unknown }
+                        pool.push(contentsOf: entries.filter { $0.kind == .directory || $0.kind == .unknown }.map { .entry(directory, $0) })
+                        for entry in here { perform(.entry(directory, entry)) }
+                        pool.push(.list(directory))
+                    } else {
+                        // The listing's continuation goes under its entries, in the same push: the
+                        // entries are served first, and no idle thread can read ahead in between.
+                        pool.push(contentsOf: entries.map { .entry(directory, $0) } + [.list(directory)])
+                    }
                 }
             } catch {
                 fail(path: PathDisplay.string(directory.relativePath), error)
