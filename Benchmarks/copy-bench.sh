@@ -2,7 +2,9 @@
 # ferry copy vs `cp -a` + sync vs `rsync -a` + sync, measured side by side in one run on a fresh
 # loop-mounted XFS with reflink off (so nobody can cheat with shared extents).
 #
-#   sudo Benchmarks/copy-bench.sh [--runs N] [--only big|small] [--ferry PATH]
+#   sudo Benchmarks/copy-bench.sh [--runs N] [--only big|small] [--ferry PATH] [--scratch DIR]
+#
+# --scratch: the build directory for the release build (default .build).
 #
 # Scenarios (the foundation issue's): (a) 16 x 256 MiB files, (b) 100,000 x 4 KiB files.
 # Every timed run starts with cold caches (sync; drop_caches) and ends durable: cp and rsync are
@@ -14,19 +16,21 @@ set -euo pipefail
 runs=5
 only=""
 ferry=""
+scratch=".build"
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
     --ferry) ferry="$2"; shift 2 ;;
-    *) echo "usage: $0 [--runs N] [--only big|small] [--ferry PATH]" >&2; exit 2 ;;
+    --scratch) scratch="$2"; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--only big|small] [--ferry PATH] [--scratch DIR]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "needs root (loop devices, mount, drop_caches)" >&2; exit 2; }
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -z "$ferry" ]; then
-  (cd "$here" && swift build -c release --static-swift-stdlib --product ferry >/dev/null)
-  ferry="$here/.build/release/ferry"
+  (cd "$here" && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry >/dev/null)
+  case "$scratch" in /*) ferry="$scratch/release/ferry" ;; *) ferry="$here/$scratch/release/ferry" ;; esac
 fi
 for tool in mkfs.xfs rsync losetup; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }; done
 

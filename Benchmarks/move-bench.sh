@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # ferry move against mv and rsync, and task claims per second, measured side by side in one run.
 #
-#   sudo Benchmarks/move-bench.sh [--runs N] [--ferry PATH]
+#   sudo Benchmarks/move-bench.sh [--runs N] [--ferry PATH] [--scratch DIR]
+#
+# --scratch: the build directory for the release build (default .build; keep a separate one, such
+# as .build-static, so that debug and release builds do not rebuild each other).
 #
 # On a fresh loop XFS (reflink off) with project directories 100 and 200:
 #   1. same-project move of 1 file and of a 100,000-file tree: ferry move vs mv (both O(1)); each
@@ -10,22 +13,27 @@
 #      delete) + sync and rsync -a --remove-source-files + sync, on cold caches;
 #   3. cross-project move of 100,000 x 4 KiB, the same way;
 #   4. task claims per second by 8 concurrent workers on SQLite and on a throwaway PostgreSQL 15
-#      cluster with production durability (fsync on).
+#      cluster with production durability (fsync on): the 8 sharing one store, as in one
+#      `ferry worker --concurrency 8`, and with a store (connection) each, as 8 worker processes.
 set -euo pipefail
 runs=3
 ferry=""
+scratch=".build"
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
     --ferry) ferry="$2"; shift 2 ;;
-    *) echo "usage: $0 [--runs N] [--ferry PATH]" >&2; exit 2 ;;
+    --scratch) scratch="$2"; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--ferry PATH] [--scratch DIR]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 2; }
 here="$(cd "$(dirname "$0")/.." && pwd)"
-(cd "$here" && swift build -c release --static-swift-stdlib --product ferry >/dev/null && swift build -c release --static-swift-stdlib --product ferry-claim-bench >/dev/null)
-ferry="${ferry:-$here/.build/release/ferry}"
-claimbench="$here/.build/release/ferry-claim-bench"
+(cd "$here" && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry >/dev/null \
+  && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry-claim-bench >/dev/null)
+case "$scratch" in /*) ;; *) scratch="$here/$scratch" ;; esac
+ferry="${ferry:-$scratch/release/ferry}"
+claimbench="$scratch/release/ferry-claim-bench"
 
 . "$here/scripts/lib/loop-xfs.sh"
 pgdata=""
@@ -135,6 +143,8 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pgdata" -o "-p $port -k $pgdata -c listen_addresses=127.0.0.1" -w start >/dev/null </dev/null
 runuser -u postgres -- /usr/lib/postgresql/15/bin/createdb -h 127.0.0.1 -p "$port" ferry_bench
 pg_rate=$("$claimbench" --database "postgres://postgres@127.0.0.1:$port/ferry_bench" --tasks "${FERRY_BENCH_CLAIMS:-20000}" --workers 8)
+runuser -u postgres -- /usr/lib/postgresql/15/bin/createdb -h 127.0.0.1 -p "$port" ferry_bench_separate
+pg_separate_rate=$("$claimbench" --database "postgres://postgres@127.0.0.1:$port/ferry_bench_separate" --tasks "${FERRY_BENCH_CLAIMS:-20000}" --workers 8 --separate-stores)
 
 echo
 echo "ferry move (release build, SQLite task store) vs mv and rsync; loop XFS, reflink off; medians of $runs"
@@ -146,3 +156,4 @@ printf '%s\n' "${rows[@]}"
 echo
 echo "$sqlite_rate"
 echo "$pg_rate"
+echo "$pg_separate_rate"

@@ -4,9 +4,10 @@ import Foundation
 // Task claims per second with N concurrent workers: `ferry-claim-bench --database URL [--tasks N]
 // [--workers W] [--separate-stores]`. Queues N tasks, then W workers claim one task at a time (a
 // lease each) until the queue is empty; prints claims/s and checks that no task was claimed twice.
-// The workers share one store (one process with W workers), or with --separate-stores each opens
-// its own (W processes: on PostgreSQL each has its own connection pool, and no two workers' claims
-// can share a statement).
+// The workers share one store (as the W workers of one `ferry worker --concurrency W` do), or with
+// --separate-stores each opens its own, as W worker processes would: on PostgreSQL each then has its
+// own connection pool, and no two workers' claims can share a statement. Either way the workers run
+// in this one process, on the same cores as the database server.
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 func option(_ name: String, _ fallback: String) -> String {
