@@ -85,7 +85,7 @@ struct RemoteTaskStoreTests {
 
             let before = try #require(try await store.task(task.id)?.leaseExpiresAt)
             try await Task.sleep(for: .milliseconds(20))
-            #expect(try await client.heartbeat(id: task.id, worker: "w1", lease: .seconds(60)))
+            #expect(try await client.heartbeat(id: task.id, worker: "w1", lease: .seconds(1200)))  // past the first lease
             #expect(try #require(try await store.task(task.id)?.leaseExpiresAt) > before)
 
             let plan = TaskPlan(strategy: "copy", bytes: 10, allocatedBytes: 4096, entries: 3, inodes: 3,
@@ -147,7 +147,7 @@ struct RemoteTaskStoreTests {
             let client = channel.client
             try await withThrowingTaskGroup(of: Bool.self) { group in
                 for i in 0..<50 {
-                    group.addTask { try await client.heartbeat(id: task.id, worker: "w1", lease: .seconds(30)) }
+                    group.addTask { try await client.heartbeat(id: task.id, worker: "w1", lease: .seconds(600)) }
                     group.addTask {
                         try await client.updateProgress(id: task.id, worker: "w1", TaskProgress(bytesDone: UInt64(i), bytesTotal: 50,
                                                                                                entriesDone: 0, entriesTotal: 0, bytesPerSecond: 0))
