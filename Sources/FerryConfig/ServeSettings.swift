@@ -26,6 +26,7 @@ public enum AuthMode: String, Sendable, CaseIterable {
 ///     proxy_header = "X-Remote-User" # FERRY_AUTH_PROXY_HEADER
 ///     proxy_addresses = ["127.0.0.1"] # FERRY_AUTH_PROXY_ADDRESSES, comma-separated
 ///     pam_service = "ferry"          # FERRY_AUTH_PAM_SERVICE
+///     secure_cookie = true           # FERRY_AUTH_SECURE_COOKIE (default: when X-Forwarded-Proto is https)
 public struct ServeSettings: Equatable, Sendable {
     public var listen: String = "127.0.0.1:8080"
     public var margin: Double = 0.05
@@ -38,6 +39,10 @@ public struct ServeSettings: Equatable, Sendable {
     public var proxyHeader: String = "X-Remote-User"
     public var proxyAddresses: [String] = []
     public var pamService: String = "ferry"
+    /// The session cookie's `Secure` flag: nil sets it when the request came through a proxy that
+    /// says `X-Forwarded-Proto: https`; true or false always (a TLS proxy that sends no such
+    /// header, or one that should never be trusted to).
+    public var secureCookie: Bool?
     public init() {}
 
     static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "streams_per_user", "auth"]
@@ -82,6 +87,9 @@ public struct ServeSettings: Equatable, Sendable {
                 case "pam_service":
                     guard let text = item.string, !text.isEmpty, !text.contains("/") else { throw fail("auth.pam_service must be a PAM service name") }
                     pamService = text
+                case "secure_cookie":
+                    guard let flag = item.boolean else { throw fail("auth.secure_cookie must be true or false") }
+                    secureCookie = flag
                 default:
                     throw fail("unknown setting auth.\(name)")
                 }
@@ -126,6 +134,10 @@ public struct ServeSettings: Equatable, Sendable {
         if let value = env["FERRY_AUTH_PROXY_HEADER"] { settings.proxyHeader = value }
         if let value = env["FERRY_AUTH_PROXY_ADDRESSES"] { settings.proxyAddresses = list(value) }
         if let value = env["FERRY_AUTH_PAM_SERVICE"] { settings.pamService = value }
+        if let value = env["FERRY_AUTH_SECURE_COOKIE"] {
+            guard let flag = ["true": true, "false": false][value.lowercased()] else { throw fail("FERRY_AUTH_SECURE_COOKIE must be true or false") }
+            settings.secureCookie = flag
+        }
         return settings
     }
 

@@ -51,8 +51,14 @@ public final class ServerState: Sendable {
     }
 
     func cookie(for session: SessionStore.Session, request: Request) -> String {
-        let secure = request.headers[HTTPField.Name("X-Forwarded-Proto")!] == "https" ? "; Secure" : ""
-        return "\(Self.cookie)=\(session.id); Path=/; HttpOnly; SameSite=Strict\(secure)"
+        "\(Self.cookie)=\(session.id); \(cookieAttributes(request))"
+    }
+
+    /// The session cookie's attributes; `Secure` as configured, else when the request came
+    /// through a TLS proxy (`X-Forwarded-Proto: https`).
+    func cookieAttributes(_ request: Request) -> String {
+        let secure = settings.secureCookie ?? (request.headers[HTTPField.Name("X-Forwarded-Proto")!] == "https")
+        return "Path=/; HttpOnly; SameSite=Strict" + (secure ? "; Secure" : "")
     }
 
     func rootsRequest(_ operation: AgentRequest.Operation) -> AgentRequest {

@@ -146,6 +146,11 @@ import Testing
         #expect(configuration.serve.listen == "0.0.0.0:9000" && configuration.serve.workers == 4 && configuration.serve.leaseSeconds == 2.5)
         #expect(configuration.serve.authMode == .proxy && configuration.serve.admins == ["ops", "root"])
         #expect(configuration.serve.streamsPerUser == 3 && ServeSettings().streamsPerUser == 16)
+        #expect(configuration.serve.secureCookie == nil)
+        #expect(try FerryConfiguration.parse("[auth]\nsecure_cookie = false").serve.secureCookie == false)
+        #expect(try configuration.serve.applying(environment: ["FERRY_AUTH_SECURE_COOKIE": "TRUE"]).secureCookie == true)
+        #expect(throws: FerryConfiguration.Error.self) { try configuration.serve.applying(environment: ["FERRY_AUTH_SECURE_COOKIE": "yes"]) }
+        #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("[auth]\nsecure_cookie = \"on\"") }
         #expect(try configuration.serve.applying(environment: ["FERRY_STREAMS_PER_USER": "40"]).streamsPerUser == 40)
         #expect(throws: FerryConfiguration.Error.self) { try configuration.serve.applying(environment: ["FERRY_STREAMS_PER_USER": "0"]) }
         #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("streams_per_user = 0") }

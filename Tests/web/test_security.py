@@ -284,6 +284,28 @@ def test_session_cookie_flags(server):
     assert not [c for c in set_cookie_headers(r) if c.startswith("ferry_session=")]
 
 
+def test_secure_cookie_setting_overrides_the_forwarded_protocol(start_server):
+    """A TLS proxy that sends no X-Forwarded-Proto: `secure_cookie = true` sets Secure anyway, and
+    `false` never does, whatever a client claims; logging out clears the cookie the same way."""
+    for setting, plain, forwarded in [("true", True, True), ("false", False, False)]:
+        server = start_server(env={"FERRY_AUTH_SECURE_COOKIE": setting}, workers=0)
+        for headers, expected in [({}, plain), ({"X-Forwarded-Proto": "https"}, forwarded)]:
+            r = requests.get(server.api("/login"), params={"token": server.token}, allow_redirects=False,
+                             headers=headers, timeout=30)
+            assert r.status_code == 303, describe(r)
+            cookie = [c for c in set_cookie_headers(r) if c.startswith("ferry_session=")][0]
+            attributes = [part.strip().lower() for part in cookie.split(";")[1:]]
+            assert ("secure" in attributes) == expected, f"secure_cookie={setting}, {headers}: {cookie}"
+        # Sent by hand: a client keeps a Secure cookie away from plain HTTP.
+        session_id = cookie.split(";")[0]
+        token = expect(requests.get(server.api("/api/session"), headers={"Cookie": session_id}, timeout=30), 200)["csrfToken"]
+        r = requests.post(server.api("/logout"), data={"csrf_token": token}, headers={"Cookie": session_id},
+                          allow_redirects=False, timeout=30)
+        assert r.status_code == 303, describe(r)
+        cleared = [c for c in set_cookie_headers(r) if c.startswith("ferry_session=")][0]
+        assert "max-age=0" in cleared.lower() and ("secure" in cleared.lower()) == plain, cleared
+
+
 def login_failure_status(r: requests.Response) -> tuple[int, str | None]:
     code = None
     if r.headers.get("content-type", "").startswith("application/json"):

@@ -41,7 +41,7 @@ enum Login {
 
         router.post("/logout") { request, context in
             if let session = context.session { state.sessions.remove(session.id) }
-            return Reply.redirect("/login", headers: [.setCookie: "\(ServerState.cookie)=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"])
+            return Reply.redirect("/login", headers: [.setCookie: "\(ServerState.cookie)=; \(state.cookieAttributes(request)); Max-Age=0"])
         }
     }
 
