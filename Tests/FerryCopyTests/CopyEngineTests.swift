@@ -388,4 +388,34 @@ struct WalkPlacementTests {
         #expect(Set(anywhere.visited) == Set(inline.visited))
         #expect(anywhere.peakInOneDirectory > 1, "the default spreads one directory's files over threads")
     }
+
+    /// A walk stops at its first failure: the thread visiting a directory's files where it listed
+    /// them visits no more of them, as the pool drops the entries still queued.
+    @Test func aFailureStopsTheFilesVisitedWhereListed() throws {
+        final class FailsFirst: TreeVisitor, @unchecked Sendable {
+            let visitsFilesWhereListed = true
+            private let lock = NSLock()
+            private(set) var visits = 0
+            func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+                if entry.kind == .directory { return .descend(peer: nil) }
+                let first = lock.withLock { visits += 1; return visits == 1 }
+                if first { throw SystemError(errno: EACCES, syscall: "unlinkat", path: "first") }
+                return .done
+            }
+            func leave(_ directory: WalkDirectory) throws {}
+        }
+        let root = NSTemporaryDirectory() + "ferry-walk-fail-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: root + "/tree", withIntermediateDirectories: true)
+        for f in 0..<300 { FileManager.default.createFile(atPath: "\(root)/tree/f\(f)", contents: Data()) }
+        let top = try openDir(root)
+        defer { top.closeQuietly() }
+        let visitor = FailsFirst()
+        let name = Array("tree".utf8)
+        #expect(throws: WalkFailure.self) {
+            try WalkCoordinator(visitor: visitor, cancellation: CancellationFlag(), batchSize: 64)
+                .run(root: top, peer: nil, entries: [WalkEntry(name: name, peerName: name, kind: .directory)], threads: 4)
+        }
+        #expect(visitor.visits == 1)
+    }
 }

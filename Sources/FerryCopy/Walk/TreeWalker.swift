@@ -159,10 +159,14 @@ final class WalkCoordinator: @unchecked Sendable {
                     if visitor.visitsFilesWhereListed {
                         // Subdirectories (and entries of unknown kind) go to any thread; the rest
                         // are visited here, and only then may the listing go on, so that no
-                        // other thread works in this directory meanwhile.
-                        let here = entries.filter { $0.kind != .directory && $0.kind != .unknown }
-                        pool.push(contentsOf: entries.filter { $0.kind == .directory || $0.kind == .unknown }.map { .entry(directory, $0) })
-                        for entry in here { perform(.entry(directory, entry)) }
+                        // other thread works in this directory meanwhile. After a failure the
+                        // rest are left, as the pool drops what is queued.
+                        let elsewhere = entries.filter { $0.kind == .directory || $0.kind == .unknown }
+                        pool.push(contentsOf: elsewhere.map { .entry(directory, $0) })
+                        for entry in entries where entry.kind != .directory && entry.kind != .unknown {
+                            if failure.withLock({ $0 }) != nil { return }
+                            perform(.entry(directory, entry))
+                        }
                         pool.push(.list(directory))
                     } else {
                         // The listing's continuation goes under its entries, in the same push: the
