@@ -3,11 +3,19 @@ import PackageDescription
 
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
+// A static executable built against the shared toolchain modules (any build without
+// --static-swift-stdlib) is told only to link Foundation; the static Foundation needs these too,
+// each after what uses it (the driver's own link group cannot be extended from here).
+let staticFoundation = ["-lFoundation", "-lFoundationInternationalization", "-lFoundationEssentials", "-lCoreFoundation",
+                        "-l_FoundationICU", "-lFoundationEssentials", "-l_FoundationCShims", "-l_FoundationCollections",
+                        "-lswiftSynchronization", "-ldispatch", "-lBlocksRuntime", "-lstdc++", "-lm"]
+
 let package = Package(
     name: "Ferry",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ferry", targets: ["ferry"]),
+        .executable(name: "ferry-engine", targets: ["ferry-engine"]),
         .library(name: "FerryCopy", targets: ["FerryCopy"]),
         .library(name: "FerryStorage", targets: ["FerryStorage"]),
         .library(name: "FerrySystem", targets: ["FerrySystem"]),
@@ -43,13 +51,13 @@ let package = Package(
         // The durable task store: SQLite (GRDB) embedded; PostgreSQL for many workers.
         .target(
             name: "FerryJobs",
-            dependencies: [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: ["FerrySystem", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "PostgresNIO", package: "postgres-nio")],
             swiftSettings: strict),
         // The staged-commit move engine, workers and janitor.
         .target(name: "FerryMove", dependencies: ["FerryJobs", "FerryStorage", "FerryCopy", "FerrySystem"], swiftSettings: strict),
         // The configuration file (TOML, read by our own strict parser: TOMLKit's dependencies are not
         // available to this project).
-        .target(name: "FerryConfig", dependencies: ["FerryStorage"], swiftSettings: strict),
+        .target(name: "FerryConfig", dependencies: ["FerryStorage", "FerrySystem"], swiftSettings: strict),
         // libpam, for `ferry serve` with auth = "pam": one C function around the PAM conversation.
         .target(name: "CFerryPAM", linkerSettings: [.linkedLibrary("pam")]),
         // `ferry serve`: the REST API, the web UI, authentication and the per-user task runners.
@@ -76,7 +84,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
-        .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
+        // `ferry`: a small static front end that makes a same-project move itself and hands every
+        // other command to `ferry-engine` by exec (see Sources/ferry/main.swift). Statically
+        // linked, because loading the shared libraries alone costs more than `mv` takes. Nothing
+        // may depend on it: its linker flag would be applied to whatever links it.
+        .executableTarget(
+            name: "ferry", dependencies: ["FerryConfig", "FerryJobs", "FerryMove", "FerrySystem"], swiftSettings: strict,
+            linkerSettings: [.unsafeFlags(["-static-executable"] + staticFoundation)]),
+        // Every command: the CLI, the worker, the janitor and the server.
+        .executableTarget(name: "ferry-engine", dependencies: ["FerryCLI"], swiftSettings: strict),
         // Benchmarks/move-bench.sh: task claims per second against SQLite and PostgreSQL.
         .executableTarget(name: "ferry-claim-bench", dependencies: ["FerryJobs"], path: "Benchmarks/ClaimBench", swiftSettings: strict),
         .target(
@@ -86,16 +102,16 @@ let package = Package(
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(name: "FerryJobsTests", dependencies: ["FerryJobs", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(
-            name: "FerryMoveTests", dependencies: ["FerryMove", "FerryStorage", "FerryTestSupport", "ferry"],
+            name: "FerryMoveTests", dependencies: ["FerryMove", "FerryStorage", "FerryTestSupport", "ferry-engine"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryCopyTests", dependencies: ["FerryCopy", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "FerryStorageTests", dependencies: ["FerryStorage", "FerryTestSupport"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
-        .testTarget(name: "FerryServerTests", dependencies: ["FerryServer", "FerryTestSupport", "ferry"], swiftSettings: strict),
+        .testTarget(name: "FerryServerTests", dependencies: ["FerryServer", "FerryTestSupport", "ferry-engine"], swiftSettings: strict),
         .testTarget(
-            name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "ferry"],
+            name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "ferry-engine"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
     ]
 )

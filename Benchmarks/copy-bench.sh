@@ -29,7 +29,8 @@ done
 [ "$(id -u)" = 0 ] || { echo "needs root (loop devices, mount, drop_caches)" >&2; exit 2; }
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -z "$ferry" ]; then
-  (cd "$here" && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry >/dev/null)
+  (cd "$here" && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry >/dev/null \
+    && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry-engine >/dev/null)
   case "$scratch" in /*) ferry="$scratch/release/ferry" ;; *) ferry="$here/$scratch/release/ferry" ;; esac
 fi
 for tool in mkfs.xfs rsync losetup; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }; done

@@ -30,6 +30,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 2; }
 here="$(cd "$(dirname "$0")/.." && pwd)"
 (cd "$here" && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry >/dev/null \
+  && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry-engine >/dev/null \
   && swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product ferry-claim-bench >/dev/null)
 case "$scratch" in /*) ;; *) scratch="$here/$scratch" ;; esac
 ferry="${ferry:-$scratch/release/ferry}"

@@ -13,5 +13,5 @@ if [ "${1:-}" = "--clean" ]; then
   rm -rf "$root"; echo "removed $root"; exit 0
 fi
 scripts/setup.sh
-swift build --product ferry
+swift build --product ferry && swift build --product ferry-engine
 exec .build/debug/ferry serve --demo --demo-directory "$root" "$@"

@@ -37,10 +37,10 @@ struct DatabaseOptions: ParsableArguments {
 
 extension DatabaseOptions {
     func url(configuration: FerryConfiguration?) throws -> DatabaseURL {
-        let configured = configuration?.database
-            ?? FerryConfiguration.locate(explicit: nil).flatMap { try? FerryConfiguration.load(file: $0) }?.database
-        let environment = ProcessInfo.processInfo.environment["FERRY_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
-        do { return try DatabaseURL.resolve(database ?? environment ?? configured) } catch { throw ValidationError("\(error)") }
+        do {
+            return try DatabaseURL.choose(explicit: database, configured: configuration?.database
+                ?? FerryConfiguration.locate(explicit: nil).flatMap { try? FerryConfiguration.load(file: $0) }?.database)
+        } catch { throw ValidationError("\(error)") }
     }
 
     /// The path locks tasks hold now, read as cheaply as the database allows: an SQLite file through
@@ -56,23 +56,10 @@ extension DatabaseOptions {
         return try await opened.locks()
     }
 
-    /// The default database lives in the user's state directory; a user without a writable home
-    /// (a service account such as nobody) gets a private directory under /tmp instead, created 0700
-    /// and refused if it is not ours or is a symlink.
     static func usable(_ path: String, explicit: Bool) throws -> String {
-        let directory = (path as NSString).deletingLastPathComponent
-        if explicit || (try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)) != nil {
-            return path
+        do { return try DatabaseURL.usableSQLitePath(path, explicit: explicit) } catch let TaskStoreError.database(message) {
+            throw ValidationError(message)
         }
-        let fallback = "/tmp/ferry-\(geteuid())"
-        if mkdir(fallback, 0o700) != 0 && errno != EEXIST {
-            throw ValidationError("cannot create \(directory) or \(fallback); choose a database with --database or FERRY_DATABASE_URL")
-        }
-        var status = stat()
-        guard lstat(fallback, &status) == 0, (status.st_mode & S_IFMT) == S_IFDIR, status.st_uid == geteuid(), status.st_mode & 0o077 == 0 else {
-            throw ValidationError("\(fallback) is not a private directory of yours; choose a database with --database or FERRY_DATABASE_URL")
-        }
-        return fallback + "/ferry.sqlite"
     }
 }
 

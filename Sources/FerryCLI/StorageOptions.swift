@@ -25,9 +25,6 @@ struct StorageOptions: ParsableArguments {
 
     /// The backend for an open path: `--backend`, else the deepest configured root containing it.
     func backend(for fd: FileDescriptor, path: ByteString, configuration: FerryConfiguration) throws(StorageError) -> any StorageBackend {
-        let absolute = URL(fileURLWithPath: String(decoding: path, as: UTF8.self)).standardizedFileURL.resolvingSymlinksInPath().path
-        let choice = backend ?? configuration.backend(for: absolute)
-        let lfsPath = lfs ?? ProcessInfo.processInfo.environment["FERRY_LFS"] ?? configuration.lfsPath
-        return try Storage.backend(for: fd, choice: choice, lfsPath: lfsPath)
+        try configuration.storageBackend(for: fd, path: path, choice: backend, lfs: lfs)
     }
 }

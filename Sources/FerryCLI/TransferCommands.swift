@@ -128,19 +128,16 @@ struct TransferOptions: ParsableArguments {
             guard let renamed = try await MoveEngine.renameWithoutTask(transfer, options: options, planner: planner,
                                                                        heldLocks: heldLocks) else { return false }
             published = renamed
-        } catch let refusal as Refusal {
-            report(command, code: refusal.code, refusal.message)
-            throw ExitCode(FerryCommand.Status.refused.rawValue)
         } catch {
-            let failure = MoveEngine.failure(for: error)
-            report(command, code: failure.code, failure.message)
-            throw ExitCode(FerryCommand.Status.failure.rawValue)
+            let problem = MoveEngine.renameProblem(error)
+            report(command, code: problem.code, problem.message)
+            throw ExitCode((problem.refused ? FerryCommand.Status.refused : FerryCommand.Status.failure).rawValue)
         }
         if json {
             printJSON(["kind": "move", "status": "completed", "strategy": "rename", "id": nil,
                        "published": published.map(\.displayString), "verify": options.verify])
         } else {
-            printError("renamed (same filesystem and project: nothing to copy)")
+            printError(MoveEngine.renamedMessage)
         }
         return true
     }

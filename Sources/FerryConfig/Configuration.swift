@@ -1,4 +1,5 @@
 import FerryStorage
+import FerrySystem
 import Foundation
 
 /// Ferry's configuration file (TOML). Today: the `lfs` program and the directories Ferry works in,
@@ -121,6 +122,20 @@ public struct FerryConfiguration: Equatable, Sendable {
         root(containing: path)?.backend ?? .auto
     }
 
+    /// The storage backend for an open path: `choice` (a command's `--backend`), else that of the
+    /// deepest configured root containing the path with its symlinks resolved; the `lfs` program is
+    /// `lfs`, else `FERRY_LFS`, else the configured one.
+    public func storageBackend(for fd: FileDescriptor, path: ByteString, choice: BackendChoice? = nil, lfs: String? = nil,
+                               environment: Environment = .process) throws(StorageError) -> any StorageBackend {
+        let configured: BackendChoice
+        if choice != nil || roots.isEmpty {
+            configured = .auto  // nothing to match the path against
+        } else {
+            configured = backend(for: URL(fileURLWithPath: String(decoding: path, as: UTF8.self)).standardizedFileURL.resolvingSymlinksInPath().path)
+        }
+        return try Storage.backend(for: fd, choice: choice ?? configured, lfsPath: lfs ?? environment["FERRY_LFS"] ?? lfsPath)
+    }
+
     public func root(containing path: String) -> Root? {
         roots.filter { path == $0.path || $0.path == "/" || path.hasPrefix($0.path + "/") }
             .max { $0.path.count < $1.path.count }
@@ -128,11 +143,11 @@ public struct FerryConfiguration: Equatable, Sendable {
 
     /// `--config`, else `FERRY_CONFIG`, else `$XDG_CONFIG_HOME/ferry/ferry.toml` or
     /// `/etc/ferry/ferry.toml` when they exist; none at all is an empty configuration.
-    public static func locate(explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+    public static func locate(explicit: String?, environment: Environment = .process) -> String? {
         if let explicit { return explicit }
         if let configured = environment["FERRY_CONFIG"], !configured.isEmpty { return configured }
         let home = environment["XDG_CONFIG_HOME"] ?? environment["HOME"].map { $0 + "/.config" }
-        for candidate in [home.map { $0 + "/ferry/ferry.toml" }, "/etc/ferry/ferry.toml"].compactMap({ $0 }) where FileManager.default.fileExists(atPath: candidate) {
+        for candidate in [home.map { $0 + "/ferry/ferry.toml" }, "/etc/ferry/ferry.toml"].compactMap({ $0 }) where access(candidate, F_OK) == 0 {
             return candidate
         }
         return nil

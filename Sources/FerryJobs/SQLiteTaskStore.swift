@@ -71,7 +71,7 @@ public final class SQLiteTaskStore: TaskStore {
     /// a database from before the locks table existed has none either. As the file's last user it
     /// folds in a log left behind (see `close`); a read-only connection could not.
     public static func heldLocks(atPath path: String) throws -> [PathLock] {
-        guard FileManager.default.fileExists(atPath: path) else { return [] }
+        guard access(path, F_OK) == 0 else { return [] }
         let queue = try DatabaseQueue(path: path, configuration: plainConfiguration)
         defer { try? queue.close() }
         return try queue.read { db in

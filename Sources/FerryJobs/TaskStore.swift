@@ -1,3 +1,4 @@
+import FerrySystem
 import Foundation
 
 /// The durable task store: one contract, two engines (SQLite for one machine, PostgreSQL for
@@ -66,11 +67,43 @@ public enum DatabaseURL: Sendable, Equatable {
     }
 
     /// `--database`, else `FERRY_DATABASE_URL`, else `$XDG_STATE_HOME/ferry/ferry.sqlite`.
-    public static func resolve(_ explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> DatabaseURL {
+    public static func resolve(_ explicit: String?, environment: Environment = .process) throws -> DatabaseURL {
         if let explicit { return try DatabaseURL(explicit) }
         if let configured = environment["FERRY_DATABASE_URL"], !configured.isEmpty { return try DatabaseURL(configured) }
         let state = environment["XDG_STATE_HOME"] ?? ((environment["HOME"] ?? "/root") + "/.local/state")
         return .sqlite(path: state + "/ferry/ferry.sqlite")
+    }
+}
+
+extension DatabaseURL {
+    /// `--database`, else `FERRY_DATABASE_URL`, else the configuration file's `database`, else the
+    /// default file: what every command (and the `ferry` front end) uses.
+    public static func choose(explicit: String?, configured: @autoclosure () -> String?,
+                              environment: Environment = .process) throws -> DatabaseURL {
+        let fromEnvironment = environment["FERRY_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        return try resolve(explicit ?? fromEnvironment ?? configured(), environment: environment)
+    }
+
+    /// The SQLite file to use for `path`. The default database lives in the user's state
+    /// directory; a user without a writable home (a service account such as nobody) gets a private
+    /// directory under /tmp instead, created 0700 and refused if it is not ours or is a symlink.
+    /// `explicit`: the path was given (flag, environment or configuration) and is used as it is.
+    public static func usableSQLitePath(_ path: String, explicit: Bool) throws -> String {
+        let directory = path.lastIndex(of: "/").map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        var existing = stat()
+        if explicit || (stat(directory, &existing) == 0 && (existing.st_mode & S_IFMT) == S_IFDIR)
+            || (try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)) != nil {
+            return path
+        }
+        let fallback = "/tmp/ferry-\(geteuid())"
+        if mkdir(fallback, 0o700) != 0 && errno != EEXIST {
+            throw TaskStoreError.database("cannot create \(directory) or \(fallback); choose a database with --database or FERRY_DATABASE_URL")
+        }
+        var status = stat()
+        guard lstat(fallback, &status) == 0, (status.st_mode & S_IFMT) == S_IFDIR, status.st_uid == geteuid(), status.st_mode & 0o077 == 0 else {
+            throw TaskStoreError.database("\(fallback) is not a private directory of yours; choose a database with --database or FERRY_DATABASE_URL")
+        }
+        return fallback + "/ferry.sqlite"
     }
 }
 

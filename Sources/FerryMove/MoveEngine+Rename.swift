@@ -52,20 +52,53 @@ extension MoveEngine {
     /// called only when a rename will do.
     public static func renameWithoutTask(_ transfer: Transfer, options: TaskOptions, planner: Planner,
                                          heldLocks: () async throws -> [PathLock]) async throws -> [ByteString]? {
-        guard options.strategy == nil || options.strategy == Strategy.rename.rawValue else { return nil }
-        let preflight = try await Blocking.run { try planner.preflight(kind: .move, transfer: transfer, options: options) }
-        guard preflight.refusal == nil, preflight.strategy == .rename else { return nil }
-        let wanted = try locks(for: transfer, taskID: "")
+        guard try await Blocking.run({ try renameWillDo(transfer, options: options, planner: planner) }) else { return nil }
         // A lock table that cannot be read sends the request down the task path, which says why.
-        guard let held = try? await heldLocks() else { return nil }
-        guard !held.contains(where: { lock in wanted.contains { $0.conflicts(with: lock) } }) else { return nil }
+        guard let held = try? await heldLocks(), !conflicts(transfer, held) else { return nil }
+        return try await Blocking.run { try publishWithoutTask(transfer) }
+    }
+
+    /// `renameWithoutTask` on the calling thread, for a process that has nothing else to do (the
+    /// `ferry` front end, which must not start a concurrency runtime to rename one file).
+    public static func renameWithoutTaskNow(_ transfer: Transfer, options: TaskOptions, planner: Planner,
+                                            heldLocks: () throws -> [PathLock]) throws -> [ByteString]? {
+        guard try renameWillDo(transfer, options: options, planner: planner) else { return nil }
+        guard let held = try? heldLocks(), !conflicts(transfer, held) else { return nil }
+        return try publishWithoutTask(transfer)
+    }
+
+    /// The planner's verdict, without measuring the tree: a move that needs a task (a copy, a
+    /// relink, a refusal) measures it once, in the task.
+    static func renameWillDo(_ transfer: Transfer, options: TaskOptions, planner: Planner) throws -> Bool {
+        guard options.strategy == nil || options.strategy == Strategy.rename.rawValue else { return false }
+        guard case .chosen(.rename, _, _, _) = try planner.choose(kind: .move, transfer: transfer, options: options) else { return false }
+        return true
+    }
+
+    static func conflicts(_ transfer: Transfer, _ held: [PathLock]) -> Bool {
+        guard let wanted = try? locks(for: transfer, taskID: "") else { return true }
+        return held.contains { lock in wanted.contains { $0.conflicts(with: lock) } }
+    }
+
+    static func publishWithoutTask(_ transfer: Transfer) throws -> [ByteString]? {
         do {
-            try await Blocking.run { try Self.rename(transfer.sources, into: transfer.destination) }
+            try Self.rename(transfer.sources, into: transfer.destination)
         } catch let refusal as Refusal where refusal.code == "strategy.rename.exdev" {
             // Refused before anything moved (the first rename): the task path copies instead.
             if transfer.sources.allSatisfy({ (try? $0.directory.status($0.name)) != nil }) { return nil }
             throw refusal
         }
         return transfer.finalPaths
+    }
+
+    /// What `ferry move` says after a task-less rename.
+    public static let renamedMessage = "renamed (same filesystem and project: nothing to copy)"
+
+    /// How a task-less rename that failed is reported: a refusal (exit 3) or a failure (exit 1),
+    /// with a stable code and a message; either way "nothing was moved" follows.
+    public static func renameProblem(_ error: any Error) -> (refused: Bool, code: String, message: String) {
+        if let refusal = error as? Refusal { return (true, refusal.code, refusal.message) }
+        let failure = MoveEngine.failure(for: error)
+        return (false, failure.code, failure.message)
     }
 }

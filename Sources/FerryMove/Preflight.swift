@@ -98,15 +98,22 @@ public struct Planner: Sendable {
         self.jobs = jobs
     }
 
-    public func preflight(kind: TaskKind, transfer: Transfer, options: TaskOptions) throws -> Preflight {
-        var warnings: [String] = []
+    /// What `preflight` decides before it measures anything: a refusal found by the cheap checks,
+    /// or the strategy with what it was chosen from. Cheap (a few stats and ioctls, no tree walk), so
+    /// a caller that only wants to know whether a rename will do asks this instead.
+    public enum Choice {
+        case refused(Refusal)
+        case chosen(Strategy, backend: any StorageBackend, destinationProject: ProjectAttributes?, sourceProject: ProjectAttributes?)
+    }
+
+    public func choose(kind: TaskKind, transfer: Transfer, options: TaskOptions) throws -> Choice {
         // Nothing may be overwritten.
         for (source, final) in zip(transfer.sources, transfer.finalPaths) where (try? transfer.destination.status(source.destinationName)) != nil {
-            return refused(kind, transfer, code: "destination.exists",
-                           "\(final.displayString) exists already; Ferry never replaces data — choose another name or remove it first")
+            return .refused(Refusal(code: "destination.exists",
+                                    message: "\(final.displayString) exists already; Ferry never replaces data — choose another name or remove it first"))
         }
         if let refusal = Self.permissionRefusal(kind, transfer) {
-            return refused(kind, transfer, code: "permission.denied", refusal)
+            return .refused(Refusal(code: "permission.denied", message: refusal))
         }
         let backend = try storage(transfer.destination, transfer.destinationPath)
         let destinationProject = try backend.projectAttributes(of: transfer.destination)
@@ -115,7 +122,7 @@ public struct Planner: Sendable {
         let strategy: Strategy
         if let forced = options.strategy ?? (kind == .move ? configuredStrategy(transfer.destinationPath) : nil) {
             guard let chosen = Strategy(rawValue: forced) else {
-                return refused(kind, transfer, code: "strategy.unknown", "unknown strategy \(forced): use rename, relink or copy")
+                return .refused(Refusal(code: "strategy.unknown", message: "unknown strategy \(forced): use rename, relink or copy"))
             }
             strategy = chosen
         } else if kind == .copy {
@@ -127,6 +134,17 @@ public struct Planner: Sendable {
             strategy = .relink
         } else {
             strategy = .copy
+        }
+        return .chosen(strategy, backend: backend, destinationProject: destinationProject, sourceProject: sourceProject)
+    }
+
+    public func preflight(kind: TaskKind, transfer: Transfer, options: TaskOptions) throws -> Preflight {
+        var warnings: [String] = []
+        let strategy: Strategy, backend: any StorageBackend, destinationProject: ProjectAttributes?, sourceProject: ProjectAttributes?
+        switch try choose(kind: kind, transfer: transfer, options: options) {
+        case .refused(let refusal): return refused(kind, transfer, code: refusal.code, refusal.message)
+        case let .chosen(chosen, chosenBackend, destination, source):
+            (strategy, backend, destinationProject, sourceProject) = (chosen, chosenBackend, destination, source)
         }
         // A rename is O(1) whatever the tree's size: only a copy needs the source measured.
         if strategy == .relink, !(try Self.sameFilesystem(transfer)) {

@@ -53,18 +53,18 @@ public final class Transfer: @unchecked Sendable {
 
         var sources: [CopySource] = []
         var paths: [ByteString] = []
-        var parents: [ByteString: FileDescriptor] = [:]
+        var parents: [(path: ByteString, fd: FileDescriptor)] = []  // not a dictionary: see `Environment`
         for argument in sourceArguments {
             let path = Self.absolute(argument)
             let (parent, name) = BytePath.split(path)
             guard Self.isPlainName(name) else { throw UsageError(message: "\(argument.displayString): name a file or directory (not ., .. or /)") }
             let parentFD: FileDescriptor
-            if let known = parents[parent] {
-                parentFD = known
+            if let known = parents.first(where: { $0.path == parent }) {
+                parentFD = known.fd
             } else {
                 parentFD = try opener.openDirectory(parent)
                 opened.append(parentFD)
-                parents[parent] = parentFD
+                parents.append((parent, parentFD))
             }
             let status = try parentFD.status(name)  // lstat: a symlink moves as a symlink
             if status.kind == .directory {
@@ -98,7 +98,7 @@ public final class Transfer: @unchecked Sendable {
     public static func absolute(_ path: ByteString) -> ByteString {
         var full = path
         if full.first != UInt8(ascii: "/") {
-            full = Array(FileManager.default.currentDirectoryPath.utf8) + [UInt8(ascii: "/")] + path
+            full = currentDirectory() + [UInt8(ascii: "/")] + path
         }
         var parts: [ByteString] = []
         for part in full.split(separator: UInt8(ascii: "/")) {
@@ -107,6 +107,12 @@ public final class Transfer: @unchecked Sendable {
             parts.append(Array(part))
         }
         return [UInt8(ascii: "/")] + Array(parts.joined(separator: [UInt8(ascii: "/")]))
+    }
+
+    static func currentDirectory() -> ByteString {
+        guard let cwd = getcwd(nil, 0) else { return Array(FileManager.default.currentDirectoryPath.utf8) }
+        defer { free(cwd) }
+        return Array(UnsafeRawBufferPointer(start: cwd, count: strlen(cwd)))
     }
 
     /// A directory copied or moved into itself would never end: refuse if the destination is the

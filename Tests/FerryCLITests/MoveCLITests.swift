@@ -101,6 +101,61 @@ struct MoveCLITests {
         }
     }
 
+    /// `ferry` makes a plain same-project move itself, durably, without starting the engine; every
+    /// request it cannot finish that way reaches the engine untouched. With FERRY_ENGINE pointing
+    /// nowhere, whatever was handed over fails to start, which shows what the front end kept.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/strace")))
+    func theFrontEndRenamesAndHandsEverythingElseOver() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/data/sub", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/data/sub/f", bytes: 10_000)
+            let inode = try FileDescriptor.openDirectory(Array((a + "/data").utf8)).status().fileID
+            let nowhere = database(fs).merging(["FERRY_ENGINE": fs.directory + "/no-engine"]) { $1 }
+
+            let log = fs.directory + "/strace.log"
+            let moved = try Shell.execute(["strace", "-f", "-qq", "-y", "-o", log, "-e", "trace=execve,renameat2,fsync",
+                                           ferryBinary(), "move", a + "/data", a + "/renamed"], environment: nowhere)
+            #expect(moved.status == 0, "\(moved.standardError)")
+            #expect(moved.standardError == "renamed (same filesystem and project: nothing to copy)\n")
+            #expect(try FileDescriptor.openDirectory(Array((a + "/renamed").utf8)).status().fileID == inode)
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+            let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+            #expect(lines.filter { $0.contains("execve(") }.count == 1, "only ferry itself was started: \(lines)")
+            let rename = try #require(lines.firstIndex { $0.contains("renameat2(") && $0.contains("RENAME_NOREPLACE") && $0.hasSuffix("= 0") })
+            #expect(lines[rename...].contains { $0.contains("fsync(") && $0.contains("<\(a)>") }, "the directory is fsynced after the rename")
+            #expect(!FileManager.default.fileExists(atPath: fs.directory + "/tasks.sqlite"), "no task, so no database")
+
+            // Handed over, so failing here for want of an engine, and having changed nothing: a move
+            // that needs a copy, any option, any other command, a name that exists, a locked path.
+            func handedOver(_ arguments: String...) throws {
+                let result = try Shell.execute([ferryBinary()] + arguments, environment: nowhere)
+                #expect(result.status == 1, "\(arguments)")
+                #expect(result.standardError.contains("cannot start the Ferry engine \(fs.directory)/no-engine"), "\(arguments): \(result.standardError)")
+            }
+            try handedOver("move", a + "/renamed", b)
+            try handedOver("move", "--json", a + "/renamed", a + "/again")
+            try handedOver("move", "--", a + "/renamed", b + "/across")
+            try handedOver("copy", a + "/renamed", a + "/copied")
+            try handedOver("--version")
+            try TreeBuilder.write(a + "/taken", bytes: 20)
+            try handedOver("move", a + "/renamed", a + "/taken")
+            #expect(try FileManager.default.attributesOfItem(atPath: a + "/taken")[.size] as? Int == 20)
+            let queued = try ferry("move", "--detach", b, a + "/queued", environment: database(fs))
+            #expect(queued.status == 0, "\(queued.standardError)")
+            try lockAsIfRunning(id: queued.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), path: a,
+                                database: fs.directory + "/tasks.sqlite")
+            try handedOver("move", a + "/renamed", a + "/again")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a).sorted() == ["renamed", "taken"])
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+
+            // A `--` ends the options of a plain move; with the engine back, a locked path is refused.
+            let plain = try ferry("move", "--", a + "/renamed", a + "/again", environment: database(fs))
+            #expect(plain.status == 4, "\(plain.standardError)")
+        }
+    }
+
     @Test func commandsLeaveNoWriteAheadLogBehind() throws {
         try withLoopXFS { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)

@@ -60,7 +60,8 @@ def require_root(what: str) -> None:
 def ferry_bin() -> Path:
     path = Path(os.environ.get("FERRY_BIN") or REPO / ".build" / "debug" / "ferry")
     if not path.is_file() or not os.access(path, os.X_OK):
-        pytest.fail(f"the ferry binary is missing: {path} (build it with `swift build --product ferry`, "
+        pytest.fail(f"the ferry binary is missing: {path} (build it with `swift build --product ferry` "
+                    f"and `--product ferry-engine`, "
                     f"or point FERRY_BIN at one)", pytrace=False)
     return path
 
