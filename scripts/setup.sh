@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages Ferry builds and tests with (Debian). Idempotent; needs root.
 set -euo pipefail
-packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev python3 bc fuse3 libfuse3-dev pkg-config gcc strace postgresql-15 libpam0g-dev)
+# libc6-dev, libstdc++-12-dev and libsqlite3-dev also hold the static libraries the `ferry` front end
+# is linked from (libc.a, libstdc++.a, libsqlite3.a).
+packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev libc6-dev libstdc++-12-dev python3 bc fuse3 libfuse3-dev pkg-config gcc strace postgresql-15 libpam0g-dev)
 # `scripts/setup.sh --test`: also what the web tests drive (headless Chromium, its driver, the
 # Python test runner and Selenium).
 if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver python3-pip passwd); fi
