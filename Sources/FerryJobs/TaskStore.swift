@@ -89,7 +89,7 @@ extension DatabaseURL {
     /// directory under /tmp instead, created 0700 and refused if it is not ours or is a symlink.
     /// `explicit`: the path was given (flag, environment or configuration) and is used as it is.
     public static func usableSQLitePath(_ path: String, explicit: Bool) throws -> String {
-        let directory = path.lastIndex(of: "/").map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let directory = String(decoding: BytePath.split(Array(path.utf8)).parent, as: UTF8.self)
         var existing = stat()
         if explicit || (stat(directory, &existing) == 0 && (existing.st_mode & S_IFMT) == S_IFDIR)
             || (try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)) != nil {

@@ -72,9 +72,8 @@ func handOver(_ arguments: [String]) -> Never {
     } else {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let length = readlink("/proc/self/exe", &buffer, Int(PATH_MAX))
-        let me = length > 0 ? String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) : arguments[0]
-        let directory = me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        engine = (directory.isEmpty && !me.hasPrefix("/") ? "." : directory) + "/ferry-engine"
+        let me = length > 0 ? buffer[..<length].map { UInt8(bitPattern: $0) } : Array(arguments[0].utf8)
+        engine = String(decoding: BytePath.join(BytePath.split(me).parent, Array("ferry-engine".utf8)), as: UTF8.self)
     }
     var argv = arguments.map { strdup($0) }
     argv.append(nil)
