@@ -5,7 +5,7 @@ import FerrySystem
 /// Renames: the commit of the `rename` strategy, and a move that is one rename done without a task.
 extension MoveEngine {
     /// Renames each source still present into the destination without replacing anything, then
-    /// makes the renames durable: each source directory and the destination are fsynced.
+    /// makes the renames durable: each source directory and the destination are fsynced, once each.
     static func rename(_ sources: [CopySource], into destination: FileDescriptor) throws {
         var synced: [FileID] = []
         for source in sources where (try? source.directory.status(source.name)) != nil {
@@ -30,7 +30,8 @@ extension MoveEngine {
                 synced.append(directory)
             }
         }
-        try destination.sync()
+        // A rename within one directory is made durable by that directory's one fsync.
+        if !synced.contains(try destination.status().fileID) { try destination.sync() }
     }
 
     // MARK: a move that is one rename

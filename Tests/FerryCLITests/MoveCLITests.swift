@@ -125,6 +125,7 @@ struct MoveCLITests {
             #expect(lines.filter { $0.contains("execve(") }.count == 1, "only ferry itself was started: \(lines)")
             let rename = try #require(lines.firstIndex { $0.contains("renameat2(") && $0.contains("RENAME_NOREPLACE") && $0.hasSuffix("= 0") })
             #expect(lines[rename...].contains { $0.contains("fsync(") && $0.contains("<\(a)>") }, "the directory is fsynced after the rename")
+            #expect(lines.filter { $0.contains("fsync(") }.count == 1, "one directory, so one fsync: \(lines)")
             #expect(!FileManager.default.fileExists(atPath: fs.directory + "/tasks.sqlite"), "no task, so no database")
 
             // Handed over, so failing here for want of an engine, and having changed nothing: a move
