@@ -51,7 +51,15 @@ let package = Package(
         // The durable task store: SQLite (GRDB) embedded; PostgreSQL for many workers.
         .target(
             name: "FerryJobs",
-            dependencies: ["FerrySystem", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: [
+                "FerrySystem", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "GRDBSQLite", package: "GRDB.swift"),
+            ],
+            swiftSettings: strict),
+        // The PostgreSQL task store, apart: the `ferry` front end links FerryJobs and must not carry
+        // NIO and the PostgreSQL client into every same-project move's start-up.
+        .target(
+            name: "FerryJobsPostgres",
+            dependencies: ["FerryJobs", .product(name: "PostgresNIO", package: "postgres-nio")],
             swiftSettings: strict),
         // The staged-commit move engine, workers and janitor.
         .target(name: "FerryMove", dependencies: ["FerryJobs", "FerryStorage", "FerryCopy", "FerrySystem"], swiftSettings: strict),
@@ -79,7 +87,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryConfig", "FerryCopy", "FerryJobs", "FerryMove", "FerryServer", "FerryStorage", "FerrySystem",
+                "FerryConfig", "FerryCopy", "FerryJobs", "FerryJobsPostgres", "FerryMove", "FerryServer", "FerryStorage", "FerrySystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -94,13 +102,13 @@ let package = Package(
         // Every command: the CLI, the worker, the janitor and the server.
         .executableTarget(name: "ferry-engine", dependencies: ["FerryCLI"], swiftSettings: strict),
         // Benchmarks/move-bench.sh: task claims per second against SQLite and PostgreSQL.
-        .executableTarget(name: "ferry-claim-bench", dependencies: ["FerryJobs"], path: "Benchmarks/ClaimBench", swiftSettings: strict),
+        .executableTarget(name: "ferry-claim-bench", dependencies: ["FerryJobs", "FerryJobsPostgres"], path: "Benchmarks/ClaimBench", swiftSettings: strict),
         .target(
             name: "FerryTestSupport",
             dependencies: ["FerrySystem", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
-        .testTarget(name: "FerryJobsTests", dependencies: ["FerryJobs", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(name: "FerryJobsTests", dependencies: ["FerryJobs", "FerryJobsPostgres", "FerryTestSupport", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
         .testTarget(
             name: "FerryMoveTests", dependencies: ["FerryMove", "FerryStorage", "FerryTestSupport", "ferry-engine"],
             resources: [.copy("Fixtures")], swiftSettings: strict),

@@ -1,4 +1,5 @@
 import FerryJobs
+import FerryJobsPostgres
 import Foundation
 
 // Task claims per second with N concurrent workers: `ferry-claim-bench --database URL [--tasks N]

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FerryConfig
 import FerryJobs
+import FerryJobsPostgres
 import Foundation
 import Synchronization
 

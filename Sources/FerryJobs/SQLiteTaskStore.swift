@@ -65,21 +65,6 @@ public final class SQLiteTaskStore: TaskStore {
         }
     }
 
-    /// The locks held in the database at `path`, read without opening it as a store: one plain
-    /// connection, which neither migrates nor writes, so a command that only needs to know whether
-    /// a path is locked does not pay for a store's set-up. No file means no tasks and so no locks;
-    /// a database from before the locks table existed has none either. As the file's last user it
-    /// folds in a log left behind (see `close`); a read-only connection could not.
-    public static func heldLocks(atPath path: String) throws -> [PathLock] {
-        guard access(path, F_OK) == 0 else { return [] }
-        let queue = try DatabaseQueue(path: path, configuration: plainConfiguration)
-        defer { try? queue.close() }
-        return try queue.read { db in
-            guard try db.tableExists("path_locks") else { return [] }
-            return try locks(db)
-        }
-    }
-
     /// Closes the store. The process that closes an SQLite file last folds the write-ahead log
     /// into the database and removes it; otherwise the log stays (up to ~4 MB between automatic
     /// checkpoints), and each process that opens the file alone reads all of it before its first
@@ -338,15 +323,16 @@ public final class SQLiteTaskStore: TaskStore {
 }
 
 extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+    package var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
 
 /// In-process wake-ups: waiters sleep until `signal()` or their timeout, without polling.
-final class Wakeup: Sendable {
+package final class Wakeup: Sendable {
+    package init() {}
     private let waiters = Mutex<[UInt64: CheckedContinuation<Void, Never>]>([:])
     private let counter = Mutex<UInt64>(0)
 
-    func signal() {
+    package func signal() {
         let all = waiters.withLock { value -> [CheckedContinuation<Void, Never>] in
             defer { value.removeAll() }
             return Array(value.values)
@@ -354,7 +340,7 @@ final class Wakeup: Sendable {
         all.forEach { $0.resume() }
     }
 
-    func wait(timeout: Duration) async {
+    package func wait(timeout: Duration) async {
         let key = counter.withLock { value -> UInt64 in value += 1; return value }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             waiters.withLock { $0[key] = continuation }

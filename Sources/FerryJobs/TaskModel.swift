@@ -152,6 +152,31 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     public var createdAt: Date
     public var updatedAt: Date
     public var finishedAt: Date?
+
+    /// For the stores, which build records from their rows.
+    package init(id: String, kind: TaskKind, sources: [StoredPath], destination: StoredPath, options: TaskOptions, owner: String,
+                 status: TaskStatus, plan: TaskPlan?, progress: TaskProgress, failure: TaskFailure?, attempts: Int,
+                 cancelRequested: Bool, leaseOwner: String?, leaseExpiresAt: Date?, notBefore: Date?,
+                 createdAt: Date, updatedAt: Date, finishedAt: Date?) {
+        self.id = id
+        self.kind = kind
+        self.sources = sources
+        self.destination = destination
+        self.options = options
+        self.owner = owner
+        self.status = status
+        self.plan = plan
+        self.progress = progress
+        self.failure = failure
+        self.attempts = attempts
+        self.cancelRequested = cancelRequested
+        self.leaseOwner = leaseOwner
+        self.leaseExpiresAt = leaseExpiresAt
+        self.notBefore = notBefore
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.finishedAt = finishedAt
+    }
 }
 
 public struct TaskEvent: Codable, Sendable, Equatable {
@@ -159,6 +184,13 @@ public struct TaskEvent: Codable, Sendable, Equatable {
     public var at: Date
     public var status: TaskStatus
     public var message: String
+
+    package init(taskID: String, at: Date, status: TaskStatus, message: String) {
+        self.taskID = taskID
+        self.at = at
+        self.status = status
+        self.message = message
+    }
 }
 
 /// A path lock: a task holds `path` (absolute, as bytes) on the filesystem `filesystem` (device id).
@@ -219,8 +251,9 @@ public enum TaskStoreError: Error, Sendable, Equatable, CustomStringConvertible 
     }
 }
 
-enum Identifier {
-    static func make() -> String {
+/// A new task's id: 16 random hex digits.
+package enum Identifier {
+    package static func make() -> String {
         var generator = SystemRandomNumberGenerator()
         let value = generator.next() as UInt64
         let hex = String(value, radix: 16)

@@ -1,3 +1,4 @@
+import FerryJobs
 import Foundation
 import PostgresNIO
 

@@ -1,3 +1,4 @@
+@testable import FerryJobsPostgres
 @testable import FerryJobs
 import FerryTestSupport
 import Foundation

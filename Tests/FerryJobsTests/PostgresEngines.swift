@@ -1,4 +1,5 @@
 import FerryJobs
+import FerryJobsPostgres
 import FerryTestSupport
 import Foundation
 import Synchronization
