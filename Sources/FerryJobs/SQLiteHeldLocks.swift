@@ -14,16 +14,36 @@ extension SQLiteTaskStore {
     /// none either. The connection writes nothing, but is opened read-write on purpose: as the
     /// file's last user, closing it folds a write-ahead log left behind into the database and
     /// removes it (see `close`), which a read-only connection could not.
+    ///
+    /// When no other connection has the file open (no worker running: the usual case for a
+    /// command), the read takes the file for itself for its ~0.1 ms (SQLite's exclusive locking
+    /// mode), which lets SQLite keep the log's index in memory instead of creating, sizing,
+    /// mapping and deleting the shared-memory file: that halves the read. A connection that finds
+    /// the file in use is refused at once, and the read is made again the shared way, waiting for
+    /// a writer as a store would.
     public static func heldLocks(atPath path: String) throws -> [PathLock] {
         guard access(path, F_OK) == 0 else { return [] }
+        do {
+            return try heldLocks(atPath: path, alone: true)
+        } catch let error as SQLiteReadError where error.code == SQLITE_BUSY || error.code == SQLITE_LOCKED {
+            return try heldLocks(atPath: path, alone: false)
+        }
+    }
+
+    private static func heldLocks(atPath path: String, alone: Bool) throws -> [PathLock] {
         var handle: OpaquePointer?
         let opened = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nil)
         defer { sqlite3_close_v2(handle) }
         guard opened == SQLITE_OK, let connection = handle else {
             throw SQLiteReadError(path: path, code: opened, message: handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open")
         }
-        // A writer holds the file only for the length of a transaction; wait as a store would.
-        sqlite3_busy_timeout(connection, 30_000)
+        if alone {
+            // Set before the first read: the lock is taken then, and with it no shared memory.
+            _ = try rows("PRAGMA locking_mode = EXCLUSIVE", in: connection, path: path) { _ in () }
+        } else {
+            // A writer holds the file only for the length of a transaction; wait as a store would.
+            sqlite3_busy_timeout(connection, 30_000)
+        }
         let hasLocks = try rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'path_locks'",
                                 in: connection, path: path) { _ in true }
         guard !hasLocks.isEmpty else { return [] }

@@ -154,6 +154,20 @@ struct MoveCLITests {
             // A `--` ends the options of a plain move; with the engine back, a locked path is refused.
             let plain = try ferry("move", "--", a + "/renamed", a + "/again", environment: database(fs))
             #expect(plain.status == 4, "\(plain.standardError)")
+
+            // Elsewhere, with the task database present: the front end reads the lock table and
+            // renames. Alone with the file, the read keeps SQLite's log index in memory and never
+            // creates the shared-memory file (nor runs the engine).
+            let c = try fs.makeProjectDirectory("c", project: 300)
+            try TreeBuilder.write(c + "/x", bytes: 10)
+            let readLog = fs.directory + "/strace-read.log"
+            let renamed = try Shell.execute(["strace", "-f", "-qq", "-o", readLog, "-e", "trace=execve,openat,renameat2",
+                                             ferryBinary(), "move", c + "/x", c + "/y"], environment: nowhere)
+            #expect(renamed.status == 0, "\(renamed.standardError)")
+            let reads = try String(contentsOfFile: readLog, encoding: .utf8)
+            #expect(reads.contains("tasks.sqlite\""), "the lock table was read: \(reads)")
+            #expect(!reads.contains("tasks.sqlite-shm"), "\(reads)")
+            #expect(FileManager.default.fileExists(atPath: c + "/y") && !FileManager.default.fileExists(atPath: c + "/x"))
         }
     }
 

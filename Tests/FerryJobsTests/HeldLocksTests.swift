@@ -27,6 +27,14 @@ struct HeldLocksTests {
         #expect(Set(try SQLiteTaskStore.heldLocks(atPath: path)) == Set(held))
         #expect(!FileManager.default.fileExists(atPath: path + "-wal"), "the last user folds the log in")
 
+        // Another connection holding the file open (an idle worker's store) makes the read wait
+        // its turn the shared way, not fail; a writer can still write meanwhile and is seen.
+        let reopened = try SQLiteTaskStore(path: path)
+        #expect(Set(try SQLiteTaskStore.heldLocks(atPath: path)) == Set(held))
+        try await reopened.finish(id: task.id, worker: "w1", status: .completed, failure: nil, message: "done")
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path).isEmpty)
+        await reopened.close()
+
         // A database without the locks table (from another program, or before the schema) has none.
         let other = directory + "/other.sqlite"
         let queue = try DatabaseQueue(path: other)
