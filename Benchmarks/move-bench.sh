@@ -7,8 +7,9 @@
 # as .build-static, so that debug and release builds do not rebuild each other).
 #
 # On a fresh loop XFS (reflink off) with project directories 100 and 200:
-#   1. same-project move of 1 file and of a 100,000-file tree: ferry move vs mv (both O(1)); each
-#      sample moves the item there and back, so every run sees the same tree;
+#   1. same-project move of 1 file and of a 100,000-file tree: ferry move vs mv (both O(1)), each
+#      sample 100 moves there and back (FERRY_BENCH_SAME_MOVES), before a task database exists
+#      and with one present (then every move reads its lock table);
 #   2. cross-project move of 16 x 256 MiB, durable and verified, vs mv (which falls back to copy +
 #      delete) + sync and rsync -a --remove-source-files + sync, on cold caches;
 #   3. cross-project move of 100,000 x 4 KiB, the same way;
@@ -72,11 +73,11 @@ rows=()
 # 1. Same project: a rename, whatever the size.
 head -c 4096 /dev/urandom > "$mnt/a/one-file"
 mktree "$mnt/a/tree" "${FERRY_BENCH_TREE_FILES:-100000}" 16
-same_project() {  # same_project TOOL ITEM: median seconds of one move (there and back, halved)
-  local tool="$1" item="$2" samples=()
-  for _ in $(seq "$runs"); do
-    local s e
-    s=$(now)
+moves=${FERRY_BENCH_SAME_MOVES:-100}
+same_project() {  # same_project TOOL ITEM: seconds per move over $moves moves (there and back)
+  local tool="$1" item="$2" s e
+  s=$(now)
+  for _ in $(seq $((moves / 2))); do
     if [ "$tool" = ferry ]; then
       "$ferry" move "$mnt/a/$item" "$mnt/a/$item.moved" 2>/dev/null
       "$ferry" move "$mnt/a/$item.moved" "$mnt/a/$item" 2>/dev/null
@@ -84,16 +85,27 @@ same_project() {  # same_project TOOL ITEM: median seconds of one move (there an
       mv "$mnt/a/$item" "$mnt/a/$item.moved"
       mv "$mnt/a/$item.moved" "$mnt/a/$item"
     fi
-    e=$(now)
-    samples+=("$(echo "($e - $s) / 2" | bc -l)")
   done
-  printf '%s\n' "${samples[@]}" | median
+  e=$(now)
+  echo "($e - $s) / $moves" | bc -l
 }
-for item in one-file tree; do
-  f=$(same_project ferry "$item"); m=$(same_project mv "$item")
-  label=$([ "$item" = tree ] && echo "same-project move, 100,000-file tree" || echo "same-project move, 1 file")
-  rows+=("$(printf '| %s | %.3f s | %.3f s (mv) | — | %.1fx | — |' "$label" "$f" "$m" "$(echo "$f / $m" | bc -l)")")
-done
+same_project_row() {  # same_project_row ITEM LABEL: the tools interleaved, medians of $runs samples
+  local item="$1" label="$2" fs=() ms=() f m
+  for _ in $(seq "$runs"); do
+    fs+=("$(same_project ferry "$item")")
+    ms+=("$(same_project mv "$item")")
+  done
+  f=$(printf '%s\n' "${fs[@]}" | median); m=$(printf '%s\n' "${ms[@]}" | median)
+  rows+=("$(printf '| %s | %.4f s | %.4f s (mv) | — | %.2fx | — |' "$label" "$f" "$m" "$(echo "$f / $m" | bc -l)")")
+}
+# Before any task has run there is no task database; afterwards the lock table is read on every
+# move (as for anyone who has used ferry): both are measured.
+same_project_row one-file "same-project move, 1 file, no task database yet"
+same_project_row tree "same-project move, 100,000-file tree, no task database yet"
+"$ferry" tasks >/dev/null
+[ -f "$work/ferry.sqlite" ] || { echo "ferry tasks created no task database" >&2; exit 1; }
+same_project_row one-file "same-project move, 1 file, task database present"
+same_project_row tree "same-project move, 100,000-file tree, task database present"
 rm -rf "$mnt/a/tree" "$mnt/a/one-file"
 
 # 2 and 3. Across projects, durable.
