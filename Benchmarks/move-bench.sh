@@ -73,7 +73,8 @@ rows=()
 # 1. Same project: a rename, whatever the size.
 head -c 4096 /dev/urandom > "$mnt/a/one-file"
 mktree "$mnt/a/tree" "${FERRY_BENCH_TREE_FILES:-100000}" 16
-moves=${FERRY_BENCH_SAME_MOVES:-100}
+moves=$(( ${FERRY_BENCH_SAME_MOVES:-100} / 2 * 2 ))
+[ "$moves" -ge 2 ] || { echo "FERRY_BENCH_SAME_MOVES must be at least 2" >&2; exit 2; }
 same_project() {  # same_project TOOL ITEM: seconds per move over $moves moves (there and back)
   local tool="$1" item="$2" s e
   s=$(now)
@@ -87,21 +88,29 @@ same_project() {  # same_project TOOL ITEM: seconds per move over $moves moves (
     fi
   done
   e=$(now)
+  # Only a timing of moves that happened counts (a failed move would make every later one fail fast).
+  if [ ! -e "$mnt/a/$item" ] || [ -e "$mnt/a/$item.moved" ]; then
+    echo "move-bench: $tool did not move $item there and back" >&2
+    return 1
+  fi
   echo "($e - $s) / $moves" | bc -l
 }
 same_project_row() {  # same_project_row ITEM LABEL: the tools interleaved, medians of $runs samples
   local item="$1" label="$2" fs=() ms=() f m
   for _ in $(seq "$runs"); do
-    fs+=("$(same_project ferry "$item")")
-    ms+=("$(same_project mv "$item")")
+    f=$(same_project ferry "$item") || exit 1
+    m=$(same_project mv "$item") || exit 1
+    fs+=("$f"); ms+=("$m")
   done
   f=$(printf '%s\n' "${fs[@]}" | median); m=$(printf '%s\n' "${ms[@]}" | median)
   rows+=("$(printf '| %s | %.4f s | %.4f s (mv) | — | %.2fx | — |' "$label" "$f" "$m" "$(echo "$f / $m" | bc -l)")")
 }
 # Before any task has run there is no task database; afterwards the lock table is read on every
 # move (as for anyone who has used ferry): both are measured.
+[ ! -e "$work/ferry.sqlite" ] || { echo "a task database exists before the first rows" >&2; exit 1; }
 same_project_row one-file "same-project move, 1 file, no task database yet"
 same_project_row tree "same-project move, 100,000-file tree, no task database yet"
+[ ! -e "$work/ferry.sqlite" ] || { echo "a same-project move created a task database" >&2; exit 1; }
 "$ferry" tasks >/dev/null
 [ -f "$work/ferry.sqlite" ] || { echo "ferry tasks created no task database" >&2; exit 1; }
 same_project_row one-file "same-project move, 1 file, task database present"

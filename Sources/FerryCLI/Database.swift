@@ -45,7 +45,7 @@ extension DatabaseOptions {
     }
 
     /// The path locks tasks hold now, read as cheaply as the database allows: an SQLite file through
-    /// one read-only connection (see `SQLiteTaskStore.heldLocks`), PostgreSQL through `store`, which
+    /// one plain connection, without a store (see `SQLiteTaskStore.heldLocks`), PostgreSQL through `store`, which
     /// is opened on first use and kept for the caller.
     func heldLocks(configuration: FerryConfiguration?, store: inout (any TaskStore)?) async throws -> [PathLock] {
         if case .sqlite(let path) = try url(configuration: configuration), store == nil {

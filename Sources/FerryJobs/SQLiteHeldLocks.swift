@@ -23,11 +23,11 @@ extension SQLiteTaskStore {
     /// a writer as a store would.
     public static func heldLocks(atPath path: String) throws -> [PathLock] {
         guard access(path, F_OK) == 0 else { return [] }
-        do {
-            return try heldLocks(atPath: path, alone: true)
-        } catch let error as SQLiteReadError where error.code == SQLITE_BUSY || error.code == SQLITE_LOCKED {
-            return try heldLocks(atPath: path, alone: false)
-        }
+        // Any failure of the first attempt is met by the shared read, which reports its own: the
+        // file in use (SQLITE_BUSY), but also a file this user may read and not write, which SQLite
+        // opens read-only and where the exclusive lock fails as an I/O error.
+        if let locks = try? heldLocks(atPath: path, alone: true) { return locks }
+        return try heldLocks(atPath: path, alone: false)
     }
 
     private static func heldLocks(atPath path: String, alone: Bool) throws -> [PathLock] {
@@ -47,13 +47,20 @@ extension SQLiteTaskStore {
         let hasLocks = try rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'path_locks'",
                                 in: connection, path: path) { _ in true }
         guard !hasLocks.isEmpty else { return [] }
-        return try rows("SELECT task_id, filesystem, path FROM path_locks ORDER BY task_id", in: connection, path: path) { statement in
-            let taskID = String(cString: sqlite3_column_text(statement, 0))
-            let filesystem = String(cString: sqlite3_column_text(statement, 1))
+        let read = try rows("SELECT task_id, filesystem, path FROM path_locks ORDER BY task_id", in: connection, path: path) { statement -> PathLock? in
+            // The columns are NOT NULL; a NULL (a file edited by hand, memory exhausted) is an error.
+            guard let taskID = sqlite3_column_text(statement, 0).map({ String(cString: $0) }),
+                  let filesystem = sqlite3_column_text(statement, 1).map({ String(cString: $0) }) else { return nil }
+            let blob = sqlite3_column_blob(statement, 2)
             let count = Int(sqlite3_column_bytes(statement, 2))
-            let bytes = sqlite3_column_blob(statement, 2).map { Array(UnsafeRawBufferPointer(start: $0, count: count)) } ?? []
+            let bytes = blob.map { Array(UnsafeRawBufferPointer(start: $0, count: count)) } ?? []
             return PathLock(taskID: taskID, filesystem: filesystem, path: StoredPath(bytes))
         }
+        let locks = read.compactMap { $0 }
+        guard locks.count == read.count else {
+            throw SQLiteReadError(path: path, code: SQLITE_MISMATCH, message: "a path lock without its task or filesystem")
+        }
+        return locks
     }
 
     /// Runs `sql` and maps each row; any SQLite error (busy past the timeout, a damaged file)

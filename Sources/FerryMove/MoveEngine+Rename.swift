@@ -5,33 +5,39 @@ import FerrySystem
 /// Renames: the commit of the `rename` strategy, and a move that is one rename done without a task.
 extension MoveEngine {
     /// Renames each source still present into the destination without replacing anything, then
-    /// makes the renames durable: each source directory and the destination are fsynced, once each.
+    /// makes the renames durable: every directory a rename touched is fsynced once, after all of
+    /// them (a rename within one directory needs that directory's one fsync). A rename that fails
+    /// after others succeeded still has those made durable before the error is reported.
     static func rename(_ sources: [CopySource], into destination: FileDescriptor) throws {
-        var synced: [FileID] = []
-        for source in sources where (try? source.directory.status(source.name)) != nil {
-            do {
-                try FerrySystem.rename(from: source.directory, source.name, to: destination, source.destinationName, flags: .noReplace)
-            } catch {
-                if error.code == .exists {
-                    throw Refusal(code: "destination.exists", message: "\(source.destinationName.displayString) exists already; nothing was replaced")
-                }
-                if error.code == .crossDevice {
-                    throw Refusal(code: "strategy.rename.exdev", message: "the kernel refused the rename (EXDEV); retry to copy instead")
-                }
-                if error.code == .permissionDenied || error.code == .notPermitted {
-                    // A rename is all or nothing: refused, it changed nothing, and retrying will not help.
-                    throw Refusal(code: "permission.denied", message: "the kernel refused to rename \(source.name.displayString) (\(error.errnoName)): you may not move it")
-                }
-                throw error
-            }
-            let directory = try source.directory.status().fileID
-            if !synced.contains(directory) {
-                try source.directory.sync()
-                synced.append(directory)
-            }
+        var touched: [(id: FileID, directory: FileDescriptor)] = [(try destination.status().fileID, destination)]
+        func syncTouched() throws {
+            for (_, directory) in touched { try directory.sync() }
         }
-        // A rename within one directory is made durable by that directory's one fsync.
-        if !synced.contains(try destination.status().fileID) { try destination.sync() }
+        do {
+            for source in sources where (try? source.directory.status(source.name)) != nil {
+                let directory = try source.directory.status().fileID
+                do {
+                    try FerrySystem.rename(from: source.directory, source.name, to: destination, source.destinationName, flags: .noReplace)
+                } catch {
+                    if error.code == .exists {
+                        throw Refusal(code: "destination.exists", message: "\(source.destinationName.displayString) exists already; nothing was replaced")
+                    }
+                    if error.code == .crossDevice {
+                        throw Refusal(code: "strategy.rename.exdev", message: "the kernel refused the rename (EXDEV); retry to copy instead")
+                    }
+                    if error.code == .permissionDenied || error.code == .notPermitted {
+                        // A rename is all or nothing: refused, it changed nothing, and retrying will not help.
+                        throw Refusal(code: "permission.denied", message: "the kernel refused to rename \(source.name.displayString) (\(error.errnoName)): you may not move it")
+                    }
+                    throw error
+                }
+                if !touched.contains(where: { $0.id == directory }) { touched.append((directory, source.directory)) }
+            }
+        } catch {
+            try? syncTouched()
+            throw error
+        }
+        try syncTouched()
     }
 
     // MARK: a move that is one rename
