@@ -47,26 +47,23 @@ extension SQLiteTaskStore {
         let hasLocks = try rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'path_locks'",
                                 in: connection, path: path) { _ in true }
         guard !hasLocks.isEmpty else { return [] }
-        let read = try rows("SELECT task_id, filesystem, path FROM path_locks ORDER BY task_id", in: connection, path: path) { statement -> PathLock? in
+        return try rows("SELECT task_id, filesystem, path FROM path_locks ORDER BY task_id", in: connection, path: path) { statement in
             // The columns are NOT NULL; a NULL (a file edited by hand, memory exhausted) is an error.
             guard let taskID = sqlite3_column_text(statement, 0).map({ String(cString: $0) }),
-                  let filesystem = sqlite3_column_text(statement, 1).map({ String(cString: $0) }) else { return nil }
+                  let filesystem = sqlite3_column_text(statement, 1).map({ String(cString: $0) }) else {
+                throw SQLiteReadError(path: path, code: SQLITE_MISMATCH, message: "a path lock without its task or filesystem")
+            }
             let blob = sqlite3_column_blob(statement, 2)
             let count = Int(sqlite3_column_bytes(statement, 2))
             let bytes = blob.map { Array(UnsafeRawBufferPointer(start: $0, count: count)) } ?? []
             return PathLock(taskID: taskID, filesystem: filesystem, path: StoredPath(bytes))
         }
-        let locks = read.compactMap { $0 }
-        guard locks.count == read.count else {
-            throw SQLiteReadError(path: path, code: SQLITE_MISMATCH, message: "a path lock without its task or filesystem")
-        }
-        return locks
     }
 
     /// Runs `sql` and maps each row; any SQLite error (busy past the timeout, a damaged file)
-    /// is thrown with the file's path and SQLite's message.
+    /// is thrown with the file's path and SQLite's message, as is what `row` throws.
     private static func rows<Row>(_ sql: String, in connection: OpaquePointer, path: String,
-                                  _ row: (OpaquePointer) -> Row) throws -> [Row] {
+                                  _ row: (OpaquePointer) throws -> Row) throws -> [Row] {
         var prepared: OpaquePointer?
         let code = sqlite3_prepare_v2(connection, sql, -1, &prepared, nil)
         defer { sqlite3_finalize(prepared) }
@@ -76,7 +73,7 @@ extension SQLiteTaskStore {
         var result: [Row] = []
         while true {
             switch sqlite3_step(statement) {
-            case SQLITE_ROW: result.append(row(statement))
+            case SQLITE_ROW: result.append(try row(statement))
             case SQLITE_DONE: return result
             case let failed: throw SQLiteReadError(path: path, code: failed, message: String(cString: sqlite3_errmsg(connection)))
             }
