@@ -11,7 +11,7 @@ extension SQLiteTaskStore {
     /// statements and schema look-ups) cost ~2.6 ms of a 5 ms move, more than `mv` takes in all.
     ///
     /// No file means no tasks and so no locks; a database from before the locks table existed has
-    /// none either. The connection writes nothing, but is opened read-write on purpose: as the
+    /// none either; nor has one whose lock-marker directory is empty, and the read stops there. The connection writes nothing, but is opened read-write on purpose: as the
     /// file's last user, closing it folds a write-ahead log left behind into the database and
     /// removes it (see `close`), which a read-only connection could not.
     ///
@@ -23,6 +23,9 @@ extension SQLiteTaskStore {
     /// a writer as a store would.
     public static func heldLocks(atPath path: String) throws -> [PathLock] {
         guard access(path, F_OK) == 0 else { return [] }
+        // An empty marker directory says no task holds a lock, for three system calls instead of
+        // ~0.4 ms of SQLite; anything else is answered by the table (see `LockMarkers`).
+        if LockMarkers(database: path).certainlyNone() { return [] }
         // Any failure of the first attempt is met by the shared read, which reports its own: the
         // file in use (SQLITE_BUSY), but also a file this user may read and not write, which SQLite
         // opens read-only and where the exclusive lock fails as an I/O error.

@@ -1,4 +1,5 @@
 import Foundation
+import FerrySystem
 import GRDB
 
 /// The embedded task store: one SQLite file in WAL mode. Claims and lock checks run inside write
@@ -8,6 +9,7 @@ public final class SQLiteTaskStore: TaskStore {
     private let pool: DatabasePool
     private let path: String
     private let wakeup = Wakeup()
+    private let markers: LockMarkers
 
     public init(path: String) throws {
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
@@ -18,7 +20,10 @@ public final class SQLiteTaskStore: TaskStore {
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         self.path = path
+        markers = LockMarkers(database: path)
         try Self.migrator.migrate(pool)
+        let mode = (try? currentWorkingDirectory.status(Array(path.utf8), followSymlinks: true).mode).map { mode_t($0) } ?? 0o644
+        try markers.reconcile(pool, databaseMode: mode)
     }
 
     // MARK: reading
@@ -182,6 +187,12 @@ public final class SQLiteTaskStore: TaskStore {
             try db.execute(sql: "DELETE FROM path_locks WHERE task_id = ?", arguments: [id])
             try Self.event(db, id, status, message)
         }
+        // Only once the rows' deletion has committed, and under the write lock, so that no
+        // acquisition can come in between (see `LockMarkers`); on failure the marker stays.
+        let markers = markers
+        try? await pool.write { db in
+            if try !LockMarkers.holdsLocks(db, id) { markers.unmark(id) }
+        }
         wakeup.signal()  // freed locks may unblock a waiting task
     }
 
@@ -210,6 +221,7 @@ public final class SQLiteTaskStore: TaskStore {
                     throw TaskStoreError.locked(by: other.taskID, path: other.path.description)
                 }
             }
+            try markers.mark([id])  // durable before the rows can be
             for lock in locks {
                 try db.execute(sql: "INSERT OR IGNORE INTO path_locks (task_id, filesystem, path) VALUES (?, ?, ?)",
                                arguments: [id, lock.filesystem, Data(lock.path.bytes)])

@@ -155,19 +155,33 @@ struct MoveCLITests {
             let plain = try ferry("move", "--", a + "/renamed", a + "/again", environment: database(fs))
             #expect(plain.status == 4, "\(plain.standardError)")
 
-            // Elsewhere, with the task database present: the front end reads the lock table and
-            // renames. Alone with the file, the read keeps SQLite's log index in memory and never
-            // creates the shared-memory file (nor runs the engine).
+            // Elsewhere, with the task database present: a task holds a lock (on `a`), so its
+            // marker sends the front end to the lock table, which it reads and renames. Alone
+            // with the file, the read keeps SQLite's log index in memory and never creates the
+            // shared-memory file (nor runs the engine).
             let c = try fs.makeProjectDirectory("c", project: 300)
             try TreeBuilder.write(c + "/x", bytes: 10)
             let readLog = fs.directory + "/strace-read.log"
-            let renamed = try Shell.execute(["strace", "-f", "-qq", "-o", readLog, "-e", "trace=execve,openat,renameat2",
-                                             ferryBinary(), "move", c + "/x", c + "/y"], environment: nowhere)
-            #expect(renamed.status == 0, "\(renamed.standardError)")
-            let reads = try String(contentsOfFile: readLog, encoding: .utf8)
+            func traced(_ arguments: String...) throws -> String {
+                let result = try Shell.execute(["strace", "-f", "-qq", "-o", readLog, "-e", "trace=execve,openat,renameat2",
+                                                ferryBinary()] + arguments, environment: nowhere)
+                #expect(result.status == 0, "\(arguments): \(result.standardError)")
+                return try String(contentsOfFile: readLog, encoding: .utf8)
+            }
+            var reads = try traced("move", c + "/x", c + "/y")
             #expect(reads.contains("tasks.sqlite\""), "the lock table was read: \(reads)")
             #expect(!reads.contains("tasks.sqlite-shm"), "\(reads)")
+            #expect(!reads.contains("no-engine"), "\(reads)")
             #expect(FileManager.default.fileExists(atPath: c + "/y") && !FileManager.default.fileExists(atPath: c + "/x"))
+
+            // Once no task holds a lock, its empty marker directory answers alone: the database
+            // is not opened at all.
+            try releaseAsIfFinished(id: queued.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines),
+                                    database: fs.directory + "/tasks.sqlite")
+            reads = try traced("move", c + "/y", c + "/z")
+            #expect(reads.contains("tasks.sqlite-locks\""), "\(reads)")
+            #expect(!reads.contains("tasks.sqlite\""), "the database was opened: \(reads)")
+            #expect(FileManager.default.fileExists(atPath: c + "/z") && !FileManager.default.fileExists(atPath: c + "/y"))
         }
     }
 
@@ -308,7 +322,8 @@ struct MoveCLITests {
 }
 
 /// Marks a queued task as claimed by a (stopped) worker and holding a lock on `path`, through
-/// sqlite3's command line: as a task mid-run would be.
+/// Python's sqlite3: as a task mid-run would be, its lock marker made first (as the store does,
+/// inside the write transaction).
 /// `dying`: the writer exits without closing the database, as a killed process would, so what it
 /// committed stays in the write-ahead log.
 func lockAsIfRunning(id: String, path: String, database: String, dying: Bool = false) throws {
@@ -316,10 +331,29 @@ func lockAsIfRunning(id: String, path: String, database: String, dying: Bool = f
     let hex = Array(path.utf8).map { String(format: "%02x", $0) }.joined()
     try Shell.run(["python3", "-c", """
         import sqlite3, time
-        db = sqlite3.connect("\(database)")
+        db = sqlite3.connect("\(database)", isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        open("\(database)-locks/\(id)", "w").close()
         db.execute("UPDATE tasks SET status='copying', lease_owner='stopped-worker', lease_expires_at=? WHERE id=?", (time.time() + 3600, "\(id)"))
         db.execute("INSERT INTO path_locks (task_id, filesystem, path) VALUES (?, ?, x'\(hex)')", ("\(id)", "\(status.deviceMajor):\(status.deviceMinor)"))
-        db.commit()
+        db.execute("COMMIT")
         \(dying ? "import os; os._exit(0)" : "")
+        """])
+}
+
+/// Ends what `lockAsIfRunning` began, as the store does when a task finishes: the rows go first,
+/// and the marker only in a later write transaction that finds none left.
+func releaseAsIfFinished(id: String, database: String) throws {
+    try Shell.run(["python3", "-c", """
+        import os, sqlite3
+        db = sqlite3.connect("\(database)", isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE tasks SET status='cancelled', lease_owner=NULL, lease_expires_at=NULL WHERE id=?", ("\(id)",))
+        db.execute("DELETE FROM path_locks WHERE task_id=?", ("\(id)",))
+        db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        if db.execute("SELECT count(*) FROM path_locks WHERE task_id=?", ("\(id)",)).fetchone()[0] == 0:
+            os.unlink("\(database)-locks/\(id)")
+        db.execute("COMMIT")
         """])
 }

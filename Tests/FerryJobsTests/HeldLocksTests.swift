@@ -53,4 +53,80 @@ struct HeldLocksTests {
         #expect(error?.description.contains("not a database") == true, "\(String(describing: error))")
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(repeating: 0x41, count: 8192))
     }
+
+    /// The lock markers (`LockMarkers`): a task holding locks always has one, so an empty marker
+    /// directory may answer "no locks" without the database; whatever disagrees sends the read to
+    /// the table, and the next store to open puts the directory right.
+    @Test func lockMarkersFollowTheLocksAndAnyDoubtReadsTheTable() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-held")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/ferry.sqlite"
+        let markers = path + "-locks"
+        func marked() throws -> Set<String> { Set(try FileManager.default.contentsOfDirectory(atPath: markers)) }
+
+        let store = try SQLiteTaskStore(path: path)
+        #expect(try marked().isEmpty, "a store makes the directory when it opens")
+        let task = try await store.create(NewTask(kind: .move, sources: [StoredPath("/p/a")], destination: StoredPath("/p/b"), owner: "alice"))
+        let other = try await store.create(NewTask(kind: .move, sources: [StoredPath("/q/a")], destination: StoredPath("/q/b"), owner: "alice"))
+        _ = try await store.claim(worker: "w1", limit: 2, lease: .seconds(30))
+        let held = [PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath("/p/a"))]
+        try await store.acquireLocks(id: task.id, worker: "w1", held)
+        #expect(try marked() == [task.id])
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path) == held)
+        // A refused acquisition leaves no marker: the conflict is found before one is made.
+        await #expect(throws: TaskStoreError.self) {
+            try await store.acquireLocks(id: other.id, worker: "w1", [PathLock(taskID: other.id, filesystem: "7:0", path: StoredPath("/p"))])
+        }
+        #expect(try marked() == [task.id])
+        try await store.finish(id: task.id, worker: "w1", status: .completed, failure: nil, message: "done")
+        #expect(try marked().isEmpty, "released, so the marker went")
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path).isEmpty)
+
+        // Rows without a marker: a writer from before markers, which never made the directory.
+        // With no directory the read goes to the table and sees the lock.
+        try FileManager.default.removeItem(atPath: markers)
+        try await rawLock(path, other.id, "/q/a")
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path).map(\.taskID) == [other.id])
+        // An empty directory beside such rows would lie; the next store to open adds the marker.
+        try FileManager.default.createDirectory(atPath: markers, withIntermediateDirectories: false)
+        let reopened = try SQLiteTaskStore(path: path)
+        #expect(try marked() == [other.id])
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path).map(\.taskID) == [other.id])
+        // Without a directory, the next store to open builds it, filled, in one rename.
+        try FileManager.default.removeItem(atPath: markers)
+        await reopened.close()
+        let third = try SQLiteTaskStore(path: path)
+        #expect(try marked() == [other.id])
+        #expect(!FileManager.default.fileExists(atPath: markers + ".new"))
+        await third.close()
+
+        // A marker without rows (a process that died between releasing and removing it) only
+        // costs a read of the table, which finds nothing; the next store removes it.
+        FileManager.default.createFile(atPath: markers + "/" + task.id, contents: nil)
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path).map(\.taskID) == [other.id])
+        let fourth = try SQLiteTaskStore(path: path)
+        #expect(try marked() == [other.id])
+
+        // A marker that cannot be made refuses the lock rather than hide it.
+        try FileManager.default.removeItem(atPath: markers)
+        FileManager.default.createFile(atPath: markers, contents: nil)
+        let next = try await fourth.create(NewTask(kind: .move, sources: [StoredPath("/r/a")], destination: StoredPath("/r/b"), owner: "alice"))
+        _ = try await fourth.claim(id: next.id, worker: "w2", lease: .seconds(30))
+        let refused = await #expect(throws: TaskStoreError.self) {
+            try await fourth.acquireLocks(id: next.id, worker: "w2", [PathLock(taskID: next.id, filesystem: "7:0", path: StoredPath("/r/a"))])
+        }
+        #expect(refused?.description.contains(markers) == true, "\(String(describing: refused))")
+        #expect(try await fourth.locks().map(\.taskID) == [other.id])
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path).map(\.taskID) == [other.id])
+        await fourth.close()
+    }
+
+    /// Inserts a lock row as a Ferry from before markers would have: no marker.
+    private func rawLock(_ path: String, _ id: String, _ locked: String) async throws {
+        let queue = try DatabaseQueue(path: path)
+        try await queue.write { db in
+            try db.execute(sql: "INSERT INTO path_locks (task_id, filesystem, path) VALUES (?, '7:0', ?)", arguments: [id, Data(locked.utf8)])
+        }
+        try queue.close()
+    }
 }
