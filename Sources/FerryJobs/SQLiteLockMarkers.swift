@@ -89,7 +89,8 @@ struct LockMarkers {
                 try? build(locking, mode: Self.directoryMode(databaseMode))
                 return
             }
-            try mark(locking.subtracting(present))
+            let missing = locking.subtracting(present)
+            if !missing.isEmpty { try mark(missing) }
             for stale in present.subtracting(locking) { unmark(stale) }
         }
     }
