@@ -22,7 +22,9 @@ extension SQLiteTaskStore {
     /// the file in use is refused at once, and the read is made again the shared way, waiting for
     /// a writer as a store would.
     public static func heldLocks(atPath path: String) throws -> [PathLock] {
-        guard access(path, F_OK) == 0 else { return [] }
+        // No file, no locks. Any other failure (a directory this user may not search) is not
+        // "no locks": the read below reports it.
+        if access(path, F_OK) != 0 && errno == ENOENT { return [] }
         // An empty marker directory says no task holds a lock, for three system calls instead of
         // ~0.4 ms of SQLite; anything else is answered by the table (see `LockMarkers`).
         if LockMarkers(database: path).certainlyNone() { return [] }

@@ -11,13 +11,21 @@ import SystemPackage
 /// One rule: **while a task has rows in `path_locks`, its marker exists.**
 /// - A marker is made inside the write transaction that inserts the task's rows, before they
 ///   commit, and made durable with an fsync of the directory before the rows can be.
-/// - A marker is removed only inside a write transaction that finds no rows for its task, so after
-///   the rows' deletion has committed.
+/// - The table enforces it: a trigger calls `ferry_lock_marker(task)` before each insert, a
+///   function only this store registers, which fails when the directory exists without the
+///   task's marker. A writer that knows nothing of markers (an older Ferry) cannot insert at all
+///   ("no such function"), rather than hide its locks.
+/// - A marker is removed only inside a write transaction that finds no rows for its task, after
+///   the rows' deletion has committed durably (`synchronous = FULL` for that commit: otherwise a
+///   power cut could keep the rows and lose only the unlink's counterpart, the deletion).
 /// - Write transactions are `IMMEDIATE` (GRDB's default for a writer), so SQLite serialises them
 ///   across processes: no acquisition can come between that check and the removal.
 /// Every failure on the way (a crash, a full disk, an error) leaves a marker too many, never one too
 /// few, and a marker without rows only sends readers to the database. A store makes the directory
 /// agree with the table when it opens.
+///
+/// The directory is named after the database's real path (symlinks resolved), so that every
+/// name a database is reached by finds the same markers.
 ///
 /// So a reader may conclude "no locks" only from a directory that exists and is empty. A missing
 /// directory (a database from before markers, or one whose directory this user could not create)
@@ -28,10 +36,39 @@ struct LockMarkers {
     let name: ByteString
 
     init(database path: String) {
-        directory = Array((path + "-locks").utf8)
+        let given = BytePath.split(Array(path.utf8))
+        // A database not there yet (a store about to create it): its real directory, and its name.
+        let real = Self.realPath(Array(path.utf8))
+            ?? Self.realPath(given.parent).map { BytePath.join($0, given.name) }
+            ?? Array(path.utf8)
+        directory = real + Array("-locks".utf8)
         let split = BytePath.split(directory)
         parent = split.parent
         name = split.name
+    }
+
+    private static func realPath(_ path: ByteString) -> ByteString? {
+        guard let resolved = path.withCPath({ realpath($0, nil) }) else { return nil }
+        defer { free(resolved) }
+        return Array(UnsafeBufferPointer(start: UnsafeRawPointer(resolved).assumingMemoryBound(to: UInt8.self), count: strlen(resolved)))
+    }
+
+    /// The SQL function the `path_locks` trigger calls before each insert (see above): fails
+    /// unless the task's marker exists, or there is no directory (then readers read the table).
+    var function: DatabaseFunction {
+        let markers = self
+        return DatabaseFunction("ferry_lock_marker", argumentCount: 1, pure: false) { arguments in
+            guard let id = String.fromDatabaseValue(arguments[0]) else {
+                throw DatabaseError(resultCode: .SQLITE_MISMATCH, message: "ferry_lock_marker takes a task id")
+            }
+            guard let fd = try? markers.open() else { return nil }
+            defer { fd.closeQuietly() }
+            guard fd.isAccessible(Array(id.utf8), mode: F_OK) else {
+                throw DatabaseError(resultCode: .SQLITE_CONSTRAINT_TRIGGER,
+                                    message: "a path lock of task \(id) without its marker in \(markers.directory.displayString): only a Ferry store may take path locks")
+            }
+            return nil
+        }
     }
 
     /// True only when the directory exists and holds no marker: then no task holds a lock.
@@ -110,7 +147,7 @@ struct LockMarkers {
     }
 
     private func open() throws(SystemError) -> FileDescriptor {
-        try currentWorkingDirectory.openAt(directory, [.directory])
+        try FileDescriptor.openDirectory(directory)
     }
 
     private func create<S: Sequence<String>>(_ ids: S, in fd: FileDescriptor) throws(SystemError) {
@@ -122,7 +159,7 @@ struct LockMarkers {
     }
 
     private func build(_ ids: Set<String>, mode: mode_t) throws(SystemError) {
-        let parentFD = try currentWorkingDirectory.openAt(parent, [.directory])
+        let parentFD = try FileDescriptor.openDirectory(parent)
         defer { parentFD.closeQuietly() }
         let scratch = name + Array(".new".utf8)
         removeScratch(scratch, in: parentFD)  // left by a process that died building it

@@ -54,6 +54,15 @@ extension SQLiteTaskStore {
                 CREATE INDEX tasks_leased ON tasks(lease_expires_at) WHERE lease_owner IS NOT NULL;
                 """)
         }
+        // Every path lock needs its marker first (see `LockMarkers`): the function is registered
+        // by this store alone, so a writer without markers cannot take locks that readers of an
+        // empty marker directory would miss.
+        migrator.registerMigration("v3-lock-markers") { db in
+            try db.execute(sql: """
+                CREATE TRIGGER path_locks_need_a_marker BEFORE INSERT ON path_locks
+                BEGIN SELECT ferry_lock_marker(NEW.task_id); END;
+                """)
+        }
         return migrator
     }
 }

@@ -13,14 +13,16 @@ public final class SQLiteTaskStore: TaskStore {
 
     public init(path: String) throws {
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let markers = LockMarkers(database: path)
         var configuration = Configuration()
         configuration.busyMode = .timeout(30)
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL")
+            db.add(function: markers.function)
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         self.path = path
-        markers = LockMarkers(database: path)
+        self.markers = markers
         try Self.migrator.migrate(pool)
         let mode = (try? currentWorkingDirectory.status(Array(path.utf8), followSymlinks: true).mode).map { mode_t($0) } ?? 0o644
         try markers.reconcile(pool, databaseMode: mode)
@@ -177,15 +179,22 @@ public final class SQLiteTaskStore: TaskStore {
 
     public func finish(id: String, worker: String, status: TaskStatus, failure: TaskFailure?, message: String) async throws {
         guard status.isTerminal else { throw TaskStoreError.invalidTransition("finish needs a terminal status, not \(status.rawValue)") }
-        try await pool.write { db in
-            try Self.fence(db, id, worker)
-            let now = Date().timeIntervalSince1970
-            try db.execute(sql: """
-                UPDATE tasks SET status = ?, failure_code = ?, failure_message = ?, lease_owner = NULL,
-                  lease_expires_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?
-                """, arguments: [status.rawValue, failure?.code, failure?.message, now, now, id])
-            try db.execute(sql: "DELETE FROM path_locks WHERE task_id = ?", arguments: [id])
-            try Self.event(db, id, status, message)
+        try await pool.writeWithoutTransaction { db in
+            // This commit is made durable before it returns (one fsync of the log): the marker is
+            // removed next, and must not outlive a deletion that a power cut could undo.
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
+            try db.inTransaction(.immediate) {
+                try Self.fence(db, id, worker)
+                let now = Date().timeIntervalSince1970
+                try db.execute(sql: """
+                    UPDATE tasks SET status = ?, failure_code = ?, failure_message = ?, lease_owner = NULL,
+                      lease_expires_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?
+                    """, arguments: [status.rawValue, failure?.code, failure?.message, now, now, id])
+                try db.execute(sql: "DELETE FROM path_locks WHERE task_id = ?", arguments: [id])
+                try Self.event(db, id, status, message)
+                return .commit
+            }
         }
         // Only once the rows' deletion has committed, and under the write lock, so that no
         // acquisition can come in between (see `LockMarkers`); on failure the marker stays.

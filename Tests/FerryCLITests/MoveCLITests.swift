@@ -332,6 +332,7 @@ func lockAsIfRunning(id: String, path: String, database: String, dying: Bool = f
     try Shell.run(["python3", "-c", """
         import sqlite3, time
         db = sqlite3.connect("\(database)", isolation_level=None)
+        db.create_function("ferry_lock_marker", 1, lambda task: None)  # the store's check, its marker made
         db.execute("BEGIN IMMEDIATE")
         open("\(database)-locks/\(id)", "w").close()
         db.execute("UPDATE tasks SET status='copying', lease_owner='stopped-worker', lease_expires_at=? WHERE id=?", (time.time() + 3600, "\(id)"))

@@ -1,4 +1,4 @@
-import FerryJobs
+@testable import FerryJobs
 import FerryTestSupport
 import Foundation
 import GRDB
@@ -82,10 +82,20 @@ struct HeldLocksTests {
         #expect(try marked().isEmpty, "released, so the marker went")
         #expect(try SQLiteTaskStore.heldLocks(atPath: path).isEmpty)
 
-        // Rows without a marker: a writer from before markers, which never made the directory.
-        // With no directory the read goes to the table and sees the lock.
+        // A writer that knows nothing of markers (an older Ferry) cannot take a lock at all.
+        let old = await #expect(throws: DatabaseError.self) { try await rawLock(path, other.id, "/q/a", check: nil) }
+        #expect(old?.message?.contains("no such function: ferry_lock_marker") == true, "\(String(describing: old))")
+        // The store's own check refuses a lock whose marker was not made first.
+        let unmarked = await #expect(throws: DatabaseError.self) {
+            try await rawLock(path, other.id, "/q/a", check: LockMarkers(database: path).function)
+        }
+        #expect(unmarked?.message?.contains("without its marker in \(markers)") == true, "\(String(describing: unmarked))")
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path).isEmpty)
+
+        // Rows without a marker all the same (a writer that skipped the check), and no directory:
+        // the read goes to the table and sees the lock.
         try FileManager.default.removeItem(atPath: markers)
-        try await rawLock(path, other.id, "/q/a")
+        try await rawLock(path, other.id, "/q/a", check: DatabaseFunction("ferry_lock_marker", argumentCount: 1) { _ in nil })
         #expect(try SQLiteTaskStore.heldLocks(atPath: path).map(\.taskID) == [other.id])
         // An empty directory beside such rows would lie; the next store to open adds the marker.
         try FileManager.default.createDirectory(atPath: markers, withIntermediateDirectories: false)
@@ -121,12 +131,33 @@ struct HeldLocksTests {
         await fourth.close()
     }
 
-    /// Inserts a lock row as a Ferry from before markers would have: no marker.
-    private func rawLock(_ path: String, _ id: String, _ locked: String) async throws {
-        let queue = try DatabaseQueue(path: path)
+    /// Inserts a lock row without making a marker, with `check` as the trigger's function.
+    private func rawLock(_ path: String, _ id: String, _ locked: String, check: DatabaseFunction?) async throws {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in if let check { db.add(function: check) } }
+        let queue = try DatabaseQueue(path: path, configuration: configuration)
+        defer { try? queue.close() }
         try await queue.write { db in
             try db.execute(sql: "INSERT INTO path_locks (task_id, filesystem, path) VALUES (?, '7:0', ?)", arguments: [id, Data(locked.utf8)])
         }
-        try queue.close()
+    }
+
+    /// A database reached through a symlink keeps its markers beside its real path, where a
+    /// reader that names it another way finds them.
+    @Test func markersLiveBesideTheRealDatabase() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-held")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let real = directory + "/ferry.sqlite", alias = directory + "/alias.sqlite"
+        await (try SQLiteTaskStore(path: real)).close()
+        try FileManager.default.createSymbolicLink(atPath: alias, withDestinationPath: "ferry.sqlite")
+        let store = try SQLiteTaskStore(path: alias)
+        let task = try await store.create(NewTask(kind: .move, sources: [StoredPath("/p/a")], destination: StoredPath("/p/b"), owner: "alice"))
+        _ = try await store.claim(id: task.id, worker: "w1", lease: .seconds(30))
+        try await store.acquireLocks(id: task.id, worker: "w1", [PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath("/p/a"))])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: real + "-locks") == [task.id])
+        #expect(!FileManager.default.fileExists(atPath: alias + "-locks"))
+        #expect(try SQLiteTaskStore.heldLocks(atPath: real).map(\.taskID) == [task.id])
+        #expect(try SQLiteTaskStore.heldLocks(atPath: alias).map(\.taskID) == [task.id])
+        await store.close()
     }
 }
