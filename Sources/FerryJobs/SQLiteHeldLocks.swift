@@ -11,8 +11,9 @@ extension SQLiteTaskStore {
     /// statements and schema look-ups) cost ~2.6 ms of a 5 ms move, more than `mv` takes in all.
     ///
     /// No file means no tasks and so no locks; a database from before the locks table existed has
-    /// none either; nor has one whose lock-marker directory is empty, and the read stops there. The connection writes nothing, but is opened read-write on purpose: as the
-    /// file's last user, closing it folds a write-ahead log left behind into the database and
+    /// none either; nor has one whose lock-marker directory is empty, and the read stops there
+    /// (see `LockMarkers`). The connection writes nothing, but is opened read-write on purpose: as
+    /// the file's last user, closing it folds a write-ahead log left behind into the database and
     /// removes it (see `close`), which a read-only connection could not.
     ///
     /// When no other connection has the file open (no worker running: the usual case for a

@@ -17,7 +17,7 @@ import SystemPackage
 ///   ("no such function"), rather than hide its locks.
 /// - A marker is removed only inside a write transaction that finds no rows for its task, after
 ///   the rows' deletion has committed durably (`synchronous = FULL` for that commit: otherwise a
-///   power cut could keep the rows and lose only the unlink's counterpart, the deletion).
+///   power cut could undo the deletion and keep the unlink).
 /// - Write transactions are `IMMEDIATE` (GRDB's default for a writer), so SQLite serialises them
 ///   across processes: no acquisition can come between that check and the removal.
 /// Every failure on the way (a crash, a full disk, an error) leaves a marker too many, never one too
