@@ -32,8 +32,6 @@ import SystemPackage
 /// or an unreadable one means: read the table.
 struct LockMarkers {
     let directory: ByteString
-    let parent: ByteString
-    let name: ByteString
 
     init(database path: String) {
         let given = BytePath.split(Array(path.utf8))
@@ -42,9 +40,6 @@ struct LockMarkers {
             ?? Self.realPath(given.parent).map { BytePath.join($0, given.name) }
             ?? Array(path.utf8)
         directory = real + Array("-locks".utf8)
-        let split = BytePath.split(directory)
-        parent = split.parent
-        name = split.name
     }
 
     private static func realPath(_ path: ByteString) -> ByteString? {
@@ -159,6 +154,7 @@ struct LockMarkers {
     }
 
     private func build(_ ids: Set<String>, mode: mode_t) throws(SystemError) {
+        let (parent, name) = BytePath.split(directory)
         let parentFD = try FileDescriptor.openDirectory(parent)
         defer { parentFD.closeQuietly() }
         let scratch = name + Array(".new".utf8)
