@@ -149,8 +149,8 @@ public final class SQLiteTaskStore: TaskStore {
     public func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool {
         try await pool.write { db in
             let now = Date().timeIntervalSince1970
-            try db.execute(sql: "UPDATE tasks SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND lease_expires_at >= ?",
-                           arguments: [now + lease.seconds, id, worker, now])
+            try db.execute(sql: "UPDATE tasks SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?",
+                           arguments: [now + lease.seconds, id, worker])
             return db.changesCount == 1
         }
     }
@@ -296,10 +296,10 @@ public final class SQLiteTaskStore: TaskStore {
         return task
     }
 
-    /// Fails unless `worker` holds an unexpired lease on the task.
+    /// Fails unless `worker` holds the task's lease: a claim by another worker takes it, expiry
+    /// alone does not (see `TaskStore`).
     private static func fence(_ db: Database, _ id: String, _ worker: String) throws {
-        let holds = try Bool.fetchOne(db, sql: "SELECT 1 FROM tasks WHERE id = ? AND lease_owner = ? AND lease_expires_at >= ?",
-                                      arguments: [id, worker, Date().timeIntervalSince1970]) ?? false
+        let holds = try Bool.fetchOne(db, sql: "SELECT 1 FROM tasks WHERE id = ? AND lease_owner = ?", arguments: [id, worker]) ?? false
         if !holds {
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tasks WHERE id = ?", arguments: [id]) ?? false else { throw TaskStoreError.notFound(id) }
             throw TaskStoreError.leaseLost(id)

@@ -243,7 +243,7 @@ public enum TaskStoreError: Error, Sendable, Equatable, CustomStringConvertible 
     public var description: String {
         switch self {
         case .notFound(let id): "no task \(id)"
-        case .leaseLost(let id): "task \(id): this worker's lease expired and another worker may have taken the task over"
+        case .leaseLost(let id): "task \(id): this worker no longer holds its lease: another worker claimed it after it expired, or it was handed back or ended"
         case .locked(let other, let path): "\(path) is locked by task \(other); wait for it or cancel it"
         case .invalidTransition(let message): message
         case .database(let message): "database: \(message)"

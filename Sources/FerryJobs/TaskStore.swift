@@ -2,8 +2,10 @@ import FerrySystem
 import Foundation
 
 /// The durable task store: one contract, two engines (SQLite for one machine, PostgreSQL for
-/// many). Every state change a worker makes is fenced by its lease: a worker whose lease expired
-/// gets `.leaseLost` and must stop touching the task.
+/// many). Every state change a worker makes is fenced by its lease: a worker whose task was
+/// claimed by another (which an expired lease allows) gets `.leaseLost` and must stop touching the
+/// task. Expiry alone takes nothing away: until another worker claims the task, a late holder (a
+/// heartbeat held up behind a slow disk) renews its lease and carries on.
 public protocol TaskStore: Sendable {
     func create(_ task: NewTask) async throws -> TaskRecord
     func task(_ id: String) async throws -> TaskRecord?
@@ -15,7 +17,8 @@ public protocol TaskStore: Sendable {
     func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord]
     /// Leases one given task if it is claimable (for `ferry move` running its own task).
     func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord?
-    /// Extends the lease; false if this worker no longer holds it.
+    /// Extends the lease, also one that expired if nobody has claimed the task since; false if
+    /// another worker holds it now, or the task was handed back or ended.
     func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool
     /// Commits a phase transition (and the plan, when the validate phase made one).
     func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws

@@ -6,11 +6,12 @@ import PostgresNIO
 /// NOTIFY, queries, transactions, and the LISTEN connection that wakes waiting workers.
 extension PostgresTaskStore {
 
-    /// Locks the task's row for the rest of the transaction and fails unless `worker` holds an
-    /// unexpired lease on it. Returns its status and the database's time.
+    /// Locks the task's row for the rest of the transaction and fails unless `worker` holds its
+    /// lease (a claim by another worker takes it, expiry alone does not: see `TaskStore`).
+    /// Returns its status and the database's time.
     func fence(_ connection: PostgresConnection, _ id: String, _ worker: String) async throws -> (TaskStatus, Double) {
         let rows = try await run(connection, """
-            SELECT status, coalesce(lease_owner = \(worker) AND lease_expires_at >= n.now, false) AS holds, n.now
+            SELECT status, coalesce(lease_owner = \(worker), false) AS holds, n.now
             FROM tasks, (SELECT \(unescaped: Self.clock) AS now) n
             WHERE id = \(id)
             FOR UPDATE OF tasks

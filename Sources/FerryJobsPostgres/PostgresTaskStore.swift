@@ -195,7 +195,7 @@ public final class PostgresTaskStore: TaskStore {
         try await !rows("""
             UPDATE tasks SET lease_expires_at = n.now + \(lease.seconds)::float8
             FROM (SELECT \(unescaped: Self.clock) AS now) n
-            WHERE tasks.id = \(id) AND tasks.lease_owner = \(worker) AND tasks.lease_expires_at >= n.now
+            WHERE tasks.id = \(id) AND tasks.lease_owner = \(worker)
             RETURNING 1
             """).isEmpty
     }
@@ -217,7 +217,7 @@ public final class PostgresTaskStore: TaskStore {
         let updated = try await rows("""
             UPDATE tasks SET progress = \(try PostgresSchema.json(progress))::jsonb, updated_at = n.now
             FROM (SELECT \(unescaped: Self.clock) AS now) n
-            WHERE tasks.id = \(id) AND tasks.lease_owner = \(worker) AND tasks.lease_expires_at >= n.now
+            WHERE tasks.id = \(id) AND tasks.lease_owner = \(worker)
             RETURNING 1
             """)
         if updated.isEmpty {

@@ -74,15 +74,42 @@ struct TaskStoreContractTests {
             _ = try await store.claim(worker: "dead", limit: 1, lease: .milliseconds(1500))
             try await store.advance(id: task.id, worker: "dead", to: .copying, plan: nil, message: "copying")
             try await Task.sleep(for: .milliseconds(1800))
-            #expect(try await store.heartbeat(id: task.id, worker: "dead", lease: .seconds(1)) == false)
             let taken = try await store.claim(worker: "alive", limit: 1, lease: .seconds(30))
             #expect(taken.first?.id == task.id)
             #expect(taken.first?.status == .copying)  // resumes from its last committed phase
             #expect(taken.first?.attempts == 2)
+            #expect(try await store.heartbeat(id: task.id, worker: "dead", lease: .seconds(1)) == false)
             await #expect(throws: TaskStoreError.leaseLost(task.id)) {
                 try await store.advance(id: task.id, worker: "dead", to: .verifying, plan: nil, message: "too late")
             }
+            await #expect(throws: TaskStoreError.leaseLost(task.id)) {
+                try await store.updateProgress(id: task.id, worker: "dead", TaskProgress(bytesDone: 1, bytesTotal: 2, entriesDone: 1, entriesTotal: 2, bytesPerSecond: 1))
+            }
             #expect(try await store.heartbeat(id: task.id, worker: "alive", lease: .seconds(30)))
+        }
+    }
+
+    /// Expiry alone takes nothing away: a holder whose heartbeat came late (held up behind a slow
+    /// disk) renews its lease and carries on, as long as no other worker claimed the task between.
+    /// Once renewed, the task is not claimable.
+    @Test(arguments: storeEngines)
+    func anExpiredLeaseNobodyClaimedIsStillItsHolders(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            let task = try await store.create(newMove())
+            _ = try await store.claim(worker: "slow", limit: 1, lease: .milliseconds(300))
+            try await Task.sleep(for: .milliseconds(600))
+            try await store.advance(id: task.id, worker: "slow", to: .validating, plan: nil, message: "late but unchallenged")
+            try await store.updateProgress(id: task.id, worker: "slow", TaskProgress(bytesDone: 1, bytesTotal: 2, entriesDone: 1, entriesTotal: 2, bytesPerSecond: 1))
+            #expect(try await store.heartbeat(id: task.id, worker: "slow", lease: .seconds(30)))
+            #expect(try await store.claim(worker: "other", limit: 1, lease: .seconds(30)).isEmpty)
+            #expect(try await store.task(task.id)?.leaseOwner == "slow")
+            #expect(try await store.heartbeat(id: task.id, worker: "other", lease: .seconds(30)) == false)
+            try await store.finish(id: task.id, worker: "slow", status: .completed, failure: nil, message: "done")
+            // Ended, the task has no lease left to renew.
+            #expect(try await store.heartbeat(id: task.id, worker: "slow", lease: .seconds(30)) == false)
+            await #expect(throws: TaskStoreError.leaseLost(task.id)) {
+                try await store.advance(id: task.id, worker: "slow", to: .copying, plan: nil, message: "after the end")
+            }
         }
     }
 
