@@ -122,6 +122,8 @@ public final class TaskStoreRelay: Sendable {
     private let worker: String
     private let maximumLease: Duration
     private let onChange: @Sendable (String) -> Void
+    /// When the runner was last heard from, and how many of its calls are being answered.
+    private let heard = Mutex<(last: ContinuousClock.Instant, answering: Int)>((ContinuousClock.now, 0))
 
     /// `onChange` is called with the task id after every call that changed the task (heartbeats
     /// aside). A runner may ask for leases of at most `maximumLease`.
@@ -134,6 +136,13 @@ public final class TaskStoreRelay: Sendable {
         self.onChange = onChange
     }
 
+    /// How long the runner has been silent: the time since its last call arrived or was answered,
+    /// and zero while one is being answered (then it waits on the store, not the other way round).
+    /// A runner alive heartbeats every third of its lease, whatever the store's disk is doing.
+    public var silence: Duration {
+        heard.withLock { $0.answering > 0 ? .zero : ContinuousClock.now - $0.last }
+    }
+
     /// Answers requests read from `requests` on `responses` until `requests` ends, then returns
     /// once every answer is written. Neither descriptor is closed here.
     public func serve(requests: Int32, responses: Int32) async {
@@ -143,10 +152,12 @@ public final class TaskStoreRelay: Sendable {
         let slots = DispatchSemaphore(value: 8)
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             LineReader.start(requests, label: "ferry.task-relay.read") { line in
+                self.heard.withLock { $0 = (.now, $0.answering + 1) }
                 slots.wait()
                 inFlight.enter()
                 Task {
                     if let answer = await self.answer(line) { writer.send(answer) }
+                    self.heard.withLock { $0 = (.now, $0.answering - 1) }
                     slots.signal()
                     inFlight.leave()
                 }

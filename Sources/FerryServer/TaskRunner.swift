@@ -113,8 +113,9 @@ public final class TaskRunner: Service, Sendable {
     }
 
     /// Runs one claimed task in a child process as its owner; returns when the child has exited.
-    /// A child that stops heartbeating (stopped with SIGSTOP by its owner, or hung) is killed when
-    /// its lease runs out, so no user can hold a runner, and the task goes to the next claim.
+    /// A child that stops heartbeating (stopped with SIGSTOP by its owner, or hung) is killed once
+    /// it has been silent for a lease's length, so no user can hold a runner, and the task goes to
+    /// the next claim; so is one whose task another run has claimed.
     @discardableResult
     func execute(_ task: TaskRecord) async -> TaskRecord? {
         guard let worker = task.leaseOwner else { return nil }
@@ -154,11 +155,19 @@ public final class TaskRunner: Service, Sendable {
                 try? await Task.sleep(for: lease / 2)
                 if Task.isCancelled { return }
                 guard let current = try? await store.task(task.id) else { continue }
-                if current.leaseOwner != worker || (current.leaseExpiresAt.map { $0 < Date() } ?? true) {
-                    if !current.status.isTerminal || current.leaseOwner == worker {
-                        log.warning("task process missed its heartbeats; stopping it", metadata: ["pid": "\(child.pid)"])
+                if current.leaseOwner != worker {
+                    // Claimed by another run (or handed back): this process must not touch it again.
+                    if !current.status.isTerminal {
+                        log.warning("task taken over by another run; stopping its process", metadata: ["pid": "\(child.pid)"])
                         child.signal(SIGKILL)
                     }
+                    return
+                }
+                // A lease that ran out while the process kept calling (its heartbeat queued behind a
+                // slow commit of the store) is renewed by that heartbeat; only silence kills.
+                if relay.silence > lease {
+                    log.warning("task process missed its heartbeats; stopping it", metadata: ["pid": "\(child.pid)"])
+                    child.signal(SIGKILL)
                     return
                 }
             }

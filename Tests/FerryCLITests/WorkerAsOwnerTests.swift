@@ -58,6 +58,51 @@ struct WorkerAsOwnerTests {
         }
     }
 
+    /// The other side of the watchdog: a task whose lease runs out while the database is busy (here
+    /// another process holds SQLite's write lock for 2.5 leases; on a real machine, a commit
+    /// queued behind a slow fsync) keeps its process. The process was calling all along; its late
+    /// heartbeat renews the lease nobody else claimed, and the task completes in its first attempt.
+    @Test func aTaskWaitingOnABusyDatabaseIsNotKilled() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<8 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=25", "status=none"]) }
+            let before = try TreeSnapshot.take(a + "/big")
+            let database = "\(fs.directory)/tasks.sqlite"
+            let environment = ["FERRY_DATABASE_URL": "sqlite://\(database)"]
+            let id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: environment).standardOutput
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let log = Pipe()
+            let worker = try startFerry(["worker", "--as-owner", "--lease", "1"], environment: environment, output: log)
+            defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
+            waitUntilStaging(in: b, holds: "big", seconds: 20)
+            let held = fs.directory + "/write-lock-held"
+            _ = try Shell.run(["python3", "-c", """
+                import os, sqlite3, sys, time
+                db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+                db.execute("BEGIN IMMEDIATE")
+                open(sys.argv[2], "w").close()
+                time.sleep(2.5)
+                db.execute("COMMIT")
+                """, database, held])
+            #expect(FileManager.default.fileExists(atPath: held))
+            var record: [String: Any] = [:]
+            let deadline = Date().addingTimeInterval(60)
+            repeat {
+                Thread.sleep(forTimeInterval: 0.3)
+                record = try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput)
+            } while Date() < deadline && !["completed", "failed", "rolled_back"].contains(record["status"] as? String ?? "")
+            worker.terminate()
+            worker.waitUntilExit()
+            let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(record["status"] as? String == "completed", "\(record)\n\(output)")
+            #expect(record["attempts"] as? Int == 1, "\(record)\n\(output)")
+            #expect(!output.contains("stopping it"), "\(output)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+        }
+    }
+
     /// A task's process that stops heartbeating (here stopped with SIGSTOP, as its owner could)
     /// must not hold a runner forever: it is killed when its lease runs out and the task resumes.
     @Test func aStoppedTaskProcessIsKilledAndItsTaskResumed() throws {

@@ -1,6 +1,7 @@
 import Foundation
 import FerryJobs
 import FerryTestSupport
+import GRDB
 import Glibc
 import Synchronization
 import Testing
@@ -24,6 +25,7 @@ private final class Changes: Sendable {
 private struct Channel {
     let store: SQLiteTaskStore
     let client: RemoteTaskStore
+    let relay: TaskStoreRelay
     let changes = Changes()
     let serving: Task<Void, Never>
     let requests: (read: Int32, write: Int32)
@@ -35,6 +37,7 @@ private struct Channel {
         responses = makePipe()
         client = RemoteTaskStore(requests: requests.write, responses: responses.read)
         let relay = TaskStoreRelay(store: store, taskID: taskID, worker: worker) { [changes] in changes.append($0) }
+        self.relay = relay
         serving = Task { [requests, responses] in await relay.serve(requests: requests.read, responses: responses.write) }
     }
 
@@ -53,6 +56,13 @@ private struct Channel {
 private func withChannel(
     lease: Duration = .seconds(600), _ body: (SQLiteTaskStore, TaskRecord, Channel) async throws -> Void
 ) async throws {
+    try await withChannel(lease: lease) { store, task, channel, _ in try await body(store, task, channel) }
+}
+
+/// The same, also giving the database's path.
+private func withChannel(
+    lease: Duration = .seconds(600), _ body: (SQLiteTaskStore, TaskRecord, Channel, String) async throws -> Void
+) async throws {
     let directory = try TemporaryDirectory.make(prefix: "ferry-remote")
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
@@ -60,7 +70,7 @@ private func withChannel(
     let task = try #require(try await store.claim(id: created.id, worker: "w1", lease: lease))
     let channel = Channel(store: store, taskID: task.id, worker: "w1")
     do {
-        try await body(store, task, channel)
+        try await body(store, task, channel, directory + "/ferry.sqlite")
     } catch {
         await channel.close()
         throw error
@@ -206,6 +216,44 @@ struct RemoteTaskStoreTests {
             #expect(after.0 == before.0 && after.1 == before.1 && after.2 == before.2)
             #expect(try await store.locks().isEmpty)
             #expect(channel.changes.count == 0)
+        }
+    }
+
+    /// What the task runner's watchdog goes by: a runner is silent from its last call (arrived or
+    /// answered), never while a call waits on the store (here another connection holds SQLite's
+    /// write lock, as a slow commit would).
+    @Test func silenceCountsFromTheLastCallAndNeverWhileOneWaitsOnTheStore() async throws {
+        // Only lower bounds on time, and upper bounds against a clock read by the test itself:
+        // the suite shares two cores, and any step here may be held up for seconds.
+        try await withChannel { _, task, channel, path in
+            var asked = ContinuousClock.now
+            _ = try await channel.client.task(task.id)
+            #expect(channel.relay.silence <= ContinuousClock.now - asked)
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(channel.relay.silence >= .milliseconds(400))
+
+            // Another connection holds the write lock until told to let go.
+            let blocker = try DatabaseQueue(path: path)
+            let held = DispatchSemaphore(value: 0), letGo = DispatchSemaphore(value: 0), released = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {  // not on the cooperative pool, which the relay needs
+                try? blocker.inTransaction(.immediate) { _ in
+                    held.signal()
+                    letGo.wait()
+                    return .commit
+                }
+                released.signal()
+            }
+            held.wait()
+            let beat = Task { try await channel.client.heartbeat(id: task.id, worker: "w1", lease: .seconds(600)) }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while channel.relay.silence != .zero && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(channel.relay.silence == .zero)  // the heartbeat still waits for the write lock
+            asked = ContinuousClock.now
+            letGo.signal()
+            #expect(try await beat.value)
+            released.wait()
+            #expect(channel.relay.silence <= ContinuousClock.now - asked)
         }
     }
 
