@@ -101,8 +101,27 @@ duration_ms=$(( ($(date +%s%N) - start) / 1000000 + 200 ))
 rm -rf "$mnt/b/data"
 echo "an undisturbed move takes about ${duration_ms} ms; killing $kills times (seed $seed)"
 
+# After a failure: every task that holds a path lock or has not ended, with its history, read
+# from the database itself.
+diagnose() {
+  python3 - "$work/ferry.sqlite" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True)
+ids = [r[0] for r in db.execute("SELECT DISTINCT task_id FROM path_locks")]
+ids += [r[0] for r in db.execute("SELECT id FROM tasks WHERE status NOT IN ('completed','failed','cancelled','rolled_back')") if r[0] not in ids]
+for id in ids:
+    status, attempts, owner, expires, not_before, code, message = db.execute(
+        "SELECT status, attempts, lease_owner, lease_expires_at, not_before, failure_code, failure_message FROM tasks WHERE id = ?", (id,)).fetchone()
+    locks = db.execute("SELECT count(*) FROM path_locks WHERE task_id = ?", (id,)).fetchone()[0]
+    print("  task %s: %s, %d attempts, %d locks, lease %s until %s, not before %s, error %s %s" % (id, status, attempts, locks, owner, expires, not_before, code, message))
+    for at, st, msg in db.execute("SELECT at, status, message FROM task_events WHERE task_id = ? ORDER BY seq", (id,)):
+        print("    %.3f %s: %s" % (at, st, msg))
+PY
+}
+
 passed=0
 failed=0
+diagnosed=0
 for round in $(seq 1 "$kills"); do
   rm -rf "$mnt/a/data" "$mnt/b/data"
   cp -a "$t" "$mnt/a/data"
@@ -120,7 +139,8 @@ tasks = json.load(sys.stdin)['tasks']
 t = tasks[0] if len(tasks) > $before else None
 print(t['status'] if t else 'no task yet')")
   sleep 1.2  # the lease (FERRY_LEASE_SECONDS=1) expires
-  "$ferry" janitor --scan "$mnt/b" --grace 0 >/dev/null 2>&1 || true
+  janitor_status=0
+  "$ferry" janitor --scan "$mnt/b" --grace 0 >"$work/janitor.log" 2>&1 || janitor_status=$?
 
   problems=()
   task_status=$("$ferry" tasks --all --json --limit 100000 | python3 -c "
@@ -152,6 +172,11 @@ print(tasks[0]['status'] if len(tasks) > $before else 'none')")
     failed=$((failed + 1))
     echo "round $round: killed after ${delay_ms} ms (task $at_kill) -> $task_status: FAILED: ${problems[*]}"
     "$ferry" tasks --all --json --limit 1 | head -c 2000; echo
+    if [ "$diagnosed" = 0 ]; then  # the first failure explains itself; later ones often follow from it
+      diagnosed=1
+      echo "  janitor exited $janitor_status:"; sed 's/^/    /' "$work/janitor.log" | head -40
+      diagnose
+    fi
   fi
 done
 echo "crash: $passed passed, $failed failed"
