@@ -12,7 +12,8 @@
 #   - a destination that exists is complete, and after recovery source and destination are not
 #     both present;
 #   - no .ferry-staging-* directory is left;
-#   - the task (if it was created) ended completed or rolled_back.
+#   - the task (if it was created) ended completed or rolled_back, and holds no path lock.
+# Each round has a tree (and paths) of its own, so a failure is counted once, in its round.
 # Prints "crash: N passed, M failed" and exits non-zero on any failure.
 set -euo pipefail
 kills=30
@@ -123,12 +124,15 @@ passed=0
 failed=0
 diagnosed=0
 for round in $(seq 1 "$kills"); do
-  rm -rf "$mnt/a/data" "$mnt/b/data"
-  cp -a "$t" "$mnt/a/data"
+  # A tree of its own each round: a task that one round leaves behind (which fails that round)
+  # keeps its own paths, and does not make every later round fail on its locks.
+  src="$mnt/a/r$round"
+  dst="$mnt/b/r$round"
+  cp -a "$t" "$src"
   sync
   before=$("$ferry" tasks --all --json --limit 100000 | python3 -c "import json,sys; print(len(json.load(sys.stdin)['tasks']))")
   delay_ms=$(( RANDOM % (duration_ms * 2 / 3) ))
-  "$ferry" move "$mnt/a/data" "$mnt/b/" >/dev/null 2>&1 &
+  "$ferry" move "$src" "$mnt/b/" >/dev/null 2>&1 &
   pid=$!
   sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
   kill -9 "$pid" 2>/dev/null || true
@@ -143,23 +147,28 @@ print(t['status'] if t else 'no task yet')")
   "$ferry" janitor --scan "$mnt/b" --grace 0 >"$work/janitor.log" 2>&1 || janitor_status=$?
 
   problems=()
-  task_status=$("$ferry" tasks --all --json --limit 100000 | python3 -c "
+  read -r task_id task_status < <("$ferry" tasks --all --json --limit 100000 | python3 -c "
 import json,sys
 tasks = json.load(sys.stdin)['tasks']
-print(tasks[0]['status'] if len(tasks) > $before else 'none')")
+print(*((tasks[0]['id'], tasks[0]['status']) if len(tasks) > $before else ('-', 'none')))")
   case "$task_status" in
     completed|rolled_back|none) ;;
     *) problems+=("task ended $task_status") ;;
   esac
+  locks=$(python3 -c "
+import sqlite3, sys
+db = sqlite3.connect('file:%s?mode=ro' % sys.argv[1], uri=True)
+print(db.execute('SELECT count(*) FROM path_locks WHERE task_id = ?', (sys.argv[2],)).fetchone()[0])" "$work/ferry.sqlite" "$task_id")
+  [ "$locks" = 0 ] || problems+=("the task still holds $locks path locks")
   leftovers=$(find "$mnt/a" "$mnt/b" -maxdepth 1 -name '.ferry-staging-*' | wc -l)
   [ "$leftovers" = 0 ] || problems+=("$leftovers staging directories left")
   where=""
-  if [ -e "$mnt/b/data" ]; then
-    [ "$(manifest "$mnt/b/data")" = "$expected" ] || problems+=("destination exists but differs from the source")
+  if [ -e "$dst" ]; then
+    [ "$(manifest "$dst")" = "$expected" ] || problems+=("destination exists but differs from the source")
     where="destination"
-    [ -e "$mnt/a/data" ] && problems+=("source and destination both present after recovery")
-  elif [ -e "$mnt/a/data" ]; then
-    [ "$(manifest "$mnt/a/data")" = "$expected" ] || problems+=("source damaged though the move did not complete")
+    [ -e "$src" ] && problems+=("source and destination both present after recovery")
+  elif [ -e "$src" ]; then
+    [ "$(manifest "$src")" = "$expected" ] || problems+=("source damaged though the move did not complete")
     where="source"
   else
     problems+=("DATA LOST: neither source nor destination exists")
@@ -168,12 +177,13 @@ print(tasks[0]['status'] if len(tasks) > $before else 'none')")
   if [ ${#problems[@]} -eq 0 ]; then
     passed=$((passed + 1))
     echo "round $round: killed after ${delay_ms} ms (task $at_kill) -> $task_status, data whole at the $where"
+    rm -rf "$src" "$dst"
   else
     failed=$((failed + 1))
-    echo "round $round: killed after ${delay_ms} ms (task $at_kill) -> $task_status: FAILED: ${problems[*]}"
+    echo "round $round: killed after ${delay_ms} ms (task $at_kill) -> $task_status: FAILED: $(printf '%s; ' "${problems[@]}")"
     "$ferry" tasks --all --json --limit 1 | head -c 2000; echo
-    if [ "$diagnosed" = 0 ]; then  # the first failure explains itself; later ones often follow from it
-      diagnosed=1
+    if [ "$diagnosed" -lt 3 ]; then  # the first failures explain themselves
+      diagnosed=$((diagnosed + 1))
       echo "  janitor exited $janitor_status:"; sed 's/^/    /' "$work/janitor.log" | head -40
       diagnose
     fi
