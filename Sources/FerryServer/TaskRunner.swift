@@ -114,8 +114,8 @@ public final class TaskRunner: Service, Sendable {
 
     /// Runs one claimed task in a child process as its owner; returns when the child has exited.
     /// A child that stops heartbeating (stopped with SIGSTOP by its owner, or hung) is killed once
-    /// it has been silent for a lease's length, so no user can hold a runner, and the task goes to
-    /// the next claim; so is one whose task another run has claimed.
+    /// it has been silent for two leases (at least 10 s), so no user can hold a runner, and the
+    /// task goes to the next claim; one whose task another run has claimed is killed at once.
     @discardableResult
     func execute(_ task: TaskRecord) async -> TaskRecord? {
         guard let worker = task.leaseOwner else { return nil }
@@ -150,6 +150,7 @@ public final class TaskRunner: Service, Sendable {
         let relay = TaskStoreRelay(store: store, taskID: task.id, worker: worker) { [feed] id in feed.notify(id) }
         async let relayed: Void = relay.serve(requests: child.standardOutput.rawValue, responses: child.standardInput.rawValue)
         async let complaints: Void = Self.logStandardError(of: child, log: log)
+        let patience = max(lease * 2, .seconds(10))
         let watchdog = Task { [store, lease] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: lease / 2)
@@ -164,8 +165,11 @@ public final class TaskRunner: Service, Sendable {
                     return
                 }
                 // A lease that ran out while the process kept calling (its heartbeat queued behind a
-                // slow commit of the store) is renewed by that heartbeat; only silence kills.
-                if relay.silence > lease {
+                // slow commit of the store) is renewed by that heartbeat; only silence kills, and
+                // only a long one: two leases (six missed heartbeats), at least 10 s, so that a
+                // process starved of CPU for a moment is not taken for a stopped one. Safety does
+                // not wait on this: a process whose task another run claimed is stopped above.
+                if relay.silence > patience {
                     log.warning("task process missed its heartbeats; stopping it", metadata: ["pid": "\(child.pid)"])
                     child.signal(SIGKILL)
                     return

@@ -104,8 +104,12 @@ struct WorkerAsOwnerTests {
     }
 
     /// A task's process that stops heartbeating (here stopped with SIGSTOP, as its owner could)
-    /// must not hold a runner forever: it is killed when its lease runs out and the task resumes.
-    @Test func aStoppedTaskProcessIsKilledAndItsTaskResumed() throws {
+    /// must not hold a runner forever, and its task resumes. With a free runner, that runner
+    /// claims the task once the lease expires and the stopped process is killed as taken over;
+    /// with none (`--concurrency 1`), the process is killed after two leases of silence (here the
+    /// 10 s minimum), and the task is claimed again.
+    @Test(arguments: [1, 2])
+    func aStoppedTaskProcessIsKilledAndItsTaskResumed(concurrency: Int) throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
             let b = try fs.makeProjectDirectory("b", project: 200)
@@ -115,7 +119,9 @@ struct WorkerAsOwnerTests {
             let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
             let id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: environment).standardOutput
                 .trimmingCharacters(in: .whitespacesAndNewlines)
-            let worker = try startFerry(["worker", "--as-owner", "--lease", "2"], environment: environment)
+            let log = Pipe()
+            let worker = try startFerry(["worker", "--as-owner", "--lease", "2", "--concurrency", "\(concurrency)"],
+                                        environment: environment, output: log)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
             waitUntilStaging(in: b, holds: "big", seconds: 20)
             let pid = try Shell.run(["pgrep", "-f", "-n", "agent run-task .*\(id)"]).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -134,6 +140,9 @@ struct WorkerAsOwnerTests {
             worker.terminate()
             worker.waitUntilExit()
             #expect(worker.terminationStatus == 0)
+            let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let why = concurrency == 1 ? "task process missed its heartbeats; stopping it" : "task taken over by another run; stopping its process"
+            #expect(output.contains(why), "\(output)")
         }
     }
 }
