@@ -232,3 +232,22 @@ struct FerryCLITests {
         }
     }
 }
+
+/// A detached move of eight 25 MiB files from project 100 (`a/big`) to project 200 (`b`) on `fs`,
+/// queued for a worker: with one copier, slow enough for a test to act while the task is staging.
+struct QueuedBigMove {
+    let a: String
+    let b: String
+    let before: TreeSnapshot
+    let id: String
+
+    init(_ fs: LoopXFS, environment: [String: String]) throws {
+        a = try fs.makeProjectDirectory("a", project: 100)
+        b = try fs.makeProjectDirectory("b", project: 200)
+        try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+        for i in 0..<8 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=25", "status=none"]) }
+        before = try TreeSnapshot.take(a + "/big")
+        id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: environment).standardOutput
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}

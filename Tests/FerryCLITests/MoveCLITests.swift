@@ -272,12 +272,8 @@ struct MoveCLITests {
     /// what it staged; the next worker resumes the task (no lease wait) and finishes it.
     @Test func terminatedWorkerReleasesItsTaskForTheNext() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
-            let a = try fs.makeProjectDirectory("a", project: 100)
-            let b = try fs.makeProjectDirectory("b", project: 200)
-            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
-            for i in 0..<8 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=25", "status=none"]) }
-            let before = try TreeSnapshot.take(a + "/big")
-            let id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: database(fs)).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            let move = try QueuedBigMove(fs, environment: database(fs))
+            let (b, before, id) = (move.b, move.before, move.id)
             let worker = Process()
             worker.executableURL = URL(fileURLWithPath: ferryBinary())
             worker.arguments = ["worker", "--lease", "600"]

@@ -64,15 +64,10 @@ struct WorkerAsOwnerTests {
     /// heartbeat renews the lease nobody else claimed, and the task completes in its first attempt.
     @Test func aTaskWaitingOnABusyDatabaseIsNotKilled() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
-            let a = try fs.makeProjectDirectory("a", project: 100)
-            let b = try fs.makeProjectDirectory("b", project: 200)
-            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
-            for i in 0..<8 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=25", "status=none"]) }
-            let before = try TreeSnapshot.take(a + "/big")
             let database = "\(fs.directory)/tasks.sqlite"
             let environment = ["FERRY_DATABASE_URL": "sqlite://\(database)"]
-            let id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: environment).standardOutput
-                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let move = try QueuedBigMove(fs, environment: environment)
+            let (b, before, id) = (move.b, move.before, move.id)
             let log = Pipe()
             let worker = try startFerry(["worker", "--as-owner", "--lease", "1"], environment: environment, output: log)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
@@ -111,14 +106,9 @@ struct WorkerAsOwnerTests {
     @Test(arguments: [1, 2])
     func aStoppedTaskProcessIsKilledAndItsTaskResumed(concurrency: Int) throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
-            let a = try fs.makeProjectDirectory("a", project: 100)
-            let b = try fs.makeProjectDirectory("b", project: 200)
-            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
-            for i in 0..<8 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=25", "status=none"]) }
-            let before = try TreeSnapshot.take(a + "/big")
             let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
-            let id = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: environment).standardOutput
-                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let move = try QueuedBigMove(fs, environment: environment)
+            let (b, before, id) = (move.b, move.before, move.id)
             let log = Pipe()
             let worker = try startFerry(["worker", "--as-owner", "--lease", "2", "--concurrency", "\(concurrency)"],
                                         environment: environment, output: log)
