@@ -157,9 +157,10 @@ public final class TaskRunner: Service, Sendable {
                 if Task.isCancelled { return }
                 guard let current = try? await store.task(task.id) else { continue }
                 if current.leaseOwner != worker {
-                    // Claimed by another run (or handed back): this process must not touch it again.
+                    // Claimed by another run, or handed back: this process must not touch it again.
                     if !current.status.isTerminal {
-                        log.warning("task taken over by another run; stopping its process", metadata: ["pid": "\(child.pid)"])
+                        let why = current.leaseOwner == nil ? "task handed back" : "task taken over by another run"
+                        log.warning("\(why); stopping its process", metadata: ["pid": "\(child.pid)"])
                         child.signal(SIGKILL)
                     }
                     return
