@@ -12,7 +12,10 @@
 #      sample 100 moves there and back (FERRY_BENCH_SAME_MOVES), before a task database exists
 #      and with one present (then every move reads its lock table);
 #   2. cross-project move of 16 x 256 MiB, durable and verified, vs mv (which falls back to copy +
-#      delete) + sync and rsync -a --remove-source-files + sync, on cold caches;
+#      delete) + sync and rsync -a --remove-source-files + sync, on cold caches; and, as the
+#      floor that no move of these bytes on this disk gets far below, a bare copy of the bytes at
+#      the disk's pace (two dd streams with O_DIRECT and 16 MiB blocks, then rm + sync: no
+#      metadata, no verification, no page cache);
 #   3. cross-project move of 100,000 x 4 KiB, the same way;
 #   4. task claims per second by 8 concurrent workers on SQLite and on a throwaway PostgreSQL 15
 #      cluster with production durability (fsync on): the 8 sharing one store, as in one
@@ -122,7 +125,7 @@ same_project_row() {  # same_project_row ITEM LABEL: the tools interleaved, medi
     fs+=("$f"); ms+=("$m")
   done
   f=$(printf '%s\n' "${fs[@]}" | median); m=$(printf '%s\n' "${ms[@]}" | median)
-  rows+=("$(printf '| %s | %.4f s | %.4f s (mv) | — | %.2fx | — |' "$label" "$f" "$m" "$(echo "$f / $m" | bc -l)")")
+  rows+=("$(printf '| %s | %.4f s | %.4f s (mv) | — | — | %.2fx | — | — |' "$label" "$f" "$m" "$(echo "$f / $m" | bc -l)")")
 }
 # Before any task has run there is no task database; afterwards the lock table is read on every
 # move (as for anyone who has used ferry): both are measured.
@@ -138,11 +141,32 @@ rm -rf "$mnt/a/tree" "$mnt/a/one-file"
 fi
 
 # 2 and 3. Across projects, durable.
-cross_project() {  # cross_project NAME FILES MAKE...: ferry vs mv+sync vs rsync --remove-source-files+sync
-  local name="$1" expect_files="$2"; shift 2
-  local -A samples=([ferry]="" [mv]="" [rsync]="")
+# The bytes of a flat directory of big files copied at the disk's pace, then the source deleted:
+# two dd streams (the files alternating between them) with O_DIRECT and 16 MiB blocks, which keeps
+# both the read and the write side busy without the page cache. Sizes must be multiples of 4 KiB.
+dd_floor() {  # dd_floor SRC DEST_PARENT
+  local src="$1" dst="$2/${1##*/}" stream pids=() pid status=0
+  mkdir "$dst"
+  local files=("$src"/*)
+  for stream in 0 1; do
+    (
+      for ((i = stream; i < ${#files[@]}; i += 2)); do
+        dd if="${files[i]}" of="$dst/${files[i]##*/}" bs=16M iflag=direct oflag=direct status=none || exit 1
+      done
+    ) &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  [ "$status" = 0 ] && rm -rf "$src" && sync
+}
+
+cross_project() {  # cross_project NAME FILES FLOOR MAKE...: ferry vs mv+sync vs rsync --remove-source-files+sync [vs dd_floor]
+  local name="$1" expect_files="$2" floor="$3"; shift 3
+  local -A samples=([ferry]="" [mv]="" [rsync]="" [floor]="")
+  local tools=(ferry mv rsync)
+  [ "$floor" = yes ] && tools+=(floor)
   for round in $(seq 0 "$runs"); do
-    for tool in ferry mv rsync; do
+    for tool in "${tools[@]}"; do
       rm -rf "$mnt/a/data" "$mnt/b/data"
       "$@" "$mnt/a/data"
       cold
@@ -152,6 +176,7 @@ cross_project() {  # cross_project NAME FILES MAKE...: ferry vs mv+sync vs rsync
         ferry) "$ferry" move "$mnt/a/data" "$mnt/b/" 2>/dev/null ;;
         mv) mv "$mnt/a/data" "$mnt/b/" && sync ;;
         rsync) rsync -a --remove-source-files "$mnt/a/data" "$mnt/b/" && find "$mnt/a/data" -depth -type d -empty -delete && sync ;;
+        floor) dd_floor "$mnt/a/data" "$mnt/b" ;;
       esac
       e=$(now)
       # A timing is only kept for a move that happened: everything at the destination, nothing left.
@@ -164,17 +189,26 @@ cross_project() {  # cross_project NAME FILES MAKE...: ferry vs mv+sync vs rsync
       [ "$round" = 0 ] || samples[$tool]+="$(elapsed "$s" "$e") "   # round 0 is a warm-up
     done
   done
-  local f m r
+  local f m r d
   f=$(printf '%s\n' ${samples[ferry]} | median); m=$(printf '%s\n' ${samples[mv]} | median); r=$(printf '%s\n' ${samples[rsync]} | median)
-  echo "  $name: ferry ${samples[ferry]}| mv ${samples[mv]}| rsync ${samples[rsync]}" >&2
-  rows+=("$(printf '| %s | %.2f s | %.2f s (mv + sync) | %.2f s | %.2fx | %.2fx |' "$name" "$f" "$m" "$r" "$(echo "$f / $m" | bc -l)" "$(echo "$f / $r" | bc -l)")")
+  echo "  $name: ferry ${samples[ferry]}| mv ${samples[mv]}| rsync ${samples[rsync]}${samples[floor]:+| dd floor ${samples[floor]}}" >&2
+  if [ "$floor" = yes ]; then
+    d=$(printf '%s\n' ${samples[floor]} | median)
+    rows+=("$(printf '| %s | %.2f s | %.2f s (mv + sync) | %.2f s | %.2f s | %.2fx | %.2fx | %.2fx |' "$name" "$f" "$m" "$r" "$d" \
+      "$(echo "$f / $m" | bc -l)" "$(echo "$f / $r" | bc -l)" "$(echo "$f / $d" | bc -l)")")
+    floors+=("$(printf '%s: the dd floor is %.2fx rsync' "$name" "$(echo "$d / $r" | bc -l)")")
+  else
+    rows+=("$(printf '| %s | %.2f s | %.2f s (mv + sync) | %.2f s | — | %.2fx | %.2fx | — |' "$name" "$f" "$m" "$r" \
+      "$(echo "$f / $m" | bc -l)" "$(echo "$f / $r" | bc -l)")")
+  fi
 }
+floors=()
 big_count=${FERRY_BENCH_BIG_FILES:-16}; big_mb=${FERRY_BENCH_BIG_MB:-256}; small_count=${FERRY_BENCH_SMALL_FILES:-100000}
 big() { mkdir -p "$1"; for i in $(seq -w 1 "$big_count"); do head -c "${big_mb}M" /dev/urandom > "$1/f$i"; done; }
 small() { mktree "$1" "$small_count" 4096; }
 if want cross; then
-  cross_project "cross-project move, $big_count x $big_mb MiB" "$big_count" big
-  cross_project "cross-project move, $small_count x 4 KiB" "$small_count" small
+  cross_project "cross-project move, $big_count x $big_mb MiB" "$big_count" yes big
+  cross_project "cross-project move, $small_count x 4 KiB" "$small_count" no small
   rm -rf "$mnt/a/data" "$mnt/b/data"
 fi
 
@@ -197,9 +231,10 @@ echo "ferry move (release build, SQLite task store) vs mv and rsync; loop XFS, r
 echo "(cross-project: cold caches, a warm-up round first, tools interleaved); $(nproc) cores, $(uname -r)"
 if [ ${#rows[@]} -gt 0 ]; then
 echo
-echo "| workload | ferry move | mv | rsync --remove-source-files + sync | ferry / mv | ferry / rsync |"
-echo "|---|---|---|---|---|---|"
+echo "| workload | ferry move | mv | rsync --remove-source-files + sync | dd floor | ferry / mv | ferry / rsync | ferry / floor |"
+echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+[ ${#floors[@]} -eq 0 ] || { echo; printf '%s\n' "${floors[@]}"; }
 fi
 if want claims; then
   echo
