@@ -99,11 +99,18 @@ struct WorkerCommand: AsyncParsableCommand {
     @Flag(help: "Run every task claimable now, then exit.") var once = false
     @Option(help: "Tasks run at once.") var concurrency = 2
     @Option(help: "Parallel copiers per task (default: two per core).") var jobs: Int?
-    @Option(help: "Minutes between the worker's own clean-ups of orphaned staging directories.") var janitorMinutes: Int64 = 10
+    @Option(help: "Minutes between the worker's own clean-ups (orphaned staging directories, the task database's lock markers); fractions allowed.")
+    var janitorMinutes: Double = 10
     @Flag(help: "Run each task in a process with its owner's uid, gid and groups, as ferry serve does (always so as root).")
     var asOwner = false
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var storageOptions: StorageOptions
+
+    func validate() throws {
+        guard janitorMinutes > 0, janitorMinutes.isFinite else { throw ValidationError("--janitor-minutes must be a positive number of minutes") }
+    }
+
+    var janitorInterval: Duration { .milliseconds(Int64((janitorMinutes * 60_000).rounded())) }
 
     func run() async throws {
         let configuration = try storageOptions.loadConfiguration()
@@ -117,7 +124,14 @@ struct WorkerCommand: AsyncParsableCommand {
             if once {
                 for record in await runner.runOnce() { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
             } else {
+                // The janitor's passes run with this process's rights, as `ferry serve`'s do: they
+                // remove only staging directories no live task owns, and search the configured roots.
+                let engine = try makeEngine(store: store, role: "janitor", lease: database.leaseDuration, jobs: jobs, storageOptions: storageOptions)
+                let janitor = JanitorService(engine: engine, roots: configuration.roots.map(\.path), interval: janitorInterval,
+                                             logger: Logger(label: "ferry.worker"))
+                let passes = Task { try? await janitor.run() }  // outside a service group: until cancelled
                 await runner.runUntilStopped()
+                passes.cancel()
             }
             return
         }
@@ -128,8 +142,15 @@ struct WorkerCommand: AsyncParsableCommand {
             engine.stop()  // running tasks stop at their next checkpoint and release their leases
         }
         defer { interrupt.stop() }
-        let records = await Worker(engine: engine, concurrency: concurrency, janitorInterval: .seconds(janitorMinutes * 60))
-            .run(once: once, stop: stop)
+        let records = await Worker(engine: engine, concurrency: concurrency, janitorInterval: janitorInterval) { outcome in
+            switch outcome {
+            case .success(let report):
+                for path in report.removed { printError("janitor: removed \(path), a staging directory no live task owns") }
+                for change in report.repaired { printError("janitor: \(change)") }
+            case .failure(let error):
+                printError("janitor: the pass failed (\(error)); the next one is due in \(janitorMinutes) minutes")
+            }
+        }.run(once: once, stop: stop)
         for record in records { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
     }
 }
@@ -157,6 +178,7 @@ struct JanitorCommand: AsyncParsableCommand {
         for record in recovered { print("recovered task \(record.id)") }
         for path in report.removed { print("\(dryRun ? "would remove" : "removed") \(path)") }
         for path in report.kept { print("kept \(path) (its task is still running, or it is younger than the grace period)") }
+        for change in report.repaired { print(change) }
     }
 }
 

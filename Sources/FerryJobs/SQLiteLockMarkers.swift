@@ -107,23 +107,55 @@ struct LockMarkers {
     }
 
     /// Makes the directory agree with the table: markers for the tasks that hold locks (a database
-    /// written by a Ferry from before markers, or restored), none for those that hold none (a
-    /// process that died between releasing and removing). A missing directory is built aside,
-    /// filled and renamed into place, so a reader never sees it half filled. The check is a read;
-    /// only a disagreement takes the write lock. A directory that cannot be made leaves the readers
-    /// reading the table.
-    func reconcile(_ pool: DatabasePool, databaseMode: mode_t) throws {
-        let agrees = try pool.read { db in marked() == Set(try Self.lockingTasks(db)) }
-        guard !agrees else { return }
-        try pool.write { db in
+    /// written by a Ferry from before markers, or restored, or a marker a cleaner of old files
+    /// deleted), none for those that hold none (a process that died between releasing and
+    /// removing). A missing directory is built aside, filled and renamed into place, so a reader
+    /// never sees it half filled. The check is a read; only a disagreement takes the write lock. A
+    /// directory that cannot be made leaves the readers reading the table. Returns what it
+    /// changed, a sentence each.
+    ///
+    /// It also stamps the markers of the tasks that hold locks with the time: a cleaner of old
+    /// files (systemd-tmpfiles ages a file by its newest time) then never finds a marker older than
+    /// the interval between the janitor's passes, however long its task has held its locks.
+    @discardableResult
+    func reconcile(_ pool: DatabasePool, databaseMode: mode_t) throws -> [String] {
+        let (locking, present) = try pool.read { db in (Set(try Self.lockingTasks(db)), marked()) }
+        let changes = locking == present ? [] : try correct(pool, databaseMode: databaseMode)
+        freshen(locking)
+        return changes
+    }
+
+    private func freshen(_ ids: Set<String>) {
+        guard !ids.isEmpty, let fd = try? open() else { return }
+        defer { fd.closeQuietly() }
+        let now = Timespec.now
+        for id in ids { try? fd.setTimes(Array(id.utf8), access: now, modification: now) }  // a marker gone since: nothing made
+    }
+
+    private func correct(_ pool: DatabasePool, databaseMode: mode_t) throws -> [String] {
+        try pool.write { db -> [String] in
             let locking = Set(try Self.lockingTasks(db))
+            let shown = directory.displayString
             guard let present = marked() else {
-                try? build(locking, mode: Self.directoryMode(databaseMode))
-                return
+                do {
+                    try build(locking, mode: Self.directoryMode(databaseMode))
+                    // A new database's directory is no news; one made for locks held is.
+                    return locking.isEmpty ? [] : ["made the lock marker directory \(shown) (\(locking.count) task\(locking.count == 1 ? "" : "s") holding locks)"]
+                } catch {
+                    return ["cannot make the lock marker directory \(shown): \(error); same-project moves read the lock table instead"]
+                }
             }
+            var changes: [String] = []
             let missing = locking.subtracting(present)
-            if !missing.isEmpty { try mark(missing) }
-            for stale in present.subtracting(locking) { unmark(stale) }
+            if !missing.isEmpty {
+                try mark(missing)
+                changes += missing.sorted().map { "put back the lock marker of task \($0) in \(shown): the task holds path locks, and the marker was gone" }
+            }
+            for stale in present.subtracting(locking).sorted() {
+                unmark(stale)
+                changes.append("removed the lock marker of task \(stale) from \(shown): the task holds no path locks")
+            }
+            return changes
         }
     }
 

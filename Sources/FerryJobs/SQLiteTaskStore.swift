@@ -24,8 +24,26 @@ public final class SQLiteTaskStore: TaskStore {
         self.path = path
         self.markers = markers
         try Self.migrator.migrate(pool)
-        let mode = (try? currentWorkingDirectory.status(Array(path.utf8), followSymlinks: true).mode).map { mode_t($0) } ?? 0o644
-        try markers.reconcile(pool, databaseMode: mode)
+        unreported = Mutex(try markers.reconcile(pool, databaseMode: Self.mode(of: path)))
+    }
+
+    /// What opening the store put right, until `repair` reports it.
+    private let unreported: Mutex<[String]>
+
+    private static func mode(of path: String) -> mode_t {
+        (try? currentWorkingDirectory.status(Array(path.utf8), followSymlinks: true).mode).map { mode_t($0) } ?? 0o644
+    }
+
+    /// The lock markers made to agree with the table again (see `LockMarkers.reconcile`): a
+    /// long-running worker or server opens its store once, and a cleaner of old files may delete
+    /// markers meanwhile. Says what opening the store put right too, the first time.
+    public func repair() async throws -> [String] {
+        let (markers, pool, path) = (markers, pool, path)
+        let changes = try await Blocking.run { try markers.reconcile(pool, databaseMode: Self.mode(of: path)) }
+        return unreported.withLock { opening in
+            defer { opening = [] }
+            return opening + changes
+        }
     }
 
     // MARK: reading

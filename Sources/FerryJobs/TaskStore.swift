@@ -42,6 +42,11 @@ public protocol TaskStore: Sendable {
     /// Returns when there may be new work, or after `timeout`.
     func waitForWork(timeout: Duration) async
 
+    /// Puts right what the store keeps beside its tables, if anything, and says what it changed
+    /// (one sentence each): the SQLite store's lock markers, which a cleaner of old files may
+    /// have removed while their task still holds its locks. The janitor calls it.
+    func repair() async throws -> [String]
+
     /// Lets go of the database before the process ends; the store is unusable afterwards. An SQLite
     /// store that is the file's last user folds its write-ahead log back into the database and
     /// removes it, so that the next process to open the file need not read the log through first.
@@ -111,6 +116,9 @@ extension DatabaseURL {
 }
 
 extension TaskStore {
+    /// Nothing kept beside the tables: nothing to put right.
+    public func repair() async throws -> [String] { [] }
+
     /// How many tasks are in each state (for metrics). Stores may answer this with one query.
     public func countByStatus() async throws -> [TaskStatus: Int] {
         var counts: [TaskStatus: Int] = [:]

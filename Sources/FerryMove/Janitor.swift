@@ -12,6 +12,8 @@ public struct Janitor: Sendable {
         public var removed: [String] = []
         public var kept: [String] = []
         public var recovered: [String] = []
+        /// What the task store put right beside its tables (`TaskStore.repair`), a sentence each.
+        public var repaired: [String] = []
     }
 
     public let engine: MoveEngine
@@ -31,7 +33,9 @@ public struct Janitor: Sendable {
             let records = await Worker(engine: engine, concurrency: 2).run(once: true)
             report.recovered = records.map(\.id)
         }
-        // 2. Staging directories no live task owns.
+        // 2. What the store keeps beside its tables (the SQLite store's lock markers).
+        if !dryRun { report.repaired = try await engine.store.repair() }
+        // 3. Staging directories no live task owns.
         var searched = Set<ByteString>()
         var places = directories
         for task in try await engine.store.list(TaskFilter(limit: 10_000)) {
@@ -86,6 +90,22 @@ public struct Janitor: Sendable {
             report.removed.append(path)
         }
         return report
+    }
+
+    /// The janitor of a long-running worker or server: a pass every `interval` (the first after
+    /// one interval), without recovering tasks (claiming does that), until cancelled. `onPass`
+    /// hears each pass's report or error.
+    public func repeating(every interval: Duration, directories: [ByteString] = [],
+                          onPass: @Sendable (Result<Report, any Error>) -> Void = { _ in }) async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: interval) } catch { return }
+            if Task.isCancelled { return }
+            do {
+                onPass(.success(try await run(directories: directories, recover: false)))
+            } catch {
+                onPass(.failure(error))
+            }
+        }
     }
 
     static func stagingDirectories(in directory: ByteString, depth: Int) -> [(ByteString, ByteString)] {

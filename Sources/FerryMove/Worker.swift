@@ -11,11 +11,15 @@ public final class Worker: Sendable {
     /// How often a long-running worker removes staging directories no live task owns (the
     /// janitor's cleanup; recovering dead workers' tasks is what claiming does anyway).
     public let janitorInterval: Duration?
+    /// Hears each of those clean-ups' reports or errors.
+    public let onJanitorPass: @Sendable (Result<Janitor.Report, any Error>) -> Void
 
-    public init(engine: MoveEngine, concurrency: Int = 2, janitorInterval: Duration? = nil) {
+    public init(engine: MoveEngine, concurrency: Int = 2, janitorInterval: Duration? = nil,
+                onJanitorPass: @escaping @Sendable (Result<Janitor.Report, any Error>) -> Void = { _ in }) {
         self.engine = engine
         self.concurrency = max(1, concurrency)
         self.janitorInterval = janitorInterval
+        self.onJanitorPass = onJanitorPass
     }
 
     /// `once`: run every task claimable now (and those they unblock), then return.
@@ -24,13 +28,7 @@ public final class Worker: Sendable {
     public func run(once: Bool = false, stop: CancellationFlag = CancellationFlag()) async -> [TaskRecord] {
         let janitor = janitorInterval.flatMap { interval -> Task<Void, Never>? in
             guard !once else { return nil }
-            return Task { [engine] in
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
-                    if Task.isCancelled || stop.isCancelled { return }
-                    _ = try? await Janitor(engine: engine).run(recover: false)
-                }
-            }
+            return Task { [engine, onJanitorPass] in await Janitor(engine: engine).repeating(every: interval, onPass: onJanitorPass) }
         }
         defer { janitor?.cancel() }
         return await withTaskGroup(of: TaskRecord.self) { group in

@@ -115,7 +115,8 @@ public enum FerryServer {
                                        concurrency: options.workers, worker: "\(ProcessInfo.processInfo.hostName):\(getpid()):serve",
                                        lease: .milliseconds(Int64(settings.leaseSeconds * 1000)), feed: state.feed, metrics: state.metrics,
                                        logger: options.logger))
-            services.append(JanitorService(state: state, interval: .seconds(600)))
+            services.append(JanitorService(engine: state.janitorEngine, roots: state.configuration.roots.map(\.path),
+                                           interval: .seconds(600), logger: options.logger))
         }
         let token = state.token
         let app = Application(
@@ -135,19 +136,38 @@ public enum FerryServer {
     }
 }
 
-/// Removes orphaned staging directories now and then (tasks whose worker died are recovered by
-/// the task runners' claims, as their owners).
-struct JanitorService: Service {
-    let state: ServerState
+/// Removes orphaned staging directories and puts the store's lock markers right now and then
+/// (tasks whose worker died are recovered by the task runners' claims, as their owners).
+public struct JanitorService: Service {
+    let engine: MoveEngine
+    let roots: [ByteString]
     let interval: Duration
+    let logger: Logger
 
-    func run() async throws {
+    /// `engine` is the janitor's own (the server's rights: it only removes what no live task owns).
+    public init(engine: MoveEngine, roots: [String], interval: Duration, logger: Logger) {
+        self.engine = engine
+        self.roots = roots.map { Array($0.utf8) }
+        self.interval = interval
+        self.logger = logger
+    }
+
+    public func run() async throws {
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                if Task.isCancelled { return }
-                _ = try? await Janitor(engine: state.janitorEngine).run(directories: state.configuration.roots.map { Array($0.path.utf8) }, recover: false)
+            await Janitor(engine: engine).repeating(every: interval, directories: roots) { outcome in
+                Self.log(outcome, to: logger)
             }
+        }
+    }
+
+    /// One periodic pass in the log: what it removed and repaired, or why it failed.
+    public static func log(_ outcome: Result<Janitor.Report, any Error>, to logger: Logger) {
+        switch outcome {
+        case .success(let report):
+            for path in report.removed { logger.info("janitor removed a staging directory no live task owns", metadata: ["path": "\(path)"]) }
+            for change in report.repaired { logger.warning("janitor: \(change)") }
+        case .failure(let error):
+            logger.error("janitor pass failed; the next one is due in one interval", metadata: ["error": "\(error)"])
         }
     }
 }

@@ -11,6 +11,13 @@ public struct Timespec: Sendable, Hashable, Comparable, CustomStringConvertible 
         self.nanoseconds = nanoseconds
     }
 
+    /// The wall clock (`CLOCK_REALTIME`) now, as file times are stamped.
+    public static var now: Timespec {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return Timespec(seconds: Int64(time.tv_sec), nanoseconds: UInt32(time.tv_nsec))
+    }
+
     public static func < (a: Timespec, b: Timespec) -> Bool {
         (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds)
     }

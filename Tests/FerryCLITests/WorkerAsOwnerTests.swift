@@ -98,6 +98,54 @@ struct WorkerAsOwnerTests {
         }
     }
 
+    /// A root worker (tasks as their owners) cleans up on its own schedule, `--janitor-minutes`,
+    /// as `ferry serve` does: a staging directory that a finished task left behind goes, a lock
+    /// marker whose task holds no lock goes, and the marker of a task that still holds its lock,
+    /// deleted meanwhile (as a cleaner of old files under /tmp would), comes back, so that a
+    /// same-project move sees that lock again. The worker's log says what each pass did.
+    @Test func aRootWorkerRunsItsJanitorOnSchedule() throws {
+        try withLoopXFS { fs in
+            let database = "\(fs.directory)/tasks.sqlite"
+            let markers = database + "-locks"
+            let environment = ["FERRY_DATABASE_URL": "sqlite://\(database)"]
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try TreeBuilder.write(a + "/done", bytes: 4096)
+            let moved = try ferry("move", "--json", a + "/done", b, environment: environment)
+            #expect(moved.status == 0, "\(moved.standardError)")
+            let finished = try #require(try jsonObject(moved.standardOutput)["id"] as? String)
+            let leftover = "\(b)/.ferry-staging-\(finished)"
+            try FileManager.default.createDirectory(atPath: leftover + "/partial", withIntermediateDirectories: true)
+
+            try FileManager.default.createDirectory(atPath: a + "/held", withIntermediateDirectories: true)
+            let held = try ferry("move", "--detach", a + "/held", b, environment: environment).standardOutput
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            try lockAsIfRunning(id: held, path: a + "/held", database: database)
+            try FileManager.default.removeItem(atPath: "\(markers)/\(held)")
+            _ = FileManager.default.createFile(atPath: "\(markers)/0123456789abcdef", contents: nil)
+            func marked() -> Set<String> { Set((try? FileManager.default.contentsOfDirectory(atPath: markers)) ?? []) }
+
+            let log = Pipe()
+            let worker = try startFerry(["worker", "--as-owner", "--janitor-minutes", "0.01"], environment: environment, output: log)
+            defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline && (FileManager.default.fileExists(atPath: leftover) || marked() != [held]) {
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+            worker.terminate()
+            worker.waitUntilExit()
+            let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(!FileManager.default.fileExists(atPath: leftover), "\(output)")
+            #expect(marked() == [held], "\(output)")
+            #expect(output.contains("janitor removed a staging directory no live task owns"), "\(output)")
+            #expect(output.contains("put back the lock marker of task \(held)"), "\(output)")
+            #expect(output.contains("removed the lock marker of task 0123456789abcdef"), "\(output)")
+            let refused = try ferry("move", a + "/held", a + "/elsewhere", environment: environment)
+            #expect(refused.status == 4, "\(refused.standardOutput)\(refused.standardError)")
+            #expect(FileManager.default.fileExists(atPath: a + "/held"))
+        }
+    }
+
     /// A task's process that stops heartbeating (here stopped with SIGSTOP, as its owner could)
     /// must not hold a runner forever, and its task resumes. With a free runner, that runner
     /// claims the task once the lease expires and the stopped process is killed as taken over;

@@ -112,14 +112,14 @@ struct HeldLocksTests {
 
         // A marker without rows (a process that died between releasing and removing it) only
         // costs a read of the table, which finds nothing; the next store removes it.
-        FileManager.default.createFile(atPath: markers + "/" + task.id, contents: nil)
+        _ = FileManager.default.createFile(atPath: markers + "/" + task.id, contents: nil)
         #expect(try SQLiteTaskStore.heldLocks(atPath: path).map(\.taskID) == [other.id])
         let fourth = try SQLiteTaskStore(path: path)
         #expect(try marked() == [other.id])
 
         // A marker that cannot be made refuses the lock rather than hide it.
         try FileManager.default.removeItem(atPath: markers)
-        FileManager.default.createFile(atPath: markers, contents: nil)
+        _ = FileManager.default.createFile(atPath: markers, contents: nil)
         let next = try await fourth.create(NewTask(kind: .move, sources: [StoredPath("/r/a")], destination: StoredPath("/r/b"), owner: "alice"))
         _ = try await fourth.claim(id: next.id, worker: "w2", lease: .seconds(30))
         let refused = await #expect(throws: TaskStoreError.self) {
@@ -129,6 +129,58 @@ struct HeldLocksTests {
         #expect(try await fourth.locks().map(\.taskID) == [other.id])
         #expect(try SQLiteTaskStore.heldLocks(atPath: path).map(\.taskID) == [other.id])
         await fourth.close()
+    }
+
+    /// A store opened long ago (a worker's, a server's) puts its markers right when the janitor
+    /// asks (`repair`): a marker deleted while its task holds locks (a cleaner of old files) left
+    /// an empty directory that told readers "no locks"; it comes back. A marker without locks
+    /// goes, and a directory deleted whole is rebuilt. Each change is said; none, nothing.
+    @Test func repairPutsTheMarkersRightAndSaysWhatItChanged() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-held")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/ferry.sqlite"
+        let markers = path + "-locks"
+        func marked() throws -> Set<String> { Set(try FileManager.default.contentsOfDirectory(atPath: markers)) }
+        let store = try SQLiteTaskStore(path: path)
+        let task = try await store.create(NewTask(kind: .move, sources: [StoredPath("/p/a")], destination: StoredPath("/p/b"), owner: "alice"))
+        _ = try await store.claim(worker: "w1", limit: 1, lease: .seconds(30))
+        let held = [PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath("/p/a"))]
+        try await store.acquireLocks(id: task.id, worker: "w1", held)
+        // The marker of a lock held for a month is stamped anew on each pass, so that a cleaner
+        // of old files never finds it old.
+        let monthAgo = Date().addingTimeInterval(-30 * 86400)
+        try FileManager.default.setAttributes([.modificationDate: monthAgo], ofItemAtPath: "\(markers)/\(task.id)")
+        #expect(try await store.repair().isEmpty)
+        let stamped = try #require(try FileManager.default.attributesOfItem(atPath: "\(markers)/\(task.id)")[.modificationDate] as? Date)
+        #expect(stamped.timeIntervalSinceNow > -60, "\(stamped)")
+
+        try FileManager.default.removeItem(atPath: "\(markers)/\(task.id)")
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path).isEmpty, "what an empty directory tells a reader")
+        let restored = try await store.repair()
+        #expect(restored.count == 1 && restored[0].hasPrefix("put back the lock marker of task \(task.id) in \(markers)"), "\(restored)")
+        #expect(try marked() == [task.id])
+        #expect(try SQLiteTaskStore.heldLocks(atPath: path) == held)
+
+        _ = FileManager.default.createFile(atPath: "\(markers)/0123456789abcdef", contents: nil)
+        let removed = try await store.repair()
+        #expect(removed.count == 1 && removed[0].hasPrefix("removed the lock marker of task 0123456789abcdef"), "\(removed)")
+        #expect(try marked() == [task.id])
+
+        try FileManager.default.removeItem(atPath: markers)
+        let rebuilt = try await store.repair()
+        #expect(rebuilt.count == 1 && rebuilt[0].hasPrefix("made the lock marker directory \(markers)"), "\(rebuilt)")
+        #expect(try marked() == [task.id])
+        #expect(try await store.repair().isEmpty)
+        await store.close()
+
+        // What a store put right when it opened is reported by its first repair.
+        try FileManager.default.removeItem(atPath: "\(markers)/\(task.id)")
+        let reopened = try SQLiteTaskStore(path: path)
+        #expect(try marked() == [task.id])
+        let atOpen = try await reopened.repair()
+        #expect(atOpen.count == 1 && atOpen[0].hasPrefix("put back the lock marker of task \(task.id)"), "\(atOpen)")
+        #expect(try await reopened.repair().isEmpty)
+        await reopened.close()
     }
 
     /// Inserts a lock row without making a marker, with `check` as the trigger's function.
