@@ -17,11 +17,11 @@ public struct JSONLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String,
-                    file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
         var object: [String: String] = ["time": Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)),
-                                        "level": level.rawValue, "message": message.description, "logger": label]
-        for (key, value) in metadata.merging(explicit ?? [:], uniquingKeysWith: { $1 }) { object[key] = "\(value)" }
+                                        "level": event.level.rawValue, "message": event.message.description, "logger": label]
+        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { object[key] = "\(value)" }
+        if let error = event.error, object["error"] == nil { object["error"] = "\(error)" }
         guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
         data.append(0x0A)
         Self.lock.withLock { _ in FileHandle.standardError.write(data) }
