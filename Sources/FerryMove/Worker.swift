@@ -8,8 +8,8 @@ import Foundation
 public final class Worker: Sendable {
     public let engine: MoveEngine
     public let concurrency: Int
-    /// How often a long-running worker removes staging directories no live task owns (the
-    /// janitor's cleanup; recovering dead workers' tasks is what claiming does anyway).
+    /// How often a long-running worker runs the janitor's pass: staging directories no live task
+    /// owns, and the store's lock markers (recovering dead workers' tasks is what claiming does).
     public let janitorInterval: Duration?
     /// Hears each of those clean-ups' reports or errors.
     public let onJanitorPass: @Sendable (Result<Janitor.Report, any Error>) -> Void
