@@ -172,7 +172,8 @@ enum Routes {
                 try await Janitor(engine: state.janitorEngine).run(directories: state.configuration.roots.map { Array($0.path.utf8) },
                                                                    dryRun: dryRun, recover: false)
             }
-            return try Reply.json(JanitorReport(recovered: report.recovered, removed: report.removed, kept: report.kept, dryRun: dryRun))
+            return try Reply.json(JanitorReport(recovered: report.recovered, removed: report.removed, kept: report.kept,
+                                                repaired: report.repaired, dryRun: dryRun))
         })
 
         Login.add(to: router, state: state)
@@ -290,4 +291,4 @@ struct TaskList: Codable { var tasks: [TaskView]; var offset: Int; var limit: In
 struct LeaseInfo: Codable { var worker: String; var taskID: String; var status: String; var expiresAt: String }
 struct StagingInfo: Codable { var path: String; var taskID: String; @Nullable var taskStatus: String? }
 struct JanitorRequest: Codable { var dryRun: Bool }
-struct JanitorReport: Codable { var recovered: [String]; var removed: [String]; var kept: [String]; var dryRun: Bool }
+struct JanitorReport: Codable { var recovered: [String]; var removed: [String]; var kept: [String]; var repaired: [String]; var dryRun: Bool }

@@ -614,6 +614,17 @@ def test_admin_endpoints(server, client, xfs_sandbox):
         assert stale.exists(), "a dry run removed a staging directory"
         # Younger than the grace period and unknown: kept.
         assert str(stale) in json.dumps(body["kept"]), body
+        assert body["repaired"] == [], body
+
+        # A real run keeps the lock markers true: one for a task that holds no lock goes, and
+        # the report says so.
+        marker = Path(str(server.database) + "-locks") / "0123456789abcdef"
+        marker.touch()
+        body = expect(client.post(server.api("/api/admin/janitor"), json={"dryRun": False}, timeout=120), 200)
+        assert_matches_schema(body, "JanitorReport")
+        assert stale.exists(), "a real run removed a staging directory younger than the grace period"
+        assert not marker.exists(), body
+        assert any("removed the lock marker of task 0123456789abcdef" in change for change in body["repaired"]), body
     finally:
         shutil.rmtree(stale, ignore_errors=True)
 

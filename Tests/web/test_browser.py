@@ -304,3 +304,31 @@ def test_live_task_list_cancel_and_retry(start_server, xfs_sandbox, driver):
         assert not errors, f"JavaScript errors: {errors}"
     finally:
         shutil.rmtree(source, ignore_errors=True)
+
+
+def test_admin_runs_the_janitor(server, driver):
+    """An admin runs the janitor from the admin page: after the confirmation, the page lists what it
+    did, here the lock marker of a task that holds no lock, which it removed (a dry run first
+    reports and changes nothing)."""
+    shots = Shots(driver, "admin-janitor")
+    marker = Path(str(server.database) + "-locks") / "0123456789abcdef"
+    marker.touch()
+    try:
+        log_in(driver, server)
+        driver.get(server.url + "/admin")
+        one(driver, "#janitor-dry-run").click()
+        result = one(driver, "#janitor-result")
+        wait(driver, lambda d: "Dry run: nothing was changed." in result.text, message="the dry run's report")
+        assert "Repaired" not in result.text and marker.exists(), result.text
+        shots("dry run")
+
+        one(driver, "#janitor-run").click()
+        wait(driver, lambda d: d.switch_to.alert, message="the confirmation").accept()
+        wait(driver, lambda d: "The janitor ran." in result.text, message="the janitor's report")
+        assert "Repaired (1)" in result.text, result.text
+        assert "removed the lock marker of task 0123456789abcdef" in result.text, result.text
+        assert not marker.exists()
+        shots("janitor ran")
+        assert not console_errors(driver), console_errors(driver)
+    finally:
+        marker.unlink(missing_ok=True)

@@ -514,7 +514,8 @@
             el('p', null, el('strong', { text: dryRun ? 'Dry run: nothing was changed.' : 'The janitor ran.' })),
             ...section(dryRun ? 'Would recover' : 'Recovered', answer.recovered),
             ...section(dryRun ? 'Would remove' : 'Removed', answer.removed),
-            ...section('Kept', answer.kept));
+            ...section('Kept', answer.kept),
+            ...(dryRun ? [] : section('Repaired', answer.repaired)));
         } catch (error) {
           result.replaceChildren(el('p', { class: 'task-error', text: error.message }));
         } finally {
