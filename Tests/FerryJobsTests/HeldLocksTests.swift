@@ -58,11 +58,9 @@ struct HeldLocksTests {
     /// directory may answer "no locks" without the database; whatever disagrees sends the read to
     /// the table, and the next store to open puts the directory right.
     @Test func lockMarkersFollowTheLocksAndAnyDoubtReadsTheTable() async throws {
-        let directory = try TemporaryDirectory.make(prefix: "ferry-held")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let path = directory + "/ferry.sqlite"
-        let markers = path + "-locks"
-        func marked() throws -> Set<String> { Set(try FileManager.default.contentsOfDirectory(atPath: markers)) }
+        let database = try MarkedDatabase()
+        defer { database.remove() }
+        let (path, markers, marked) = (database.path, database.markers, database.marked)
 
         let store = try SQLiteTaskStore(path: path)
         #expect(try marked().isEmpty, "a store makes the directory when it opens")
@@ -136,11 +134,9 @@ struct HeldLocksTests {
     /// an empty directory that told readers "no locks"; it comes back. A marker without locks
     /// goes, and a directory deleted whole is rebuilt. Each change is said; none, nothing.
     @Test func repairPutsTheMarkersRightAndSaysWhatItChanged() async throws {
-        let directory = try TemporaryDirectory.make(prefix: "ferry-held")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let path = directory + "/ferry.sqlite"
-        let markers = path + "-locks"
-        func marked() throws -> Set<String> { Set(try FileManager.default.contentsOfDirectory(atPath: markers)) }
+        let database = try MarkedDatabase()
+        defer { database.remove() }
+        let (path, markers, marked) = (database.path, database.markers, database.marked)
         let store = try SQLiteTaskStore(path: path)
         let task = try await store.create(NewTask(kind: .move, sources: [StoredPath("/p/a")], destination: StoredPath("/p/b"), owner: "alice"))
         _ = try await store.claim(worker: "w1", limit: 1, lease: .seconds(30))
@@ -181,6 +177,20 @@ struct HeldLocksTests {
         #expect(atOpen.count == 1 && atOpen[0].hasPrefix("put back the lock marker of task \(task.id)"), "\(atOpen)")
         #expect(try await reopened.repair().isEmpty)
         await reopened.close()
+    }
+
+    /// A task database in a temporary directory of its own, and its lock markers.
+    private struct MarkedDatabase {
+        let directory: String
+        var path: String { directory + "/ferry.sqlite" }
+        var markers: String { path + "-locks" }
+
+        init() throws { directory = try TemporaryDirectory.make(prefix: "ferry-held") }
+
+        /// The tasks with a marker.
+        func marked() throws -> Set<String> { Set(try FileManager.default.contentsOfDirectory(atPath: markers)) }
+
+        func remove() { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     /// Inserts a lock row without making a marker, with `check` as the trigger's function.
