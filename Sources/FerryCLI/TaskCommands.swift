@@ -142,14 +142,9 @@ struct WorkerCommand: AsyncParsableCommand {
             engine.stop()  // running tasks stop at their next checkpoint and release their leases
         }
         defer { interrupt.stop() }
+        let logger = Logger(label: "ferry.worker")
         let records = await Worker(engine: engine, concurrency: concurrency, janitorInterval: janitorInterval) { outcome in
-            switch outcome {
-            case .success(let report):
-                for path in report.removed { printError("janitor: removed \(path), a staging directory no live task owns") }
-                for change in report.repaired { printError("janitor: \(change)") }
-            case .failure(let error):
-                printError("janitor: the pass failed (\(error)); the next one is due in \(janitorMinutes) minutes")
-            }
+            JanitorService.log(outcome, to: logger)
         }.run(once: once, stop: stop)
         for record in records { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
     }

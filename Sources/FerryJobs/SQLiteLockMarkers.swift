@@ -114,14 +114,14 @@ struct LockMarkers {
     /// directory that cannot be made leaves the readers reading the table. Returns what it
     /// changed, a sentence each.
     ///
-    /// It also stamps the markers of the tasks that hold locks with the time: a cleaner of old
-    /// files (systemd-tmpfiles ages a file by its newest time) then never finds a marker older than
-    /// the interval between the janitor's passes, however long its task has held its locks.
-    @discardableResult
-    func reconcile(_ pool: DatabasePool, databaseMode: mode_t) throws -> [String] {
+    /// `stamp` (the janitor's passes, not every store that opens): also stamp the markers of the
+    /// tasks that hold locks with the time, so that a cleaner of old files (systemd-tmpfiles ages
+    /// a file by its newest time) never finds a marker older than the interval between passes,
+    /// however long its task has held its locks.
+    func reconcile(_ pool: DatabasePool, databaseMode: mode_t, stamp: Bool) throws -> [String] {
         let (locking, present) = try pool.read { db in (Set(try Self.lockingTasks(db)), marked()) }
         let changes = locking == present ? [] : try correct(pool, databaseMode: databaseMode)
-        freshen(locking)
+        if stamp { freshen(locking) }
         return changes
     }
 

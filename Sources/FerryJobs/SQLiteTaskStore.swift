@@ -24,7 +24,7 @@ public final class SQLiteTaskStore: TaskStore {
         self.path = path
         self.markers = markers
         try Self.migrator.migrate(pool)
-        unreported = Mutex(try markers.reconcile(pool, databaseMode: Self.mode(of: path)))
+        unreported = Mutex(try markers.reconcile(pool, databaseMode: Self.mode(of: path), stamp: false))
     }
 
     /// What opening the store put right, until `repair` reports it.
@@ -39,7 +39,7 @@ public final class SQLiteTaskStore: TaskStore {
     /// markers meanwhile. Says what opening the store put right too, the first time.
     public func repair() async throws -> [String] {
         let (markers, pool, path) = (markers, pool, path)
-        let changes = try await Blocking.run { try markers.reconcile(pool, databaseMode: Self.mode(of: path)) }
+        let changes = try await Blocking.run { try markers.reconcile(pool, databaseMode: Self.mode(of: path), stamp: true) }
         return unreported.withLock { opening in
             defer { opening = [] }
             return opening + changes
