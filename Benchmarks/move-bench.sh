@@ -16,7 +16,10 @@
 #      floor that no move of these bytes on this disk gets far below, a bare copy of the bytes at
 #      the disk's pace (two dd streams with O_DIRECT and 16 MiB blocks, then rm + sync: no
 #      metadata, no verification, no page cache);
-#   3. cross-project move of 100,000 x 4 KiB, the same way;
+#   3. cross-project move of 100,000 x 4 KiB, the same way; its floor is the work per inode that
+#      every durable move of the tree does: the files made anew from bytes in memory (one writer
+#      per core, nothing read from the source, no metadata, no verification) + sync, then the cold
+#      source removed (one rm per core) + sync;
 #   4. task claims per second by 8 concurrent workers on SQLite and on a throwaway PostgreSQL 15
 #      cluster with production durability (fsync on): the 8 sharing one store, as in one
 #      `ferry worker --concurrency 8`, and with a store (connection) each, as 8 worker processes.
@@ -160,11 +163,54 @@ dd_floor() {  # dd_floor SRC DEST_PARENT
   [ "$status" = 0 ] && rm -rf "$src" && sync
 }
 
-cross_project() {  # cross_project NAME FILES FLOOR MAKE...: ferry vs mv+sync vs rsync --remove-source-files+sync [vs dd_floor]
+# The same for a tree of small files, where the floor is the file system's work per inode rather
+# than the bytes: the tree's files made anew at the destination from bytes in memory (no reading of
+# the source, no metadata copied, nothing verified), one writer process per core, then sync; then
+# the cold source removed by one rm per core over its top-level entries, then sync. Every durable
+# move of the tree has to create and remove as many inodes.
+files_floor() {  # files_floor SRC DEST_PARENT FILE_SIZE
+  local src="$1" dst="$2/${1##*/}" size="$3" workers k pids=() pid status=0
+  workers=$(nproc)
+  mkdir "$dst"
+  for ((k = 0; k < workers; k++)); do
+    python3 - "$src" "$dst" "$size" "$k" "$workers" <<'PY' &
+import os, sys
+src, dst, size, k, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+block = os.urandom(size)
+def make(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, block)
+    os.close(fd)
+top = sorted(os.scandir(src), key=lambda e: e.name)
+for entry in top[k::workers]:
+    if not entry.is_dir(follow_symlinks=False):
+        make(os.path.join(dst, entry.name))
+        continue
+    for root, dirs, files in os.walk(entry.path):
+        here = os.path.join(dst, os.path.relpath(root, src))
+        os.mkdir(here)
+        for name in files:
+            make(os.path.join(here, name))
+PY
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  [ "$status" = 0 ] || return 1
+  sync
+  pids=()
+  for ((k = 0; k < workers; k++)); do
+    (cd "$src" && ls -A | awk -v k="$k" -v n="$workers" '(NR - 1) % n == k' | xargs -r -d '\n' rm -rf --) &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  [ "$status" = 0 ] && rmdir "$src" && sync
+}
+
+cross_project() {  # cross_project NAME FILES FLOOR MAKE...: ferry vs mv+sync vs rsync --remove-source-files+sync [vs a floor]
   local name="$1" expect_files="$2" floor="$3"; shift 3
   local -A samples=([ferry]="" [mv]="" [rsync]="" [floor]="")
   local tools=(ferry mv rsync)
-  [ "$floor" = yes ] && tools+=(floor)
+  [ "$floor" = no ] || tools+=(floor)
   for round in $(seq 0 "$runs"); do
     for tool in "${tools[@]}"; do
       rm -rf "$mnt/a/data" "$mnt/b/data"
@@ -176,7 +222,7 @@ cross_project() {  # cross_project NAME FILES FLOOR MAKE...: ferry vs mv+sync vs
         ferry) "$ferry" move "$mnt/a/data" "$mnt/b/" 2>/dev/null ;;
         mv) mv "$mnt/a/data" "$mnt/b/" && sync ;;
         rsync) rsync -a --remove-source-files "$mnt/a/data" "$mnt/b/" && find "$mnt/a/data" -depth -type d -empty -delete && sync ;;
-        floor) dd_floor "$mnt/a/data" "$mnt/b" ;;
+        floor) $floor "$mnt/a/data" "$mnt/b" ;;
       esac
       e=$(now)
       # A timing is only kept for a move that happened: everything at the destination, nothing left.
@@ -191,12 +237,18 @@ cross_project() {  # cross_project NAME FILES FLOOR MAKE...: ferry vs mv+sync vs
   done
   local f m r d
   f=$(printf '%s\n' ${samples[ferry]} | median); m=$(printf '%s\n' ${samples[mv]} | median); r=$(printf '%s\n' ${samples[rsync]} | median)
-  echo "  $name: ferry ${samples[ferry]}| mv ${samples[mv]}| rsync ${samples[rsync]}${samples[floor]:+| dd floor ${samples[floor]}}" >&2
-  if [ "$floor" = yes ]; then
+  echo "  $name: ferry ${samples[ferry]}| mv ${samples[mv]}| rsync ${samples[rsync]}${samples[floor]:+| floor ${samples[floor]}}" >&2
+  if [ "$floor" != no ]; then
     d=$(printf '%s\n' ${samples[floor]} | median)
     rows+=("$(printf '| %s | %.2f s | %.2f s (mv + sync) | %.2f s | %.2f s | %.2fx | %.2fx | %.2fx |' "$name" "$f" "$m" "$r" "$d" \
       "$(echo "$f / $m" | bc -l)" "$(echo "$f / $r" | bc -l)" "$(echo "$f / $d" | bc -l)")")
-    floors+=("$(printf '%s: the dd floor is %.2fx rsync' "$name" "$(echo "$d / $r" | bc -l)")")
+    local what
+    case "$floor" in
+      dd_floor) what="the bytes copied by two dd streams with O_DIRECT, the source removed, sync" ;;
+      *) what="the files made anew from memory, sync, the cold source removed, sync" ;;
+    esac
+    floors+=("$(printf '%s: the floor (%s) is %.2fx rsync and %.2fx mv' "$name" "$what" \
+      "$(echo "$d / $r" | bc -l)" "$(echo "$d / $m" | bc -l)")")
   else
     rows+=("$(printf '| %s | %.2f s | %.2f s (mv + sync) | %.2f s | — | %.2fx | %.2fx | — |' "$name" "$f" "$m" "$r" \
       "$(echo "$f / $m" | bc -l)" "$(echo "$f / $r" | bc -l)")")
@@ -206,9 +258,10 @@ floors=()
 big_count=${FERRY_BENCH_BIG_FILES:-16}; big_mb=${FERRY_BENCH_BIG_MB:-256}; small_count=${FERRY_BENCH_SMALL_FILES:-100000}
 big() { mkdir -p "$1"; for i in $(seq -w 1 "$big_count"); do head -c "${big_mb}M" /dev/urandom > "$1/f$i"; done; }
 small() { mktree "$1" "$small_count" 4096; }
+small_floor() { files_floor "$1" "$2" 4096; }
 if want cross; then
-  cross_project "cross-project move, $big_count x $big_mb MiB" "$big_count" yes big
-  cross_project "cross-project move, $small_count x 4 KiB" "$small_count" no small
+  cross_project "cross-project move, $big_count x $big_mb MiB" "$big_count" dd_floor big
+  cross_project "cross-project move, $small_count x 4 KiB" "$small_count" small_floor small
   rm -rf "$mnt/a/data" "$mnt/b/data"
 fi
 
@@ -231,7 +284,7 @@ echo "ferry move (release build, SQLite task store) vs mv and rsync; loop XFS, r
 echo "(cross-project: cold caches, a warm-up round first, tools interleaved); $(nproc) cores, $(uname -r)"
 if [ ${#rows[@]} -gt 0 ]; then
 echo
-echo "| workload | ferry move | mv | rsync --remove-source-files + sync | dd floor | ferry / mv | ferry / rsync | ferry / floor |"
+echo "| workload | ferry move | mv | rsync --remove-source-files + sync | floor | ferry / mv | ferry / rsync | ferry / floor |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 [ ${#floors[@]} -eq 0 ] || { echo; printf '%s\n' "${floors[@]}"; }
