@@ -111,17 +111,29 @@ import Testing
         #expect(store.session(first.id) != nil && store.session(third.id) != nil && store.session(fourth.id) != nil)
     }
 
+    /// Failures from one address are limited; a success in between (a login to an account of
+    /// the guesser's own) takes back only its own attempt, so it cannot reset the count.
     @Test func loginFailuresAreRateLimitedPerAddress() {
         let limiter = LoginRateLimiter(limit: 3, window: .seconds(60))
-        for _ in 0..<3 {
-            #expect(limiter.retryAfter("10.0.0.1") == nil)
-            limiter.recordFailure("10.0.0.1")
+        func admitted(_ address: String) -> LoginRateLimiter.Ticket? {
+            if case .admitted(let ticket) = limiter.admit(address) { return ticket }
+            return nil
         }
-        let wait = limiter.retryAfter("10.0.0.1")
-        #expect(wait != nil && wait! > 0 && wait! <= 61)
-        #expect(limiter.retryAfter("10.0.0.2") == nil)
-        limiter.recordSuccess("10.0.0.1")
-        #expect(limiter.retryAfter("10.0.0.1") == nil)
+        for _ in 0..<2 {
+            #expect(admitted("10.0.0.1") != nil)  // a wrong guess: left counted
+            #expect(admitted("10.0.0.1").map(limiter.succeeded) != nil)  // the guesser's own login
+        }
+        #expect(admitted("10.0.0.1") != nil)
+        guard case .limited(let wait) = limiter.admit("10.0.0.1") else {
+            Issue.record("three failures and two successes from one address were not limited")
+            return
+        }
+        #expect(wait > 0 && wait <= 61)
+        #expect(admitted("10.0.0.2") != nil)
+        // Attempts in flight count: three admitted at once leave no room for a fourth.
+        let parallel = LoginRateLimiter(limit: 3, window: .seconds(60))
+        #expect((0..<3).allSatisfy { _ in if case .admitted = parallel.admit("10.0.0.3") { true } else { false } })
+        if case .admitted = parallel.admit("10.0.0.3") { Issue.record("a fourth attempt was admitted while three were in flight") }
     }
 
     @Test func secretsCompareWholly() {

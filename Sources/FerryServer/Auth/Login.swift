@@ -51,13 +51,16 @@ enum Login {
             if json { return error.response() }
             return Pages.login(state: state, error: error.message, status: error.httpStatus)
         }
-        if let wait = state.limiter.retryAfter(address) {
-            return failure(APIError(.tooManyRequests, "auth.rate_limited", "too many failed logins from \(address); try again in \(wait) s"))
-                .with(header: .retryAfter, String(wait))
-        }
         // Counted as a failure until it succeeds, so parallel attempts cannot all pass the check
         // while a slow password check is under way.
-        state.limiter.recordFailure(address)
+        let ticket: LoginRateLimiter.Ticket
+        switch state.limiter.admit(address) {
+        case .limited(let wait):
+            return failure(APIError(.tooManyRequests, "auth.rate_limited", "too many failed logins from \(address); try again in \(wait) s"))
+                .with(header: .retryAfter, String(wait))
+        case .admitted(let admitted):
+            ticket = admitted
+        }
         let user: String
         switch state.settings.authMode {
         case .token:
@@ -89,7 +92,7 @@ enum Login {
         case .proxy:
             return failure(APIError(.unauthorized, "auth.failed", "this server is behind a login proxy; open it through the proxy"))
         }
-        state.limiter.recordSuccess(address)
+        state.limiter.succeeded(ticket)
         let session = state.sessions.create(user: user)
         state.logger.info("login", metadata: ["user": "\(user)", "address": "\(address)"])
         let cookie = state.cookie(for: session, request: request)

@@ -59,10 +59,30 @@ public final class SessionStore: Sendable {
     public func remove(_ id: String) { sessions.withLock { _ = $0.removeValue(forKey: id) } }
 }
 
-/// Failed logins per client address: more than `limit` within `window` and further attempts are
-/// refused until the oldest failure leaves the window.
+/// Failed logins per client address: `limit` within `window` and further attempts are refused
+/// until the oldest failure leaves the window. An attempt counts as a failure from the moment it
+/// is admitted (the check and the count are one step, so parallel attempts cannot all slip past
+/// while a slow password check runs) until it succeeds; a success takes back only its own count.
+/// Earlier failures from the address keep counting: logging in to an account of one's own must
+/// not wipe out the guesses just made at someone else's.
 public final class LoginRateLimiter: Sendable {
-    private let failures = Mutex<[String: [ContinuousClock.Instant]]>([:])
+    public struct Ticket: Sendable {
+        let address: String
+        let serial: UInt64
+    }
+
+    public enum Admission: Sendable {
+        case admitted(Ticket)
+        /// Seconds until the next attempt may be made.
+        case limited(seconds: Int)
+    }
+
+    private struct State {
+        var failures: [String: [(at: ContinuousClock.Instant, serial: UInt64)]] = [:]
+        var serial: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
     let limit: Int
     let window: Duration
 
@@ -71,24 +91,28 @@ public final class LoginRateLimiter: Sendable {
         self.window = window
     }
 
-    /// nil: may try; otherwise the seconds to wait.
-    public func retryAfter(_ address: String) -> Int? {
-        failures.withLock { all in
+    /// Admits one login attempt from `address`, counted as a failure until `succeeded`; or says
+    /// how long to wait.
+    public func admit(_ address: String) -> Admission {
+        state.withLock { state in
             let now = ContinuousClock.now
-            let recent = (all[address] ?? []).filter { now - $0 < window }
-            all[address] = recent.isEmpty ? nil : recent
-            guard recent.count >= limit, let oldest = recent.first else { return nil }
-            let wait = window - (now - oldest)
-            return max(1, Int(wait.components.seconds) + 1)
+            let recent = (state.failures[address] ?? []).filter { now - $0.at < window }
+            if recent.count >= limit, let oldest = recent.first {
+                state.failures[address] = recent
+                return .limited(seconds: max(1, Int((window - (now - oldest.at)).components.seconds) + 1))
+            }
+            state.serial += 1
+            state.failures[address] = recent + [(now, state.serial)]
+            return .admitted(Ticket(address: address, serial: state.serial))
         }
     }
 
-    public func recordFailure(_ address: String) {
-        failures.withLock { $0[address, default: []].append(.now) }
-    }
-
-    public func recordSuccess(_ address: String) {
-        failures.withLock { _ = $0.removeValue(forKey: address) }
+    /// The admitted attempt succeeded: it is not a failure.
+    public func succeeded(_ ticket: Ticket) {
+        state.withLock { state in
+            state.failures[ticket.address]?.removeAll { $0.serial == ticket.serial }
+            if state.failures[ticket.address]?.isEmpty == true { state.failures[ticket.address] = nil }
+        }
     }
 }
 
