@@ -173,6 +173,9 @@ struct JanitorCommand: AsyncParsableCommand {
         for record in recovered { print("recovered task \(record.id)") }
         for path in report.removed { print("\(dryRun ? "would remove" : "removed") \(path)") }
         for path in report.kept { print("kept \(path) (its task is still running, or it is younger than the grace period)") }
+        for path in report.unmarked {
+            print("left \(path) in place: it is not marked as a staging directory Ferry made (remove it by hand if it is one)")
+        }
         for change in report.repaired { print(change) }
     }
 }

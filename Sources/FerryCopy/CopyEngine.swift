@@ -23,6 +23,47 @@ public struct StagingArea: Sendable {
     public let name: ByteString
     public let directory: FileDescriptor
     public static let prefix = ".ferry-staging-"
+    /// The extended attribute that marks a directory as one Ferry made for staging, holding its id.
+    /// A name alone proves nothing: anyone who may rename entries in a shared directory can give
+    /// another user's directory a staging name, and a janitor running as root would then delete
+    /// what that user could not. Setting this attribute takes the directory's ownership or write
+    /// permission on it, so the janitor removes only directories that carry it.
+    public static let markerAttribute = Array("user.ferry.staging".utf8)
+
+    public enum Marking: Sendable, Equatable {
+        /// Marked with this id: made by Ferry for this task, to hold copies.
+        case copies
+        /// Marked with this id as a relink's: it holds the moved files themselves, their only
+        /// names while the task runs.
+        case relinked
+        /// No mark, or another id's: not to be removed by a janitor.
+        case unmarked
+        /// The filesystem keeps no `user.*` attributes, so Ferry could not mark it either.
+        case unsupported
+    }
+
+    /// Marks a staging directory Ferry has just made (the value is the id, after `relink ` for a
+    /// relink's); a filesystem without `user.*` attributes leaves it unmarked.
+    static func mark(_ directory: FileDescriptor, id: String, relink: Bool) throws(SystemError) {
+        do {
+            try ExtendedAttributes.set(directory, markerAttribute, Array(((relink ? "relink " : "") + id).utf8))
+        } catch where error.code == .notSupported {
+            return
+        }
+    }
+
+    /// Whether the open directory `directory` carries the staging mark of task `id`.
+    public static func marking(of directory: FileDescriptor, id: String) -> Marking {
+        do {
+            switch try ExtendedAttributes.value(directory, markerAttribute) {
+            case Array(id.utf8)?: return .copies
+            case Array(("relink " + id).utf8)?: return .relinked
+            default: return .unmarked
+            }
+        } catch {
+            return error.code == .notSupported ? .unsupported : .unmarked
+        }
+    }
 
     public init(parent: FileDescriptor, name: ByteString, directory: FileDescriptor) {
         self.parent = parent
@@ -64,16 +105,25 @@ public final class CopyEngine: Sendable {
     }
 
     /// Creates an empty staging directory in `destination`. The name carries `id` (a task id), so a
-    /// janitor can tell whose it is.
-    public func createStaging(in destination: FileDescriptor, id: String) throws(CopyError) -> StagingArea {
+    /// janitor can tell whose it is, and the mark (`StagingArea.markerAttribute`) that it is
+    /// Ferry's, and whether it is to hold copies or, for a relink, the moved files themselves.
+    public func createStaging(in destination: FileDescriptor, id: String, relink: Bool = false) throws(CopyError) -> StagingArea {
         let name = Array((StagingArea.prefix + id).utf8)
+        let fd: FileDescriptor
         do {
             try destination.makeDirectory(name, permissions: 0o700)
-            let fd = try destination.openAt(name, [.directory, .noFollow])
-            return StagingArea(parent: destination, name: name, directory: fd)
+            fd = try destination.openAt(name, [.directory, .noFollow])
         } catch {
             throw .system(path: PathDisplay.string(name), error)
         }
+        do {
+            try StagingArea.mark(fd, id: id, relink: relink)
+        } catch {
+            fd.closeQuietly()
+            try? destination.removeEntry(name, isDirectory: true)
+            throw .system(path: PathDisplay.string(name), error)
+        }
+        return StagingArea(parent: destination, name: name, directory: fd)
     }
 
     /// Copies the sources into the staging directory, in parallel. On failure everything staged is
@@ -189,6 +239,15 @@ public final class CopyEngine: Sendable {
             if error.code == .notFound { return nil }
             throw .system(path: PathDisplay.string(name), error)
         }
+    }
+
+    /// Removes the named entries of a moved source where `published` (the directory the copies were
+    /// published in, under their destination names) holds the same (`VerifiedRemoveVisitor`), and
+    /// leaves the rest. Returns how many entries survived and the first few of their paths.
+    public func removeMoved(_ sources: [CopySource], publishedIn published: FileDescriptor) throws(CopyError) -> (count: Int, first: [String]) {
+        let visitor = VerifiedRemoveVisitor()
+        try walk(sources, peer: published, visitor: visitor, cancellation: CancellationFlag())
+        return visitor.survivors.withLock { $0 }
     }
 
     /// Removes the named entries (files or whole trees) from their directories.

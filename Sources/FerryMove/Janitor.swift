@@ -14,6 +14,10 @@ public struct Janitor: Sendable {
         public var recovered: [String] = []
         /// What the task store put right beside its tables (`TaskStore.repair`), a sentence each.
         public var repaired: [String] = []
+        /// Directories with a staging name that do not carry the mark Ferry gives the staging
+        /// directories it makes (`StagingArea.markerAttribute`): left in place, whatever their
+        /// task's state, since a name is all anyone with write access to the parent needs.
+        public var unmarked: [String] = []
     }
 
     public let engine: MoveEngine
@@ -49,9 +53,23 @@ public struct Janitor: Sendable {
         for (directory, name) in candidates {
             let id = String(decoding: name.dropFirst(StagingArea.prefix.count), as: UTF8.self)
             let path = PathDisplay.string(BytePath.join(directory, name))
+            // Only what Ferry made for this id is ever removed, whatever the task's state.
+            let marking = (try? FileDescriptor.openDirectoryWithoutSymlinks(directory)).flatMap { fd -> StagingArea.Marking? in
+                defer { fd.closeQuietly() }
+                guard let staging = try? fd.openAt(name, [.directory, .noFollow]) else { return nil }
+                defer { staging.closeQuietly() }
+                return StagingArea.marking(of: staging, id: id)
+            }
+            guard let marking else { continue }  // gone meanwhile, or not a directory
+            guard marking == .copies || marking == .relinked else { report.unmarked.append(path); continue }
             let task = try await engine.store.task(id)
             let removable: Bool
-            if let task, task.plan?.strategy == Strategy.relink.rawValue {
+            if task == nil && marking == .relinked {
+                // A relink's files, of a task this database does not know (another database's,
+                // or one that was lost): their only names are in there, so they stay.
+                report.kept.append(path)
+                continue
+            } else if let task, task.plan?.strategy == Strategy.relink.rawValue {
                 // A relink's staging holds the only copy of what it moved: only empty directories go.
                 if task.status.isTerminal && !dryRun {
                     try await Blocking.run {

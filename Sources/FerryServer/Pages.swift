@@ -194,7 +194,7 @@ enum Pages {
              "expiresText": task.leaseExpiresAt.map { $0.formatted(date: .omitted, time: .standard) } ?? ""]
         }
         let staging = ((try? await Routes.stagingDirectories(state)) ?? []).map { item -> [String: Any] in
-            ["path": item.path, "taskID": item.taskID, "taskStatus": item.taskStatus ?? "unknown to the database"]
+            ["path": item.path, "taskID": item.taskID, "taskStatus": item.taskStatus ?? "unknown to the database", "unmarked": !item.marked]
         }
         return render("admin", ["title": "Admin — Ferry", "navAdmin": true, "tasks": records.map(taskView), "leases": leases,
                                 "staging": staging, "noLeases": leases.isEmpty, "noStaging": staging.isEmpty], state: state, context: context)

@@ -173,7 +173,7 @@ enum Routes {
                                                                    dryRun: dryRun, recover: false)
             }
             return try Reply.json(JanitorReport(recovered: report.recovered, removed: report.removed, kept: report.kept,
-                                                repaired: report.repaired, dryRun: dryRun))
+                                                unmarked: report.unmarked, repaired: report.repaired, dryRun: dryRun))
         })
 
         Login.add(to: router, state: state)
@@ -238,11 +238,12 @@ enum Routes {
                                                                                   dryRun: true, recover: false)
         }
         var found: [StagingInfo] = []
-        for path in report.removed + report.kept {
+        let unmarked = Set(report.unmarked)
+        for path in report.removed + report.kept + report.unmarked {
             let name = path.split(separator: "/").last.map(String.init) ?? path
             let id = name.hasPrefix(".ferry-staging-") ? String(name.dropFirst(".ferry-staging-".count)) : ""
             let task = try? await state.store.task(id)
-            found.append(StagingInfo(path: path, taskID: id, taskStatus: task?.status.rawValue))
+            found.append(StagingInfo(path: path, taskID: id, taskStatus: task?.status.rawValue, marked: !unmarked.contains(path)))
         }
         return found.sorted { $0.path < $1.path }
     }
@@ -289,6 +290,13 @@ struct SessionInfo: Codable { var user: String; var admin: Bool; @Nullable var c
 struct RootInfo: Codable { var path: String; @Nullable var name: String? }
 struct TaskList: Codable { var tasks: [TaskView]; var offset: Int; var limit: Int }
 struct LeaseInfo: Codable { var worker: String; var taskID: String; var status: String; var expiresAt: String }
-struct StagingInfo: Codable { var path: String; var taskID: String; @Nullable var taskStatus: String? }
+struct StagingInfo: Codable { var path: String; var taskID: String; @Nullable var taskStatus: String?; var marked: Bool }
 struct JanitorRequest: Codable { var dryRun: Bool }
-struct JanitorReport: Codable { var recovered: [String]; var removed: [String]; var kept: [String]; var repaired: [String]; var dryRun: Bool }
+struct JanitorReport: Codable {
+    var recovered: [String]
+    var removed: [String]
+    var kept: [String]
+    var unmarked: [String]
+    var repaired: [String]
+    var dryRun: Bool
+}

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import FerrySystem
 import Glibc
 
 /// Everything a faithful copy must preserve about one entry, read independently of Ferry's own
@@ -175,6 +176,15 @@ func snapshotError(_ call: String, _ path: [UInt8]) -> ShellError {
 
 /// Builds test trees with the awkward cases a copy must keep.
 public enum TreeBuilder {
+    /// Makes `path` a directory that looks like one Ferry made for staging task `id`: the
+    /// directory (with its parents) and the mark Ferry sets on it, `user.ferry.staging`.
+    public static func stagingDirectory(_ path: String, id: String) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let directory = try FileDescriptor.openDirectory(Array(path.utf8))
+        defer { directory.closeQuietly() }
+        try ExtendedAttributes.set(directory, Array("user.ferry.staging".utf8), Array(id.utf8))
+    }
+
     public static func write(_ path: String, bytes: Int, seed: UInt64 = 1) throws {
         var generator = SplitMix(seed: seed)
         var data = [UInt8](repeating: 0, count: bytes)

@@ -301,6 +301,7 @@ struct MoveCLITests {
     @Test func janitorRemovesOrphanedStagingAndKeepsLiveOnes() throws {
         try withLoopXFS { fs in
             let b = try fs.makeProjectDirectory("b", project: 200)
+            try TreeBuilder.stagingDirectory(b + "/.ferry-staging-0123456789abcdef", id: "0123456789abcdef")
             try FileManager.default.createDirectory(atPath: b + "/.ferry-staging-0123456789abcdef/data", withIntermediateDirectories: true)
             try TreeBuilder.write(b + "/.ferry-staging-0123456789abcdef/data/partial", bytes: 1000)
             try Shell.run(["chmod", "0555", b + "/.ferry-staging-0123456789abcdef/data"])
@@ -313,6 +314,36 @@ struct MoveCLITests {
             let run = try ferry("janitor", "--scan", b, "--grace", "0", environment: database(fs))
             #expect(run.status == 0 && run.standardOutput.contains("removed"), "\(run.standardOutput)\(run.standardError)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: b) == ["keep"])
+        }
+    }
+
+    /// A staging name is all someone who may rename entries in a shared directory needs to give
+    /// another user's directory: the janitor (root here) must not delete a directory for its name.
+    /// One renamed after a finished task and one after an unknown id are both left whole, and the
+    /// report says why.
+    @Test func janitorLeavesDirectoriesWithoutFerrysMarkAlone() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try TreeBuilder.write(a + "/done", bytes: 4096)
+            let moved = try ferry("move", "--json", a + "/done", b, environment: database(fs))
+            #expect(moved.status == 0, "\(moved.standardError)")
+            let finished = try #require(try jsonObject(moved.standardOutput)["id"] as? String)
+            var victims: [String] = []
+            for id in [finished, "0123456789abcdef"] {
+                let victim = "\(b)/.ferry-staging-\(id)"
+                try FileManager.default.createDirectory(atPath: victim + "/results", withIntermediateDirectories: true)
+                try TreeBuilder.write(victim + "/results/run-1", bytes: 5000)
+                victims.append(victim)
+            }
+            let before = try victims.map { try TreeSnapshot.take($0) }
+            let run = try ferry("janitor", "--scan", b, "--grace", "0", environment: database(fs))
+            #expect(run.status == 0, "\(run.standardError)")
+            for (victim, snapshot) in zip(victims, before) {
+                #expect(try snapshot.differences(to: TreeSnapshot.take(victim)).isEmpty, "the janitor changed \(victim)")
+                #expect(run.standardOutput.contains("left \(victim) in place: it is not marked"), "\(run.standardOutput)")
+            }
+            #expect(!run.standardOutput.contains("removed"), "\(run.standardOutput)")
         }
     }
 }

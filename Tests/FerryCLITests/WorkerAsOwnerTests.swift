@@ -115,6 +115,7 @@ struct WorkerAsOwnerTests {
             #expect(moved.status == 0, "\(moved.standardError)")
             let finished = try #require(try jsonObject(moved.standardOutput)["id"] as? String)
             let leftover = "\(b)/.ferry-staging-\(finished)"
+            try TreeBuilder.stagingDirectory(leftover, id: finished)
             try FileManager.default.createDirectory(atPath: leftover + "/partial", withIntermediateDirectories: true)
 
             try FileManager.default.createDirectory(atPath: a + "/held", withIntermediateDirectories: true)

@@ -89,7 +89,16 @@ struct RelinkTests {
                                                               options: relinkOptions(), owner: "t"))
             let first = await stopping.run(try #require(try await harness.store.claim(id: task.id, worker: "stopping", lease: .seconds(30))))
             #expect(first.status == .copying && first.leaseOwner == nil, "\(first.status)")
-            #expect(listing(b).contains { $0.hasPrefix(".ferry-staging-") })
+            let staging = try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") })
+            // Marked as a relink's; a janitor of another database, to which the task is unknown,
+            // leaves it alone even past the grace period: its files have no other names.
+            let stagingDirectory = try FileDescriptor.openDirectory(Array((b + "/" + staging).utf8))
+            defer { stagingDirectory.closeQuietly() }
+            #expect(try ExtendedAttributes.value(stagingDirectory, Array("user.ferry.staging".utf8)) == Array("relink \(task.id)".utf8))
+            let stranger = try SQLiteTaskStore(path: harness.directory + "/another.sqlite")
+            let report = try await Janitor(engine: MoveEngine(store: stranger, settings: .init(worker: "stranger")), grace: .seconds(0))
+                .run(directories: [Array(b.utf8)], recover: false)
+            #expect(report.kept == [b + "/" + staging] && report.removed.isEmpty, "\(report)")
             let second = await harness.engine.run(try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))))
             #expect(second.status == .completed, "\(String(describing: second.failure))")
             #expect(try inodes(b + "/data") == before)
@@ -144,6 +153,7 @@ struct ConfiguredBehaviourTests {
                                 finalNames: [StoredPath("gone")], destinationDirectory: StoredPath(b))
             try await store.advance(id: task.id, worker: "w", to: .copying, plan: plan, message: "copying")
             try await store.finish(id: task.id, worker: "w", status: .failed, failure: TaskFailure(code: "io", message: "EIO"), message: "failed")
+            try TreeBuilder.stagingDirectory("\(b)/.ferry-staging-\(task.id)", id: task.id)
             try FileManager.default.createDirectory(atPath: "\(b)/.ferry-staging-\(task.id)/gone", withIntermediateDirectories: true)
             let stop = CancellationFlag()
             let worker = Worker(engine: engine, concurrency: 1, janitorInterval: .milliseconds(200))

@@ -602,12 +602,19 @@ def test_admin_endpoints(server, client, xfs_sandbox):
 
     stale = xfs_sandbox.project("beta") / ".ferry-staging-00000000-test-unknown"
     stale.mkdir()
+    os.setxattr(stale, "user.ferry.staging", b"00000000-test-unknown")
+    # A directory given a staging name by someone else: listed, never removed.
+    foreign = xfs_sandbox.project("beta") / ".ferry-staging-00000000-test-foreign"
+    foreign.mkdir()
+    (foreign / "results").write_bytes(b"someone's work")
     try:
         body = expect(client.get(server.api("/api/admin/staging"), timeout=30), 200)
         found = [s for s in body["staging"] if s["path"] == str(stale)]
         assert found, f"{stale} is not among the staging directories: {body}"
         assert_matches_schema(found[0], "StagingDirectory")
-        assert found[0]["taskStatus"] is None
+        assert found[0]["taskStatus"] is None and found[0]["marked"] is True
+        unmarked = [s for s in body["staging"] if s["path"] == str(foreign)]
+        assert unmarked and unmarked[0]["marked"] is False, body
 
         body = expect(client.post(server.api("/api/admin/janitor"), json={"dryRun": True}, timeout=120), 200)
         assert_matches_schema(body, "JanitorReport")
@@ -625,8 +632,11 @@ def test_admin_endpoints(server, client, xfs_sandbox):
         assert stale.exists(), "a real run removed a staging directory younger than the grace period"
         assert not marker.exists(), body
         assert any("removed the lock marker of task 0123456789abcdef" in change for change in body["repaired"]), body
+        assert str(foreign) in body["unmarked"] and str(foreign) not in body["removed"], body
+        assert (foreign / "results").read_bytes() == b"someone's work"
     finally:
         shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(foreign, ignore_errors=True)
 
 
 def test_admin_endpoints_forbidden_for_non_admin(start_server, unix_user):

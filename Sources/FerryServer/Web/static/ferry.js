@@ -515,6 +515,7 @@
             ...section(dryRun ? 'Would recover' : 'Recovered', answer.recovered),
             ...section(dryRun ? 'Would remove' : 'Removed', answer.removed),
             ...section('Kept', answer.kept),
+            ...((answer.unmarked || []).length ? section('Left in place: not marked as made by Ferry', answer.unmarked) : []),
             ...(dryRun ? [] : section('Repaired', answer.repaired)));
         } catch (error) {
           result.replaceChildren(el('p', { class: 'task-error', text: error.message }));
