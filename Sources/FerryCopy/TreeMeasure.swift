@@ -100,3 +100,106 @@ final class RemoveVisitor: TreeVisitor, @unchecked Sendable {
         try parent.source.removeEntry(directory.name, isDirectory: true)
     }
 }
+
+/// Removes a moved source entry by entry, and only where the published copy (the walk's peer)
+/// holds the same: a file goes when its copy has the same size and modification time, a symlink
+/// when its copy points to the same target, any other entry when its copy is of its kind with its
+/// modification time, and a directory once it is empty. Anything written into the source after it
+/// was verified (a new entry, an append, a rewrite, something renamed in) stays where it is, and is
+/// counted as a survivor. Links are never followed, as in `RemoveVisitor`.
+final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
+    /// Entries left in place: how many, and the first few paths.
+    let survivors = Locked<(count: Int, first: [String])>((0, []))
+    /// Directories an unprivileged owner had to make writable, with their permissions before:
+    /// put back on those that survive.
+    private let loosened = Locked<[FileID: UInt32]>([:])
+    private let privileged = processIsPrivileged
+
+    var visitsFilesWhereListed: Bool { true }
+
+    private func survived(_ path: String) {
+        survivors.withLock {
+            $0.count += 1
+            if $0.first.count < 10 { $0.first.append(path) }
+        }
+    }
+
+    /// The status of `name` in `directory`, or nil if there is no such entry.
+    private static func statusIfPresent(_ directory: FileDescriptor?, _ name: ByteString) throws -> FileStatus? {
+        guard let directory else { return nil }
+        do {
+            return try directory.status(name)
+        } catch {
+            if error.code == .notFound { return nil }
+            throw error
+        }
+    }
+
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        // Gone already: removed before a crash.
+        guard let status = try Self.statusIfPresent(directory.source, entry.name) else { return .done }
+        let copy = try Self.statusIfPresent(directory.peer, entry.peerName)
+        guard let peer = directory.peer, let copy, copy.kind == status.kind else {
+            survived(directory.displayPath(entry.name))
+            return .done
+        }
+        let same: Bool
+        switch status.kind {
+        case .directory:
+            let copyDirectory = try peer.openAt(entry.peerName, [.directory, .noFollow])
+            if !privileged, status.permissions & 0o700 != 0o700 {
+                do {
+                    try loosen(entry.name, in: directory.source, status: status)
+                } catch {
+                    copyDirectory.closeQuietly()
+                    throw error
+                }
+            }
+            return .descend(peer: copyDirectory)
+        case .regular:
+            same = copy.size == status.size && copy.modificationTime == status.modificationTime
+        case .symlink:
+            same = try peer.readSymlink(entry.peerName) == directory.source.readSymlink(entry.name)
+        default:
+            same = copy.modificationTime == status.modificationTime
+        }
+        guard same else {
+            survived(directory.displayPath(entry.name))
+            return .done
+        }
+        do {
+            try directory.source.removeEntry(entry.name, isDirectory: false)
+        } catch {
+            if error.code != .notFound { throw error }  // else: gone meanwhile
+        }
+        return .done
+    }
+
+    /// Makes a directory writable for its unprivileged owner, through a descriptor opened
+    /// O_NOFOLLOW (fchmodat would follow a swapped-in symlink), remembering its permissions.
+    private func loosen(_ name: ByteString, in parent: FileDescriptor, status: FileStatus) throws {
+        let fd = try parent.openAt(name, [.directory, .noFollow])
+        defer { fd.closeQuietly() }
+        try fd.changeMode(permissions: status.permissions | 0o700)
+        loosened.withLock { $0[status.fileID] = status.permissions }
+    }
+
+    func leave(_ directory: WalkDirectory) throws {
+        guard let parent = directory.parent else { return }
+        do {
+            try parent.source.removeEntry(directory.name, isDirectory: true)
+        } catch {
+            switch error.code {
+            case .notEmpty, .exists:
+                // Something in it survived (and was counted): the directory stays, as it was.
+                if let status = directory.status, let before = loosened.withLock({ $0[status.fileID] }) {
+                    try? directory.source.changeMode(permissions: before)
+                }
+            case .notFound:
+                break
+            default:
+                throw error
+            }
+        }
+    }
+}

@@ -174,17 +174,30 @@ public final class SQLiteTaskStore: TaskStore {
     }
 
     public func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws {
-        try await pool.write { db in
-            try Self.fence(db, id, worker)
-            if let plan {
-                try db.execute(sql: "UPDATE tasks SET status = ?, plan = ?, updated_at = ? WHERE id = ?",
-                               arguments: [status.rawValue, try Self.json(plan), Date().timeIntervalSince1970, id])
-            } else {
-                try db.execute(sql: "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?",
-                               arguments: [status.rawValue, Date().timeIntervalSince1970, id])
+        try await pool.writeWithoutTransaction { db in
+            // Durable before it returns (one fsync of the log), as every phase's work on the
+            // filesystem comes after it: a power cut must not take a task back to a phase whose
+            // premise is gone (`verifying` after its staging was published, a deletion not begun
+            // after it had).
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
+            try db.inTransaction(.immediate) {
+                try Self.advance(db, id: id, worker: worker, to: status, plan: plan, message: message)
+                return .commit
             }
-            try Self.event(db, id, status, message)
         }
+    }
+
+    private static func advance(_ db: Database, id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) throws {
+        try fence(db, id, worker)
+        if let plan {
+            try db.execute(sql: "UPDATE tasks SET status = ?, plan = ?, updated_at = ? WHERE id = ?",
+                           arguments: [status.rawValue, try json(plan), Date().timeIntervalSince1970, id])
+        } else {
+            try db.execute(sql: "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?",
+                           arguments: [status.rawValue, Date().timeIntervalSince1970, id])
+        }
+        try event(db, id, status, message)
     }
 
     public func updateProgress(id: String, worker: String, _ progress: TaskProgress) async throws {

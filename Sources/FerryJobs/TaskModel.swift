@@ -79,6 +79,10 @@ public struct TaskPlan: Codable, Sendable, Equatable {
     /// Set (and committed) before the first source entry is deleted: from then on the source may be
     /// partial, and recovery checks that what is left is contained in the published copy.
     public var deletingSource: Bool = false
+    /// The machine and boot (`bootIdentity`) that has been writing the staging directory. Files
+    /// staged and not yet flushed are only trusted by the same boot: after a restart, or on
+    /// another machine, what looks complete may never have reached the disk.
+    public var stagedOn: String?
     public init(strategy: String, bytes: UInt64, allocatedBytes: UInt64, entries: UInt64, inodes: UInt64,
                 stagingName: StoredPath, finalNames: [StoredPath], destinationDirectory: StoredPath) {
         self.strategy = strategy

@@ -32,7 +32,17 @@ extension MoveEngine {
         await fail(context, failure, rollback: true)
     }
 
+    /// Whether this worker still holds the task's lease, extended now: nothing is rolled back
+    /// without it. A worker cut off from the database (or whose heartbeats failed) may have lost
+    /// the task to another, whose staging it would otherwise delete — or, for a relink, whose
+    /// files it would move back under it.
+    func stillHolds(_ context: RunContext) async -> Bool {
+        if context.leaseLost.load(ordering: .acquiring) { return false }
+        return (try? await store.heartbeat(id: context.task.id, worker: settings.worker, lease: settings.lease)) == true
+    }
+
     func fail(_ context: RunContext, _ failure: TaskFailure, rollback: Bool) async {
+        if rollback, !(await stillHolds(context)) { return }
         if rollback, !(await discardStaging(context)) {
             try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
                                      message: "\(failure.message) — putting relinked entries back did not finish; retrying the rollback")
@@ -43,6 +53,7 @@ extension MoveEngine {
     }
 
     func rollBack(_ context: RunContext, status: TaskStatus, failure: TaskFailure) async {
+        guard await stillHolds(context) else { return }
         guard await discardStaging(context) else {
             try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
                                      message: "putting relinked entries back did not finish; retrying the rollback")

@@ -79,7 +79,12 @@ public final class MoveEngine: Sendable {
             if case .leaseLost = error { return (try? await store.task(claimed.id)) ?? claimed }
             await fail(context, TaskFailure(code: "database", message: error.description), rollback: true)
         } catch let refusal as Refusal {
-            await fail(context, TaskFailure(code: refusal.code, message: refusal.message), rollback: true)
+            // A source that changed after its copy was published: the copy stays published and the
+            // source keeps what changed. Trying again would find the same, and there is nothing
+            // to roll back, so the task ends here and its message says what is where.
+            let status = (try? await store.task(claimed.id))?.status
+            let published = refusal.code == "source.changed" && status == .committing
+            await fail(context, TaskFailure(code: refusal.code, message: refusal.message), rollback: !published)
         } catch {
             await handle(error, context)
         }
@@ -118,7 +123,7 @@ public final class MoveEngine: Sendable {
             task.plan = plan
             task.status = .locked
         }
-        guard let plan = task.plan else { throw Refusal(code: "plan.missing", message: "task \(task.id) reached \(task.status.rawValue) without a plan") }
+        guard var plan = task.plan else { throw Refusal(code: "plan.missing", message: "task \(task.id) reached \(task.status.rawValue) without a plan") }
         let strategy = Strategy(rawValue: plan.strategy) ?? .copy
         if strategy == .rename {
             try await checkpoint(context)
@@ -127,26 +132,38 @@ public final class MoveEngine: Sendable {
             try await store.finish(id: task.id, worker: settings.worker, status: .completed, failure: nil, message: "renamed")
             return
         }
+        var restage = false
         if task.status == .locked {
             try await checkpoint(context)
-            try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: nil, message: "copying into \(plan.stagingName)")
+            plan.stagedOn = bootIdentity
+            try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan, message: "copying into \(plan.stagingName)")
             task.status = .copying
+        } else if task.status == .copying || task.status == .verifying, strategy == .copy, plan.stagedOn != bootIdentity {
+            // Staged, and not yet flushed, by a machine that has restarted since or by another one:
+            // a file that looks complete may hold no data on disk, and the checks before publishing
+            // compare metadata. The copy is made again (a relink stages no data, only renames).
+            plan.stagedOn = bootIdentity
+            try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
+                                    message: "copying again into \(plan.stagingName): it was being written on another machine or before a restart, "
+                                        + "and what was not yet flushed then may not be on disk")
+            task.status = .copying
+            restage = true
         }
         if task.status == .copying {
-            try await Blocking.run { [self, task] in try self.stage(task, plan, context) }
+            try await Blocking.run { [self, task, plan, restage] in try self.stage(task, plan, context, discardExisting: restage) }
             try await checkpoint(context)
             try await store.advance(id: task.id, worker: settings.worker, to: .verifying, plan: nil, message: "verifying the copy")
             task.status = .verifying
         }
         if task.status == .verifying {
-            try await Blocking.run { [self, task] in try self.verifyAndFlush(task, plan, context) }
+            try await Blocking.run { [self, task, plan] in try self.verifyAndFlush(task, plan, context) }
             try await checkpoint(context)
             try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: nil,
                                     message: task.kind == .move ? "publishing, then removing the source" : "publishing")
             task.status = .committing
         }
         // From here on there is no going back: a cancel is too late, and a failure is retried.
-        let needsDeletion = try await Blocking.run { [self, task] in try self.publishAndCheck(task, plan) }
+        let needsDeletion = try await Blocking.run { [self, task, plan] in try self.publishAndCheck(task, plan) }
         if needsDeletion {
             var deleting = plan
             if !plan.deletingSource {
@@ -211,15 +228,19 @@ public final class MoveEngine: Sendable {
 
     /// Stage: copy into `.ferry-staging-<task>` beside the destination; a staging directory left by
     /// an earlier attempt is continued, not started over.
-    private func stage(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext) throws {
+    private func stage(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext, discardExisting: Bool) throws {
         let sources = try self.sources(task, plan)
         defer { sources.forEach { $0.directory.closeQuietly() } }
         let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
         defer { destination.closeQuietly() }
         let engine = copyEngine(task, context)
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-        let existing = try engine.openStaging(in: destination, id: id)
-        let staging = try existing ?? engine.createStaging(in: destination, id: id)
+        var existing = try engine.openStaging(in: destination, id: id)
+        if discardExisting, let stale = existing {
+            engine.discard(stale)
+            existing = nil
+        }
+        let staging = try existing ?? engine.createStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue)
         defer { staging.directory.closeQuietly() }
         var totals = TreeMeasurement()
         totals.bytes = plan.bytes
@@ -228,6 +249,10 @@ public final class MoveEngine: Sendable {
             try engine.relink(sources, into: staging, totals: totals)
         } else {
             _ = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
+            // Flushed through a descriptor opened before the writes: `syncfs` reports a write-back
+            // error only to descriptors opened before it happened, so the flush of the next phase,
+            // on a descriptor of its own, could miss one that happened during the copy.
+            try engine.flush(staging)
         }
     }
 
@@ -309,21 +334,44 @@ public final class MoveEngine: Sendable {
         let present = try remainingSources(task, plan)
         defer { present.forEach { $0.directory.closeQuietly() } }
         guard !present.isEmpty else { return false }
-        // The published copy must still match the source before the source goes (or, after an
-        // interrupted deletion, contain what is left of it).
+        // Once the deletion has begun, what is left of the source is checked entry by entry as it
+        // goes (`deleteSources`). Before, the published copy must still match the whole source:
+        // a source changed since it was copied is not deleted at all.
+        guard !plan.deletingSource else { return true }
         let published = StagingArea(parent: destination, name: [], directory: destination)
-        try engine.verify(present, in: published, sourceIsSubset: plan.deletingSource)
+        do {
+            try engine.verify(present, in: published)
+        } catch .sourceChanged(let path, let detail) {
+            throw Refusal(code: "source.changed", message: "\(path) changed after it was copied (\(detail)); the copy was published in "
+                + "\(plan.destinationDirectory) and nothing was deleted from the source: compare the two, then remove the source by hand")
+        } catch .verificationFailed(let differences) {
+            throw Refusal(code: "source.changed", message: "the published copy no longer matches the source (\(CopyError.verificationFailed(differences: differences))); "
+                + "nothing was deleted from the source: compare the two in \(plan.destinationDirectory), then remove the source by hand")
+        }
         return true
     }
 
-    /// Deletes the source entries and makes each deletion durable.
+    /// Deletes the source entries whose published copy holds the same, and makes each deletion
+    /// durable. Whatever was written into the source after it was verified stays, and the task
+    /// says where.
     private func deleteSources(_ task: TaskRecord, _ plan: TaskPlan) throws {
         let engine = CopyEngine(options: CopyOptions(jobs: task.options.jobs ?? settings.jobs))
+        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+        defer { destination.closeQuietly() }
         let present = try remainingSources(task, plan)
         defer { present.forEach { $0.directory.closeQuietly() } }
+        var survivors: [String] = []
+        var count = 0
         for source in present {
-            try engine.remove([source])
+            let left = try engine.removeMoved([source], publishedIn: destination)
             try source.directory.sync()
+            count += left.count
+            survivors += left.first
+        }
+        if count > 0 {
+            throw Refusal(code: "source.changed", message: "\(count) entries were written into the source after it was verified "
+                + "(\(survivors.prefix(3).joined(separator: ", "))\(count > 3 ? ", …" : "")): they were left in place, everything else was moved "
+                + "to \(plan.destinationDirectory)")
         }
     }
 

@@ -325,3 +325,21 @@ public func raiseOpenFileLimit() {
 
 /// Whether this process may preserve ownership and write `trusted.*` attributes (CAP_CHOWN etc.).
 public var processIsPrivileged: Bool { geteuid() == 0 }
+
+/// This machine and its current boot: the host name and the kernel's random boot id
+/// (`/proc/sys/kernel/random/boot_id`), which changes at every start. Data written here and not
+/// yet flushed survives a process crash (it is in the page cache) but not a restart, nor a move
+/// of the work to another machine; comparing this tells the two apart. Nil parts read as "?".
+public let bootIdentity: String = {
+    var host = [CChar](repeating: 0, count: 256)
+    let name = gethostname(&host, host.count - 1) == 0 ? String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+    var boot = "?"
+    let fd = Glibc.open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
+    if fd >= 0 {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let got = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        Glibc.close(fd)
+        if got > 0 { boot = String(decoding: buffer[0..<got].filter { $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: " ") }, as: UTF8.self) }
+    }
+    return "\(name) \(boot)"
+}()

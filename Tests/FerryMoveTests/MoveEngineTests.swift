@@ -29,6 +29,11 @@ struct Harness {
     }
 }
 
+/// The relative paths of a tree's entries ("" for its root).
+func paths(_ root: String) throws -> Set<String> {
+    Set(try TreeSnapshot.take(root, hashContents: false).entries.keys.map { String(decoding: $0, as: UTF8.self) })
+}
+
 func listing(_ path: String) -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() }
 
 func makeTree(_ root: String, files: Int = 40, size: Int = 64 << 10) throws {
@@ -172,6 +177,161 @@ struct MoveEngineTests {
             #expect(record.failure?.code == "source.changed", "\(String(describing: record.failure))")
             #expect(FileManager.default.fileExists(atPath: a + "/data/sub/f0"))
             #expect(listing(b).isEmpty)
+        }
+    }
+
+    /// A move whose copy is published, as a worker finds it in `committing`: the copy is made
+    /// with the copy engine, then `change` runs on the source, then the task is advanced to
+    /// `committing` (with `deletingSource` as given) and run. Returns the final record.
+    func runPublishedMove(_ harness: Harness, _ fs: LoopXFS, deletionBegun: Bool, change: (String) throws -> Void) async throws -> TaskRecord {
+        let a = fs.mountPoint + "/a", b = fs.mountPoint + "/b"
+        let source = try FileDescriptor.openDirectory(Array(a.utf8)), destination = try FileDescriptor.openDirectory(Array(b.utf8))
+        defer { source.closeQuietly(); destination.closeQuietly() }
+        _ = try CopyEngine(options: CopyOptions(jobs: 2)).copy([CopySource(directory: source, name: Array("data".utf8))], to: destination)
+        try change(a + "/data")
+        let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "test"))
+        _ = try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))
+        var plan = TaskPlan(strategy: "copy", bytes: 0, allocatedBytes: 0, entries: 0, inodes: 0, stagingName: StoredPath(".ferry-staging-\(task.id)"),
+                            finalNames: [StoredPath("data")], destinationDirectory: StoredPath(b))
+        plan.deletingSource = deletionBegun
+        try await harness.store.advance(id: task.id, worker: "test-worker", to: .committing, plan: plan, message: "committing")
+        return await harness.engine.run(try #require(try await harness.store.task(task.id)))
+    }
+
+    /// The source's deletion removes only what the published copy holds: what was written into
+    /// the source after its last check (a new file, an append) stays, the task ends `failed` at
+    /// once (no retry could change it) and says where things are. Hard links (the second name's
+    /// ctime changes as the first goes) and read-only directories do not stop a deletion that a
+    /// crash interrupted from being finished.
+    @Test func sourceDeletionKeepsWhatTheCopyDoesNotHold() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            func build() throws {
+                try makeTree(a + "/data")
+                try Shell.run(["ln", a + "/data/sub/f1", a + "/data/hardlink"])
+                try FileManager.default.createDirectory(atPath: a + "/data/readonly", withIntermediateDirectories: true)
+                try TreeBuilder.write(a + "/data/readonly/kept", bytes: 100)
+                try Shell.run(["chmod", "0555", a + "/data/readonly"])
+            }
+            try build()
+            // Written into during the deletion: a new file and an append survive, nothing else does.
+            let changed = try await runPublishedMove(harness, fs, deletionBegun: true) { data in
+                try FileManager.default.removeItem(atPath: data + "/sub/f0")  // deleted before a crash
+                try TreeBuilder.write(data + "/sub/new", bytes: 10)
+                let handle = try #require(FileHandle(forWritingAtPath: data + "/sub/f2"))
+                handle.seekToEndOfFile()
+                handle.write(Data("appended".utf8))
+                handle.closeFile()
+            }
+            #expect(changed.status == .failed, "\(changed.status)")
+            #expect(changed.failure?.code == "source.changed", "\(String(describing: changed.failure))")
+            #expect(changed.failure?.message.contains("2 entries were written into the source") == true, "\(String(describing: changed.failure))")
+            #expect(try paths(a + "/data") == ["", "sub", "sub/f2", "sub/new"], "\(listing(a + "/data"))")
+            #expect(listing(b) == ["data"])
+            #expect(FileManager.default.fileExists(atPath: b + "/data/readonly/kept") && FileManager.default.fileExists(atPath: b + "/data/hardlink"))
+            #expect(try await harness.store.locks().isEmpty)
+
+            // Nothing written: the interrupted deletion is finished and the move completes.
+            try FileManager.default.removeItem(atPath: a + "/data")
+            try FileManager.default.removeItem(atPath: b + "/data")
+            try build()
+            let before = try TreeSnapshot.take(a + "/data")
+            let finished = try await runPublishedMove(harness, fs, deletionBegun: true) { data in
+                try FileManager.default.removeItem(atPath: data + "/hardlink")  // one name of the pair gone before a crash
+            }
+            #expect(finished.status == .completed, "\(String(describing: finished.failure))")
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+        }
+    }
+
+    /// A source changed after its copy was published, before any of it was deleted: nothing is
+    /// deleted, the task ends `failed` at once instead of being retried for ever, and the copy
+    /// stays published.
+    @Test func sourceChangedAfterPublishingIsLeftWholeAndTheTaskEnds() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data")
+            let copied = try TreeSnapshot.take(a + "/data")
+            let record = try await runPublishedMove(harness, fs, deletionBegun: false) { data in
+                try TreeBuilder.write(data + "/sub/f3", bytes: 99, seed: 9)
+            }
+            #expect(record.status == .failed, "\(record.status)")
+            #expect(record.failure?.code == "source.changed", "\(String(describing: record.failure))")
+            #expect(record.failure?.message.contains("nothing was deleted from the source") == true, "\(String(describing: record.failure))")
+            // Nothing was rolled back, and the history does not say so.
+            let last = try await harness.store.events(record.id).last?.message ?? ""
+            #expect(last.hasPrefix("failed:") && !last.contains("staged data removed"), "\(last)")
+            #expect(try copied.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            #expect(try paths(a + "/data") == Set(copied.entries.keys.map { String(decoding: $0, as: UTF8.self) }))
+            #expect(try await harness.store.locks().isEmpty)
+        }
+    }
+
+    /// A staging directory written on another machine, or before a restart, is not trusted: a
+    /// staged file whose size, mode and times match its source may never have had its data
+    /// flushed (here: zeros in its place). The copy is made again, and the published copy is the
+    /// source's, byte for byte.
+    @Test func stagingWrittenBeforeARestartIsCopiedAgain() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/data/f", bytes: 65536, seed: 7)
+            try TreeBuilder.write(a + "/data/g", bytes: 100, seed: 8)
+            let source = try TreeSnapshot.take(a + "/data")
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "test"))
+            _ = try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))
+            var plan = TaskPlan(strategy: "copy", bytes: 65636, allocatedBytes: 0, entries: 3, inodes: 3, stagingName: StoredPath(".ferry-staging-\(task.id)"),
+                                finalNames: [StoredPath("data")], destinationDirectory: StoredPath(b))
+            plan.stagedOn = "another-node 00000000-0000-0000-0000-000000000000"
+            try await harness.store.advance(id: task.id, worker: "test-worker", to: .copying, plan: plan, message: "copying")
+            // What a power cut can leave: the file's size, mode and times, and no data.
+            let staged = "\(b)/.ferry-staging-\(task.id)/data"
+            try TreeBuilder.stagingDirectory("\(b)/.ferry-staging-\(task.id)", id: task.id)
+            try FileManager.default.createDirectory(atPath: staged, withIntermediateDirectories: true)
+            try Shell.run(["truncate", "-s", "65536", staged + "/f"])
+            try Shell.run(["chmod", "--reference", a + "/data/f", staged + "/f"])
+            try Shell.run(["touch", "-r", a + "/data/f", staged + "/f"])
+            let record = await harness.engine.run(try #require(try await harness.store.task(task.id)))
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            #expect(try source.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            #expect(try await harness.store.events(task.id).contains { $0.message.hasPrefix("copying again") })
+            #expect(record.plan?.stagedOn == bootIdentity)
+        }
+    }
+
+    /// A worker whose lease expired and was taken by another worker rolls nothing back when its
+    /// run fails: the staging directory is the new owner's now.
+    @Test func aWorkerThatLostTheTaskRollsNothingBack() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "test"))
+            _ = try await harness.store.claim(id: task.id, worker: "test-worker", lease: .milliseconds(300))
+            var plan = TaskPlan(strategy: "copy", bytes: 1, allocatedBytes: 0, entries: 1, inodes: 1, stagingName: StoredPath(".ferry-staging-\(task.id)"),
+                                finalNames: [StoredPath("data")], destinationDirectory: StoredPath(b))
+            plan.stagedOn = bootIdentity
+            try await harness.store.advance(id: task.id, worker: "test-worker", to: .copying, plan: plan, message: "copying")
+            let stale = try #require(try await harness.store.task(task.id))
+            try TreeBuilder.stagingDirectory("\(b)/.ferry-staging-\(task.id)", id: task.id)
+            try TreeBuilder.write("\(b)/.ferry-staging-\(task.id)/staged", bytes: 10)
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(try await harness.store.claim(id: task.id, worker: "another-worker", lease: .seconds(30)) != nil)
+            // The source is gone, so the stale worker's copy fails.
+            let record = await harness.engine.run(stale)
+            #expect(record.leaseOwner == "another-worker", "\(String(describing: record.leaseOwner))")
+            #expect(FileManager.default.fileExists(atPath: "\(b)/.ferry-staging-\(task.id)/staged"), "\(listing(b))")
         }
     }
 
