@@ -24,7 +24,11 @@ public enum PathResolver {
         if path.contains(0) {
             throw SystemError(errno: Errno(rawValue: EINVAL), syscall: "openat2", path: path.displayString)
         }
-        if !forceWalk {
+        // The kernel answers EAGAIN when a rename raced the lookup of a path with `..` in it: tried
+        // again a bounded number of times (a caller renaming in a loop must not make this recurse
+        // without end), then EAGAIN is the answer.
+        var attempts = 0
+        while !forceWalk {
             var resolve = CFERRY_RESOLVE_BENEATH | CFERRY_RESOLVE_NO_MAGICLINKS
             if symlinks == .refuse { resolve |= CFERRY_RESOLVE_NO_SYMLINKS }
             let all = flags.union(.closeOnExec).rawValue
@@ -36,12 +40,14 @@ public enum PathResolver {
             if fd >= 0 { return FileDescriptor(rawValue: fd) }
             switch code {
             case ENOSYS:
-                break  // no openat2 here: walk instead
+                return try walk(root, path, flags, permissions: permissions)  // no openat2 here
             case EXDEV:
                 throw SystemError(errno: Errno(rawValue: code), syscall: "openat2(RESOLVE_BENEATH)",
                                   path: path.displayString, refinedCode: .escapesRoot)
             case EAGAIN, EINTR:
-                return try open(beneath: root, path, flags, permissions: permissions, symlinks: symlinks)
+                attempts += 1
+                if attempts < 100 { continue }
+                throw SystemError(errno: Errno(rawValue: code), syscall: "openat2", path: path.displayString)
             default:
                 throw SystemError(errno: Errno(rawValue: code), syscall: "openat2", path: path.displayString)
             }
