@@ -388,9 +388,16 @@ public final class MoveEngine: Sendable {
         guard let plan = task.plan else { return }
         let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
         defer { destination.closeQuietly() }
+        // A source whose directory is gone was renamed before a crash, or was lost: the
+        // destination says which.
         let sources = (try? self.sources(task, plan)) ?? []
         defer { sources.forEach { $0.directory.closeQuietly() } }
         try Self.rename(sources, into: destination)
+        let missing = plan.finalNames.filter { (try? destination.status($0.bytes)) == nil }
+        if !missing.isEmpty {
+            throw Refusal(code: "source.missing", message: "\(missing.map(\.description).joined(separator: ", ")) is neither at its source "
+                + "nor in \(plan.destinationDirectory): it was moved or removed by something else, and nothing was renamed for it")
+        }
     }
 }
 

@@ -309,6 +309,28 @@ struct MoveEngineTests {
         }
     }
 
+    /// A rename task recovered in `committing` whose source is gone, and not at the destination
+    /// either, fails saying so: it does not report a rename that did not happen.
+    @Test func aRenameWhoseSourceVanishedIsNotReportedDone() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try FileManager.default.createDirectory(atPath: a + "/sub", withIntermediateDirectories: true)
+            let b = a + "/b"
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/sub/data")], destination: StoredPath(b), owner: "test"))
+            _ = try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))
+            let plan = TaskPlan(strategy: "rename", bytes: 0, allocatedBytes: 0, entries: 1, inodes: 1, stagingName: StoredPath(".ferry-staging-\(task.id)"),
+                                finalNames: [StoredPath("data")], destinationDirectory: StoredPath(b))
+            try await harness.store.advance(id: task.id, worker: "test-worker", to: .committing, plan: plan, message: "renaming")
+            try FileManager.default.removeItem(atPath: a + "/sub")  // the source's directory, gone
+            let record = await harness.engine.run(try #require(try await harness.store.task(task.id)))
+            #expect(record.status == .failed, "\(record.status)")
+            #expect(record.failure?.code == "source.missing", "\(String(describing: record.failure))")
+        }
+    }
+
     /// A worker whose lease expired and was taken by another worker rolls nothing back when its
     /// run fails: the staging directory is the new owner's now.
     @Test func aWorkerThatLostTheTaskRollsNothingBack() async throws {
