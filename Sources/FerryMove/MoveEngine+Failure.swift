@@ -45,7 +45,7 @@ extension MoveEngine {
         if rollback, !(await stillHolds(context)) { return }
         if rollback, !(await discardStaging(context)) {
             try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
-                                     message: "\(failure.message) — putting relinked entries back did not finish; retrying the rollback")
+                                     message: "\(failure.message) — the rollback did not finish (relinked entries not all put back, or the task unreadable); retrying it")
             return
         }
         try? await store.finish(id: context.task.id, worker: settings.worker, status: .failed, failure: failure,
@@ -56,7 +56,7 @@ extension MoveEngine {
         guard await stillHolds(context) else { return }
         guard await discardStaging(context) else {
             try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
-                                     message: "putting relinked entries back did not finish; retrying the rollback")
+                                     message: "the rollback did not finish (relinked entries not all put back, or the task unreadable); retrying it")
             return
         }
         try? await store.finish(id: context.task.id, worker: settings.worker, status: status, failure: failure,
@@ -67,7 +67,11 @@ extension MoveEngine {
     /// source (they are the only copy). Returns false if a relink could not be fully put back.
     @discardableResult
     func discardStaging(_ context: RunContext) async -> Bool {
-        guard let task = try? await store.task(context.task.id), let plan = task.plan else { return true }
+        // A task that cannot be read now is not known to have nothing staged: a relink's files
+        // may be in there, so the rollback is not done (it is retried).
+        let read: TaskRecord?
+        do { read = try await store.task(context.task.id) } catch { return false }
+        guard let task = read, let plan = task.plan else { return true }
         let relinked = plan.strategy == Strategy.relink.rawValue
         do {
             try await Blocking.run { [self] in
