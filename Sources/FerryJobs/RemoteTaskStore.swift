@@ -1,3 +1,4 @@
+import FerrySystem
 import Foundation
 import Synchronization
 
@@ -220,6 +221,7 @@ public final class TaskStoreRelay: Sendable {
             guard locks.allSatisfy({ $0.taskID == taskID }) else {
                 throw TaskStoreError.database("not allowed: locks for another task than \(taskID)")
             }
+            try await checkLockPaths(locks)
             try await store.acquireLocks(id: taskID, worker: worker, locks)
         case "record":
             try own(op, a, worker: false)
@@ -245,6 +247,25 @@ public final class TaskStoreRelay: Sendable {
               plan.stagingName.bytes == Array(".ferry-staging-\(taskID)".utf8),
               plan.finalNames.allSatisfy({ plain($0.bytes) }), plan.finalNames.count == task.sources.count else {
             throw TaskStoreError.database("not allowed: a plan outside the task's destination \(task.destination)")
+        }
+    }
+
+    /// A runner may lock only the paths its task names: each source, and each final name in the
+    /// destination directory (or the destination itself, when it is a new name). A lock elsewhere — on `/`, say — would
+    /// hold up every other task and same-project move on that filesystem for as long as the
+    /// runner kept its lease.
+    private func checkLockPaths(_ locks: [PathLock]) async throws {
+        guard let task = try await store.task(taskID) else { throw TaskStoreError.notFound(taskID) }
+        let sources = task.sources.map { BytePath.lexicallyNormalized($0.bytes) }
+        let destination = BytePath.lexicallyNormalized(task.destination.bytes)
+        for lock in locks {
+            let path = lock.path.bytes
+            if sources.contains(path) || path == destination { continue }
+            let (directory, name) = BytePath.split(path)
+            let plain = !name.isEmpty && name != [0x2E] && name != [0x2E, 0x2E] && !name.contains(0)
+            guard plain, directory == destination else {
+                throw TaskStoreError.database("not allowed: a lock on \(lock.path), which task \(taskID) does not name")
+            }
         }
     }
 

@@ -100,13 +100,7 @@ public final class Transfer: @unchecked Sendable {
         if full.first != UInt8(ascii: "/") {
             full = currentDirectory() + [UInt8(ascii: "/")] + path
         }
-        var parts: [ByteString] = []
-        for part in full.split(separator: UInt8(ascii: "/")) {
-            if part.elementsEqual(".".utf8) { continue }
-            if part.elementsEqual("..".utf8) { _ = parts.popLast(); continue }
-            parts.append(Array(part))
-        }
-        return [UInt8(ascii: "/")] + Array(parts.joined(separator: [UInt8(ascii: "/")]))
+        return BytePath.lexicallyNormalized(full)
     }
 
     static func currentDirectory() -> ByteString {

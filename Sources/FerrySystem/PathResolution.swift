@@ -91,6 +91,18 @@ public enum BytePath {
         return (parent, name)
     }
 
+    /// An absolute path with `.`, `..` and repeated or trailing slashes resolved lexically (no
+    /// symlink is looked at): how a request's paths are named in path locks.
+    public static func lexicallyNormalized(_ absolute: ByteString) -> ByteString {
+        var parts: [ByteString] = []
+        for part in absolute.split(separator: UInt8(ascii: "/")) {
+            if part.elementsEqual(".".utf8) { continue }
+            if part.elementsEqual("..".utf8) { _ = parts.popLast(); continue }
+            parts.append(Array(part))
+        }
+        return [UInt8(ascii: "/")] + Array(parts.joined(separator: [UInt8(ascii: "/")]))
+    }
+
     public static func join(_ parent: ByteString, _ name: ByteString) -> ByteString {
         if parent.isEmpty { return name }
         if parent.last == UInt8(ascii: "/") { return parent + name }

@@ -152,6 +152,23 @@ struct RemoteTaskStoreTests {
         }
     }
 
+    /// A runner may lock what its task names (the source; a final name in the destination, or the
+    /// destination itself as a new name) and nothing else: not the filesystem's root, nor a neighbour.
+    @Test func locksOnPathsTheTaskDoesNotNameAreRefused() async throws {
+        try await withChannel { store, task, channel in
+            let client = channel.client
+            for path in ["/", "/p", "/p/a", "/p/a/data/inner", "/p/b/sub/data", "/etc/passwd", "/p/a/other", "/p/newname"] {
+                await #expect(performing: {
+                    try await client.acquireLocks(id: task.id, worker: "w1", [PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath(path))])
+                }, throws: { isRefusal($0) })
+            }
+            #expect(try await store.locks().isEmpty)
+            let named = ["/p/a/data", "/p/b/data", "/p/b"].map { PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath($0)) }
+            try await client.acquireLocks(id: task.id, worker: "w1", named)
+            #expect(Set(try await store.locks().map(\.path)) == Set(named.map(\.path)))
+        }
+    }
+
     @Test func concurrentCallsAreAllAnswered() async throws {
         try await withChannel { store, task, channel in
             let client = channel.client
