@@ -21,6 +21,20 @@ struct Harness {
 
     func cleanup() { try? FileManager.default.removeItem(atPath: directory) }
 
+    /// A move task as a worker finds it after a crash: created, claimed by this harness's worker,
+    /// and advanced to `status` with a plan (`strategy`, one final name `data` in `destination`,
+    /// as `edit` changes it). Returns the task as claimed.
+    func task(at status: TaskStatus, source: String, destination: String, strategy: String = "copy", lease: Duration = .seconds(30),
+              edit: (inout TaskPlan) -> Void = { _ in }) async throws -> TaskRecord {
+        let task = try await store.create(NewTask(kind: .move, sources: [StoredPath(source)], destination: StoredPath(destination), owner: "test"))
+        _ = try await store.claim(id: task.id, worker: "test-worker", lease: lease)
+        var plan = TaskPlan(strategy: strategy, bytes: 0, allocatedBytes: 0, entries: 1, inodes: 1, stagingName: StoredPath(".ferry-staging-\(task.id)"),
+                            finalNames: [StoredPath("data")], destinationDirectory: StoredPath(destination))
+        edit(&plan)
+        try await store.advance(id: task.id, worker: "test-worker", to: status, plan: plan, message: status.rawValue)
+        return try #require(try await store.task(task.id))
+    }
+
     /// Creates, claims and runs a task here; returns its final record.
     func run(_ sources: [String], to destination: String, kind: TaskKind = .move, options: TaskOptions = TaskOptions()) async throws -> TaskRecord {
         let task = try await store.create(NewTask(kind: kind, sources: sources.map(StoredPath.init), destination: StoredPath(destination), options: options, owner: "test"))
@@ -189,13 +203,8 @@ struct MoveEngineTests {
         defer { source.closeQuietly(); destination.closeQuietly() }
         _ = try CopyEngine(options: CopyOptions(jobs: 2)).copy([CopySource(directory: source, name: Array("data".utf8))], to: destination)
         try change(a + "/data")
-        let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "test"))
-        _ = try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))
-        var plan = TaskPlan(strategy: "copy", bytes: 0, allocatedBytes: 0, entries: 0, inodes: 0, stagingName: StoredPath(".ferry-staging-\(task.id)"),
-                            finalNames: [StoredPath("data")], destinationDirectory: StoredPath(b))
-        plan.deletingSource = deletionBegun
-        try await harness.store.advance(id: task.id, worker: "test-worker", to: .committing, plan: plan, message: "committing")
-        return await harness.engine.run(try #require(try await harness.store.task(task.id)))
+        let task = try await harness.task(at: .committing, source: a + "/data", destination: b) { $0.deletingSource = deletionBegun }
+        return await harness.engine.run(task)
     }
 
     /// The source's deletion removes only what the published copy holds: what was written into
@@ -288,12 +297,9 @@ struct MoveEngineTests {
             try TreeBuilder.write(a + "/data/f", bytes: 65536, seed: 7)
             try TreeBuilder.write(a + "/data/g", bytes: 100, seed: 8)
             let source = try TreeSnapshot.take(a + "/data")
-            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "test"))
-            _ = try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))
-            var plan = TaskPlan(strategy: "copy", bytes: 65636, allocatedBytes: 0, entries: 3, inodes: 3, stagingName: StoredPath(".ferry-staging-\(task.id)"),
-                                finalNames: [StoredPath("data")], destinationDirectory: StoredPath(b))
-            plan.stagedOn = "another-node 00000000-0000-0000-0000-000000000000"
-            try await harness.store.advance(id: task.id, worker: "test-worker", to: .copying, plan: plan, message: "copying")
+            let task = try await harness.task(at: .copying, source: a + "/data", destination: b) {
+                $0.stagedOn = "another-node 00000000-0000-0000-0000-000000000000"
+            }
             // What a power cut can leave: the file's size, mode and times, and no data.
             let staged = "\(b)/.ferry-staging-\(task.id)/data"
             try TreeBuilder.stagingDirectory("\(b)/.ferry-staging-\(task.id)", id: task.id)
@@ -301,7 +307,7 @@ struct MoveEngineTests {
             try Shell.run(["truncate", "-s", "65536", staged + "/f"])
             try Shell.run(["chmod", "--reference", a + "/data/f", staged + "/f"])
             try Shell.run(["touch", "-r", a + "/data/f", staged + "/f"])
-            let record = await harness.engine.run(try #require(try await harness.store.task(task.id)))
+            let record = await harness.engine.run(task)
             #expect(record.status == .completed, "\(String(describing: record.failure))")
             #expect(try source.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
             #expect(try await harness.store.events(task.id).contains { $0.message.hasPrefix("copying again") })
@@ -319,13 +325,9 @@ struct MoveEngineTests {
             try FileManager.default.createDirectory(atPath: a + "/sub", withIntermediateDirectories: true)
             let b = a + "/b"
             try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
-            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/sub/data")], destination: StoredPath(b), owner: "test"))
-            _ = try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))
-            let plan = TaskPlan(strategy: "rename", bytes: 0, allocatedBytes: 0, entries: 1, inodes: 1, stagingName: StoredPath(".ferry-staging-\(task.id)"),
-                                finalNames: [StoredPath("data")], destinationDirectory: StoredPath(b))
-            try await harness.store.advance(id: task.id, worker: "test-worker", to: .committing, plan: plan, message: "renaming")
+            let task = try await harness.task(at: .committing, source: a + "/sub/data", destination: b, strategy: "rename")
             try FileManager.default.removeItem(atPath: a + "/sub")  // the source's directory, gone
-            let record = await harness.engine.run(try #require(try await harness.store.task(task.id)))
+            let record = await harness.engine.run(task)
             #expect(record.status == .failed, "\(record.status)")
             #expect(record.failure?.code == "source.missing", "\(String(describing: record.failure))")
         }
@@ -339,13 +341,10 @@ struct MoveEngineTests {
         try await withLoopXFSAsync { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
             let b = try fs.makeProjectDirectory("b", project: 200)
-            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "test"))
-            _ = try await harness.store.claim(id: task.id, worker: "test-worker", lease: .milliseconds(300))
-            var plan = TaskPlan(strategy: "copy", bytes: 1, allocatedBytes: 0, entries: 1, inodes: 1, stagingName: StoredPath(".ferry-staging-\(task.id)"),
-                                finalNames: [StoredPath("data")], destinationDirectory: StoredPath(b))
-            plan.stagedOn = bootIdentity
-            try await harness.store.advance(id: task.id, worker: "test-worker", to: .copying, plan: plan, message: "copying")
-            let stale = try #require(try await harness.store.task(task.id))
+            let stale = try await harness.task(at: .copying, source: a + "/data", destination: b, lease: .milliseconds(300)) {
+                $0.stagedOn = bootIdentity
+            }
+            let task = stale
             try TreeBuilder.stagingDirectory("\(b)/.ferry-staging-\(task.id)", id: task.id)
             try TreeBuilder.write("\(b)/.ferry-staging-\(task.id)/staged", bytes: 10)
             try await Task.sleep(for: .milliseconds(400))
