@@ -332,6 +332,23 @@ def test_login_is_rate_limited(server):
     expect(requests.get(server.api("/api/session"), headers=server.bearer(), timeout=30), 200)
 
 
+def test_a_login_posted_from_another_site_is_refused(start_server):
+    """Login CSRF: a page elsewhere that posts the attacker's credentials to /login would log the
+    victim's browser into the attacker's account. Browsers label such a request cross-site."""
+    server = start_server()
+    url = server.api("/login")
+    for site in ("cross-site", "same-site"):
+        r = requests.post(url, data={"token": server.token}, headers={"Sec-Fetch-Site": site},
+                          allow_redirects=False, timeout=30)
+        assert r.status_code == 403 and not set_cookie_headers(r), describe(r)
+        r = requests.post(url, json={"token": server.token}, headers={"Sec-Fetch-Site": site}, timeout=30)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "auth.cross_site", describe(r)
+    # Ferry's own form (same-origin), a typed address (none) and scripts (no header) log in.
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
+        r = requests.post(url, data={"token": server.token}, headers=headers, allow_redirects=False, timeout=30)
+        assert r.status_code == 303 and any(c.startswith("ferry_session=") for c in set_cookie_headers(r)), describe(r)
+
+
 def test_pam_login(start_server, unix_user):
     user = unix_user(password="correct horse 42")
     server = start_server(auth="pam")

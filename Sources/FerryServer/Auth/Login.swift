@@ -25,6 +25,13 @@ enum Login {
         router.post("/login") { request, context in
             var request = request
             let isJSON = request.headers[.contentType]?.hasPrefix("application/json") == true
+            // A login posted from another site (a form there submitting to this server) would log
+            // the browser into the poster's account: refused. Browsers say where a request comes
+            // from (Fetch Metadata); a client that does not say (a script) is not a browser.
+            if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], site != "same-origin", site != "none" {
+                let error = APIError(.forbidden, "auth.cross_site", "a login sent from another site (\(site)) is refused; log in on Ferry's own page")
+                return isJSON ? error.response() : Pages.login(state: state, error: error.message, status: error.httpStatus)
+            }
             let body = (try? await request.collectBody(upTo: 1 << 16)).map { Data($0.readableBytesView) } ?? Data()
             let credentials: Credentials
             if isJSON {
