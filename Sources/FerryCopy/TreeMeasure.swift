@@ -61,6 +61,18 @@ final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
     var result: TreeMeasurement { totals.withLock { $0 } }
 }
 
+/// Gives an unprivileged owner write access to a directory whose contents are to go, through a
+/// descriptor opened O_NOFOLLOW (fchmodat would follow a swapped-in symlink). Returns whether its
+/// permissions were changed.
+@discardableResult
+func makeWritableForRemoval(_ name: ByteString, in parent: FileDescriptor, status: FileStatus) throws -> Bool {
+    guard status.permissions & 0o700 != 0o700 else { return false }
+    let fd = try parent.openAt(name, [.directory, .noFollow])
+    defer { fd.closeQuietly() }
+    try fd.changeMode(permissions: status.permissions | 0o700)
+    return true
+}
+
 /// Removes trees without following symlinks: entries are unlinked by name in directories opened
 /// with `O_NOFOLLOW`, directories after their contents.
 final class RemoveVisitor: TreeVisitor, @unchecked Sendable {
@@ -82,11 +94,8 @@ final class RemoveVisitor: TreeVisitor, @unchecked Sendable {
                 // A directory (unlink says EISDIR, or EPERM on some filesystems): empty it first.
                 // An unprivileged owner may need to make it writable to do so.
                 // Through a descriptor opened O_NOFOLLOW: fchmodat would follow a swapped-in symlink.
-                if !processIsPrivileged, let status = try? directory.source.status(entry.name),
-                   status.kind == .directory, status.permissions & 0o700 != 0o700 {
-                    let fd = try directory.source.openAt(entry.name, [.directory, .noFollow])
-                    defer { fd.closeQuietly() }
-                    try fd.changeMode(permissions: status.permissions | 0o700)
+                if !processIsPrivileged, let status = try? directory.source.status(entry.name), status.kind == .directory {
+                    try makeWritableForRemoval(entry.name, in: directory.source, status: status)
                 }
                 return .descend(peer: nil)
             default:
@@ -147,9 +156,11 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
         switch status.kind {
         case .directory:
             let copyDirectory = try peer.openAt(entry.peerName, [.directory, .noFollow])
-            if !privileged, status.permissions & 0o700 != 0o700 {
+            if !privileged {
                 do {
-                    try loosen(entry.name, in: directory.source, status: status)
+                    if try makeWritableForRemoval(entry.name, in: directory.source, status: status) {
+                        loosened.withLock { $0[status.fileID] = status.permissions }
+                    }
                 } catch {
                     copyDirectory.closeQuietly()
                     throw error
@@ -173,15 +184,6 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
             if error.code != .notFound { throw error }  // else: gone meanwhile
         }
         return .done
-    }
-
-    /// Makes a directory writable for its unprivileged owner, through a descriptor opened
-    /// O_NOFOLLOW (fchmodat would follow a swapped-in symlink), remembering its permissions.
-    private func loosen(_ name: ByteString, in parent: FileDescriptor, status: FileStatus) throws {
-        let fd = try parent.openAt(name, [.directory, .noFollow])
-        defer { fd.closeQuietly() }
-        try fd.changeMode(permissions: status.permissions | 0o700)
-        loosened.withLock { $0[status.fileID] = status.permissions }
     }
 
     func leave(_ directory: WalkDirectory) throws {

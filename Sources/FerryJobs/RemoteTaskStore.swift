@@ -242,10 +242,9 @@ public final class TaskStoreRelay: Sendable {
         while destination.count > 1 && destination.last == slash { destination.removeLast() }
         let parent: [UInt8] = destination.lastIndex(of: slash).map { $0 == 0 ? [slash] : Array(destination[..<$0]) } ?? []
         let directory = plan.destinationDirectory.bytes
-        let plain = { (name: [UInt8]) in !name.isEmpty && !name.contains(slash) && !name.contains(0) && name != [0x2E] && name != [0x2E, 0x2E] }
         guard directory == destination || directory == parent,
               plan.stagingName.bytes == Array(".ferry-staging-\(taskID)".utf8),
-              plan.finalNames.allSatisfy({ plain($0.bytes) }), plan.finalNames.count == task.sources.count else {
+              plan.finalNames.allSatisfy({ BytePath.isPlainName($0.bytes) }), plan.finalNames.count == task.sources.count else {
             throw TaskStoreError.database("not allowed: a plan outside the task's destination \(task.destination)")
         }
     }
@@ -262,8 +261,7 @@ public final class TaskStoreRelay: Sendable {
             let path = lock.path.bytes
             if sources.contains(path) || path == destination { continue }
             let (directory, name) = BytePath.split(path)
-            let plain = !name.isEmpty && name != [0x2E] && name != [0x2E, 0x2E] && !name.contains(0)
-            guard plain, directory == destination else {
+            guard BytePath.isPlainName(name), directory == destination else {
                 throw TaskStoreError.database("not allowed: a lock on \(lock.path), which task \(taskID) does not name")
             }
         }

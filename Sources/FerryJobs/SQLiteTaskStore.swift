@@ -174,15 +174,20 @@ public final class SQLiteTaskStore: TaskStore {
     }
 
     public func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws {
+        // Durable before it returns, as every phase's work on the filesystem comes after it: a
+        // power cut must not take a task back to a phase whose premise is gone (`verifying` after
+        // its staging was published, a deletion not begun after it had).
+        try await durableWrite { db in try Self.advance(db, id: id, worker: worker, to: status, plan: plan, message: message) }
+    }
+
+    /// A write transaction committed with `synchronous = FULL`: on disk before it returns (one
+    /// fsync of the log), where the store's other commits (NORMAL) may be undone by a power cut.
+    private func durableWrite(_ body: @escaping @Sendable (Database) throws -> Void) async throws {
         try await pool.writeWithoutTransaction { db in
-            // Durable before it returns (one fsync of the log), as every phase's work on the
-            // filesystem comes after it: a power cut must not take a task back to a phase whose
-            // premise is gone (`verifying` after its staging was published, a deletion not begun
-            // after it had).
             try db.execute(sql: "PRAGMA synchronous = FULL")
             defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
             try db.inTransaction(.immediate) {
-                try Self.advance(db, id: id, worker: worker, to: status, plan: plan, message: message)
+                try body(db)
                 return .commit
             }
         }
@@ -210,22 +215,17 @@ public final class SQLiteTaskStore: TaskStore {
 
     public func finish(id: String, worker: String, status: TaskStatus, failure: TaskFailure?, message: String) async throws {
         guard status.isTerminal else { throw TaskStoreError.invalidTransition("finish needs a terminal status, not \(status.rawValue)") }
-        try await pool.writeWithoutTransaction { db in
-            // This commit is made durable before it returns (one fsync of the log): the marker is
-            // removed next, and must not outlive a deletion that a power cut could undo.
-            try db.execute(sql: "PRAGMA synchronous = FULL")
-            defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
-            try db.inTransaction(.immediate) {
-                try Self.fence(db, id, worker)
-                let now = Date().timeIntervalSince1970
-                try db.execute(sql: """
-                    UPDATE tasks SET status = ?, failure_code = ?, failure_message = ?, lease_owner = NULL,
-                      lease_expires_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?
-                    """, arguments: [status.rawValue, failure?.code, failure?.message, now, now, id])
-                try db.execute(sql: "DELETE FROM path_locks WHERE task_id = ?", arguments: [id])
-                try Self.event(db, id, status, message)
-                return .commit
-            }
+        // Durable before it returns: the marker is removed next, and must not outlive a deletion
+        // that a power cut could undo.
+        try await durableWrite { db in
+            try Self.fence(db, id, worker)
+            let now = Date().timeIntervalSince1970
+            try db.execute(sql: """
+                UPDATE tasks SET status = ?, failure_code = ?, failure_message = ?, lease_owner = NULL,
+                  lease_expires_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?
+                """, arguments: [status.rawValue, failure?.code, failure?.message, now, now, id])
+            try db.execute(sql: "DELETE FROM path_locks WHERE task_id = ?", arguments: [id])
+            try Self.event(db, id, status, message)
         }
         // Only once the rows' deletion has committed, and under the write lock, so that no
         // acquisition can come in between (see `LockMarkers`); on failure the marker stays.

@@ -219,7 +219,7 @@ public final class MoveEngine: Sendable {
         }
     }
 
-    private func copyEngine(_ task: TaskRecord, _ context: RunContext) -> CopyEngine {
+    func copyEngine(_ task: TaskRecord, _ context: RunContext) -> CopyEngine {
         let options = CopyOptions(jobs: task.options.jobs ?? settings.jobs, verify: VerifyMode(rawValue: task.options.verify) ?? .metadata,
                                   dropSourceCache: task.kind == .move, progressInterval: settings.progressInterval,
                                   cancellation: context.cancellation)
@@ -291,112 +291,6 @@ public final class MoveEngine: Sendable {
             throw CopyError.verificationFailed(differences: [CopyError.Difference(
                 path: plan.stagingName.description,
                 what: "\(measured.entries) entries and \(measured.bytes) bytes relinked; the plan measured \(plan.entries) and \(plan.bytes)")])
-        }
-    }
-
-    /// Commit, idempotent so that recovery can run it again: publish each staged item that is still
-    /// in staging (never replacing), fsync the destination; for a move, verify the published copy
-    /// against the source once more. Returns whether source entries remain to be deleted.
-    private func publishAndCheck(_ task: TaskRecord, _ plan: TaskPlan) throws -> Bool {
-        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
-        defer { destination.closeQuietly() }
-        let engine = copyEngine(task, RunContext(task: task))  // not cancellable any more
-        let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-        if let staging = try engine.openStaging(in: destination, id: id) {
-            defer { staging.directory.closeQuietly() }
-            try staging.directory.syncFilesystem()
-            for final in plan.finalNames {
-                guard (try? staging.directory.status(final.bytes)) != nil else { continue }  // published before a crash
-                do {
-                    try CopyEngine.publishOne(from: staging, final.bytes)
-                } catch {
-                    if error.code == .exists {
-                        throw Refusal(code: "destination.exists", message: "\(final) appeared in the destination while the copy was being made; nothing was replaced — remove it and retry")
-                    }
-                    throw error
-                }
-            }
-            try destination.sync()
-            try? destination.removeEntry(plan.stagingName.bytes, isDirectory: true)
-        }
-        guard task.kind == .move else { return false }
-        if plan.strategy == Strategy.relink.rawValue {
-            // The source is a skeleton of empty directories: remove those, never anything else.
-            let skeleton = try remainingSources(task, plan)
-            defer { skeleton.forEach { $0.directory.closeQuietly() } }
-            let survivors = try engine.removeEmptySkeleton(skeleton)
-            for source in skeleton { try source.directory.sync() }
-            if !survivors.isEmpty {
-                throw Refusal(code: "source.changed", message: "\(survivors.count) entries were written into the source while it was moved (\(survivors.prefix(3).joined(separator: ", "))); they were left in place")
-            }
-            return false
-        }
-        let present = try remainingSources(task, plan)
-        defer { present.forEach { $0.directory.closeQuietly() } }
-        guard !present.isEmpty else { return false }
-        // Once the deletion has begun, what is left of the source is checked entry by entry as it
-        // goes (`deleteSources`). Before, the published copy must still match the whole source:
-        // a source changed since it was copied is not deleted at all.
-        guard !plan.deletingSource else { return true }
-        let published = StagingArea(parent: destination, name: [], directory: destination)
-        do {
-            try engine.verify(present, in: published)
-        } catch .sourceChanged(let path, let detail) {
-            throw Refusal(code: "source.changed", message: "\(path) changed after it was copied (\(detail)); the copy was published in "
-                + "\(plan.destinationDirectory) and nothing was deleted from the source: compare the two, then remove the source by hand")
-        } catch .verificationFailed(let differences) {
-            throw Refusal(code: "source.changed", message: "the published copy no longer matches the source (\(CopyError.verificationFailed(differences: differences))); "
-                + "nothing was deleted from the source: compare the two in \(plan.destinationDirectory), then remove the source by hand")
-        }
-        return true
-    }
-
-    /// Deletes the source entries whose published copy holds the same, and makes each deletion
-    /// durable. Whatever was written into the source after it was verified stays, and the task
-    /// says where.
-    private func deleteSources(_ task: TaskRecord, _ plan: TaskPlan) throws {
-        let engine = CopyEngine(options: CopyOptions(jobs: task.options.jobs ?? settings.jobs))
-        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
-        defer { destination.closeQuietly() }
-        let present = try remainingSources(task, plan)
-        defer { present.forEach { $0.directory.closeQuietly() } }
-        var survivors: [String] = []
-        var count = 0
-        for source in present {
-            let left = try engine.removeMoved([source], publishedIn: destination)
-            try source.directory.sync()
-            count += left.count
-            survivors += left.first
-        }
-        if count > 0 {
-            throw Refusal(code: "source.changed", message: "\(count) entries were written into the source after it was verified "
-                + "(\(survivors.prefix(3).joined(separator: ", "))\(count > 3 ? ", …" : "")): they were left in place, everything else was moved "
-                + "to \(plan.destinationDirectory)")
-        }
-    }
-
-    /// The sources that still exist (all of them, until a deletion has begun).
-    private func remainingSources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
-        try sources(task, plan).filter { source in
-            if (try? source.directory.status(source.name)) != nil { return true }
-            source.directory.closeQuietly()
-            return false
-        }
-    }
-
-    private func commitRename(_ task: TaskRecord) throws {
-        guard let plan = task.plan else { return }
-        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
-        defer { destination.closeQuietly() }
-        // A source whose directory is gone was renamed before a crash, or was lost: the
-        // destination says which.
-        let sources = (try? self.sources(task, plan)) ?? []
-        defer { sources.forEach { $0.directory.closeQuietly() } }
-        try Self.rename(sources, into: destination)
-        let missing = plan.finalNames.filter { (try? destination.status($0.bytes)) == nil }
-        if !missing.isEmpty {
-            throw Refusal(code: "source.missing", message: "\(missing.map(\.description).joined(separator: ", ")) is neither at its source "
-                + "nor in \(plan.destinationDirectory): it was moved or removed by something else, and nothing was renamed for it")
         }
     }
 }

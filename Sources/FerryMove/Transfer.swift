@@ -40,7 +40,7 @@ public final class Transfer: @unchecked Sendable {
                 throw UsageError(message: "\(last.displayString) is not a directory (several sources need an existing directory)")
             }
             let (parent, name) = BytePath.split(absoluteLast)
-            guard Self.isPlainName(name) else { throw UsageError(message: "\(last.displayString) is not a usable destination name") }
+            guard BytePath.isPlainName(name) else { throw UsageError(message: "\(last.displayString) is not a usable destination name") }
             do {
                 destination = try opener.openDirectory(parent)
             } catch {
@@ -57,7 +57,7 @@ public final class Transfer: @unchecked Sendable {
         for argument in sourceArguments {
             let path = Self.absolute(argument)
             let (parent, name) = BytePath.split(path)
-            guard Self.isPlainName(name) else { throw UsageError(message: "\(argument.displayString): name a file or directory (not ., .. or /)") }
+            guard BytePath.isPlainName(name) else { throw UsageError(message: "\(argument.displayString): name a file or directory (not ., .. or /)") }
             let parentFD: FileDescriptor
             if let known = parents.first(where: { $0.path == parent }) {
                 parentFD = known.fd
@@ -89,9 +89,6 @@ public final class Transfer: @unchecked Sendable {
     /// The final absolute paths, one per source.
     public var finalPaths: [ByteString] { sources.map { BytePath.join(destinationPath, $0.destinationName) } }
 
-    static func isPlainName(_ name: ByteString) -> Bool {
-        !name.isEmpty && name != Array(".".utf8) && name != Array("..".utf8) && !name.contains(UInt8(ascii: "/"))
-    }
 
     /// Absolute and free of `.`/`..` components, without touching the filesystem (the opener refuses
     /// whatever escapes a root).

@@ -91,6 +91,11 @@ public enum BytePath {
         return (parent, name)
     }
 
+    /// A name that stays in its directory: not empty, `.` or `..`, without `/` or NUL.
+    public static func isPlainName(_ name: ByteString) -> Bool {
+        !name.isEmpty && name != Array(".".utf8) && name != Array("..".utf8) && !name.contains(UInt8(ascii: "/")) && !name.contains(0)
+    }
+
     /// An absolute path with `.`, `..` and repeated or trailing slashes resolved lexically (no
     /// symlink is looked at): how a request's paths are named in path locks.
     public static func lexicallyNormalized(_ absolute: ByteString) -> ByteString {
