@@ -73,6 +73,22 @@ func makeWritableForRemoval(_ name: ByteString, in parent: FileDescriptor, statu
     return true
 }
 
+/// Removes a walked directory from its parent if it is empty (or gone already); false if something
+/// is still in it. The walk's root is never removed.
+func removeIfEmpty(_ directory: WalkDirectory) throws -> Bool {
+    guard let parent = directory.parent else { return true }
+    do {
+        try parent.source.removeEntry(directory.name, isDirectory: true)
+    } catch {
+        switch error.code {
+        case .notEmpty, .exists: return false
+        case .notFound: return true
+        default: throw error
+        }
+    }
+    return true
+}
+
 /// Removes trees without following symlinks: entries are unlinked by name in directories opened
 /// with `O_NOFOLLOW`, directories after their contents.
 final class RemoveVisitor: TreeVisitor, @unchecked Sendable {
@@ -187,21 +203,9 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
     }
 
     func leave(_ directory: WalkDirectory) throws {
-        guard let parent = directory.parent else { return }
-        do {
-            try parent.source.removeEntry(directory.name, isDirectory: true)
-        } catch {
-            switch error.code {
-            case .notEmpty, .exists:
-                // Something in it survived (and was counted): the directory stays, as it was.
-                if let status = directory.status, let before = loosened.withLock({ $0[status.fileID] }) {
-                    try? directory.source.changeMode(permissions: before)
-                }
-            case .notFound:
-                break
-            default:
-                throw error
-            }
+        // Not empty: something in it survived (and was counted), and it stays as it was.
+        if try !removeIfEmpty(directory), let status = directory.status, let before = loosened.withLock({ $0[status.fileID] }) {
+            try? directory.source.changeMode(permissions: before)
         }
     }
 }

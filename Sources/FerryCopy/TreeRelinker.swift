@@ -59,12 +59,7 @@ final class EmptyDirectoryRemover: TreeVisitor, @unchecked Sendable {
     }
 
     func leave(_ directory: WalkDirectory) throws {
-        guard let parent = directory.parent else { return }
-        do {
-            try parent.source.removeEntry(directory.name, isDirectory: true)
-        } catch {
-            guard error.code == .notEmpty || error.code == .exists else { throw error }
-        }
+        _ = try removeIfEmpty(directory)  // one that is not empty holds survivors, listed already
     }
 
     var survivors: [String] { left.withLock { $0 } }
