@@ -5,18 +5,30 @@ import SystemPackage
 /// attempt made them), every other entry is renamed into its directory with `RENAME_NOREPLACE`, and
 /// each directory gets its source's metadata once its entries are in. No data is copied: on Lustre
 /// 2.15+ a *file* may be renamed across projects (the server moves its quota) though a directory
-/// may not. Resumable (entries already moved are simply not found again) and reversible (run it
-/// from the peer back to the source skeleton). Hard links stay links: each name is renamed.
+/// may not. Resumable (entries already moved are simply not found again) and reversible (`.back`
+/// runs it from the staging tree into the source skeleton). Hard links stay links: each name is
+/// renamed.
+///
+/// Emptying a directory changes its times, so each staging directory carries its source's
+/// `DirectoryOrigin` until it is finished: a resumed relink publishes the directory with the times
+/// it had before the move, and a rollback gives them back. A rollback changes nothing else about a
+/// source directory that is still there; one it has to make again gets the origin's mode and owner.
 final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
+    enum Direction { case forward, back }
+
     private let metadata: MetadataApplier
     private let meter: ProgressMeter
     private let cancellation: CancellationFlag
+    private let direction: Direction
+    /// Source directories a rollback made again (they had been removed meanwhile), by identity.
+    private let recreated = Locked<Set<FileID>>([])
 
-    init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes) {
+    init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, direction: Direction = .forward) {
         metadata = MetadataApplier(preserveOwnership: options.preserveOwnership, privileged: processIsPrivileged,
-                                   skippedAttributes: [], notes: notes)
+                                   skippedAttributes: [DirectoryOrigin.attribute], notes: notes)
         self.meter = meter
         self.cancellation = options.cancellation
+        self.direction = direction
     }
 
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
@@ -24,13 +36,10 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
         if cancellation.isCancelled { throw CopyError.cancelled }
         let status = try directory.source.status(entry.name)
         if status.kind == .directory {
-            do {
-                try peer.makeDirectory(entry.peerName, permissions: 0o700)
-            } catch {
-                guard error.code == .exists, (try? peer.status(entry.peerName))?.kind == .directory else { throw error }
-                try peer.changeMode(entry.peerName, permissions: 0o700)  // reused: writable until left
+            switch direction {
+            case .forward: return .descend(peer: try stagingDirectory(for: status, named: entry.peerName, in: peer))
+            case .back: return .descend(peer: try sourceDirectory(named: entry.peerName, in: peer, stagedAs: entry.name, in: directory.source, status: status))
             }
-            return .descend(peer: try peer.openAt(entry.peerName, [.directory, .noFollow]))
         }
         meter.started(directory.displayPath(entry.name))
         try rename(from: directory.source, entry.name, to: peer, entry.peerName, flags: .noReplace)
@@ -39,9 +48,139 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
         return .done
     }
 
+    /// The staging directory for a source directory, made with the source's origin, or reused. A
+    /// reused one without an origin was finished by the earlier attempt, so its own metadata is
+    /// the source's as it was; either way it stays writable until left.
+    private func stagingDirectory(for source: FileStatus, named name: ByteString, in peer: FileDescriptor) throws -> FileDescriptor {
+        do {
+            try peer.makeDirectory(name, permissions: 0o700)
+            let made = try peer.openAt(name, [.directory, .noFollow])
+            DirectoryOrigin(source).record(on: made)
+            return made
+        } catch {
+            guard error.code == .exists else { throw error }
+        }
+        let reused = try peer.openAt(name, [.directory, .noFollow])
+        do {
+            if DirectoryOrigin.read(reused) == nil { DirectoryOrigin(try reused.status()).record(on: reused) }
+            try reused.changeMode(permissions: 0o700)
+        } catch {
+            reused.closeQuietly()
+            throw error
+        }
+        return reused
+    }
+
+    /// On the way back: the source directory a staging directory came from, left as it is, or
+    /// made again if it is gone. The staging directory's origin is recorded on it first if it has
+    /// none (it was finished, so its metadata is the origin), so that a rollback that is itself
+    /// interrupted, after emptying it has changed its times, still knows them.
+    private func sourceDirectory(named name: ByteString, in peer: FileDescriptor, stagedAs staged: ByteString, in staging: FileDescriptor,
+                                 status: FileStatus) throws -> FileDescriptor {
+        if DirectoryOrigin.read(in: staging, staged) == nil { DirectoryOrigin(status).record(in: staging, staged) }
+        do {
+            try peer.makeDirectory(name, permissions: 0o700)
+        } catch {
+            guard error.code == .exists else { throw error }
+            return try peer.openAt(name, [.directory, .noFollow])
+        }
+        let made = try peer.openAt(name, [.directory, .noFollow])
+        if let identity = try? made.status().fileID { recreated.withLock { _ = $0.insert(identity) } }
+        return made
+    }
+
     func leave(_ directory: WalkDirectory) throws {
         guard let peer = directory.peer, let status = directory.status else { return }
-        try metadata.apply(from: directory.source, to: peer, status: status, path: PathDisplay.string(directory.relativePath))
+        let path = PathDisplay.string(directory.relativePath)
+        switch direction {
+        case .forward:
+            // The source's current mode, owner and attributes; the times it had before the move.
+            let origin = DirectoryOrigin.read(peer)
+            try metadata.apply(from: directory.source, to: peer, status: origin?.times(on: status) ?? status, path: path)
+            if origin != nil { try ExtendedAttributes.remove(peer, DirectoryOrigin.attribute) }
+        case .back:
+            let origin = DirectoryOrigin.read(directory.source) ?? DirectoryOrigin(status)
+            let identity = try peer.status().fileID
+            if recreated.withLock({ $0.contains(identity) }) {
+                try metadata.apply(from: directory.source, to: peer, status: origin.all(on: status), path: path)
+            } else {
+                try peer.setTimes(access: origin.access, modification: origin.modification)
+            }
+        }
+    }
+}
+
+/// What a relinked directory's source was before the relink emptied it: mode, owner and times, as
+/// the extended attribute `user.ferry.origin` on its staging directory ("mode uid gid atime-s
+/// atime-ns mtime-s mtime-ns", decimal). Recording it is best effort: on a filesystem without user
+/// attributes a relink still works, and only a resumed or rolled-back directory's times are then
+/// the ones emptying it left.
+struct DirectoryOrigin: Equatable {
+    static let attribute = Array("user.ferry.origin".utf8)
+
+    var permissions: UInt32
+    var uid: UInt32
+    var gid: UInt32
+    var access: Timespec
+    var modification: Timespec
+
+    init(_ status: FileStatus) {
+        permissions = status.permissions
+        uid = status.uid
+        gid = status.gid
+        access = status.accessTime
+        modification = status.modificationTime
+    }
+
+    init?(encoded: ByteString) {
+        let fields = String(decoding: encoded, as: UTF8.self).split(separator: " ")
+        guard fields.count == 7, let mode = UInt32(fields[0]), let uid = UInt32(fields[1]), let gid = UInt32(fields[2]),
+              let atime = Int64(fields[3]), let atimeNanoseconds = UInt32(fields[4]),
+              let mtime = Int64(fields[5]), let mtimeNanoseconds = UInt32(fields[6]),
+              mode <= 0o7777, atimeNanoseconds < 1_000_000_000, mtimeNanoseconds < 1_000_000_000 else { return nil }
+        permissions = mode
+        self.uid = uid
+        self.gid = gid
+        access = Timespec(seconds: atime, nanoseconds: atimeNanoseconds)
+        modification = Timespec(seconds: mtime, nanoseconds: mtimeNanoseconds)
+    }
+
+    var encoded: ByteString {
+        Array("\(permissions) \(uid) \(gid) \(access.seconds) \(access.nanoseconds) \(modification.seconds) \(modification.nanoseconds)".utf8)
+    }
+
+    /// `status` with the origin's times.
+    func times(on status: FileStatus) -> FileStatus {
+        var status = status
+        status.accessTime = access
+        status.modificationTime = modification
+        return status
+    }
+
+    /// `status` with the origin's mode, owner and times.
+    func all(on status: FileStatus) -> FileStatus {
+        var status = times(on: status)
+        status.mode = (status.mode & ~0o7777) | permissions
+        status.uid = uid
+        status.gid = gid
+        return status
+    }
+
+    /// The origin recorded on a directory, if it has a readable one.
+    static func read(_ directory: FileDescriptor) -> DirectoryOrigin? {
+        (try? ExtendedAttributes.value(directory, attribute))?.flatMap(DirectoryOrigin.init(encoded:))
+    }
+
+    static func read(in parent: FileDescriptor, _ name: ByteString) -> DirectoryOrigin? {
+        (try? ExtendedAttributes.value(in: parent, symlink: name, attribute))?.flatMap(DirectoryOrigin.init(encoded:))
+    }
+
+    func record(on directory: FileDescriptor) {
+        try? ExtendedAttributes.set(directory, Self.attribute, encoded)
+    }
+
+    func record(in parent: FileDescriptor, _ name: ByteString) {
+        try? ExtendedAttributes.set(in: parent, symlink: name, Self.attribute, encoded)
     }
 }
 
@@ -82,7 +221,7 @@ extension CopyEngine {
     public func unrelink(_ sources: [CopySource], from staging: StagingArea) throws(CopyError) {
         let meter = ProgressMeter(phase: .cleaningUp, bytesTotal: 0, entriesTotal: 0, interval: options.progressInterval, handler: nil)
         defer { meter.finish() }
-        let visitor = RelinkVisitor(options: options, meter: meter, notes: CopyNotes())
+        let visitor = RelinkVisitor(options: options, meter: meter, notes: CopyNotes(), direction: .back)
         for source in sources where (try? staging.directory.status(source.destinationName)) != nil {
             let back = CopySource(directory: staging.directory, name: source.destinationName, destinationName: source.name)
             try walk([back], peer: source.directory, visitor: visitor)

@@ -284,6 +284,51 @@ struct CopyEngineTests {
         }
     }
 
+    /// Relinking empties each source directory, which changes its times. A relinked tree, resumed
+    /// after a stop, still gets each directory's own mode, owner, attributes and times, and carries
+    /// nothing of Ferry's;
+    /// putting it back restores the skeleton's times and leaves the rest of each directory alone,
+    /// and a directory removed meanwhile is made again as it was.
+    @Test func relinkAndBackKeepEveryDirectorysMetadata() throws {
+        try withLoopXFS { fs in
+            let a = fs.mountPoint + "/a", b = fs.mountPoint + "/b", t = a + "/d"
+            try FileManager.default.createDirectory(atPath: t + "/sub/deeper", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            for name in ["top", "sub/deeper/z"] + (0..<300).map({ "sub/f\($0)" }) { try TreeBuilder.write("\(t)/\(name)", bytes: 512, seed: 9) }
+            try Shell.run(["chmod", "0750", t + "/sub"])
+            try Shell.run(["chmod", "1777", t + "/sub/deeper"])
+            try Shell.run(["chown", "4321:4322", t + "/sub", t + "/sub/deeper"])
+            try Shell.run(["setfattr", "-n", "user.note", "-v", "kept", t + "/sub/deeper"])
+            for directory in [t, t + "/sub", t + "/sub/deeper"] {
+                try Shell.run(["touch", "-h", "-d", "2019-03-04 05:06:07.891011121", directory])
+            }
+            let original = try TreeSnapshot.take(t)
+            let source = try openDir(a), target = try openDir(b)
+            defer { source.closeQuietly(); target.closeQuietly() }
+            let sources = [CopySource(directory: source, name: Array("d".utf8))]
+            // A first relink stopped part-way, with `sub` half emptied; a second one finishes it.
+            let flag = CancellationFlag()
+            let stopping = CopyEngine(options: CopyOptions(jobs: 2, progressInterval: .milliseconds(1), cancellation: flag)) { progress in
+                if progress.entriesDone >= 20 { flag.cancel() }
+            }
+            let staging = try stopping.createStaging(in: target, id: "r1", relink: true)
+            #expect(throws: CopyError.self) { try stopping.relink(sources, into: staging) }
+            #expect(try entries(t + "/sub").count < 301)
+            let engine = CopyEngine(options: CopyOptions(jobs: 2))
+            try engine.relink(sources, into: staging)
+            let relinked = b + "/" + PathDisplay.string(staging.name) + "/d"
+            var differences = original.differences(to: try TreeSnapshot.take(relinked))
+            #expect(differences.isEmpty, "\(differences)")
+            // The emptied skeleton: its times are now those of the renames.
+            #expect(try TreeSnapshot.take(t).entries[Array("sub".utf8)]?.mtimeSeconds != original.entries[Array("sub".utf8)]?.mtimeSeconds)
+            try FileManager.default.removeItem(atPath: t + "/sub/deeper")
+            try engine.unrelink(sources, from: staging)
+            differences = original.differences(to: try TreeSnapshot.take(t))
+            #expect(differences.isEmpty, "\(differences)")
+            #expect(try entries(b).isEmpty)
+        }
+    }
+
     /// A directory of 50,000 entries is walked with a bounded number of pending items.
     @Test func walkMemoryIsBounded() throws {
         try withLoopXFS { fs in

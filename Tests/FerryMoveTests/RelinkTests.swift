@@ -23,6 +23,16 @@ struct RelinkTests {
         return out
     }
 
+    /// Directories whose mode, owner and times differ from what a directory made now would get.
+    func giveDirectoriesTheirOwnMetadata(_ root: String) throws {
+        try Shell.run(["chmod", "0751", root + "/sub"])
+        try Shell.run(["chmod", "2775", root])
+        try Shell.run(["chown", "4321:4322", root + "/sub"])
+        for directory in [root, root + "/sub", root + "/sub/deeper"] {
+            try Shell.run(["touch", "-h", "-d", "2020-02-02 02:02:02.123456789", directory])
+        }
+    }
+
     func relinkOptions() -> TaskOptions {
         var options = TaskOptions()
         options.strategy = "relink"
@@ -60,7 +70,9 @@ struct RelinkTests {
             let b = fs.mountPoint + "/b"
             try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
             try makeTree(a + "/data", files: 400, size: 1000)
+            try giveDirectoriesTheirOwnMetadata(a + "/data")
             let before = try inodes(a + "/data")
+            let snapshot = try TreeSnapshot.take(a + "/data")
             let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b),
                                                               options: relinkOptions(), owner: "t"))
             let claimed = try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30)))
@@ -68,6 +80,10 @@ struct RelinkTests {
             #expect(cancel.isCancelled)
             #expect(record.status == .rolledBack, "\(record.status) \(String(describing: record.failure))")
             #expect(try inodes(a + "/data") == before, "every file back where it was, same inode")
+            // The source exactly as it was: the directories that were being emptied when the cancel
+            // came keep their own mode, owner and times, not the staging directory's.
+            let differences = snapshot.differences(to: try TreeSnapshot.take(a + "/data"))
+            #expect(differences.isEmpty, "\(differences)")
             #expect(listing(b).isEmpty, "\(listing(b))")
         }
     }
@@ -80,7 +96,9 @@ struct RelinkTests {
             let b = fs.mountPoint + "/b"
             try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
             try makeTree(a + "/data", files: 400, size: 1000)
+            try giveDirectoriesTheirOwnMetadata(a + "/data")
             let before = try inodes(a + "/data")
+            let snapshot = try TreeSnapshot.take(a + "/data")
             // A worker that stops part-way: the task is released with half its files relinked.
             let stopping = MoveEngine(store: harness.store, settings: .init(worker: "stopping", jobs: 1, progressInterval: .milliseconds(1)),
                                       progress: { _, progress in if progress.entriesDone >= 20 { stopperBox.engine?.stop() } })
@@ -102,6 +120,10 @@ struct RelinkTests {
             let second = await harness.engine.run(try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))))
             #expect(second.status == .completed, "\(String(describing: second.failure))")
             #expect(try inodes(b + "/data") == before)
+            // The directory the first run had half emptied arrives with the times it had before
+            // the move, not those its emptying gave it.
+            let differences = snapshot.differences(to: try TreeSnapshot.take(b + "/data"))
+            #expect(differences.isEmpty, "\(differences)")
             #expect(!FileManager.default.fileExists(atPath: a + "/data"))
         }
     }
