@@ -56,6 +56,16 @@ struct PostgresClaimTests {
             #expect(Self.largestNode(plan) <= 16, "\(output)")
             let leased = try cluster.psql(database, "SELECT count(*) FROM tasks WHERE lease_owner = 'w'")
             #expect(leased.trimmingCharacters(in: .whitespacesAndNewlines) == "4")
+            // The one-slot statement, which a worker claiming alone runs, likewise; it takes the
+            // oldest task left.
+            let single = try cluster.psql(database, """
+                PREPARE claim_one(text, float8) AS \(ClaimSQL.single);
+                EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_one('alone', 60)
+                """)
+            let singlePlan = try #require((try JSONSerialization.jsonObject(with: Data(single.utf8)) as? [[String: Any]])?.first?["Plan"] as? [String: Any])
+            #expect(Self.largestNode(singlePlan) <= 16, "\(single)")
+            let alone = try cluster.psql(database, "SELECT created_at, attempts FROM tasks WHERE lease_owner = 'alone'")
+            #expect(alone.trimmingCharacters(in: .whitespacesAndNewlines) == "1505|1", "\(alone)")
         }
     }
 
