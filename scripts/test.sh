@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every test: `scripts/test.sh` (as root: the tests mount loop XFS,
-# FUSE and a throwaway PostgreSQL). Then the crash test: `ferry move` killed with SIGKILL 30 times.
+# FUSE and a throwaway PostgreSQL). Then the crash test: `ferry move` killed with SIGKILL 30 times,
+# and a relink `ferry move --strategy relink` 15 times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -16,13 +17,23 @@ failed=$(grep -Ec '^✘ Test .* failed' "$log" || true)
 crash_passed=0
 crash_failed=0
 if [ "$(id -u)" = 0 ]; then
-  set +e
-  Tests/crash/crash-test.sh --kills "${FERRY_CRASH_KILLS:-30}" --ferry "$PWD/.build/debug/ferry" 2>&1 | tee -a "$log"
-  crash_status=${PIPESTATUS[0]}
-  set -e
-  crash_passed=$(grep -Eo '^crash: [0-9]+ passed' "$log" | grep -Eo '[0-9]+' || echo 0)
-  crash_failed=$(grep -Eo '^crash: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
-  [ "$crash_status" = 0 ] || status=1
+  for run in "copy ${FERRY_CRASH_KILLS:-30}" "relink ${FERRY_CRASH_RELINK_KILLS:-15}"; do
+    set -- $run
+    crash_log="$(mktemp)"
+    set +e
+    Tests/crash/crash-test.sh --strategy "$1" --kills "$2" --ferry "$PWD/.build/debug/ferry" 2>&1 | tee "$crash_log"
+    crash_status=${PIPESTATUS[0]}
+    set -e
+    summary=$(grep -E '^crash \([a-z]+\): [0-9]+ passed, [0-9]+ failed' "$crash_log" | tail -1)
+    rm -f "$crash_log"
+    if [ -n "$summary" ]; then
+      crash_passed=$((crash_passed + $(echo "$summary" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+')))
+      crash_failed=$((crash_failed + $(echo "$summary" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+')))
+    else
+      crash_failed=$((crash_failed + 1))  # the script stopped before its summary
+    fi
+    [ "$crash_status" = 0 ] || status=1
+  done
 fi
 # The web tests: a real `ferry serve` driven over HTTP and through headless Chromium (as root:
 # they mount loop XFS and create Unix users). Screenshots land in artifacts/browser/.

@@ -1,32 +1,39 @@
 #!/usr/bin/env bash
 # Kills `ferry move` with SIGKILL at random moments and checks that nothing is ever lost.
 #
-#   Tests/crash/crash-test.sh [--kills N] [--ferry PATH] [--seed S]      (root: loop XFS)
+#   Tests/crash/crash-test.sh [--kills N] [--ferry PATH] [--seed S] [--strategy copy|relink]   (root: loop XFS)
 #
 # Each round: a tree with a big file, a sparse file, hard links, symlinks and 2,000 small files is
 # placed in project 100; `ferry move` to project 200 is started and killed at a random moment
 # (anywhere from before the task exists to after it finished); after the lease expires,
 # `ferry janitor` recovers. Then, every time:
-#   - the tree exists whole (content, sizes, modes, links, symlinks compared with a manifest made
-#     before) at the destination or, if the move was rolled back, at the source — never neither;
+#   - the tree exists whole (content, sizes, modes, links, symlinks, and each directory's times,
+#     compared with a manifest made before) at the destination or, if the move was rolled back, at
+#     the source — never neither;
 #   - a destination that exists is complete, and after recovery source and destination are not
 #     both present;
 #   - no .ferry-staging-* directory is left;
 #   - the task (if it was created) ended completed or rolled_back, and holds no path lock.
 # Each round has a tree (and paths) of its own, so a failure is counted once, in its round.
-# Prints "crash: N passed, M failed" and exits non-zero on any failure.
+# With `--strategy relink` the moves rename each file into a recreated skeleton instead of copying
+# (as on Lustre 2.15+); their destination is a directory without a project of its own, since XFS
+# refuses a file renamed into another inherited project.
+# Prints "crash (STRATEGY): N passed, M failed" and exits non-zero on any failure.
 set -euo pipefail
 kills=30
 ferry=""
 seed=$RANDOM
+strategy=copy
 while [ $# -gt 0 ]; do
   case "$1" in
     --kills) kills="$2"; shift 2 ;;
     --ferry) ferry="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
-    *) echo "usage: $0 [--kills N] [--ferry PATH] [--seed S]" >&2; exit 2 ;;
+    --strategy) strategy="$2"; shift 2 ;;
+    *) echo "usage: $0 [--kills N] [--ferry PATH] [--seed S] [--strategy copy|relink]" >&2; exit 2 ;;
   esac
 done
+case "$strategy" in copy|relink) ;; *) echo "crash-test: --strategy takes copy or relink" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "crash-test: needs root (loop XFS)" >&2; exit 2; }
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 ferry="${ferry:-$here/.build/debug/ferry}"
@@ -43,7 +50,8 @@ trap cleanup EXIT INT TERM
 loop_xfs_up ferry-crash 2G
 project_dir "$mnt/a" 100
 project_dir "$mnt/b" 200
-mkdir "$mnt/template"
+mkdir "$mnt/c" "$mnt/template"
+if [ "$strategy" = relink ]; then to="$mnt/c"; chosen=(--strategy relink); else to="$mnt/b"; chosen=(); fi
 
 # The template tree (its own directory: copies of it are placed in project 100 each round).
 t="$mnt/template/data"
@@ -61,12 +69,16 @@ for i in range(2000):
         f.write("small file %d\n" % i)
 PY
 chmod 0750 "$t/deep"
+chmod 2770 "$t/small"
+touch -h -d "2021-06-07 08:09:10.111213141" "$t/deep/er" "$t/deep" "$t/small" "$t"
 manifest() {
   python3 - "$1" <<'PY'
 import hashlib, os, stat, sys
 root = sys.argv[1]
 lines = []
 inodes = {}
+st = os.lstat(root)
+lines.append(". %o mtime=%d" % (st.st_mode, st.st_mtime_ns))
 for dirpath, dirnames, filenames in os.walk(root):
     for name in sorted(dirnames + filenames):
         full = os.path.join(dirpath, name)
@@ -84,6 +96,8 @@ for dirpath, dirnames, filenames in os.walk(root):
                 inodes.setdefault(st.st_ino, []).append(rel)
         elif stat.S_ISLNK(kind):
             extra = os.readlink(full)
+        elif stat.S_ISDIR(kind):
+            extra = "mtime=%d" % st.st_mtime_ns
         lines.append("%s %o %s" % (rel, st.st_mode, extra))
 for group in sorted(sorted(g) for g in inodes.values()):
     lines.append("links " + " ".join(group))
@@ -97,10 +111,11 @@ export FERRY_LEASE_SECONDS=1
 # How long an undisturbed move takes, to spread the kills over it.
 cp -a "$t" "$mnt/a/data"
 start=$(date +%s%N)
-"$ferry" move "$mnt/a/data" "$mnt/b/" 2>/dev/null
+"$ferry" move "${chosen[@]}" "$mnt/a/data" "$to/" 2>/dev/null
 duration_ms=$(( ($(date +%s%N) - start) / 1000000 + 200 ))
-rm -rf "$mnt/b/data"
-echo "an undisturbed move takes about ${duration_ms} ms; killing $kills times (seed $seed)"
+[ "$(manifest "$to/data")" = "$expected" ] || { echo "crash-test: an undisturbed $strategy move did not keep the tree" >&2; exit 1; }
+rm -rf "$to/data"
+echo "an undisturbed $strategy move takes about ${duration_ms} ms; killing $kills times (seed $seed)"
 
 # After a failure: every task that holds a path lock or has not ended, with its history, read
 # from the database itself.
@@ -127,12 +142,12 @@ for round in $(seq 1 "$kills"); do
   # A tree of its own each round: a task that one round leaves behind (which fails that round)
   # keeps its own paths, and does not make every later round fail on its locks.
   src="$mnt/a/r$round"
-  dst="$mnt/b/r$round"
+  dst="$to/r$round"
   cp -a "$t" "$src"
   sync
   before=$("$ferry" tasks --all --json --limit 100000 | python3 -c "import json,sys; print(len(json.load(sys.stdin)['tasks']))")
   delay_ms=$(( RANDOM % (duration_ms * 2 / 3) ))
-  "$ferry" move "$src" "$mnt/b/" >/dev/null 2>&1 &
+  "$ferry" move "${chosen[@]}" "$src" "$to/" >/dev/null 2>&1 &
   pid=$!
   sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
   kill -9 "$pid" 2>/dev/null || true
@@ -144,7 +159,7 @@ t = tasks[0] if len(tasks) > $before else None
 print(t['status'] if t else 'no task yet')")
   sleep 1.2  # the lease (FERRY_LEASE_SECONDS=1) expires
   janitor_status=0
-  "$ferry" janitor --scan "$mnt/b" --grace 0 >"$work/janitor.log" 2>&1 || janitor_status=$?
+  "$ferry" janitor --scan "$to" --grace 0 >"$work/janitor.log" 2>&1 || janitor_status=$?
 
   problems=()
   read -r task_id task_status < <("$ferry" tasks --all --json --limit 100000 | python3 -c "
@@ -160,7 +175,7 @@ import sqlite3, sys
 db = sqlite3.connect('file:%s?mode=ro' % sys.argv[1], uri=True)
 print(db.execute('SELECT count(*) FROM path_locks WHERE task_id = ?', (sys.argv[2],)).fetchone()[0])" "$work/ferry.sqlite" "$task_id")
   [ "$locks" = 0 ] || problems+=("the task still holds $locks path locks")
-  leftovers=$(find "$mnt/a" "$mnt/b" -maxdepth 1 -name '.ferry-staging-*' | wc -l)
+  leftovers=$(find "$mnt/a" "$mnt/b" "$mnt/c" -maxdepth 1 -name '.ferry-staging-*' | wc -l)
   [ "$leftovers" = 0 ] || problems+=("$leftovers staging directories left")
   where=""
   if [ -e "$dst" ]; then
@@ -189,5 +204,5 @@ print(db.execute('SELECT count(*) FROM path_locks WHERE task_id = ?', (sys.argv[
     fi
   fi
 done
-echo "crash: $passed passed, $failed failed"
+echo "crash ($strategy): $passed passed, $failed failed"
 [ "$failed" = 0 ]
