@@ -24,7 +24,7 @@ if [ "$(id -u)" = 0 ]; then
     Tests/crash/crash-test.sh --strategy "$1" --kills "$2" --ferry "$PWD/.build/debug/ferry" 2>&1 | tee "$crash_log"
     crash_status=${PIPESTATUS[0]}
     set -e
-    summary=$(grep -E '^crash \([a-z]+\): [0-9]+ passed, [0-9]+ failed' "$crash_log" | tail -1)
+    summary=$(grep -E '^crash \([a-z]+\): [0-9]+ passed, [0-9]+ failed' "$crash_log" | tail -1 || true)
     rm -f "$crash_log"
     if [ -n "$summary" ]; then
       crash_passed=$((crash_passed + $(echo "$summary" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+')))
@@ -44,7 +44,7 @@ if [ "$(id -u)" = 0 ]; then
   FERRY_BIN="$PWD/.build/debug/ferry" python3 -m pytest -q -p no:cacheprovider Tests/web 2>&1 | tee -a "$log"
   web_status=${PIPESTATUS[0]}
   set -e
-  summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -1)
+  summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | tail -1 || true)
   web_passed=$(echo "$summary" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' || echo 0)
   web_failed=$(echo "$summary" | grep -Eo '[0-9]+ (failed|error)' | grep -Eo '[0-9]+' | paste -sd+ | bc || echo 0)
   [ -n "$web_failed" ] || web_failed=0

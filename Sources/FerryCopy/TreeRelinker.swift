@@ -20,8 +20,6 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
     private let meter: ProgressMeter
     private let cancellation: CancellationFlag
     private let direction: Direction
-    /// Source directories a rollback made again (they had been removed meanwhile), by identity.
-    private let recreated = Locked<Set<FileID>>([])
 
     init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, direction: Direction = .forward) {
         metadata = MetadataApplier(preserveOwnership: options.preserveOwnership, privileged: processIsPrivileged,
@@ -48,9 +46,10 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
         return .done
     }
 
-    /// The staging directory for a source directory, made with the source's origin, or reused. A
-    /// reused one without an origin was finished by the earlier attempt, so its own metadata is
-    /// the source's as it was; either way it stays writable until left.
+    /// The staging directory for a source directory: made, with the source's origin, or reused and
+    /// writable again until left. A reused one without an origin was either made by an attempt
+    /// stopped before it recorded one, and then nothing was moved into it yet, so the source is as
+    /// it was; or finished, which dropped the origin and gave it the source's metadata as it was.
     private func stagingDirectory(for source: FileStatus, named name: ByteString, in peer: FileDescriptor) throws -> FileDescriptor {
         do {
             try peer.makeDirectory(name, permissions: 0o700)
@@ -62,7 +61,9 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
         }
         let reused = try peer.openAt(name, [.directory, .noFollow])
         do {
-            if DirectoryOrigin.read(reused) == nil { DirectoryOrigin(try reused.status()).record(on: reused) }
+            if try DirectoryOrigin.read(reused) == nil {
+                DirectoryOrigin(try isEmpty(reused) ? source : reused.status()).record(on: reused)
+            }
             try reused.changeMode(permissions: 0o700)
         } catch {
             reused.closeQuietly()
@@ -72,12 +73,19 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
     }
 
     /// On the way back: the source directory a staging directory came from, left as it is, or
-    /// made again if it is gone. The staging directory's origin is recorded on it first if it has
-    /// none (it was finished, so its metadata is the origin), so that a rollback that is itself
-    /// interrupted, after emptying it has changed its times, still knows them.
+    /// made again (marked with the origin, so that a retry knows it for one) if it is gone. The
+    /// staging directory's origin is recorded on it first if it has none (it was finished, so its
+    /// metadata is the origin), so that a rollback that is itself interrupted, after emptying it
+    /// has changed its times, still knows them.
     private func sourceDirectory(named name: ByteString, in peer: FileDescriptor, stagedAs staged: ByteString, in staging: FileDescriptor,
                                  status: FileStatus) throws -> FileDescriptor {
-        if DirectoryOrigin.read(in: staging, staged) == nil { DirectoryOrigin(status).record(in: staging, staged) }
+        let origin: DirectoryOrigin
+        if let recorded = try DirectoryOrigin.read(in: staging, staged) {
+            origin = recorded
+        } else {
+            origin = DirectoryOrigin(status)
+            origin.record(in: staging, staged)
+        }
         do {
             try peer.makeDirectory(name, permissions: 0o700)
         } catch {
@@ -85,7 +93,7 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
             return try peer.openAt(name, [.directory, .noFollow])
         }
         let made = try peer.openAt(name, [.directory, .noFollow])
-        if let identity = try? made.status().fileID { recreated.withLock { _ = $0.insert(identity) } }
+        origin.record(on: made)
         return made
     }
 
@@ -95,19 +103,62 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
         switch direction {
         case .forward:
             // The source's current mode, owner and attributes; the times it had before the move.
-            let origin = DirectoryOrigin.read(peer)
-            try metadata.apply(from: directory.source, to: peer, status: origin?.times(on: status) ?? status, path: path)
-            if origin != nil { try ExtendedAttributes.remove(peer, DirectoryOrigin.attribute) }
+            let origin = try DirectoryOrigin.read(peer)
+            try finish(peer, from: directory.source, status: origin?.times(on: status) ?? status, path: path)
         case .back:
-            let origin = DirectoryOrigin.read(directory.source) ?? DirectoryOrigin(status)
-            let identity = try peer.status().fileID
-            if recreated.withLock({ $0.contains(identity) }) {
-                try metadata.apply(from: directory.source, to: peer, status: origin.all(on: status), path: path)
-            } else {
+            if let own = try DirectoryOrigin.read(peer) {  // made again: as the source was
+                try finish(peer, from: directory.source, status: own.all(on: status), path: path)
+                return
+            }
+            // Still there: only its times, which emptying it changed. A runner that does not own
+            // it may not set them (EPERM); every entry is back, so that is no reason to fail.
+            let origin = try DirectoryOrigin.read(directory.source) ?? DirectoryOrigin(status)
+            do {
                 try peer.setTimes(access: origin.access, modification: origin.modification)
+            } catch {
+                guard error.code == .notPermitted || error.code == .permissionDenied else { throw error }
             }
         }
     }
+
+    /// Gives a directory its final metadata and drops its origin. Removing a `user.` attribute
+    /// needs write permission on the directory, so the mode is applied with the owner's write bit
+    /// until the origin is gone (a chmod after the times leaves them as set).
+    private func finish(_ directory: FileDescriptor, from source: FileDescriptor, status: FileStatus, path: String) throws {
+        var writable = status
+        writable.mode |= 0o200
+        try metadata.apply(from: source, to: directory, status: writable, path: path)
+        do {
+            try ExtendedAttributes.remove(directory, DirectoryOrigin.attribute)
+        } catch {
+            guard error.code == .noData || error.code == .notSupported else { throw error }
+        }
+        if writable.mode != status.mode { try directory.changeMode(permissions: status.permissions) }
+    }
+
+    private func isEmpty(_ directory: FileDescriptor) throws -> Bool {
+        let listing = try directory.openAt(Array(".".utf8), [.directory])
+        defer { listing.closeQuietly() }
+        return try DirectoryStream(listing).next() == nil
+    }
+}
+
+/// Lists the relinked directories that still carry an origin: directories a relink never left,
+/// because their source directory was removed before a resumed attempt could walk it again.
+final class UnfinishedRelinkVisitor: TreeVisitor, @unchecked Sendable {
+    private let found = Locked<[String]>([])
+
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        let kind = entry.kind == .unknown ? try directory.source.status(entry.name).kind : entry.kind
+        return kind == .directory ? .descend(peer: nil) : .done
+    }
+
+    func leave(_ directory: WalkDirectory) throws {
+        guard !directory.isRoot, try DirectoryOrigin.read(directory.source) != nil else { return }
+        found.withLock { $0.append(PathDisplay.string(directory.relativePath)) }
+    }
+
+    var unfinished: [String] { found.withLock { $0 } }
 }
 
 /// What a relinked directory's source was before the relink emptied it: mode, owner and times, as
@@ -166,13 +217,23 @@ struct DirectoryOrigin: Equatable {
         return status
     }
 
-    /// The origin recorded on a directory, if it has a readable one.
-    static func read(_ directory: FileDescriptor) -> DirectoryOrigin? {
-        (try? ExtendedAttributes.value(directory, attribute))?.flatMap(DirectoryOrigin.init(encoded:))
+    /// The origin recorded on a directory; nil if it has none (or a filesystem without user
+    /// attributes). Any other error is thrown: taken for "none", it would be overwritten.
+    static func read(_ directory: FileDescriptor) throws(SystemError) -> DirectoryOrigin? {
+        try parse { () throws(SystemError) in try ExtendedAttributes.value(directory, attribute) }
     }
 
-    static func read(in parent: FileDescriptor, _ name: ByteString) -> DirectoryOrigin? {
-        (try? ExtendedAttributes.value(in: parent, symlink: name, attribute))?.flatMap(DirectoryOrigin.init(encoded:))
+    static func read(in parent: FileDescriptor, _ name: ByteString) throws(SystemError) -> DirectoryOrigin? {
+        try parse { () throws(SystemError) in try ExtendedAttributes.value(in: parent, symlink: name, attribute) }
+    }
+
+    private static func parse(_ value: () throws(SystemError) -> ByteString?) throws(SystemError) -> DirectoryOrigin? {
+        do {
+            return try value().flatMap(DirectoryOrigin.init(encoded:))
+        } catch {
+            guard error.code == .notSupported else { throw error }
+            return nil
+        }
     }
 
     func record(on directory: FileDescriptor) {
@@ -228,6 +289,14 @@ extension CopyEngine {
         }
         try removeEmptyDirectories(in: staging.directory)
         try? staging.parent.removeEntry(staging.name, isDirectory: true)
+    }
+
+    /// The relinked directories under `staged` that were never finished (see
+    /// `UnfinishedRelinkVisitor`), by path: a relinked tree with any is not to be published.
+    public func unfinishedRelinkedDirectories(_ staged: [CopySource]) throws(CopyError) -> [String] {
+        let visitor = UnfinishedRelinkVisitor()
+        try walk(staged, peer: nil, visitor: visitor)
+        return visitor.unfinished
     }
 
     /// Removes the empty directories under `sources` (a relinked source's skeleton), deepest first.

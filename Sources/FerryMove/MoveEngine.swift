@@ -276,8 +276,8 @@ public final class MoveEngine: Sendable {
     }
 
     /// A relinked tree is the source's own inodes under new names: it must hold exactly what the
-    /// plan measured, and the source must be left a skeleton of directories (anything else there
-    /// was written during the move).
+    /// plan measured, every directory in it finished, and the source must be left a skeleton of
+    /// directories (anything else there was written during the move).
     private func verifyRelinked(_ sources: [CopySource], staging: StagingArea, plan: TaskPlan, engine: CopyEngine) throws {
         let staged = sources.map { CopySource(directory: staging.directory, name: $0.destinationName) }
             .filter { (try? staging.directory.status($0.name)) != nil }
@@ -286,6 +286,12 @@ public final class MoveEngine: Sendable {
         let leftover = skeleton.entries - skeleton.directories
         if leftover > 0 {
             throw CopyError.sourceChanged(path: sources.first.map { PathDisplay.string($0.name) } ?? "", detail: "\(leftover) entries appeared in the source while it was being relinked")
+        }
+        // A staged directory never finished (its source directory was removed between attempts)
+        // still has the staging's mode and Ferry's origin on it: not something to publish.
+        let unfinished = try engine.unfinishedRelinkedDirectories(staged)
+        if let first = unfinished.first {
+            throw CopyError.sourceChanged(path: first, detail: "\(unfinished.count) of its directories were removed from the source while it was being relinked")
         }
         if measured.entries != plan.entries || measured.bytes != plan.bytes {
             throw CopyError.verificationFailed(differences: [CopyError.Difference(

@@ -42,4 +42,29 @@ struct PermissionPreflightTests {
             }
         }
     }
+
+    /// A user's relink of a tree with a directory nobody may write (0555): the relinked directory
+    /// ends read-only, as the source was, and the move completes. (Removing Ferry's record from a
+    /// directory needs write permission, which the user no longer had once its mode was applied.)
+    @Test func aUsersRelinkKeepsAReadOnlyDirectoryReadOnly() throws {
+        try withTestUser { user in
+            try withLoopXFS { fs in
+                let sandbox = try UserSandbox(fs)
+                let plain = fs.mountPoint + "/plain"  // no project: a file may be renamed into it
+                try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+                chmod(plain, 0o1777)
+                let data = sandbox.a + "/data"
+                try FileManager.default.createDirectory(atPath: data + "/sealed", withIntermediateDirectories: true)
+                try TreeBuilder.write(data + "/f", bytes: 1000)
+                try Shell.run(["chown", "-R", "\(user.name):\(user.name)", data])
+                chmod(data + "/sealed", 0o555)
+                let snapshot = try TreeSnapshot.take(data)
+                let moved = try sandbox.ferry(as: user, ["move", "--strategy", "relink", data, plain])
+                #expect(moved.status == 0, "\(moved.standardError)")
+                #expect(!FileManager.default.fileExists(atPath: data))
+                let differences = snapshot.differences(to: try TreeSnapshot.take(plain + "/data"))
+                #expect(differences.isEmpty, "\(differences)")
+            }
+        }
+    }
 }

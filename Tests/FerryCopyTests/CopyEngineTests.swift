@@ -329,6 +329,59 @@ struct CopyEngineTests {
         }
     }
 
+    /// The moments between a step and the record of it. A staging directory made by an attempt
+    /// stopped before it recorded its origin is empty, so the source is as it was: its times are
+    /// the ones published. A source directory that a rollback made again and that an interrupted
+    /// rollback left unfinished is finished as the source was by the next one. A staged directory
+    /// whose source directory was removed between attempts, never finished, is found.
+    @Test func relinkOriginsSurviveInterruptionsBetweenSteps() throws {
+        try withLoopXFS { fs in
+            let a = fs.mountPoint + "/a", b = fs.mountPoint + "/b", t = a + "/d"
+            try FileManager.default.createDirectory(atPath: t + "/sub/deeper", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            for name in ["top", "sub/x", "sub/deeper/z"] { try TreeBuilder.write("\(t)/\(name)", bytes: 512, seed: 4) }
+            try Shell.run(["chmod", "0751", t + "/sub"])
+            try Shell.run(["chmod", "0750", t + "/sub/deeper"])
+            try Shell.run(["chown", "4321:4322", t + "/sub/deeper"])
+            for directory in [t, t + "/sub", t + "/sub/deeper"] {
+                try Shell.run(["touch", "-h", "-d", "2018-01-02 03:04:05.060708090", directory])
+            }
+            let original = try TreeSnapshot.take(t)
+            let engine = CopyEngine(options: CopyOptions(jobs: 2))
+            let source = try openDir(a), target = try openDir(b)
+            defer { source.closeQuietly(); target.closeQuietly() }
+            let sources = [CopySource(directory: source, name: Array("d".utf8))]
+            let staging = try engine.createStaging(in: target, id: "r2", relink: true)
+            let staged = b + "/" + PathDisplay.string(staging.name) + "/d"
+            // Stopped just after making the staging directory of `d`, before recording its origin.
+            try FileManager.default.createDirectory(atPath: staged, withIntermediateDirectories: false)
+            try engine.relink(sources, into: staging)
+            var differences = original.differences(to: try TreeSnapshot.take(staged))
+            #expect(differences.isEmpty, "\(differences)")
+            let stagedSet = [CopySource(directory: staging.directory, name: Array("d".utf8))]
+            #expect(try engine.unfinishedRelinkedDirectories(stagedSet).isEmpty)
+            // A rollback that made `sub/deeper` again (it had been removed from the skeleton) and
+            // was stopped before leaving it: made at 0700, marked with the staged directory's origin.
+            try FileManager.default.removeItem(atPath: t + "/sub/deeper")
+            try FileManager.default.createDirectory(atPath: t + "/sub/deeper", withIntermediateDirectories: false)
+            chmod(t + "/sub/deeper", 0o700)
+            let remade = try openDir(t + "/sub/deeper"), stagedDeeper = try openDir(staged + "/sub/deeper")
+            DirectoryOrigin(try stagedDeeper.status()).record(on: remade)
+            remade.closeQuietly(); stagedDeeper.closeQuietly()
+            try engine.unrelink(sources, from: staging)
+            differences = original.differences(to: try TreeSnapshot.take(t))
+            #expect(differences.isEmpty, "\(differences)")
+            // Relinked again, but `sub/deeper` left unfinished: it is found, by its path.
+            let again = try engine.createStaging(in: target, id: "r3", relink: true)
+            try engine.relink(sources, into: again)
+            let unfinished = try openDir(b + "/" + PathDisplay.string(again.name) + "/d/sub/deeper")
+            DirectoryOrigin(try unfinished.status()).record(on: unfinished)
+            unfinished.closeQuietly()
+            #expect(try engine.unfinishedRelinkedDirectories([CopySource(directory: again.directory, name: Array("d".utf8))]) == ["d/sub/deeper"])
+            try engine.unrelink(sources, from: again)
+        }
+    }
+
     /// A directory of 50,000 entries is walked with a bounded number of pending items.
     @Test func walkMemoryIsBounded() throws {
         try withLoopXFS { fs in

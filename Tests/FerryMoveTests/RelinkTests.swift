@@ -128,6 +128,45 @@ struct RelinkTests {
         }
     }
 
+    /// A source directory emptied by hand and removed between two attempts: the resumed relink
+    /// never walks it again, so its staged copy is never finished. The move is not published; it
+    /// is rolled back, and the directory is made again in the source as it was.
+    @Test func aSourceDirectoryRemovedBetweenAttemptsIsNotPublishedUnfinished() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = fs.mountPoint + "/b"
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: a + "/data/sub", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/data/top", bytes: 100)
+            for i in 0..<400 { try TreeBuilder.write("\(a)/data/sub/f\(i)", bytes: 100, seed: UInt64(i + 1)) }
+            try Shell.run(["chmod", "0751", a + "/data/sub"])
+            try Shell.run(["chown", "4321:4322", a + "/data/sub"])
+            try Shell.run(["touch", "-h", "-d", "2017-05-06 07:08:09.101112131", a + "/data/sub", a + "/data"])
+            let snapshot = try TreeSnapshot.take(a + "/data")
+            let stopping = MoveEngine(store: harness.store, settings: .init(worker: "stopping", jobs: 1, progressInterval: .milliseconds(1)),
+                                      progress: { _, progress in if progress.entriesDone >= 20 { stopperBox.engine?.stop() } })
+            stopperBox.engine = stopping
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b),
+                                                              options: relinkOptions(), owner: "t"))
+            let first = await stopping.run(try #require(try await harness.store.claim(id: task.id, worker: "stopping", lease: .seconds(30))))
+            #expect(first.status == .copying, "\(first.status)")
+            let staging = try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") })
+            let stagedSub = b + "/" + staging + "/data/sub"
+            for name in listing(a + "/data/sub") {
+                try FileManager.default.moveItem(atPath: a + "/data/sub/" + name, toPath: stagedSub + "/" + name)
+            }
+            try FileManager.default.removeItem(atPath: a + "/data/sub")
+            let second = await harness.engine.run(try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))))
+            #expect(second.status == .failed && second.failure?.code == "source.changed", "\(second.status) \(String(describing: second.failure))")
+            #expect(second.failure?.message.contains("data/sub") == true, "\(String(describing: second.failure))")
+            #expect(listing(b).isEmpty, "\(listing(b))")
+            let differences = snapshot.differences(to: try TreeSnapshot.take(a + "/data"))
+            #expect(differences.isEmpty, "\(differences)")
+        }
+    }
+
     @Test func kernelRefusalAcrossProjectsRollsBack() async throws {
         let harness = try Harness()
         defer { harness.cleanup() }
