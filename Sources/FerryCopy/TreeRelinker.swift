@@ -51,18 +51,27 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
     /// stopped before it recorded one, and then nothing was moved into it yet, so the source is as
     /// it was; or finished, which dropped the origin and gave it the source's metadata as it was.
     private func stagingDirectory(for source: FileStatus, named name: ByteString, in peer: FileDescriptor) throws -> FileDescriptor {
+        var made = true
         do {
             try peer.makeDirectory(name, permissions: 0o700)
-            let made = try peer.openAt(name, [.directory, .noFollow])
-            DirectoryOrigin(source).record(on: made)
-            return made
         } catch {
             guard error.code == .exists else { throw error }
+            made = false
+        }
+        if made {
+            let directory = try peer.openAt(name, [.directory, .noFollow])
+            do {
+                try DirectoryOrigin(source).record(on: directory)
+            } catch {
+                directory.closeQuietly()
+                throw error
+            }
+            return directory
         }
         let reused = try peer.openAt(name, [.directory, .noFollow])
         do {
             if try DirectoryOrigin.read(reused) == nil {
-                DirectoryOrigin(try isEmpty(reused) ? source : reused.status()).record(on: reused)
+                try DirectoryOrigin(try isEmpty(reused) ? source : reused.status()).record(on: reused)
             }
             try reused.changeMode(permissions: 0o700)
         } catch {
@@ -84,7 +93,7 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
             origin = recorded
         } else {
             origin = DirectoryOrigin(status)
-            origin.record(in: staging, staged)
+            try origin.record(in: staging, staged)
         }
         do {
             try peer.makeDirectory(name, permissions: 0o700)
@@ -93,7 +102,12 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
             return try peer.openAt(name, [.directory, .noFollow])
         }
         let made = try peer.openAt(name, [.directory, .noFollow])
-        origin.record(on: made)
+        do {
+            try origin.record(on: made)
+        } catch {
+            made.closeQuietly()
+            throw error
+        }
         return made
     }
 
@@ -103,6 +117,12 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
         switch direction {
         case .forward:
             // The source's current mode, owner and attributes; the times it had before the move.
+            // A source directory that an unfinished rollback made again still carries the origin
+            // it was made from, and that is what it was.
+            if let remade = try DirectoryOrigin.read(directory.source) {
+                try finish(peer, from: directory.source, status: remade.all(on: status), path: path)
+                return
+            }
             let origin = try DirectoryOrigin.read(peer)
             try finish(peer, from: directory.source, status: origin?.times(on: status) ?? status, path: path)
         case .back:
@@ -121,19 +141,25 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
         }
     }
 
-    /// Gives a directory its final metadata and drops its origin. Removing a `user.` attribute
-    /// needs write permission on the directory, so the mode is applied with the owner's write bit
-    /// until the origin is gone (a chmod after the times leaves them as set).
+    /// Gives a directory its final metadata and drops its origin. Root may remove the attribute
+    /// whatever the mode. Anyone else needs write permission on the directory, so the mode keeps
+    /// the owner's write bit until the origin is gone: applied with it, then set again just before
+    /// the removal (an access ACL applied after the mode takes the owner's bits from its own
+    /// entry), and the final mode last (a chmod leaves the times as set, and brings the ACL's
+    /// owner entry back to the source's).
     private func finish(_ directory: FileDescriptor, from source: FileDescriptor, status: FileStatus, path: String) throws {
-        var writable = status
-        writable.mode |= 0o200
-        try metadata.apply(from: source, to: directory, status: writable, path: path)
+        let writable = status.permissions | 0o200
+        let loosen = !processIsPrivileged && writable != status.permissions
+        var applied = status
+        if loosen { applied.mode |= 0o200 }
+        try metadata.apply(from: source, to: directory, status: applied, path: path)
+        if loosen { try directory.changeMode(permissions: writable) }
         do {
             try ExtendedAttributes.remove(directory, DirectoryOrigin.attribute)
         } catch {
             guard error.code == .noData || error.code == .notSupported else { throw error }
         }
-        if writable.mode != status.mode { try directory.changeMode(permissions: status.permissions) }
+        if loosen { try directory.changeMode(permissions: status.permissions) }
     }
 
     private func isEmpty(_ directory: FileDescriptor) throws -> Bool {
@@ -236,12 +262,23 @@ struct DirectoryOrigin: Equatable {
         }
     }
 
-    func record(on directory: FileDescriptor) {
-        try? ExtendedAttributes.set(directory, Self.attribute, encoded)
+    /// Records the origin on a directory. Only a filesystem without user attributes is let off;
+    /// any other failure is thrown, since a directory without its origin would be taken for one
+    /// that was finished.
+    func record(on directory: FileDescriptor) throws(SystemError) {
+        try Self.tolerant { () throws(SystemError) in try ExtendedAttributes.set(directory, Self.attribute, encoded) }
     }
 
-    func record(in parent: FileDescriptor, _ name: ByteString) {
-        try? ExtendedAttributes.set(in: parent, symlink: name, Self.attribute, encoded)
+    func record(in parent: FileDescriptor, _ name: ByteString) throws(SystemError) {
+        try Self.tolerant { () throws(SystemError) in try ExtendedAttributes.set(in: parent, symlink: name, Self.attribute, encoded) }
+    }
+
+    private static func tolerant(_ write: () throws(SystemError) -> Void) throws(SystemError) {
+        do {
+            try write()
+        } catch {
+            guard error.code == .notSupported else { throw error }
+        }
     }
 }
 

@@ -43,9 +43,10 @@ struct PermissionPreflightTests {
         }
     }
 
-    /// A user's relink of a tree with a directory nobody may write (0555): the relinked directory
-    /// ends read-only, as the source was, and the move completes. (Removing Ferry's record from a
-    /// directory needs write permission, which the user no longer had once its mode was applied.)
+    /// A user's relink of a tree with directories nobody may write (0555, one with an access ACL):
+    /// the relinked directories end read-only, as the sources were, ACL and all, and the move
+    /// completes. (Removing Ferry's record from a directory needs write permission, which the user
+    /// no longer had once its mode, or its ACL, was applied.)
     @Test func aUsersRelinkKeepsAReadOnlyDirectoryReadOnly() throws {
         try withTestUser { user in
             try withLoopXFS { fs in
@@ -55,9 +56,12 @@ struct PermissionPreflightTests {
                 chmod(plain, 0o1777)
                 let data = sandbox.a + "/data"
                 try FileManager.default.createDirectory(atPath: data + "/sealed", withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(atPath: data + "/listed", withIntermediateDirectories: true)
                 try TreeBuilder.write(data + "/f", bytes: 1000)
                 try Shell.run(["chown", "-R", "\(user.name):\(user.name)", data])
                 chmod(data + "/sealed", 0o555)
+                chmod(data + "/listed", 0o555)
+                try Shell.run(["setfacl", "-m", "u:nobody:rx", data + "/listed"])
                 let snapshot = try TreeSnapshot.take(data)
                 let moved = try sandbox.ferry(as: user, ["move", "--strategy", "relink", data, plain])
                 #expect(moved.status == 0, "\(moved.standardError)")

@@ -140,7 +140,8 @@ struct RelinkTests {
             try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: a + "/data/sub", withIntermediateDirectories: true)
             try TreeBuilder.write(a + "/data/top", bytes: 100)
-            for i in 0..<400 { try TreeBuilder.write("\(a)/data/sub/f\(i)", bytes: 100, seed: UInt64(i + 1)) }
+            // Enough entries that the stop, asked for at the 20th, comes long before the last.
+            for i in 0..<2000 { try TreeBuilder.write("\(a)/data/sub/f\(i)", bytes: 100, seed: UInt64(i + 1)) }
             try Shell.run(["chmod", "0751", a + "/data/sub"])
             try Shell.run(["chown", "4321:4322", a + "/data/sub"])
             try Shell.run(["touch", "-h", "-d", "2017-05-06 07:08:09.101112131", a + "/data/sub", a + "/data"])
@@ -219,11 +220,17 @@ struct ConfiguredBehaviourTests {
             let stop = CancellationFlag()
             let worker = Worker(engine: engine, concurrency: 1, janitorInterval: .milliseconds(200))
             async let ran = worker.run(stop: stop)
-            for _ in 0..<100 where !listing(b).isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+            // Until the removal is recorded too: stopped between removing and recording, the
+            // worker would leave the record out (a race of the test's, not of the janitor's).
+            func recorded() async throws -> Bool { try await store.events(task.id).contains { $0.message.hasPrefix("janitor removed") } }
+            for _ in 0..<100 {
+                if listing(b).isEmpty, try await recorded() { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
             stop.cancel()
             _ = await ran
             #expect(listing(b).isEmpty, "\(listing(b))")
-            #expect(try await store.events(task.id).contains { $0.message.hasPrefix("janitor removed") })
+            #expect(try await recorded())
         }
     }
 }
