@@ -51,22 +51,11 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
     /// stopped before it recorded one, and then nothing was moved into it yet, so the source is as
     /// it was; or finished, which dropped the origin and gave it the source's metadata as it was.
     private func stagingDirectory(for source: FileStatus, named name: ByteString, in peer: FileDescriptor) throws -> FileDescriptor {
-        var made = true
         do {
             try peer.makeDirectory(name, permissions: 0o700)
+            return try openMade(name, in: peer, marked: DirectoryOrigin(source))
         } catch {
             guard error.code == .exists else { throw error }
-            made = false
-        }
-        if made {
-            let directory = try peer.openAt(name, [.directory, .noFollow])
-            do {
-                try DirectoryOrigin(source).record(on: directory)
-            } catch {
-                directory.closeQuietly()
-                throw error
-            }
-            return directory
         }
         let reused = try peer.openAt(name, [.directory, .noFollow])
         do {
@@ -101,6 +90,11 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
             guard error.code == .exists else { throw error }
             return try peer.openAt(name, [.directory, .noFollow])
         }
+        return try openMade(name, in: peer, marked: origin)
+    }
+
+    /// Opens a directory just made and records `origin` on it.
+    private func openMade(_ name: ByteString, in peer: FileDescriptor, marked origin: DirectoryOrigin) throws(SystemError) -> FileDescriptor {
         let made = try peer.openAt(name, [.directory, .noFollow])
         do {
             try origin.record(on: made)

@@ -33,6 +33,18 @@ struct RelinkTests {
         }
     }
 
+    /// A relink of `source` into `destination` by a worker that stops once 20 entries are relinked:
+    /// the task, and its record after that run.
+    func relinkStoppedPartWay(_ source: String, to destination: String, harness: Harness) async throws -> (TaskRecord, TaskRecord) {
+        let stopping = MoveEngine(store: harness.store, settings: .init(worker: "stopping", jobs: 1, progressInterval: .milliseconds(1)),
+                                  progress: { _, progress in if progress.entriesDone >= 20 { stopperBox.engine?.stop() } })
+        stopperBox.engine = stopping
+        let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(source)], destination: StoredPath(destination),
+                                                          options: relinkOptions(), owner: "t"))
+        let claimed = try #require(try await harness.store.claim(id: task.id, worker: "stopping", lease: .seconds(30)))
+        return (task, await stopping.run(claimed))
+    }
+
     func relinkOptions() -> TaskOptions {
         var options = TaskOptions()
         options.strategy = "relink"
@@ -100,12 +112,7 @@ struct RelinkTests {
             let before = try inodes(a + "/data")
             let snapshot = try TreeSnapshot.take(a + "/data")
             // A worker that stops part-way: the task is released with half its files relinked.
-            let stopping = MoveEngine(store: harness.store, settings: .init(worker: "stopping", jobs: 1, progressInterval: .milliseconds(1)),
-                                      progress: { _, progress in if progress.entriesDone >= 20 { stopperBox.engine?.stop() } })
-            stopperBox.engine = stopping
-            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b),
-                                                              options: relinkOptions(), owner: "t"))
-            let first = await stopping.run(try #require(try await harness.store.claim(id: task.id, worker: "stopping", lease: .seconds(30))))
+            let (task, first) = try await relinkStoppedPartWay(a + "/data", to: b, harness: harness)
             #expect(first.status == .copying && first.leaseOwner == nil, "\(first.status)")
             let staging = try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") })
             // Marked as a relink's; a janitor of another database, to which the task is unknown,
@@ -146,12 +153,7 @@ struct RelinkTests {
             try Shell.run(["chown", "4321:4322", a + "/data/sub"])
             try Shell.run(["touch", "-h", "-d", "2017-05-06 07:08:09.101112131", a + "/data/sub", a + "/data"])
             let snapshot = try TreeSnapshot.take(a + "/data")
-            let stopping = MoveEngine(store: harness.store, settings: .init(worker: "stopping", jobs: 1, progressInterval: .milliseconds(1)),
-                                      progress: { _, progress in if progress.entriesDone >= 20 { stopperBox.engine?.stop() } })
-            stopperBox.engine = stopping
-            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b),
-                                                              options: relinkOptions(), owner: "t"))
-            let first = await stopping.run(try #require(try await harness.store.claim(id: task.id, worker: "stopping", lease: .seconds(30))))
+            let (task, first) = try await relinkStoppedPartWay(a + "/data", to: b, harness: harness)
             #expect(first.status == .copying, "\(first.status)")
             let staging = try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") })
             let stagedSub = b + "/" + staging + "/data/sub"
