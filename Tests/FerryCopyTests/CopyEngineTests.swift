@@ -294,7 +294,8 @@ struct CopyEngineTests {
             let a = fs.mountPoint + "/a", b = fs.mountPoint + "/b", t = a + "/d"
             try FileManager.default.createDirectory(atPath: t + "/sub/deeper", withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
-            for name in ["top", "sub/deeper/z"] + (0..<300).map({ "sub/f\($0)" }) { try TreeBuilder.write("\(t)/\(name)", bytes: 512, seed: 9) }
+            // `x` before `y` in `sub`'s listing (a small XFS directory lists in creation order).
+            for name in ["top", "sub/deeper/z", "sub/x", "sub/y"] { try TreeBuilder.write("\(t)/\(name)", bytes: 512, seed: 9) }
             try Shell.run(["chmod", "0750", t + "/sub"])
             try Shell.run(["chmod", "1777", t + "/sub/deeper"])
             try Shell.run(["chown", "4321:4322", t + "/sub", t + "/sub/deeper"])
@@ -306,15 +307,15 @@ struct CopyEngineTests {
             let source = try openDir(a), target = try openDir(b)
             defer { source.closeQuietly(); target.closeQuietly() }
             let sources = [CopySource(directory: source, name: Array("d".utf8))]
-            // A first relink stopped part-way, with `sub` half emptied; a second one finishes it.
-            let flag = CancellationFlag()
-            let stopping = CopyEngine(options: CopyOptions(jobs: 2, progressInterval: .milliseconds(1), cancellation: flag)) { progress in
-                if progress.entriesDone >= 20 { flag.cancel() }
-            }
-            let staging = try stopping.createStaging(in: target, id: "r1", relink: true)
-            #expect(throws: CopyError.self) { try stopping.relink(sources, into: staging) }
-            #expect(try entries(t + "/sub").count < 301)
-            let engine = CopyEngine(options: CopyOptions(jobs: 2))
+            // A first relink stopped part-way, with `sub` half emptied: `y`, immutable, cannot be
+            // renamed, and stops it (one thread, so `x` has gone by then). A second one finishes it.
+            try Shell.run(["chattr", "+i", t + "/sub/y"])
+            let engine = CopyEngine(options: CopyOptions(jobs: 1))
+            let staging = try engine.createStaging(in: target, id: "r1", relink: true)
+            let stopped = #expect(throws: CopyError.self) { try engine.relink(sources, into: staging) }
+            #expect(stopped?.systemCode == .notPermitted, "\(String(describing: stopped))")
+            #expect(try entries(t + "/sub").contains("y"))
+            try Shell.run(["chattr", "-i", t + "/sub/y"])
             try engine.relink(sources, into: staging)
             let relinked = b + "/" + PathDisplay.string(staging.name) + "/d"
             var differences = original.differences(to: try TreeSnapshot.take(relinked))

@@ -81,7 +81,7 @@ struct RelinkTests {
             let a = try fs.makeProjectDirectory("a", project: 100)
             let b = fs.mountPoint + "/b"
             try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
-            try makeTree(a + "/data", files: 400, size: 1000)
+            try makeTree(a + "/data", files: 2000, size: 100)  // enough that the stop comes long before the last
             try giveDirectoriesTheirOwnMetadata(a + "/data")
             let before = try inodes(a + "/data")
             let snapshot = try TreeSnapshot.take(a + "/data")
@@ -107,7 +107,7 @@ struct RelinkTests {
             let a = try fs.makeProjectDirectory("a", project: 100)
             let b = fs.mountPoint + "/b"
             try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
-            try makeTree(a + "/data", files: 400, size: 1000)
+            try makeTree(a + "/data", files: 2000, size: 100)  // enough that the stop comes long before the last
             try giveDirectoriesTheirOwnMetadata(a + "/data")
             let before = try inodes(a + "/data")
             let snapshot = try TreeSnapshot.take(a + "/data")
