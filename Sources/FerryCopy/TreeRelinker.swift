@@ -174,7 +174,7 @@ final class UnfinishedRelinkVisitor: TreeVisitor, @unchecked Sendable {
     }
 
     func leave(_ directory: WalkDirectory) throws {
-        guard !directory.isRoot, try DirectoryOrigin.read(directory.source) != nil else { return }
+        guard try DirectoryOrigin.read(directory.source) != nil else { return }  // the walk never leaves its root
         found.withLock { $0.append(PathDisplay.string(directory.relativePath)) }
     }
 
