@@ -22,7 +22,7 @@ struct TransferOptions: ParsableArguments {
     @Flag(help: "If a path is locked by another task, wait for it instead of failing.") var waitForLocks = false
     @Flag(help: "Skip the free-space and free-inode check (the copy still stops cleanly at ENOSPC/EDQUOT).") var noSpaceCheck = false
     @Option(help: "Safety margin on free space and inodes, in percent (default 5).") var margin: Double = 5
-    @Option(help: "Parallel copiers (default: two per core).") var jobs: Int?
+    @Option(help: "Parallel copiers (default: two per core; walks that move no data: one per core).") var jobs: Int?
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var storageOptions: StorageOptions
 

@@ -341,7 +341,8 @@ public final class CopyEngine: Sendable {
     private func runWalk(root: FileDescriptor, peer: FileDescriptor?, entries: [WalkEntry], visitor: any TreeVisitor, cancellation: CancellationFlag) throws(CopyError) {
         let coordinator = WalkCoordinator(visitor: visitor, cancellation: cancellation)
         do {
-            try coordinator.run(root: root, peer: peer, entries: entries, threads: options.jobs)
+            try coordinator.run(root: root, peer: peer, entries: entries,
+                                threads: visitor.movesFileData ? options.jobs : options.metadataJobs)
         } catch {
             throw CopyError.from(error)
         }

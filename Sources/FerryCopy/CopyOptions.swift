@@ -21,6 +21,12 @@ public protocol LayoutCloner: Sendable {
 public struct CopyOptions: Sendable {
     /// Parallel copiers; default two per core.
     public var jobs: Int
+    /// Threads for the walks that read no file data: measuring, verifying metadata, relinking and
+    /// removing. Their work is the kernel's, on the CPU, so threads beyond the cores only queue: on
+    /// this project's 2-core VM a cold measuring walk of 100,000 files took 0.8–0.9 s on two threads
+    /// and 1.4–1.6 s on four or eight, with the filesystem image in memory as on disk. Default: one
+    /// per core, or `jobs` when that is given (an explicit choice holds for every walk).
+    public var metadataJobs: Int
     public var verify: VerifyMode
     /// Preserve owner and group. Defaults to whether the process is privileged; unprivileged, the
     /// copy belongs to the caller and the report says ownership was not preserved.
@@ -39,11 +45,12 @@ public struct CopyOptions: Sendable {
     public var cancellation: CancellationFlag
 
     public init(
-        jobs: Int? = nil, verify: VerifyMode = .metadata, preserveOwnership: Bool? = nil,
+        jobs: Int? = nil, metadataJobs: Int? = nil, verify: VerifyMode = .metadata, preserveOwnership: Bool? = nil,
         allowClone: Bool = true, allowCopyFileRange: Bool = true, layoutCloner: (any LayoutCloner)? = nil,
         dropSourceCache: Bool = false, progressInterval: Duration = .milliseconds(200), cancellation: CancellationFlag = CancellationFlag()
     ) {
         self.jobs = max(1, jobs ?? Self.defaultJobs)
+        self.metadataJobs = max(1, metadataJobs ?? jobs ?? Self.defaultMetadataJobs)
         self.verify = verify
         self.preserveOwnership = preserveOwnership ?? processIsPrivileged
         self.allowClone = allowClone
@@ -55,6 +62,7 @@ public struct CopyOptions: Sendable {
     }
 
     public static var defaultJobs: Int { max(2, ProcessorCount.online * 2) }
+    public static var defaultMetadataJobs: Int { ProcessorCount.online }
 }
 
 enum ProcessorCount {

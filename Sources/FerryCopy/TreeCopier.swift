@@ -22,6 +22,7 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
     private let links = Locked<[FileID: LinkState]>([:])
     /// Continue a staging that an interrupted attempt left: keep what is complete, redo the rest.
     private let resume: Bool
+    var movesFileData: Bool { true }
 
     init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, destinationRoot: FileDescriptor, resume: Bool = false) {
         self.resume = resume

@@ -27,6 +27,8 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
     /// Source inode → copy inode, and back, for hard-linked files.
     private let linkMap = Locked<(forward: [FileID: FileID], backward: [FileID: FileID])>(([:], [:]))
     static let maximumDifferences = 100
+    /// Checksums read every byte of both sides.
+    var movesFileData: Bool { mode == .checksum }
 
     init(mode: VerifyMode, checkOwnership: Bool, meter: ProgressMeter, cancellation: CancellationFlag, sourceIsSubset: Bool = false) {
         self.sourceIsSubset = sourceIsSubset

@@ -541,3 +541,59 @@ struct WalkPlacementTests {
         #expect(visitor.visits == 1)
     }
 }
+
+/// Counts how many threads visit entries at once, anywhere in the tree.
+final class ThreadCountProbe: TreeVisitor, @unchecked Sendable {
+    let movesFileData: Bool
+    private let lock = NSLock()
+    private var active = 0
+    private(set) var peak = 0
+
+    init(movesFileData: Bool) { self.movesFileData = movesFileData }
+
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        // The walk's top-level entries come with an unknown kind.
+        if try directory.source.status(entry.name).kind == .directory { return .descend(peer: nil) }
+        lock.withLock { active += 1; peak = max(peak, active) }
+        usleep(300)  // long enough for every thread the walk has to join in
+        lock.withLock { active -= 1 }
+        return .done
+    }
+
+    func leave(_ directory: WalkDirectory) throws {}
+}
+
+@Suite("Walk: threads")
+struct WalkThreadTests {
+    /// Walks that read no file data run on `metadataJobs` threads (one per core unless --jobs is
+    /// given); copies and checksums on `jobs`.
+    @Test func walksThatMoveNoDataRunOnMetadataJobs() throws {
+        let root = NSTemporaryDirectory() + "ferry-walk-threads-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        for d in 0..<8 {
+            try FileManager.default.createDirectory(atPath: "\(root)/tree/d\(d)", withIntermediateDirectories: true)
+            for f in 0..<100 { FileManager.default.createFile(atPath: "\(root)/tree/d\(d)/f\(f)", contents: Data()) }
+        }
+        let top = try openDir(root)
+        defer { top.closeQuietly() }
+        let engine = CopyEngine(options: CopyOptions(jobs: 6, metadataJobs: 2))
+        let sources = [CopySource(directory: top, name: Array("tree".utf8))]
+
+        let metadata = ThreadCountProbe(movesFileData: false)
+        try engine.walk(sources, peer: nil, visitor: metadata)
+        #expect(metadata.peak == 2)
+        let data = ThreadCountProbe(movesFileData: true)
+        try engine.walk(sources, peer: nil, visitor: data)
+        #expect(data.peak > 2 && data.peak <= 6, "peak \(data.peak)")
+
+        #expect(CopyOptions().metadataJobs == CopyOptions.defaultMetadataJobs)
+        #expect(CopyOptions.defaultMetadataJobs == Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        #expect(CopyOptions(jobs: 5).metadataJobs == 5, "an explicit --jobs holds for every walk")
+        #expect(!MeasureVisitor().movesFileData)
+        #expect(CopyVisitor(options: CopyOptions(), meter: ProgressMeter(phase: .copying, bytesTotal: 0, entriesTotal: 0, interval: .seconds(1), handler: nil),
+                            notes: CopyNotes(), destinationRoot: top).movesFileData)
+        let meter = ProgressMeter(phase: .verifying, bytesTotal: 0, entriesTotal: 0, interval: .seconds(1), handler: nil)
+        #expect(VerifyVisitor(mode: .checksum, checkOwnership: false, meter: meter, cancellation: CancellationFlag()).movesFileData)
+        #expect(!VerifyVisitor(mode: .metadata, checkOwnership: false, meter: meter, cancellation: CancellationFlag()).movesFileData)
+    }
+}

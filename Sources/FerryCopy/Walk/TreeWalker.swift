@@ -91,10 +91,14 @@ public protocol TreeVisitor: Sendable {
     /// that changes the directory itself (removing entries takes its lock), where threads in one
     /// directory would only queue for that lock; threads still spread over directories.
     var visitsFilesWhereListed: Bool { get }
+    /// True: the walk reads or writes file data, and waits for the disk, so it runs on
+    /// `CopyOptions.jobs` threads (more than the cores); otherwise on `metadataJobs`.
+    var movesFileData: Bool { get }
 }
 
 extension TreeVisitor {
     public var visitsFilesWhereListed: Bool { false }
+    public var movesFileData: Bool { false }
 }
 
 /// Why a walk stopped: the first error a visitor threw, with the path it was about.
