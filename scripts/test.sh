@@ -13,7 +13,9 @@ swift test --skip-build 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 total=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
-failed=$(grep -Ec '^✘ Test .* failed' "$log" || true)
+# One line per failed test: "✘ Test NAME failed after S seconds" (not its "recorded an issue"
+# lines, nor the closing "✘ Test run with …").
+failed=$({ grep -E '^✘ Test .* failed after [0-9.]+ seconds' "$log" || true; } | { grep -Ev '^✘ Test run with' || true; } | sort -u | wc -l)
 crash_passed=0
 crash_failed=0
 if [ "$(id -u)" = 0 ]; then
