@@ -31,8 +31,17 @@ final class ProgressBar: @unchecked Sendable {
         }
         if progress.entriesTotal > 0 {
             parts.append("\(Format.count(progress.entriesDone))/\(Format.count(progress.entriesTotal)) files")
+        } else if progress.entriesDone > 0 {
+            parts.append("\(Format.count(progress.entriesDone)) files")
         }
-        if progress.bytesPerSecond > 0 { parts.append("\(Format.bytes(UInt64(progress.bytesPerSecond)))/s") }
+        if progress.phase == .measuring {
+            // Nothing is moved yet: the pace is entries looked at.
+            if progress.elapsedSeconds > 0 && progress.entriesDone > 0 {
+                parts.append("\(Format.count(UInt64(Double(progress.entriesDone) / progress.elapsedSeconds))) files/s")
+            }
+        } else if progress.bytesPerSecond > 0 {
+            parts.append("\(Format.bytes(UInt64(progress.bytesPerSecond)))/s")
+        }
         if let eta = progress.secondsRemaining { parts.append("ETA \(Format.duration(eta))") }
         var line = parts.joined(separator: "  ")
         if let path = progress.currentPath, line.count + 2 < width {

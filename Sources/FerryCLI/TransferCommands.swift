@@ -75,7 +75,8 @@ struct TransferOptions: ParsableArguments {
                                 planner: planner) { _, progress in bar.update(progress) }
 
         if dryRun {
-            let preflight = try engine.preflight(request)
+            let preflight = try engine.preflight(request) { progress in bar.update(progress) }
+            bar.finish()
             if json {
                 printJSON(preflightJSON(preflight))
             } else {

@@ -97,9 +97,12 @@ public final class CopyEngine: Sendable {
         raiseOpenFileLimit()
     }
 
-    /// Counts bytes, blocks and entries of the sources (what a pre-flight check needs).
+    /// Counts bytes, blocks and entries of the sources (what a pre-flight check needs), reporting
+    /// a `.measuring` phase to the progress handler: what is found so far, with no totals.
     public func measure(_ sources: [CopySource]) throws(CopyError) -> TreeMeasurement {
-        let visitor = MeasureVisitor()
+        let meter = ProgressMeter(phase: .measuring, bytesTotal: 0, entriesTotal: 0, interval: options.progressInterval, handler: progress)
+        defer { meter.finish() }
+        let visitor = MeasureVisitor(meter: meter)
         try walk(sources, peer: nil, visitor: visitor)
         return visitor.result
     }

@@ -30,6 +30,11 @@ public struct TreeMeasurement: Sendable, Equatable {
 final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
     private let totals = Locked(TreeMeasurement())
     private let seenLinked = Locked<Set<FileID>>([])
+    /// Counts entries and bytes as they are found, for a progress display (no totals: they are
+    /// what is being measured).
+    private let meter: ProgressMeter?
+
+    init(meter: ProgressMeter? = nil) { self.meter = meter }
 
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
         let status = try directory.source.status(entry.name)
@@ -52,6 +57,10 @@ final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
             default: t.specialFiles += 1
             }
             if status.kind != .regular { t.allocatedBytes += status.blocks * 512 }
+        }
+        if let meter {
+            meter.entries.add(1, ordering: .relaxed)
+            if status.kind == .regular && firstLink { meter.bytes.add(status.size, ordering: .relaxed) }
         }
         return status.kind == .directory ? .descend(peer: nil) : .done
     }

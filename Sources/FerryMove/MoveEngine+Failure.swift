@@ -129,9 +129,10 @@ extension MoveEngine {
             last = now
             return true
         }
-        guard due, progress.phase == .copying || progress.phase == .verifying else { return }
+        guard due, [.measuring, .copying, .verifying].contains(progress.phase) else { return }
+        // Measuring has no totals (they are what it finds) and moves no bytes: no rate.
         let value = TaskProgress(bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal, entriesDone: progress.entriesDone,
-                                 entriesTotal: progress.entriesTotal, bytesPerSecond: progress.bytesPerSecond)
+                                 entriesTotal: progress.entriesTotal, bytesPerSecond: progress.phase == .measuring ? 0 : progress.bytesPerSecond)
         let store = self.store, worker = settings.worker
         Task { try? await store.updateProgress(id: task.id, worker: worker, value) }
     }

@@ -55,10 +55,11 @@ public final class MoveEngine: Sendable {
         self.progressHandler = progress
     }
 
-    /// What running the task would do, without doing anything.
-    public func preflight(_ task: NewTask) throws -> Preflight {
+    /// What running the task would do, without doing anything. `progress` is told what the
+    /// measurement of the source has found so far.
+    public func preflight(_ task: NewTask, progress: ProgressHandler? = nil) throws -> Preflight {
         let transfer = try Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
-        return try planner.preflight(kind: task.kind, transfer: transfer, options: task.options)
+        return try planner.preflight(kind: task.kind, transfer: transfer, options: task.options, progress: progress)
     }
 
     /// Runs a task this worker has claimed until it ends or must be handed back. Returns its record.
@@ -101,7 +102,7 @@ public final class MoveEngine: Sendable {
         }
         if task.status == .pending || task.status == .validating {
             try await store.advance(id: task.id, worker: settings.worker, to: .validating, plan: nil, message: "validating")
-            let (preflight, plan, locks) = try await Blocking.run { [self, task] in try self.validate(task) }
+            let (preflight, plan, locks) = try await Blocking.run { [self, task] in try self.validate(task, context) }
             if let refusal = preflight.refusal { throw refusal }
             if task.options.recall, preflight.filesystemKind == .lustre, preflight.measurement.releasedFiles > 0 {
                 try await store.record(task.id, message: "recalling \(preflight.measurement.releasedFiles) HSM-released files before copying")
@@ -178,9 +179,13 @@ public final class MoveEngine: Sendable {
     }
 
     /// Validate: resolve, measure, choose, check room; lock paths. Nothing is written.
-    private func validate(_ task: TaskRecord) throws -> (Preflight, TaskPlan, [PathLock]) {
+    /// The measurement is reported as it goes (phase `.measuring`): on a big tree it is minutes of work.
+    private func validate(_ task: TaskRecord, _ context: RunContext) throws -> (Preflight, TaskPlan, [PathLock]) {
         let transfer = try Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
-        let preflight = try planner.preflight(kind: task.kind, transfer: transfer, options: task.options)
+        let preflight = try planner.preflight(kind: task.kind, transfer: transfer, options: task.options,
+                                              cancellation: context.cancellation) { [self] progress in
+            self.report(task, progress, context)
+        }
         let plan = TaskPlan(
             strategy: preflight.strategy.rawValue, bytes: preflight.measurement.bytes,
             allocatedBytes: preflight.measurement.allocatedBytes, entries: preflight.measurement.entries,

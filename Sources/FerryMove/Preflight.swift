@@ -138,7 +138,10 @@ public struct Planner: Sendable {
         return .chosen(strategy, backend: backend, destinationProject: destinationProject, sourceProject: sourceProject)
     }
 
-    public func preflight(kind: TaskKind, transfer: Transfer, options: TaskOptions) throws -> Preflight {
+    /// `progress`: told what the measurement of the source has found so far (phase `.measuring`).
+    /// `cancellation`: stops the measurement (`CopyError.cancelled`), which can take minutes.
+    public func preflight(kind: TaskKind, transfer: Transfer, options: TaskOptions, cancellation: CancellationFlag = CancellationFlag(),
+                          progress: ProgressHandler? = nil) throws -> Preflight {
         var warnings: [String] = []
         let strategy: Strategy, backend: any StorageBackend, destinationProject: ProjectAttributes?, sourceProject: ProjectAttributes?
         switch try choose(kind: kind, transfer: transfer, options: options) {
@@ -152,7 +155,7 @@ public struct Planner: Sendable {
         }
         var measurement = TreeMeasurement()
         if strategy != .rename {
-            do { measurement = try CopyEngine(options: CopyOptions(jobs: jobs)).measure(transfer.sources) } catch {
+            do { measurement = try CopyEngine(options: CopyOptions(jobs: jobs, cancellation: cancellation), progress: progress).measure(transfer.sources) } catch {
                 if let code = error.systemCode, code == .notFound {
                     return refused(kind, transfer, code: "source.missing", "\(error)")
                 }

@@ -210,8 +210,10 @@ enum Pages {
             "statusClass": task.status == .completed ? "ok" : task.status.isTerminal ? "bad" : "running",
             "sourcesText": task.sources.map(\.description).joined(separator: ", "), "destination": task.destination.description,
             "owner": task.owner, "percent": view.progress.percent,
-            "bytesText": "\(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytesTotal))",
-            "filesText": "\(Format.count(p.entriesDone)) of \(Format.count(p.entriesTotal)) entries",
+            // Before the plan (while the source is measured) there are counts but no totals.
+            "bytesText": p.bytesTotal > 0 ? "\(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytesTotal))" : p.bytesDone > 0 ? Format.bytes(p.bytesDone) : "—",
+            "filesText": p.entriesTotal > 0 ? "\(Format.count(p.entriesDone)) of \(Format.count(p.entriesTotal)) entries"
+                : p.entriesDone > 0 ? "\(Format.count(p.entriesDone)) entries" : "—",
             "rateText": p.bytesPerSecond > 0 ? "\(Format.bytes(UInt64(p.bytesPerSecond)))/s" : "",
             "etaText": view.progress.etaSeconds.map { Format.duration($0) } ?? "",
             "terminal": task.status.isTerminal, "canCancel": !task.status.isTerminal,

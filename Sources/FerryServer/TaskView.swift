@@ -87,7 +87,9 @@ public struct TaskView: Codable, Sendable {
         let verb = task.kind == .move ? "Moving" : "Copying"
         switch task.status {
         case .pending: return task.cancelRequested ? "Cancelling" : "Waiting for a worker"
-        case .validating: return "Checking paths, space and quota"
+        case .validating:
+            guard p.entriesDone > 0, p.entriesTotal == 0 else { return "Checking paths, space and quota" }
+            return "Measuring the source: \(Format.bytes(p.bytesDone)) in \(Format.count(p.entriesDone)) entries so far"
         case .locked: return "Locked; about to stage"
         case .copying:
             let p = task.progress

@@ -32,4 +32,14 @@ import Testing
         #expect(narrow.count <= 100)
         #expect(narrow.contains("…") || !narrow.contains("results/"))
     }
+
+    /// Measuring has no totals (they are what it finds): counts so far and entries per second,
+    /// no bar, no percentage, no byte rate, no ETA.
+    @Test func measuringLineShowsCountsSoFarAndEntriesPerSecond() {
+        let progress = CopyProgress(
+            phase: .measuring, bytesDone: 3 << 30, bytesTotal: 0, entriesDone: 250_000, entriesTotal: 0,
+            currentPath: nil, bytesPerSecond: Double(1 << 30), secondsRemaining: nil, elapsedSeconds: 5)
+        let line = ProgressBar.line(for: progress, width: 160)
+        #expect(line == "measuring  3.00 GiB  250,000 files  50,000 files/s", "\(line)")
+    }
 }

@@ -37,7 +37,7 @@ struct RelinkTests {
     /// the task, and its record after that run.
     func relinkStoppedPartWay(_ source: String, to destination: String, harness: Harness) async throws -> (TaskRecord, TaskRecord) {
         let stopping = MoveEngine(store: harness.store, settings: .init(worker: "stopping", jobs: 1, progressInterval: .milliseconds(1)),
-                                  progress: { _, progress in if progress.entriesDone >= 20 { stopperBox.engine?.stop() } })
+                                  progress: { _, progress in if progress.phase == .copying, progress.entriesDone >= 20 { stopperBox.engine?.stop() } })
         stopperBox.engine = stopping
         let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(source)], destination: StoredPath(destination),
                                                           options: relinkOptions(), owner: "t"))
@@ -75,7 +75,7 @@ struct RelinkTests {
 
     @Test func cancelledRelinkPutsEveryFileBack() async throws {
         let cancel = CancellationFlag()
-        let harness = try Harness { _, progress in if progress.entriesDone >= 10 { cancel.cancel() } }
+        let harness = try Harness { _, progress in if progress.phase == .copying, progress.entriesDone >= 10 { cancel.cancel() } }
         defer { harness.cleanup() }
         try await withLoopXFSAsync { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)

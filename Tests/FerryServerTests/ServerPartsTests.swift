@@ -1,4 +1,5 @@
 import FerryConfig
+import FerryJobs
 @testable import FerryServer
 import FerrySystem
 import FerryTestSupport
@@ -243,5 +244,28 @@ struct CapturingLogHandler: LogHandler {
         #expect(logged <= TaskRunner.standardErrorBudget + TaskRunner.standardErrorLine)
         // 50,000 lines of 19 bytes and a newline: each byte is either logged or counted as dropped.
         #expect(logged + (Int(flood.all.last?.metadata["dropped bytes"] ?? "") ?? 0) == 950_000)
+    }
+}
+
+@Suite struct TaskViewTests {
+    /// While the source is measured the task has counts but no totals: the summary and the page's
+    /// texts say what is found so far, not "… of 0 B".
+    @Test func aTaskBeingMeasuredShowsWhatIsFoundSoFar() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-view")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
+        let created = try await store.create(NewTask(kind: .move, sources: [StoredPath("/a/data")], destination: StoredPath("/b"), owner: "u"))
+        _ = try await store.claim(id: created.id, worker: "w", lease: .seconds(30))
+        try await store.advance(id: created.id, worker: "w", to: .validating, plan: nil, message: "validating")
+        var task = try #require(try await store.task(created.id))
+        #expect(TaskView(task).summary == "Checking paths, space and quota")
+        try await store.updateProgress(id: created.id, worker: "w", TaskProgress(bytesDone: 3 << 30, bytesTotal: 0, entriesDone: 250_000,
+                                                                                entriesTotal: 0, bytesPerSecond: 0))
+        task = try #require(try await store.task(created.id))
+        #expect(TaskView(task).summary == "Measuring the source: 3.00 GiB in 250,000 entries so far")
+        let values = Pages.taskView(task)
+        #expect(values["bytesText"] as? String == "3.00 GiB")
+        #expect(values["filesText"] as? String == "250,000 entries")
+        #expect(values["rateText"] as? String == "")
     }
 }

@@ -1,0 +1,56 @@
+import Foundation
+import FerryCopy
+import FerryJobs
+import FerryMove
+import FerrySystem
+import Testing
+
+/// The validate phase measures the whole source before anything is written: on a big tree that is
+/// minutes of work, which is reported as it goes and can be cancelled.
+@Suite("Measuring progress and cancel")
+struct MeasuringProgressTests {
+    final class Recorder: @unchecked Sendable {
+        private let lock = NSLock()
+        private var seen: [CopyProgress] = []
+        func add(_ progress: CopyProgress) { lock.withLock { seen.append(progress) } }
+        var measuring: [CopyProgress] { lock.withLock { seen.filter { $0.phase == .measuring } } }
+    }
+
+    @Test func validationReportsWhatTheMeasurementFinds() async throws {
+        let recorder = Recorder()
+        let harness = try Harness(progress: { _, progress in recorder.add(progress) })
+        defer { harness.cleanup() }
+        try makeTree(harness.directory + "/src/data", files: 30, size: 10_000)
+        try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
+        let record = try await harness.run([harness.directory + "/src/data"], to: harness.directory + "/dst", kind: .copy)
+        #expect(record.status == .completed, "\(String(describing: record.failure))")
+        let plan = try #require(record.plan)
+        let last = try #require(recorder.measuring.last, "no progress while measuring")
+        #expect(last.bytesTotal == 0 && last.entriesTotal == 0)
+        #expect(last.entriesDone == plan.entries && last.bytesDone == plan.bytes, "\(last) against \(plan)")
+    }
+
+    @Test func aCancelStopsTheMeasurement() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try makeTree(harness.directory + "/src/data", files: 30, size: 1000)
+        try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
+        let cancelled = CancellationFlag()
+        cancelled.cancel()
+
+        let transfer = try Transfer(sources: [Array((harness.directory + "/src/data").utf8)], destination: Array((harness.directory + "/dst").utf8))
+        #expect(throws: CopyError.self) {
+            try harness.engine.planner.preflight(kind: .copy, transfer: transfer, options: TaskOptions(), cancellation: cancelled)
+        }
+
+        // Cancelled (as by Ctrl-C) while validating: rolled back before any plan was made, so the
+        // measurement did not run to its end.
+        let task = try await harness.store.create(NewTask(kind: .copy, sources: [StoredPath(harness.directory + "/src/data")],
+                                                          destination: StoredPath(harness.directory + "/dst"), owner: "test"))
+        let claimed = try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30)))
+        let record = await harness.engine.run(claimed, cancellation: cancelled)
+        #expect(record.status == .rolledBack)
+        #expect(record.plan == nil)
+        #expect(listing(harness.directory + "/dst").isEmpty)
+    }
+}
