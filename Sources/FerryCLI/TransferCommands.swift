@@ -75,8 +75,11 @@ struct TransferOptions: ParsableArguments {
                                 planner: planner) { _, progress in bar.update(progress) }
 
         if dryRun {
-            let preflight = try engine.preflight(request) { progress in bar.update(progress) }
-            bar.finish()
+            let preflight: Preflight
+            do {
+                defer { bar.finish() }
+                preflight = try engine.preflight(request) { progress in bar.update(progress) }
+            }
             if json {
                 printJSON(preflightJSON(preflight))
             } else {

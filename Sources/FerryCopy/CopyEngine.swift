@@ -97,10 +97,12 @@ public final class CopyEngine: Sendable {
         raiseOpenFileLimit()
     }
 
-    /// Counts bytes, blocks and entries of the sources (what a pre-flight check needs), reporting
-    /// a `.measuring` phase to the progress handler: what is found so far, with no totals.
-    public func measure(_ sources: [CopySource]) throws(CopyError) -> TreeMeasurement {
-        let meter = ProgressMeter(phase: .measuring, bytesTotal: 0, entriesTotal: 0, interval: options.progressInterval, handler: progress)
+    /// Counts bytes, blocks and entries of the sources (what a pre-flight check needs). With
+    /// `reporting`, the progress handler is told a `.measuring` phase: what is found so far, with
+    /// no totals.
+    public func measure(_ sources: [CopySource], reporting: Bool = true) throws(CopyError) -> TreeMeasurement {
+        let meter = ProgressMeter(phase: .measuring, bytesTotal: 0, entriesTotal: 0, interval: options.progressInterval,
+                                  handler: reporting ? progress : nil)
         defer { meter.finish() }
         let visitor = MeasureVisitor(meter: meter)
         try walk(sources, peer: nil, visitor: visitor)
@@ -345,7 +347,7 @@ public final class CopyEngine: Sendable {
         let coordinator = WalkCoordinator(visitor: visitor, cancellation: cancellation)
         do {
             try coordinator.run(root: root, peer: peer, entries: entries,
-                                threads: visitor.movesFileData ? options.jobs : options.metadataJobs)
+                                threads: visitor.movesFileData ? options.jobs : options.metadataJobs(on: root))
         } catch {
             throw CopyError.from(error)
         }

@@ -134,7 +134,18 @@ extension MoveEngine {
         let value = TaskProgress(bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal, entriesDone: progress.entriesDone,
                                  entriesTotal: progress.entriesTotal, bytesPerSecond: progress.phase == .measuring ? 0 : progress.bytesPerSecond)
         let store = self.store, worker = settings.worker
-        Task { try? await store.updateProgress(id: task.id, worker: worker, value) }
+        guard progress.phase == .measuring else {
+            Task { try? await store.updateProgress(id: task.id, worker: worker, value) }
+            return
+        }
+        // Written before the measurement returns (this is its walk's thread, or its ticker, which
+        // the walk joins): the reset once the plan is made must not be overtaken by a count.
+        let written = DispatchSemaphore(value: 0)
+        Task {
+            try? await store.updateProgress(id: task.id, worker: worker, value)
+            written.signal()
+        }
+        written.wait()
     }
 
     static func isTransient(_ error: any Error) -> Bool {

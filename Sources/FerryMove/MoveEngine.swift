@@ -113,6 +113,8 @@ public final class MoveEngine: Sendable {
                 try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
             } catch TaskStoreError.locked(let other, let path) {
                 if task.options.waitForLocks {
+                    // Waiting is not measuring: the counts go.
+                    try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress())
                     try await store.release(id: task.id, worker: settings.worker, retryAfter: .seconds(2), failure: nil,
                                             message: "waiting: \(path) is locked by task \(other)")
                     return
@@ -121,6 +123,9 @@ public final class MoveEngine: Sendable {
             }
             try await store.advance(id: task.id, worker: settings.worker, to: .locked, plan: plan,
                                     message: "\(preflight.summary)\(preflight.warnings.map { " Warning: \($0)." }.joined())")
+            // The measurement's counts (no totals) give way to nothing done yet of the plan's totals.
+            try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress(
+                bytesDone: 0, bytesTotal: plan.bytes, entriesDone: 0, entriesTotal: plan.entries, bytesPerSecond: 0))
             task.plan = plan
             task.status = .locked
         }
@@ -286,8 +291,9 @@ public final class MoveEngine: Sendable {
     private func verifyRelinked(_ sources: [CopySource], staging: StagingArea, plan: TaskPlan, engine: CopyEngine) throws {
         let staged = sources.map { CopySource(directory: staging.directory, name: $0.destinationName) }
             .filter { (try? staging.directory.status($0.name)) != nil }
-        let measured = try engine.measure(staged)
-        let skeleton = try engine.measure(sources.filter { (try? $0.directory.status($0.name)) != nil })
+        // Checks, not the pre-flight measurement: not shown as a measuring phase.
+        let measured = try engine.measure(staged, reporting: false)
+        let skeleton = try engine.measure(sources.filter { (try? $0.directory.status($0.name)) != nil }, reporting: false)
         let leftover = skeleton.entries - skeleton.directories
         if leftover > 0 {
             throw CopyError.sourceChanged(path: sources.first.map { PathDisplay.string($0.name) } ?? "", detail: "\(leftover) entries appeared in the source while it was being relinked")

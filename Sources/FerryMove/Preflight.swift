@@ -155,7 +155,8 @@ public struct Planner: Sendable {
         }
         var measurement = TreeMeasurement()
         if strategy != .rename {
-            do { measurement = try CopyEngine(options: CopyOptions(jobs: jobs, cancellation: cancellation), progress: progress).measure(transfer.sources) } catch {
+            do { measurement = try CopyEngine(options: CopyOptions(jobs: options.jobs ?? jobs, cancellation: cancellation), progress: progress)
+                .measure(transfer.sources) } catch {
                 if let code = error.systemCode, code == .notFound {
                     return refused(kind, transfer, code: "source.missing", "\(error)")
                 }

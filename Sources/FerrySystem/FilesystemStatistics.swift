@@ -14,6 +14,22 @@ public struct FilesystemStatistics: Sendable, Equatable {
     public var totalInodes: UInt64
     public var freeInodes: UInt64
 
+    /// A filesystem whose metadata operations are round trips to a server (Lustre, NFS, SMB/CIFS,
+    /// Ceph, GPFS, BeeGFS), by `f_type` from `<linux/magic.h>` and the filesystems' own headers:
+    /// a walk of `stat`s there waits on the network rather than on the CPU.
+    public var isNetworked: Bool {
+        switch magic {
+        case 0x0BD0_0BD0,  // Lustre (LL_SUPER_MAGIC)
+             0x6969,  // NFS
+             0xFE53_4D42, 0xFF53_4D42,  // SMB2, CIFS
+             0x00C3_6400,  // Ceph
+             0x4750_4653,  // GPFS
+             0x1983_0326:  // BeeGFS
+            true
+        default: false
+        }
+    }
+
     public var availableBytes: UInt64 { availableBlocks &* blockSize }
     public var totalBytes: UInt64 { totalBlocks &* blockSize }
     public var usedBytes: UInt64 { (totalBlocks &- freeBlocks) &* blockSize }

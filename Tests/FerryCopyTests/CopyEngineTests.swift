@@ -1,6 +1,6 @@
 import Foundation
 @testable import FerryCopy
-import FerrySystem
+@testable import FerrySystem
 import FerryTestSupport
 import Glibc
 import Testing
@@ -586,9 +586,18 @@ struct WalkThreadTests {
         try engine.walk(sources, peer: nil, visitor: data)
         #expect(data.peak > 2 && data.peak <= 6, "peak \(data.peak)")
 
-        #expect(CopyOptions().metadataJobs == CopyOptions.defaultMetadataJobs)
+        // A local filesystem: one per core; a given number (or --jobs) holds for every walk.
+        #expect(!(try top.filesystemStatistics().isNetworked))
+        #expect(CopyOptions().metadataJobs(on: top) == CopyOptions.defaultMetadataJobs)
         #expect(CopyOptions.defaultMetadataJobs == Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-        #expect(CopyOptions(jobs: 5).metadataJobs == 5, "an explicit --jobs holds for every walk")
+        #expect(CopyOptions(jobs: 5).metadataJobs(on: top) == 5, "an explicit --jobs holds for every walk")
+        #expect(CopyOptions(jobs: 5, metadataJobs: 3).metadataJobs(on: top) == 3)
+        // Lustre, NFS and the like wait on a server: their walks get the copiers' threads.
+        func on(_ magic: UInt64) -> FilesystemStatistics {
+            FilesystemStatistics(magic: magic, blockSize: 4096, totalBlocks: 0, freeBlocks: 0, availableBlocks: 0, totalInodes: 0, freeInodes: 0)
+        }
+        #expect(on(0x0BD0_0BD0).isNetworked && on(0x6969).isNetworked && on(0xFF53_4D42).isNetworked)
+        #expect(!on(0x5846_5342).isNetworked && !on(0xEF53).isNetworked && !on(0x0102_1994).isNetworked)
         #expect(!MeasureVisitor().movesFileData)
         #expect(CopyVisitor(options: CopyOptions(), meter: ProgressMeter(phase: .copying, bytesTotal: 0, entriesTotal: 0, interval: .seconds(1), handler: nil),
                             notes: CopyNotes(), destinationRoot: top).movesFileData)

@@ -30,6 +30,28 @@ struct MeasuringProgressTests {
         #expect(last.entriesDone == plan.entries && last.bytesDone == plan.bytes, "\(last) against \(plan)")
     }
 
+    /// A task that waits for another's lock is released with no counts: it is not measuring.
+    @Test func theCountsGoWhenTheMeasurementIsOver() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        let source = harness.directory + "/src/data"
+        try makeTree(source, files: 30, size: 1000)
+        try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
+        let other = try await harness.store.create(NewTask(kind: .copy, sources: [StoredPath(source)],
+                                                           destination: StoredPath(harness.directory + "/elsewhere"), owner: "test"))
+        _ = try await harness.store.claim(id: other.id, worker: "other", lease: .seconds(30))
+        let parent = try FileDescriptor.openDirectory(Array((harness.directory + "/src").utf8))
+        let status = try parent.status()
+        parent.closeQuietly()
+        try await harness.store.acquireLocks(id: other.id, worker: "other",
+                                             [PathLock(taskID: other.id, filesystem: "\(status.deviceMajor):\(status.deviceMinor)", path: StoredPath(source))])
+        var options = TaskOptions()
+        options.waitForLocks = true
+        let waiting = try await harness.run([source], to: harness.directory + "/dst", kind: .copy, options: options)
+        #expect(waiting.status == .validating && waiting.leaseOwner == nil, "\(waiting.status)")
+        #expect(waiting.progress == TaskProgress(), "\(waiting.progress)")
+    }
+
     @Test func aCancelStopsTheMeasurement() async throws {
         let harness = try Harness()
         defer { harness.cleanup() }
