@@ -456,26 +456,38 @@ struct SourceCacheTests {
     }
 }
 
-/// Records, per directory, how many threads are visiting its files at once.
+/// Records how many threads are visiting files at once: in each directory, and anywhere.
 final class ConcurrencyProbe: TreeVisitor, @unchecked Sendable {
     let visitsFilesWhereListed: Bool
+    let movesFileData: Bool
     private let lock = NSLock()
     private var active: [String: Int] = [:]
+    private var activeAnywhere = 0
     private(set) var peakInOneDirectory = 0
+    private(set) var peak = 0
     private(set) var visited: [String] = []
 
-    init(inline: Bool) { visitsFilesWhereListed = inline }
+    init(inline: Bool, movesFileData: Bool = false) {
+        visitsFilesWhereListed = inline
+        self.movesFileData = movesFileData
+    }
 
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
-        if entry.kind == .directory { return .descend(peer: nil) }
+        // The walk's top-level entries may come with an unknown kind.
+        if try directory.source.status(entry.name).kind == .directory { return .descend(peer: nil) }
         let key = String(decoding: directory.relativePath, as: UTF8.self)
         lock.withLock {
             active[key, default: 0] += 1
+            activeAnywhere += 1
             peakInOneDirectory = max(peakInOneDirectory, active[key]!)
+            peak = max(peak, activeAnywhere)
             visited.append(key + "/" + String(decoding: entry.name, as: UTF8.self))
         }
-        usleep(200)  // long enough for the other threads to come into the same directory, if they may
-        lock.withLock { active[key]! -= 1 }
+        usleep(300)  // long enough for the other threads to come in, if they may
+        lock.withLock {
+            active[key]! -= 1
+            activeAnywhere -= 1
+        }
         return .done
     }
 
@@ -487,14 +499,19 @@ struct WalkPlacementTests {
     /// Removal unlinks under the directory's lock: its visitor has each directory's files done by
     /// the thread that listed them, while threads spread over directories. Every entry is still
     /// visited exactly once. The default hands each file to any thread.
-    @Test func filesStayWithTheThreadThatListedThem() throws {
-        let root = NSTemporaryDirectory() + "ferry-walk-\(getpid())"
-        defer { try? FileManager.default.removeItem(atPath: root) }
+    /// ROOT/tree: six directories of 300 empty files and a subdirectory with one.
+    static func makeTree(_ root: String) throws {
         for d in 0..<6 {
             try FileManager.default.createDirectory(atPath: "\(root)/tree/d\(d)/sub", withIntermediateDirectories: true)
             for f in 0..<300 { FileManager.default.createFile(atPath: "\(root)/tree/d\(d)/f\(f)", contents: Data()) }
             FileManager.default.createFile(atPath: "\(root)/tree/d\(d)/sub/x", contents: Data())
         }
+    }
+
+    @Test func filesStayWithTheThreadThatListedThem() throws {
+        let root = NSTemporaryDirectory() + "ferry-walk-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try Self.makeTree(root)
         let top = try openDir(root)
         defer { top.closeQuietly() }
         let name = Array("tree".utf8)
@@ -542,27 +559,6 @@ struct WalkPlacementTests {
     }
 }
 
-/// Counts how many threads visit entries at once, anywhere in the tree.
-final class ThreadCountProbe: TreeVisitor, @unchecked Sendable {
-    let movesFileData: Bool
-    private let lock = NSLock()
-    private var active = 0
-    private(set) var peak = 0
-
-    init(movesFileData: Bool) { self.movesFileData = movesFileData }
-
-    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
-        // The walk's top-level entries come with an unknown kind.
-        if try directory.source.status(entry.name).kind == .directory { return .descend(peer: nil) }
-        lock.withLock { active += 1; peak = max(peak, active) }
-        usleep(300)  // long enough for every thread the walk has to join in
-        lock.withLock { active -= 1 }
-        return .done
-    }
-
-    func leave(_ directory: WalkDirectory) throws {}
-}
-
 @Suite("Walk: threads")
 struct WalkThreadTests {
     /// Walks that read no file data run on `metadataJobs` threads (one per core unless --jobs is
@@ -570,19 +566,16 @@ struct WalkThreadTests {
     @Test func walksThatMoveNoDataRunOnMetadataJobs() throws {
         let root = NSTemporaryDirectory() + "ferry-walk-threads-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: root) }
-        for d in 0..<8 {
-            try FileManager.default.createDirectory(atPath: "\(root)/tree/d\(d)", withIntermediateDirectories: true)
-            for f in 0..<100 { FileManager.default.createFile(atPath: "\(root)/tree/d\(d)/f\(f)", contents: Data()) }
-        }
+        try WalkPlacementTests.makeTree(root)
         let top = try openDir(root)
         defer { top.closeQuietly() }
         let engine = CopyEngine(options: CopyOptions(jobs: 6, metadataJobs: 2))
         let sources = [CopySource(directory: top, name: Array("tree".utf8))]
 
-        let metadata = ThreadCountProbe(movesFileData: false)
+        let metadata = ConcurrencyProbe(inline: false)
         try engine.walk(sources, peer: nil, visitor: metadata)
         #expect(metadata.peak == 2)
-        let data = ThreadCountProbe(movesFileData: true)
+        let data = ConcurrencyProbe(inline: false, movesFileData: true)
         try engine.walk(sources, peer: nil, visitor: data)
         #expect(data.peak > 2 && data.peak <= 6, "peak \(data.peak)")
 
