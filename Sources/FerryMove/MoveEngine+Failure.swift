@@ -139,13 +139,15 @@ extension MoveEngine {
             return
         }
         // Written before the measurement returns (this is its walk's thread, or its ticker, which
-        // the walk joins): the reset once the plan is made must not be overtaken by a count.
+        // the walk joins): the reset once the plan is made must not be overtaken by a count. A
+        // database that does not answer holds the walk up for 10 s at most (a count then landing
+        // late only shows stale figures).
         let written = DispatchSemaphore(value: 0)
         Task {
             try? await store.updateProgress(id: task.id, worker: worker, value)
             written.signal()
         }
-        written.wait()
+        _ = written.wait(timeout: .now() + .seconds(10))
     }
 
     static func isTransient(_ error: any Error) -> Bool {
