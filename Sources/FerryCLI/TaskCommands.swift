@@ -55,7 +55,7 @@ struct TaskCommand: AsyncParsableCommand {
             print("  status \(task.status.rawValue), owner \(task.owner), attempts \(task.attempts)\(task.plan.map { ", strategy \($0.strategy)" } ?? "")")
             if task.progress.bytesTotal > 0 || task.progress.entriesTotal > 0 {
                 print("  progress \(Format.bytes(task.progress.bytesDone))/\(Format.bytes(task.progress.bytesTotal)), \(Format.count(task.progress.entriesDone))/\(Format.count(task.progress.entriesTotal)) entries")
-            } else if task.status == .validating && task.leaseOwner != nil && task.progress.entriesDone > 0 {
+            } else if task.isBeingMeasured {
                 print("  measured so far \(Format.bytes(task.progress.bytesDone)), \(Format.count(task.progress.entriesDone)) entries")
             }
             if let failure = task.failure { print("  error [\(failure.code)] \(failure.message)") }

@@ -181,6 +181,12 @@ public struct TaskRecord: Codable, Sendable, Equatable {
         self.updatedAt = updatedAt
         self.finishedAt = finishedAt
     }
+
+    /// A worker holds the task and its progress is counts without totals: the pre-flight
+    /// measurement of the source, under way.
+    public var isBeingMeasured: Bool {
+        status == .validating && leaseOwner != nil && progress.entriesDone > 0 && progress.entriesTotal == 0
+    }
 }
 
 public struct TaskEvent: Codable, Sendable, Equatable {

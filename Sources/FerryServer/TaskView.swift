@@ -88,8 +88,7 @@ public struct TaskView: Codable, Sendable {
         switch task.status {
         case .pending: return task.cancelRequested ? "Cancelling" : "Waiting for a worker"
         case .validating:
-            // Counts without totals from a worker holding the task: its measurement, under way.
-            guard task.leaseOwner != nil, p.entriesDone > 0, p.entriesTotal == 0 else { return "Checking paths, space and quota" }
+            guard task.isBeingMeasured else { return "Checking paths, space and quota" }
             return "Measuring the source: \(Format.bytes(p.bytesDone)) in \(Format.count(p.entriesDone)) entries so far"
         case .locked: return "Locked; about to stage"
         case .copying:

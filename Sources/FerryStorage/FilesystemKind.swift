@@ -4,10 +4,9 @@ import FerrySystem
 public enum FilesystemKind: String, Sendable, CaseIterable, Codable {
     case lustre, xfs, ext4, posix
 
-    /// Magic numbers from `<linux/magic.h>` (and Lustre's `LL_SUPER_MAGIC`).
-    public static let lustreMagic: UInt64 = 0x0BD0_0BD0
-    public static let xfsMagic: UInt64 = 0x5846_5342
-    public static let ext4Magic: UInt64 = 0xEF53
+    public static let lustreMagic = FilesystemStatistics.lustreMagic
+    public static let xfsMagic = FilesystemStatistics.xfsMagic
+    public static let ext4Magic = FilesystemStatistics.ext4Magic
 
     public init(magic: UInt64) {
         switch magic {

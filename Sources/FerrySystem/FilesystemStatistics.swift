@@ -14,12 +14,17 @@ public struct FilesystemStatistics: Sendable, Equatable {
     public var totalInodes: UInt64
     public var freeInodes: UInt64
 
+    /// Magic numbers from `<linux/magic.h>` (and Lustre's `LL_SUPER_MAGIC`).
+    public static let lustreMagic: UInt64 = 0x0BD0_0BD0
+    public static let xfsMagic: UInt64 = 0x5846_5342
+    public static let ext4Magic: UInt64 = 0xEF53
+
     /// A filesystem whose metadata operations are round trips to a server (Lustre, NFS, SMB/CIFS,
     /// Ceph, GPFS, BeeGFS), by `f_type` from `<linux/magic.h>` and the filesystems' own headers:
     /// a walk of `stat`s there waits on the network rather than on the CPU.
     public var isNetworked: Bool {
         switch magic {
-        case 0x0BD0_0BD0,  // Lustre (LL_SUPER_MAGIC)
+        case Self.lustreMagic,
              0x6969,  // NFS
              0xFE53_4D42, 0xFF53_4D42,  // SMB2, CIFS
              0x00C3_6400,  // Ceph
