@@ -8,6 +8,7 @@
 #include <linux/quota.h>
 #include <linux/dqblk_xfs.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -357,4 +358,24 @@ ssize_t cferry_write_nosigpipe(int fd, const void *buffer, size_t count) {
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
     errno = saved;
     return n;
+}
+
+int cferry_affinity_cpus(void) {
+    // The mask may be wider than cpu_set_t on machines with more than 1024 CPUs: grow it until
+    // the kernel's fits (EINVAL means too small).
+    for (int cpus = 1024; cpus <= (1 << 22); cpus *= 2) {
+        cpu_set_t *set = CPU_ALLOC(cpus);
+        if (set == NULL) return -1;
+        size_t size = CPU_ALLOC_SIZE(cpus);
+        CPU_ZERO_S(size, set);
+        if (sched_getaffinity(0, size, set) == 0) {
+            int count = CPU_COUNT_S(size, set);
+            CPU_FREE(set);
+            return count;
+        }
+        int saved = errno;
+        CPU_FREE(set);
+        if (saved != EINVAL) { errno = saved; return -1; }
+    }
+    return -1;
 }

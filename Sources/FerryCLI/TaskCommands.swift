@@ -100,7 +100,7 @@ struct WorkerCommand: AsyncParsableCommand {
         abstract: "Claim and run tasks until stopped (SIGTERM: finish the current checkpoint, release the lease).")
     @Flag(help: "Run every task claimable now, then exit.") var once = false
     @Option(help: "Tasks run at once.") var concurrency = 2
-    @Option(help: "Parallel copiers per task (default: two per core; walks that move no data: one per core).") var jobs: Int?
+    @Option(help: "Parallel copiers per task (default: two per usable CPU; walks that move no data: one per usable CPU).") var jobs: Int?
     @Option(help: "Minutes between the worker's own clean-ups (orphaned staging directories, the task database's lock markers); fractions allowed.")
     var janitorMinutes: Double = 10
     @Flag(help: "Run each task in a process with its owner's uid, gid and groups, as ferry serve does (always so as root).")

@@ -22,7 +22,7 @@ struct TransferOptions: ParsableArguments {
     @Flag(help: "If a path is locked by another task, wait for it instead of failing.") var waitForLocks = false
     @Flag(help: "Skip the free-space and free-inode check (the copy still stops cleanly at ENOSPC/EDQUOT).") var noSpaceCheck = false
     @Option(help: "Safety margin on free space and inodes, in percent (default 5).") var margin: Double = 5
-    @Option(help: "Parallel copiers (default: two per core; walks that move no data: one per core).") var jobs: Int?
+    @Option(help: "Parallel copiers (default: two per usable CPU; walks that move no data: one per usable CPU).") var jobs: Int?
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var storageOptions: StorageOptions
 
@@ -84,6 +84,7 @@ struct TransferOptions: ParsableArguments {
                 printJSON(preflightJSON(preflight))
             } else {
                 print(preflight.summary)
+                if preflight.refusal == nil && preflight.strategy != .rename { print(Self.threadsLine(preflight, Processors.current())) }
                 for warning in preflight.warnings { print("warning: \(warning)") }
             }
             throw ExitCode(preflight.refusal == nil ? FerryCommand.Status.success.rawValue : FerryCommand.Status.refused.rawValue)
@@ -156,7 +157,7 @@ struct TransferOptions: ParsableArguments {
         }
     }
 
-    func preflightJSON(_ preflight: Preflight) -> [String: Any?] {
+    func preflightJSON(_ preflight: Preflight, budget: ProcessorBudget = Processors.current()) -> [String: Any?] {
         [
             "strategy": preflight.strategy.rawValue, "summary": preflight.summary,
             "bytes": preflight.measurement.bytes, "allocatedBytes": preflight.measurement.allocatedBytes,
@@ -165,7 +166,17 @@ struct TransferOptions: ParsableArguments {
             "destinationProject": preflight.destinationProject.map { Int($0.projectID) },
             "warnings": preflight.warnings,
             "refusal": preflight.refusal.map { ["code": $0.code, "message": $0.message] as [String: Any?] },
+            "copiers": preflight.copiers, "walkers": preflight.walkers,
+            "cpus": ["online": budget.online, "usable": budget.usable, "limit": budget.limit] as [String: Any?],
         ]
+    }
+
+    /// How many threads the run would use, and what the CPU count they follow from is.
+    static func threadsLine(_ preflight: Preflight, _ budget: ProcessorBudget) -> String {
+        let limit = budget.limit.map { ": \($0)" } ?? ""
+        let cpus = budget.usable == 1 ? "1 CPU" : "\(budget.usable) CPUs"
+        return "Threads: \(preflight.copiers) copying, \(preflight.walkers) for the walks that move no data "
+            + "(\(cpus) usable of \(budget.online) online\(limit))."
     }
 }
 

@@ -19,7 +19,7 @@ public protocol LayoutCloner: Sendable {
 }
 
 public struct CopyOptions: Sendable {
-    /// Parallel copiers; default two per core.
+    /// Parallel copiers; default two per usable CPU (`Processors.usable`).
     public var jobs: Int
     /// Threads for the walks that read no file data (measuring, verifying metadata, relinking,
     /// removing), when given; nil: see `metadataJobs(on:)`.
@@ -58,8 +58,9 @@ public struct CopyOptions: Sendable {
         self.cancellation = cancellation
     }
 
-    public static var defaultJobs: Int { max(2, ProcessorCount.online * 2) }
-    public static var defaultMetadataJobs: Int { ProcessorCount.online }
+    /// Two per CPU this process can use (`Processors.usable`: affinity and cgroup limits count).
+    public static var defaultJobs: Int { max(2, Processors.usable * 2) }
+    public static var defaultMetadataJobs: Int { Processors.usable }
 
     /// Threads for a walk that reads no file data in the tree of `root`. On a local filesystem the
     /// work is the kernel's, on the CPU, so threads beyond the cores only queue: on this project's
@@ -73,10 +74,3 @@ public struct CopyOptions: Sendable {
         return networked ? jobs : Self.defaultMetadataJobs
     }
 }
-
-enum ProcessorCount {
-    static var online: Int { Int(sysconfGlibc()) }
-}
-
-import Glibc
-private func sysconfGlibc() -> Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }

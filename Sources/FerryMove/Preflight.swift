@@ -33,6 +33,10 @@ public struct Preflight: Sendable {
     public var finalPaths: [ByteString]
     public var warnings: [String]
     public var refusal: Refusal?
+    /// Threads the run would use: copiers (and checksum verification), and the walks that move no
+    /// data (measuring, metadata verification, relinking, removal). 0 for a refusal.
+    public var copiers = 0
+    public var walkers = 0
 
     /// In plain words, as the UI and `--dry-run` say it.
     public var summary: String {
@@ -154,9 +158,9 @@ public struct Planner: Sendable {
             return refused(kind, transfer, code: "strategy.invalid", "relink renames files, so the source and the destination must be on one filesystem")
         }
         var measurement = TreeMeasurement()
+        let copyOptions = CopyOptions(jobs: options.jobs ?? jobs, cancellation: cancellation)
         if strategy != .rename {
-            do { measurement = try CopyEngine(options: CopyOptions(jobs: options.jobs ?? jobs, cancellation: cancellation), progress: progress)
-                .measure(transfer.sources) } catch {
+            do { measurement = try CopyEngine(options: copyOptions, progress: progress).measure(transfer.sources) } catch {
                 if let code = error.systemCode, code == .notFound {
                     return refused(kind, transfer, code: "source.missing", "\(error)")
                 }
@@ -194,9 +198,12 @@ public struct Planner: Sendable {
             }
             if report.inaccurate == true { warnings.append("the quota figures are estimates (lfs could not reach every target)") }
         }
-        return Preflight(kind: kind, strategy: strategy, measurement: measurement, quota: quota,
-                         destinationProject: destinationProject, sourceProject: sourceProject, filesystemKind: backend.kind,
-                         finalPaths: transfer.finalPaths, warnings: warnings, refusal: refusal)
+        var verdict = Preflight(kind: kind, strategy: strategy, measurement: measurement, quota: quota,
+                                destinationProject: destinationProject, sourceProject: sourceProject, filesystemKind: backend.kind,
+                                finalPaths: transfer.finalPaths, warnings: warnings, refusal: refusal)
+        verdict.copiers = copyOptions.jobs
+        verdict.walkers = copyOptions.metadataJobs(on: transfer.sources[0].directory)
+        return verdict
     }
 
     private func refused(_ kind: TaskKind, _ transfer: Transfer, code: String, _ message: String) -> Preflight {

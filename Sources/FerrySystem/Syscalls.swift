@@ -333,13 +333,6 @@ public var processIsPrivileged: Bool { geteuid() == 0 }
 public let bootIdentity: String = {
     var host = [CChar](repeating: 0, count: 256)
     let name = gethostname(&host, host.count - 1) == 0 ? String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
-    var boot = "?"
-    let fd = Glibc.open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
-    if fd >= 0 {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let got = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        Glibc.close(fd)
-        if got > 0 { boot = String(decoding: buffer[0..<got].filter { $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: " ") }, as: UTF8.self) }
-    }
-    return "\(name) \(boot)"
+    let read = readKernelFile("/proc/sys/kernel/random/boot_id", limit: 64)?.filter { $0 != "\n" && $0 != " " } ?? ""
+    return "\(name) \(read.isEmpty ? "?" : read)"
 }()

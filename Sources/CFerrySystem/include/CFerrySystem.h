@@ -104,6 +104,9 @@ extern const unsigned int CFERRY_STATX_BTIME;
 extern const int CFERRY_FALLOC_FL_KEEP_SIZE;
 extern const int CFERRY_FALLOC_FL_PUNCH_HOLE;
 extern const int CFERRY_O_PATH;
+// CPUs in the calling thread's affinity mask (sched_getaffinity, any mask size), or -1.
+int cferry_affinity_cpus(void);
+
 extern const int CFERRY_O_TMPFILE;
 extern const int CFERRY_O_NOATIME;
 extern const int CFERRY_AT_EMPTY_PATH;
