@@ -120,6 +120,11 @@ public struct TaskFailure: Codable, Sendable, Equatable, Error {
         self.code = code
         self.message = message
     }
+
+    /// A task whose process kept ending unexpectedly (crashed, killed, or hung until it was
+    /// killed), and that is rolled back rather than resumed again: the cancel that rolls it back
+    /// keeps this failure instead of "cancelled by request".
+    public static let crashedCode = "runner.crashed"
 }
 
 public struct NewTask: Sendable {

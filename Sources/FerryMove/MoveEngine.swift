@@ -97,7 +97,8 @@ public final class MoveEngine: Sendable {
     private func drive(_ context: RunContext) async throws {
         var task = context.task
         if task.cancelRequested && task.status != .committing {
-            await rollBack(context, status: .rolledBack, failure: TaskFailure(code: "cancelled", message: "cancelled by request"))
+            let crashed = task.failure.flatMap { $0.code == TaskFailure.crashedCode ? $0 : nil }
+            await rollBack(context, status: .rolledBack, failure: crashed ?? TaskFailure(code: "cancelled", message: "cancelled by request"))
             return
         }
         if task.status == .pending || task.status == .validating {

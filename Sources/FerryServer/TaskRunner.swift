@@ -184,13 +184,11 @@ public final class TaskRunner: Service, Sendable {
         children.withLock { _ = $0.removeValue(forKey: task.id) }
         child.standardOutput.closeQuietly()
         child.standardInput.closeQuietly()
-        let record = try? await store.task(task.id)
-        if let record, record.leaseOwner == worker, !record.status.isTerminal {
+        if let record = try? await store.task(task.id), record.leaseOwner == worker, !record.status.isTerminal {
             // The child died without handing the task back (a crash, or killed): give it back.
-            try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(5),
-                                     failure: TaskFailure(code: "runner.exited", message: "the task's process ended unexpectedly (\(termination.map { "\($0)" } ?? "unknown"))"),
-                                     message: "task process ended unexpectedly; the task will be resumed")
+            await handBackAfterUnexpectedEnd(record, worker: worker, termination: termination.map { "\($0)" } ?? "unknown", log: log)
         }
+        let record = try? await store.task(task.id)
         feed.notify(task.id)
         if let record {
             log.info("task process ended", metadata: ["status": "\(record.status.rawValue)", "exit": "\(termination.map { "\($0)" } ?? "?")"])
@@ -201,6 +199,36 @@ public final class TaskRunner: Service, Sendable {
 }
 
 extension TaskRunner {
+    /// Unexpected ends of a task's process (since the task was last retried) after which it is
+    /// rolled back instead of resumed: a task that crashes its process every time (a bug met on
+    /// one file, memory it cannot have) would otherwise run, and fail, forever.
+    static let crashLimit = 3
+    static let crashEvent = "task process ended unexpectedly"
+
+    /// Gives back a task whose process ended without handing it back. It is resumed after 5 s,
+    /// then 10 s, 20 s… (at most 5 minutes); at the `crashLimit`th end since its last retry it is
+    /// cancelled, so the next run rolls it back (staging removed, source untouched) with a failure
+    /// that says why. Past the point of no return (committing) it is always resumed: it must finish.
+    func handBackAfterUnexpectedEnd(_ record: TaskRecord, worker: String, termination: String, log: Logger) async {
+        let events = (try? await store.events(record.id)) ?? []
+        let sinceRetry = events.lastIndex { $0.message == "retried" }.map { events[($0 + 1)...] } ?? events[...]
+        let ends = sinceRetry.filter { $0.message.hasPrefix(Self.crashEvent) }.count + 1
+        if ends >= Self.crashLimit && record.status != .committing {
+            let failure = TaskFailure(code: TaskFailure.crashedCode, message:
+                "the task's process ended unexpectedly \(ends) times (the last: \(termination)); it was rolled back (staged data removed, "
+                + "source untouched) rather than run again; `ferry task retry \(record.id)` runs it once more")
+            log.error("task process keeps ending unexpectedly; rolling the task back", metadata: ["ends": "\(ends)", "exit": "\(termination)"])
+            _ = try? await store.requestCancel(record.id)
+            try? await store.release(id: record.id, worker: worker, retryAfter: nil, failure: failure,
+                                     message: "\(Self.crashEvent) (\(termination)), \(ends) times: rolling it back")
+            return
+        }
+        let delay = Duration.seconds(min(300, 5 << min(ends - 1, 6)))
+        try? await store.release(id: record.id, worker: worker, retryAfter: delay,
+                                 failure: TaskFailure(code: "runner.exited", message: "the task's process ended unexpectedly (\(termination))"),
+                                 message: "\(Self.crashEvent) (\(termination)); resuming it in \(delay.components.seconds) s")
+    }
+
     /// Bytes of one task process's standard error that reach the server's log, and of one line.
     static let standardErrorBudget = 64 * 1024
     static let standardErrorLine = 2048

@@ -184,4 +184,60 @@ struct WorkerAsOwnerTests {
             #expect(output.contains(why), "\(output)")
         }
     }
+
+    /// A task whose process keeps dying (a crash met on one of its files, memory it cannot have)
+    /// is not run, and killed, forever: it is resumed after 5 s, then 10 s, and at its third
+    /// unexpected end rolled back, with a failure that says so, the source untouched and no
+    /// staging left; `ferry task retry` runs it once more, to the end.
+    @Test func aTaskWhoseProcessKeepsDyingIsRolledBack() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
+            let move = try QueuedBigMove(fs, environment: environment)
+            let (a, b, before, id) = (move.a, move.b, move.before, move.id)
+            let worker = try startFerry(["worker", "--as-owner", "--lease", "2", "--concurrency", "1"], environment: environment)
+            defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
+            func show() throws -> [String: Any] { try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput) }
+            var killed: Set<String> = []
+            for _ in 1...3 {
+                var pid = ""
+                let deadline = Date().addingTimeInterval(40)
+                while Date() < deadline {
+                    let found = try Shell.execute(["pgrep", "-f", "-n", "agent run-task .*\(id)"]).standardOutput
+                        .trimmingCharacters(in: .whitespacesAndNewlines)
+                    if !found.isEmpty && !killed.contains(found) { pid = found; break }
+                    Thread.sleep(forTimeInterval: 0.02)
+                }
+                let state = pid.isEmpty ? ((try? show()).map { "\($0)" } ?? "?") : ""
+                try #require(!pid.isEmpty, "no new process for the task: \(state)")
+                _ = try Shell.execute(["kill", "-KILL", pid])
+                killed.insert(pid)
+            }
+            var record: [String: Any] = [:]
+            let deadline = Date().addingTimeInterval(30)
+            repeat {
+                Thread.sleep(forTimeInterval: 0.2)
+                record = try show()
+            } while Date() < deadline && record["status"] as? String != "rolled_back"
+            #expect(record["status"] as? String == "rolled_back", "\(record)")
+            let error = record["error"] as? [String: Any]
+            #expect(error?["code"] as? String == "runner.crashed", "\(record)")
+            #expect((error?["message"] as? String)?.contains("ended unexpectedly 3 times") == true, "\(record)")
+            let messages = (record["events"] as? [[String: Any]] ?? []).compactMap { $0["message"] as? String }
+            #expect(messages.contains { $0.hasPrefix("task process ended unexpectedly") && $0.hasSuffix("resuming it in 5 s") }, "\(messages)")
+            #expect(messages.contains { $0.hasPrefix("task process ended unexpectedly") && $0.hasSuffix("resuming it in 10 s") }, "\(messages)")
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+
+            // Retried, it starts counting again and runs to the end.
+            #expect(try ferry("task", "retry", id, environment: environment).status == 0)
+            let done = Date().addingTimeInterval(60)
+            repeat {
+                Thread.sleep(forTimeInterval: 0.2)
+                record = try show()
+            } while Date() < done && record["status"] as? String != "completed"
+            #expect(record["status"] as? String == "completed", "\(record)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/big"))
+        }
+    }
 }
