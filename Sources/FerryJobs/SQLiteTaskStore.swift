@@ -298,7 +298,7 @@ public final class SQLiteTaskStore: TaskStore {
                 UPDATE tasks SET status = 'pending', plan = NULL, failure_code = NULL, failure_message = NULL,
                   cancel_requested = 0, not_before = NULL, finished_at = NULL, progress = ?, updated_at = ? WHERE id = ?
                 """, arguments: [try Self.json(TaskProgress()), Date().timeIntervalSince1970, id])
-            try Self.event(db, id, .pending, "retried")
+            try Self.event(db, id, .pending, TaskEvent.retried)
             return try Self.fetch(db, id)
         }
         wakeup.signal()

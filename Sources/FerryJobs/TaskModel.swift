@@ -206,6 +206,17 @@ public struct TaskEvent: Codable, Sendable, Equatable {
         self.status = status
         self.message = message
     }
+
+    /// The event `retry` records: a failed, cancelled or rolled-back task queued again.
+    public static let retried = "retried"
+
+    /// How many of `events` since the task was last retried begin with `prefix`: what counts
+    /// toward a limit of tries (transient failures, unexpected ends of a task's process) starts
+    /// again when a user retries the task.
+    public static func count(_ events: [TaskEvent], beginningWith prefix: String) -> Int {
+        let since = events.lastIndex { $0.message == retried }.map { events[($0 + 1)...] } ?? events[...]
+        return since.filter { $0.message.hasPrefix(prefix) }.count
+    }
 }
 
 /// A path lock: a task holds `path` (absolute, as bytes) on the filesystem `filesystem` (device id).

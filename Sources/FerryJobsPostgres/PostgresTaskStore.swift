@@ -315,7 +315,7 @@ public final class PostgresTaskStore: TaskStore {
                   cancel_requested = false, not_before = NULL, finished_at = NULL, progress = \(progress)::jsonb, updated_at = \(now)
                 WHERE id = \(id)
                 """)
-            try await self.event(connection, id, .pending, "retried")
+            try await self.event(connection, id, .pending, TaskEvent.retried)
             try await self.notify(connection, id)
             return try await self.lockedTask(connection, id).task
         }

@@ -22,15 +22,24 @@ extension MoveEngine {
             return
         }
         let failure = Self.failure(for: error)
-        if task.status == .committing || (Self.isTransient(error) && task.attempts < settings.maxAttempts) {
-            // Past the point of no return (or a passing fault): keep everything, try again later.
-            let delay = Duration.seconds(min(300, 1 << min(task.attempts, 8)))
-            try? await store.release(id: task.id, worker: settings.worker, retryAfter: delay, failure: failure,
-                                     message: "\(failure.message); retrying in \(delay.components.seconds) s")
-            return
+        if task.status == .committing || Self.isTransient(error) {
+            // Past the point of no return (always), or a passing fault (up to `maxAttempts` runs
+            // since the task was last retried): keep everything, try again after 2 s, 4 s, 8 s…
+            // at most 5 minutes. Counted from the history, not from the claims: a task that waited
+            // for a lock, or that a user retried, was claimed many times without failing.
+            let earlier = TaskEvent.count((try? await store.events(task.id)) ?? [], beginningWith: Self.retryEvent)
+            if task.status == .committing || earlier + 1 < settings.maxAttempts {
+                let delay = Duration.seconds(min(300, 2 << min(earlier, 7)))
+                try? await store.release(id: task.id, worker: settings.worker, retryAfter: delay, failure: failure,
+                                         message: "\(Self.retryEvent) \(delay.components.seconds) s: \(failure.message)")
+                return
+            }
         }
         await fail(context, failure, rollback: true)
     }
+
+    /// How the history records a run given back to be tried again after a passing fault.
+    static let retryEvent = "retrying in"
 
     /// Whether this worker still holds the task's lease, extended now: nothing is rolled back
     /// without it. A worker cut off from the database (or whose heartbeats failed) may have lost

@@ -210,9 +210,7 @@ extension TaskRunner {
     /// cancelled, so the next run rolls it back (staging removed, source untouched) with a failure
     /// that says why. Past the point of no return (committing) it is always resumed: it must finish.
     func handBackAfterUnexpectedEnd(_ record: TaskRecord, worker: String, termination: String, log: Logger) async {
-        let events = (try? await store.events(record.id)) ?? []
-        let sinceRetry = events.lastIndex { $0.message == "retried" }.map { events[($0 + 1)...] } ?? events[...]
-        let ends = sinceRetry.filter { $0.message.hasPrefix(Self.crashEvent) }.count + 1
+        let ends = TaskEvent.count((try? await store.events(record.id)) ?? [], beginningWith: Self.crashEvent) + 1
         if ends >= Self.crashLimit && record.status != .committing {
             let failure = TaskFailure(code: TaskFailure.crashedCode, message:
                 "the task's process ended unexpectedly \(ends) times (the last: \(termination)); it was rolled back (staged data removed, "

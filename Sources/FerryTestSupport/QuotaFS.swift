@@ -41,6 +41,11 @@ public final class QuotaFS: @unchecked Sendable {
         }
     }
 
+    /// Lifts the budget for good (SIGUSR1): the fault has passed.
+    public func liftBudget() {
+        if let process, process.isRunning { kill(process.processIdentifier, SIGUSR1) }
+    }
+
     public func tearDown() {
         if mounted {
             if (try? Shell.run(["fusermount3", "-u", mountPoint])) == nil { _ = try? Shell.run(["fusermount3", "-uz", mountPoint]) }

@@ -185,6 +185,15 @@ struct WorkerAsOwnerTests {
         }
     }
 
+    /// The pids of processes whose arguments include `words` and one containing `text`.
+    static func processes(matching words: [String], and text: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { entry in
+            guard entry.allSatisfy(\.isNumber), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return false }
+            let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return words.allSatisfy(arguments.contains) && arguments.contains { $0.contains(text) }
+        }
+    }
+
     /// A task whose process keeps dying (a crash met on one of its files, memory it cannot have)
     /// is not run, and killed, forever: it is resumed after 5 s, then 10 s, and at its third
     /// unexpected end rolled back, with a failure that says so, the source untouched and no
@@ -194,18 +203,22 @@ struct WorkerAsOwnerTests {
             let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
             let move = try QueuedBigMove(fs, environment: environment)
             let (a, b, before, id) = (move.a, move.b, move.before, move.id)
-            let worker = try startFerry(["worker", "--as-owner", "--lease", "2", "--concurrency", "1"], environment: environment)
+            let log = Pipe()
+            let worker = try startFerry(["worker", "--as-owner", "--lease", "2", "--concurrency", "1"], environment: environment, output: log)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
             func show() throws -> [String: Any] { try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput) }
             var killed: Set<String> = []
             for _ in 1...3 {
                 var pid = ""
                 let deadline = Date().addingTimeInterval(40)
+                // Read from /proc, not with pgrep: the process must die as it starts, long before
+                // its copy could be staged whole and published (a published task is resumed).
                 while Date() < deadline {
-                    let found = try Shell.execute(["pgrep", "-f", "-n", "agent run-task .*\(id)"]).standardOutput
-                        .trimmingCharacters(in: .whitespacesAndNewlines)
-                    if !found.isEmpty && !killed.contains(found) { pid = found; break }
-                    Thread.sleep(forTimeInterval: 0.02)
+                    if let found = Self.processes(matching: ["agent", "run-task"], and: id).first(where: { !killed.contains($0) }) {
+                        pid = found
+                        break
+                    }
+                    Thread.sleep(forTimeInterval: 0.002)
                 }
                 let state = pid.isEmpty ? ((try? show()).map { "\($0)" } ?? "?") : ""
                 try #require(!pid.isEmpty, "no new process for the task: \(state)")
@@ -218,7 +231,12 @@ struct WorkerAsOwnerTests {
                 Thread.sleep(forTimeInterval: 0.2)
                 record = try show()
             } while Date() < deadline && record["status"] as? String != "rolled_back"
-            #expect(record["status"] as? String == "rolled_back", "\(record)")
+            if record["status"] as? String != "rolled_back" {
+                worker.terminate()
+                worker.waitUntilExit()
+                Issue.record("not rolled back: \(record)\n\(String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
+                return
+            }
             let error = record["error"] as? [String: Any]
             #expect(error?["code"] as? String == "runner.crashed", "\(record)")
             #expect((error?["message"] as? String)?.contains("ended unexpectedly 3 times") == true, "\(record)")

@@ -12,11 +12,13 @@ struct Harness {
     let store: SQLiteTaskStore
     let engine: MoveEngine
 
-    init(lease: Duration = .seconds(30), roots: [String]? = nil, progress: (@Sendable (TaskRecord, CopyProgress) -> Void)? = nil) throws {
+    init(lease: Duration = .seconds(30), roots: [String]? = nil, maxAttempts: Int = 5,
+         progress: (@Sendable (TaskRecord, CopyProgress) -> Void)? = nil) throws {
         directory = try TemporaryDirectory.make(prefix: "ferry-move")
         store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
         engine = MoveEngine(store: store, settings: .init(worker: "test-worker", lease: lease, roots: roots.map { $0.map { Array($0.utf8) } },
-                                                          jobs: 2, progressInterval: .milliseconds(5)), progress: progress)
+                                                          jobs: 2, maxAttempts: maxAttempts, progressInterval: .milliseconds(5)),
+                            progress: progress)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: directory) }
@@ -160,6 +162,67 @@ struct MoveEngineTests {
             #expect(record.failure?.message.contains("quota") == true)
             #expect(listing(quota.backing).isEmpty)
             #expect(try before.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+        }
+    }
+
+    /// A passing fault (EIO) is retried after 2 s, then 4 s, and at the `maxAttempts`th run the
+    /// task fails, rolled back. The count starts again when the task is retried — not from its
+    /// claims, which a retry (or a wait for a lock) adds without any failure — and once the
+    /// fault has passed the move completes.
+    @Test(.enabled(if: QuotaFS.available)) func passingFaultsAreRetriedWithBackoffThenGivenUp() async throws {
+        let harness = try Harness(maxAttempts: 3)
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            for i in 0..<6 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/data/f\(i)", "bs=1M", "count=1", "status=none"]) }
+            let quota = try QuotaFS(budget: 2 << 20, errno: "EIO")
+            defer { quota.tearDown() }
+            let before = try TreeSnapshot.take(a + "/data")
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")],
+                                                              destination: StoredPath(quota.mountPoint), owner: "test"))
+            // As a worker does: claims whatever is claimable (not before its retry time) and runs it.
+            func runUntil(_ done: (TaskRecord) -> Bool) async throws -> TaskRecord {
+                let deadline = ContinuousClock.now + .seconds(30)
+                while ContinuousClock.now < deadline {
+                    if let claimed = try await harness.store.claim(worker: "test-worker", limit: 1, lease: .seconds(30)).first {
+                        let record = await harness.engine.run(claimed)
+                        if done(record) { return record }
+                    } else {
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                }
+                return try #require(try await harness.store.task(task.id))
+            }
+            var record = try await runUntil { $0.status.isTerminal }
+            #expect(record.status == .failed, "\(record)")
+            #expect(record.failure?.code == "io", "\(String(describing: record.failure))")
+            var events = try await harness.store.events(task.id)
+            let retries = events.filter { $0.message.hasPrefix("retrying in") }.map(\.message)
+            #expect(retries.count == 2 && retries[0].hasPrefix("retrying in 2 s: ") && retries[1].hasPrefix("retrying in 4 s: "), "\(retries)")
+            #expect(retries.allSatisfy { $0.contains("EIO") }, "\(retries)")
+            // Each retry waited its delay before the next claim.
+            for (index, event) in events.enumerated() where event.message.hasPrefix("retrying in") {
+                let next = try #require(events[(index + 1)...].first { $0.message.hasPrefix("claimed by") })
+                let delay: Double = event.message.hasPrefix("retrying in 2 s") ? 2 : 4
+                #expect(next.at.timeIntervalSince(event.at) >= delay - 0.05, "\(event) → \(next)")
+            }
+            #expect(listing(quota.backing).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+
+            // Retried: the fault is still there, and it is retried again rather than failed at once.
+            _ = try await harness.store.retry(task.id)
+            record = try await runUntil { _ in true }
+            #expect(record.status == .pending || record.status == .copying, "\(record)")
+            events = try await harness.store.events(task.id)
+            #expect(events.last?.message.hasPrefix("retrying in 2 s: ") == true, "\(events.map(\.message))")
+            // The fault passes: the next run completes the move.
+            quota.liftBudget()
+            record = try await runUntil { $0.status.isTerminal }
+            let history = try await harness.store.events(task.id).map(\.message)
+            #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
+            #expect(try before.differences(to: TreeSnapshot.take(quota.mountPoint + "/data")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
         }
     }
 

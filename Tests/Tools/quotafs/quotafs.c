@@ -29,6 +29,8 @@
  *     budget back: the budget counts bytes written, not bytes in use.
  *   - statfs() reports the backing filesystem; with --statfs-budget the free
  *     and available block counts are capped at the remaining budget.
+ *   - SIGUSR1 lifts the budget for good: the fault has passed (a transient
+ *     EIO that clears, a quota raised by an administrator).
  */
 #define FUSE_USE_VERSION 31
 #define _GNU_SOURCE
@@ -41,6 +43,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +70,13 @@ static int statfs_budget;
 
 static pthread_mutex_t budget_mutex = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t budget_left;
+static volatile sig_atomic_t budget_lifted; /* set by SIGUSR1 */
+
+static void lift_budget(int sig)
+{
+	(void)sig;
+	budget_lifted = 1;
+}
 
 /* Reserve up to `want` bytes; returns how many were granted (maybe 0). */
 static size_t budget_take(size_t want)
@@ -74,6 +84,8 @@ static size_t budget_take(size_t want)
 	size_t got;
 
 	pthread_mutex_lock(&budget_mutex);
+	if (budget_lifted)
+		budget_left = UINT64_MAX / 2;
 	got = (uint64_t)want < budget_left ? want : (size_t)budget_left;
 	budget_left -= got;
 	pthread_mutex_unlock(&budget_mutex);
@@ -92,6 +104,8 @@ static uint64_t budget_remaining(void)
 	uint64_t left;
 
 	pthread_mutex_lock(&budget_mutex);
+	if (budget_lifted)
+		budget_left = UINT64_MAX / 2;
 	left = budget_left;
 	pthread_mutex_unlock(&budget_mutex);
 	return left;
@@ -829,6 +843,17 @@ int main(int argc, char *argv[])
 	/* Modes arrive already masked by the kernel (or with ctx->umask). */
 	umask(0);
 
+	struct sigaction lift;
+	memset(&lift, 0, sizeof lift);
+	lift.sa_handler = lift_budget;
+	lift.sa_flags = SA_RESTART;
+	sigemptyset(&lift.sa_mask);
+	sigaction(SIGUSR1, &lift, NULL);
+	/* A parent may have started us with signals blocked (the mask is inherited). */
+	sigset_t usr1;
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	sigprocmask(SIG_UNBLOCK, &usr1, NULL);
 	ret = fuse_main(fargc, fargv, &q_ops, NULL);
 	free(fargv);
 	return ret;
