@@ -152,6 +152,7 @@ public final class TaskRunner: Service, Sendable {
         async let complaints: Void = Self.logStandardError(of: child, log: log)
         let patience = max(lease * 2, .seconds(10))
         let watchdog = Task { [store, lease] in
+            var endedAt: ContinuousClock.Instant?
             while !Task.isCancelled {
                 try? await Task.sleep(for: lease / 2)
                 if Task.isCancelled { return }
@@ -162,8 +163,19 @@ public final class TaskRunner: Service, Sendable {
                         let why = current.leaseOwner == nil ? "task handed back" : "task taken over by another run"
                         log.warning("\(why); stopping its process", metadata: ["pid": "\(child.pid)"])
                         child.signal(SIGKILL)
+                        return
                     }
-                    return
+                    // Ended, by this process or by a run that took it over: nothing is left for the
+                    // process to do but exit. One that has not within two leases (at least 10 s) is
+                    // stopped or hung, and would hold this runner, and a shutdown, forever.
+                    let now = ContinuousClock.now
+                    if let endedAt, now - endedAt > patience {
+                        log.warning("task ended but its process did not exit; stopping it", metadata: ["pid": "\(child.pid)"])
+                        child.signal(SIGKILL)
+                        return
+                    }
+                    endedAt = endedAt ?? now
+                    continue
                 }
                 // A lease that ran out while the process kept calling (its heartbeat queued behind a
                 // slow commit of the store) is renewed by that heartbeat; only silence kills, and
@@ -210,6 +222,8 @@ extension TaskRunner {
     /// cancelled, so the next run rolls it back (staging removed, source untouched) with a failure
     /// that says why. Past the point of no return (committing) it is always resumed: it must finish.
     func handBackAfterUnexpectedEnd(_ record: TaskRecord, worker: String, termination: String, log: Logger) async {
+        // A measurement cut short: its counts are not what the next run will find.
+        if record.status == .validating { try? await store.updateProgress(id: record.id, worker: worker, TaskProgress()) }
         let ends = TaskEvent.count((try? await store.events(record.id)) ?? [], beginningWith: Self.crashEvent) + 1
         if ends >= Self.crashLimit && record.status != .committing {
             let failure = TaskFailure(code: TaskFailure.crashedCode, message:

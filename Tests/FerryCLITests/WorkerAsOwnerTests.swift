@@ -149,9 +149,11 @@ struct WorkerAsOwnerTests {
 
     /// A task's process that stops heartbeating (here stopped with SIGSTOP, as its owner could)
     /// must not hold a runner forever, and its task resumes. With a free runner, that runner
-    /// claims the task once the lease expires and the stopped process is killed as taken over;
-    /// with none (`--concurrency 1`), the process is killed after two leases of silence (here the
-    /// 10 s minimum), and the task is claimed again.
+    /// claims the task once the lease expires and the stopped process is killed as taken over
+    /// (or, when the other run has finished the task before the runner looked, as a process
+    /// that did not exit once its task ended: the worker would otherwise wait for it forever,
+    /// and never stop); with none (`--concurrency 1`), the process is killed after two leases of
+    /// silence (here the 10 s minimum), and the task is claimed again.
     @Test(arguments: [1, 2])
     func aStoppedTaskProcessIsKilledAndItsTaskResumed(concurrency: Int) throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
@@ -174,10 +176,25 @@ struct WorkerAsOwnerTests {
             } while Date() < deadline && record["status"] as? String != "completed"
             #expect(record["status"] as? String == "completed", "\(record)")
             #expect((record["attempts"] as? Int ?? 0) >= 2, "\(record)")
-            #expect(!FileManager.default.fileExists(atPath: "/proc/\(pid)/status") || (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.contains("zombie") == true)
+            func gone() -> Bool {
+                !FileManager.default.fileExists(atPath: "/proc/\(pid)/status")
+                    || (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.contains("zombie") == true
+            }
+            let killedBy = Date().addingTimeInterval(30)
+            while !gone() && Date() < killedBy { Thread.sleep(forTimeInterval: 0.2) }
+            #expect(gone(), "the stopped process of the finished task is still there")
             #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            // A worker that cannot stop would hang the tests: it gets 30 s, then SIGKILL.
             worker.terminate()
-            worker.waitUntilExit()
+            let stopsBy = Date().addingTimeInterval(30)
+            while worker.isRunning && Date() < stopsBy { Thread.sleep(forTimeInterval: 0.1) }
+            if worker.isRunning {
+                kill(worker.processIdentifier, SIGKILL)
+                _ = try? Shell.execute(["kill", "-KILL", pid])
+                worker.waitUntilExit()
+                Issue.record("the worker did not stop within 30 s of SIGTERM")
+                return
+            }
             #expect(worker.terminationStatus == 0)
             let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             let why = concurrency == 1 ? "task process missed its heartbeats; stopping it" : "task taken over by another run; stopping its process"
