@@ -12,6 +12,8 @@ extension MoveEngine {
     func handle(_ error: any Error, _ context: RunContext) async {
         let task = (try? await store.task(context.task.id)) ?? context.task
         if shutdown.isCancelled {
+            // A measurement cut short: its counts are not what the next worker will find.
+            if task.status == .validating { try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress()) }
             try? await store.release(id: task.id, worker: settings.worker, retryAfter: nil, failure: nil,
                                      message: "worker stopping: released at the \(task.status.rawValue) checkpoint")
             return

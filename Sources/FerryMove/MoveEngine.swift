@@ -51,6 +51,7 @@ public final class MoveEngine: Sendable {
         self.settings = settings
         var planner = planner
         planner.jobs = settings.jobs
+        planner.progressInterval = settings.progressInterval
         self.planner = planner
         self.progressHandler = progress
     }

@@ -93,6 +93,8 @@ public struct Recall: Sendable {
 public struct Planner: Sendable {
     public var storage: @Sendable (FileDescriptor, ByteString) throws -> any StorageBackend
     public var jobs: Int?
+    /// How often the measurement reports what it has found (an engine sets its own).
+    public var progressInterval: Duration = .milliseconds(200)
     public var recall = Recall()
     /// The configured strategy for a destination path, used when a request does not name one.
     public var configuredStrategy: @Sendable (ByteString) -> String? = { _ in nil }
@@ -158,7 +160,7 @@ public struct Planner: Sendable {
             return refused(kind, transfer, code: "strategy.invalid", "relink renames files, so the source and the destination must be on one filesystem")
         }
         var measurement = TreeMeasurement()
-        let copyOptions = CopyOptions(jobs: options.jobs ?? jobs, cancellation: cancellation)
+        let copyOptions = CopyOptions(jobs: options.jobs ?? jobs, progressInterval: progressInterval, cancellation: cancellation)
         if strategy != .rename {
             do { measurement = try CopyEngine(options: copyOptions, progress: progress).measure(transfer.sources) } catch {
                 if let code = error.systemCode, code == .notFound {

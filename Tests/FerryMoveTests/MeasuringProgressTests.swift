@@ -3,6 +3,8 @@ import FerryCopy
 import FerryJobs
 import FerryMove
 import FerrySystem
+import FerryTestSupport
+import Synchronization
 import Testing
 
 /// The validate phase measures the whole source before anything is written: on a big tree that is
@@ -50,6 +52,34 @@ struct MeasuringProgressTests {
         let waiting = try await harness.run([source], to: harness.directory + "/dst", kind: .copy, options: options)
         #expect(waiting.status == .validating && waiting.leaseOwner == nil, "\(waiting.status)")
         #expect(waiting.progress == TaskProgress(), "\(waiting.progress)")
+    }
+
+    /// A worker that stops while measuring hands the task back without the counts it had found:
+    /// the next worker measures again, and until then the task is shown waiting, not half measured.
+    @Test func aWorkerStoppingWhileMeasuringHandsBackNoCounts() async throws {
+        let engine = Mutex<MoveEngine?>(nil)
+        let stoppedAt = Mutex<UInt64>(0)
+        let harness = try Harness { _, progress in
+            guard progress.phase == .measuring, progress.entriesDone > 0 else { return }
+            stoppedAt.withLock { if $0 == 0 { $0 = progress.entriesDone } }
+            engine.withLock { $0 }?.stop()
+        }
+        engine.withLock { $0 = harness.engine }
+        defer { harness.cleanup() }
+        let source = harness.directory + "/src/data"
+        try makeTree(source, files: 0)
+        for i in 0..<8000 { try TreeBuilder.write("\(source)/sub/f\(i)", bytes: 0) }
+        try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
+        let task = try await harness.store.create(NewTask(kind: .copy, sources: [StoredPath(source)],
+                                                          destination: StoredPath(harness.directory + "/dst"), owner: "test"))
+        let claimed = try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30)))
+        let record = await harness.engine.run(claimed)
+        // Stopped part way through the measurement, which had written counts by then.
+        #expect((1..<8000).contains(stoppedAt.withLock { $0 }), "\(stoppedAt.withLock { $0 })")
+        #expect(record.status == .validating && record.leaseOwner == nil, "\(record.status)")
+        #expect(record.plan == nil)
+        #expect(record.progress == TaskProgress(), "\(record.progress)")
+        #expect(listing(harness.directory + "/dst").isEmpty)
     }
 
     @Test func aCancelStopsTheMeasurement() async throws {
