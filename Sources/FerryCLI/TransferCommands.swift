@@ -84,7 +84,7 @@ struct TransferOptions: ParsableArguments {
                 printJSON(preflightJSON(preflight))
             } else {
                 print(preflight.summary)
-                if preflight.refusal == nil && preflight.strategy != .rename { print(Self.threadsLine(preflight, Processors.current())) }
+                if preflight.refusal == nil && preflight.strategy != .rename { print(Self.threadsLine(preflight, Processors.budget)) }
                 for warning in preflight.warnings { print("warning: \(warning)") }
             }
             throw ExitCode(preflight.refusal == nil ? FerryCommand.Status.success.rawValue : FerryCommand.Status.refused.rawValue)
@@ -157,7 +157,7 @@ struct TransferOptions: ParsableArguments {
         }
     }
 
-    func preflightJSON(_ preflight: Preflight, budget: ProcessorBudget = Processors.current()) -> [String: Any?] {
+    func preflightJSON(_ preflight: Preflight, budget: ProcessorBudget = Processors.budget) -> [String: Any?] {
         [
             "strategy": preflight.strategy.rawValue, "summary": preflight.summary,
             "bytes": preflight.measurement.bytes, "allocatedBytes": preflight.measurement.allocatedBytes,

@@ -43,8 +43,10 @@ public struct ProcessorBudget: Sendable, Equatable {
 }
 
 public enum Processors {
-    /// CPUs this process can keep busy, read once (see `ProcessorBudget`).
-    public static let usable: Int = current().usable
+    /// This process's budget, read once: what the thread counts follow and `--dry-run` shows.
+    public static let budget: ProcessorBudget = current()
+    /// CPUs this process can keep busy (see `ProcessorBudget`).
+    public static var usable: Int { budget.usable }
 
     /// The budget now, for the calling thread's affinity.
     public static func current() -> ProcessorBudget {
@@ -105,15 +107,8 @@ public enum Processors {
     static func levels(of path: String, in mount: MountInfoEntry) -> [String] {
         let root = mount.root == "/" ? "" : mount.root
         guard root.isEmpty || path == root || path.hasPrefix(root + "/") else { return [] }
-        var relative = String(path.dropFirst(root.count))
-        var found: [String] = []
-        while true {
-            found.append(mount.mountPoint + (relative == "/" ? "" : relative))
-            guard let slash = relative.lastIndex(of: "/"), relative != "/" && !relative.isEmpty else { break }
-            relative = String(relative[..<slash])
-            if relative.isEmpty { relative = "/" }
-        }
-        return found
+        let parts = path.dropFirst(root.count).split(separator: "/").map(String.init)
+        return (0...parts.count).reversed().map { depth in ([mount.mountPoint] + parts.prefix(depth)).joined(separator: "/") }
     }
 }
 
