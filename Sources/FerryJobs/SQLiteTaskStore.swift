@@ -133,34 +133,37 @@ public final class SQLiteTaskStore: TaskStore {
             let now = Date().timeIntervalSince1970
             // Tasks nobody holds first (the unleased index), then those whose lease expired (the
             // lease index): neither query reads the tasks that are leased and alive.
-            var ids = try String.fetchAll(db, sql: """
+            let free = try String.fetchAll(db, sql: """
                 SELECT id FROM tasks INDEXED BY tasks_unleased
                 WHERE lease_owner IS NULL AND status IN ('pending','validating','locked','copying','verifying','committing')
                   AND (not_before IS NULL OR not_before <= ?)
                 ORDER BY created_at, id LIMIT ?
                 """, arguments: [now, limit])
-            if ids.count < limit {
-                ids += try String.fetchAll(db, sql: """
-                    SELECT id FROM tasks INDEXED BY tasks_leased
+            var taken = try free.map { id in try Self.take(db, id, worker: worker, lease: lease, now: now, from: nil) }
+            if taken.count < limit {
+                // Each with the worker whose lease it was: the claim takes the task over from it.
+                let expired = try Row.fetchAll(db, sql: """
+                    SELECT id, lease_owner FROM tasks INDEXED BY tasks_leased
                     WHERE lease_owner IS NOT NULL AND lease_expires_at < ?
                       AND status IN ('pending','validating','locked','copying','verifying','committing')
                       AND (not_before IS NULL OR not_before <= ?)
                     ORDER BY lease_expires_at LIMIT ?
-                    """, arguments: [now, now, limit - ids.count])
+                    """, arguments: [now, now, limit - taken.count])
+                taken += try expired.map { row in try Self.take(db, row["id"], worker: worker, lease: lease, now: now, from: row["lease_owner"]) }
             }
-            return try ids.map { id in try Self.take(db, id, worker: worker, lease: lease, now: now) }
+            return taken
         }
     }
 
     public func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? {
         try await pool.write { db in
             let now = Date().timeIntervalSince1970
-            let claimable = try Bool.fetchOne(db, sql: """
-                SELECT 1 FROM tasks WHERE id = ?
+            guard let claimable = try Row.fetchOne(db, sql: """
+                SELECT lease_owner FROM tasks WHERE id = ?
                   AND status IN ('pending','validating','locked','copying','verifying','committing')
                   AND (lease_expires_at IS NULL OR lease_expires_at < ? OR lease_owner = ?)
-                """, arguments: [id, now, worker]) ?? false
-            return claimable ? try Self.take(db, id, worker: worker, lease: lease, now: now) : nil
+                """, arguments: [id, now, worker]) else { return nil }
+            return try Self.take(db, id, worker: worker, lease: lease, now: now, from: claimable["lease_owner"])
         }
     }
 
@@ -318,12 +321,14 @@ public final class SQLiteTaskStore: TaskStore {
 
     // MARK: helpers
 
-    private static func take(_ db: Database, _ id: String, worker: String, lease: Duration, now: Double) throws -> TaskRecord {
+    /// `from`: the worker whose expired lease the claim takes over (its own is no takeover).
+    private static func take(_ db: Database, _ id: String, worker: String, lease: Duration, now: Double, from previous: String?) throws -> TaskRecord {
         try db.execute(sql: """
             UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?
             """, arguments: [worker, now + lease.seconds, now, id])
-        let task = try fetch(db, id)
-        try event(db, id, task.status, "claimed by \(worker) (attempt \(task.attempts))")
+        var task = try fetch(db, id)
+        task.takenOverFrom = previous == worker ? nil : previous
+        try event(db, id, task.status, TaskEvent.claimed(by: worker, attempt: task.attempts, takenOverFrom: task.takenOverFrom))
         return task
     }
 

@@ -161,6 +161,10 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     public var createdAt: Date
     public var updatedAt: Date
     public var finishedAt: Date?
+    /// Set on a record a claim returns when the claim took the task from another worker whose
+    /// lease had expired (a worker that died, or stalled for a whole lease, without handing the
+    /// task back): that worker's name. Never stored; nil on every other record.
+    public var takenOverFrom: String?
 
     /// For the stores, which build records from their rows.
     package init(id: String, kind: TaskKind, sources: [StoredPath], destination: StoredPath, options: TaskOptions, owner: String,
@@ -214,9 +218,25 @@ public struct TaskEvent: Codable, Sendable, Equatable {
     /// toward a limit of tries (transient failures, unexpected ends of a task's process) starts
     /// again when a user retries the task.
     public static func count(_ events: [TaskEvent], beginningWith prefix: String) -> Int {
-        let since = events.lastIndex { $0.message == retried }.map { events[($0 + 1)...] } ?? events[...]
-        return since.filter { $0.message.hasPrefix(prefix) }.count
+        sinceRetried(events).filter { $0.message.hasPrefix(prefix) }.count
     }
+
+    /// The events after the last `retried`, or all of them.
+    public static func sinceRetried(_ events: [TaskEvent]) -> ArraySlice<TaskEvent> {
+        events.lastIndex { $0.message == retried }.map { events[($0 + 1)...] } ?? events[...]
+    }
+
+    /// The event every claim records: `claimed by W (attempt N)`, and when the claim took the task
+    /// from a worker whose lease had expired, ` after the lease of X expired`. (The PostgreSQL
+    /// store writes the same words in its claim statements.)
+    public static func claimed(by worker: String, attempt: Int, takenOverFrom previous: String?) -> String {
+        "claimed by \(worker) (attempt \(attempt))" + (previous.map { takeoverMarker + $0 + " expired" } ?? "")
+    }
+
+    static let takeoverMarker = " after the lease of "
+
+    /// A claim that took the task over from a worker whose lease had expired.
+    public var isTakeover: Bool { message.hasPrefix("claimed by ") && message.contains(Self.takeoverMarker) }
 }
 
 /// A path lock: a task holds `path` (absolute, as bytes) on the filesystem `filesystem` (device id).

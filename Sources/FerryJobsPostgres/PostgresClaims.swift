@@ -147,15 +147,15 @@ enum ClaimSQL {
         s AS MATERIALIZED (
             SELECT s.worker, s.lease, s.slot FROM unnest($1::text[], $2::float8[]) WITH ORDINALITY AS s(worker, lease, slot)),
         c AS MATERIALIZED (
-            SELECT id, row_number() OVER (ORDER BY created_at, id) AS slot
+            SELECT id, previous, row_number() OVER (ORDER BY created_at, id) AS slot
             FROM (SELECT * FROM free UNION ALL SELECT * FROM expired) both_kinds
             ORDER BY created_at, id LIMIT \(limit)),
         u AS (
             UPDATE tasks t SET lease_owner = s.worker, lease_expires_at = n.now + s.lease, attempts = t.attempts + 1, updated_at = n.now
             FROM c JOIN s ON s.slot = c.slot, n WHERE t.id = c.id
-            RETURNING t.*, c.slot),
+            RETURNING t.*, c.slot, nullif(c.previous, s.worker) AS previous),
         \(recorded(ordered: " ORDER BY u.slot"))
-        SELECT \(PostgresSchema.columns("u")), u.slot FROM u ORDER BY u.slot
+        SELECT \(PostgresSchema.columns("u")), u.slot, u.previous FROM u ORDER BY u.slot
         """
     }
 
@@ -168,23 +168,24 @@ enum ClaimSQL {
         u AS (
             UPDATE tasks t SET lease_owner = $1, lease_expires_at = n.now + $2, attempts = t.attempts + 1, updated_at = n.now
             FROM c, n WHERE t.id = c.id
-            RETURNING t.*),
+            RETURNING t.*, nullif(c.previous, $1) AS previous),
         \(recorded())
-        SELECT \(PostgresSchema.columns("u")), 1::bigint AS slot FROM u
+        SELECT \(PostgresSchema.columns("u")), 1::bigint AS slot, u.previous FROM u
         """
 
-    /// The server's time (`n`), and up to `limit` free (`free`) and expired (`expired`) tasks, locked.
+    /// The server's time (`n`), and up to `limit` free (`free`) and expired (`expired`) tasks,
+    /// locked, each with the worker whose lease it was (`previous`, null for a free one).
     private static func candidates(limit: Int) -> String {
         """
         WITH n AS MATERIALIZED (SELECT \(PostgresSchema.clock) AS now),
         free AS MATERIALIZED (
-            SELECT t.id, t.created_at FROM task_queue q JOIN tasks t ON t.id = q.task_id
+            SELECT t.id, t.created_at, NULL::text AS previous FROM task_queue q JOIN tasks t ON t.id = q.task_id
             WHERE q.not_before IS NULL OR q.not_before <= (SELECT now FROM n)
             ORDER BY q.created_at, q.task_id
             LIMIT \(limit)
             FOR UPDATE OF q, t SKIP LOCKED),
         expired AS MATERIALIZED (
-            SELECT tasks.id, tasks.created_at FROM tasks
+            SELECT tasks.id, tasks.created_at, tasks.lease_owner AS previous FROM tasks
             WHERE tasks.lease_owner IS NOT NULL AND tasks.lease_expires_at < (SELECT now FROM n)
               AND tasks.status IN ('pending','validating','locked','copying','verifying','committing')
               AND (tasks.not_before IS NULL OR tasks.not_before <= (SELECT now FROM n))
@@ -194,12 +195,15 @@ enum ClaimSQL {
         """
     }
 
-    /// Each claimed task's history entry, in slot order when there are slots.
+    /// Each claimed task's history entry, in slot order when there are slots: the words of
+    /// `TaskEvent.claimed(by:attempt:takenOverFrom:)`.
     private static func recorded(ordered order: String = "") -> String {
         """
         e AS (
             INSERT INTO task_events (task_id, at, status, message)
-            SELECT u.id, u.updated_at, u.status, 'claimed by ' || u.lease_owner || ' (attempt ' || u.attempts || ')' FROM u\(order))
+            SELECT u.id, u.updated_at, u.status,
+                   'claimed by ' || u.lease_owner || ' (attempt ' || u.attempts || ')' || coalesce(' after the lease of ' || u.previous || ' expired', '')
+            FROM u\(order))
         """
     }
 }

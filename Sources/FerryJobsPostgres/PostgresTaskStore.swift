@@ -164,9 +164,12 @@ public final class PostgresTaskStore: TaskStore {
         var ends: [Int] = []  // the last slot of each request
         for request in requests { ends.append((ends.last ?? 0) + request.limit) }
         for row in rows {
-            let slot = try row.makeRandomAccess()["slot"].decode(Int.self)
+            let columns = row.makeRandomAccess()
+            let slot = try columns["slot"].decode(Int.self)
             guard slot <= workers.count, let index = ends.firstIndex(where: { slot <= $0 }) else { continue }
-            claimed[index].append(try PostgresSchema.record(row))
+            var record = try PostgresSchema.record(row)
+            record.takenOverFrom = try columns["previous"].decode(String?.self)
+            claimed[index].append(record)
         }
         return claimed
     }
@@ -175,7 +178,7 @@ public final class PostgresTaskStore: TaskStore {
         try await rows("""
             WITH n AS MATERIALIZED (SELECT \(unescaped: Self.clock) AS now, \(worker)::text AS worker, \(lease.seconds)::float8 AS lease),
             c AS MATERIALIZED (
-                SELECT tasks.id FROM tasks, n
+                SELECT tasks.id, nullif(tasks.lease_owner, n.worker) AS previous FROM tasks, n
                 WHERE tasks.id = \(id)
                   AND tasks.status = ANY(\(Self.runningStatuses))
                   AND (tasks.lease_expires_at IS NULL OR tasks.lease_expires_at < n.now OR tasks.lease_owner = n.worker)
@@ -183,12 +186,18 @@ public final class PostgresTaskStore: TaskStore {
             u AS (
                 UPDATE tasks t SET lease_owner = n.worker, lease_expires_at = n.now + n.lease, attempts = t.attempts + 1, updated_at = n.now
                 FROM c, n WHERE t.id = c.id
-                RETURNING t.*),
+                RETURNING t.*, c.previous),
             e AS (
                 INSERT INTO task_events (task_id, at, status, message)
-                SELECT u.id, n.now, u.status, 'claimed by ' || n.worker || ' (attempt ' || u.attempts || ')' FROM u, n)
-            SELECT \(unescaped: PostgresSchema.columns("u")) FROM u
-            """).first.map(PostgresSchema.record)
+                SELECT u.id, n.now, u.status,
+                       'claimed by ' || n.worker || ' (attempt ' || u.attempts || ')' || coalesce(' after the lease of ' || u.previous || ' expired', '')
+                FROM u, n)
+            SELECT \(unescaped: PostgresSchema.columns("u")), u.previous FROM u
+            """).first.map { row in
+                var record = try PostgresSchema.record(row)
+                record.takenOverFrom = try row.makeRandomAccess()["previous"].decode(String?.self)
+                return record
+            }
     }
 
     public func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool {

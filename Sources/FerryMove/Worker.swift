@@ -40,6 +40,9 @@ public final class Worker: Sendable {
                     let claimed = (try? await engine.store.claim(worker: engine.settings.worker, limit: concurrency - running,
                                                                   lease: engine.settings.lease)) ?? []
                     for task in claimed {
+                        // A task whose runs keep ending unexpectedly is handed back to be rolled
+                        // back (by the next claim), not run again.
+                        if await UnexpectedEnds.giveUpAfterTakeover(task, worker: engine.settings.worker, store: engine.store) { continue }
                         running += 1
                         group.addTask { await self.engine.run(task) }
                     }

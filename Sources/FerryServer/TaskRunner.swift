@@ -67,6 +67,7 @@ public final class TaskRunner: Service, Sendable {
             for _ in 0..<concurrency {
                 let name = runName()
                 guard let task = (try? await store.claim(worker: name, limit: 1, lease: lease))?.first else { break }
+                if await UnexpectedEnds.giveUpAfterTakeover(task, worker: name, store: store) { continue }  // claimed again, to roll back
                 claimed.append(task)
             }
             if claimed.isEmpty { break }
@@ -88,11 +89,16 @@ public final class TaskRunner: Service, Sendable {
             while true {
                 if !stopping.isCancelled && running < concurrency {
                     let claimed: TaskRecord?
+                    let name = runName()
                     do {
-                        claimed = try await store.claim(worker: runName(), limit: 1, lease: lease).first
+                        claimed = try await store.claim(worker: name, limit: 1, lease: lease).first
                     } catch {
                         logger.error("claiming tasks failed", metadata: ["error": "\(error)"])
                         claimed = nil
+                    }
+                    if let task = claimed, await UnexpectedEnds.giveUpAfterTakeover(task, worker: name, store: store) {
+                        logger.error("task's runs keep ending unexpectedly; rolling it back", metadata: ["task": "\(task.id)"])
+                        continue  // claimed again at once, to be rolled back
                     }
                     if let task = claimed {
                         running += 1
@@ -211,34 +217,25 @@ public final class TaskRunner: Service, Sendable {
 }
 
 extension TaskRunner {
-    /// Unexpected ends of a task's process (since the task was last retried) after which it is
-    /// rolled back instead of resumed: a task that crashes its process every time (a bug met on
-    /// one file, memory it cannot have) would otherwise run, and fail, forever.
-    static let crashLimit = 3
-    static let crashEvent = "task process ended unexpectedly"
-
     /// Gives back a task whose process ended without handing it back. It is resumed after 5 s,
-    /// then 10 s, 20 s… (at most 5 minutes); at the `crashLimit`th end since its last retry it is
-    /// cancelled, so the next run rolls it back (staging removed, source untouched) with a failure
-    /// that says why. Past the point of no return (committing) it is always resumed: it must finish.
+    /// then 10 s, 20 s… (at most 5 minutes); at the `UnexpectedEnds.limit`th unexpected end since
+    /// its last retry (these, and its workers' deaths) it is cancelled, so the next run rolls it
+    /// back (staging removed, source untouched) with a failure that says why. Past the point of no
+    /// return (committing) it is always resumed: it must finish.
     func handBackAfterUnexpectedEnd(_ record: TaskRecord, worker: String, termination: String, log: Logger) async {
         // A measurement cut short: its counts are not what the next run will find.
         if record.status == .validating { try? await store.updateProgress(id: record.id, worker: worker, TaskProgress()) }
-        let ends = TaskEvent.count((try? await store.events(record.id)) ?? [], beginningWith: Self.crashEvent) + 1
-        if ends >= Self.crashLimit && record.status != .committing {
-            let failure = TaskFailure(code: TaskFailure.crashedCode, message:
-                "the task's process ended unexpectedly \(ends) times (the last: \(termination)); it was rolled back (staged data removed, "
-                + "source untouched) rather than run again; `ferry task retry \(record.id)` runs it once more")
-            log.error("task process keeps ending unexpectedly; rolling the task back", metadata: ["ends": "\(ends)", "exit": "\(termination)"])
-            _ = try? await store.requestCancel(record.id)
-            try? await store.release(id: record.id, worker: worker, retryAfter: nil, failure: failure,
-                                     message: "\(Self.crashEvent) (\(termination)), \(ends) times: rolling it back")
+        let ends = UnexpectedEnds.count((try? await store.events(record.id)) ?? []) + 1
+        if ends >= UnexpectedEnds.limit && record.status != .committing {
+            log.error("task's runs keep ending unexpectedly; rolling the task back", metadata: ["ends": "\(ends)", "exit": "\(termination)"])
+            await UnexpectedEnds.giveUp(record.id, worker: worker, store: store, ends: ends, last: "its process, \(termination)",
+                                        message: "\(UnexpectedEnds.processEnded) (\(termination)), \(ends) times: rolling it back")
             return
         }
         let delay = Duration.seconds(min(300, 5 << min(ends - 1, 6)))
         try? await store.release(id: record.id, worker: worker, retryAfter: delay,
                                  failure: TaskFailure(code: "runner.exited", message: "the task's process ended unexpectedly (\(termination))"),
-                                 message: "\(Self.crashEvent) (\(termination)); resuming it in \(delay.components.seconds) s")
+                                 message: "\(UnexpectedEnds.processEnded) (\(termination)); resuming it in \(delay.components.seconds) s")
     }
 
     /// Bytes of one task process's standard error that reach the server's log, and of one line.

@@ -275,4 +275,78 @@ struct WorkerAsOwnerTests {
             #expect(!FileManager.default.fileExists(atPath: a + "/big"))
         }
     }
+
+    /// A task that takes its worker down with it every time (each worker here killed with SIGKILL
+    /// while running it; its process then stops on the parent-death signal, unable to hand the
+    /// task back) is taken over by the next worker once the lease expires, twice; the third time,
+    /// it is rolled back instead (staging removed, source untouched) with `runner.crashed`, and
+    /// `ferry task retry` runs it once more, to the end.
+    @Test func aTaskWhoseWorkersKeepDyingIsRolledBack() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
+            let move = try QueuedBigMove(fs, environment: environment)
+            let (a, b, before, id) = (move.a, move.b, move.before, move.id)
+            func show() throws -> [String: Any] { try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput) }
+            func gone(_ pid: String) -> Bool {
+                !FileManager.default.fileExists(atPath: "/proc/\(pid)/status")
+                    || (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.contains("zombie") == true
+            }
+            var killed: Set<String> = []
+            for round in 1...3 {
+                let worker = try startFerry(["worker", "--lease", "2", "--concurrency", "1"], environment: environment)
+                var pid = ""
+                let deadline = Date().addingTimeInterval(40)
+                while Date() < deadline && worker.isRunning {
+                    if let found = Self.processes(matching: ["agent", "run-task"], and: id).first(where: { !killed.contains($0) }) {
+                        pid = found
+                        break
+                    }
+                    Thread.sleep(forTimeInterval: 0.002)
+                }
+                // The first dies with part of the copy staged; the others as soon as they start the task.
+                if round == 1 { waitUntilStaging(in: b, holds: "big", seconds: 20) }
+                kill(worker.processIdentifier, SIGKILL)
+                worker.waitUntilExit()
+                let state = pid.isEmpty ? ((try? show()).map { "\($0)" } ?? "?") : ""
+                try #require(!pid.isEmpty, "round \(round): the worker started no process for the task: \(state)")
+                killed.insert(pid)
+                let stopsBy = Date().addingTimeInterval(30)
+                while !gone(pid) && Date() < stopsBy { Thread.sleep(forTimeInterval: 0.05) }
+                if !gone(pid) {
+                    _ = try? Shell.execute(["kill", "-KILL", pid])
+                    Issue.record("round \(round): the task's process outlived its worker by 30 s")
+                }
+            }
+            let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
+            #expect(staged.contains { $0.hasPrefix(".ferry-staging-") }, "the first run staged nothing: \(staged)")
+
+            let log = Pipe()
+            let worker = try startFerry(["worker", "--lease", "2", "--concurrency", "1"], environment: environment, output: log)
+            defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
+            var record: [String: Any] = [:]
+            let deadline = Date().addingTimeInterval(40)
+            repeat {
+                Thread.sleep(forTimeInterval: 0.2)
+                record = try show()
+            } while Date() < deadline && record["status"] as? String != "rolled_back"
+            try #require(record["status"] as? String == "rolled_back", "\(record)")
+            let error = record["error"] as? [String: Any]
+            #expect(error?["code"] as? String == "runner.crashed", "\(record)")
+            #expect((error?["message"] as? String)?.contains("ended unexpectedly 3 times") == true, "\(record)")
+            let messages = (record["events"] as? [[String: Any]] ?? []).compactMap { $0["message"] as? String }
+            #expect(messages.filter { $0.hasPrefix("claimed by") && $0.contains(" after the lease of ") }.count == 3, "\(messages)")
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+
+            #expect(try ferry("task", "retry", id, environment: environment).status == 0)
+            let done = Date().addingTimeInterval(60)
+            repeat {
+                Thread.sleep(forTimeInterval: 0.2)
+                record = try show()
+            } while Date() < done && record["status"] as? String != "completed"
+            #expect(record["status"] as? String == "completed", "\(record)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/big"))
+        }
+    }
 }

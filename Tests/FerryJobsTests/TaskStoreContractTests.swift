@@ -78,6 +78,8 @@ struct TaskStoreContractTests {
             #expect(taken.first?.id == task.id)
             #expect(taken.first?.status == .copying)  // resumes from its last committed phase
             #expect(taken.first?.attempts == 2)
+            #expect(taken.first?.takenOverFrom == "dead")
+            #expect(try await store.events(task.id).last?.message == "claimed by alive (attempt 2) after the lease of dead expired")
             #expect(try await store.heartbeat(id: task.id, worker: "dead", lease: .seconds(1)) == false)
             await #expect(throws: TaskStoreError.leaseLost(task.id)) {
                 try await store.advance(id: task.id, worker: "dead", to: .verifying, plan: nil, message: "too late")
@@ -92,6 +94,41 @@ struct TaskStoreContractTests {
     /// Expiry alone takes nothing away: a holder whose heartbeat came late (held up behind a slow
     /// disk) renews its lease and carries on, as long as no other worker claimed the task between.
     /// Once renewed, the task is not claimable.
+    /// A claim says whose expired lease it took over (what counts a task's unexpected ends), in
+    /// the record it returns and in the history; a free task, or one the claimer held itself, is no takeover.
+    @Test(arguments: storeEngines)
+    func aClaimSaysWhoseExpiredLeaseItTookOver(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            let abandoned = try await store.create(newMove(sources: ["/p/a/one"]))
+            let first = try #require(try await store.claim(worker: "dead", limit: 1, lease: .milliseconds(1500)).first)
+            #expect(first.takenOverFrom == nil)
+            let free = try await store.create(newMove(sources: ["/p/a/two"]))
+            let own = try await store.create(newMove(sources: ["/p/a/three"]))
+            #expect(try await store.claim(id: own.id, worker: "cli", lease: .milliseconds(1500))?.takenOverFrom == nil)
+            try await Task.sleep(for: .milliseconds(1800))
+            // Several at once (one PostgreSQL statement with slots): one taken over, one free.
+            let taken = try await store.claim(worker: "alive", limit: 3, lease: .seconds(30))
+            #expect(Set(taken.map(\.id)) == [abandoned.id, free.id, own.id])
+            #expect(taken.first { $0.id == abandoned.id }?.takenOverFrom == "dead")
+            #expect(taken.first { $0.id == free.id }?.takenOverFrom == nil)
+            #expect(taken.first { $0.id == own.id }?.takenOverFrom == "cli")
+            let claims = try await store.events(abandoned.id).filter { $0.message.hasPrefix("claimed by") }
+            #expect(claims.map(\.message) == ["claimed by dead (attempt 1)", "claimed by alive (attempt 2) after the lease of dead expired"])
+            #expect(claims.map(\.isTakeover) == [false, true])
+            #expect(try await store.events(free.id).last?.isTakeover == false)
+            // A worker claiming again a task whose lease it held takes over from nobody.
+            let again = try await store.create(newMove(sources: ["/p/a/four"]))
+            _ = try await store.claim(id: again.id, worker: "cli", lease: .milliseconds(300))
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await store.claim(id: again.id, worker: "cli", lease: .milliseconds(300))?.takenOverFrom == nil)
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await store.claim(id: again.id, worker: "other", lease: .seconds(30))?.takenOverFrom == "cli")
+            let messages = try await store.events(again.id).map(\.message).filter { $0.hasPrefix("claimed by") }
+            #expect(messages.last == "claimed by other (attempt 3) after the lease of cli expired")
+            #expect(messages.filter { TaskEvent(taskID: again.id, at: Date(), status: .pending, message: $0).isTakeover }.count == 1)
+        }
+    }
+
     @Test(arguments: storeEngines)
     func anExpiredLeaseNobodyClaimedIsStillItsHolders(engine: StoreUnderTest) async throws {
         try await withStore(engine) { store in

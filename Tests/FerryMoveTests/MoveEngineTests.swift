@@ -226,6 +226,55 @@ struct MoveEngineTests {
         }
     }
 
+    /// A task whose worker keeps dying with it (here: workers that claimed it and were never heard
+    /// from again, which is what a killed worker leaves in the store) is taken over twice, and at
+    /// the third takeover given up: the worker that claims it hands it back, cancelled, and the
+    /// next claim rolls it back with `runner.crashed`. A task taken over only twice runs on, and a
+    /// retry of the given-up one starts the count again.
+    @Test func aTaskWhoseWorkersKeepDyingIsRolledBackAtTheThirdTakeover() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/doomed")
+            try makeTree(a + "/lucky")
+            let doomedBefore = try TreeSnapshot.take(a + "/doomed")
+            let luckyBefore = try TreeSnapshot.take(a + "/lucky")
+            let doomed = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/doomed")], destination: StoredPath(b), owner: "test"))
+            let lucky = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/lucky")], destination: StoredPath(b), owner: "test"))
+            // Three dead workers hold the doomed task in turn (two takeovers), two the lucky one (one).
+            for round in 1...3 {
+                #expect(try await harness.store.claim(id: doomed.id, worker: "dead-\(round)", lease: .milliseconds(300)) != nil)
+                if round < 3 { #expect(try await harness.store.claim(id: lucky.id, worker: "dead-\(round)", lease: .milliseconds(300)) != nil) }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+            let records = await Worker(engine: harness.engine, concurrency: 2).run(once: true)
+            let doomedRecord = try #require(try await harness.store.task(doomed.id))
+            let history = try await harness.store.events(doomed.id).map(\.message)
+            #expect(doomedRecord.status == .rolledBack, "\(history)")
+            #expect(doomedRecord.failure?.code == TaskFailure.crashedCode, "\(String(describing: doomedRecord.failure))")
+            #expect(doomedRecord.failure?.message.contains("ended unexpectedly 3 times (the last: worker dead-3 stopped without handing it back)") == true,
+                    "\(String(describing: doomedRecord.failure))")
+            #expect(history.filter { $0.contains(" after the lease of ") }.count == 3, "\(history)")
+            #expect(history.contains("taken over from dead-3: the task's run ended unexpectedly 3 times; rolling it back"), "\(history)")
+            #expect(try doomedBefore.differences(to: TreeSnapshot.take(a + "/doomed")).isEmpty)
+            let luckyRecord = try #require(records.first { $0.id == lucky.id })
+            #expect(luckyRecord.status == .completed, "\(String(describing: luckyRecord.failure))")
+            #expect(try luckyBefore.differences(to: TreeSnapshot.take(b + "/lucky")).isEmpty)
+            #expect(listing(b) == ["lucky"])
+
+            // Retried, it counts afresh: one more dead worker is taken over from, and it completes.
+            _ = try await harness.store.retry(doomed.id)
+            #expect(try await harness.store.claim(id: doomed.id, worker: "dead-4", lease: .milliseconds(300)) != nil)
+            try await Task.sleep(for: .milliseconds(500))
+            await Worker(engine: harness.engine, concurrency: 2).run(once: true)
+            let retried = try #require(try await harness.store.task(doomed.id))
+            #expect(retried.status == .completed, "\(String(describing: retried.failure))")
+            #expect(try doomedBefore.differences(to: TreeSnapshot.take(b + "/doomed")).isEmpty)
+        }
+    }
+
     @Test func sourceModifiedDuringTheCopyIsDetectedAndNothingDeleted() async throws {
         let touched = Mutex<Bool>(false)
         let source = Mutex<String>("")

@@ -1,0 +1,43 @@
+import FerryJobs
+import Foundation
+
+/// Runs of a task that ended without handing the task back: its process died under a runner (the
+/// runner records it, `processEnded`), or the worker running it died, or stalled for a whole lease,
+/// and a later claim took the task over (the claim records it, `TaskEvent.isTakeover`). A task that
+/// ends so every time (a crash met on one of its files, memory it cannot have) would otherwise take
+/// worker after worker down, forever. At its `limit`th such end since it was last retried it is
+/// rolled back instead of resumed (staging removed, source untouched), with a failure that says
+/// why. Past the point of no return (committing) it is always resumed: it must finish.
+public enum UnexpectedEnds {
+    public static let limit = 3
+    /// The event a runner records when a task's process ends without handing the task back.
+    public static let processEnded = "task process ended unexpectedly"
+
+    /// The task's unexpected ends since it was last retried, as its history records them.
+    public static func count(_ events: [TaskEvent]) -> Int {
+        TaskEvent.sinceRetried(events).filter { $0.isTakeover || $0.message.hasPrefix(processEnded) }.count
+    }
+
+    /// For a claimer, with a task it has just claimed: when the claim took the task over from a
+    /// worker whose lease had expired, and that makes the task's `limit`th unexpected end, the
+    /// task is given up (see `giveUp`) and the answer is true: the claimer must not run it.
+    public static func giveUpAfterTakeover(_ task: TaskRecord, worker: String, store: any TaskStore) async -> Bool {
+        guard let previous = task.takenOverFrom, task.status != .committing, !task.cancelRequested,
+              let events = try? await store.events(task.id) else { return false }
+        let ends = count(events)
+        guard ends >= limit else { return false }
+        await giveUp(task.id, worker: worker, store: store, ends: ends, last: "worker \(previous) stopped without handing it back",
+                     message: "taken over from \(previous): the task's run ended unexpectedly \(ends) times; rolling it back")
+        return true
+    }
+
+    /// Cancels the task and hands it back with the failure `TaskFailure.crashedCode`, so that the
+    /// next claim rolls it back and the failure stays. `last`: how the last run ended.
+    public static func giveUp(_ id: String, worker: String, store: any TaskStore, ends: Int, last: String, message: String) async {
+        let failure = TaskFailure(code: TaskFailure.crashedCode, message:
+            "the task's run ended unexpectedly \(ends) times (the last: \(last)); it was rolled back (staged data removed, "
+            + "source untouched) rather than run again; `ferry task retry \(id)` runs it once more")
+        _ = try? await store.requestCancel(id)
+        try? await store.release(id: id, worker: worker, retryAfter: nil, failure: failure, message: message)
+    }
+}
