@@ -109,7 +109,7 @@ extension TaskRecord {
                          "bytesPerSecond": progress.bytesPerSecond] as [String: Any?],
             "error": failure.map { ["code": $0.code, "message": $0.message] as [String: Any?] },
             "createdAt": createdAt.timeIntervalSince1970, "finishedAt": finishedAt?.timeIntervalSince1970,
-            "leaseOwner": leaseOwner,
+            "leaseOwner": leaseOwner, "stalled": isStalled(),
         ]
     }
 

@@ -28,6 +28,7 @@ struct TasksCommand: AsyncParsableCommand {
             let done = task.progress.bytesTotal > 0 ? String(format: " %3.0f%%", Double(task.progress.bytesDone) * 100 / Double(task.progress.bytesTotal)) : ""
             let sources = task.sources.map(\.description).joined(separator: " ")
             print("\(task.id)  \(task.status.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0))\(done)  \(task.kind.rawValue) \(sources) → \(task.destination)  [\(task.owner)]")
+            if let stall = task.stallDescription() { print("    stalled: \(stall)") }
         }
     }
 }
@@ -59,6 +60,7 @@ struct TaskCommand: AsyncParsableCommand {
                 print("  measured so far \(Format.bytes(task.progress.bytesDone)), \(Format.count(task.progress.entriesDone)) entries")
             }
             if let failure = task.failure { print("  error [\(failure.code)] \(failure.message)") }
+            if let stall = task.stallDescription() { print("  stalled: \(stall)") }
             let formatter = ISO8601DateFormatter()
             for event in events { print("  \(formatter.string(from: event.at))  \(event.status.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0)) \(event.message)") }
         }
@@ -72,7 +74,15 @@ struct TaskCommand: AsyncParsableCommand {
             let store = try await database.open()
             do {
                 let task = try await store.requestCancel(id)
-                print(task.status == .cancelled ? "cancelled \(id)" : "\(id): cancel requested; it rolls back at its next checkpoint")
+                if task.status.isTerminal {
+                    print(task.status == .cancelled ? "cancelled \(id)" : "\(id) has already ended: \(task.status.rawValue)")
+                } else if let stall = task.stallDescription() {
+                    print("\(id): cancel requested; \(stall)")
+                } else if task.leaseOwner == nil {
+                    print("\(id): cancel requested; no worker is running it now: the next `ferry worker` (or `ferry janitor`) rolls it back")
+                } else {
+                    print("\(id): cancel requested; it rolls back at its next checkpoint")
+                }
             } catch TaskStoreError.notFound { printError("ferry task cancel: no task \(id)"); throw ExitCode(1) }
         }
     }

@@ -191,6 +191,13 @@ public struct TaskRecord: Codable, Sendable, Equatable {
         self.finishedAt = finishedAt
     }
 
+    /// Unfinished, and held by a worker whose lease ran out before `now`: that worker died, or
+    /// hangs, without handing the task back. The task stays as it is, its paths locked, until a
+    /// worker or the janitor claims it and resumes it (or rolls it back, if cancelled).
+    public func isStalled(at now: Date = Date()) -> Bool {
+        !status.isTerminal && leaseOwner != nil && (leaseExpiresAt.map { $0 < now } ?? false)
+    }
+
     /// A worker holds the task and its progress is counts without totals: the pre-flight
     /// measurement of the source, under way.
     public var isBeingMeasured: Bool {

@@ -33,4 +33,13 @@ public enum Format {
         let (h, m, s) = (total / 3600, (total % 3600) / 60, total % 60)
         return h > 0 ? String(format: "%d:%02d:%02d", h, m, s) : String(format: "%d:%02d", m, s)
     }
+
+    /// A time span in words, rounded down to its largest unit: "12 s", "4 min", "3 h", "2 days".
+    public static func span(_ seconds: Double) -> String {
+        let total = seconds.isFinite ? max(0, Int(seconds)) : 0
+        if total < 60 { return "\(total) s" }
+        if total < 3600 { return "\(total / 60) min" }
+        if total < 86_400 { return "\(total / 3600) h" }
+        return total < 172_800 ? "1 day" : "\(total / 86_400) days"
+    }
 }

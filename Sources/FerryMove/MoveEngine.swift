@@ -121,7 +121,8 @@ public final class MoveEngine: Sendable {
                                             message: "waiting: \(path) is locked by task \(other)")
                     return
                 }
-                throw Refusal(code: "locked", message: "\(path) is locked by task \(other); wait for it or cancel it")
+                let holder = try? await store.task(other)
+                throw Refusal(code: "locked", message: holder?.lockExplanation(path: path) ?? TaskStoreError.locked(by: other, path: path).description)
             }
             try await store.advance(id: task.id, worker: settings.worker, to: .locked, plan: plan,
                                     message: "\(preflight.summary)\(preflight.warnings.map { " Warning: \($0)." }.joined())")

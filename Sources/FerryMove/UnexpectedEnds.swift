@@ -41,3 +41,22 @@ public enum UnexpectedEnds {
         try? await store.release(id: id, worker: worker, retryAfter: nil, failure: failure, message: message)
     }
 }
+
+extension TaskRecord {
+    /// For people, about a stalled task (`isStalled`): what happened, and what ends it. Nil for a
+    /// task that is not stalled.
+    public func stallDescription(at now: Date = Date()) -> String? {
+        guard isStalled(at: now), let worker = leaseOwner, let expired = leaseExpiresAt else { return nil }
+        return "its worker \(worker) stopped without handing it back (its lease ran out \(Format.span(now.timeIntervalSince(expired))) ago: "
+            + "it died, or hangs); `ferry janitor` or any `ferry worker` "
+            + (cancelRequested ? "rolls it back, as cancelled" : "resumes it, or rolls it back after `ferry task cancel \(id)`")
+    }
+
+    /// Why a path this task holds is locked, and what the user can do, for a refusal: `path`
+    /// is locked by this task.
+    public func lockExplanation(path: String, at now: Date = Date()) -> String {
+        if let stall = stallDescription(at: now) { return "\(path) is locked by task \(id), stalled at \(status.rawValue): \(stall)" }
+        let state = leaseOwner.map { "\(status.rawValue), run by \($0)" } ?? "\(status.rawValue), waiting for a worker to run it: `ferry worker --once`"
+        return "\(path) is locked by task \(id) (\(state)); wait for it (--wait-for-locks) or cancel it (`ferry task cancel \(id)`)"
+    }
+}

@@ -14,6 +14,8 @@ import Testing
         #expect(Format.duration(65) == "1:05")
         #expect(Format.duration(7384) == "2:03:04")
         #expect(Format.duration(.infinity) == "--:--")
+        #expect([0, 59.9, 60, 3599, 3600, 86_399, 86_400, 172_800, -5].map(Format.span)
+                == ["0 s", "59 s", "1 min", "59 min", "1 h", "23 h", "1 day", "2 days", "0 s"])
     }
 
     @Test func progressLineShowsPhaseBytesFilesRateAndETA() {

@@ -48,7 +48,8 @@ struct MoveCLITests {
             try lockAsIfRunning(id: id, path: a, database: "\(fs.directory)/tasks.sqlite")
             let locked = try ferry("move", a + "/data", b, environment: database(fs))
             #expect(locked.status == 4, "\(locked.standardError)")
-            #expect(locked.standardError.contains("locked by task \(id)"))
+            #expect(locked.standardError.contains("locked by task \(id) (copying, run by stopped-worker); wait for it (--wait-for-locks) or cancel it (`ferry task cancel \(id)`)"),
+                    "\(locked.standardError)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: a) == ["data"])
         }
     }
@@ -240,6 +241,52 @@ struct MoveCLITests {
             #expect(try FileManager.default.contentsOfDirectory(atPath: a).isEmpty)
             #expect(try ferry("task", "retry", second, environment: database(fs)).status == 1)  // completed: nothing to retry
             #expect(try ferry("task", "show", "0000000000000000", environment: database(fs)).status == 1)
+        }
+    }
+
+    /// A `ferry move` killed mid-copy leaves its task stalled, its paths locked. Whatever meets it
+    /// says so, and what ends it: the next move of those paths (exit 4), `ferry tasks`, `task show`
+    /// and `task cancel`. After the cancel, the janitor rolls it back, and the move can run again.
+    @Test func aKilledMoveLeavesAStalledTaskThatSaysHowToEndIt() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<6 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
+            let before = try TreeSnapshot.take(a + "/big")
+            let environment = database(fs).merging(["FERRY_LEASE_SECONDS": "1"]) { $1 }
+            let move = try startFerry(["move", "--jobs", "1", a + "/big", b], environment: environment)
+            waitUntilStaging(in: b, holds: "big", seconds: 20)
+            kill(move.processIdentifier, SIGKILL)
+            move.waitUntilExit()
+            let listed = try jsonObject(try ferry("tasks", "--json", environment: environment).standardOutput)
+            let stalled = try #require((listed["tasks"] as? [[String: Any]])?.first)
+            let id = try #require(stalled["id"] as? String)
+            Thread.sleep(forTimeInterval: 1.5)  // the killed move's lease runs out
+
+            let again = try ferry("move", a + "/big", b, environment: environment)
+            #expect(again.status == 4, "\(again.standardError)")
+            #expect(again.standardError.contains("is locked by task \(id), stalled at copying: its worker "), "\(again.standardError)")
+            #expect(again.standardError.contains("`ferry janitor` or any `ferry worker` resumes it, or rolls it back after `ferry task cancel \(id)`"),
+                    "\(again.standardError)")
+            let text = try ferry("tasks", environment: environment).standardOutput
+            #expect(text.contains("    stalled: its worker ") && text.contains("stopped without handing it back"), "\(text)")
+            #expect(try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput)["stalled"] as? Bool == true)
+            #expect(try ferry("task", "show", id, environment: environment).standardOutput.contains("\n  stalled: its worker "))
+
+            let cancel = try ferry("task", "cancel", id, environment: environment)
+            #expect(cancel.standardOutput.contains("\(id): cancel requested; its worker ") && cancel.standardOutput.contains("rolls it back, as cancelled"),
+                    "\(cancel.standardOutput)")
+            #expect(try ferry("janitor", environment: environment).status == 0)
+            let ended = try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput)
+            #expect(ended["status"] as? String == "rolled_back" && ended["stalled"] as? Bool == false, "\(ended)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
+
+            let moved = try ferry("move", a + "/big", b, environment: environment)
+            #expect(moved.status == 0, "\(moved.standardError)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(try ferry("task", "cancel", id, environment: environment).standardOutput == "\(id) has already ended: rolled_back\n")
         }
     }
 
