@@ -186,8 +186,11 @@ int cferry_fstatfs(int fd, cferry_statfs_t *out) {
 }
 
 static volatile sig_atomic_t interrupt_count = 0;
+static volatile sig_atomic_t hangup_count = 0;
+static int hangup_counted = 0;
 
 static void count_interrupt(int signo) { (void)signo; interrupt_count++; }
+static void count_hangup(int signo) { (void)signo; hangup_count++; }
 
 int cferry_install_interrupt_counter(void) {
     struct sigaction action;
@@ -203,14 +206,28 @@ int cferry_install_interrupt_counter(void) {
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    // SIGHUP (the terminal went away) is counted apart; a process started with it ignored
+    // (nohup) keeps it ignored.
+    struct sigaction current;
+    if (sigaction(SIGHUP, NULL, &current) == 0 && current.sa_handler != SIG_IGN) {
+        struct sigaction hangup = action;
+        hangup.sa_handler = count_hangup;
+        if (sigaction(SIGHUP, &hangup, NULL) != 0) return -1;
+        hangup_counted = 1;
+        sigaddset(&set, SIGHUP);
+    }
     return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
 int cferry_interrupt_count(void) { return (int)interrupt_count; }
 
+int cferry_hangup_count(void) { return (int)hangup_count; }
+
 void cferry_restore_interrupt_defaults(void) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    if (hangup_counted) signal(SIGHUP, SIG_DFL);
+    hangup_counted = 0;
 }
 
 enum {

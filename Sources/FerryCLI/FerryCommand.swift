@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerrySystem
 import Foundation
 
 /// `ferry`: the root command. The executable calls `FerryCommand.execute()` and nothing else.
@@ -13,8 +14,9 @@ public struct FerryCommand: AsyncParsableCommand {
     public init() {}
 
     /// Exit statuses: 0 done, 1 failed (nothing lost, nothing half-visible), 2 bad usage, 3 refused
-    /// by the pre-flight check, 4 a path is locked by another task, 130 interrupted.
-    public enum Status: Int32 { case success = 0, failure = 1, usage = 2, refused = 3, locked = 4, interrupted = 130 }
+    /// by the pre-flight check, 4 a path is locked by another task, 129 hung up (the task handed
+    /// back, whole, for a worker to finish), 130 interrupted.
+    public enum Status: Int32 { case success = 0, failure = 1, usage = 2, refused = 3, locked = 4, hungUp = 129, interrupted = 130 }
 
     /// Parses and runs, mapping argument errors to status 2 (ArgumentParser's default is 64), then
     /// closes the task stores the command opened and exits.
@@ -42,21 +44,21 @@ public struct FerryCommand: AsyncParsableCommand {
                 print(message)
                 return 0
             }
-            FileHandle.standardError.write(Data((message + "\n").utf8))
+            Console.standardError(message + "\n")
             return code == .validationFailure ? Status.usage.rawValue : code.rawValue
         }
     }
 }
 
-/// Prints to standard error.
+/// Prints to standard error (dropped if nothing reads it any more: see `Console`).
 func printError(_ message: String) {
-    FileHandle.standardError.write(Data((message + "\n").utf8))
+    Console.standardError(message + "\n")
 }
 
 /// Writes one JSON object to standard output; nil values are written as `null`.
 func printJSON(_ object: [String: Any?]) {
     let data = (try? JSONSerialization.data(withJSONObject: jsonValue(object), options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-    FileHandle.standardOutput.write(data + Data("\n".utf8))
+    Console.write(Array(data) + [0x0A], to: STDOUT_FILENO)
 }
 
 private func jsonValue(_ value: Any?) -> Any {

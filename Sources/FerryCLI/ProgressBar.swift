@@ -1,5 +1,6 @@
 import FerryMove
 import FerryCopy
+import FerrySystem
 import Foundation
 import Glibc
 
@@ -59,7 +60,7 @@ final class ProgressBar: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         let padding = max(0, lastWidth - line.count)
-        FileHandle.standardError.write(Data(("\r" + line + String(repeating: " ", count: padding)).utf8))
+        Console.standardError("\r" + line + String(repeating: " ", count: padding))
         lastWidth = line.count
     }
 
@@ -67,7 +68,7 @@ final class ProgressBar: @unchecked Sendable {
         guard enabled else { return }
         lock.lock()
         defer { lock.unlock() }
-        if lastWidth > 0 { FileHandle.standardError.write(Data(("\r" + String(repeating: " ", count: lastWidth) + "\r").utf8)) }
+        if lastWidth > 0 { Console.standardError("\r" + String(repeating: " ", count: lastWidth) + "\r") }
         lastWidth = 0
     }
 

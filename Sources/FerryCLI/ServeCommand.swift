@@ -69,7 +69,7 @@ struct ServeFailure: Error, CustomStringConvertible { var description: String }
 
 /// Prints a line to standard output at once (the tests and the demo read it as it comes).
 private func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    Console.standardOutput(line + "\n")
 }
 
 /// `ferry agent`: the processes `ferry serve` starts with a user's identity. Not for people.

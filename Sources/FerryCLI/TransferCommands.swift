@@ -95,7 +95,10 @@ struct TransferOptions: ParsableArguments {
             return
         }
         let cancellation = CancellationFlag()
-        let interrupt = InterruptWatcher { cancellation.cancel() }
+        // Ctrl-C and SIGTERM cancel (rolled back). A hangup is no request to undo anything: the
+        // task stops at its next checkpoint and is handed back with what it staged, for the next
+        // `ferry worker` or `ferry janitor` to finish.
+        let interrupt = InterruptWatcher(onHangup: { engine.stop() }) { cancellation.cancel() }
         defer { interrupt.stop() }
         guard let claimed = try await store.claim(id: created.id, worker: engine.settings.worker, lease: engine.settings.lease) else {
             printError("\(command): task \(created.id) was taken by a worker; follow it with: ferry task show \(created.id)")
@@ -103,6 +106,14 @@ struct TransferOptions: ParsableArguments {
         }
         let record = await engine.run(claimed, cancellation: cancellation)
         bar.finish()
+        if !record.status.isTerminal && record.leaseOwner == nil {
+            // Handed back after a hangup: whoever may still read this learns where it went.
+            if json { printJSON(record.json) } else {
+                printError("\(command): the terminal hung up; task \(record.id) was handed back at \(record.status.rawValue) with what it staged: "
+                           + "`ferry worker --once` or `ferry janitor` finishes it")
+            }
+            throw ExitCode(FerryCommand.Status.hungUp.rawValue)
+        }
         if json {
             var summary = record.json
             summary["verify"] = record.options.verify
@@ -192,7 +203,8 @@ struct MoveCommand: AsyncParsableCommand {
             replacing anything, verified again, and only then is the source deleted. The task is \
             recorded, so a crash is finished or rolled back by `ferry worker` or `ferry janitor`.
             Exit status: 0 done, 1 failed (nothing lost), 2 usage, 3 refused by the pre-flight check, \
-            4 path locked by another task, 130 interrupted (rolled back).
+            4 path locked by another task, 129 the terminal hung up (the task handed back, whole, \
+            for `ferry worker` or `ferry janitor` to finish), 130 interrupted (rolled back).
             """)
     @OptionGroup var options: TransferOptions
     func run() async throws { try await options.run(kind: .move) }
@@ -207,7 +219,7 @@ struct CopyCommand: AsyncParsableCommand {
             directory, compared with the source, flushed with one syncfs, and renamed into place \
             without ever replacing an existing name. On any failure nothing is left behind.
             Exit status: 0 done, 1 failed (nothing half-visible left), 2 usage, 3 refused by the \
-            pre-flight check, 4 path locked, 130 interrupted.
+            pre-flight check, 4 path locked, 129 hung up (handed back), 130 interrupted.
             """)
     @OptionGroup var options: TransferOptions
     func run() async throws { try await options.run(kind: .copy) }

@@ -1,3 +1,4 @@
+import FerrySystem
 import Foundation
 import Synchronization
 
@@ -216,32 +217,8 @@ final class LineWriter: Sendable {
         }
     }
 
-    /// `write` until done, with SIGPIPE blocked on this thread so that a vanished reader is an
-    /// EPIPE, not the end of the process; a SIGPIPE raised here is taken back before unblocking.
+    /// `write` until done; a vanished reader is an EPIPE, not the end of the process.
     private func writeAll(_ data: Data) -> Bool {
-        var pipeOnly = sigset_t(), previous = sigset_t(), pending = sigset_t()
-        sigemptyset(&pipeOnly)
-        sigaddset(&pipeOnly, SIGPIPE)
-        sigpending(&pending)
-        let alreadyPending = sigismember(&pending, SIGPIPE) == 1
-        pthread_sigmask(SIG_BLOCK, &pipeOnly, &previous)
-        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
-        return data.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if written >= 0 {
-                    offset += written
-                    continue
-                }
-                if errno == EINTR { continue }
-                if errno == EPIPE && !alreadyPending {
-                    var now = timespec()
-                    _ = sigtimedwait(&pipeOnly, nil, &now)
-                }
-                return false
-            }
-            return true
-        }
+        data.withUnsafeBytes { Console.write($0, to: fd) }
     }
 }

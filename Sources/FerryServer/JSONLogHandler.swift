@@ -1,3 +1,4 @@
+import FerrySystem
 import Foundation
 import Logging
 import Synchronization
@@ -24,6 +25,6 @@ public struct JSONLogHandler: LogHandler {
         if let error = event.error, object["error"] == nil { object["error"] = "\(error)" }
         guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
         data.append(0x0A)
-        Self.lock.withLock { _ in FileHandle.standardError.write(data) }
+        Self.lock.withLock { _ in data.withUnsafeBytes { _ = Console.write($0, to: STDERR_FILENO) } }
     }
 }

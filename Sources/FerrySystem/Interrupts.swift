@@ -4,20 +4,35 @@ import Synchronization
 
 /// SIGINT and SIGTERM as something a long operation can notice: a handler counts them and a
 /// watcher thread turns the first into `onInterrupt` (a handler itself may do almost nothing).
+/// SIGHUP, the terminal gone (a closed window, a dropped ssh session), goes to `onHangup` when
+/// there is one, and to `onInterrupt` otherwise; a process started with SIGHUP ignored (`nohup`)
+/// never hears it.
 public final class InterruptWatcher: Sendable {
     private let startCount: CInt
+    private let startHangups: CInt
     private let running = RunningFlag()
     private let thread = Mutex<pthread_t?>(nil)
 
-    public init(pollMilliseconds: UInt32 = 50, _ onInterrupt: @escaping @Sendable () -> Void) {
+    public init(pollMilliseconds: UInt32 = 50, onHangup: (@Sendable () -> Void)? = nil, _ onInterrupt: @escaping @Sendable () -> Void) {
         cferry_install_interrupt_counter()
         let start = cferry_interrupt_count()
+        let hangups = cferry_hangup_count()
         startCount = start
+        startHangups = hangups
         let box = Unmanaged.passRetained(WatchBox { [running] in
+            var heardHangup = false
             while running.value.load(ordering: .acquiring) {
                 if cferry_interrupt_count() != start {
                     onInterrupt()
                     return
+                }
+                if !heardHangup && cferry_hangup_count() != hangups {
+                    heardHangup = true
+                    guard let onHangup else {
+                        onInterrupt()
+                        return
+                    }
+                    onHangup()  // and an interrupt may still follow
                 }
                 usleep(pollMilliseconds * 1000)
             }
@@ -33,8 +48,11 @@ public final class InterruptWatcher: Sendable {
         }
     }
 
-    /// Whether a signal arrived since the watcher started.
+    /// Whether SIGINT or SIGTERM arrived since the watcher started.
     public var interrupted: Bool { cferry_interrupt_count() != startCount }
+
+    /// Whether SIGHUP arrived since the watcher started.
+    public var hungUp: Bool { cferry_hangup_count() != startHangups }
 
     /// Stops watching and restores the default dispositions.
     public func stop() {

@@ -290,6 +290,67 @@ struct MoveCLITests {
         }
     }
 
+    /// A closed terminal window or a dropped ssh session hangs up the terminal `ferry move` runs
+    /// on. That is no request to undo anything: the task stops at its next checkpoint and is handed
+    /// back with what it staged (exit 129), nothing stalled or locked for a lease, and the next
+    /// worker finishes it.
+    @Test func aHangupHandsTheMoveBackWholeForAWorkerToFinish() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let (a, b, before) = try bigTree(fs)
+            let run = try ferryOnATerminalThatHangsUp(["move", "--jobs", "1", a + "/big", b], environment: database(fs), destination: b)
+            #expect(run.status == 129, "\(run.output)")
+            let tasks = try jsonObject(try ferry("tasks", "--json", environment: database(fs)).standardOutput)
+            let task = try #require((tasks["tasks"] as? [[String: Any]])?.first)
+            #expect(["validating", "locked", "copying", "verifying"].contains(task["status"] as? String ?? ""), "\(task)")
+            #expect(task["leaseOwner"] is NSNull && task["stalled"] as? Bool == false, "\(task)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).contains { $0.hasPrefix(".ferry-staging-") })
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
+            #expect(try ferry("worker", "--once", environment: database(fs)).status == 0)
+            let done = try jsonObject(try ferry("task", "show", "--json", task["id"] as? String ?? "", environment: database(fs)).standardOutput)
+            #expect(done["status"] as? String == "completed", "\(done)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/big"))
+        }
+    }
+
+    /// Started as `nohup` starts it (SIGHUP ignored), a move outlives its terminal: the writes of its
+    /// progress to the hung-up terminal fail (EIO) and are dropped, and the move completes.
+    @Test func underNohupAMoveOutlivesItsTerminal() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let (a, b, before) = try bigTree(fs)
+            let run = try ferryOnATerminalThatHangsUp(["move", "--jobs", "1", a + "/big", b], environment: database(fs), destination: b,
+                                                      ignoringHangup: true)
+            #expect(run.status == 0, "\(run.output)")
+            #expect(run.output.contains("240 MiB"), "the progress bar was drawn on the terminal first: \(run.output)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b) == ["big"])
+        }
+    }
+
+    /// Output nobody reads any more (a pipe whose reader has gone) neither kills a move (SIGPIPE)
+    /// nor crashes it: the move completes and exits 0.
+    @Test func aMoveWhoseOutputNobodyReadsStillCompletes() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeSmallTree(a + "/data")
+            let before = try TreeSnapshot.take(a + "/data")
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ferryBinary())
+            process.arguments = ["move", a + "/data", b]
+            process.environment = ProcessInfo.processInfo.environment.merging(database(fs)) { $1 }
+            let gone = Pipe()
+            process.standardError = gone
+            process.standardOutput = gone
+            try process.run()
+            try gone.fileHandleForReading.close()
+            process.waitUntilExit()
+            #expect(process.terminationReason == .exit && process.terminationStatus == 0,
+                    "\(process.terminationReason == .exit ? "exit" : "signal") \(process.terminationStatus)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+        }
+    }
+
     @Test func interruptRollsBackAndExits130() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
@@ -393,6 +454,58 @@ struct MoveCLITests {
             #expect(!run.standardOutput.contains("removed"), "\(run.standardOutput)")
         }
     }
+}
+
+/// Project directories a (100) and b (200) with a tree `a/big` of 240 MiB (six files): a move of
+/// it takes long enough to be caught part way. Returns them and the tree's snapshot.
+func bigTree(_ fs: LoopXFS) throws -> (a: String, b: String, before: TreeSnapshot) {
+    let a = try fs.makeProjectDirectory("a", project: 100)
+    let b = try fs.makeProjectDirectory("b", project: 200)
+    try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+    for i in 0..<6 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
+    return (a, b, try TreeSnapshot.take(a + "/big"))
+}
+
+func makeSmallTree(_ root: String) throws {
+    try FileManager.default.createDirectory(atPath: root + "/sub", withIntermediateDirectories: true)
+    for i in 0..<20 { try TreeBuilder.write("\(root)/sub/f\(i)", bytes: 10_000, seed: UInt64(i + 1)) }
+}
+
+/// Runs `ferry ARGUMENTS` on a terminal of its own (a pseudo-terminal it controls, as a login
+/// shell's command does) and hangs the terminal up once `destination` holds a staging directory
+/// with something in it: what closing a terminal window or losing an ssh session does.
+/// `ignoringHangup`: started as `nohup` starts it. Returns its exit status (128 + N for a signal)
+/// and what it wrote to the terminal until then.
+func ferryOnATerminalThatHangsUp(_ arguments: [String], environment: [String: String], destination: String,
+                                 ignoringHangup: Bool = false) throws -> (status: Int, output: String) {
+    let result = try Shell.execute(["python3", "-c", """
+        import json, os, pty, select, signal, sys, time
+        ferry, destination, ignore, arguments = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
+        pid, fd = pty.fork()
+        if pid == 0:
+            if ignore:
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            os.execv(ferry, [ferry] + arguments)
+        output = b""
+        deadline = time.time() + 30
+        def staged():
+            for name in os.listdir(destination):
+                if name.startswith(".ferry-staging-") and any(os.scandir(os.path.join(destination, name))):
+                    return True
+            return False
+        while time.time() < deadline and not staged():
+            if select.select([fd], [], [], 0.005)[0]:
+                try:
+                    output += os.read(fd, 65536)
+                except OSError:
+                    break
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        print(json.dumps({"status": code if code >= 0 else 128 - code, "output": output.decode("utf-8", "replace")}))
+        """, ferryBinary(), destination, ignoringHangup ? "1" : "0"] + arguments, environment: environment)
+    let answer = try jsonObject(result.standardOutput.split(separator: "\n").last.map(String.init) ?? "{}")
+    return (answer["status"] as? Int ?? -1, (answer["output"] as? String ?? "") + result.standardError)
 }
 
 /// Marks a queued task as claimed by a (stopped) worker and holding a lock on `path`, through

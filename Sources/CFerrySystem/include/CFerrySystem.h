@@ -61,6 +61,7 @@ int cferry_fstatfs(int fd, cferry_statfs_t *out);
 // SIGINT/SIGTERM as a counter a thread can poll (a handler may only touch a sig_atomic_t).
 int cferry_install_interrupt_counter(void);
 int cferry_interrupt_count(void);
+int cferry_hangup_count(void);
 void cferry_restore_interrupt_defaults(void);
 
 // Starts `path` in a child process, the way `ferry serve` runs work as a user. The child resets

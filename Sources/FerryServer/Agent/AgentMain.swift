@@ -26,7 +26,7 @@ public enum AgentMain {
             answer = (try? WireJSON.encoder.encode(APIError(.internalError, "internal", "\(error)"))) ?? Data()
             status = AgentExit.refused
         }
-        FileHandle.standardOutput.write(answer)
+        answer.withUnsafeBytes { _ = Console.write($0, to: STDOUT_FILENO) }
         return status
     }
 
@@ -35,7 +35,7 @@ public enum AgentMain {
     /// checkpoint and hand the lease back.
     public static func runTask(settingsJSON: String) async -> Int32 {
         guard let settings = try? WireJSON.decoder.decode(RunTaskSettings.self, from: Data(settingsJSON.utf8)) else {
-            FileHandle.standardError.write(Data("ferry agent run-task: unreadable settings\n".utf8))
+            Console.standardError("ferry agent run-task: unreadable settings\n")
             return 2
         }
         // The channel to the relay moves to close-on-exec descriptors, so that no program the task
@@ -44,7 +44,7 @@ public enum AgentMain {
         let requests = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3)
         let responses = fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3)
         guard requests >= 0, responses >= 0 else {
-            FileHandle.standardError.write(Data("ferry agent run-task: cannot set up the task channel\n".utf8))
+            Console.standardError("ferry agent run-task: cannot set up the task channel\n")
             return 2
         }
         dup2(STDERR_FILENO, STDOUT_FILENO)
@@ -60,7 +60,7 @@ public enum AgentMain {
         let interrupt = InterruptWatcher { engine.stop() }
         defer { interrupt.stop() }
         guard let task = try? await store.task(settings.taskID) else {
-            FileHandle.standardError.write(Data("ferry agent run-task: task \(settings.taskID) is not available\n".utf8))
+            Console.standardError("ferry agent run-task: task \(settings.taskID) is not available\n")
             return 1
         }
         let record = await engine.run(task)
