@@ -51,17 +51,12 @@ func renameIfThatIsAll(_ paths: [String]) {
         }
     } catch {
         let problem = MoveEngine.renameProblem(error)
-        standardError("ferry move: \(problem.message)\nnothing was moved\n")
+        Console.standardError("ferry move: \(problem.message)\nnothing was moved\n")
         exit(problem.refused ? 3 : 1)
     }
     guard published != nil else { return }
-    standardError(MoveEngine.renamedMessage + "\n")
+    Console.standardError(MoveEngine.renamedMessage + "\n")
     exit(0)
-}
-
-func standardError(_ text: String) {
-    var text = text
-    text.withUTF8 { buffer in _ = write(STDERR_FILENO, buffer.baseAddress, buffer.count) }
 }
 
 /// Replaces this process with the engine: `FERRY_ENGINE`, else `ferry-engine` beside this program.
@@ -79,7 +74,7 @@ func handOver(_ arguments: [String]) -> Never {
     argv.append(nil)
     execv(engine, &argv)
     let reason = String(cString: strerror(errno))
-    standardError("ferry: cannot start the Ferry engine \(engine) (\(reason)); install ferry-engine beside ferry, or set FERRY_ENGINE to its path\n")
+    Console.standardError("ferry: cannot start the Ferry engine \(engine) (\(reason)); install ferry-engine beside ferry, or set FERRY_ENGINE to its path\n")
     exit(1)
 }
 
