@@ -104,7 +104,32 @@ struct TransferOptions: ParsableArguments {
             printError("\(command): task \(created.id) was taken by a worker; follow it with: ferry task show \(created.id)")
             return
         }
-        let record = await engine.run(claimed, cancellation: cancellation)
+        var record = await engine.run(claimed, cancellation: cancellation)
+        // A task handed back to run again later (a path locked, with --wait-for-locks; a passing
+        // fault, retried after its delay) is run again here when its time comes, saying once why
+        // it waits. Ctrl-C while it waits cancels it, and it is rolled back as during a run.
+        var said = ""
+        while !record.status.isTerminal && record.leaseOwner == nil && !interrupt.hungUp {
+            if !cancellation.isCancelled, !json, let why = try? await store.events(record.id).last?.message, why != said {
+                said = why
+                bar.finish()
+                printError("\(command): \(why)")
+            }
+            while !cancellation.isCancelled && !interrupt.hungUp, let until = record.notBefore, until > Date() {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+            if interrupt.hungUp { break }
+            if cancellation.isCancelled {
+                record = (try? await store.requestCancel(record.id)) ?? record
+                if record.status.isTerminal { break }  // cancelled before it started
+            }
+            guard let again = try await store.claim(id: record.id, worker: engine.settings.worker, lease: engine.settings.lease) else {
+                bar.finish()
+                printError("\(command): task \(record.id) was taken by a worker; follow it with: ferry task show \(record.id)")
+                return
+            }
+            record = await engine.run(again, cancellation: cancellation)
+        }
         bar.finish()
         if !record.status.isTerminal && record.leaseOwner == nil {
             // Handed back after a hangup: whoever may still read this learns where it went.

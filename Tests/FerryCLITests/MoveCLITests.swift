@@ -351,6 +351,58 @@ struct MoveCLITests {
         }
     }
 
+    /// `ferry move --wait-for-locks` in the foreground waits for a locked path and then moves,
+    /// saying once what it waits for; Ctrl-C while it waits cancels it (exit 130, nothing moved).
+    @Test func aForegroundMoveWaitsForALockedPathThenMoves() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeSmallTree(a + "/data")
+            try makeSmallTree(a + "/other")
+            let before = try TreeSnapshot.take(a + "/data")
+            let holder = try ferry("move", "--detach", a + "/data", b, environment: database(fs)).standardOutput
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            try lockAsIfRunning(id: holder, path: a + "/data", database: "\(fs.directory)/tasks.sqlite")
+            func waiting(_ process: Process, for path: String) throws -> String {
+                let deadline = Date().addingTimeInterval(20)
+                while Date() < deadline && process.isRunning {
+                    let tasks = try jsonObject(try ferry("tasks", "--json", environment: database(fs)).standardOutput)
+                    let mine = (tasks["tasks"] as? [[String: Any]] ?? []).first { ($0["sources"] as? [String]) == [path] && $0["id"] as? String != holder }
+                    if let id = mine?["id"] as? String,
+                       try ferry("task", "show", id, environment: database(fs)).standardOutput.contains("waiting: \(a)/data is locked by task \(holder)") {
+                        return id
+                    }
+                    Thread.sleep(forTimeInterval: 0.1)
+                }
+                return ""
+            }
+
+            // Ctrl-C while waiting: cancelled, rolled back, nothing moved.
+            let errors = Pipe()
+            let interrupted = try startFerry(["move", "--wait-for-locks", a + "/data/sub", b], environment: database(fs), output: errors)
+            let cancelled = try waiting(interrupted, for: a + "/data/sub")
+            try #require(!cancelled.isEmpty, "the move did not wait")
+            interrupted.interrupt()
+            interrupted.waitUntilExit()
+            #expect(interrupted.terminationStatus == 130)
+            let ended = try jsonObject(try ferry("task", "show", "--json", cancelled, environment: database(fs)).standardOutput)
+            #expect(["rolled_back", "cancelled"].contains(ended["status"] as? String ?? ""), "\(ended)")
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+
+            // Waits until the path is free, then moves.
+            let output = Pipe()
+            let move = try startFerry(["move", "--wait-for-locks", a + "/data", b], environment: database(fs), output: output)
+            try #require(!(try waiting(move, for: a + "/data")).isEmpty, "the move did not wait")
+            try releaseAsIfFinished(id: holder, database: "\(fs.directory)/tasks.sqlite")
+            move.waitUntilExit()
+            let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(move.terminationStatus == 0, "\(said)")
+            #expect(said.components(separatedBy: "ferry move: waiting: \(a)/data is locked by task \(holder)").count == 2, "said once: \(said)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a) == ["other"])
+        }
+    }
+
     @Test func interruptRollsBackAndExits130() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
