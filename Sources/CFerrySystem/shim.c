@@ -223,6 +223,11 @@ int cferry_interrupt_count(void) { return (int)interrupt_count; }
 
 int cferry_hangup_count(void) { return (int)hangup_count; }
 
+int cferry_hangup_ignored(void) {
+    struct sigaction current;
+    return sigaction(SIGHUP, NULL, &current) == 0 && current.sa_handler == SIG_IGN;
+}
+
 void cferry_restore_interrupt_defaults(void) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);

@@ -129,9 +129,12 @@ public enum FerryServer {
                 options.onListening(url, token.map { "\(url)/login?token=\($0)" })
             },
             logger: options.logger)
+        // A hangup (the terminal the server was started from closed) stops it as SIGTERM does:
+        // tasks handed back, the demo's filesystem unmounted. Started under nohup, it stays.
         let group = ServiceGroup(
             configuration: .init(services: [.init(service: app)] + services.map { .init(service: $0) },
-                                 gracefulShutdownSignals: [.sigterm, .sigint], logger: options.logger))
+                                 gracefulShutdownSignals: [.sigterm, .sigint] + (InterruptWatcher.hangupIgnored ? [] : [.sighup]),
+                                 logger: options.logger))
         try await group.run()
     }
 }

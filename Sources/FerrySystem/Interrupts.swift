@@ -54,6 +54,9 @@ public final class InterruptWatcher: Sendable {
     /// Whether SIGHUP arrived since the watcher started.
     public var hungUp: Bool { cferry_hangup_count() != startHangups }
 
+    /// Whether this process was started with SIGHUP ignored (`nohup`): it is to outlive its terminal.
+    public static var hangupIgnored: Bool { cferry_hangup_ignored() != 0 }
+
     /// Stops watching and restores the default dispositions.
     public func stop() {
         running.value.store(false, ordering: .releasing)

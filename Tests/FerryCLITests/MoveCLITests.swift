@@ -428,9 +428,11 @@ struct MoveCLITests {
         }
     }
 
-    /// SIGTERM: the worker stops its task at the next checkpoint, gives the lease back and keeps
-    /// what it staged; the next worker resumes the task (no lease wait) and finishes it.
-    @Test func terminatedWorkerReleasesItsTaskForTheNext() throws {
+    /// SIGTERM (or SIGHUP, its terminal gone): the worker stops its task at the next checkpoint,
+    /// gives the lease back and keeps what it staged; the next worker resumes the task (no lease
+    /// wait) and finishes it.
+    @Test(arguments: [SIGTERM, SIGHUP])
+    func terminatedWorkerReleasesItsTaskForTheNext(signal: Int32) throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
             let move = try QueuedBigMove(fs, environment: database(fs))
             let (b, before, id) = (move.b, move.before, move.id)
@@ -441,7 +443,7 @@ struct MoveCLITests {
             worker.standardError = FileHandle.nullDevice
             try worker.run()
             waitUntilStaging(in: b, holds: "big")
-            worker.terminate()
+            kill(worker.processIdentifier, signal)
             worker.waitUntilExit()
             #expect(worker.terminationStatus == 0)
             let paused = try jsonObject(try ferry("task", "show", "--json", id, environment: database(fs)).standardOutput)

@@ -192,6 +192,8 @@ class FerryServer:
         self.url: str | None = None
         self.token: str | None = None
         self.process: subprocess.Popen | None = None
+        # Start the next process with SIGHUP ignored, as nohup does.
+        self.ignore_hangup = False
         self.starts = 0
         self._lines: list[str] = []
         self._cond = threading.Condition()
@@ -227,8 +229,9 @@ class FerryServer:
         with self._cond:
             first_line = len(self._lines)
             self._lines.append(f"--- start {self.starts + 1}: {' '.join(command)}\n")
+        ignoring = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if self.ignore_hangup else None
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        errors="replace", bufsize=1, env=self.env, cwd=self.workdir)
+                                        errors="replace", bufsize=1, env=self.env, cwd=self.workdir, preexec_fn=ignoring)
         self.starts += 1
         self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
         self._reader.start()

@@ -11,6 +11,7 @@ import pwd
 import re
 import grp
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -100,6 +101,20 @@ def test_openapi_served_is_the_document(server):
 def test_healthz(server):
     r = requests.get(server.api("/healthz"), timeout=30)
     assert expect(r, 200) == {"status": "ok"}
+
+
+def test_a_hangup_stops_the_server_as_sigterm_does_unless_ignored(server):
+    """The terminal `ferry serve` was started from closing (SIGHUP) stops it gracefully, as SIGTERM
+    does (exit 0: tasks handed back, a demo's filesystem unmounted); started under nohup it stays."""
+    server.process.send_signal(signal.SIGHUP)
+    assert server.process.wait(60) == 0, server.log()
+    server.ignore_hangup = True
+    server.start()
+    server.process.send_signal(signal.SIGHUP)
+    time.sleep(1.5)
+    assert server.running, server.log()
+    assert expect(requests.get(server.api("/healthz"), timeout=30), 200) == {"status": "ok"}
+    server.stop()
 
 
 def test_session_and_bearer(server, client):

@@ -62,6 +62,8 @@ int cferry_fstatfs(int fd, cferry_statfs_t *out);
 int cferry_install_interrupt_counter(void);
 int cferry_interrupt_count(void);
 int cferry_hangup_count(void);
+// Whether SIGHUP is ignored (the process was started by nohup, or so).
+int cferry_hangup_ignored(void);
 void cferry_restore_interrupt_defaults(void);
 
 // Starts `path` in a child process, the way `ferry serve` runs work as a user. The child resets
