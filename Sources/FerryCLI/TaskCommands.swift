@@ -29,6 +29,7 @@ struct TasksCommand: AsyncParsableCommand {
             let sources = task.sources.map(\.description).joined(separator: " ")
             print("\(task.id)  \(task.status.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0))\(done)  \(task.kind.rawValue) \(sources) → \(task.destination)  [\(task.owner)]")
             if let stall = task.stallDescription() { print("    stalled: \(stall)") }
+            if let waiting = task.waitingDescription() { print("    waiting: \(waiting)") }
         }
     }
 }
@@ -61,6 +62,7 @@ struct TaskCommand: AsyncParsableCommand {
             }
             if let failure = task.failure { print("  error [\(failure.code)] \(failure.message)") }
             if let stall = task.stallDescription() { print("  stalled: \(stall)") }
+            if let waiting = task.waitingDescription() { print("  waiting: \(waiting)") }
             let formatter = ISO8601DateFormatter()
             for event in events { print("  \(formatter.string(from: event.at))  \(event.status.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0)) \(event.message)") }
         }

@@ -60,3 +60,13 @@ extension TaskRecord {
         return "\(path) is locked by task \(id) (\(state)); wait for it (--wait-for-locks) or cancel it (`ferry task cancel \(id)`)"
     }
 }
+
+extension TaskRecord {
+    /// For people, about a task that no worker holds part way through (handed back at a checkpoint:
+    /// a worker stopping, a hung-up terminal, a passing fault, a path to wait for). Nil otherwise.
+    public func waitingDescription(at now: Date = Date()) -> String? {
+        guard !status.isTerminal, status != .pending, leaseOwner == nil else { return nil }
+        let later = notBefore.flatMap { $0 > now ? " in \(Format.span($0.timeIntervalSince(now)))" : nil } ?? ""
+        return "no worker holds it; the next `ferry worker` (or `ferry janitor`) resumes it at \(status.rawValue)\(later)"
+    }
+}

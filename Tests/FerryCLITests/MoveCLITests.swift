@@ -303,6 +303,9 @@ struct MoveCLITests {
             let task = try #require((tasks["tasks"] as? [[String: Any]])?.first)
             #expect(["validating", "locked", "copying", "verifying"].contains(task["status"] as? String ?? ""), "\(task)")
             #expect(task["leaseOwner"] is NSNull && task["stalled"] as? Bool == false, "\(task)")
+            let listing = try ferry("tasks", environment: database(fs)).standardOutput
+            #expect(listing.contains("    waiting: no worker holds it; the next `ferry worker` (or `ferry janitor`) resumes it at \(task["status"] as? String ?? "?")"),
+                    "\(listing)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: b).contains { $0.hasPrefix(".ferry-staging-") })
             #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
             #expect(try ferry("worker", "--once", environment: database(fs)).status == 0)
