@@ -1,5 +1,6 @@
 import FerryMove
 import FerryCopy
+import FerryJobs
 import FerrySystem
 import Foundation
 import Glibc
@@ -76,5 +77,23 @@ final class ProgressBar: @unchecked Sendable {
         var size = winsize()
         if ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 20 { return Int(size.ws_col) }
         return 100
+    }
+}
+
+extension TaskRecord {
+    /// The task's recorded progress as the bar shows a copy's (for a task another worker runs).
+    var copyProgress: CopyProgress {
+        let phase: CopyProgress.Phase = switch status {
+        case .pending, .validating: .measuring
+        case .verifying: .verifying
+        case .committing: .publishing
+        default: .copying
+        }
+        let left = progress.bytesTotal > progress.bytesDone ? Double(progress.bytesTotal - progress.bytesDone) : 0
+        return CopyProgress(phase: phase, bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal,
+                            entriesDone: progress.entriesDone, entriesTotal: progress.entriesTotal, currentPath: nil,
+                            bytesPerSecond: progress.bytesPerSecond,
+                            secondsRemaining: progress.bytesPerSecond > 0 && progress.bytesTotal > 0 ? left / progress.bytesPerSecond : nil,
+                            elapsedSeconds: 0)
     }
 }

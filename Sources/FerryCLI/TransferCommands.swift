@@ -100,35 +100,42 @@ struct TransferOptions: ParsableArguments {
         // `ferry worker` or `ferry janitor` to finish.
         let interrupt = InterruptWatcher(onHangup: { engine.stop() }) { cancellation.cancel() }
         defer { interrupt.stop() }
-        guard let claimed = try await store.claim(id: created.id, worker: engine.settings.worker, lease: engine.settings.lease) else {
-            printError("\(command): task \(created.id) was taken by a worker; follow it with: ferry task show \(created.id)")
-            return
+        var record: TaskRecord
+        if let claimed = try await store.claim(id: created.id, worker: engine.settings.worker, lease: engine.settings.lease) {
+            record = await engine.run(claimed, cancellation: cancellation)
+        } else {
+            // A worker claimed it first (one woken by its creation on a shared database).
+            record = try await follow(created.id, command: command, taken: "a worker claimed it first", store: store, bar: bar, interrupt: interrupt)
         }
-        var record = await engine.run(claimed, cancellation: cancellation)
         // A task handed back to run again later (a path locked, with --wait-for-locks; a passing
         // fault, retried after its delay) is run again here when its time comes, saying once why
         // it waits. Ctrl-C while it waits cancels it, and it is rolled back as during a run.
         var said = ""
         while !record.status.isTerminal && record.leaseOwner == nil && !interrupt.hungUp {
-            if !cancellation.isCancelled, !json, let why = try? await store.events(record.id).last?.message, why != said {
+            if !interrupt.interrupted, !json, let why = try? await store.events(record.id).last?.message, why != said {
                 said = why
                 bar.finish()
                 printError("\(command): \(why)")
             }
-            while !cancellation.isCancelled && !interrupt.hungUp, let until = record.notBefore, until > Date() {
+            while !interrupt.interrupted && !interrupt.hungUp, let until = record.notBefore, until > Date() {
                 try? await Task.sleep(for: .milliseconds(100))
             }
             if interrupt.hungUp { break }
-            if cancellation.isCancelled {
+            if interrupt.interrupted {
                 record = (try? await store.requestCancel(record.id)) ?? record
                 if record.status.isTerminal { break }  // cancelled before it started
             }
             guard let again = try await store.claim(id: record.id, worker: engine.settings.worker, lease: engine.settings.lease) else {
-                bar.finish()
-                printError("\(command): task \(record.id) was taken by a worker; follow it with: ferry task show \(record.id)")
-                return
+                record = try await follow(record.id, command: command, taken: "a worker claimed it while it waited", store: store, bar: bar,
+                                          interrupt: interrupt)
+                break
             }
             record = await engine.run(again, cancellation: cancellation)
+        }
+        if !record.status.isTerminal, let holder = record.leaseOwner, holder != engine.settings.worker {
+            // This command was stopped (Ctrl-Z) for longer than its lease, and a worker took the task over.
+            record = try await follow(record.id, command: command, taken: "\(holder) took it over while this command was stopped", store: store, bar: bar,
+                                      interrupt: interrupt)
         }
         bar.finish()
         if !record.status.isTerminal && record.leaseOwner == nil {
@@ -158,6 +165,27 @@ struct TransferOptions: ParsableArguments {
             printError("task \(record.id) \(record.status.rawValue); the source is untouched")
         }
         throw ExitCode(record.exitStatus)
+    }
+
+    /// Waits for the command's task while another worker runs it, showing its progress, and
+    /// returns its record once it has ended: the command still ends as its task does. Ctrl-C asks
+    /// for its cancel (that worker rolls it back); a hangup leaves it to that worker. (Not the run's
+    /// cancellation flag, which the engine also raises when its lease is lost.)
+    func follow(_ id: String, command: String, taken why: String, store: any TaskStore, bar: ProgressBar,
+                interrupt: InterruptWatcher) async throws -> TaskRecord {
+        bar.finish()
+        printError("\(command): task \(id) runs on a worker (\(why)); following it")
+        var asked = false
+        while true {
+            guard let record = try await store.task(id) else { throw TaskStoreError.notFound(id) }
+            if record.status.isTerminal || interrupt.hungUp { return record }
+            if interrupt.interrupted && !asked {
+                asked = true
+                _ = try? await store.requestCancel(id)
+            }
+            bar.update(record.copyProgress)
+            try? await Task.sleep(for: .milliseconds(500))
+        }
     }
 
     /// A move that is one rename is done here, without a task (see `MoveEngine.renameWithoutTask`).

@@ -316,6 +316,39 @@ struct MoveCLITests {
         }
     }
 
+    /// A `ferry move` stopped (Ctrl-Z) for longer than its lease, whose task a worker took over
+    /// meanwhile, follows that task once it runs again, and ends as the task ends: it does not
+    /// exit as if it had failed while the move goes on elsewhere.
+    @Test func aMoveStoppedPastItsLeaseFollowsTheWorkerThatTookItOver() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let (a, b, before) = try bigTree(fs)
+            let environment = database(fs).merging(["FERRY_LEASE_SECONDS": "1"]) { $1 }
+            let output = Pipe()
+            let move = try startFerry(["move", "--jobs", "1", a + "/big", b], environment: environment, output: output)
+            waitUntilStaging(in: b, holds: "big", seconds: 20)
+            kill(move.processIdentifier, SIGSTOP)
+            let worker = try startFerry(["worker", "--concurrency", "1"], environment: environment)
+            defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
+            let deadline = Date().addingTimeInterval(30)
+            var taken = false
+            while !taken && Date() < deadline {
+                let tasks = try jsonObject(try ferry("tasks", "--all", "--json", environment: environment).standardOutput)
+                let task = (tasks["tasks"] as? [[String: Any]])?.first
+                taken = (task?["leaseOwner"] as? String)?.contains(":worker") == true || task?["status"] as? String == "completed"
+                if !taken { Thread.sleep(forTimeInterval: 0.1) }
+            }
+            kill(move.processIdentifier, SIGCONT)
+            move.waitUntilExit()
+            let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(taken, "no worker took the task over: \(said)")
+            #expect(move.terminationStatus == 0, "\(said)")
+            #expect(said.contains("took it over while this command was stopped); following it"), "\(said)")
+            #expect(said.contains("moved 7 entries, 240 MiB, verified and durable"), "\(said)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/big"))
+        }
+    }
+
     /// Started as `nohup` starts it (SIGHUP ignored), a move outlives its terminal: the writes of its
     /// progress to the hung-up terminal fail (EIO) and are dropped, and the move completes.
     @Test func underNohupAMoveOutlivesItsTerminal() throws {
