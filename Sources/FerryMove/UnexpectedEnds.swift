@@ -59,9 +59,7 @@ extension TaskRecord {
         let state = leaseOwner.map { "\(status.rawValue), run by \($0)" } ?? "\(status.rawValue), waiting for a worker to run it: `ferry worker --once`"
         return "\(path) is locked by task \(id) (\(state)); wait for it (--wait-for-locks) or cancel it (`ferry task cancel \(id)`)"
     }
-}
 
-extension TaskRecord {
     /// For people, about a task that no worker holds part way through (handed back at a checkpoint:
     /// a worker stopping, a hung-up terminal, a passing fault, a path to wait for). Nil otherwise.
     public func waitingDescription(at now: Date = Date()) -> String? {
