@@ -383,31 +383,4 @@ extension Duration {
     package var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
 
-/// In-process wake-ups: waiters sleep until `signal()` or their timeout, without polling.
-package final class Wakeup: Sendable {
-    package init() {}
-    private let waiters = Mutex<[UInt64: CheckedContinuation<Void, Never>]>([:])
-    private let counter = Mutex<UInt64>(0)
-
-    package func signal() {
-        let all = waiters.withLock { value -> [CheckedContinuation<Void, Never>] in
-            defer { value.removeAll() }
-            return Array(value.values)
-        }
-        all.forEach { $0.resume() }
-    }
-
-    package func wait(timeout: Duration) async {
-        let key = counter.withLock { value -> UInt64 in value += 1; return value }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            waiters.withLock { $0[key] = continuation }
-            Task {
-                try? await Task.sleep(for: timeout)
-                let waiting = self.waiters.withLock { $0.removeValue(forKey: key) }
-                waiting?.resume()
-            }
-        }
-    }
-}
-
 import Synchronization

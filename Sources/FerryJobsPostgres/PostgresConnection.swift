@@ -103,10 +103,10 @@ extension PostgresTaskStore {
             do {
                 try await client.withConnection { connection in
                     try await connection.listen(on: channel) { notifications in
+                        wakeup.signal()  // anything announced while we were not listening (kept until a wait)
                         ready.yield(nil)
                         ready.finish()
                         failures = 0
-                        wakeup.signal()  // anything announced while we were not listening
                         try await withThrowingTaskGroup(of: Void.self) { group in
                             group.addTask {
                                 for try await _ in notifications { wakeup.signal() }

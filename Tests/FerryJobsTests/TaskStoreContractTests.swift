@@ -238,9 +238,25 @@ struct TaskStoreContractTests {
         }
     }
 
+    /// A wake-up that finds nobody waiting is kept for the next wait (a worker busy claiming when
+    /// work came), and only for one.
+    @Test func aWakeUpWithNobodyWaitingIsKeptForTheNextWait() async {
+        let wakeup = Wakeup()
+        wakeup.signal()
+        wakeup.signal()
+        let clock = ContinuousClock()
+        var start = clock.now
+        await wakeup.wait(timeout: .seconds(20))
+        #expect(clock.now - start < .seconds(5))
+        start = clock.now
+        await wakeup.wait(timeout: .milliseconds(300))
+        #expect(clock.now - start >= .milliseconds(300), "two signals with nobody waiting keep one wake-up, not two")
+    }
+
     @Test(arguments: storeEngines)
     func waitersWakeOnNewWork(engine: StoreUnderTest) async throws {
         try await withStore(engine) { store in
+            await store.waitForWork(timeout: .milliseconds(1))  // a wake-up kept from opening
             let clock = ContinuousClock()
             let start = clock.now
             async let woke: Void = store.waitForWork(timeout: .seconds(20))

@@ -1,0 +1,55 @@
+import Synchronization
+
+/// In-process wake-ups: waiters sleep until `signal()` or their timeout, without polling. A signal
+/// that finds nobody waiting is kept for the next `wait`, which returns at once: a worker that was
+/// busy claiming when new work was announced (between finding none and starting to wait) claims
+/// again at once instead of sleeping through its timeout. A kept signal at most costs one claim
+/// that finds nothing.
+package final class Wakeup: Sendable {
+    private struct State {
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var next: UInt64 = 0
+        var kept = false
+    }
+
+    private let state = Mutex(State())
+
+    package init() {}
+
+    /// Wakes every waiter; with none, the next `wait` returns at once.
+    package func signal() {
+        let woken = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            guard !state.waiters.isEmpty else {
+                state.kept = true
+                return []
+            }
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
+        }
+        woken.forEach { $0.resume() }
+    }
+
+    /// Returns at a signal (one kept from before, at once) or after `timeout`.
+    package func wait(timeout: Duration) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let key = state.withLock { state -> UInt64? in
+                if state.kept {
+                    state.kept = false
+                    return nil
+                }
+                state.next += 1
+                state.waiters[state.next] = continuation
+                return state.next
+            }
+            guard let key else {
+                continuation.resume()
+                return
+            }
+            Task {
+                try? await Task.sleep(for: timeout)
+                let waiting = self.state.withLock { $0.waiters.removeValue(forKey: key) }
+                waiting?.resume()
+            }
+        }
+    }
+}
