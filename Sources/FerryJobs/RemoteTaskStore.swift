@@ -77,8 +77,10 @@ public final class RemoteTaskStore: TaskStore {
     public func retry(_ id: String) async throws -> TaskRecord { try await refused("retry") }
 
     /// Nothing to wait on over the channel: a runner has its one task.
-    public func waitForWork(timeout: Duration) async {
+    @discardableResult
+    public func waitForWork(timeout: Duration) async -> Bool {
         try? await Task.sleep(for: timeout)
+        return false
     }
 
     /// The channel belongs to the runner that made this store.

@@ -315,7 +315,8 @@ public final class SQLiteTaskStore: TaskStore {
         }
     }
 
-    public func waitForWork(timeout: Duration) async {
+    @discardableResult
+    public func waitForWork(timeout: Duration) async -> Bool {
         await wakeup.wait(timeout: timeout)
     }
 

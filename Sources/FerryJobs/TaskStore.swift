@@ -39,8 +39,9 @@ public protocol TaskStore: Sendable {
     /// Appends to the task's history.
     func record(_ id: String, message: String) async throws
 
-    /// Returns when there may be new work, or after `timeout`.
-    func waitForWork(timeout: Duration) async
+    /// Returns when there may be new work (true: woken), or after `timeout` (false).
+    @discardableResult
+    func waitForWork(timeout: Duration) async -> Bool
 
     /// Puts right what the store keeps beside its tables, if anything, and says what it changed
     /// (one sentence each): the SQLite store's lock markers, which a cleaner of old files may

@@ -7,7 +7,7 @@ import Synchronization
 /// that finds nothing.
 package final class Wakeup: Sendable {
     private struct State {
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var waiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
         var next: UInt64 = 0
         var kept = false
     }
@@ -18,7 +18,7 @@ package final class Wakeup: Sendable {
 
     /// Wakes every waiter; with none, the next `wait` returns at once.
     package func signal() {
-        let woken = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let woken = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
             guard !state.waiters.isEmpty else {
                 state.kept = true
                 return []
@@ -26,12 +26,13 @@ package final class Wakeup: Sendable {
             defer { state.waiters.removeAll() }
             return Array(state.waiters.values)
         }
-        woken.forEach { $0.resume() }
+        woken.forEach { $0.resume(returning: true) }
     }
 
-    /// Returns at a signal (one kept from before, at once) or after `timeout`.
-    package func wait(timeout: Duration) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+    /// Returns at a signal (one kept from before, at once: true) or after `timeout` (false).
+    @discardableResult
+    package func wait(timeout: Duration) async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let key = state.withLock { state -> UInt64? in
                 if state.kept {
                     state.kept = false
@@ -42,13 +43,13 @@ package final class Wakeup: Sendable {
                 return state.next
             }
             guard let key else {
-                continuation.resume()
+                continuation.resume(returning: true)
                 return
             }
             Task {
                 try? await Task.sleep(for: timeout)
                 let waiting = self.state.withLock { $0.waiters.removeValue(forKey: key) }
-                waiting?.resume()
+                waiting?.resume(returning: false)
             }
         }
     }

@@ -341,7 +341,8 @@ public final class PostgresTaskStore: TaskStore {
         if inserted.isEmpty { throw TaskStoreError.notFound(id) }
     }
 
-    public func waitForWork(timeout: Duration) async {
+    @discardableResult
+    public func waitForWork(timeout: Duration) async -> Bool {
         await wakeup.wait(timeout: timeout)
     }
 }

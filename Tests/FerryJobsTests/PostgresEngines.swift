@@ -77,13 +77,11 @@ struct PostgresTaskStoreTests {
 
     func wakes(_ waiter: PostgresTaskStore, when action: () async throws -> Void) async throws -> Bool {
         await waiter.waitForWork(timeout: .milliseconds(1))  // a wake-up kept from before (listening began)
-        let clock = ContinuousClock()
-        let start = clock.now
-        async let woke: Void = waiter.waitForWork(timeout: .seconds(20))
+        // Woken, not timed out: no wall clock, which other tests sharing the machine can stretch.
+        async let woke = waiter.waitForWork(timeout: .seconds(120))
         try await Task.sleep(for: .milliseconds(100))
         try await action()
-        await woke
-        return clock.now - start < .seconds(10)
+        return await woke
     }
 
     @Test func anotherStoresNewWorkWakesTheWaiters() async throws {

@@ -244,26 +244,19 @@ struct TaskStoreContractTests {
         let wakeup = Wakeup()
         wakeup.signal()
         wakeup.signal()
-        let clock = ContinuousClock()
-        var start = clock.now
-        await wakeup.wait(timeout: .seconds(20))
-        #expect(clock.now - start < .seconds(5))
-        start = clock.now
-        await wakeup.wait(timeout: .milliseconds(300))
-        #expect(clock.now - start >= .milliseconds(300), "two signals with nobody waiting keep one wake-up, not two")
+        #expect(await wakeup.wait(timeout: .seconds(20)))
+        #expect(await wakeup.wait(timeout: .milliseconds(300)) == false, "two signals with nobody waiting keep one wake-up, not two")
     }
 
     @Test(arguments: storeEngines)
     func waitersWakeOnNewWork(engine: StoreUnderTest) async throws {
         try await withStore(engine) { store in
             await store.waitForWork(timeout: .milliseconds(1))  // a wake-up kept from opening
-            let clock = ContinuousClock()
-            let start = clock.now
-            async let woke: Void = store.waitForWork(timeout: .seconds(20))
+            // Woken, not timed out: no wall clock, which other tests sharing the machine can stretch.
+            async let woke = store.waitForWork(timeout: .seconds(120))
             try await Task.sleep(for: .milliseconds(100))
             _ = try await store.create(newMove())
-            await woke
-            #expect(clock.now - start < .seconds(10))
+            #expect(await woke)
         }
     }
 }
