@@ -249,11 +249,7 @@ struct MoveCLITests {
     /// and `task cancel`. After the cancel, the janitor rolls it back, and the move can run again.
     @Test func aKilledMoveLeavesAStalledTaskThatSaysHowToEndIt() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
-            let a = try fs.makeProjectDirectory("a", project: 100)
-            let b = try fs.makeProjectDirectory("b", project: 200)
-            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
-            for i in 0..<6 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
-            let before = try TreeSnapshot.take(a + "/big")
+            let (a, b, before) = try bigTree(fs)
             let environment = database(fs).merging(["FERRY_LEASE_SECONDS": "1"]) { $1 }
             let move = try startFerry(["move", "--jobs", "1", a + "/big", b], environment: environment)
             waitUntilStaging(in: b, holds: "big", seconds: 20)

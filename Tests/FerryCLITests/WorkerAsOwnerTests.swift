@@ -202,6 +202,17 @@ struct WorkerAsOwnerTests {
         }
     }
 
+    /// Reads the task with `show` until its status is `status` or `seconds` have passed; the last record read.
+    static func waitUntil(_ status: String, seconds: Double, _ show: () throws -> [String: Any]) throws -> [String: Any] {
+        var record: [String: Any] = [:]
+        let deadline = Date().addingTimeInterval(seconds)
+        repeat {
+            Thread.sleep(forTimeInterval: 0.2)
+            record = try show()
+        } while Date() < deadline && record["status"] as? String != status
+        return record
+    }
+
     /// The pids of processes whose arguments include `words` and one containing `text`.
     static func processes(matching words: [String], and text: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { entry in
@@ -242,12 +253,7 @@ struct WorkerAsOwnerTests {
                 _ = try Shell.execute(["kill", "-KILL", pid])
                 killed.insert(pid)
             }
-            var record: [String: Any] = [:]
-            let deadline = Date().addingTimeInterval(30)
-            repeat {
-                Thread.sleep(forTimeInterval: 0.2)
-                record = try show()
-            } while Date() < deadline && record["status"] as? String != "rolled_back"
+            var record = try Self.waitUntil("rolled_back", seconds: 30, show)
             if record["status"] as? String != "rolled_back" {
                 worker.terminate()
                 worker.waitUntilExit()
@@ -265,11 +271,7 @@ struct WorkerAsOwnerTests {
 
             // Retried, it starts counting again and runs to the end.
             #expect(try ferry("task", "retry", id, environment: environment).status == 0)
-            let done = Date().addingTimeInterval(60)
-            repeat {
-                Thread.sleep(forTimeInterval: 0.2)
-                record = try show()
-            } while Date() < done && record["status"] as? String != "completed"
+            record = try Self.waitUntil("completed", seconds: 60, show)
             #expect(record["status"] as? String == "completed", "\(record)")
             #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
             #expect(!FileManager.default.fileExists(atPath: a + "/big"))
@@ -323,12 +325,7 @@ struct WorkerAsOwnerTests {
             let log = Pipe()
             let worker = try startFerry(["worker", "--lease", "2", "--concurrency", "1"], environment: environment, output: log)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
-            var record: [String: Any] = [:]
-            let deadline = Date().addingTimeInterval(40)
-            repeat {
-                Thread.sleep(forTimeInterval: 0.2)
-                record = try show()
-            } while Date() < deadline && record["status"] as? String != "rolled_back"
+            var record = try Self.waitUntil("rolled_back", seconds: 40, show)
             try #require(record["status"] as? String == "rolled_back", "\(record)")
             let error = record["error"] as? [String: Any]
             #expect(error?["code"] as? String == "runner.crashed", "\(record)")
@@ -339,11 +336,7 @@ struct WorkerAsOwnerTests {
             #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
 
             #expect(try ferry("task", "retry", id, environment: environment).status == 0)
-            let done = Date().addingTimeInterval(60)
-            repeat {
-                Thread.sleep(forTimeInterval: 0.2)
-                record = try show()
-            } while Date() < done && record["status"] as? String != "completed"
+            record = try Self.waitUntil("completed", seconds: 60, show)
             #expect(record["status"] as? String == "completed", "\(record)")
             #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
             #expect(!FileManager.default.fileExists(atPath: a + "/big"))
