@@ -89,11 +89,8 @@ extension TaskRecord {
         case .committing: .publishing
         default: .copying
         }
-        let left = progress.bytesTotal > progress.bytesDone ? Double(progress.bytesTotal - progress.bytesDone) : 0
         return CopyProgress(phase: phase, bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal,
                             entriesDone: progress.entriesDone, entriesTotal: progress.entriesTotal, currentPath: nil,
-                            bytesPerSecond: progress.bytesPerSecond,
-                            secondsRemaining: progress.bytesPerSecond > 0 && progress.bytesTotal > 0 ? left / progress.bytesPerSecond : nil,
-                            elapsedSeconds: 0)
+                            bytesPerSecond: progress.bytesPerSecond, secondsRemaining: progress.secondsRemaining, elapsedSeconds: 0)
     }
 }

@@ -100,43 +100,8 @@ struct TransferOptions: ParsableArguments {
         // `ferry worker` or `ferry janitor` to finish.
         let interrupt = InterruptWatcher(onHangup: { engine.stop() }) { cancellation.cancel() }
         defer { interrupt.stop() }
-        var record: TaskRecord
-        if let claimed = try await store.claim(id: created.id, worker: engine.settings.worker, lease: engine.settings.lease) {
-            record = await engine.run(claimed, cancellation: cancellation)
-        } else {
-            // A worker claimed it first (one woken by its creation on a shared database).
-            record = try await follow(created.id, command: command, taken: "a worker claimed it first", store: store, bar: bar, interrupt: interrupt)
-        }
-        // A task handed back to run again later (a path locked, with --wait-for-locks; a passing
-        // fault, retried after its delay) is run again here when its time comes, saying once why
-        // it waits. Ctrl-C while it waits cancels it, and it is rolled back as during a run.
-        var said = ""
-        while !record.status.isTerminal && record.leaseOwner == nil && !interrupt.hungUp {
-            if !interrupt.interrupted, !json, let why = try? await store.events(record.id).last?.message, why != said {
-                said = why
-                bar.finish()
-                printError("\(command): \(why)")
-            }
-            while !interrupt.interrupted && !interrupt.hungUp, let until = record.notBefore, until > Date() {
-                try? await Task.sleep(for: .milliseconds(100))
-            }
-            if interrupt.hungUp { break }
-            if interrupt.interrupted {
-                record = (try? await store.requestCancel(record.id)) ?? record
-                if record.status.isTerminal { break }  // cancelled before it started
-            }
-            guard let again = try await store.claim(id: record.id, worker: engine.settings.worker, lease: engine.settings.lease) else {
-                record = try await follow(record.id, command: command, taken: "a worker claimed it while it waited", store: store, bar: bar,
-                                          interrupt: interrupt)
-                break
-            }
-            record = await engine.run(again, cancellation: cancellation)
-        }
-        if !record.status.isTerminal, let holder = record.leaseOwner, holder != engine.settings.worker {
-            // This command was stopped (Ctrl-Z) for longer than its lease, and a worker took the task over.
-            record = try await follow(record.id, command: command, taken: "\(holder) took it over while this command was stopped", store: store, bar: bar,
-                                      interrupt: interrupt)
-        }
+        let record = try await runToItsEnd(created, command: command, engine: engine, store: store, bar: bar,
+                                           cancellation: cancellation, interrupt: interrupt)
         bar.finish()
         if !record.status.isTerminal && record.leaseOwner == nil {
             // Handed back after a hangup: whoever may still read this learns where it went.
@@ -165,6 +130,50 @@ struct TransferOptions: ParsableArguments {
             printError("task \(record.id) \(record.status.rawValue); the source is untouched")
         }
         throw ExitCode(record.exitStatus)
+    }
+
+    /// Runs the command's task here until it ends, or until a hangup hands it back. A task handed
+    /// back to run again later (a path locked, with --wait-for-locks; a passing fault, retried after
+    /// its delay) is run again when its time comes, saying once why it waits; Ctrl-C while it waits
+    /// cancels it, and it is rolled back as during a run. A task a worker runs instead (one that
+    /// claimed it first, or took it over while this command was stopped) is followed to its end.
+    func runToItsEnd(_ created: TaskRecord, command: String, engine: MoveEngine, store: any TaskStore, bar: ProgressBar,
+                     cancellation: CancellationFlag, interrupt: InterruptWatcher) async throws -> TaskRecord {
+        var record: TaskRecord
+        if let claimed = try await store.claim(id: created.id, worker: engine.settings.worker, lease: engine.settings.lease) {
+            record = await engine.run(claimed, cancellation: cancellation)
+        } else {
+            // A worker claimed it first (one woken by its creation on a shared database).
+            record = try await follow(created.id, command: command, taken: "a worker claimed it first", store: store, bar: bar, interrupt: interrupt)
+        }
+        var said = ""
+        while !record.status.isTerminal && record.leaseOwner == nil && !interrupt.hungUp {
+            if !interrupt.interrupted, !json, let why = try? await store.events(record.id).last?.message, why != said {
+                said = why
+                bar.finish()
+                printError("\(command): \(why)")
+            }
+            while !interrupt.interrupted && !interrupt.hungUp, let until = record.notBefore, until > Date() {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+            if interrupt.hungUp { break }
+            if interrupt.interrupted {
+                record = (try? await store.requestCancel(record.id)) ?? record
+                if record.status.isTerminal { break }  // cancelled before it started
+            }
+            guard let again = try await store.claim(id: record.id, worker: engine.settings.worker, lease: engine.settings.lease) else {
+                record = try await follow(record.id, command: command, taken: "a worker claimed it while it waited", store: store, bar: bar,
+                                          interrupt: interrupt)
+                break
+            }
+            record = await engine.run(again, cancellation: cancellation)
+        }
+        if !record.status.isTerminal, let holder = record.leaseOwner, holder != engine.settings.worker {
+            // This command was stopped (Ctrl-Z) for longer than its lease, and a worker took the task over.
+            record = try await follow(record.id, command: command, taken: "\(holder) took it over while this command was stopped", store: store, bar: bar,
+                                      interrupt: interrupt)
+        }
+        return record
     }
 
     /// Waits for the command's task while another worker runs it, showing its progress, and

@@ -110,6 +110,11 @@ public struct TaskProgress: Codable, Sendable, Equatable {
         self.entriesTotal = entriesTotal
         self.bytesPerSecond = bytesPerSecond
     }
+
+    /// Seconds until the bytes are done at the recorded rate, when it can be told.
+    public var secondsRemaining: Double? {
+        bytesPerSecond > 0 && bytesTotal > bytesDone ? Double(bytesTotal - bytesDone) / bytesPerSecond : nil
+    }
 }
 
 /// Why a task failed: a stable code for programs, a message for people.

@@ -45,10 +45,7 @@ public struct TaskView: Codable, Sendable {
         } else {
             percent = task.status == .completed ? 100 : 0
         }
-        var eta: Double?
-        if !task.status.isTerminal, p.bytesPerSecond > 0, p.bytesTotal > p.bytesDone {
-            eta = Double(p.bytesTotal - p.bytesDone) / p.bytesPerSecond
-        }
+        let eta = task.status.isTerminal ? nil : p.secondsRemaining
         id = task.id
         kind = task.kind.rawValue
         status = task.status.rawValue

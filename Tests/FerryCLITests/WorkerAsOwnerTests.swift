@@ -176,10 +176,7 @@ struct WorkerAsOwnerTests {
             } while Date() < deadline && record["status"] as? String != "completed"
             #expect(record["status"] as? String == "completed", "\(record)")
             #expect((record["attempts"] as? Int ?? 0) >= 2, "\(record)")
-            func gone() -> Bool {
-                !FileManager.default.fileExists(atPath: "/proc/\(pid)/status")
-                    || (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.contains("zombie") == true
-            }
+            func gone() -> Bool { Self.gone(pid) }
             let killedBy = Date().addingTimeInterval(30)
             while !gone() && Date() < killedBy { Thread.sleep(forTimeInterval: 0.2) }
             #expect(gone(), "the stopped process of the finished task is still there")
@@ -200,6 +197,30 @@ struct WorkerAsOwnerTests {
             let why = concurrency == 1 ? "task process missed its heartbeats; stopping it" : "task taken over by another run; stopping its process"
             #expect(output.contains(why), "\(output)")
         }
+    }
+
+    /// A task given up after three unexpected ends (`record`, rolled back): `runner.crashed`, its
+    /// source whole, nothing in the destination; `ferry task retry` then runs it to the end.
+    static func expectRolledBackThenRetriedToTheEnd(_ record: [String: Any], _ move: QueuedBigMove, environment: [String: String],
+                                                    _ show: () throws -> [String: Any]) throws {
+        let error = record["error"] as? [String: Any]
+        #expect(error?["code"] as? String == "runner.crashed", "\(record)")
+        #expect((error?["message"] as? String)?.contains("ended unexpectedly 3 times") == true, "\(record)")
+        #expect(try move.before.differences(to: TreeSnapshot.take(move.a + "/big")).isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: move.b).isEmpty)
+
+        // Retried, it starts counting again and runs to the end.
+        #expect(try ferry("task", "retry", move.id, environment: environment).status == 0)
+        let done = try waitUntil("completed", seconds: 60, show)
+        #expect(done["status"] as? String == "completed", "\(done)")
+        #expect(try move.before.differences(to: TreeSnapshot.take(move.b + "/big")).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: move.a + "/big"))
+    }
+
+    /// Whether the process `pid` has exited (gone, or a zombie not yet reaped).
+    static func gone(_ pid: String) -> Bool {
+        !FileManager.default.fileExists(atPath: "/proc/\(pid)/status")
+            || (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.contains("zombie") == true
     }
 
     /// Reads the task with `show` until its status is `status` or `seconds` have passed; the last record read.
@@ -230,7 +251,7 @@ struct WorkerAsOwnerTests {
         try withLoopXFS(sizeMiB: 1024) { fs in
             let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
             let move = try QueuedBigMove(fs, environment: environment)
-            let (a, b, before, id) = (move.a, move.b, move.before, move.id)
+            let id = move.id
             let log = Pipe()
             let worker = try startFerry(["worker", "--as-owner", "--lease", "2", "--concurrency", "1"], environment: environment, output: log)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
@@ -253,28 +274,17 @@ struct WorkerAsOwnerTests {
                 _ = try Shell.execute(["kill", "-KILL", pid])
                 killed.insert(pid)
             }
-            var record = try Self.waitUntil("rolled_back", seconds: 30, show)
+            let record = try Self.waitUntil("rolled_back", seconds: 30, show)
             if record["status"] as? String != "rolled_back" {
                 worker.terminate()
                 worker.waitUntilExit()
                 Issue.record("not rolled back: \(record)\n\(String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
                 return
             }
-            let error = record["error"] as? [String: Any]
-            #expect(error?["code"] as? String == "runner.crashed", "\(record)")
-            #expect((error?["message"] as? String)?.contains("ended unexpectedly 3 times") == true, "\(record)")
             let messages = (record["events"] as? [[String: Any]] ?? []).compactMap { $0["message"] as? String }
             #expect(messages.contains { $0.hasPrefix("task process ended unexpectedly") && $0.hasSuffix("resuming it in 5 s") }, "\(messages)")
             #expect(messages.contains { $0.hasPrefix("task process ended unexpectedly") && $0.hasSuffix("resuming it in 10 s") }, "\(messages)")
-            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
-            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
-
-            // Retried, it starts counting again and runs to the end.
-            #expect(try ferry("task", "retry", id, environment: environment).status == 0)
-            record = try Self.waitUntil("completed", seconds: 60, show)
-            #expect(record["status"] as? String == "completed", "\(record)")
-            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
-            #expect(!FileManager.default.fileExists(atPath: a + "/big"))
+            try Self.expectRolledBackThenRetriedToTheEnd(record, move, environment: environment, show)
         }
     }
 
@@ -287,12 +297,8 @@ struct WorkerAsOwnerTests {
         try withLoopXFS(sizeMiB: 1024) { fs in
             let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/tasks.sqlite"]
             let move = try QueuedBigMove(fs, environment: environment)
-            let (a, b, before, id) = (move.a, move.b, move.before, move.id)
+            let (b, id) = (move.b, move.id)
             func show() throws -> [String: Any] { try jsonObject(try ferry("task", "show", "--json", id, environment: environment).standardOutput) }
-            func gone(_ pid: String) -> Bool {
-                !FileManager.default.fileExists(atPath: "/proc/\(pid)/status")
-                    || (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.contains("zombie") == true
-            }
             var killed: Set<String> = []
             for round in 1...3 {
                 let worker = try startFerry(["worker", "--lease", "2", "--concurrency", "1"], environment: environment)
@@ -313,8 +319,8 @@ struct WorkerAsOwnerTests {
                 try #require(!pid.isEmpty, "round \(round): the worker started no process for the task: \(state)")
                 killed.insert(pid)
                 let stopsBy = Date().addingTimeInterval(30)
-                while !gone(pid) && Date() < stopsBy { Thread.sleep(forTimeInterval: 0.05) }
-                if !gone(pid) {
+                while !Self.gone(pid) && Date() < stopsBy { Thread.sleep(forTimeInterval: 0.05) }
+                if !Self.gone(pid) {
                     _ = try? Shell.execute(["kill", "-KILL", pid])
                     Issue.record("round \(round): the task's process outlived its worker by 30 s")
                 }
@@ -322,24 +328,13 @@ struct WorkerAsOwnerTests {
             let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
             #expect(staged.contains { $0.hasPrefix(".ferry-staging-") }, "the first run staged nothing: \(staged)")
 
-            let log = Pipe()
-            let worker = try startFerry(["worker", "--lease", "2", "--concurrency", "1"], environment: environment, output: log)
+            let worker = try startFerry(["worker", "--lease", "2", "--concurrency", "1"], environment: environment)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
-            var record = try Self.waitUntil("rolled_back", seconds: 40, show)
+            let record = try Self.waitUntil("rolled_back", seconds: 40, show)
             try #require(record["status"] as? String == "rolled_back", "\(record)")
-            let error = record["error"] as? [String: Any]
-            #expect(error?["code"] as? String == "runner.crashed", "\(record)")
-            #expect((error?["message"] as? String)?.contains("ended unexpectedly 3 times") == true, "\(record)")
             let messages = (record["events"] as? [[String: Any]] ?? []).compactMap { $0["message"] as? String }
             #expect(messages.filter { $0.hasPrefix("claimed by") && $0.contains(" after the lease of ") }.count == 3, "\(messages)")
-            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
-            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
-
-            #expect(try ferry("task", "retry", id, environment: environment).status == 0)
-            record = try Self.waitUntil("completed", seconds: 60, show)
-            #expect(record["status"] as? String == "completed", "\(record)")
-            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
-            #expect(!FileManager.default.fileExists(atPath: a + "/big"))
+            try Self.expectRolledBackThenRetriedToTheEnd(record, move, environment: environment, show)
         }
     }
 }
