@@ -2,9 +2,29 @@ import FerryCopy
 import FerryJobs
 import FerrySystem
 
+/// Flushing what is staged failed, before anything was published: a staged file may have lost
+/// data the kernel could not write back, so the copy is made again.
+struct StagingNotDurable: Error, CustomStringConvertible {
+    var path: String
+    var error: SystemError
+    var cause: CopyError { .system(path: path, error) }
+    var description: String { "flushing the staged copy to disk failed: \(cause)" }
+}
+
 /// The commit phase: publish what is staged, then remove the source, entry by entry; and the
 /// commit of the `rename` strategy. Each step can be run again by recovery.
 extension MoveEngine {
+    /// Flushes what is staged. If that fails before the first publish, the task may go back to
+    /// copying (`StagingNotDurable`); after, what is published was flushed before it was, and
+    /// the rest is retried from here.
+    private static func flushBeforePublishing(_ staging: StagingArea, _ plan: TaskPlan) throws {
+        let failure: SystemError
+        do { try staging.directory.syncFilesystem(); return } catch { failure = error }
+        let nothingPublished = plan.finalNames.allSatisfy { (try? staging.directory.status($0.bytes)) != nil }
+        if plan.strategy == Strategy.copy.rawValue && nothingPublished { throw StagingNotDurable(path: PathDisplay.string(staging.name), error: failure) }
+        throw failure
+    }
+
     /// Commit, idempotent so that recovery can run it again: publish each staged item that is still
     /// in staging (never replacing), fsync the destination; for a move, verify the published copy
     /// against the source once more. Returns whether source entries remain to be deleted.
@@ -15,7 +35,7 @@ extension MoveEngine {
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
         if let staging = try engine.openStaging(in: destination, id: id) {
             defer { staging.directory.closeQuietly() }
-            try staging.directory.syncFilesystem()
+            try Self.flushBeforePublishing(staging, plan)
             for final in plan.finalNames {
                 guard (try? staging.directory.status(final.bytes)) != nil else { continue }  // published before a crash
                 do {

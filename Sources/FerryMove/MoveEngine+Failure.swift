@@ -31,6 +31,19 @@ extension MoveEngine {
             // for a lock, or that a user retried, was claimed many times without failing.
             let earlier = TaskEvent.count((try? await store.events(task.id)) ?? [], beginningWith: Self.retryEvent)
             if task.status == .committing || earlier + 1 < settings.maxAttempts {
+                if Self.mayHaveLostStagedData(error, task) {
+                    // Not resumed: the next attempt copies everything again. If that cannot be
+                    // recorded, the staging is removed instead (the task fails, rolled back).
+                    var plan = task.plan
+                    plan?.stagedOn = TaskPlan.writeBackFailed
+                    do {
+                        try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
+                                                message: "the staged copy is not trusted any more: \(failure.message)")
+                    } catch {
+                        await fail(context, failure, rollback: true)
+                        return
+                    }
+                }
                 let delay = Duration.seconds(min(300, 2 << min(earlier, 7)))
                 try? await store.release(id: task.id, worker: settings.worker, retryAfter: delay, failure: failure,
                                          message: "\(Self.retryEvent) \(delay.components.seconds) s: \(failure.message)")
@@ -38,6 +51,20 @@ extension MoveEngine {
             }
         }
         await fail(context, failure, rollback: true)
+    }
+
+    /// Whether a copy's staging may hold a file that looks complete but lost data: after a failed
+    /// flush (before anything was published), or an I/O error while staging or verifying, which
+    /// may be a write-back error (the kernel drops the pages it could not write, and `close`,
+    /// `fsync` or `syncfs` report it once). A relink stages no data (its staging holds the
+    /// source's own files, never to be thrown away).
+    static func mayHaveLostStagedData(_ error: any Error, _ task: TaskRecord) -> Bool {
+        guard let plan = task.plan, plan.strategy == Strategy.copy.rawValue else { return false }
+        if error is StagingNotDurable { return true }
+        guard task.status == .copying || task.status == .verifying else { return false }
+        let code: SystemError.Code?
+        if let copy = error as? CopyError { code = copy.systemCode } else { code = (error as? SystemError)?.code }
+        return code == .io
     }
 
     /// How the history records a run given back to be tried again after a passing fault.
@@ -163,9 +190,9 @@ extension MoveEngine {
 
     static func isTransient(_ error: any Error) -> Bool {
         let code: SystemError.Code?
-        if let copy = error as? CopyError { code = copy.systemCode } else { code = (error as? SystemError)?.code }
+        if let copy = error as? CopyError { code = copy.systemCode } else { code = (error as? SystemError ?? (error as? StagingNotDurable)?.error)?.code }
         switch code {
-        case .io?, .busy?, .tooManyOpenFiles?: return true
+        case .io?, .busy?, .tooManyOpenFiles?, .staleFileHandle?: return true
         default: return false
         }
     }
@@ -192,6 +219,8 @@ extension MoveEngine {
             }
         case let system as SystemError:
             return TaskFailure(code: system.code == .escapesRoot ? "path.outside" : "system", message: system.description)
+        case let notDurable as StagingNotDurable:
+            return TaskFailure(code: failure(for: notDurable.cause).code, message: notDurable.description)
         case let usage as Transfer.UsageError:
             return TaskFailure(code: "usage", message: usage.message)
         default:

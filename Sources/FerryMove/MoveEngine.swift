@@ -151,10 +151,12 @@ public final class MoveEngine: Sendable {
             // Staged, and not yet flushed, by a machine that has restarted since or by another one:
             // a file that looks complete may hold no data on disk, and the checks before publishing
             // compare metadata. The copy is made again (a relink stages no data, only renames).
+            let why = plan.stagedOn == TaskPlan.writeBackFailed
+                ? "writing it back to disk failed, and a file that looks complete may have lost data"
+                : "it was being written on another machine or before a restart, and what was not yet flushed then may not be on disk"
             plan.stagedOn = bootIdentity
             try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
-                                    message: "copying again into \(plan.stagingName): it was being written on another machine or before a restart, "
-                                        + "and what was not yet flushed then may not be on disk")
+                                    message: "copying again into \(plan.stagingName): \(why)")
             task.status = .copying
             restage = true
         }
@@ -251,6 +253,10 @@ public final class MoveEngine: Sendable {
         var existing = try engine.openStaging(in: destination, id: id)
         if discardExisting, let stale = existing {
             engine.discard(stale)
+            // What the discarded files still had to write back, and their removal, is flushed
+            // now: an error in that (FUSE reports the removal of a file whose times it had not
+            // yet sent as ESTALE) is about them, and not to fail the new copy's flush.
+            try? destination.syncFilesystem()
             existing = nil
         }
         let staging = try existing ?? engine.createStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue)
@@ -265,7 +271,7 @@ public final class MoveEngine: Sendable {
             // Flushed through a descriptor opened before the writes: `syncfs` reports a write-back
             // error only to descriptors opened before it happened, so the flush of the next phase,
             // on a descriptor of its own, could miss one that happened during the copy.
-            try engine.flush(staging)
+            try Self.flush(staging, engine)
         }
     }
 
@@ -285,7 +291,16 @@ public final class MoveEngine: Sendable {
         } else {
             try engine.verify(sources, in: staging)
         }
-        try engine.flush(staging)
+        try Self.flush(staging, engine)
+    }
+
+    /// Flushes what is staged; a failure is `StagingNotDurable`, which makes the next attempt
+    /// copy again instead of trusting what it finds.
+    static func flush(_ staging: StagingArea, _ engine: CopyEngine) throws {
+        let failure: CopyError
+        do { try engine.flush(staging); return } catch { failure = error }
+        if case .system(let path, let error) = failure { throw StagingNotDurable(path: path, error: error) }
+        throw failure
     }
 
     /// A relinked tree is the source's own inodes under new names: it must hold exactly what the

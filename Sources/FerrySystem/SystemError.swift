@@ -28,6 +28,7 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
         case busy                 // EBUSY / ETXTBSY
         case tooManyOpenFiles     // EMFILE / ENFILE
         case badFileDescriptor    // EBADF
+        case staleFileHandle      // ESTALE (a network filesystem's file replaced or gone under a handle)
         case noData               // ENODATA (missing xattr)
         case rangeTooSmall        // ERANGE (xattr buffer)
         case escapesRoot          // EXDEV from openat2 RESOLVE_BENEATH is reported as this, see PathResolution
@@ -55,6 +56,7 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
             case EBUSY, ETXTBSY: self = .busy
             case EMFILE, ENFILE: self = .tooManyOpenFiles
             case EBADF: self = .badFileDescriptor
+            case ESTALE: self = .staleFileHandle
             case ENODATA: self = .noData
             case ERANGE: self = .rangeTooSmall
             default: self = .other
@@ -128,6 +130,7 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
         case EOPNOTSUPP: "EOPNOTSUPP"
         case EDQUOT: "EDQUOT"
         case ESRCH: "ESRCH"
+        case ESTALE: "ESTALE"
         default: "errno \(errno)"
         }
     }

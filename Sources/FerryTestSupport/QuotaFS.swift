@@ -15,7 +15,10 @@ public final class QuotaFS: @unchecked Sendable {
             && FileManager.default.isExecutableFile(atPath: "/usr/bin/fusermount3")
     }
 
-    public init(budget: Int, errno: String = "EDQUOT") throws {
+    /// `writebackCache`: writes land in the page cache and the budget's error comes from their
+    /// write-back (seen by `close` and `fsync`/`syncfs`), as on a network filesystem.
+    /// `refuseXattrs`: setting any extended attribute fails with EOPNOTSUPP.
+    public init(budget: Int, errno: String = "EDQUOT", writebackCache: Bool = false, refuseXattrs: Bool = false) throws {
         directory = try TemporaryDirectory.make(prefix: "ferry-quotafs")
         backing = directory + "/backing"
         mountPoint = directory + "/mnt"
@@ -27,6 +30,7 @@ public final class QuotaFS: @unchecked Sendable {
             process.executableURL = URL(fileURLWithPath: binary)
             process.arguments = [backing, mountPoint, "--budget", String(budget), "--errno", errno, "-f",
                                  "-o", "attr_timeout=0,entry_timeout=0,negative_timeout=0"]
+                + (writebackCache ? ["--writeback-cache"] : []) + (refuseXattrs ? ["--refuse-xattrs"] : [])
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try process.run()

@@ -37,6 +37,21 @@ struct Harness {
         return try #require(try await store.task(task.id))
     }
 
+    /// As a worker does: claims whatever is claimable (not before its retry time) and runs it, until
+    /// a run ends as `done` says, or 30 s have passed; returns the last record of task `id`.
+    func runUntil(_ id: String, _ done: (TaskRecord) -> Bool) async throws -> TaskRecord {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if let claimed = try await store.claim(worker: "test-worker", limit: 1, lease: .seconds(30)).first {
+                let record = await engine.run(claimed)
+                if done(record) { return record }
+            } else {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        return try #require(try await store.task(id))
+    }
+
     /// Creates, claims and runs a task here; returns its final record.
     func run(_ sources: [String], to destination: String, kind: TaskKind = .move, options: TaskOptions = TaskOptions()) async throws -> TaskRecord {
         let task = try await store.create(NewTask(kind: kind, sources: sources.map(StoredPath.init), destination: StoredPath(destination), options: options, owner: "test"))
@@ -181,19 +196,7 @@ struct MoveEngineTests {
             let before = try TreeSnapshot.take(a + "/data")
             let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")],
                                                               destination: StoredPath(quota.mountPoint), owner: "test"))
-            // As a worker does: claims whatever is claimable (not before its retry time) and runs it.
-            func runUntil(_ done: (TaskRecord) -> Bool) async throws -> TaskRecord {
-                let deadline = ContinuousClock.now + .seconds(30)
-                while ContinuousClock.now < deadline {
-                    if let claimed = try await harness.store.claim(worker: "test-worker", limit: 1, lease: .seconds(30)).first {
-                        let record = await harness.engine.run(claimed)
-                        if done(record) { return record }
-                    } else {
-                        try await Task.sleep(for: .milliseconds(50))
-                    }
-                }
-                return try #require(try await harness.store.task(task.id))
-            }
+            func runUntil(_ done: (TaskRecord) -> Bool) async throws -> TaskRecord { try await harness.runUntil(task.id, done) }
             var record = try await runUntil { $0.status.isTerminal }
             #expect(record.status == .failed, "\(record)")
             #expect(record.failure?.code == "io", "\(String(describing: record.failure))")
@@ -222,6 +225,40 @@ struct MoveEngineTests {
             let history = try await harness.store.events(task.id).map(\.message)
             #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
             #expect(try before.differences(to: TreeSnapshot.take(quota.mountPoint + "/data")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+        }
+    }
+
+    /// A write-back error means the kernel may have dropped data of a staged file that looks
+    /// complete (its size, mode and times are right): the retry copies everything again instead of
+    /// resuming. Here the destination keeps written data in the page cache and its budget's EIO
+    /// comes from the write-back, at `close`; the backing directory holds what reached "disk".
+    /// Before, the retry kept the file, verified its metadata, published it and deleted the
+    /// source: the backing file held only the bytes written before the error.
+    @Test(.enabled(if: QuotaFS.available)) func aWriteBackErrorMakesTheRetryCopyAgainNotResume() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            for i in 0..<6 { try TreeBuilder.write("\(a)/data/f\(i)", bytes: 1 << 20, seed: UInt64(i + 7)) }
+            let quota = try QuotaFS(budget: (1 << 20) + (1 << 19), errno: "EIO", writebackCache: true)
+            defer { quota.tearDown() }
+            let before = try TreeSnapshot.take(a + "/data")
+            var options = TaskOptions()
+            options.jobs = 1  // one file at a time: the second is the one cut short
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")],
+                                                              destination: StoredPath(quota.mountPoint), options: options, owner: "test"))
+            var record = try await harness.runUntil(task.id) { _ in true }
+            var history = try await harness.store.events(task.id).map(\.message)
+            #expect(!record.status.isTerminal, "\(record) \(history)")
+            #expect(history.last?.hasPrefix("retrying in 2 s: ") == true && history.last?.contains("EIO") == true, "\(history)")
+            quota.liftBudget()  // the fault passes
+            record = try await harness.runUntil(task.id) { $0.status.isTerminal }
+            history = try await harness.store.events(task.id).map(\.message)
+            #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
+            #expect(history.contains { $0.hasPrefix("copying again into .ferry-staging-\(task.id): writing it back to disk failed") }, "\(history)")
+            #expect(try before.differences(to: TreeSnapshot.take(quota.backing + "/data")).isEmpty)
             #expect(!FileManager.default.fileExists(atPath: a + "/data"))
         }
     }

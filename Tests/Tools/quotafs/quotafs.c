@@ -67,6 +67,8 @@ static int backing_fd = -1;         /* directory fd of the backing dir */
 static char backing_path[PATH_MAX]; /* absolute path of the backing dir */
 static int quota_errno = EDQUOT;
 static int statfs_budget;
+static int writeback_cache;         /* --writeback-cache: writes land in the page cache */
+static int refuse_xattrs;           /* --refuse-xattrs: setxattr answers EOPNOTSUPP */
 
 static pthread_mutex_t budget_mutex = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t budget_left;
@@ -191,7 +193,8 @@ static mode_t apply_umask(mode_t mode)
 
 static void *q_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
-	(void)conn;
+	if (writeback_cache)
+		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
 	cfg->use_ino = 1;     /* real inode numbers: hard links stay visible */
 	cfg->hard_remove = 1; /* no .fuse_hidden files; ops use the fd */
 	cfg->nullpath_ok = 1;
@@ -562,6 +565,8 @@ static int q_setxattr(const char *path, const char *name, const char *value,
 
 	if (r < 0)
 		return r;
+	if (refuse_xattrs)
+		return -EOPNOTSUPP;
 	return neg_errno(lsetxattr(p, name, value, size, flags));
 }
 
@@ -695,6 +700,9 @@ static void usage(FILE *out, const char *prog)
 		"  --errno NAME            error once the budget is used: EDQUOT (default),\n"
 		"                          ENOSPC or EIO (or a number)\n"
 		"  --statfs-budget         cap statfs free/available space at the budget\n"
+		"  --writeback-cache       let writes land in the page cache (the budget's\n"
+		"                          error then comes from write-back, seen by fsync)\n"
+		"  --refuse-xattrs         setxattr fails with EOPNOTSUPP\n"
 		"  --no-default-permissions  do not add -o default_permissions\n"
 		"  -f                      stay in the foreground\n"
 		"  -o OPT[,OPT...]         FUSE mount options, e.g. allow_other\n",
@@ -797,6 +805,10 @@ int main(int argc, char *argv[])
 			return 2;
 		} else if (strcmp(a, "--statfs-budget") == 0) {
 			statfs_budget = 1;
+		} else if (strcmp(a, "--writeback-cache") == 0) {
+			writeback_cache = 1;
+		} else if (strcmp(a, "--refuse-xattrs") == 0) {
+			refuse_xattrs = 1;
 		} else if (strcmp(a, "--no-default-permissions") == 0) {
 			default_perms = 0;
 		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
