@@ -22,6 +22,8 @@ struct TransferOptions: ParsableArguments {
     @Flag(help: "If a path is locked by another task, wait for it instead of failing.") var waitForLocks = false
     @Flag(help: "Skip the free-space and free-inode check (the copy still stops cleanly at ENOSPC/EDQUOT).") var noSpaceCheck = false
     @Option(help: "Safety margin on free space and inodes, in percent (default 5).") var margin: Double = 5
+    @Flag(help: "Move even if the destination cannot keep some extended attributes or ACLs (they are lost with the source; the task's history lists them). Without it such a move fails before anything is deleted.")
+    var allowXattrLoss = false
     @Option(help: "Parallel copiers (default: two per usable CPU; walks that move no data: one per usable CPU).") var jobs: Int?
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var storageOptions: StorageOptions
@@ -56,6 +58,7 @@ struct TransferOptions: ParsableArguments {
         options.margin = margin / 100
         options.waitForLocks = waitForLocks
         options.spaceCheck = !noSpaceCheck
+        options.allowXattrLoss = allowXattrLoss
         let request = NewTask(kind: kind, sources: bytes.dropLast().map { StoredPath(Transfer.absolute($0)) },
                               destination: StoredPath(Transfer.absolute(bytes[bytes.count - 1])), options: options, owner: currentUser())
         let storageOptions = self.storageOptions

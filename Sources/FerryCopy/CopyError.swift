@@ -41,6 +41,9 @@ public enum CopyError: Error, Sendable, CustomStringConvertible {
             case .permissionDenied, .notPermitted: advice = " — you lack permission for this path"
             case .io: advice = " — the storage reported an I/O error; check the device before retrying"
             case .tooManyOpenFiles: advice = " — raise the open-file limit (ulimit -n) or lower --jobs"
+            case .xattrRefused: advice = " — the destination cannot keep this extended attribute (or ACL), and the move would lose it with "
+                + "the source; nothing was deleted. Choose a destination that keeps it, or allow the loss (ferry move --allow-xattr-loss; "
+                + "the API's option allowXattrLoss)"
             default: advice = ""
             }
             return "\(path): \(error)\(advice)"

@@ -38,13 +38,17 @@ public struct CopyOptions: Sendable {
     /// ones — measured on this project's loop XFS, keeping 4 GiB of a moved source cached made the
     /// final flush take ~6 s instead of ~1 s.
     public var dropSourceCache: Bool
+    /// Fail when the destination refuses an extended attribute (or ACL) of the source, instead of
+    /// noting it: a move, whose source is deleted afterwards, sets it.
+    public var requireXattrs: Bool
     public var progressInterval: Duration
     public var cancellation: CancellationFlag
 
     public init(
         jobs: Int? = nil, metadataJobs: Int? = nil, verify: VerifyMode = .metadata, preserveOwnership: Bool? = nil,
         allowClone: Bool = true, allowCopyFileRange: Bool = true, layoutCloner: (any LayoutCloner)? = nil,
-        dropSourceCache: Bool = false, progressInterval: Duration = .milliseconds(200), cancellation: CancellationFlag = CancellationFlag()
+        dropSourceCache: Bool = false, requireXattrs: Bool = false, progressInterval: Duration = .milliseconds(200),
+        cancellation: CancellationFlag = CancellationFlag()
     ) {
         self.jobs = max(1, jobs ?? Self.defaultJobs)
         self.givenMetadataJobs = (metadataJobs ?? jobs).map { max(1, $0) }
@@ -54,6 +58,7 @@ public struct CopyOptions: Sendable {
         self.allowCopyFileRange = allowCopyFileRange
         self.layoutCloner = layoutCloner
         self.dropSourceCache = dropSourceCache
+        self.requireXattrs = requireXattrs
         self.progressInterval = progressInterval
         self.cancellation = cancellation
     }

@@ -9,6 +9,8 @@ struct MetadataApplier: Sendable {
     let preserveOwnership: Bool
     let privileged: Bool
     let skippedAttributes: Set<ByteString>
+    /// An attribute the destination refuses fails the copy (`.xattrRefused`) instead of a note.
+    var requireXattrs = false
     let notes: CopyNotes
 
     /// A regular file or directory the engine holds open on both sides.
@@ -28,7 +30,7 @@ struct MetadataApplier: Sendable {
             do {
                 try ExtendedAttributes.set(destination, name, value)
             } catch where tolerable(error) {
-                notes.skippedAttribute(path(), name, error)
+                try refused(name, error, path())
             }
         }
         try destination.setTimes(access: status.accessTime, modification: status.modificationTime)
@@ -57,10 +59,19 @@ struct MetadataApplier: Sendable {
             do {
                 try ExtendedAttributes.set(in: destinationDirectory, symlink: destinationName, name, value)
             } catch where tolerable(error) {
-                notes.skippedAttribute(path(), name, error)
+                try refused(name, error, path())
             }
         }
         try destinationDirectory.setTimes(destinationName, access: status.accessTime, modification: status.modificationTime)
+    }
+
+    /// An attribute the destination refused: noted, or (`requireXattrs`) the copy fails.
+    private func refused(_ name: ByteString, _ error: SystemError, _ path: String) throws(SystemError) {
+        guard requireXattrs else {
+            notes.skippedAttribute(path, name, error)
+            return
+        }
+        throw SystemError(errno: error.errno, syscall: error.syscall, path: error.path, refinedCode: .xattrRefused)
     }
 
     private func shouldCopy(_ name: ByteString) -> Bool {

@@ -31,7 +31,7 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
         privileged = processIsPrivileged
         metadata = MetadataApplier(
             preserveOwnership: options.preserveOwnership, privileged: privileged,
-            skippedAttributes: options.layoutCloner?.layoutAttributeNames ?? [], notes: notes)
+            skippedAttributes: options.layoutCloner?.layoutAttributeNames ?? [], requireXattrs: options.requireXattrs, notes: notes)
         self.meter = meter
         self.cancellation = options.cancellation
         self.layoutCloner = options.layoutCloner

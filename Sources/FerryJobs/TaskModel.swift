@@ -47,6 +47,9 @@ public struct TaskOptions: Codable, Sendable, Equatable {
     public var spaceCheck: Bool = true
     /// Run with the server's privileges instead of the owner's (admins only, e.g. to keep owners).
     public var privileged: Bool = false
+    /// A move goes on when the destination refuses some of the source's extended attributes (or
+    /// ACLs), which are then lost with the source; otherwise it fails before anything is deleted.
+    public var allowXattrLoss: Bool = false
     public init() {}
 
     public init(from decoder: any Decoder) throws {
@@ -59,6 +62,7 @@ public struct TaskOptions: Codable, Sendable, Equatable {
         waitForLocks = try c.decodeIfPresent(Bool.self, forKey: .waitForLocks) ?? false
         spaceCheck = try c.decodeIfPresent(Bool.self, forKey: .spaceCheck) ?? true
         privileged = try c.decodeIfPresent(Bool.self, forKey: .privileged) ?? false
+        allowXattrLoss = try c.decodeIfPresent(Bool.self, forKey: .allowXattrLoss) ?? false
     }
 }
 

@@ -208,6 +208,7 @@ extension MoveEngine {
                 case .quotaExceeded: code = "quota.exceeded"
                 case .permissionDenied, .notPermitted: code = "permission"
                 case .io: code = "io"
+                case .xattrRefused: code = "xattr.refused"
                 default: code = "system"
                 }
                 return TaskFailure(code: code, message: copy.description)

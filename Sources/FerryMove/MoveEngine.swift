@@ -161,7 +161,12 @@ public final class MoveEngine: Sendable {
             restage = true
         }
         if task.status == .copying {
-            try await Blocking.run { [self, task, plan, restage] in try self.stage(task, plan, context, discardExisting: restage) }
+            let notes = try await Blocking.run { [self, task, plan, restage] in try self.stage(task, plan, context, discardExisting: restage) }
+            if let notes, notes.count > 0 {
+                // What the destination would not keep (a copy; or a move that allows the loss).
+                try? await store.record(task.id, message: "not preserved (\(notes.count)): " + notes.first.prefix(5).joined(separator: "; ")
+                                        + (notes.count > 5 ? "; …" : ""))
+            }
             try await checkpoint(context)
             try await store.advance(id: task.id, worker: settings.worker, to: .verifying, plan: nil, message: "verifying the copy")
             task.status = .verifying
@@ -236,14 +241,16 @@ public final class MoveEngine: Sendable {
 
     func copyEngine(_ task: TaskRecord, _ context: RunContext) -> CopyEngine {
         let options = CopyOptions(jobs: task.options.jobs ?? settings.jobs, verify: VerifyMode(rawValue: task.options.verify) ?? .metadata,
-                                  dropSourceCache: task.kind == .move, progressInterval: settings.progressInterval,
+                                  dropSourceCache: task.kind == .move, requireXattrs: task.kind == .move && !task.options.allowXattrLoss,
+                                  progressInterval: settings.progressInterval,
                                   cancellation: context.cancellation)
         return CopyEngine(options: options) { [self] progress in self.report(task, progress, context) }
     }
 
     /// Stage: copy into `.ferry-staging-<task>` beside the destination; a staging directory left by
     /// an earlier attempt is continued, not started over.
-    private func stage(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext, discardExisting: Bool) throws {
+    /// Returns what the copy could not preserve (nil for a relink).
+    private func stage(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext, discardExisting: Bool) throws -> CopyNotes? {
         let sources = try self.sources(task, plan)
         defer { sources.forEach { $0.directory.closeQuietly() } }
         let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
@@ -266,13 +273,14 @@ public final class MoveEngine: Sendable {
         totals.entries = plan.entries
         if plan.strategy == Strategy.relink.rawValue {
             try engine.relink(sources, into: staging, totals: totals)
-        } else {
-            _ = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
-            // Flushed through a descriptor opened before the writes: `syncfs` reports a write-back
-            // error only to descriptors opened before it happened, so the flush of the next phase,
-            // on a descriptor of its own, could miss one that happened during the copy.
-            try Self.flush(staging, engine)
+            return nil
         }
+        let staged = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
+        // Flushed through a descriptor opened before the writes: `syncfs` reports a write-back
+        // error only to descriptors opened before it happened, so the flush of the next phase,
+        // on a descriptor of its own, could miss one that happened during the copy.
+        try Self.flush(staging, engine)
+        return staged.notes
     }
 
     private func verifyAndFlush(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext) throws {

@@ -32,6 +32,7 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
         case noData               // ENODATA (missing xattr)
         case rangeTooSmall        // ERANGE (xattr buffer)
         case escapesRoot          // EXDEV from openat2 RESOLVE_BENEATH is reported as this, see PathResolution
+        case xattrRefused         // a copy that must keep every extended attribute could not set one (refined, see MetadataApplier)
         case other
 
         init(_ errno: CInt) {

@@ -263,6 +263,49 @@ struct MoveEngineTests {
         }
     }
 
+    /// A destination that refuses an extended attribute of the source: a move fails before
+    /// anything is deleted (the attribute would be lost with the source) unless the loss is
+    /// allowed; a copy, whose source stays, goes on. Either way the history says what was not
+    /// kept. Before, the move dropped the attribute without a word and deleted the source.
+    @Test(.enabled(if: QuotaFS.available)) func aMoveThatWouldLoseAnExtendedAttributeFailsUnlessAllowed() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try makeTree(a + "/data", files: 6)
+            try Shell.run(["setfattr", "-n", "user.comment", "-v", "keep me", a + "/data/sub/f3"])
+            let quota = try QuotaFS(budget: 1 << 30, refuseXattrs: true)
+            defer { quota.tearDown() }
+            let before = try TreeSnapshot.take(a + "/data")
+
+            var record = try await harness.run([a + "/data"], to: quota.mountPoint)
+            #expect(record.status == .failed)
+            #expect(record.failure?.code == "xattr.refused", "\(String(describing: record.failure))")
+            let message = record.failure?.message ?? ""
+            #expect(message.contains("data/sub/f3") && message.contains("user.comment") && message.contains("EOPNOTSUPP")
+                    && message.contains("nothing was deleted") && message.contains("--allow-xattr-loss"), "\(message)")
+            #expect(listing(quota.backing).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+
+            let note = "not preserved (1): data/sub/f3: extended attribute user.comment not preserved (EOPNOTSUPP)"
+            record = try await harness.run([a + "/data"], to: quota.mountPoint, kind: .copy)
+            var history = try await harness.store.events(record.id).map(\.message)
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            #expect(history.contains(note), "\(history)")
+            try FileManager.default.removeItem(atPath: quota.mountPoint + "/data")
+
+            var options = TaskOptions()
+            options.allowXattrLoss = true
+            record = try await harness.run([a + "/data"], to: quota.mountPoint, options: options)
+            history = try await harness.store.events(record.id).map(\.message)
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            #expect(history.contains(note), "\(history)")
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+            let lost = before.differences(to: try TreeSnapshot.take(quota.backing + "/data"))
+            #expect(lost.count == 1 && lost[0].hasPrefix("sub/f3: "), "\(lost)")
+        }
+    }
+
     /// A task whose worker keeps dying with it (here: workers that claimed it and were never heard
     /// from again, which is what a killed worker leaves in the store) is taken over twice, and at
     /// the third takeover given up: the worker that claims it hands it back, cancelled, and the

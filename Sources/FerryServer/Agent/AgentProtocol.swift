@@ -39,6 +39,8 @@ public struct TransferRequest: Codable, Sendable {
         public var strategy: String?
         public var recall: Bool?
         public var waitForLocks: Bool?
+        /// A move goes on when the destination refuses some extended attributes (lost with the source).
+        public var allowXattrLoss: Bool?
         /// Admins only: run the task with the server's privileges (owners preserved).
         public var privileged: Bool?
     }
