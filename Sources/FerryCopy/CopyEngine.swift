@@ -235,14 +235,23 @@ public final class CopyEngine: Sendable {
     }
 
     /// Opens an existing staging directory left by an earlier attempt; nil if there is none.
-    public func openStaging(in destination: FileDescriptor, id: String) throws(CopyError) -> StagingArea? {
+    public func openStaging(in destination: FileDescriptor, id: String, relink: Bool) throws(CopyError) -> StagingArea? {
         let name = Array((StagingArea.prefix + id).utf8)
+        let fd: FileDescriptor
         do {
-            let fd = try destination.openAt(name, [.directory, .noFollow])
-            return StagingArea(parent: destination, name: name, directory: fd)
+            fd = try destination.openAt(name, [.directory, .noFollow])
         } catch {
             if error.code == .notFound { return nil }
             throw .system(path: PathDisplay.string(name), error)
+        }
+        // Another directory renamed into its place (all it takes is write access to the parent)
+        // must not be resumed into, published or removed, least of all by a privileged task.
+        switch StagingArea.marking(of: fd, id: id) {
+        case .copies where !relink, .relinked where relink, .unsupported:
+            return StagingArea(parent: destination, name: name, directory: fd)
+        default:
+            fd.closeQuietly()
+            throw .foreignStaging(path: PathDisplay.string(name))
         }
     }
 

@@ -13,6 +13,9 @@ public enum CopyError: Error, Sendable, CustomStringConvertible {
     case destinationExists(path: String)
     /// An entry of a kind the engine will not copy unprivileged (device nodes).
     case unsupportedEntry(path: String, kind: FileKind)
+    /// A directory with the task's staging name lacks Ferry's mark for it: not Ferry's, so
+    /// nothing is copied into, published from or removed with it.
+    case foreignStaging(path: String)
     case cancelled
 
     public struct Difference: Sendable, Equatable, CustomStringConvertible {
@@ -57,6 +60,9 @@ public enum CopyError: Error, Sendable, CustomStringConvertible {
             return "\(path) exists already; Ferry never replaces data — choose another name or remove it first"
         case .unsupportedEntry(let path, let kind):
             return "\(path) is a \(kind), which only root can create; run as root or exclude it"
+        case .foreignStaging(let path):
+            return "\(path) has this task's staging name but not Ferry's mark for it: it is not the staging directory Ferry made "
+                + "(someone put another directory in its place), so it was left untouched — move it away, then retry or cancel the task"
         case .cancelled:
             return "cancelled; everything the copy had created was removed"
         }

@@ -33,7 +33,7 @@ extension MoveEngine {
         defer { destination.closeQuietly() }
         let engine = copyEngine(task, RunContext(task: task))  // not cancellable any more
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-        if let staging = try engine.openStaging(in: destination, id: id) {
+        if let staging = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue) {
             defer { staging.directory.closeQuietly() }
             try Self.flushBeforePublishing(staging, plan)
             for final in plan.finalNames {

@@ -117,7 +117,7 @@ extension MoveEngine {
                 defer { destination.closeQuietly() }
                 let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs))
                 let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-                guard let staging = try engine.openStaging(in: destination, id: id) else { return }
+                guard let staging = try engine.openStaging(in: destination, id: id, relink: relinked) else { return }
                 if relinked {
                     defer { staging.directory.closeQuietly() }
                     let sources = try self.sources(task, plan)
@@ -216,6 +216,7 @@ extension MoveEngine {
             case .verificationFailed: return TaskFailure(code: "verify.mismatch", message: copy.description)
             case .destinationExists: return TaskFailure(code: "destination.exists", message: copy.description)
             case .unsupportedEntry: return TaskFailure(code: "unsupported", message: copy.description)
+            case .foreignStaging: return TaskFailure(code: "staging.foreign", message: copy.description)
             case .cancelled: return TaskFailure(code: "cancelled", message: copy.description)
             }
         case let system as SystemError:

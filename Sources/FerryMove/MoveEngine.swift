@@ -257,7 +257,7 @@ public final class MoveEngine: Sendable {
         defer { destination.closeQuietly() }
         let engine = copyEngine(task, context)
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-        var existing = try engine.openStaging(in: destination, id: id)
+        var existing = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue)
         if discardExisting, let stale = existing {
             engine.discard(stale)
             // What the discarded files still had to write back, and their removal, is flushed
@@ -290,7 +290,7 @@ public final class MoveEngine: Sendable {
         defer { destination.closeQuietly() }
         let engine = copyEngine(task, context)
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-        guard let staging = try engine.openStaging(in: destination, id: id) else {
+        guard let staging = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue) else {
             throw Refusal(code: "staging.missing", message: "the staging directory \(plan.stagingName) is gone; retry the task to copy again")
         }
         defer { staging.directory.closeQuietly() }

@@ -507,6 +507,43 @@ struct MoveEngineTests {
         }
     }
 
+    /// A directory put in the place of a task's staging directory (a rename within the
+    /// destination's parent is all it takes) lacks Ferry's mark: the task neither resumes into it
+    /// nor, rolling back, removes it — which a privileged task would otherwise do for the user
+    /// who put it there. Before, the rollback deleted the directory and everything in it.
+    @Test func aDirectoryInThePlaceOfTheStagingIsNeverResumedIntoOrRemoved() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data", files: 4)
+            let source = try TreeSnapshot.take(a + "/data")
+            // Resumed (copying), or cancelled before its copy began (locked: rolled back at once).
+            for cancel in [false, true] {
+                let task = try await harness.task(at: cancel ? .locked : .copying, source: a + "/data", destination: b) { $0.stagedOn = bootIdentity }
+                let foreign = "\(b)/.ferry-staging-\(task.id)"
+                try FileManager.default.createDirectory(atPath: foreign + "/data/sub", withIntermediateDirectories: true)
+                try TreeBuilder.write(foreign + "/data/sub/f1", bytes: 100, seed: 99)
+                try TreeBuilder.write(foreign + "/precious", bytes: 100, seed: 98)
+                let theirs = try TreeSnapshot.take(foreign)
+                if cancel { _ = try await harness.store.requestCancel(task.id) }
+                let record = await harness.engine.run(task)
+                let history = try await harness.store.events(task.id).map(\.message)
+                #expect(try theirs.differences(to: TreeSnapshot.take(foreign)).isEmpty, "cancel: \(cancel) \(history)")
+                #expect(try source.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+                #expect(!FileManager.default.fileExists(atPath: b + "/data"))
+                #expect(history.contains { $0.hasPrefix("rollback: .ferry-staging-\(task.id) has this task's staging name but not Ferry's mark") }, "\(history)")
+                if cancel {
+                    #expect(record.status == .rolledBack, "\(history)")
+                } else {
+                    #expect(record.status == .failed && record.failure?.code == "staging.foreign", "\(String(describing: record.failure))")
+                }
+                try FileManager.default.removeItem(atPath: foreign)
+            }
+        }
+    }
+
     /// A rename task recovered in `committing` whose source is gone, and not at the destination
     /// either, fails saying so: it does not report a rename that did not happen.
     @Test func aRenameWhoseSourceVanishedIsNotReportedDone() async throws {
