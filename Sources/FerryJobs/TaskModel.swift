@@ -85,12 +85,11 @@ public struct TaskPlan: Codable, Sendable, Equatable {
     public var deletingSource: Bool = false
     /// The machine and boot (`bootIdentity`) that has been writing the staging directory. Files
     /// staged and not yet flushed are only trusted by the same boot: after a restart, or on
-    /// another machine, what looks complete may never have reached the disk. `writeBackFailed`
-    /// after an I/O error while staging: trusted by no one.
+    /// another machine, what looks complete may never have reached the disk. `untrusted` after
+    /// an I/O error while staging (the kernel may have dropped data of a file that looks
+    /// complete) or a staging directory that went: trusted by no one, copied again.
     public var stagedOn: String?
-    /// The `stagedOn` of a staging whose write-back failed: the kernel may have dropped data of a
-    /// file that looks complete, so the next attempt copies everything again.
-    public static let writeBackFailed = "write-back failed"
+    public static let untrusted = "untrusted"
     public init(strategy: String, bytes: UInt64, allocatedBytes: UInt64, entries: UInt64, inodes: UInt64,
                 stagingName: StoredPath, finalNames: [StoredPath], destinationDirectory: StoredPath) {
         self.strategy = strategy

@@ -89,6 +89,8 @@ public struct Janitor: Sendable {
             } else if let task {
                 removable = task.status.isTerminal
             } else {
+                // Another database's task, or a lost one: gone once unchanged for the grace period
+                // (a running task's heartbeat stamps its staging directory, `touchStaging`).
                 let modified = (try? FileDescriptor.openDirectoryWithoutSymlinks(directory)).flatMap { fd -> Date? in
                     defer { fd.closeQuietly() }
                     return (try? fd.status(name)).map { Date(timeIntervalSince1970: Double($0.modificationTime.seconds)) }

@@ -2,27 +2,62 @@ import FerryCopy
 import FerryJobs
 import FerrySystem
 
-/// Flushing what is staged failed, before anything was published: a staged file may have lost
-/// data the kernel could not write back, so the copy is made again.
-struct StagingNotDurable: Error, CustomStringConvertible {
-    var path: String
-    var error: SystemError
-    var cause: CopyError { .system(path: path, error) }
-    var description: String { "flushing the staged copy to disk failed: \(cause)" }
+/// What is staged is not to be trusted, and nothing of it has been published: the next attempt
+/// copies everything again instead of resuming.
+struct StagingUntrusted: Error, CustomStringConvertible {
+    enum Reason: Sendable {
+        /// Flushing it failed: a staged file may have lost data the kernel could not write back.
+        case flushFailed(path: String, SystemError)
+        /// The staging directory is gone (removed by hand, or by a janitor that took the task for
+        /// a dead one).
+        case gone(stagingName: String)
+    }
+    var reason: Reason
+    var description: String {
+        switch reason {
+        case .flushFailed(let path, let error): "flushing the staged copy to disk failed: \(CopyError.system(path: path, error))"
+        case .gone(let name): "the staging directory \(name) was removed before its copy was published"
+        }
+    }
+    var systemCode: SystemError.Code? {
+        if case .flushFailed(_, let error) = reason { return error.code }
+        return nil
+    }
 }
 
 /// The commit phase: publish what is staged, then remove the source, entry by entry; and the
 /// commit of the `rename` strategy. Each step can be run again by recovery.
 extension MoveEngine {
     /// Flushes what is staged. If that fails before the first publish, the task may go back to
-    /// copying (`StagingNotDurable`); after, what is published was flushed before it was, and
+    /// copying (`StagingUntrusted`); after, what is published was flushed before it was, and
     /// the rest is retried from here.
     private static func flushBeforePublishing(_ staging: StagingArea, _ plan: TaskPlan) throws {
         let failure: SystemError
         do { try staging.directory.syncFilesystem(); return } catch { failure = error }
         let nothingPublished = plan.finalNames.allSatisfy { (try? staging.directory.status($0.bytes)) != nil }
-        if plan.strategy == Strategy.copy.rawValue && nothingPublished { throw StagingNotDurable(path: PathDisplay.string(staging.name), error: failure) }
+        if plan.strategy == Strategy.copy.rawValue && nothingPublished { throw StagingUntrusted(reason: .flushFailed(path: PathDisplay.string(staging.name), failure)) }
         throw failure
+    }
+
+    /// What is neither staged nor published was never published: the staging directory went before
+    /// it was (removed by hand, or by a janitor that took the task for a dead one). If none of it
+    /// was, a copy is made again (`StagingUntrusted`); otherwise the task says what is missing.
+    private static func checkPublished(_ plan: TaskPlan, in destination: FileDescriptor) throws {
+        var missing: [StoredPath] = []
+        for final in plan.finalNames {
+            do { _ = try destination.status(final.bytes) } catch {
+                guard error.code == .notFound else { throw error }
+                missing.append(final)
+            }
+        }
+        guard let first = missing.first else { return }
+        if missing.count == plan.finalNames.count && !plan.deletingSource && plan.strategy == Strategy.copy.rawValue {
+            throw StagingUntrusted(reason: .gone(stagingName: plan.stagingName.description))
+        }
+        throw Refusal(code: "staging.missing", message: "\(first) is neither in the staging directory nor in \(plan.destinationDirectory): "
+            + "the staging directory was removed before it was published; "
+            + (plan.deletingSource ? "the source was being deleted — check what is left of it"
+                                   : "nothing was deleted from the source — move the published items back to the source, then retry the task"))
     }
 
     /// Commit, idempotent so that recovery can run it again: publish each staged item that is still
@@ -50,6 +85,7 @@ extension MoveEngine {
             try destination.sync()
             try? destination.removeEntry(plan.stagingName.bytes, isDirectory: true)
         }
+        try Self.checkPublished(plan, in: destination)
         guard task.kind == .move else { return false }
         if plan.strategy == Strategy.relink.rawValue {
             // The source is a skeleton of empty directories: remove those, never anything else.

@@ -35,7 +35,7 @@ extension MoveEngine {
                     // Not resumed: the next attempt copies everything again. If that cannot be
                     // recorded, the staging is removed instead (the task fails, rolled back).
                     var plan = task.plan
-                    plan?.stagedOn = TaskPlan.writeBackFailed
+                    plan?.stagedOn = TaskPlan.untrusted
                     do {
                         try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
                                                 message: "the staged copy is not trusted any more: \(failure.message)")
@@ -60,7 +60,7 @@ extension MoveEngine {
     /// source's own files, never to be thrown away).
     static func mayHaveLostStagedData(_ error: any Error, _ task: TaskRecord) -> Bool {
         guard let plan = task.plan, plan.strategy == Strategy.copy.rawValue else { return false }
-        if error is StagingNotDurable { return true }
+        if error is StagingUntrusted { return true }
         guard task.status == .copying || task.status == .verifying else { return false }
         let code: SystemError.Code?
         if let copy = error as? CopyError { code = copy.systemCode } else { code = (error as? SystemError)?.code }
@@ -153,9 +153,22 @@ extension MoveEngine {
                 return
             }
             if shutdown.isCancelled { context.cancellation.cancel() }
-            if let task = try? await store.task(context.task.id), task.cancelRequested, task.status != .committing {
-                context.cancellation.cancel()
-            }
+            guard let task = try? await store.task(context.task.id) else { continue }
+            if task.cancelRequested, task.status != .committing { context.cancellation.cancel() }
+            if task.status == .copying || task.status == .verifying, let plan = task.plan { await touchStaging(plan) }
+        }
+    }
+
+    /// Stamps the staging directory's modification time with now: a janitor working from another
+    /// task database, which does not know this task, removes a marked staging directory only once
+    /// it has not changed for its grace period (an hour), and a long copy that adds nothing at the
+    /// staging directory's top level would otherwise look abandoned. Its times are never published.
+    func touchStaging(_ plan: TaskPlan) async {
+        let roots = settings.roots
+        try? await Blocking.run {
+            let destination = try DirectoryOpener(roots: roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+            defer { destination.closeQuietly() }
+            try destination.setTimes(plan.stagingName.bytes, access: .now, modification: .now)
         }
     }
 
@@ -190,7 +203,15 @@ extension MoveEngine {
 
     static func isTransient(_ error: any Error) -> Bool {
         let code: SystemError.Code?
-        if let copy = error as? CopyError { code = copy.systemCode } else { code = (error as? SystemError ?? (error as? StagingNotDurable)?.error)?.code }
+        if let untrusted = error as? StagingUntrusted {
+            // A staging directory that went is copied again; a failed flush unless its cause lasts.
+            guard let cause = untrusted.systemCode else { return true }
+            code = cause
+        } else if let copy = error as? CopyError {
+            code = copy.systemCode
+        } else {
+            code = (error as? SystemError)?.code
+        }
         switch code {
         case .io?, .busy?, .tooManyOpenFiles?, .staleFileHandle?: return true
         default: return false
@@ -221,8 +242,11 @@ extension MoveEngine {
             }
         case let system as SystemError:
             return TaskFailure(code: system.code == .escapesRoot ? "path.outside" : "system", message: system.description)
-        case let notDurable as StagingNotDurable:
-            return TaskFailure(code: failure(for: notDurable.cause).code, message: notDurable.description)
+        case let untrusted as StagingUntrusted:
+            switch untrusted.reason {
+            case .flushFailed(let path, let error): return TaskFailure(code: failure(for: CopyError.system(path: path, error)).code, message: untrusted.description)
+            case .gone: return TaskFailure(code: "staging.missing", message: untrusted.description)
+            }
         case let usage as Transfer.UsageError:
             return TaskFailure(code: "usage", message: usage.message)
         default:

@@ -151,8 +151,8 @@ public final class MoveEngine: Sendable {
             // Staged, and not yet flushed, by a machine that has restarted since or by another one:
             // a file that looks complete may hold no data on disk, and the checks before publishing
             // compare metadata. The copy is made again (a relink stages no data, only renames).
-            let why = plan.stagedOn == TaskPlan.writeBackFailed
-                ? "writing it back to disk failed, and a file that looks complete may have lost data"
+            let why = plan.stagedOn == TaskPlan.untrusted
+                ? "what the last attempt staged is not to be trusted (see above)"
                 : "it was being written on another machine or before a restart, and what was not yet flushed then may not be on disk"
             plan.stagedOn = bootIdentity
             try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
@@ -291,7 +291,8 @@ public final class MoveEngine: Sendable {
         let engine = copyEngine(task, context)
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
         guard let staging = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue) else {
-            throw Refusal(code: "staging.missing", message: "the staging directory \(plan.stagingName) is gone; retry the task to copy again")
+            if plan.strategy == Strategy.copy.rawValue { throw StagingUntrusted(reason: .gone(stagingName: plan.stagingName.description)) }
+            throw Refusal(code: "staging.missing", message: "the staging directory \(plan.stagingName) is gone, and with it what was relinked into it")
         }
         defer { staging.directory.closeQuietly() }
         if plan.strategy == Strategy.relink.rawValue {
@@ -302,12 +303,12 @@ public final class MoveEngine: Sendable {
         try Self.flush(staging, engine)
     }
 
-    /// Flushes what is staged; a failure is `StagingNotDurable`, which makes the next attempt
+    /// Flushes what is staged; a failure is `StagingUntrusted`, which makes the next attempt
     /// copy again instead of trusting what it finds.
     static func flush(_ staging: StagingArea, _ engine: CopyEngine) throws {
         let failure: CopyError
         do { try engine.flush(staging); return } catch { failure = error }
-        if case .system(let path, let error) = failure { throw StagingNotDurable(path: path, error: error) }
+        if case .system(let path, let error) = failure { throw StagingUntrusted(reason: .flushFailed(path: path, error)) }
         throw failure
     }
 

@@ -26,9 +26,9 @@ struct Harness {
     /// A move task as a worker finds it after a crash: created, claimed by this harness's worker,
     /// and advanced to `status` with a plan (`strategy`, one final name `data` in `destination`,
     /// as `edit` changes it). Returns the task as claimed.
-    func task(at status: TaskStatus, source: String, destination: String, strategy: String = "copy", lease: Duration = .seconds(30),
-              edit: (inout TaskPlan) -> Void = { _ in }) async throws -> TaskRecord {
-        let task = try await store.create(NewTask(kind: .move, sources: [StoredPath(source)], destination: StoredPath(destination), owner: "test"))
+    func task(at status: TaskStatus, source: String, destination: String, kind: TaskKind = .move, strategy: String = "copy",
+              lease: Duration = .seconds(30), edit: (inout TaskPlan) -> Void = { _ in }) async throws -> TaskRecord {
+        let task = try await store.create(NewTask(kind: kind, sources: [StoredPath(source)], destination: StoredPath(destination), owner: "test"))
         _ = try await store.claim(id: task.id, worker: "test-worker", lease: lease)
         var plan = TaskPlan(strategy: strategy, bytes: 0, allocatedBytes: 0, entries: 1, inodes: 1, stagingName: StoredPath(".ferry-staging-\(task.id)"),
                             finalNames: [StoredPath("data")], destinationDirectory: StoredPath(destination))
@@ -257,7 +257,8 @@ struct MoveEngineTests {
             record = try await harness.runUntil(task.id) { $0.status.isTerminal }
             history = try await harness.store.events(task.id).map(\.message)
             #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
-            #expect(history.contains { $0.hasPrefix("copying again into .ferry-staging-\(task.id): writing it back to disk failed") }, "\(history)")
+            #expect(history.contains { $0.hasPrefix("the staged copy is not trusted any more: ") && $0.contains("EIO") }, "\(history)")
+            #expect(history.contains("copying again into .ferry-staging-\(task.id): what the last attempt staged is not to be trusted (see above)"), "\(history)")
             #expect(try before.differences(to: TreeSnapshot.take(quota.backing + "/data")).isEmpty)
             #expect(!FileManager.default.fileExists(atPath: a + "/data"))
         }
@@ -541,6 +542,74 @@ struct MoveEngineTests {
                 }
                 try FileManager.default.removeItem(atPath: foreign)
             }
+        }
+    }
+
+    /// A staging directory removed before its copy was published (by hand, or by a janitor that
+    /// took the task for a dead one) is copied again, whether the task was about to verify it or
+    /// to publish it. Before, a copy in `committing` finished "copied: published" with nothing
+    /// published, and one in `verifying` failed.
+    @Test func aStagingDirectoryThatWentIsCopiedAgain() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data", files: 4)
+            let source = try TreeSnapshot.take(a + "/data")
+            for (kind, status) in [(TaskKind.copy, TaskStatus.committing), (.copy, .verifying), (.move, .verifying)] {
+                let task = try await harness.task(at: status, source: a + "/data", destination: b, kind: kind) { $0.stagedOn = bootIdentity }
+                var record = await harness.engine.run(task)
+                var history = try await harness.store.events(task.id).map(\.message)
+                #expect(record.status == .copying && record.leaseOwner == nil, "\(kind) \(status): \(record) \(history)")
+                #expect(history.contains("the staged copy is not trusted any more: the staging directory .ferry-staging-\(task.id) was removed before its copy was published"), "\(history)")
+                #expect(!FileManager.default.fileExists(atPath: b + "/data"))
+                record = try await harness.runUntil(task.id) { $0.status.isTerminal }
+                history = try await harness.store.events(task.id).map(\.message)
+                #expect(record.status == .completed, "\(kind) \(status): \(String(describing: record.failure)) \(history)")
+                #expect(try source.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+                #expect(FileManager.default.fileExists(atPath: a + "/data") == (kind == .copy))
+                if kind == .copy { try FileManager.default.removeItem(atPath: b + "/data") }
+            }
+        }
+    }
+
+    /// A running task stamps its staging directory as it beats, so that the janitor of another
+    /// task database (which does not know the task) does not take a long copy that adds nothing
+    /// at the staging directory's top level for an abandoned one: that janitor removes a marked
+    /// staging directory once it has not changed for an hour. Here the copy is held in its first
+    /// progress report and its staging directory dated two hours back. Before, the other janitor
+    /// removed it under the running copy.
+    @Test func aRunningTaskKeepsItsStagingFreshForAnotherDatabasesJanitor() async throws {
+        let gate = DispatchSemaphore(value: 0)
+        let held = Mutex(false)
+        let harness = try Harness(lease: .seconds(3)) { _, progress in
+            guard progress.phase == .copying, held.withLock({ let first = !$0; $0 = true; return first }) else { return }
+            _ = gate.wait(timeout: .now() + 60)
+        }
+        defer { harness.cleanup() }
+        let other = try Harness()
+        defer { other.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data", files: 4)
+            let source = try TreeSnapshot.take(a + "/data")
+            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "test"))
+            let claimed = try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(3)))
+            async let finished = harness.engine.run(claimed)
+            let staging = "\(b)/.ferry-staging-\(task.id)"
+            func modified() -> Date? { (try? FileManager.default.attributesOfItem(atPath: staging))?[.modificationDate] as? Date }
+            for _ in 0..<400 where !held.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(held.withLock { $0 })
+            try Shell.run(["touch", "-d", "2 hours ago", staging])
+            for _ in 0..<400 where (modified() ?? .distantPast) < Date().addingTimeInterval(-60) { try await Task.sleep(for: .milliseconds(50)) }
+            let report = try await Janitor(engine: other.engine).run(directories: [Array(b.utf8)], recover: false)
+            #expect(report.kept == [staging] && report.removed.isEmpty, "\(report)")
+            gate.signal()
+            let record = await finished
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            #expect(try source.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
         }
     }
 
