@@ -66,7 +66,7 @@ enum Routes {
 
         router.post("/api/preflight", use: handle { request, context in
             var request = request
-            let transfer = try await request.decodeJSON(TransferRequest.self)
+            let transfer = try await request.decodeJSON(TransferRequest.self).normalized(roots: state.configuration.roots.map(\.path))
             let (data, _) = try await preflight(transfer, principal: try context.requirePrincipal(), state: state)
             return Reply.json(data)
         })
@@ -74,7 +74,7 @@ enum Routes {
         router.post("/api/tasks", use: handle { request, context in
             var request = request
             let principal = try context.requirePrincipal()
-            let transfer = try await request.decodeJSON(TransferRequest.self)
+            let transfer = try await request.decodeJSON(TransferRequest.self).normalized(roots: state.configuration.roots.map(\.path))
             let (_, verdict) = try await preflight(transfer, principal: principal, state: state)
             if let refusal = verdict.refusal {
                 // The kernel would refuse it as this user: a 403 like every other permission.denied.
@@ -159,10 +159,14 @@ enum Routes {
         router.post("/api/admin/janitor", use: handle { request, context in
             try context.requireAdmin()
             var request = request
-            // No body is a real run; a body must say what it means (a typo must not become a real run).
-            let body = try? await request.collectBody(upTo: 1 << 16)
+            // No body is a real run; a body must say what it means (a typo must not become a real run,
+            // nor a body too long or unreadable to be read).
+            let body: ByteBuffer
+            do { body = try await request.collectBody(upTo: 1 << 16) } catch {
+                throw APIError(.badRequest, "request.invalid", "the body could not be read (at most 64 KiB): send {\"dryRun\": true} or {\"dryRun\": false}")
+            }
             var dryRun = false
-            if let body, body.readableBytes > 0 {
+            if body.readableBytes > 0 {
                 guard let decoded = try? WireJSON.decoder.decode(JanitorRequest.self, from: Data(body.readableBytesView)) else {
                     throw APIError(.badRequest, "request.invalid", "send {\"dryRun\": true} or {\"dryRun\": false}")
                 }

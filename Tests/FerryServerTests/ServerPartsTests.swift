@@ -34,6 +34,32 @@ import Testing
         #expect(code("/srv/projects/" + String(repeating: "n", count: 255)) == nil)
     }
 
+    /// Checked as the kernel reads it, byte by byte. A Swift string splits and compares by
+    /// characters: a prepended mark (U+0600) joins the "/" after it into one character, so
+    /// "l\u{600}/.." had no ".." component to a character split, and the kernel's ".." went
+    /// through; and "é" precomposed equals "e" with a combining accent as a character, so a root
+    /// matched a path whose bytes it is not a prefix of.
+    @Test func componentsAndRootsAreBytesNotCharacters() {
+        func code(_ raw: String, roots: [String]? = nil) -> String? {
+            do { _ = try ServerPath.check(raw, roots: roots ?? self.roots); return nil } catch { return error.code }
+        }
+        #expect(code("/srv/projects/l\u{600}/../etc") == "path.invalid")
+        #expect(code("/srv/projects/l\u{600}/./x") == "path.invalid")
+        #expect(code("/srv/projects/\u{600}..") == nil)  // a name, not ".."
+        #expect(code("/srv/caf\u{E9}/x", roots: ["/srv/cafe\u{301}"]) == "path.outside_roots")
+        let decomposed = try? ServerPath.check("/srv/cafe\u{301}/x/y", roots: ["/srv/cafe\u{301}"])
+        #expect(decomposed?.relative == "x/y" && decomposed?.parent == "/srv/cafe\u{301}/x")
+        let mark = try? ServerPath.check("/srv/projects/l\u{600}/f", roots: roots)
+        #expect(mark?.path == "/srv/projects/l\u{600}/f" && mark?.parent == "/srv/projects/l\u{600}")
+    }
+
+    @Test func transferPathsAreStoredInTheirNormalForm() throws {
+        let raw = try WireJSON.decoder.decode(TransferRequest.self, from: Data(#"{"kind":"copy","sources":["/scratch//a/"],"destination":"/srv/projects//b/"}"#.utf8))
+        let normal = try raw.normalized(roots: roots)
+        #expect(normal.sources == ["/scratch/a"] && normal.destination == "/srv/projects/b")
+        #expect(throws: APIError.self) { try raw.normalized(roots: ["/elsewhere"]) }
+    }
+
     @Test func queryDecodingRejectsBrokenEncodings() {
         let fields = FormData.parse("path=%2Fsrv%2Fa+b&bad=%FF&nul=a%00b&short=%4&empty=&x")
         #expect(fields["path"] == .some("/srv/a b"))

@@ -449,6 +449,23 @@ def test_create_task_moves_across_projects(server, client, work, beta_work):
     expect_error(client.post(server.api(f"/api/tasks/{task['id']}/retry"), timeout=30), 409, "task.state")
 
 
+def test_a_task_stores_its_paths_in_normal_form(server, client, work, beta_work):
+    """A doubled slash or a trailing one: the pre-flight judged the normal path, and the task
+    stores it too, so that the plan the engine makes is the one allowed. Before, the task kept the
+    raw destination ("/p/b//"), its plan's directory was the normal one, and the server's own
+    workers refused the plan as outside the task's destination: every run failed."""
+    write(work / "src" / "f", os.urandom(8192))
+    sums = file_checksums(work / "src")
+    raw_source = str(work).replace("/", "//") + "/src/"
+    raw_destination = str(beta_work) + "//"
+    task = expect(client.post(server.api("/api/tasks"), json={"kind": "copy", "sources": [raw_source], "destination": raw_destination},
+                              timeout=60), 201)
+    assert task["sources"] == [str(work / "src")] and task["destination"] == str(beta_work), task
+    done = wait_for_task(client, server, task["id"])
+    assert done["status"] == "completed", done
+    assert file_checksums(beta_work / "src") == sums
+
+
 def test_create_task_within_project_is_a_rename(server, client, work):
     write(work / "src" / "x", "x")
     (work / "dest").mkdir()
@@ -634,6 +651,10 @@ def test_admin_endpoints(server, client, xfs_sandbox):
         body = expect(client.post(server.api("/api/admin/janitor"), json={"dryRun": True}, timeout=120), 200)
         assert_matches_schema(body, "JanitorReport")
         assert stale.exists(), "a dry run removed a staging directory"
+        # A body too long to read is refused, not taken for no body (a real run).
+        padded = '{"dryRun": true, "pad": "' + "x" * (70 << 10) + '"}'
+        expect_error(client.post(server.api("/api/admin/janitor"), data=padded, headers={"Content-Type": "application/json"},
+                                 timeout=120), 400, "request.invalid")
         # Younger than the grace period and unknown: kept.
         assert str(stale) in json.dumps(body["kept"]), body
         assert body["repaired"] == [], body

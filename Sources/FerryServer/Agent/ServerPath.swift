@@ -18,26 +18,46 @@ public struct ServerPath: Sendable, Equatable {
         if raw.unicodeScalars.contains("\u{FFFD}") { throw APIError(.badRequest, "path.invalid", "the path is not valid UTF-8") }
         guard raw.hasPrefix("/") else { throw APIError(.badRequest, "path.invalid", "paths must be absolute (start with /)") }
         guard bytes.count < 4096 else { throw APIError(.badRequest, "path.invalid", "the path is longer than 4095 bytes") }
-        let components = raw.split(separator: "/", omittingEmptySubsequences: true)
+        // Bytes, as the kernel reads the path: a String splits and compares by characters, and a
+        // character may hold a "/" (a prepended mark joins it: "l\u{600}/.." is no ".." to it)
+        // or equal different bytes (é precomposed or not).
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        let components = bytes.split(separator: slash, omittingEmptySubsequences: true)
         for component in components {
-            if component == ".." || component == "." {
+            if component.elementsEqual([dot]) || component.elementsEqual([dot, dot]) {
                 throw APIError(.badRequest, "path.invalid", "paths may not contain . or .. components")
             }
-            if component.utf8.count > 255 { throw APIError(.badRequest, "path.invalid", "a name in the path is longer than 255 bytes") }
+            if component.count > 255 { throw APIError(.badRequest, "path.invalid", "a name in the path is longer than 255 bytes") }
         }
-        let normal = "/" + components.joined(separator: "/")
-        guard let root = roots.filter({ normal == $0 || $0 == "/" || normal.hasPrefix($0 + "/") }).max(by: { $0.count < $1.count }) else {
-            throw APIError(.badRequest, "path.outside_roots", "\(normal) is not inside any of the directories this server shares")
+        let normal = [slash] + Array(components.joined(separator: [slash]))
+        func contains(_ root: String) -> Bool {
+            let root = Array(root.utf8)
+            return root == [slash] || normal == root || normal.starts(with: root + [slash])
         }
-        let relative = root == "/" ? String(normal.dropFirst()) : String(normal.dropFirst(root.count).drop(while: { $0 == "/" }))
-        return ServerPath(path: normal, root: root, relative: relative)
+        guard let root = roots.filter(contains).max(by: { $0.utf8.count < $1.utf8.count }) else {
+            throw APIError(.badRequest, "path.outside_roots", "\(String(decoding: normal, as: UTF8.self)) is not inside any of the directories this server shares")
+        }
+        let below = root == "/" ? normal.dropFirst() : normal.dropFirst(root.utf8.count).drop(while: { $0 == slash })
+        return ServerPath(path: String(decoding: normal, as: UTF8.self), root: root, relative: String(decoding: below, as: UTF8.self))
     }
 
     /// The parent directory's path, nil at a root.
     public var parent: String? {
         guard !relative.isEmpty else { return nil }
-        let cut = path.lastIndex(of: "/")!
-        return cut == path.startIndex ? "/" : String(path[..<cut])
+        let bytes = Array(path.utf8)
+        let cut = bytes.lastIndex(of: UInt8(ascii: "/"))!
+        return cut == 0 ? "/" : String(decoding: bytes[..<cut], as: UTF8.self)
+    }
+}
+
+extension TransferRequest {
+    /// The request with each path checked and in its normal form (`ServerPath.path`): what the
+    /// pre-flight judges is what the task stores and the engine plans, byte for byte.
+    public func normalized(roots: [String]) throws(APIError) -> TransferRequest {
+        var normal = self
+        normal.sources = try sources.map { source throws(APIError) in try ServerPath.check(source, roots: roots).path }
+        normal.destination = try ServerPath.check(destination, roots: roots).path
+        return normal
     }
 }
 
