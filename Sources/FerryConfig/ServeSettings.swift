@@ -25,6 +25,7 @@ public enum AuthMode: String, Sendable, CaseIterable {
 ///     admins = ["root"]              # FERRY_AUTH_ADMINS, comma-separated
 ///     proxy_header = "X-Remote-User" # FERRY_AUTH_PROXY_HEADER
 ///     proxy_addresses = ["127.0.0.1"] # FERRY_AUTH_PROXY_ADDRESSES, comma-separated
+///     proxy_secret = "…"             # FERRY_AUTH_PROXY_SECRET: the proxy sends it as X-Ferry-Proxy-Secret
 ///     pam_service = "ferry"          # FERRY_AUTH_PAM_SERVICE
 ///     secure_cookie = true           # FERRY_AUTH_SECURE_COOKIE (default: when X-Forwarded-Proto is https)
 public struct ServeSettings: Equatable, Sendable {
@@ -38,6 +39,11 @@ public struct ServeSettings: Equatable, Sendable {
     public var admins: [String] = ["root"]
     public var proxyHeader: String = "X-Remote-User"
     public var proxyAddresses: [String] = []
+    /// What the proxy sends as `X-Ferry-Proxy-Secret` with every request: its header is believed
+    /// only with it. Required when a proxy address is a loopback one, from which every local user
+    /// can connect.
+    public var proxySecret: String?
+    public static let proxySecretHeader = "X-Ferry-Proxy-Secret"
     public var pamService: String = "ferry"
     /// The session cookie's `Secure` flag: nil sets it when the request came through a proxy that
     /// says `X-Forwarded-Proto: https`; true or false always (a TLS proxy that sends no such
@@ -84,6 +90,9 @@ public struct ServeSettings: Equatable, Sendable {
                 case "proxy_addresses":
                     guard let list = item.array?.compactMap(\.string), list.count == item.array?.count else { throw fail("auth.proxy_addresses must be an array of IP addresses") }
                     proxyAddresses = list
+                case "proxy_secret":
+                    guard let text = item.string, text.count >= 16 else { throw fail("auth.proxy_secret must be a string of at least 16 characters") }
+                    proxySecret = text
                 case "pam_service":
                     guard let text = item.string, !text.isEmpty, !text.contains("/") else { throw fail("auth.pam_service must be a PAM service name") }
                     pamService = text
@@ -133,12 +142,30 @@ public struct ServeSettings: Equatable, Sendable {
         if let value = env["FERRY_AUTH_ADMINS"] { settings.admins = list(value) }
         if let value = env["FERRY_AUTH_PROXY_HEADER"] { settings.proxyHeader = value }
         if let value = env["FERRY_AUTH_PROXY_ADDRESSES"] { settings.proxyAddresses = list(value) }
+        if let value = env["FERRY_AUTH_PROXY_SECRET"] {
+            guard value.count >= 16 else { throw fail("FERRY_AUTH_PROXY_SECRET must be at least 16 characters") }
+            settings.proxySecret = value
+        }
         if let value = env["FERRY_AUTH_PAM_SERVICE"] { settings.pamService = value }
         if let value = env["FERRY_AUTH_SECURE_COOKIE"] {
             guard let flag = ["true": true, "false": false][value.lowercased()] else { throw fail("FERRY_AUTH_SECURE_COOKIE must be true or false") }
             settings.secureCookie = flag
         }
+        if settings.authMode == .proxy {
+            guard !settings.proxyAddresses.isEmpty else {
+                throw FerryConfiguration.Error(file: "ferry serve", message: "auth mode proxy needs auth.proxy_addresses (FERRY_AUTH_PROXY_ADDRESSES): the addresses of the proxy whose header is believed")
+            }
+            if settings.proxySecret == nil, let loopback = settings.proxyAddresses.first(where: Self.isLoopback) {
+                throw FerryConfiguration.Error(file: "ferry serve", message: "auth.proxy_addresses lists \(loopback), a loopback address that every local user can connect from and send "
+                    + "\(settings.proxyHeader) with any name: set auth.proxy_secret (FERRY_AUTH_PROXY_SECRET, 16 characters or more) and have the "
+                    + "proxy send it as \(Self.proxySecretHeader), or list the proxy's own address instead")
+            }
+        }
         return settings
+    }
+
+    static func isLoopback(_ address: String) -> Bool {
+        address.hasPrefix("127.") || address == "::1" || address.lowercased().hasPrefix("::ffff:127.") || address == "localhost"
     }
 
     /// `listen` split into host and port ("[::1]:8080", "0.0.0.0:80", ":8080").

@@ -205,6 +205,28 @@ import Testing
         #expect(try configuration.applyingEnvironment([:]).roots == configuration.roots)
         #expect(throws: FerryConfiguration.Error.self) { try configuration.applyingEnvironment(["FERRY_ROOTS": "relative/path"]) }
     }
+
+    /// A proxy believed from a loopback address needs its secret: every local user can connect
+    /// from there and send the header with any name.
+    @Test func aLoopbackProxyNeedsItsSecret() throws {
+        func settings(_ auth: String, _ environment: [String: String] = [:]) throws -> ServeSettings {
+            try FerryConfiguration.parse("[auth]\nmode = \"proxy\"\n" + auth).serve.applying(environment: environment)
+        }
+        for loopback in ["127.0.0.1", "::1", "127.0.1.1"] {
+            do {
+                _ = try settings("proxy_addresses = [\"10.0.0.5\", \"\(loopback)\"]")
+                Issue.record("\(loopback) accepted without a secret")
+            } catch {
+                let message = "\(error)"
+                #expect(message.contains("\(loopback), a loopback address") && message.contains("proxy_secret"), "\(message)")
+            }
+        }
+        #expect(try settings("proxy_addresses = [\"127.0.0.1\"]\nproxy_secret = \"sixteen-chars-ok\"").proxySecret == "sixteen-chars-ok")
+        #expect(try settings("proxy_addresses = [\"127.0.0.1\"]", ["FERRY_AUTH_PROXY_SECRET": "from-the-environment"]).proxySecret == "from-the-environment")
+        #expect(try settings("proxy_addresses = [\"10.0.0.5\"]").proxySecret == nil)
+        #expect(throws: FerryConfiguration.Error.self) { try settings("proxy_addresses = [\"127.0.0.1\"]\nproxy_secret = \"short\"") }
+        #expect(throws: FerryConfiguration.Error.self) { try settings("") }  // no proxy address at all
+    }
 }
 
 /// Keeps every log entry, for tests that read what was logged.

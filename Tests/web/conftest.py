@@ -180,7 +180,7 @@ class FerryServer:
     """One `ferry serve` process (and its restarts) with its config file and database."""
 
     def __init__(self, ferry_bin: Path, workdir: Path, config_path: Path, database: Path, auth: str,
-                 env: dict[str, str], workers: int | None, proxy_header: str):
+                 env: dict[str, str], workers: int | None, proxy_header: str, proxy_secret: str | None = None):
         self.ferry_bin = ferry_bin
         self.workdir = workdir
         self.config_path = config_path
@@ -189,6 +189,7 @@ class FerryServer:
         self.env = env
         self.workers = workers
         self.proxy_header = proxy_header
+        self.proxy_secret = proxy_secret
         self.url: str | None = None
         self.token: str | None = None
         self.process: subprocess.Popen | None = None
@@ -310,6 +311,13 @@ class FerryServer:
     def api(self, path: str) -> str:
         return f"{self.url}{path}"
 
+    def as_proxy(self, user: str) -> dict[str, str]:
+        """The headers the site's proxy adds for `user`: its user header and, if set, its secret."""
+        headers = {self.proxy_header: user}
+        if self.proxy_secret:
+            headers["X-Ferry-Proxy-Secret"] = self.proxy_secret
+        return headers
+
     def bearer(self) -> dict[str, str]:
         """Headers for a token-mode API client without a session (no CSRF token needed)."""
         assert self.token, "bearer() needs a token-mode server"
@@ -332,7 +340,7 @@ class FerryServer:
             assert r.status_code == 303, f"POST /login as {user} answered {r.status_code}: {r.text[:500]}"
         elif self.auth == "proxy":
             assert user, "a proxy-mode session needs a user"
-            s.headers[self.proxy_header] = user
+            s.headers.update(self.as_proxy(user))
         else:
             raise AssertionError(f"unknown auth mode {self.auth}")
         r = s.get(self.api("/api/session"), timeout=30)
@@ -355,13 +363,15 @@ def start_server(ferry_bin, xfs_sandbox, tmp_path_factory):
     def start(auth: str = "token", roots: list[tuple[str, str]] | list[dict] | None = None,
               extra_toml: str = "", env: dict[str, str] | None = None, workers: int | None = None,
               admins: list[str] | None = None, proxy_addresses: list[str] | None = None,
-              proxy_header: str = "X-Remote-User", pam_service: str | None = None) -> FerryServer:
+              proxy_header: str = "X-Remote-User", pam_service: str | None = None,
+              proxy_secret: str | None = "the-proxys-own-secret-42") -> FerryServer:
         """Writes a config (sqlite database in a fresh temp dir) and starts `ferry serve` on a free port.
 
         roots: [path], [(path, name)] or [{"path":…, "name":…, "backend":…}]; default: the sandbox's
         projects dir named "Projects".
         admins, proxy_addresses, proxy_header, pam_service: the [auth] table's keys (proxy_addresses
-        defaults to ["127.0.0.1"] in proxy mode).
+        defaults to ["127.0.0.1"] in proxy mode), proxy_secret (written with proxy_addresses, which
+        a loopback address requires; None leaves it out).
         extra_toml: appended before the [auth] table, so it may set top-level keys (lease_seconds = 2).
         """
         workdir = tmp_path_factory.mktemp("ferry-serve")
@@ -381,6 +391,10 @@ def start_server(ferry_bin, xfs_sandbox, tmp_path_factory):
             addresses = proxy_addresses if proxy_addresses is not None else ["127.0.0.1"]
             lines.append(f"proxy_header = {toml_string(proxy_header)}")
             lines.append("proxy_addresses = [" + ", ".join(toml_string(a) for a in addresses) + "]")
+            if proxy_secret is not None:
+                lines.append(f"proxy_secret = {toml_string(proxy_secret)}")
+        else:
+            proxy_secret = None
         if pam_service is not None:
             lines.append(f"pam_service = {toml_string(pam_service)}")
         for root in roots:
@@ -397,7 +411,7 @@ def start_server(ferry_bin, xfs_sandbox, tmp_path_factory):
         # The server reads FERRY_* overrides: nothing from the caller's environment may leak in.
         process_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
         process_env.update(env or {})
-        server = FerryServer(ferry_bin, workdir, config_path, database, auth, process_env, workers, proxy_header)
+        server = FerryServer(ferry_bin, workdir, config_path, database, auth, process_env, workers, proxy_header, proxy_secret)
         started.append(server)
         server.start()
         return server

@@ -6,8 +6,11 @@ Run as root: python3 -m pytest Tests/web/test_security.py
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -371,8 +374,25 @@ def test_pam_login(start_server, unix_user):
 def test_proxy_header_only_from_proxy_addresses(start_server, unix_user):
     user = unix_user()
     trusted = start_server(auth="proxy", proxy_addresses=["127.0.0.1"])
-    r = requests.get(trusted.api("/api/session"), headers={"X-Remote-User": user.name}, timeout=30)
+    r = requests.get(trusted.api("/api/session"), headers=trusted.as_proxy(user.name), timeout=30)
     assert expect(r, 200)["user"] == user.name
+    # From a loopback address any local user can send the header: without the proxy's secret (or
+    # with another, or with two) it is refused, whatever the name.
+    for headers in [{"X-Remote-User": "root"}, {"X-Remote-User": "root", "X-Ferry-Proxy-Secret": "not-the-proxys-secret"},
+                    {"X-Remote-User": user.name, "X-Ferry-Proxy-Secret": ""}]:
+        for path in ("/api/session", "/api/tasks"):
+            expect_error(requests.get(trusted.api(path), headers=headers, timeout=30), 401, "auth.failed")
+    # The secret sent twice (a client's own beside the proxy's) is refused too.
+    url = urllib.parse.urlsplit(trusted.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.putrequest("GET", "/api/session")
+    for name, value in [("X-Remote-User", "root"), ("X-Ferry-Proxy-Secret", trusted.proxy_secret),
+                        ("X-Ferry-Proxy-Secret", "not-the-proxys-secret")]:
+        connection.putheader(name, value)
+    connection.endheaders()
+    doubled = connection.getresponse()
+    assert doubled.status == 401 and json.loads(doubled.read())["error"]["code"] == "auth.failed"
+    connection.close()
 
     untrusted = start_server(auth="proxy", proxy_addresses=["192.0.2.10"])
     for headers in [{"X-Remote-User": user.name}, {"X-Remote-User": "root"},
@@ -384,6 +404,16 @@ def test_proxy_header_only_from_proxy_addresses(start_server, unix_user):
     r = requests.post(untrusted.api("/api/tasks"), headers={"X-Remote-User": "root"}, timeout=30,
                       json={"kind": "copy", "sources": ["/x"], "destination": "/y"})
     expect_error(r, 401, "auth.required")
+
+
+def test_a_loopback_proxy_address_needs_the_proxys_secret(start_server):
+    """A loopback proxy address without a secret is refused at start, with what to do: every
+    local user can connect from there."""
+    with pytest.raises(Exception) as refused:
+        start_server(auth="proxy", proxy_addresses=["127.0.0.1"], proxy_secret=None)
+    message = str(refused.value)
+    assert "127.0.0.1, a loopback address that every local user can connect from" in message, message
+    assert "proxy_secret" in message and "X-Ferry-Proxy-Secret" in message, message
 
 
 def test_each_user_holds_a_bounded_number_of_event_streams(start_server, alpha_dir):

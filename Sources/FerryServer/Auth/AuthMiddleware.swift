@@ -22,6 +22,13 @@ struct AuthMiddleware: RouterMiddleware {
         let proxyHeader = HTTPField.Name(settings.proxyHeader) ?? .init("X-Remote-User")!
         if settings.authMode == .proxy, let address = context.remoteAddress, settings.proxyAddresses.contains(address),
            let user = request.headers[proxyHeader], !user.isEmpty {
+            if let secret = settings.proxySecret {
+                let secretHeader = HTTPField.Name(ServeSettings.proxySecretHeader)!
+                guard request.headers[values: secretHeader].count == 1, let presented = request.headers[secretHeader],
+                      Secret.equal(presented, secret) else {
+                    return APIError(.unauthorized, "auth.failed", "\(settings.proxyHeader) came without the proxy's \(ServeSettings.proxySecretHeader)").response()
+                }
+            }
             guard Self.plausibleUser(user), request.headers[values: proxyHeader].count == 1 else {
                 return APIError(.unauthorized, "auth.failed", "the proxy sent an unusable user name").response()
             }
