@@ -168,6 +168,26 @@ import Testing
     }
 }
 
+@Suite struct AgentSlotTests {
+    /// Each agent is a process and a thread: one user may run only so many at once, and all
+    /// together only so many more; a slot given back is free again.
+    @Test func agentsAreBoundedPerUserAndInAll() throws {
+        let slots = AgentSlots(perUser: 2, total: 3)
+        try slots.take(for: "ann")
+        try slots.take(for: "ann")
+        #expect(throws: APIError(.tooManyRequests, "agent.busy", "ann has 2 file system requests running already, the most one user may; wait for them to finish")) {
+            try slots.take(for: "ann")
+        }
+        try slots.take(for: "bob")
+        do { try slots.take(for: "cy"); Issue.record("a fourth agent started") } catch { #expect(error.code == "server.busy" && error.status == .tooManyRequests) }
+        slots.release("ann")
+        try slots.take(for: "cy")
+        #expect(slots.count(for: "ann") == (1, 3) && slots.count(for: "cy") == (1, 3))
+        for user in ["ann", "bob", "cy"] { slots.release(user) }
+        #expect(slots.count(for: "ann") == (0, 0))
+    }
+}
+
 @Suite struct ServeSettingsTests {
     @Test func fileThenEnvironment() throws {
         let configuration = try FerryConfiguration.parse("""

@@ -2,6 +2,7 @@ import FerryConfig
 import FerryMove
 import FerrySystem
 import Foundation
+import Synchronization
 
 /// Starts agents: `ferry agent request` for one filesystem question, as the requesting user. When
 /// the server is not root it cannot change identity, and every agent runs as the server's user
@@ -10,10 +11,14 @@ public struct AgentClient: Sendable {
     /// The `ferry` executable agents are started from.
     public var executable: String
     public var configuration: FerryConfiguration
+    /// Agents running now: each is a process and a thread, so one user (or everyone together)
+    /// may keep only so many at once.
+    let slots: AgentSlots
 
-    public init(executable: String, configuration: FerryConfiguration) {
+    public init(executable: String, configuration: FerryConfiguration, perUser: Int = 8, total: Int = 64) {
         self.executable = executable
         self.configuration = configuration
+        self.slots = AgentSlots(perUser: perUser, total: total)
     }
 
     /// The credentials an agent for `user` runs with: nil for "as the server", when that is who
@@ -33,6 +38,8 @@ public struct AgentClient: Sendable {
     /// Asks an agent running as `user`; returns its JSON answer as it wrote it.
     public func ask(_ request: AgentRequest, as user: String) async throws(APIError) -> Data {
         let identity = try Self.identity(for: user)
+        try slots.take(for: user)
+        defer { slots.release(user) }
         let input: Data
         do { input = try WireJSON.encoder.encode(request) } catch { throw APIError(.internalError, "internal", "\(error)") }
         let executable = executable
@@ -69,6 +76,48 @@ public struct AgentClient: Sendable {
         var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"]
         if let lfs = ProcessInfo.processInfo.environment["FERRY_LFS"] { environment["FERRY_LFS"] = lfs }
         return environment
+    }
+}
+
+/// How many agents run at once, for each user and in all: past either limit a request is refused
+/// with 429, so that requests sent faster than they finish cannot start processes without end.
+final class AgentSlots: Sendable {
+    private let running = Mutex<(total: Int, byUser: [String: Int])>((0, [:]))
+    let perUser: Int
+    let total: Int
+
+    init(perUser: Int, total: Int) {
+        self.perUser = max(1, perUser)
+        self.total = max(1, total)
+    }
+
+    func take(for user: String) throws(APIError) {
+        let refusal = running.withLock { running -> APIError? in
+            if running.byUser[user, default: 0] >= perUser {
+                return APIError(.tooManyRequests, "agent.busy",
+                                "\(user) has \(perUser) file system requests running already, the most one user may; wait for them to finish")
+            }
+            if running.total >= total {
+                return APIError(.tooManyRequests, "server.busy", "the server is answering \(total) file system requests already; try again shortly")
+            }
+            running.byUser[user, default: 0] += 1
+            running.total += 1
+            return nil
+        }
+        if let refusal { throw refusal }
+    }
+
+    func release(_ user: String) {
+        running.withLock { running in
+            let left = running.byUser[user, default: 1] - 1
+            running.byUser[user] = left > 0 ? left : nil
+            running.total -= 1
+        }
+    }
+
+    /// Agents running now for `user`, and in all.
+    func count(for user: String) -> (user: Int, total: Int) {
+        running.withLock { ($0.byUser[user] ?? 0, $0.total) }
     }
 }
 
