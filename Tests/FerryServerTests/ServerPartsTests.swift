@@ -168,6 +168,18 @@ import Testing
     }
 }
 
+@Suite struct LoginRateLimiterTests {
+    /// Addresses whose failures have left the window are forgotten once many are on record.
+    @Test func addressesPastTheWindowAreForgotten() async throws {
+        let limiter = LoginRateLimiter(limit: 5, window: .milliseconds(200))
+        for i in 0..<LoginRateLimiter.pruneAbove { _ = limiter.admit("2001:db8::\(String(i, radix: 16))") }
+        #expect(limiter.trackedAddresses == LoginRateLimiter.pruneAbove)
+        try await Task.sleep(for: .milliseconds(300))
+        _ = limiter.admit("192.0.2.1")
+        #expect(limiter.trackedAddresses == 1)
+    }
+}
+
 @Suite struct AgentSlotTests {
     /// Each agent is a process and a thread: one user may run only so many at once, and all
     /// together only so many more; a slot given back is free again.

@@ -371,6 +371,31 @@ def test_pam_login(start_server, unix_user):
     assert r.status_code == 429, describe(r)
 
 
+def test_failed_logins_through_the_tls_proxy_count_per_client(start_server, unix_user):
+    """Behind the site's TLS proxy every client comes from the proxy's address: failed logins
+    count per client it names in X-Forwarded-For (believed only from proxy_addresses), so five
+    wrong passwords from one client do not lock out the others. Before, they all shared one count."""
+    user = unix_user(password="correct horse 42")
+    server = start_server(auth="pam", proxy_addresses=["127.0.0.1"])
+    url = server.api("/login")
+    def login(client: str, password: str) -> requests.Response:
+        return requests.post(url, data={"username": user.name, "password": password}, allow_redirects=False, timeout=30,
+                             headers={"X-Forwarded-For": f"198.51.100.7, {client}"})
+    for _ in range(5):
+        assert login("192.0.2.1", "wrong").status_code == 401
+    assert login("192.0.2.1", "correct horse 42").status_code == 429
+    r = login("192.0.2.2", "correct horse 42")
+    assert r.status_code == 303 and any(c.startswith("ferry_session=") for c in set_cookie_headers(r)), describe(r)
+    # Not from a proxy address, the header is the client's own say: ignored.
+    other = start_server(auth="pam")
+    for client in ("192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14"):
+        requests.post(other.api("/login"), data={"username": user.name, "password": "wrong"}, allow_redirects=False, timeout=30,
+                      headers={"X-Forwarded-For": client})
+    r = requests.post(other.api("/login"), data={"username": user.name, "password": "correct horse 42"}, allow_redirects=False,
+                      timeout=30, headers={"X-Forwarded-For": "192.0.2.99"})
+    assert r.status_code == 429, describe(r)
+
+
 def test_proxy_header_only_from_proxy_addresses(start_server, unix_user):
     user = unix_user()
     trusted = start_server(auth="proxy", proxy_addresses=["127.0.0.1"])

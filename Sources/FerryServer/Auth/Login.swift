@@ -52,8 +52,19 @@ enum Login {
         }
     }
 
+    /// Who is logging in, for the rate limit and the log: the peer, or, when the peer is one of
+    /// `proxy_addresses` (the site's TLS proxy, through which every client comes), the client it
+    /// names last in `X-Forwarded-For` — else everyone would share the proxy's count, and five
+    /// wrong passwords from anyone would lock everyone out.
+    static func clientAddress(_ request: Request, _ context: FerryContext, _ settings: ServeSettings) -> String {
+        let peer = context.remoteAddress ?? "unknown"
+        guard settings.proxyAddresses.contains(peer), let forwarded = request.headers[values: HTTPField.Name("X-Forwarded-For")!].last,
+              let client = forwarded.split(separator: ",").last?.trimmingCharacters(in: .whitespaces), !client.isEmpty else { return peer }
+        return client
+    }
+
     static func attempt(_ credentials: Credentials, request: Request, context: FerryContext, state: ServerState, json: Bool) async -> Response {
-        let address = context.remoteAddress ?? "unknown"
+        let address = clientAddress(request, context, state.settings)
         func failure(_ error: APIError) -> Response {
             if json { return error.response() }
             return Pages.login(state: state, error: error.message, status: error.httpStatus)

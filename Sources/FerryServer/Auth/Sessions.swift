@@ -96,6 +96,11 @@ public final class LoginRateLimiter: Sendable {
     public func admit(_ address: String) -> Admission {
         state.withLock { state in
             let now = ContinuousClock.now
+            // Addresses whose failures have all left the window are forgotten, so that many
+            // addresses (an IPv6 prefix holds plenty) cannot grow the table without end.
+            if state.failures.count >= Self.pruneAbove {
+                state.failures = state.failures.filter { _, failures in failures.contains { now - $0.at < window } }
+            }
             let recent = (state.failures[address] ?? []).filter { now - $0.at < window }
             if recent.count >= limit, let oldest = recent.first {
                 state.failures[address] = recent
@@ -108,6 +113,11 @@ public final class LoginRateLimiter: Sendable {
     }
 
     /// The admitted attempt succeeded: it is not a failure.
+    static let pruneAbove = 1024
+
+    /// Addresses with failures on record (some possibly past the window).
+    public var trackedAddresses: Int { state.withLock { $0.failures.count } }
+
     public func succeeded(_ ticket: Ticket) {
         state.withLock { state in
             state.failures[ticket.address]?.removeAll { $0.serial == ticket.serial }
