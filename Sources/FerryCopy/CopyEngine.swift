@@ -249,9 +249,29 @@ public final class CopyEngine: Sendable {
         switch StagingArea.marking(of: fd, id: id) {
         case .copies where !relink, .relinked where relink, .unsupported:
             return StagingArea(parent: destination, name: name, directory: fd)
+        case .unmarked where Self.refusesMarks(in: destination, id: id):
+            // A filesystem that answers "no such attribute" but keeps none either (some FUSE
+            // filesystems): Ferry could not mark it when it made it.
+            return StagingArea(parent: destination, name: name, directory: fd)
         default:
             fd.closeQuietly()
             throw .foreignStaging(path: PathDisplay.string(name))
+        }
+    }
+
+    /// Whether the filesystem of `destination` refuses Ferry's mark, tried on a directory of
+    /// Ferry's own made for the purpose (and removed); false if that cannot be told.
+    static func refusesMarks(in destination: FileDescriptor, id: String) -> Bool {
+        let probe = Array((".ferry-probe-" + id).utf8)
+        do { try destination.makeDirectory(probe, permissions: 0o700) } catch { return false }
+        defer { try? destination.removeEntry(probe, isDirectory: true) }
+        guard let fd = try? destination.openAt(probe, [.directory, .noFollow]) else { return false }
+        defer { fd.closeQuietly() }
+        do {
+            try ExtendedAttributes.set(fd, StagingArea.markerAttribute, Array(id.utf8))
+            return false
+        } catch {
+            return error.code == .notSupported
         }
     }
 

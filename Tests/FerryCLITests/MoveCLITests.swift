@@ -54,6 +54,28 @@ struct MoveCLITests {
         }
     }
 
+    /// `ferry move` to a destination that refuses an extended attribute of the source fails (exit
+    /// 1) saying which and how to go on, and moves nothing; `--allow-xattr-loss` moves it.
+    @Test(.enabled(if: QuotaFS.available)) func aMoveThatWouldLoseAnExtendedAttributeNeedsAllowXattrLoss() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/data/tagged", bytes: 5000)
+            try Shell.run(["setfattr", "-n", "user.origin", "-v", "beamline 7", a + "/data/tagged"])
+            let quota = try QuotaFS(budget: 1 << 30, refuseXattrs: true)
+            defer { quota.tearDown() }
+            let refused = try ferry("move", a + "/data", quota.mountPoint, environment: database(fs))
+            #expect(refused.status == 1, "\(refused.standardError)")
+            #expect(refused.standardError.contains("data/tagged: fsetxattr user.origin") && refused.standardError.contains("--allow-xattr-loss"),
+                    "\(refused.standardError)")
+            let staged = try FileManager.default.contentsOfDirectory(atPath: quota.backing)
+            #expect(FileManager.default.fileExists(atPath: a + "/data/tagged") && staged.isEmpty, "\(staged)")
+            let moved = try ferry("move", "--allow-xattr-loss", a + "/data", quota.mountPoint, environment: database(fs))
+            #expect(moved.status == 0, "\(moved.standardError)")
+            #expect(!FileManager.default.fileExists(atPath: a + "/data") && FileManager.default.fileExists(atPath: quota.backing + "/data/tagged"))
+        }
+    }
+
     /// Within one project a move is one rename, done without a task: the entry keeps its inode, the
     /// rename is made durable (both directories fsynced after it, from an strace), no task is
     /// recorded, and the database is not even created. A path a task holds is still respected
