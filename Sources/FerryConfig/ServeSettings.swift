@@ -25,7 +25,7 @@ public enum AuthMode: String, Sendable, CaseIterable {
 ///     admins = ["root"]              # FERRY_AUTH_ADMINS, comma-separated
 ///     proxy_header = "X-Remote-User" # FERRY_AUTH_PROXY_HEADER
 ///     proxy_addresses = ["127.0.0.1"] # FERRY_AUTH_PROXY_ADDRESSES, comma-separated
-///     proxy_secret = "…"             # FERRY_AUTH_PROXY_SECRET: the proxy sends it as X-Ferry-Proxy-Secret
+///     proxy_secret = "…"             # FERRY_AUTH_PROXY_SECRET (required with proxy_addresses): sent as X-Ferry-Proxy-Secret
 ///     pam_service = "ferry"          # FERRY_AUTH_PAM_SERVICE
 ///     secure_cookie = true           # FERRY_AUTH_SECURE_COOKIE (default: when X-Forwarded-Proto is https)
 public struct ServeSettings: Equatable, Sendable {
@@ -39,9 +39,10 @@ public struct ServeSettings: Equatable, Sendable {
     public var admins: [String] = ["root"]
     public var proxyHeader: String = "X-Remote-User"
     public var proxyAddresses: [String] = []
-    /// What the proxy sends as `X-Ferry-Proxy-Secret` with every request: its header is believed
-    /// only with it. Required when a proxy address is a loopback one, from which every local user
-    /// can connect.
+    /// What the proxy sends as `X-Ferry-Proxy-Secret` with every request: its headers (the user's
+    /// name, `X-Forwarded-For`) are believed only with it. Required with `proxyAddresses`: anyone
+    /// who can connect from such an address (every local user, for an address of this host)
+    /// could otherwise send them.
     public var proxySecret: String?
     public static let proxySecretHeader = "X-Ferry-Proxy-Secret"
     public var pamService: String = "ferry"
@@ -151,21 +152,17 @@ public struct ServeSettings: Equatable, Sendable {
             guard let flag = ["true": true, "false": false][value.lowercased()] else { throw fail("FERRY_AUTH_SECURE_COOKIE must be true or false") }
             settings.secureCookie = flag
         }
-        if settings.authMode == .proxy {
-            guard !settings.proxyAddresses.isEmpty else {
-                throw FerryConfiguration.Error(file: "ferry serve", message: "auth mode proxy needs auth.proxy_addresses (FERRY_AUTH_PROXY_ADDRESSES): the addresses of the proxy whose header is believed")
-            }
-            if settings.proxySecret == nil, let loopback = settings.proxyAddresses.first(where: Self.isLoopback) {
-                throw FerryConfiguration.Error(file: "ferry serve", message: "auth.proxy_addresses lists \(loopback), a loopback address that every local user can connect from and send "
-                    + "\(settings.proxyHeader) with any name: set auth.proxy_secret (FERRY_AUTH_PROXY_SECRET, 16 characters or more) and have the "
-                    + "proxy send it as \(Self.proxySecretHeader), or list the proxy's own address instead")
-            }
+        if settings.authMode == .proxy && settings.proxyAddresses.isEmpty {
+            throw FerryConfiguration.Error(file: "ferry serve", message: "auth mode proxy needs auth.proxy_addresses (FERRY_AUTH_PROXY_ADDRESSES): "
+                + "the addresses of the proxy whose header is believed")
+        }
+        if !settings.proxyAddresses.isEmpty && settings.proxySecret == nil {
+            throw FerryConfiguration.Error(file: "ferry serve", message: "auth.proxy_addresses (\(settings.proxyAddresses.joined(separator: ", "))) are "
+                + "believed about who is asking (\(settings.proxyHeader) in proxy mode, X-Forwarded-For for the login limit), and anyone who can "
+                + "connect from one of them (every local user, for an address of this host such as 127.0.0.1) could claim any name: set "
+                + "auth.proxy_secret (FERRY_AUTH_PROXY_SECRET, 16 characters or more) and have the proxy send it as \(Self.proxySecretHeader)")
         }
         return settings
-    }
-
-    static func isLoopback(_ address: String) -> Bool {
-        address.hasPrefix("127.") || address == "::1" || address.lowercased().hasPrefix("::ffff:127.") || address == "localhost"
     }
 
     /// `listen` split into host and port ("[::1]:8080", "0.0.0.0:80", ":8080").

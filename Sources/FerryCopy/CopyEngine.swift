@@ -260,15 +260,18 @@ public final class CopyEngine: Sendable {
     }
 
     /// Whether the filesystem of `destination` refuses Ferry's mark, tried on a directory of
-    /// Ferry's own made for the purpose (and removed); false if that cannot be told.
+    /// Ferry's own made for the purpose (and removed); false if that cannot be told. The probe
+    /// carries an attribute of its own, never the mark, under a name of this call's: a directory
+    /// someone swaps in for it gains nothing a janitor or a rollback would act on.
     static func refusesMarks(in destination: FileDescriptor, id: String) -> Bool {
-        let probe = Array((".ferry-probe-" + id).utf8)
+        let probe = Array(".ferry-probe-\(id)-\(String(UInt64.random(in: .min ... .max), radix: 16))".utf8)
         do { try destination.makeDirectory(probe, permissions: 0o700) } catch { return false }
         defer { try? destination.removeEntry(probe, isDirectory: true) }
         guard let fd = try? destination.openAt(probe, [.directory, .noFollow]) else { return false }
         defer { fd.closeQuietly() }
+        guard let status = try? fd.status(), status.uid == geteuid(), status.linkCount == 2 else { return false }
         do {
-            try ExtendedAttributes.set(fd, StagingArea.markerAttribute, Array(id.utf8))
+            try ExtendedAttributes.set(fd, Array("user.ferry.probe".utf8), Array("1".utf8))
             return false
         } catch {
             return error.code == .notSupported

@@ -57,7 +57,8 @@ extension MoveEngine {
         throw Refusal(code: "staging.missing", message: "\(first) is neither in the staging directory nor in \(plan.destinationDirectory): "
             + "the staging directory was removed before it was published; "
             + (plan.deletingSource ? "the source was being deleted — check what is left of it"
-                                   : "nothing was deleted from the source — move the published items back to the source, then retry the task"))
+                                   : "nothing was deleted from the source, which still holds everything — remove what of it was published in "
+                                     + "\(plan.destinationDirectory), then retry the task"))
     }
 
     /// Commit, idempotent so that recovery can run it again: publish each staged item that is still

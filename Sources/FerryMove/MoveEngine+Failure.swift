@@ -10,7 +10,8 @@ extension MoveEngine {
     // MARK: failure, cancellation, progress
 
     func handle(_ error: any Error, _ context: RunContext) async {
-        let task = (try? await store.task(context.task.id)) ?? context.task
+        let read = try? await store.task(context.task.id)
+        let task = read ?? context.task
         if shutdown.isCancelled {
             // A measurement cut short: its counts are not what the next worker will find.
             if task.status == .validating { try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress()) }
@@ -31,10 +32,12 @@ extension MoveEngine {
             // for a lock, or that a user retried, was claimed many times without failing.
             let earlier = TaskEvent.count((try? await store.events(task.id)) ?? [], beginningWith: Self.retryEvent)
             if task.status == .committing || earlier + 1 < settings.maxAttempts {
-                if Self.mayHaveLostStagedData(error, task) {
+                // Only from the task as it is now: the record as claimed may be phases behind (a
+                // deletion begun since), and its plan must not be written back over the current one.
+                if let current = read, Self.mayHaveLostStagedData(error, current) {
                     // Not resumed: the next attempt copies everything again. If that cannot be
                     // recorded, the staging is removed instead (the task fails, rolled back).
-                    var plan = task.plan
+                    var plan = current.plan
                     plan?.stagedOn = TaskPlan.untrusted
                     do {
                         try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
@@ -59,7 +62,7 @@ extension MoveEngine {
     /// `fsync` or `syncfs` report it once). A relink stages no data (its staging holds the
     /// source's own files, never to be thrown away).
     static func mayHaveLostStagedData(_ error: any Error, _ task: TaskRecord) -> Bool {
-        guard let plan = task.plan, plan.strategy == Strategy.copy.rawValue else { return false }
+        guard let plan = task.plan, plan.strategy == Strategy.copy.rawValue, !plan.deletingSource else { return false }
         if error is StagingUntrusted { return true }
         guard task.status == .copying || task.status == .verifying else { return false }
         let code: SystemError.Code?

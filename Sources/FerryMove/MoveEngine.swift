@@ -84,8 +84,9 @@ public final class MoveEngine: Sendable {
             // A source that changed after its copy was published: the copy stays published and the
             // source keeps what changed. Trying again would find the same, and there is nothing
             // to roll back, so the task ends here and its message says what is where.
+            // Likewise a commit that finds part of what it was to publish gone.
             let status = (try? await store.task(claimed.id))?.status
-            let published = refusal.code == "source.changed" && status == .committing
+            let published = ["source.changed", "staging.missing"].contains(refusal.code) && status == .committing
             await fail(context, TaskFailure(code: refusal.code, message: refusal.message), rollback: !published)
         } catch {
             await handle(error, context)

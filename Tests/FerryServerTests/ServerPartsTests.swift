@@ -211,6 +211,7 @@ import Testing
             mode = "proxy"
             admins = ["ops", "root"]
             proxy_addresses = ["10.1.2.3"]
+            proxy_secret = "a-secret-of-the-proxy"
             [[roots]]
             path = "/srv/p"
             """)
@@ -238,26 +239,28 @@ import Testing
         #expect(throws: FerryConfiguration.Error.self) { try configuration.applyingEnvironment(["FERRY_ROOTS": "relative/path"]) }
     }
 
-    /// A proxy believed from a loopback address needs its secret: every local user can connect
-    /// from there and send the header with any name.
-    @Test func aLoopbackProxyNeedsItsSecret() throws {
-        func settings(_ auth: String, _ environment: [String: String] = [:]) throws -> ServeSettings {
-            try FerryConfiguration.parse("[auth]\nmode = \"proxy\"\n" + auth).serve.applying(environment: environment)
+    /// Proxy addresses need the proxy's secret: anyone who can connect from one (every local
+    /// user, for an address of the proxy's own host) could send the user header, or
+    /// X-Forwarded-For, with anything in it.
+    @Test func proxyAddressesNeedTheProxysSecret() throws {
+        func settings(_ mode: String, _ auth: String, _ environment: [String: String] = [:]) throws -> ServeSettings {
+            try FerryConfiguration.parse("[auth]\nmode = \"\(mode)\"\n" + auth).serve.applying(environment: environment)
         }
-        for loopback in ["127.0.0.1", "::1", "127.0.1.1"] {
+        for (mode, address) in [("proxy", "127.0.0.1"), ("proxy", "::1"), ("proxy", "10.0.0.5"), ("pam", "127.0.0.1")] {
             do {
-                _ = try settings("proxy_addresses = [\"10.0.0.5\", \"\(loopback)\"]")
-                Issue.record("\(loopback) accepted without a secret")
+                _ = try settings(mode, "proxy_addresses = [\"\(address)\"]")
+                Issue.record("\(mode) mode trusted \(address) without a secret")
             } catch {
                 let message = "\(error)"
-                #expect(message.contains("\(loopback), a loopback address") && message.contains("proxy_secret"), "\(message)")
+                #expect(message.contains("(\(address)) are believed about who is asking") && message.contains("proxy_secret")
+                        && message.contains("X-Ferry-Proxy-Secret"), "\(message)")
             }
         }
-        #expect(try settings("proxy_addresses = [\"127.0.0.1\"]\nproxy_secret = \"sixteen-chars-ok\"").proxySecret == "sixteen-chars-ok")
-        #expect(try settings("proxy_addresses = [\"127.0.0.1\"]", ["FERRY_AUTH_PROXY_SECRET": "from-the-environment"]).proxySecret == "from-the-environment")
-        #expect(try settings("proxy_addresses = [\"10.0.0.5\"]").proxySecret == nil)
-        #expect(throws: FerryConfiguration.Error.self) { try settings("proxy_addresses = [\"127.0.0.1\"]\nproxy_secret = \"short\"") }
-        #expect(throws: FerryConfiguration.Error.self) { try settings("") }  // no proxy address at all
+        #expect(try settings("proxy", "proxy_addresses = [\"127.0.0.1\"]\nproxy_secret = \"sixteen-chars-ok\"").proxySecret == "sixteen-chars-ok")
+        #expect(try settings("pam", "proxy_addresses = [\"127.0.0.1\"]", ["FERRY_AUTH_PROXY_SECRET": "from-the-environment"]).proxySecret == "from-the-environment")
+        #expect(try settings("pam", "").proxySecret == nil)
+        #expect(throws: FerryConfiguration.Error.self) { try settings("proxy", "proxy_addresses = [\"127.0.0.1\"]\nproxy_secret = \"short\"") }
+        #expect(throws: FerryConfiguration.Error.self) { try settings("proxy", "") }  // no proxy address at all
     }
 }
 

@@ -378,22 +378,21 @@ def test_failed_logins_through_the_tls_proxy_count_per_client(start_server, unix
     user = unix_user(password="correct horse 42")
     server = start_server(auth="pam", proxy_addresses=["127.0.0.1"])
     url = server.api("/login")
-    def login(client: str, password: str) -> requests.Response:
-        return requests.post(url, data={"username": user.name, "password": password}, allow_redirects=False, timeout=30,
-                             headers={"X-Forwarded-For": f"198.51.100.7, {client}"})
+    def login(client: str, password: str, secret: str | None = server.proxy_secret) -> requests.Response:
+        headers = {"X-Forwarded-For": f"198.51.100.7, {client}"}
+        if secret:
+            headers["X-Ferry-Proxy-Secret"] = secret
+        return requests.post(url, data={"username": user.name, "password": password}, allow_redirects=False, timeout=30, headers=headers)
     for _ in range(5):
         assert login("192.0.2.1", "wrong").status_code == 401
     assert login("192.0.2.1", "correct horse 42").status_code == 429
     r = login("192.0.2.2", "correct horse 42")
     assert r.status_code == 303 and any(c.startswith("ferry_session=") for c in set_cookie_headers(r)), describe(r)
-    # Not from a proxy address, the header is the client's own say: ignored.
-    other = start_server(auth="pam")
+    # Without the proxy's secret (a local user connecting from the proxy's address, or from
+    # anywhere else) the header is the client's own say: ignored, every guess counted for the peer.
     for client in ("192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14"):
-        requests.post(other.api("/login"), data={"username": user.name, "password": "wrong"}, allow_redirects=False, timeout=30,
-                      headers={"X-Forwarded-For": client})
-    r = requests.post(other.api("/login"), data={"username": user.name, "password": "correct horse 42"}, allow_redirects=False,
-                      timeout=30, headers={"X-Forwarded-For": "192.0.2.99"})
-    assert r.status_code == 429, describe(r)
+        assert login(client, "wrong", secret=None).status_code == 401
+    assert login("192.0.2.99", "correct horse 42", secret="not-the-proxys-secret").status_code == 429
 
 
 def test_proxy_header_only_from_proxy_addresses(start_server, unix_user):
@@ -431,14 +430,15 @@ def test_proxy_header_only_from_proxy_addresses(start_server, unix_user):
     expect_error(r, 401, "auth.required")
 
 
-def test_a_loopback_proxy_address_needs_the_proxys_secret(start_server):
-    """A loopback proxy address without a secret is refused at start, with what to do: every
-    local user can connect from there."""
-    with pytest.raises(Exception) as refused:
-        start_server(auth="proxy", proxy_addresses=["127.0.0.1"], proxy_secret=None)
-    message = str(refused.value)
-    assert "127.0.0.1, a loopback address that every local user can connect from" in message, message
-    assert "proxy_secret" in message and "X-Ferry-Proxy-Secret" in message, message
+def test_proxy_addresses_need_the_proxys_secret(start_server):
+    """Proxy addresses without the proxy's secret are refused at start, with what to do: every
+    local user can connect from 127.0.0.1."""
+    for mode in ("proxy", "pam"):
+        with pytest.raises(Exception) as refused:
+            start_server(auth=mode, proxy_addresses=["127.0.0.1"], proxy_secret=None)
+        message = str(refused.value)
+        assert "(127.0.0.1) are believed about who is asking" in message and "every local user" in message, message
+        assert "proxy_secret" in message and "X-Ferry-Proxy-Secret" in message, message
 
 
 def test_each_user_holds_a_bounded_number_of_event_streams(start_server, alpha_dir):

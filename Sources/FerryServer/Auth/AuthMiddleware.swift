@@ -10,6 +10,14 @@ struct AuthMiddleware: RouterMiddleware {
     typealias Context = FerryContext
     let state: ServerState
 
+    /// Whether the request carries the proxy's secret, once (the peer's address is checked apart).
+    static func fromTheProxy(_ request: Request, _ settings: ServeSettings) -> Bool {
+        guard let secret = settings.proxySecret else { return false }
+        let header = HTTPField.Name(ServeSettings.proxySecretHeader)!
+        guard request.headers[values: header].count == 1, let presented = request.headers[header] else { return false }
+        return Secret.equal(presented, secret)
+    }
+
     static let publicPaths: Set<String> = ["/healthz", "/metrics", "/login", "/api/openapi.yaml", "/favicon.ico"]
 
     func handle(_ request: Request, context: FerryContext, next: (Request, FerryContext) async throws -> Response) async throws -> Response {
@@ -22,12 +30,8 @@ struct AuthMiddleware: RouterMiddleware {
         let proxyHeader = HTTPField.Name(settings.proxyHeader) ?? .init("X-Remote-User")!
         if settings.authMode == .proxy, let address = context.remoteAddress, settings.proxyAddresses.contains(address),
            let user = request.headers[proxyHeader], !user.isEmpty {
-            if let secret = settings.proxySecret {
-                let secretHeader = HTTPField.Name(ServeSettings.proxySecretHeader)!
-                guard request.headers[values: secretHeader].count == 1, let presented = request.headers[secretHeader],
-                      Secret.equal(presented, secret) else {
-                    return APIError(.unauthorized, "auth.failed", "\(settings.proxyHeader) came without the proxy's \(ServeSettings.proxySecretHeader)").response()
-                }
+            guard Self.fromTheProxy(request, settings) else {
+                return APIError(.unauthorized, "auth.failed", "\(settings.proxyHeader) came without the proxy's \(ServeSettings.proxySecretHeader)").response()
             }
             guard Self.plausibleUser(user), request.headers[values: proxyHeader].count == 1 else {
                 return APIError(.unauthorized, "auth.failed", "the proxy sent an unusable user name").response()

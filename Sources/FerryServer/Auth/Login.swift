@@ -52,13 +52,13 @@ enum Login {
         }
     }
 
-    /// Who is logging in, for the rate limit and the log: the peer, or, when the peer is one of
-    /// `proxy_addresses` (the site's TLS proxy, through which every client comes), the client it
-    /// names last in `X-Forwarded-For` — else everyone would share the proxy's count, and five
-    /// wrong passwords from anyone would lock everyone out.
+    /// Who is logging in, for the rate limit and the log: the peer, or, when the request comes
+    /// from the site's TLS proxy (one of `proxy_addresses`, with its secret), the client it names
+    /// last in `X-Forwarded-For` — else everyone would share the proxy's count, and five wrong
+    /// passwords from anyone would lock everyone out.
     static func clientAddress(_ request: Request, _ context: FerryContext, _ settings: ServeSettings) -> String {
         let peer = context.remoteAddress ?? "unknown"
-        guard settings.proxyAddresses.contains(peer), let forwarded = request.headers[values: HTTPField.Name("X-Forwarded-For")!].last,
+        guard settings.proxyAddresses.contains(peer), AuthMiddleware.fromTheProxy(request, settings), let forwarded = request.headers[values: HTTPField.Name("X-Forwarded-For")!].last,
               let client = forwarded.split(separator: ",").last?.trimmingCharacters(in: .whitespaces), !client.isEmpty else { return peer }
         return client
     }
