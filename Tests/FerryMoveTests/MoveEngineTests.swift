@@ -52,6 +52,11 @@ struct Harness {
         return try #require(try await store.task(id))
     }
 
+    /// A move task of `source` into `destination`, queued for `runUntil`.
+    func queueMove(_ source: String, to destination: String, options: TaskOptions = TaskOptions()) async throws -> TaskRecord {
+        try await store.create(NewTask(kind: .move, sources: [StoredPath(source)], destination: StoredPath(destination), options: options, owner: "test"))
+    }
+
     /// Creates, claims and runs a task here; returns its final record.
     func run(_ sources: [String], to destination: String, kind: TaskKind = .move, options: TaskOptions = TaskOptions()) async throws -> TaskRecord {
         let task = try await store.create(NewTask(kind: kind, sources: sources.map(StoredPath.init), destination: StoredPath(destination), options: options, owner: "test"))
@@ -66,6 +71,12 @@ func paths(_ root: String) throws -> Set<String> {
 }
 
 func listing(_ path: String) -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() }
+
+/// `count` files of 1 MiB each, `f0`…, in a new directory `root`.
+func makeMebibyteFiles(_ root: String, count: Int) throws {
+    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    for i in 0..<count { try TreeBuilder.write("\(root)/f\(i)", bytes: 1 << 20, seed: UInt64(i + 7)) }
+}
 
 func makeTree(_ root: String, files: Int = 40, size: Int = 64 << 10) throws {
     try FileManager.default.createDirectory(atPath: root + "/sub/deeper", withIntermediateDirectories: true)
@@ -189,13 +200,11 @@ struct MoveEngineTests {
         defer { harness.cleanup() }
         try await withLoopXFSAsync { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
-            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
-            for i in 0..<6 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/data/f\(i)", "bs=1M", "count=1", "status=none"]) }
+            try makeMebibyteFiles(a + "/data", count: 6)
             let quota = try QuotaFS(budget: 2 << 20, errno: "EIO")
             defer { quota.tearDown() }
             let before = try TreeSnapshot.take(a + "/data")
-            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")],
-                                                              destination: StoredPath(quota.mountPoint), owner: "test"))
+            let task = try await harness.queueMove(a + "/data", to: quota.mountPoint)
             func runUntil(_ done: (TaskRecord) -> Bool) async throws -> TaskRecord { try await harness.runUntil(task.id, done) }
             var record = try await runUntil { $0.status.isTerminal }
             #expect(record.status == .failed, "\(record)")
@@ -232,7 +241,8 @@ struct MoveEngineTests {
     /// A write-back error means the kernel may have dropped data of a staged file that looks
     /// complete (its size, mode and times are right): the retry copies everything again instead of
     /// resuming. Here the destination keeps written data in the page cache and its budget's EIO
-    /// comes from the write-back, at `close`; the backing directory holds what reached "disk".
+    /// comes from the write-back, reported by a later call (here the next file's `openat`); the
+    /// backing directory holds what reached "disk".
     /// Before, the retry kept the file, verified its metadata, published it and deleted the
     /// source: the backing file held only the bytes written before the error.
     @Test(.enabled(if: QuotaFS.available)) func aWriteBackErrorMakesTheRetryCopyAgainNotResume() async throws {
@@ -240,15 +250,13 @@ struct MoveEngineTests {
         defer { harness.cleanup() }
         try await withLoopXFSAsync { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
-            try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
-            for i in 0..<6 { try TreeBuilder.write("\(a)/data/f\(i)", bytes: 1 << 20, seed: UInt64(i + 7)) }
+            try makeMebibyteFiles(a + "/data", count: 6)
             let quota = try QuotaFS(budget: (1 << 20) + (1 << 19), errno: "EIO", writebackCache: true)
             defer { quota.tearDown() }
             let before = try TreeSnapshot.take(a + "/data")
             var options = TaskOptions()
             options.jobs = 1  // one file at a time: the second is the one cut short
-            let task = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")],
-                                                              destination: StoredPath(quota.mountPoint), options: options, owner: "test"))
+            let task = try await harness.queueMove(a + "/data", to: quota.mountPoint, options: options)
             var record = try await harness.runUntil(task.id) { _ in true }
             var history = try await harness.store.events(task.id).map(\.message)
             #expect(!record.status.isTerminal, "\(record) \(history)")
