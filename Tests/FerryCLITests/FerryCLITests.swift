@@ -8,8 +8,17 @@ func ferry(_ arguments: String..., environment: [String: String]? = nil) throws 
     try Shell.execute([ferryBinary()] + arguments, environment: (environment ?? [:]).merging(["FERRY_DATABASE_URL": testDatabase]) { a, _ in a })
 }
 
-/// Each test process keeps its tasks in a database of its own.
-let testDatabase = "sqlite://" + NSTemporaryDirectory() + "ferry-cli-tests-\(getpid()).sqlite"
+/// Each test process keeps its tasks in a database of its own, removed (with its log and lock
+/// markers) when the process exits.
+let testDatabase: String = {
+    atexit {
+        let path = testDatabasePath(getpid())
+        for leftover in [path, path + "-wal", path + "-shm", path + "-locks"] { try? FileManager.default.removeItem(atPath: leftover) }
+    }
+    return "sqlite://" + testDatabasePath(getpid())
+}()
+
+func testDatabasePath(_ pid: pid_t) -> String { NSTemporaryDirectory() + "ferry-cli-tests-\(pid).sqlite" }
 
 /// Starts `ferry` with `arguments` in the background (its output discarded unless `output` is given).
 func startFerry(_ arguments: [String], environment: [String: String], output: Pipe? = nil) throws -> Process {
