@@ -28,15 +28,11 @@ struct StagingUntrusted: Error, CustomStringConvertible {
 /// The commit phase: publish what is staged, then remove the source, entry by entry; and the
 /// commit of the `rename` strategy. Each step can be run again by recovery.
 extension MoveEngine {
-    /// Flushes what is staged. If that fails before the first publish, the task may go back to
-    /// copying (`StagingUntrusted`); after, what is published was flushed before it was, and
-    /// the rest is retried from here.
-    private static func flushBeforePublishing(_ staging: StagingArea, _ plan: TaskPlan) throws {
-        let failure: SystemError
-        do { try staging.directory.syncFilesystem(); return } catch { failure = error }
-        let nothingPublished = plan.finalNames.allSatisfy { (try? staging.directory.status($0.bytes)) != nil }
-        if plan.strategy == Strategy.copy.rawValue && nothingPublished { throw StagingUntrusted(reason: .flushFailed(path: PathDisplay.string(staging.name), failure)) }
-        throw failure
+    /// Whether a failed flush now sends the task back to copying: a copy with every final name
+    /// still in staging. (A function of its own: written in `publishAndCheck`, this crashes the
+    /// 6.3 compiler's SIL ownership check.)
+    private static func untrustingFlush(_ plan: TaskPlan, _ staging: StagingArea) -> Bool {
+        plan.strategy == Strategy.copy.rawValue && plan.finalNames.allSatisfy { (try? staging.directory.status($0.bytes)) != nil }
     }
 
     /// What is neither staged nor published was never published: the staging directory went before
@@ -71,7 +67,10 @@ extension MoveEngine {
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
         if let staging = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue) {
             defer { staging.directory.closeQuietly() }
-            try Self.flushBeforePublishing(staging, plan)
+            // A failed flush before the first publish sends the task back to copying; after it,
+            // what is published was flushed before it was, and the rest is retried from here.
+            let untrusting = Self.untrustingFlush(plan, staging)
+            try Self.flush(staging, engine, untrusting: untrusting)
             for final in plan.finalNames {
                 guard (try? staging.directory.status(final.bytes)) != nil else { continue }  // published before a crash
                 do {

@@ -65,9 +65,17 @@ extension MoveEngine {
         guard let plan = task.plan, plan.strategy == Strategy.copy.rawValue, !plan.deletingSource else { return false }
         if error is StagingUntrusted { return true }
         guard task.status == .copying || task.status == .verifying else { return false }
-        let code: SystemError.Code?
-        if let copy = error as? CopyError { code = copy.systemCode } else { code = (error as? SystemError)?.code }
-        return code == .io
+        return systemCode(of: error) == .io
+    }
+
+    /// The errno-level cause of an error from a run, whichever kind of error carries it.
+    static func systemCode(of error: any Error) -> SystemError.Code? {
+        switch error {
+        case let untrusted as StagingUntrusted: untrusted.systemCode
+        case let copy as CopyError: copy.systemCode
+        case let system as SystemError: system.code
+        default: nil
+        }
     }
 
     /// How the history records a run given back to be tried again after a passing fault.
@@ -205,17 +213,9 @@ extension MoveEngine {
     }
 
     static func isTransient(_ error: any Error) -> Bool {
-        let code: SystemError.Code?
-        if let untrusted = error as? StagingUntrusted {
-            // A staging directory that went is copied again; a failed flush unless its cause lasts.
-            guard let cause = untrusted.systemCode else { return true }
-            code = cause
-        } else if let copy = error as? CopyError {
-            code = copy.systemCode
-        } else {
-            code = (error as? SystemError)?.code
-        }
-        switch code {
+        // A staging directory that went is copied again; a failed flush unless its cause lasts.
+        if let untrusted = error as? StagingUntrusted, untrusted.systemCode == nil { return true }
+        switch systemCode(of: error) {
         case .io?, .busy?, .tooManyOpenFiles?, .staleFileHandle?: return true
         default: return false
         }

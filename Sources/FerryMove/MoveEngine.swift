@@ -304,12 +304,13 @@ public final class MoveEngine: Sendable {
         try Self.flush(staging, engine)
     }
 
-    /// Flushes what is staged; a failure is `StagingUntrusted`, which makes the next attempt
-    /// copy again instead of trusting what it finds.
-    static func flush(_ staging: StagingArea, _ engine: CopyEngine) throws {
+    /// Flushes what is staged; a failure is `StagingUntrusted` (unless `untrusting` is false, once
+    /// something is published), which makes the next attempt copy again instead of trusting what
+    /// it finds.
+    static func flush(_ staging: StagingArea, _ engine: CopyEngine, untrusting: Bool = true) throws {
         let failure: CopyError
         do { try engine.flush(staging); return } catch { failure = error }
-        if case .system(let path, let error) = failure { throw StagingUntrusted(reason: .flushFailed(path: path, error)) }
+        if untrusting, case .system(let path, let error) = failure { throw StagingUntrusted(reason: .flushFailed(path: path, error)) }
         throw failure
     }
 
