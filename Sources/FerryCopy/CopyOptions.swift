@@ -10,12 +10,22 @@ public enum VerifyMode: String, Sendable, CaseIterable {
     case checksum
 }
 
-/// Called before a new regular file receives data, e.g. to give it the source's Lustre layout
-/// (striping is fixed at creation: it cannot be set once data is written).
+/// Gives each new regular file its source's layout before it receives data (Lustre striping is
+/// fixed when a file's first data is written, and cannot be changed afterwards).
 public protocol LayoutCloner: Sendable {
-    /// Names of extended attributes this cloner sets itself (skipped by the ordinary xattr copy).
+    /// Names of the extended attributes that carry a layout. On a regular file they are set by
+    /// `cloneLayout` alone (the ordinary xattr copy, after the data, skips them); on a directory,
+    /// where they are the default layout of files made in it later, the ordinary copy sets them.
     var layoutAttributeNames: Set<ByteString> { get }
+    /// Added to the flags that create the new file (Lustre: `.delayLayout`).
+    var createFlags: OpenFlags { get }
+    /// Called on the new, empty file. An error is not fatal: the copy goes on, the file keeps the
+    /// layout its directory gives it, and the copy's notes say so.
     func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws
+}
+
+extension LayoutCloner {
+    public var createFlags: OpenFlags { [] }
 }
 
 public struct CopyOptions: Sendable {

@@ -8,7 +8,11 @@ import SystemPackage
 struct MetadataApplier: Sendable {
     let preserveOwnership: Bool
     let privileged: Bool
+    /// Never copied (a caller's own bookkeeping).
     let skippedAttributes: Set<ByteString>
+    /// Layout attributes a `LayoutCloner` sets on each regular file before its data: copied here on
+    /// directories only, where they are the default layout of the files made in them later.
+    var layoutAttributes: Set<ByteString> = []
     /// An attribute the destination refuses fails the copy (`.xattrRefused`) instead of a note.
     var requireXattrs = false
     let notes: CopyNotes
@@ -25,7 +29,7 @@ struct MetadataApplier: Sendable {
         } catch where error.code == .notSupported {
             names = []  // a source filesystem without xattrs has none to copy
         }
-        for name in names where shouldCopy(name) {
+        for name in names where shouldCopy(name, of: status.kind) {
             guard let value = try ExtendedAttributes.value(source, name) else { continue }
             do {
                 try ExtendedAttributes.set(destination, name, value)
@@ -54,7 +58,7 @@ struct MetadataApplier: Sendable {
         } catch where tolerable(error) {
             names = []
         }
-        for name in names where shouldCopy(name) {
+        for name in names where shouldCopy(name, of: status.kind) {
             guard let value = try ExtendedAttributes.value(in: sourceDirectory, symlink: sourceName, name) else { continue }
             do {
                 try ExtendedAttributes.set(in: destinationDirectory, symlink: destinationName, name, value)
@@ -74,8 +78,20 @@ struct MetadataApplier: Sendable {
         throw SystemError(errno: error.errno, syscall: error.syscall, path: error.path, refinedCode: .xattrRefused)
     }
 
-    private func shouldCopy(_ name: ByteString) -> Bool {
-        if skippedAttributes.contains(name) { return false }
+    /// What Lustre keeps about an inode itself, listed to root with its attributes: its FID
+    /// (`trusted.lma`), the parents of its names (`trusted.link`), its size on the MDT
+    /// (`trusted.som`), its HSM state (`trusted.hsm`). Wrong for any other file; Lustre ignores
+    /// them when they are set, and another filesystem would keep them as clutter.
+    static let lustreInodeAttributes: Set<ByteString> = Set(["trusted.lma", "trusted.link", "trusted.som", "trusted.hsm"].map { Array($0.utf8) })
+    /// A Lustre layout, under both names Lustre lists it by. Without a cloner that claims them the
+    /// destination is not Lustre and has nothing they could mean: `lustre.*` would only be refused
+    /// there, and must not fail a move of every file on Lustre.
+    static let lustreLayoutAttributes: Set<ByteString> = Set(["lustre.lov", "trusted.lov"].map { Array($0.utf8) })
+
+    private func shouldCopy(_ name: ByteString, of kind: FileKind) -> Bool {
+        if skippedAttributes.contains(name) || Self.lustreInodeAttributes.contains(name) { return false }
+        if layoutAttributes.contains(name) { return kind == .directory }
+        if Self.lustreLayoutAttributes.contains(name) { return false }
         if !privileged {
             // Only root may write these; an unprivileged copy records them as not preserved.
             if name.starts(with: Array("trusted.".utf8)) || name.starts(with: Array("security.".utf8)) {

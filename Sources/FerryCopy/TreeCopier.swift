@@ -15,6 +15,7 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
     private let meter: ProgressMeter
     private let cancellation: CancellationFlag
     private let layoutCloner: (any LayoutCloner)?
+    private let notes: CopyNotes
     private let privileged: Bool
     /// The directory the walk's peer side starts in: later links are made relative to it.
     private let destinationRoot: FileDescriptor
@@ -30,8 +31,9 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
                               dropSourceCache: options.dropSourceCache)
         privileged = processIsPrivileged
         metadata = MetadataApplier(
-            preserveOwnership: options.preserveOwnership, privileged: privileged,
-            skippedAttributes: options.layoutCloner?.layoutAttributeNames ?? [], requireXattrs: options.requireXattrs, notes: notes)
+            preserveOwnership: options.preserveOwnership, privileged: privileged, skippedAttributes: [],
+            layoutAttributes: options.layoutCloner?.layoutAttributeNames ?? [], requireXattrs: options.requireXattrs, notes: notes)
+        self.notes = notes
         self.meter = meter
         self.cancellation = options.cancellation
         self.layoutCloner = options.layoutCloner
@@ -116,10 +118,17 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
             throw CopyError.sourceChanged(path: directory.displayPath(entry.name), detail: "it is no longer a regular file")
         }
         meter.started(directory.displayPath(entry.name))
-        let destination = try peer.openAt(entry.peerName, [.writeOnly, .create, .exclusive, .noFollow], permissions: 0o600)
+        let create: OpenFlags = [.writeOnly, .create, .exclusive, .noFollow]
+        let destination = try peer.openAt(entry.peerName, create.union(layoutCloner?.createFlags ?? []), permissions: 0o600)
         var open = true
         defer { if open { destination.closeQuietly() } }
-        try layoutCloner?.cloneLayout(from: source, to: destination)
+        if let layoutCloner {
+            do {
+                try layoutCloner.cloneLayout(from: source, to: destination)
+            } catch {
+                notes.add("\(directory.displayPath(entry.name)): layout not preserved (\(error)); the file has its directory's default layout")
+            }
+        }
         try data.copy(from: source, to: destination, status: before, cancellation: cancellation) { bytes in
             meter.bytes.add(bytes, ordering: .relaxed)
         }

@@ -126,7 +126,9 @@ extension MoveEngine {
             try await Blocking.run { [self] in
                 let destination = try DirectoryOpener(roots: self.settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
                 defer { destination.closeQuietly() }
-                let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs))
+                // A relinked directory the rollback makes again gets its default layout back.
+                let layouts = relinked ? try self.layoutCloner(destination, plan.destinationDirectory) : nil
+                let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs, layoutCloner: layouts))
                 let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
                 guard let staging = try engine.openStaging(in: destination, id: id, relink: relinked) else { return }
                 if relinked {

@@ -231,6 +231,13 @@ public final class MoveEngine: Sendable {
         return "\(status.deviceMajor):\(status.deviceMinor)"
     }
 
+    /// What gives files made in `directory` their sources' layouts: nil where the filesystem
+    /// (its backend) has none.
+    func layoutCloner(_ directory: FileDescriptor, _ path: StoredPath) throws -> (any LayoutCloner)? {
+        let backend = try planner.storage(directory, path.bytes)
+        return backend.layoutAttributeNames.isEmpty ? nil : BackendLayoutCloner(backend: backend)
+    }
+
     func sources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
         let opener = DirectoryOpener(roots: settings.roots)
         defer { opener.close() }
@@ -240,8 +247,11 @@ public final class MoveEngine: Sendable {
         }
     }
 
-    func copyEngine(_ task: TaskRecord, _ context: RunContext) -> CopyEngine {
+    /// `layouts`: the destination's, for the stage to give each staged file its source's layout
+    /// (Lustre striping) before its data.
+    func copyEngine(_ task: TaskRecord, _ context: RunContext, layouts: (any LayoutCloner)? = nil) -> CopyEngine {
         let options = CopyOptions(jobs: task.options.jobs ?? settings.jobs, verify: VerifyMode(rawValue: task.options.verify) ?? .metadata,
+                                  layoutCloner: layouts,
                                   dropSourceCache: task.kind == .move, requireXattrs: task.kind == .move && !task.options.allowXattrLoss,
                                   progressInterval: settings.progressInterval,
                                   cancellation: context.cancellation)
@@ -256,7 +266,7 @@ public final class MoveEngine: Sendable {
         defer { sources.forEach { $0.directory.closeQuietly() } }
         let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
         defer { destination.closeQuietly() }
-        let engine = copyEngine(task, context)
+        let engine = copyEngine(task, context, layouts: try layoutCloner(destination, plan.destinationDirectory))
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
         var existing = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue)
         if discardExisting, let stale = existing {
@@ -358,5 +368,15 @@ extension DirectoryOpener {
     func openDirectoryClosingRoots(_ absolute: ByteString) throws -> FileDescriptor {
         defer { close() }
         return try openDirectory(absolute)
+    }
+}
+
+/// A destination backend's layouts (Lustre striping) as the copy engine's `LayoutCloner`.
+struct BackendLayoutCloner: LayoutCloner {
+    let backend: any StorageBackend
+    var layoutAttributeNames: Set<ByteString> { backend.layoutAttributeNames }
+    var createFlags: OpenFlags { backend.layoutCreateFlags }
+    func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws {
+        try backend.cloneLayout(from: source, to: destination)
     }
 }

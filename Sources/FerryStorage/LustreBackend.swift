@@ -73,17 +73,27 @@ public struct LustreBackend: StorageBackend {
         }
     }
 
-    /// The layout lives in the `lustre.lov` xattr; set on a new, empty file it becomes that file's
-    /// layout (plain, composite/PFL and DoM alike), which is how `cp --preserve=xattr` keeps striping.
+    /// The layout lives in the `lustre.lov` xattr (also listed to root as `trusted.lov`). Set on a
+    /// file made with `.delayLayout` before its first write, it becomes that file's layout (plain,
+    /// composite/PFL and DoM alike), as `lfs setstripe --copy` does through `llapi`. A file made
+    /// without that flag already has its directory's default layout, and the set is ignored.
     public static let layoutAttribute: ByteString = Array("lustre.lov".utf8)
     public var layoutAttributeNames: Set<ByteString> { [Self.layoutAttribute, Array("trusted.lov".utf8)] }
+    public var layoutCreateFlags: OpenFlags { .delayLayout }
 
     public func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws(StorageError) {
+        let layout: ByteString?
         do {
-            guard let layout = try ExtendedAttributes.value(source, Self.layoutAttribute), !layout.isEmpty else { return }
+            layout = try ExtendedAttributes.value(source, Self.layoutAttribute)
+        } catch {
+            if error.code == .notSupported { return }  // the source is not on Lustre: it has no layout to give
+            throw StorageError(.system, "could not read the Lustre layout: \(error)", underlying: error)
+        }
+        guard let layout, !layout.isEmpty else { return }
+        do {
             try ExtendedAttributes.set(destination, Self.layoutAttribute, layout)
         } catch {
-            throw StorageError(.system, "could not copy the Lustre layout: \(error)", underlying: error)
+            throw StorageError(.system, "could not set the Lustre layout: \(error)", underlying: error)
         }
     }
 

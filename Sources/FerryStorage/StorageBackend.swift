@@ -14,8 +14,11 @@ public protocol StorageBackend: Sendable {
     /// Extended attributes that carry a file's layout, set by `cloneLayout` before any data is
     /// written (so the ordinary xattr copy, after the data, must skip them).
     var layoutAttributeNames: Set<ByteString> { get }
-    /// Gives a new, empty file the layout of `source` (Lustre striping is fixed at creation).
+    /// Gives a new, empty file the layout of `source` (Lustre striping is fixed at creation). A
+    /// source with no layout (or on a filesystem with none) leaves the file as it is.
     func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws(StorageError)
+    /// Flags to create a file with, for `cloneLayout` to be able to give it a layout.
+    var layoutCreateFlags: OpenFlags { get }
     /// Whether `rename(2)` moves a *file* (not a directory) into a directory of another project,
     /// the server moving its quota: Lustre 2.15 and later. Then a move can relink instead of copy.
     var renamesFilesAcrossProjects: Bool { get }
@@ -42,6 +45,7 @@ extension StorageBackend {
     }
 
     public var layoutAttributeNames: Set<ByteString> { [] }
+    public var layoutCreateFlags: OpenFlags { [] }
     public func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws(StorageError) {}
 
     /// The filesystem's own free space, for filesystems (or kernels) with no project quota.

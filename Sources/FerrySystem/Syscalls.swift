@@ -23,6 +23,12 @@ public struct OpenFlags: OptionSet, Sendable {
     public static let path = OpenFlags(rawValue: CFERRY_O_PATH)
     public static let nonBlocking = OpenFlags(rawValue: O_NONBLOCK)
     public static let noAccessTime = OpenFlags(rawValue: CFERRY_O_NOATIME)
+    /// Lustre's `O_LOV_DELAY_CREATE`, `O_NOCTTY | FASYNC` since Lustre 2.4 (both mean nothing for a
+    /// new regular file elsewhere, and `FASYNC` given to `open` arms no signal): the file is made
+    /// without OST objects, so a layout set before its first write becomes its layout. Made
+    /// without it, the file gets its directory's default layout at once, and a layout set later is
+    /// ignored (the client turns the `EEXIST` into success).
+    public static let delayLayout = OpenFlags(rawValue: O_NOCTTY | O_ASYNC)
     /// Always set: no descriptor of Ferry's leaks into a child process.
     static let closeOnExec = OpenFlags(rawValue: O_CLOEXEC)
 }
