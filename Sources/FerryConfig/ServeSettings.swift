@@ -19,6 +19,8 @@ public enum AuthMode: String, Sendable, CaseIterable {
 ///     lease_seconds = 30             # FERRY_LEASE_SECONDS
 ///     workers = 2                    # FERRY_WORKERS (0: serve only; workers run elsewhere)
 ///     streams_per_user = 16          # FERRY_STREAMS_PER_USER: event streams one user may hold open
+///     agent_timeout_seconds = 30     # FERRY_AGENT_TIMEOUT_SECONDS: a listing, stat or quota request
+///     preflight_timeout_seconds = 600 # FERRY_PREFLIGHT_TIMEOUT_SECONDS: a pre-flight (it measures the tree)
 ///     [auth]
 ///     mode = "token"                 # FERRY_AUTH_MODE: token | proxy | pam
 ///     token = "…"                    # FERRY_AUTH_TOKEN (default: a new random token each start)
@@ -34,6 +36,11 @@ public struct ServeSettings: Equatable, Sendable {
     public var leaseSeconds: Double = 30
     public var workers: Int = 2
     public var streamsPerUser: Int = 16
+    /// How long a file system request's agent may run before the request is answered 504
+    /// (`agent.timeout`) and the agent killed: a hung mount must not hang the page asking.
+    public var agentTimeoutSeconds: Double = 30
+    /// The same for a pre-flight, which measures the whole source tree.
+    public var preflightTimeoutSeconds: Double = 600
     public var authMode: AuthMode = .token
     public var token: String?
     public var admins: [String] = ["root"]
@@ -52,7 +59,8 @@ public struct ServeSettings: Equatable, Sendable {
     public var secureCookie: Bool?
     public init() {}
 
-    static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "streams_per_user", "auth"]
+    static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "streams_per_user",
+                                      "agent_timeout_seconds", "preflight_timeout_seconds", "auth"]
 
     mutating func read(key: String, value: TOMLValue) throws {
         func fail(_ message: String) -> FerryConfiguration.Error { FerryConfiguration.Error(file: "", message: message) }
@@ -72,6 +80,12 @@ public struct ServeSettings: Equatable, Sendable {
         case "streams_per_user":
             guard let count = value.integer, count >= 1 else { throw fail("streams_per_user must be a whole number, 1 or more") }
             streamsPerUser = Int(count)
+        case "agent_timeout_seconds":
+            guard let number = value.number, number > 0 else { throw fail("agent_timeout_seconds must be a positive number") }
+            agentTimeoutSeconds = number
+        case "preflight_timeout_seconds":
+            guard let number = value.number, number > 0 else { throw fail("preflight_timeout_seconds must be a positive number") }
+            preflightTimeoutSeconds = number
         case "auth":
             guard let table = value.table else { throw fail("auth must be an [auth] table") }
             for (name, item) in table {
@@ -131,6 +145,14 @@ public struct ServeSettings: Equatable, Sendable {
         if let value = env["FERRY_STREAMS_PER_USER"] {
             guard let count = Int(value), count >= 1 else { throw fail("FERRY_STREAMS_PER_USER must be 1 or more") }
             settings.streamsPerUser = count
+        }
+        if let value = env["FERRY_AGENT_TIMEOUT_SECONDS"] {
+            guard let number = Double(value), number > 0 else { throw fail("FERRY_AGENT_TIMEOUT_SECONDS must be a positive number") }
+            settings.agentTimeoutSeconds = number
+        }
+        if let value = env["FERRY_PREFLIGHT_TIMEOUT_SECONDS"] {
+            guard let number = Double(value), number > 0 else { throw fail("FERRY_PREFLIGHT_TIMEOUT_SECONDS must be a positive number") }
+            settings.preflightTimeoutSeconds = number
         }
         if let value = env["FERRY_AUTH_MODE"] {
             guard let mode = AuthMode(rawValue: value) else { throw fail("FERRY_AUTH_MODE must be token, proxy or pam") }

@@ -168,17 +168,28 @@ public final class ChildProcess: Sendable {
         }
     }
 
-    /// Runs a program to its end: writes `input` to it, then reads all it writes to standard output
-    /// and standard error (both at once, so neither pipe can fill and stall it).
+    /// How `run` ended.
+    public enum Outcome: Sendable {
+        /// The child ended by itself, having written these.
+        case ended(Termination, standardOutput: [UInt8], standardError: [UInt8])
+        /// The deadline came first. The child has been sent SIGKILL and its pipes are closed, but
+        /// it is not reaped: `wait()` returns once the kernel lets it die, which a process blocked
+        /// on a hung mount (in `D` state) does only when the mount answers.
+        case overran(ChildProcess)
+    }
+
+    /// Runs a program to its end, or to `deadline`: writes `input` to it, then reads all it writes
+    /// to standard output and standard error (both at once, so neither pipe can fill and stall it).
     public static func run(
         executable: String, arguments: [String], environment: [String: String], identity: UserIdentity?,
-        workingDirectory: String = "/", input: [UInt8] = []
-    ) throws(SystemError) -> (termination: Termination, standardOutput: [UInt8], standardError: [UInt8]) {
+        workingDirectory: String = "/", input: [UInt8] = [], deadline: ContinuousClock.Instant? = nil
+    ) throws(SystemError) -> Outcome {
         let child = try spawn(executable: executable, arguments: arguments, environment: environment, identity: identity,
                               workingDirectory: workingDirectory, standardError: .pipe)
         var streams = Streams(input: child.standardInput, output: child.standardOutput, error: child.standardError!)
+        let finished: Bool
         do {
-            try streams.exchange(input)
+            finished = try streams.exchange(input, until: deadline)
         } catch {
             streams.closeAll()
             child.signal(SIGKILL)
@@ -186,13 +197,31 @@ public final class ChildProcess: Sendable {
             throw error
         }
         streams.closeAll()
-        return (child.wait(), streams.output, streams.error)
+        guard finished else {
+            child.signal(SIGKILL)
+            return .overran(child)
+        }
+        return .ended(child.wait(), standardOutput: streams.output, standardError: streams.error)
     }
 
     private static func makePipe() throws(SystemError) -> (read: FileDescriptor, write: FileDescriptor) {
         var fds: [CInt] = [-1, -1]
         _ = try syscallRetrying("pipe2") { cferry_pipe2(&fds, O_CLOEXEC) }
         return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
+    }
+}
+
+extension ChildProcess.Outcome {
+    /// How the child ended; nil if it overran its deadline.
+    public var termination: ChildProcess.Termination? {
+        if case .ended(let termination, _, _) = self { termination } else { nil }
+    }
+    /// What the child wrote to standard output (nothing is kept of an overrun).
+    public var standardOutput: [UInt8] {
+        if case .ended(_, let output, _) = self { output } else { [] }
+    }
+    public var standardError: [UInt8] {
+        if case .ended(_, _, let error) = self { error } else { [] }
     }
 }
 
@@ -210,7 +239,8 @@ private struct Streams {
         self.errorFD = error
     }
 
-    mutating func exchange(_ bytes: [UInt8]) throws(SystemError) {
+    /// Returns false if `deadline` came before both outputs ended.
+    mutating func exchange(_ bytes: [UInt8], until deadline: ContinuousClock.Instant?) throws(SystemError) -> Bool {
         var offset = 0
         if bytes.isEmpty { closeInput() } else if let input {
             let flags = fcntl(input.rawValue, F_GETFL)
@@ -222,7 +252,14 @@ private struct Streams {
             if let input { polled.append(pollfd(fd: input.rawValue, events: Int16(POLLOUT), revents: 0)) }
             if let outputFD { polled.append(pollfd(fd: outputFD.rawValue, events: Int16(POLLIN), revents: 0)) }
             if let errorFD { polled.append(pollfd(fd: errorFD.rawValue, events: Int16(POLLIN), revents: 0)) }
-            _ = try syscallRetrying("poll") { poll(&polled, nfds_t(polled.count), -1) }
+            var timeout: CInt = -1
+            if let deadline {
+                let left = ContinuousClock.now.duration(to: deadline)
+                if left <= .zero { return false }
+                let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
+                timeout = CInt(min(milliseconds, Int64(CInt.max)))
+            }
+            _ = try syscallRetrying("poll") { poll(&polled, nfds_t(polled.count), timeout) }
             for entry in polled where entry.revents != 0 {
                 if entry.fd == input?.rawValue {
                     let written = bytes.withUnsafeBytes { raw in
@@ -249,6 +286,7 @@ private struct Streams {
                 }
             }
         }
+        return true
     }
 
     mutating func closeInput() {

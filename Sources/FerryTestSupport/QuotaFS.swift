@@ -18,7 +18,9 @@ public final class QuotaFS: @unchecked Sendable {
     /// `writebackCache`: writes land in the page cache and the budget's error comes from their
     /// write-back (seen by `close` and `fsync`/`syncfs`), as on a network filesystem.
     /// `refuseXattrs`: setting any extended attribute fails with EOPNOTSUPP.
-    public init(budget: Int, errno: String = "EDQUOT", writebackCache: Bool = false, refuseXattrs: Bool = false) throws {
+    /// `hang`: opening a directory of that name blocks until it is removed from `backing` (a hung
+    /// mount: the opener waits in the kernel, and SIGKILL does not end it).
+    public init(budget: Int, errno: String = "EDQUOT", writebackCache: Bool = false, refuseXattrs: Bool = false, hang: String? = nil) throws {
         directory = try TemporaryDirectory.make(prefix: "ferry-quotafs")
         backing = directory + "/backing"
         mountPoint = directory + "/mnt"
@@ -31,6 +33,7 @@ public final class QuotaFS: @unchecked Sendable {
             process.arguments = [backing, mountPoint, "--budget", String(budget), "--errno", errno, "-f",
                                  "-o", "attr_timeout=0,entry_timeout=0,negative_timeout=0"]
                 + (writebackCache ? ["--writeback-cache"] : []) + (refuseXattrs ? ["--refuse-xattrs"] : [])
+                + (hang.map { ["--hang", $0] } ?? [])
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try process.run()

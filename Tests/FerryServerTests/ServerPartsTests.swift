@@ -226,6 +226,15 @@ import Testing
         #expect(try configuration.serve.applying(environment: ["FERRY_STREAMS_PER_USER": "40"]).streamsPerUser == 40)
         #expect(throws: FerryConfiguration.Error.self) { try configuration.serve.applying(environment: ["FERRY_STREAMS_PER_USER": "0"]) }
         #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("streams_per_user = 0") }
+        let timeouts = try FerryConfiguration.parse("agent_timeout_seconds = 5\npreflight_timeout_seconds = 90").serve
+        #expect(timeouts.agentTimeoutSeconds == 5 && timeouts.preflightTimeoutSeconds == 90)
+        #expect(ServeSettings().agentTimeoutSeconds == 30 && ServeSettings().preflightTimeoutSeconds == 600)
+        #expect(try timeouts.applying(environment: ["FERRY_AGENT_TIMEOUT_SECONDS": "2.5"]).agentTimeoutSeconds == 2.5)
+        #expect(try timeouts.applying(environment: ["FERRY_PREFLIGHT_TIMEOUT_SECONDS": "1200"]).preflightTimeoutSeconds == 1200)
+        #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("agent_timeout_seconds = 0") }
+        #expect(throws: FerryConfiguration.Error.self) { try timeouts.applying(environment: ["FERRY_PREFLIGHT_TIMEOUT_SECONDS": "-1"]) }
+        let client = AgentClient(executable: "/bin/false", configuration: try FerryConfiguration.parse("agent_timeout_seconds = 5\npreflight_timeout_seconds = 90"))
+        #expect(client.timeout == .seconds(5) && client.preflightTimeout == .seconds(90))
         let overridden = try configuration.serve.applying(environment: [
             "FERRY_LISTEN": "[::1]:0", "FERRY_AUTH_MODE": "pam", "FERRY_AUTH_ADMINS": "a, b", "FERRY_WORKERS": "0"])
         #expect(overridden.authMode == .pam && overridden.admins == ["a", "b"] && overridden.workers == 0)
@@ -350,5 +359,52 @@ struct CapturingLogHandler: LogHandler {
         #expect(values["bytesText"] as? String == "3.00 GiB")
         #expect(values["filesText"] as? String == "250,000 entries")
         #expect(values["rateText"] as? String == "")
+    }
+}
+
+@Suite("Agents and a hung mount (root)", .enabled(if: QuotaFS.available), .serialized)
+struct AgentDeadlineTests {
+    /// A listing in a directory whose filesystem does not answer (the tests' FUSE filesystem
+    /// holding the open, as a hung NFS or Lustre mount does) is answered 504 at the deadline,
+    /// not never. The killed agent still waits in the kernel, so it keeps its place among the
+    /// user's agents until the filesystem lets it end, and then gives it back.
+    @Test func aHungMountIsAnsweredAtTheDeadlineAndItsAgentCountedUntilItEnds() async throws {
+        let fs = try QuotaFS(budget: 1 << 30, hang: "stuck")
+        defer { fs.tearDown() }
+        try FileManager.default.createDirectory(atPath: fs.backing + "/stuck", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: fs.backing + "/fine/inside", withIntermediateDirectories: true)
+        var configuration = FerryConfiguration()
+        configuration.roots = [.init(path: fs.mountPoint)]
+        configuration.serve.agentTimeoutSeconds = 120  // for the listing that answers (a loaded machine starts agents slowly)
+        var client = AgentClient(executable: ferryBinary(), configuration: configuration, perUser: 2, total: 4)
+        let user = UserIdentity.current.name
+        var ask = AgentRequest(operation: .list, configuration: configuration)
+        ask.path = fs.mountPoint + "/fine"
+        let listing = String(decoding: try await client.ask(ask, as: user), as: UTF8.self)
+        #expect(listing.contains("inside"), "\(listing)")
+
+        // The directory does not answer until the test removes it, below: any answer before that
+        // is the deadline's. On a loaded machine the agent may not have reached the directory by
+        // its deadline (it then dies at once, holding nothing): asked again with a longer one.
+        ask.path = fs.mountPoint + "/stuck"
+        for seconds in [1, 2, 4, 8, 16] {
+            client.timeout = .seconds(seconds)
+            do {
+                _ = try await client.ask(ask, as: user)
+                Issue.record("a hung directory was listed")
+            } catch {
+                #expect(error.status == .gatewayTimeout && error.code == "agent.timeout", "\(error)")
+                #expect(error.message.contains("did not answer within \(seconds) s"), "\(error.message)")
+            }
+            try await Task.sleep(for: .milliseconds(200))  // quotafs marks the hang just after it takes the request
+            if FileManager.default.fileExists(atPath: fs.backing + "/stuck.hung") { break }
+            for _ in 0..<200 where client.slots.count(for: user) != (0, 0) { try await Task.sleep(for: .milliseconds(25)) }
+        }
+        #expect(FileManager.default.fileExists(atPath: fs.backing + "/stuck.hung"))
+        #expect(client.slots.count(for: user) == (1, 1))
+
+        try FileManager.default.removeItem(atPath: fs.backing + "/stuck")
+        for _ in 0..<400 where client.slots.count(for: user) != (0, 0) { try await Task.sleep(for: .milliseconds(25)) }
+        #expect(client.slots.count(for: user) == (0, 0))
     }
 }

@@ -18,6 +18,22 @@ struct ChildProcessTests {
         #expect(text(failing.standardError) == "oops\n")
     }
 
+    /// A child still running at its deadline is killed and handed back unreaped; one that ends in
+    /// time is read to its end, its output whole, as without a deadline.
+    @Test func aDeadlineStopsAChildThatOverrunsIt() throws {
+        let started = ContinuousClock.now
+        let slow = try ChildProcess.run(executable: "/bin/sh", arguments: ["-c", "echo started; exec sleep 30"], environment: [:], identity: nil,
+                                        deadline: .now + .milliseconds(300))
+        guard case .overran(let child) = slow else { Issue.record("not overrun: \(slow)"); return }
+        #expect(slow.termination == nil)
+        #expect(child.wait() == .signalled(SIGKILL))
+        #expect(started.duration(to: .now) < .seconds(10))
+        let quick = try ChildProcess.run(executable: "/bin/sh", arguments: ["-c", "head -c 200000 /dev/zero; echo done >&2"], environment: [:], identity: nil,
+                                         deadline: .now + .seconds(30))
+        #expect(quick.termination == .exited(0))
+        #expect(quick.standardOutput.count == 200_000 && text(quick.standardError) == "done\n")
+    }
+
     @Test func aMissingProgramThrowsENOENTFromExecve() throws {
         let error = #expect(throws: SystemError.self) {
             try ChildProcess.spawn(executable: "/nonexistent/ferry-no-such-program", arguments: [], environment: [:], identity: nil)

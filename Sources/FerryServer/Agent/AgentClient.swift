@@ -14,11 +14,16 @@ public struct AgentClient: Sendable {
     /// Agents running now: each is a process and a thread, so one user (or everyone together)
     /// may keep only so many at once.
     let slots: AgentSlots
+    /// How long an agent may take (a pre-flight measures a whole tree, so it has its own).
+    public var timeout: Duration
+    public var preflightTimeout: Duration
 
     public init(executable: String, configuration: FerryConfiguration, perUser: Int = 8, total: Int = 64) {
         self.executable = executable
         self.configuration = configuration
         self.slots = AgentSlots(perUser: perUser, total: total)
+        self.timeout = .milliseconds(Int64(configuration.serve.agentTimeoutSeconds * 1000))
+        self.preflightTimeout = .milliseconds(Int64(configuration.serve.preflightTimeoutSeconds * 1000))
     }
 
     /// The credentials an agent for `user` runs with: nil for "as the server", when that is who
@@ -35,33 +40,53 @@ public struct AgentClient: Sendable {
         return identity
     }
 
-    /// Asks an agent running as `user`; returns its JSON answer as it wrote it.
+    /// Asks an agent running as `user`; returns its JSON answer as it wrote it. An agent that has
+    /// not answered by its deadline (a hung NFS or Lustre mount) is killed and the request
+    /// answered 504 (`agent.timeout`); its place among the user's agents is given back only when
+    /// it has ended, for a process stuck in the kernel is still there, and must not be joined by
+    /// another each time the page is reloaded.
     public func ask(_ request: AgentRequest, as user: String) async throws(APIError) -> Data {
         let identity = try Self.identity(for: user)
         try slots.take(for: user)
-        defer { slots.release(user) }
+        var held = true
+        defer { if held { slots.release(user) } }
         let input: Data
         do { input = try WireJSON.encoder.encode(request) } catch { throw APIError(.internalError, "internal", "\(error)") }
         let executable = executable
-        let outcome: (termination: ChildProcess.Termination, standardOutput: [UInt8], standardError: [UInt8])
+        let limit = request.operation == .preflight ? preflightTimeout : timeout
+        let outcome: ChildProcess.Outcome
         do {
             outcome = try await Blocking.run {
                 try ChildProcess.run(executable: executable, arguments: ["agent", "request"], environment: Self.environment(),
-                                     identity: identity, input: Array(input))
+                                     identity: identity, input: Array(input), deadline: .now + limit)
             }
         } catch {
             throw APIError(.internalError, "agent.failed", "could not start a process as \(user): \(error)")
         }
-        switch outcome.termination {
-        case .exited(0):
-            return Data(outcome.standardOutput)
-        case .exited(AgentExit.refused):
-            if let error = try? WireJSON.decoder.decode(APIError.self, from: Data(outcome.standardOutput)) { throw error }
-            fallthrough
-        default:
-            let detail = String(decoding: outcome.standardError, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw APIError(.internalError, "agent.failed", "the request failed (\(outcome.termination)): \(detail)")
+        switch outcome {
+        case .overran(let child):
+            held = false
+            let slots = slots
+            Thread.detachNewThread {
+                _ = child.wait()
+                slots.release(user)
+            }
+            throw APIError(.gatewayTimeout, "agent.timeout",
+                           "the file system did not answer within \(Self.seconds(limit)) (a hung mount?); the request was stopped")
+        case .ended(.exited(0), let standardOutput, _):
+            return Data(standardOutput)
+        case .ended(let termination, let standardOutput, let standardError):
+            if termination == .exited(AgentExit.refused), let error = try? WireJSON.decoder.decode(APIError.self, from: Data(standardOutput)) {
+                throw error
+            }
+            let detail = String(decoding: standardError, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw APIError(.internalError, "agent.failed", "the request failed (\(termination)): \(detail)")
         }
+    }
+
+    static func seconds(_ duration: Duration) -> String {
+        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        return seconds == seconds.rounded() ? "\(Int(seconds)) s" : String(format: "%.1f s", seconds)
     }
 
     public func ask<T: Decodable>(_ request: AgentRequest, as user: String, decoding type: T.Type) async throws(APIError) -> T {

@@ -65,7 +65,8 @@ extension TransferRequest {
 public struct APIError: Error, Sendable, Equatable, Codable {
     public enum Status: Int, Sendable, Codable {
         case badRequest = 400, unauthorized = 401, forbidden = 403, notFound = 404, conflict = 409,
-             unprocessable = 422, tooManyRequests = 429, internalError = 500, unavailable = 503
+             unprocessable = 422, tooManyRequests = 429, internalError = 500, unavailable = 503,
+             gatewayTimeout = 504
     }
     public var status: Status
     public var code: String

@@ -69,6 +69,7 @@ static int quota_errno = EDQUOT;
 static int statfs_budget;
 static int writeback_cache;         /* --writeback-cache: writes land in the page cache */
 static int refuse_xattrs;           /* --refuse-xattrs: setxattr answers EOPNOTSUPP */
+static const char *hang_name;       /* --hang NAME: opening a directory NAME blocks (a hung mount) */
 
 static pthread_mutex_t budget_mutex = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t budget_left;
@@ -232,11 +233,35 @@ struct qdir {
 	off_t pos;              /* offset the next entry will be read from */
 };
 
+/* --hang NAME: a directory named NAME does not answer being opened until it is
+ * removed from the backing directory, as a hung NFS or Lustre mount does not. The
+ * caller waits in the kernel, SIGKILL or not, once this request has been read.
+ * While it waits, NAME.hung exists beside NAME, for a test to know it does. */
+static void hang_while_present(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	const char *last = slash ? slash + 1 : path;
+	char marker[PATH_MAX];
+	int fd;
+
+	if (hang_name == NULL || strcmp(last, hang_name) != 0)
+		return;
+	if (snprintf(marker, sizeof(marker), "%s.hung", rel(path)) >= (int)sizeof(marker))
+		return;
+	fd = openat(backing_fd, marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	if (fd != -1)
+		close(fd);
+	while (faccessat(backing_fd, rel(path), F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		usleep(20000);
+	unlinkat(backing_fd, marker, 0);
+}
+
 static int q_opendir(const char *path, struct fuse_file_info *fi)
 {
 	struct qdir *d;
 	int fd;
 
+	hang_while_present(path);
 	fd = openat(backing_fd, rel(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd == -1)
 		return -errno;
@@ -703,6 +728,9 @@ static void usage(FILE *out, const char *prog)
 		"  --writeback-cache       let writes land in the page cache (the budget's\n"
 		"                          error then comes from write-back, seen by fsync)\n"
 		"  --refuse-xattrs         setxattr fails with EOPNOTSUPP\n"
+		"  --hang NAME             opening a directory named NAME blocks until it is\n"
+		"                          removed from BACKING_DIR (a hung mount); NAME.hung\n"
+		"                          exists meanwhile\n"
 		"  --no-default-permissions  do not add -o default_permissions\n"
 		"  -f                      stay in the foreground\n"
 		"  -o OPT[,OPT...]         FUSE mount options, e.g. allow_other\n",
@@ -795,6 +823,8 @@ int main(int argc, char *argv[])
 				return 2;
 			}
 			have_budget = 1;
+		} else if ((v = opt_value(argc, argv, &i, "--hang", &missing))) {
+			hang_name = v;
 		} else if ((v = opt_value(argc, argv, &i, "--errno", &missing))) {
 			if (parse_errno(v, &quota_errno) != 0) {
 				fprintf(stderr, "%s: bad --errno '%s'\n", prog, v);
