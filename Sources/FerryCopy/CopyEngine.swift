@@ -259,12 +259,16 @@ public final class CopyEngine: Sendable {
         }
     }
 
+    /// The name of `refusesMarks`'s directory, which is there for an instant, unless the process
+    /// dies in that instant (then the janitor removes it, empty, once it is old).
+    public static let probePrefix = ".ferry-probe-"
+
     /// Whether the filesystem of `destination` refuses Ferry's mark, tried on a directory of
     /// Ferry's own made for the purpose (and removed); false if that cannot be told. The probe
     /// carries an attribute of its own, never the mark, under a name of this call's: a directory
     /// someone swaps in for it gains nothing a janitor or a rollback would act on.
     static func refusesMarks(in destination: FileDescriptor, id: String) -> Bool {
-        let probe = Array(".ferry-probe-\(id)-\(String(UInt64.random(in: .min ... .max), radix: 16))".utf8)
+        let probe = Array("\(probePrefix)\(id)-\(String(UInt64.random(in: .min ... .max), radix: 16))".utf8)
         do { try destination.makeDirectory(probe, permissions: 0o700) } catch { return false }
         defer { try? destination.removeEntry(probe, isDirectory: true) }
         guard let fd = try? destination.openAt(probe, [.directory, .noFollow]) else { return false }

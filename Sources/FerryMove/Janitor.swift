@@ -109,6 +109,29 @@ public struct Janitor: Sendable {
             }
             report.removed.append(path)
         }
+        // 4. A probe directory (`CopyEngine.refusesMarks`) that a process dying at that instant
+        // left: removed with `rmdir` alone, which fails on any directory that is not empty, once
+        // unchanged for the grace period.
+        for place in searched {
+            for (directory, name) in Self.stagingDirectories(in: place, depth: directories.contains(place) ? 1 : 0, prefix: CopyEngine.probePrefix) {
+                guard let fd = try? FileDescriptor.openDirectoryWithoutSymlinks(directory) else { continue }
+                defer { fd.closeQuietly() }
+                guard let status = try? fd.status(name), status.kind == .directory,
+                      Date(timeIntervalSince1970: Double(status.modificationTime.seconds)) < cutoff else { continue }
+                let path = PathDisplay.string(BytePath.join(directory, name))
+                if dryRun {
+                    let empty = (try? fd.openAt(name, [.directory, .noFollow])).map { probe -> Bool in
+                        defer { probe.closeQuietly() }
+                        do { return try DirectoryStream(probe).next() == nil } catch { return false }
+                    } ?? false
+                    if empty { report.removed.append(path) } else { report.kept.append(path) }
+                } else if (try? fd.removeEntry(name, isDirectory: true)) != nil {
+                    report.removed.append(path)
+                } else {
+                    report.kept.append(path)
+                }
+            }
+        }
         return report
     }
 
@@ -128,13 +151,14 @@ public struct Janitor: Sendable {
         }
     }
 
-    static func stagingDirectories(in directory: ByteString, depth: Int) -> [(ByteString, ByteString)] {
+    /// Entries named `prefix…` in `directory`, and in its subdirectories down to `depth`.
+    static func stagingDirectories(in directory: ByteString, depth: Int, prefix text: String = StagingArea.prefix) -> [(ByteString, ByteString)] {
         guard let fd = try? FileDescriptor.openDirectoryWithoutSymlinks(directory) else { return [] }
         defer { fd.closeQuietly() }
         let stream = DirectoryStream(fd)
         var found: [(ByteString, ByteString)] = []
         var subdirectories: [ByteString] = []
-        let prefix = Array(StagingArea.prefix.utf8)
+        let prefix = Array(text.utf8)
         while let entry = try? stream.next() {
             if entry.name.starts(with: prefix) {
                 found.append((directory, entry.name))
@@ -142,7 +166,7 @@ public struct Janitor: Sendable {
                 subdirectories.append(BytePath.join(directory, entry.name))
             }
         }
-        for sub in subdirectories { found += stagingDirectories(in: sub, depth: depth - 1) }
+        for sub in subdirectories { found += stagingDirectories(in: sub, depth: depth - 1, prefix: text) }
         return found
     }
 }

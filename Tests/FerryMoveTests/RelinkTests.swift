@@ -205,6 +205,28 @@ struct ConfiguredBehaviourTests {
         }
     }
 
+    /// A probe directory a process died beside (it lives for an instant) is removed once old, by
+    /// `rmdir` alone: one with anything in it, or a recent one, stays.
+    @Test func theJanitorRemovesAnOldEmptyProbeDirectoryOnly() async throws {
+        try await withLoopXFSAsync { fs in
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            for name in ["old", "full", "recent"] {
+                try FileManager.default.createDirectory(atPath: "\(b)/.ferry-probe-t-\(name)", withIntermediateDirectories: true)
+            }
+            try TreeBuilder.write(b + "/.ferry-probe-t-full/kept", bytes: 10)
+            for name in ["old", "full"] { try Shell.run(["touch", "-d", "3 hours ago", "\(b)/.ferry-probe-t-\(name)"]) }
+            let store = try SQLiteTaskStore(path: fs.directory + "/tasks.sqlite")
+            let janitor = Janitor(engine: MoveEngine(store: store, settings: .init(worker: "w")))
+            let dry = try await janitor.run(directories: [Array(b.utf8)], dryRun: true, recover: false)
+            #expect(dry.removed == [b + "/.ferry-probe-t-old"] && dry.kept == [b + "/.ferry-probe-t-full"], "\(dry)")
+            #expect(listing(b).count == 3)
+            let report = try await janitor.run(directories: [Array(b.utf8)], recover: false)
+            #expect(report.removed == [b + "/.ferry-probe-t-old"] && report.kept == [b + "/.ferry-probe-t-full"], "\(report)")
+            #expect(listing(b) == [".ferry-probe-t-full", ".ferry-probe-t-recent"])
+            #expect(listing(b + "/.ferry-probe-t-full") == ["kept"])
+        }
+    }
+
     @Test func aLongRunningWorkerRemovesOrphanedStagingItself() async throws {
         try await withLoopXFSAsync { fs in
             let b = try fs.makeProjectDirectory("b", project: 200)
