@@ -14,8 +14,13 @@ struct DatabaseOptions: ParsableArguments {
     var lease: Double?
 
     var leaseDuration: Duration {
-        let seconds = lease ?? ProcessInfo.processInfo.environment["FERRY_LEASE_SECONDS"].flatMap(Double.init) ?? 30
-        return .milliseconds(Int64(max(0.2, seconds) * 1000))
+        var seconds = lease ?? ProcessInfo.processInfo.environment["FERRY_LEASE_SECONDS"].flatMap(Double.init) ?? 30
+        if !seconds.isFinite { seconds = 30 }
+        return .milliseconds(Int64(min(max(0.2, seconds), 604_800) * 1000))
+    }
+
+    func validate() throws {
+        if let lease, !(0.2...604_800).contains(lease) { throw ValidationError("--lease must be from 0.2 to 604800 seconds (a week)") }
     }
 
     /// `configuration`: the loaded configuration file, whose `database` comes after `--database` and

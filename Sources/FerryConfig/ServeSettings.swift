@@ -59,6 +59,9 @@ public struct ServeSettings: Equatable, Sendable {
     public var secureCookie: Bool?
     public init() {}
 
+    /// What a timeout may be, in seconds: long enough to be met, short enough to be a `Duration`.
+    static let timeouts: ClosedRange<Double> = 0.01...604_800
+
     static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "streams_per_user",
                                       "agent_timeout_seconds", "preflight_timeout_seconds", "auth"]
 
@@ -72,7 +75,7 @@ public struct ServeSettings: Equatable, Sendable {
             guard let number = value.number, (0..<1).contains(number) else { throw fail("margin must be a fraction from 0 to 1, such as 0.05") }
             margin = number
         case "lease_seconds":
-            guard let number = value.number, number > 0 else { throw fail("lease_seconds must be a positive number") }
+            guard let number = value.number, Self.timeouts.contains(number) else { throw fail("lease_seconds must be from 0.01 to 604800 (a week)") }
             leaseSeconds = number
         case "workers":
             guard let count = value.integer, count >= 0 else { throw fail("workers must be a whole number, 0 or more") }
@@ -81,10 +84,10 @@ public struct ServeSettings: Equatable, Sendable {
             guard let count = value.integer, count >= 1 else { throw fail("streams_per_user must be a whole number, 1 or more") }
             streamsPerUser = Int(count)
         case "agent_timeout_seconds":
-            guard let number = value.number, number > 0 else { throw fail("agent_timeout_seconds must be a positive number") }
+            guard let number = value.number, Self.timeouts.contains(number) else { throw fail("agent_timeout_seconds must be from 0.01 to 604800 (a week)") }
             agentTimeoutSeconds = number
         case "preflight_timeout_seconds":
-            guard let number = value.number, number > 0 else { throw fail("preflight_timeout_seconds must be a positive number") }
+            guard let number = value.number, Self.timeouts.contains(number) else { throw fail("preflight_timeout_seconds must be from 0.01 to 604800 (a week)") }
             preflightTimeoutSeconds = number
         case "auth":
             guard let table = value.table else { throw fail("auth must be an [auth] table") }
@@ -135,7 +138,7 @@ public struct ServeSettings: Equatable, Sendable {
             settings.margin = number
         }
         if let value = env["FERRY_LEASE_SECONDS"] {
-            guard let number = Double(value), number > 0 else { throw fail("FERRY_LEASE_SECONDS must be a positive number") }
+            guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_LEASE_SECONDS must be from 0.01 to 604800 (a week)") }
             settings.leaseSeconds = number
         }
         if let value = env["FERRY_WORKERS"] {
@@ -147,11 +150,11 @@ public struct ServeSettings: Equatable, Sendable {
             settings.streamsPerUser = count
         }
         if let value = env["FERRY_AGENT_TIMEOUT_SECONDS"] {
-            guard let number = Double(value), number > 0 else { throw fail("FERRY_AGENT_TIMEOUT_SECONDS must be a positive number") }
+            guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_AGENT_TIMEOUT_SECONDS must be from 0.01 to 604800 (a week)") }
             settings.agentTimeoutSeconds = number
         }
         if let value = env["FERRY_PREFLIGHT_TIMEOUT_SECONDS"] {
-            guard let number = Double(value), number > 0 else { throw fail("FERRY_PREFLIGHT_TIMEOUT_SECONDS must be a positive number") }
+            guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_PREFLIGHT_TIMEOUT_SECONDS must be from 0.01 to 604800 (a week)") }
             settings.preflightTimeoutSeconds = number
         }
         if let value = env["FERRY_AUTH_MODE"] {

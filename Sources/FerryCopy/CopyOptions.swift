@@ -13,9 +13,8 @@ public enum VerifyMode: String, Sendable, CaseIterable {
 /// Gives each new regular file its source's layout before it receives data (Lustre striping is
 /// fixed when a file's first data is written, and cannot be changed afterwards).
 public protocol LayoutCloner: Sendable {
-    /// Names of the extended attributes that carry a layout. On a regular file they are set by
-    /// `cloneLayout` alone (the ordinary xattr copy, after the data, skips them); on a directory,
-    /// where they are the default layout of files made in it later, the ordinary copy sets them.
+    /// Names of the extended attributes that carry a layout: set by `cloneLayout` alone (the
+    /// ordinary xattr copy, after the data, skips them).
     var layoutAttributeNames: Set<ByteString> { get }
     /// Added to the flags that create the new file (Lustre: `.delayLayout`).
     var createFlags: OpenFlags { get }

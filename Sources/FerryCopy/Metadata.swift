@@ -8,11 +8,8 @@ import SystemPackage
 struct MetadataApplier: Sendable {
     let preserveOwnership: Bool
     let privileged: Bool
-    /// Never copied (a caller's own bookkeeping).
+    /// Never copied (a caller's own bookkeeping; a `LayoutCloner`'s attributes, set before the data).
     let skippedAttributes: Set<ByteString>
-    /// Layout attributes a `LayoutCloner` sets on each regular file before its data: copied here on
-    /// directories only, where they are the default layout of the files made in them later.
-    var layoutAttributes: Set<ByteString> = []
     /// An attribute the destination refuses fails the copy (`.xattrRefused`) instead of a note.
     var requireXattrs = false
     let notes: CopyNotes
@@ -29,7 +26,7 @@ struct MetadataApplier: Sendable {
         } catch where error.code == .notSupported {
             names = []  // a source filesystem without xattrs has none to copy
         }
-        for name in names where shouldCopy(name, of: status.kind) {
+        for name in names where shouldCopy(name) {
             guard let value = try ExtendedAttributes.value(source, name) else { continue }
             do {
                 try ExtendedAttributes.set(destination, name, value)
@@ -58,7 +55,7 @@ struct MetadataApplier: Sendable {
         } catch where tolerable(error) {
             names = []
         }
-        for name in names where shouldCopy(name, of: status.kind) {
+        for name in names where shouldCopy(name) {
             guard let value = try ExtendedAttributes.value(in: sourceDirectory, symlink: sourceName, name) else { continue }
             do {
                 try ExtendedAttributes.set(in: destinationDirectory, symlink: destinationName, name, value)
@@ -80,18 +77,22 @@ struct MetadataApplier: Sendable {
 
     /// What Lustre keeps about an inode itself, listed to root with its attributes: its FID
     /// (`trusted.lma`), the parents of its names (`trusted.link`), its size on the MDT
-    /// (`trusted.som`), its HSM state (`trusted.hsm`). Wrong for any other file; Lustre ignores
-    /// them when they are set, and another filesystem would keep them as clutter.
+    /// (`trusted.som`), its HSM state (`trusted.hsm`). Wrong for any other file: Lustre ignores
+    /// `lma`, `link` and `hsm` when they are set but would hand `som` (the source's size) to the
+    /// MDT, and another filesystem would keep them all as clutter.
     static let lustreInodeAttributes: Set<ByteString> = Set(["trusted.lma", "trusted.link", "trusted.som", "trusted.hsm"].map { Array($0.utf8) })
-    /// A Lustre layout, under both names Lustre lists it by. Without a cloner that claims them the
-    /// destination is not Lustre and has nothing they could mean: `lustre.*` would only be refused
-    /// there, and must not fail a move of every file on Lustre.
+    /// A Lustre layout, under both names Lustre lists it by: a file's is given before its data by
+    /// a `LayoutCloner`, where the destination is Lustre; elsewhere it means nothing (`lustre.*`
+    /// would be refused, failing a move of every file). A directory's is not copied either: Lustre
+    /// lists one for every directory, its own default or, lacking one, the filesystem's, and
+    /// copying that would pin the source filesystem's default on each copied directory. A copied
+    /// directory takes the default of where it lands.
     static let lustreLayoutAttributes: Set<ByteString> = Set(["lustre.lov", "trusted.lov"].map { Array($0.utf8) })
 
-    private func shouldCopy(_ name: ByteString, of kind: FileKind) -> Bool {
-        if skippedAttributes.contains(name) || Self.lustreInodeAttributes.contains(name) { return false }
-        if layoutAttributes.contains(name) { return kind == .directory }
-        if Self.lustreLayoutAttributes.contains(name) { return false }
+    private func shouldCopy(_ name: ByteString) -> Bool {
+        if skippedAttributes.contains(name) || Self.lustreInodeAttributes.contains(name) || Self.lustreLayoutAttributes.contains(name) {
+            return false
+        }
         if !privileged {
             // Only root may write these; an unprivileged copy records them as not preserved.
             if name.starts(with: Array("trusted.".utf8)) || name.starts(with: Array("security.".utf8)) {

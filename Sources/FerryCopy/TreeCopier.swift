@@ -31,8 +31,8 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
                               dropSourceCache: options.dropSourceCache)
         privileged = processIsPrivileged
         metadata = MetadataApplier(
-            preserveOwnership: options.preserveOwnership, privileged: privileged, skippedAttributes: [],
-            layoutAttributes: options.layoutCloner?.layoutAttributeNames ?? [], requireXattrs: options.requireXattrs, notes: notes)
+            preserveOwnership: options.preserveOwnership, privileged: privileged,
+            skippedAttributes: options.layoutCloner?.layoutAttributeNames ?? [], requireXattrs: options.requireXattrs, notes: notes)
         self.notes = notes
         self.meter = meter
         self.cancellation = options.cancellation

@@ -24,7 +24,6 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
     init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, direction: Direction = .forward) {
         metadata = MetadataApplier(preserveOwnership: options.preserveOwnership, privileged: processIsPrivileged,
                                    skippedAttributes: [DirectoryOrigin.attribute],
-                                   layoutAttributes: options.layoutCloner?.layoutAttributeNames ?? [],
                                    requireXattrs: options.requireXattrs && direction == .forward, notes: notes)
         self.meter = meter
         self.cancellation = options.cancellation

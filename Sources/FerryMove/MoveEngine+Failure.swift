@@ -65,8 +65,18 @@ extension MoveEngine {
         guard let plan = task.plan, plan.strategy == Strategy.copy.rawValue, !plan.deletingSource else { return false }
         if error is StagingUntrusted { return true }
         guard task.status == .copying || task.status == .verifying else { return false }
-        return systemCode(of: error) == .io
+        guard systemCode(of: error) == .io else { return false }
+        // While copying, only the source is read: an EIO reading it (a bad sector) says nothing
+        // of what was staged, and copying everything again would meet it again, every attempt.
+        if task.status == .copying, case .system(_, let system)? = error as? CopyError, sourceReads.contains(system.syscall) {
+            return false
+        }
+        return true
     }
+
+    /// The calls a copy makes on source files alone (`FileDataCopier`); `copy_file_range`, which
+    /// may fail for either side, is not one of them.
+    static let sourceReads: Set<String> = ["pread", "read", "lseek(SEEK_DATA)", "lseek(SEEK_HOLE)"]
 
     /// The errno-level cause of an error from a run, whichever kind of error carries it.
     static func systemCode(of error: any Error) -> SystemError.Code? {
@@ -126,9 +136,7 @@ extension MoveEngine {
             try await Blocking.run { [self] in
                 let destination = try DirectoryOpener(roots: self.settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
                 defer { destination.closeQuietly() }
-                // A relinked directory the rollback makes again gets its default layout back.
-                let layouts = relinked ? try self.layoutCloner(destination, plan.destinationDirectory) : nil
-                let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs, layoutCloner: layouts))
+                let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs))
                 let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
                 guard let staging = try engine.openStaging(in: destination, id: id, relink: relinked) else { return }
                 if relinked {

@@ -259,7 +259,11 @@ private struct Streams {
                 let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
                 timeout = CInt(min(milliseconds, Int64(CInt.max)))
             }
-            _ = try syscallRetrying("poll") { poll(&polled, nfds_t(polled.count), timeout) }
+            // A signal ends the wait early: round again, with the time left recomputed.
+            if poll(&polled, nfds_t(polled.count), timeout) < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw SystemError(errno: Glibc.errno, syscall: "poll")
+            }
             for entry in polled where entry.revents != 0 {
                 if entry.fd == input?.rawValue {
                     let written = bytes.withUnsafeBytes { raw in

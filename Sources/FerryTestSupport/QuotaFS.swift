@@ -20,7 +20,10 @@ public final class QuotaFS: @unchecked Sendable {
     /// `refuseXattrs`: setting any extended attribute fails with EOPNOTSUPP.
     /// `hang`: opening a directory of that name blocks until it is removed from `backing` (a hung
     /// mount: the opener waits in the kernel, and SIGKILL does not end it).
-    public init(budget: Int, errno: String = "EDQUOT", writebackCache: Bool = false, refuseXattrs: Bool = false, hang: String? = nil) throws {
+    /// `readErrorIn`: reading a file of that name fails with EIO (a bad sector) until
+    /// `liftBudget()`.
+    public init(budget: Int, errno: String = "EDQUOT", writebackCache: Bool = false, refuseXattrs: Bool = false, hang: String? = nil,
+                readErrorIn: String? = nil) throws {
         directory = try TemporaryDirectory.make(prefix: "ferry-quotafs")
         backing = directory + "/backing"
         mountPoint = directory + "/mnt"
@@ -30,10 +33,13 @@ public final class QuotaFS: @unchecked Sendable {
             let binary = try Self.build()
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = [backing, mountPoint, "--budget", String(budget), "--errno", errno, "-f",
-                                 "-o", "attr_timeout=0,entry_timeout=0,negative_timeout=0"]
-                + (writebackCache ? ["--writeback-cache"] : []) + (refuseXattrs ? ["--refuse-xattrs"] : [])
-                + (hang.map { ["--hang", $0] } ?? [])
+            var arguments = [backing, mountPoint, "--budget", String(budget), "--errno", errno, "-f",
+                             "-o", "attr_timeout=0,entry_timeout=0,negative_timeout=0"]
+            if writebackCache { arguments.append("--writeback-cache") }
+            if refuseXattrs { arguments.append("--refuse-xattrs") }
+            if let hang { arguments += ["--hang", hang] }
+            if let readErrorIn { arguments += ["--read-eio", readErrorIn] }
+            process.arguments = arguments
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try process.run()
@@ -48,7 +54,7 @@ public final class QuotaFS: @unchecked Sendable {
         }
     }
 
-    /// Lifts the budget for good (SIGUSR1): the fault has passed.
+    /// Lifts the budget (and the read errors) for good (SIGUSR1): the fault has passed.
     public func liftBudget() {
         if let process, process.isRunning { kill(process.processIdentifier, SIGUSR1) }
     }

@@ -272,6 +272,50 @@ struct MoveEngineTests {
         }
     }
 
+    /// An EIO reading a source file (a bad sector) is a passing fault, but it says nothing of what
+    /// was staged: the retry resumes, keeping the files already staged, instead of copying
+    /// everything again at each attempt only to meet the same sector.
+    @Test(.enabled(if: QuotaFS.available)) func anUnreadableSourceFileIsRetriedWithoutCopyingEverythingAgain() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            let quota = try QuotaFS(budget: 1 << 30, readErrorIn: "f5")
+            defer { quota.tearDown() }
+            try makeMebibyteFiles(quota.backing + "/data", count: 6)
+            let before = try TreeSnapshot.take(quota.backing + "/data")
+            var options = TaskOptions()
+            options.jobs = 1
+            let task = try await harness.queueMove(quota.mountPoint + "/data", to: b, options: options)
+            var record = try await harness.runUntil(task.id) { _ in true }
+            var history = try await harness.store.events(task.id).map(\.message)
+            #expect(!record.status.isTerminal, "\(record) \(history)")
+            #expect(history.last?.hasPrefix("retrying in 2 s: ") == true && history.last?.contains("EIO") == true, "\(history)")
+            let staging = "\(b)/.ferry-staging-\(task.id)/data"
+            func inodes() throws -> [String: UInt64] {
+                var found: [String: UInt64] = [:]
+                for name in listing(staging) where name != "f5" {
+                    let attributes = try FileManager.default.attributesOfItem(atPath: staging + "/" + name)
+                    if (attributes[.size] as? Int) == 1 << 20 { found[name] = attributes[.systemFileNumber] as? UInt64 }
+                }
+                return found
+            }
+            let staged = try inodes()
+            #expect(!staged.isEmpty, "\(listing(staging))")
+            quota.liftBudget()  // the sector reads again
+            record = try await harness.runUntil(task.id) { $0.status.isTerminal }
+            history = try await harness.store.events(task.id).map(\.message)
+            #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
+            #expect(!history.contains { $0.hasPrefix("the staged copy is not trusted any more") }, "\(history)")
+            for (name, inode) in staged {
+                let published = try FileManager.default.attributesOfItem(atPath: "\(b)/data/\(name)")[.systemFileNumber] as? UInt64
+                #expect(published == inode, "\(name) was copied again")
+            }
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: quota.backing + "/data"))
+        }
+    }
+
     /// A destination that refuses an extended attribute of the source: a move fails before
     /// anything is deleted (the attribute would be lost with the source) unless the loss is
     /// allowed; a copy, whose source stays, goes on. Either way the history says what was not

@@ -44,7 +44,7 @@ public struct AgentClient: Sendable {
     /// not answered by its deadline (a hung NFS or Lustre mount) is killed and the request
     /// answered 504 (`agent.timeout`); its place among the user's agents is given back only when
     /// it has ended, for a process stuck in the kernel is still there, and must not be joined by
-    /// another each time the page is reloaded.
+    /// another each time the page is reloaded. (It leaves the limit of all at once: `overran`.)
     public func ask(_ request: AgentRequest, as user: String) async throws(APIError) -> Data {
         let identity = try Self.identity(for: user)
         try slots.take(for: user)
@@ -67,9 +67,10 @@ public struct AgentClient: Sendable {
         case .overran(let child):
             held = false
             let slots = slots
+            slots.overran()
             Thread.detachNewThread {
                 _ = child.wait()
-                slots.release(user)
+                slots.ended(user)
             }
             throw APIError(.gatewayTimeout, "agent.timeout",
                            "the file system did not answer within \(Self.seconds(limit)) (a hung mount?); the request was stopped")
@@ -137,6 +138,21 @@ final class AgentSlots: Sendable {
             let left = running.byUser[user, default: 1] - 1
             running.byUser[user] = left > 0 ? left : nil
             running.total -= 1
+        }
+    }
+
+    /// An agent killed at its deadline that has not ended (stuck in the kernel on a dead mount)
+    /// stops counting toward the limit of all: a mount that every user browses must not leave the
+    /// server refusing everyone, elsewhere too. Its user's place it keeps until `ended(user)`.
+    func overran() {
+        running.withLock { $0.total -= 1 }
+    }
+
+    /// The overrun agent of `user` has ended at last.
+    func ended(_ user: String) {
+        running.withLock { running in
+            let left = running.byUser[user, default: 1] - 1
+            running.byUser[user] = left > 0 ? left : nil
         }
     }
 

@@ -70,6 +70,8 @@ static int statfs_budget;
 static int writeback_cache;         /* --writeback-cache: writes land in the page cache */
 static int refuse_xattrs;           /* --refuse-xattrs: setxattr answers EOPNOTSUPP */
 static const char *hang_name;       /* --hang NAME: opening a directory NAME blocks (a hung mount) */
+static const char *bad_name;        /* --read-eio NAME: reading a file NAME fails with EIO */
+static unsigned char bad_fds[65536]; /* backing fds opened on such a file (reads have no path) */
 
 static pthread_mutex_t budget_mutex = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t budget_left;
@@ -504,6 +506,11 @@ static int q_open(const char *path, struct fuse_file_info *fi)
 
 	if (fd == -1)
 		return -errno;
+	if (bad_name != NULL && fd < (int)sizeof(bad_fds)) {
+		const char *slash = strrchr(path, '/');
+
+		bad_fds[fd] = strcmp(slash ? slash + 1 : path, bad_name) == 0;
+	}
 	fi->fh = (uint64_t)fd;
 	return 0;
 }
@@ -514,6 +521,8 @@ static int q_read(const char *path, char *buf, size_t size, off_t off,
 	ssize_t n;
 
 	(void)path;
+	if (!budget_lifted && fi->fh < sizeof(bad_fds) && bad_fds[fi->fh])
+		return -EIO;  /* a bad sector, until SIGUSR1 */
 	n = pread((int)fi->fh, buf, size, off);
 	return n == -1 ? -errno : (int)n;
 }
@@ -572,6 +581,8 @@ static int q_flush(const char *path, struct fuse_file_info *fi)
 static int q_release(const char *path, struct fuse_file_info *fi)
 {
 	(void)path;
+	if (fi->fh < sizeof(bad_fds))
+		bad_fds[fi->fh] = 0;
 	close((int)fi->fh);
 	return 0;
 }
@@ -728,6 +739,8 @@ static void usage(FILE *out, const char *prog)
 		"  --writeback-cache       let writes land in the page cache (the budget's\n"
 		"                          error then comes from write-back, seen by fsync)\n"
 		"  --refuse-xattrs         setxattr fails with EOPNOTSUPP\n"
+		"  --read-eio NAME         reading a file named NAME fails with EIO (a bad\n"
+		"                          sector) until SIGUSR1\n"
 		"  --hang NAME             opening a directory named NAME blocks until it is\n"
 		"                          removed from BACKING_DIR (a hung mount); NAME.hung\n"
 		"                          exists meanwhile\n"
@@ -823,6 +836,8 @@ int main(int argc, char *argv[])
 				return 2;
 			}
 			have_budget = 1;
+		} else if ((v = opt_value(argc, argv, &i, "--read-eio", &missing))) {
+			bad_name = v;
 		} else if ((v = opt_value(argc, argv, &i, "--hang", &missing))) {
 			hang_name = v;
 		} else if ((v = opt_value(argc, argv, &i, "--errno", &missing))) {
