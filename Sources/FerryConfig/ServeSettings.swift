@@ -61,6 +61,8 @@ public struct ServeSettings: Equatable, Sendable {
 
     /// What a timeout may be, in seconds: long enough to be met, short enough to be a `Duration`.
     static let timeouts: ClosedRange<Double> = 0.01...604_800
+    /// A lease's, as `--lease` takes it.
+    static let leases: ClosedRange<Double> = 0.2...604_800
 
     static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "streams_per_user",
                                       "agent_timeout_seconds", "preflight_timeout_seconds", "auth"]
@@ -75,7 +77,7 @@ public struct ServeSettings: Equatable, Sendable {
             guard let number = value.number, (0..<1).contains(number) else { throw fail("margin must be a fraction from 0 to 1, such as 0.05") }
             margin = number
         case "lease_seconds":
-            guard let number = value.number, Self.timeouts.contains(number) else { throw fail("lease_seconds must be from 0.01 to 604800 (a week)") }
+            guard let number = value.number, Self.leases.contains(number) else { throw fail("lease_seconds must be from 0.2 to 604800 (a week)") }
             leaseSeconds = number
         case "workers":
             guard let count = value.integer, count >= 0 else { throw fail("workers must be a whole number, 0 or more") }
@@ -138,7 +140,7 @@ public struct ServeSettings: Equatable, Sendable {
             settings.margin = number
         }
         if let value = env["FERRY_LEASE_SECONDS"] {
-            guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_LEASE_SECONDS must be from 0.01 to 604800 (a week)") }
+            guard let number = Double(value), Self.leases.contains(number) else { throw fail("FERRY_LEASE_SECONDS must be from 0.2 to 604800 (a week)") }
             settings.leaseSeconds = number
         }
         if let value = env["FERRY_WORKERS"] {

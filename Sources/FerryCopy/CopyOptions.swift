@@ -18,6 +18,11 @@ public protocol LayoutCloner: Sendable {
     var layoutAttributeNames: Set<ByteString> { get }
     /// Added to the flags that create the new file (Lustre: `.delayLayout`).
     var createFlags: OpenFlags { get }
+    /// Whether a directory's layout attributes (the default layout of files made in it) are
+    /// copied too, by the ordinary xattr copy, a refusal noted: within one filesystem only, since
+    /// Lustre lists the filesystem's default for a directory without one of its own, which
+    /// elsewhere would pin another filesystem's default (and pools) on every copied directory.
+    var directoryLayouts: Bool { get }
     /// Called on the new, empty file. An error is not fatal: the copy goes on, the file keeps the
     /// layout its directory gives it, and the copy's notes say so.
     func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws
@@ -25,6 +30,7 @@ public protocol LayoutCloner: Sendable {
 
 extension LayoutCloner {
     public var createFlags: OpenFlags { [] }
+    public var directoryLayouts: Bool { false }
 }
 
 public struct CopyOptions: Sendable {
@@ -42,6 +48,11 @@ public struct CopyOptions: Sendable {
     /// Try `copy_file_range` before read/write.
     public var allowCopyFileRange: Bool
     public var layoutCloner: (any LayoutCloner)?
+    /// The layout attributes copied on directories (`LayoutCloner.directoryLayouts`).
+    var directoryLayoutAttributes: Set<ByteString> {
+        guard let layoutCloner, layoutCloner.directoryLayouts else { return [] }
+        return layoutCloner.layoutAttributeNames
+    }
     /// Drop each source file's pages from the page cache once its data is copied. A move sets
     /// it: the source is about to be deleted, so its cached pages only crowd out the copy's dirty
     /// ones — measured on this project's loop XFS, keeping 4 GiB of a moved source cached made the

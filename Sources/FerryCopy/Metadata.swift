@@ -10,6 +10,8 @@ struct MetadataApplier: Sendable {
     let privileged: Bool
     /// Never copied (a caller's own bookkeeping; a `LayoutCloner`'s attributes, set before the data).
     let skippedAttributes: Set<ByteString>
+    /// Copied on directories all the same (`LayoutCloner.directoryLayouts`); a refusal is noted.
+    var directoryLayoutAttributes: Set<ByteString> = []
     /// An attribute the destination refuses fails the copy (`.xattrRefused`) instead of a note.
     var requireXattrs = false
     let notes: CopyNotes
@@ -26,10 +28,12 @@ struct MetadataApplier: Sendable {
         } catch where error.code == .notSupported {
             names = []  // a source filesystem without xattrs has none to copy
         }
-        for name in names where shouldCopy(name) {
+        for name in names where shouldCopy(name, of: status.kind) {
             guard let value = try ExtendedAttributes.value(source, name) else { continue }
             do {
                 try ExtendedAttributes.set(destination, name, value)
+            } catch where status.kind == .directory && directoryLayoutAttributes.contains(name) {
+                notes.add("\(path()): default layout not preserved (\(error.errnoName)); the directory has the one of where it landed")
             } catch where tolerable(error) {
                 try refused(name, error, path())
             }
@@ -55,10 +59,12 @@ struct MetadataApplier: Sendable {
         } catch where tolerable(error) {
             names = []
         }
-        for name in names where shouldCopy(name) {
+        for name in names where shouldCopy(name, of: status.kind) {
             guard let value = try ExtendedAttributes.value(in: sourceDirectory, symlink: sourceName, name) else { continue }
             do {
                 try ExtendedAttributes.set(in: destinationDirectory, symlink: destinationName, name, value)
+            } catch where status.kind == .directory && directoryLayoutAttributes.contains(name) {
+                notes.add("\(path()): default layout not preserved (\(error.errnoName)); the directory has the one of where it landed")
             } catch where tolerable(error) {
                 try refused(name, error, path())
             }
@@ -83,14 +89,17 @@ struct MetadataApplier: Sendable {
     static let lustreInodeAttributes: Set<ByteString> = Set(["trusted.lma", "trusted.link", "trusted.som", "trusted.hsm"].map { Array($0.utf8) })
     /// A Lustre layout, under both names Lustre lists it by: a file's is given before its data by
     /// a `LayoutCloner`, where the destination is Lustre; elsewhere it means nothing (`lustre.*`
-    /// would be refused, failing a move of every file). A directory's is not copied either: Lustre
-    /// lists one for every directory, its own default or, lacking one, the filesystem's, and
-    /// copying that would pin the source filesystem's default on each copied directory. A copied
-    /// directory takes the default of where it lands.
+    /// would be refused, failing a move of every file). A directory's only within one filesystem
+    /// (`directoryLayoutAttributes`): Lustre lists one for every directory, its own default or,
+    /// lacking one, the filesystem's, which on another filesystem would pin the source's default
+    /// on each copied directory; there a copied directory takes the default of where it lands.
     static let lustreLayoutAttributes: Set<ByteString> = Set(["lustre.lov", "trusted.lov"].map { Array($0.utf8) })
 
-    private func shouldCopy(_ name: ByteString) -> Bool {
-        if skippedAttributes.contains(name) || Self.lustreInodeAttributes.contains(name) || Self.lustreLayoutAttributes.contains(name) {
+    private func shouldCopy(_ name: ByteString, of kind: FileKind) -> Bool {
+        if Self.lustreInodeAttributes.contains(name) { return false }
+        if kind == .directory && directoryLayoutAttributes.contains(name) {
+            // a directory's default layout, within one filesystem: copied as below
+        } else if skippedAttributes.contains(name) || Self.lustreLayoutAttributes.contains(name) {
             return false
         }
         if !privileged {

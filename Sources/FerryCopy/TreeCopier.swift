@@ -32,7 +32,8 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
         privileged = processIsPrivileged
         metadata = MetadataApplier(
             preserveOwnership: options.preserveOwnership, privileged: privileged,
-            skippedAttributes: options.layoutCloner?.layoutAttributeNames ?? [], requireXattrs: options.requireXattrs, notes: notes)
+            skippedAttributes: options.layoutCloner?.layoutAttributeNames ?? [], directoryLayoutAttributes: options.directoryLayoutAttributes,
+            requireXattrs: options.requireXattrs, notes: notes)
         self.notes = notes
         self.meter = meter
         self.cancellation = options.cancellation

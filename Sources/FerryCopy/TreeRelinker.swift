@@ -23,7 +23,7 @@ final class RelinkVisitor: TreeVisitor, @unchecked Sendable {
 
     init(options: CopyOptions, meter: ProgressMeter, notes: CopyNotes, direction: Direction = .forward) {
         metadata = MetadataApplier(preserveOwnership: options.preserveOwnership, privileged: processIsPrivileged,
-                                   skippedAttributes: [DirectoryOrigin.attribute],
+                                   skippedAttributes: [DirectoryOrigin.attribute], directoryLayoutAttributes: options.directoryLayoutAttributes,
                                    requireXattrs: options.requireXattrs && direction == .forward, notes: notes)
         self.meter = meter
         self.cancellation = options.cancellation

@@ -196,7 +196,9 @@ public final class TaskStoreRelay: Sendable {
             try own(op, a)
             let seconds = try required(a.leaseSeconds, op, "leaseSeconds")
             guard seconds.isFinite, seconds > 0 else { throw TaskStoreError.database("not allowed: a lease of \(seconds) s") }
-            return .bool(try await store.heartbeat(id: taskID, worker: worker, lease: min(.seconds(seconds), maximumLease)))
+            // Bounded before it becomes a `Duration` (which traps on a value as large as 1e300).
+            let longest = Double(maximumLease.components.seconds)
+            return .bool(try await store.heartbeat(id: taskID, worker: worker, lease: .seconds(min(seconds, longest))))
         case "advance":
             try own(op, a)
             if let plan = a.plan { try await check(plan) }
@@ -214,7 +216,7 @@ public final class TaskStoreRelay: Sendable {
             var retryAfter: Duration?
             if let seconds = a.retryAfterSeconds {
                 guard seconds.isFinite, seconds >= 0 else { throw TaskStoreError.database("not allowed: retry after \(seconds) s") }
-                retryAfter = .seconds(seconds)
+                retryAfter = .seconds(min(seconds, 86_400))  // a day at most; a `Duration` traps past ~1e19 s
             }
             try await store.release(id: taskID, worker: worker, retryAfter: retryAfter, failure: a.failure, message: a.message ?? "")
         case "acquireLocks":

@@ -143,7 +143,9 @@ extension MoveEngine {
                     defer { staging.directory.closeQuietly() }
                     let sources = try self.sources(task, plan)
                     defer { sources.forEach { $0.directory.closeQuietly() } }
-                    try engine.unrelink(sources, from: staging)
+                    // A directory made again gets its default layout back (one filesystem).
+                    let layouts = try self.layoutCloner(destination, plan.destinationDirectory, sources: sources)
+                    try CopyEngine(options: CopyOptions(jobs: self.settings.jobs, layoutCloner: layouts)).unrelink(sources, from: staging)
                 } else {
                     engine.discard(staging)
                 }

@@ -232,10 +232,17 @@ public final class MoveEngine: Sendable {
     }
 
     /// What gives files made in `directory` their sources' layouts: nil where the filesystem
-    /// (its backend) has none.
-    func layoutCloner(_ directory: FileDescriptor, _ path: StoredPath) throws -> (any LayoutCloner)? {
+    /// (its backend) has none. Directories' default layouts too when every source is on the
+    /// same filesystem (see `LayoutCloner.directoryLayouts`).
+    func layoutCloner(_ directory: FileDescriptor, _ path: StoredPath, sources: [CopySource]) throws -> (any LayoutCloner)? {
         let backend = try planner.storage(directory, path.bytes)
-        return backend.layoutAttributeNames.isEmpty ? nil : BackendLayoutCloner(backend: backend)
+        guard !backend.layoutAttributeNames.isEmpty else { return nil }
+        let here = try directory.status()
+        let same = try sources.allSatisfy { source in
+            let there = try source.directory.status()
+            return (there.deviceMajor, there.deviceMinor) == (here.deviceMajor, here.deviceMinor)
+        }
+        return BackendLayoutCloner(backend: backend, directoryLayouts: same)
     }
 
     func sources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
@@ -266,7 +273,7 @@ public final class MoveEngine: Sendable {
         defer { sources.forEach { $0.directory.closeQuietly() } }
         let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
         defer { destination.closeQuietly() }
-        let engine = copyEngine(task, context, layouts: try layoutCloner(destination, plan.destinationDirectory))
+        let engine = copyEngine(task, context, layouts: try layoutCloner(destination, plan.destinationDirectory, sources: sources))
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
         var existing = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue)
         if discardExisting, let stale = existing {
@@ -286,7 +293,16 @@ public final class MoveEngine: Sendable {
             try engine.relink(sources, into: staging, totals: totals)
             return nil
         }
-        let staged = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
+        let staged: (bytes: UInt64, entries: UInt64, notes: CopyNotes)
+        do {
+            staged = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
+        } catch {
+            // A passing fault is retried from what is staged: what this attempt wrote is flushed
+            // first, for the same reason as below, so that a file the kernel failed to write back
+            // is not trusted by the retry (which marks the staging untrusted if this fails).
+            if Self.isTransient(error) { try Self.flush(staging, engine) }
+            throw error
+        }
         // Flushed through a descriptor opened before the writes: `syncfs` reports a write-back
         // error only to descriptors opened before it happened, so the flush of the next phase,
         // on a descriptor of its own, could miss one that happened during the copy.
@@ -374,6 +390,7 @@ extension DirectoryOpener {
 /// A destination backend's layouts (Lustre striping) as the copy engine's `LayoutCloner`.
 struct BackendLayoutCloner: LayoutCloner {
     let backend: any StorageBackend
+    let directoryLayouts: Bool
     var layoutAttributeNames: Set<ByteString> { backend.layoutAttributeNames }
     var createFlags: OpenFlags { backend.layoutCreateFlags }
     func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws {

@@ -21,6 +21,7 @@ struct AttributeLayoutCloner: LayoutCloner {
     static let name: ByteString = Array("user.test.layout".utf8)
     let calls: LayoutCalls
     var failing = false
+    var directoryLayouts = false
     var layoutAttributeNames: Set<ByteString> { [Self.name] }
     var createFlags: OpenFlags { .delayLayout }
     struct Refused: Error, CustomStringConvertible { var description: String { "EINVAL: no such OST pool" } }
@@ -52,8 +53,8 @@ private func setAttribute(_ path: String, _ name: String, _ value: String) throw
 struct LayoutTests {
     /// Each new file is given its layout while it is empty and made with the cloner's flags
     /// (Lustre's delayed creation); the ordinary xattr copy after the data does not set the layout
-    /// again. A directory's is not copied (Lustre lists the filesystem's default for a directory
-    /// without one of its own): a copied directory takes the default of where it lands.
+    /// again. A directory's is copied only where the cloner says (within one filesystem: Lustre
+    /// lists the filesystem's default for a directory without one of its own).
     @Test func eachFileGetsItsLayoutBeforeItsData() throws {
         try withLoopXFS { fs in
             let a = try fs.makeProjectDirectory("a", project: 1)
@@ -80,6 +81,14 @@ struct LayoutTests {
             for file in ["wide", "sub/narrow", "plain"] {
                 #expect(FileManager.default.contentsEqual(atPath: "\(a)/d/\(file)", andPath: "\(b)/d/\(file)"), "\(file)")
             }
+            // Within one filesystem, directories keep theirs (copied as it is, not by the cloner).
+            let c = try fs.makeProjectDirectory("c", project: 3)
+            var cloner = AttributeLayoutCloner(calls: calls)
+            cloner.directoryLayouts = true
+            _ = try engineCopy(a, "d", to: c, options: CopyOptions(jobs: 2, layoutCloner: cloner, requireXattrs: true))
+            #expect(try attribute(c + "/d", "user.test.layout") == "default: 8 stripes")
+            #expect(try attribute(c + "/d/sub", "user.test.layout") == nil)
+            #expect(try attribute(c + "/d/wide", "user.test.layout") == "16 stripes/given before data")
         }
     }
 
@@ -100,6 +109,24 @@ struct LayoutTests {
             #expect(report.notes.first?.contains("file: layout not preserved (EINVAL: no such OST pool)") == true, "\(report.notes)")
             #expect(FileManager.default.contentsEqual(atPath: a + "/file", andPath: b + "/file"))
             #expect(try attribute(b + "/file", "user.test.layout") == nil)
+        }
+    }
+
+    /// A directory's default layout the destination refuses is noted, not a failure, even where
+    /// attributes are required: the directory takes the default of where it lands.
+    @Test(.enabled(if: QuotaFS.available)) func aRefusedDirectoryLayoutIsNotedNotFatal() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let quota = try QuotaFS(budget: 1 << 30, refuseXattrs: true)
+            defer { quota.tearDown() }
+            try FileManager.default.createDirectory(atPath: a + "/d", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/d/file", bytes: 4096)
+            try setAttribute(a + "/d", "user.test.layout", "default: 2 stripes")
+            var cloner = AttributeLayoutCloner(calls: LayoutCalls())
+            cloner.directoryLayouts = true
+            let report = try engineCopy(a, "d", to: quota.mountPoint, options: CopyOptions(jobs: 1, layoutCloner: cloner, requireXattrs: true))
+            #expect(report.notes.contains { $0.hasPrefix("d: default layout not preserved (EOPNOTSUPP)") }, "\(report.notes)")
+            #expect(FileManager.default.contentsEqual(atPath: a + "/d/file", andPath: quota.mountPoint + "/d/file"))
         }
     }
 

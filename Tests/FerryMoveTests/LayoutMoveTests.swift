@@ -57,7 +57,8 @@ private func setLayout(_ path: String, _ value: String) throws {
 struct LayoutMoveTests {
     /// The engine asks the destination's backend for layouts, and a cross-project move gives each
     /// staged file its source's layout while it is still empty (Lustre striping: the seed's
-    /// "shadow copy with stripe preservation"); a directory takes the default of where it lands.
+    /// "shadow copy with stripe preservation"); a directory keeps its default layout, within one
+    /// filesystem as here.
     @Test func aMoveGivesEachFileItsSourcesLayout() async throws {
         try await withLoopXFSAsync { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
@@ -78,7 +79,8 @@ struct LayoutMoveTests {
             #expect(layout(b + "/data/sub/f0") == "8 stripes of 4 MiB/cloned")
             #expect(layout(b + "/data/sub/deeper/last") == "PFL: 1 MiB on 1 OST, the rest on 16/cloned")
             #expect(layout(b + "/data/sub/f1") == nil)
-            #expect(layout(b + "/data") == nil)
+            #expect(layout(b + "/data") == "default: 4 stripes")
+            #expect(layout(b + "/data/sub") == nil)
             let calls = backend.calls.list.withLock { $0 }
             #expect(calls.count == 7)
             #expect(calls.allSatisfy { $0.size == 0 && $0.delayed })

@@ -316,6 +316,32 @@ struct MoveEngineTests {
         }
     }
 
+    /// An attempt that meets a passing fault flushes what it staged before handing the task back,
+    /// through the staging descriptor opened before its writes (the only one a write-back error
+    /// in them is reported to): the retry resumes from those files and must not trust one the
+    /// kernel failed to write. Seen in an `strace` of one worker pass: the source's EIO, then the
+    /// staging's `syncfs`. Before, the attempt ended at the EIO with nothing flushed.
+    @Test(.enabled(if: QuotaFS.available)) func anAttemptEndedByAPassingFaultFlushesWhatItStaged() throws {
+        try withLoopXFS { fs in
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            let quota = try QuotaFS(budget: 1 << 30, readErrorIn: "f5")
+            defer { quota.tearDown() }
+            try makeMebibyteFiles(quota.backing + "/data", count: 6)
+            let environment = ["FERRY_DATABASE_URL": "sqlite://\(fs.directory)/db.sqlite"]
+            let queued = try Shell.execute([ferryBinary(), "move", "--detach", "--jobs", "1", quota.mountPoint + "/data", b], environment: environment)
+            #expect(queued.status == 0, "\(queued.standardError)")
+            let log = fs.directory + "/strace.log"
+            let pass = try Shell.execute(["strace", "-f", "-qq", "-y", "-o", log, "-e", "trace=pread64,syncfs", ferryBinary(), "worker", "--once"],
+                                         environment: environment)
+            #expect(pass.status == 0, "\(pass.standardError)")
+            let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+            let fault = try #require(lines.firstIndex { $0.contains("pread64(") && $0.contains("/data/f5>") && $0.contains("EIO") })
+            #expect(lines[fault...].contains { $0.contains("syncfs(") && $0.contains(".ferry-staging-") && $0.hasSuffix("= 0") },
+                    "\(lines.filter { $0.contains("syncfs") })")
+            #expect(FileManager.default.fileExists(atPath: quota.backing + "/data/f5"))
+        }
+    }
+
     /// A destination that refuses an extended attribute of the source: a move fails before
     /// anything is deleted (the attribute would be lost with the source) unless the loss is
     /// allowed; a copy, whose source stays, goes on. Either way the history says what was not

@@ -108,7 +108,7 @@ public struct AgentClient: Sendable {
 /// How many agents run at once, for each user and in all: past either limit a request is refused
 /// with 429, so that requests sent faster than they finish cannot start processes without end.
 final class AgentSlots: Sendable {
-    private let running = Mutex<(total: Int, byUser: [String: Int])>((0, [:]))
+    private let running = Mutex<(total: Int, byUser: [String: Int], stuck: Int)>((0, [:], 0))
     let perUser: Int
     let total: Int
 
@@ -125,6 +125,10 @@ final class AgentSlots: Sendable {
             }
             if running.total >= total {
                 return APIError(.tooManyRequests, "server.busy", "the server is answering \(total) file system requests already; try again shortly")
+            }
+            if running.stuck >= total {
+                return APIError(.unavailable, "server.busy",
+                                "\(running.stuck) file system requests are stuck on file systems that do not answer (hung mounts?); try again once they recover")
             }
             running.byUser[user, default: 0] += 1
             running.total += 1
@@ -144,8 +148,13 @@ final class AgentSlots: Sendable {
     /// An agent killed at its deadline that has not ended (stuck in the kernel on a dead mount)
     /// stops counting toward the limit of all: a mount that every user browses must not leave the
     /// server refusing everyone, elsewhere too. Its user's place it keeps until `ended(user)`.
+    /// Stuck ones (each a process, and a thread waiting for it) have a limit of their own, as
+    /// many as may run: past it every request is refused (503) until some end.
     func overran() {
-        running.withLock { $0.total -= 1 }
+        running.withLock {
+            $0.total -= 1
+            $0.stuck += 1
+        }
     }
 
     /// The overrun agent of `user` has ended at last.
@@ -153,8 +162,12 @@ final class AgentSlots: Sendable {
         running.withLock { running in
             let left = running.byUser[user, default: 1] - 1
             running.byUser[user] = left > 0 ? left : nil
+            running.stuck -= 1
         }
     }
+
+    /// Agents killed at their deadline that have not ended yet.
+    var stuck: Int { running.withLock { $0.stuck } }
 
     /// Agents running now for `user`, and in all.
     func count(for user: String) -> (user: Int, total: Int) {
