@@ -53,6 +53,16 @@ private func setLayout(_ path: String, _ value: String) throws {
     try ExtendedAttributes.set(fd, AttributeLayoutBackend.name, Array(value.utf8))
 }
 
+/// Moves `source` into `destination` in one run of an engine whose filesystems are `backend`;
+/// returns the store and the run's record.
+private func move(_ source: String, to destination: String, on fs: LoopXFS, backend: AttributeLayoutBackend) async throws -> (SQLiteTaskStore, TaskRecord) {
+    let planner = Planner(jobs: 2) { _, _ in backend }
+    let store = try SQLiteTaskStore(path: fs.directory + "/tasks.sqlite")
+    let engine = MoveEngine(store: store, settings: .init(worker: "w", jobs: 2), planner: planner)
+    let task = try await store.create(NewTask(kind: .move, sources: [StoredPath(source)], destination: StoredPath(destination), owner: "t"))
+    return (store, await engine.run(try #require(try await store.claim(id: task.id, worker: "w", lease: .seconds(30)))))
+}
+
 @Suite("Layouts through the move engine (root)", .enabled(if: Environment.canMountXFS), .serialized)
 struct LayoutMoveTests {
     /// The engine asks the destination's backend for layouts, and a cross-project move gives each
@@ -68,11 +78,7 @@ struct LayoutMoveTests {
             try setLayout(a + "/data/sub/f0", "8 stripes of 4 MiB")
             try setLayout(a + "/data/sub/deeper/last", "PFL: 1 MiB on 1 OST, the rest on 16")
             let backend = AttributeLayoutBackend()
-            let planner = Planner(jobs: 2) { _, _ in backend }
-            let store = try SQLiteTaskStore(path: fs.directory + "/tasks.sqlite")
-            let engine = MoveEngine(store: store, settings: .init(worker: "w", jobs: 2), planner: planner)
-            let task = try await store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "t"))
-            let record = await engine.run(try #require(try await store.claim(id: task.id, worker: "w", lease: .seconds(30))))
+            let (_, record) = try await move(a + "/data", to: b, on: fs, backend: backend)
             #expect(record.status == .completed, "\(String(describing: record.failure))")
             #expect(record.plan?.strategy == "copy")
             #expect(!FileManager.default.fileExists(atPath: a + "/data"))
@@ -97,14 +103,10 @@ struct LayoutMoveTests {
             try setLayout(a + "/data/sub/f0", "pool: flash")
             var backend = AttributeLayoutBackend()
             backend.refusing = true
-            let planner = Planner(jobs: 2) { [backend] _, _ in backend }
-            let store = try SQLiteTaskStore(path: fs.directory + "/tasks.sqlite")
-            let engine = MoveEngine(store: store, settings: .init(worker: "w", jobs: 2), planner: planner)
-            let task = try await store.create(NewTask(kind: .move, sources: [StoredPath(a + "/data")], destination: StoredPath(b), owner: "t"))
-            let record = await engine.run(try #require(try await store.claim(id: task.id, worker: "w", lease: .seconds(30))))
+            let (store, record) = try await move(a + "/data", to: b, on: fs, backend: backend)
             #expect(record.status == .completed, "\(String(describing: record.failure))")
             #expect(listing(b + "/data/sub") == ["deeper", "f0", "f1"])
-            let history = try await store.events(task.id).map(\.message)
+            let history = try await store.events(record.id).map(\.message)
             #expect(history.contains { $0.hasPrefix("not preserved (3): ") && $0.contains("layout not preserved") }, "\(history)")
         }
     }

@@ -37,6 +37,21 @@ struct Harness {
         return try #require(try await store.task(task.id))
     }
 
+    /// Runs task `id` once, which must meet a passing EIO and be handed back to be tried again in
+    /// 2 s; then `passes` (the fault goes) and runs it to its end, which must be `completed`.
+    /// Returns the task's whole history.
+    func retriedAfterEIOThenCompleted(_ id: String, once passes: () -> Void) async throws -> [String] {
+        var record = try await runUntil(id) { _ in true }
+        var history = try await store.events(id).map(\.message)
+        #expect(!record.status.isTerminal, "\(record) \(history)")
+        #expect(history.last?.hasPrefix("retrying in 2 s: ") == true && history.last?.contains("EIO") == true, "\(history)")
+        passes()
+        record = try await runUntil(id) { $0.status.isTerminal }
+        history = try await store.events(id).map(\.message)
+        #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
+        return history
+    }
+
     /// As a worker does: claims whatever is claimable (not before its retry time) and runs it, until
     /// a run ends as `done` says, or 30 s have passed; returns the last record of task `id`.
     func runUntil(_ id: String, _ done: (TaskRecord) -> Bool) async throws -> TaskRecord {
@@ -257,14 +272,7 @@ struct MoveEngineTests {
             var options = TaskOptions()
             options.jobs = 1  // one file at a time: the second is the one cut short
             let task = try await harness.queueMove(a + "/data", to: quota.mountPoint, options: options)
-            var record = try await harness.runUntil(task.id) { _ in true }
-            var history = try await harness.store.events(task.id).map(\.message)
-            #expect(!record.status.isTerminal, "\(record) \(history)")
-            #expect(history.last?.hasPrefix("retrying in 2 s: ") == true && history.last?.contains("EIO") == true, "\(history)")
-            quota.liftBudget()  // the fault passes
-            record = try await harness.runUntil(task.id) { $0.status.isTerminal }
-            history = try await harness.store.events(task.id).map(\.message)
-            #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
+            let history = try await harness.retriedAfterEIOThenCompleted(task.id) { quota.liftBudget() }
             #expect(history.contains { $0.hasPrefix("the staged copy is not trusted any more: ") && $0.contains("EIO") }, "\(history)")
             #expect(history.contains("copying again into .ferry-staging-\(task.id): what the last attempt staged is not to be trusted (see above)"), "\(history)")
             #expect(try before.differences(to: TreeSnapshot.take(quota.backing + "/data")).isEmpty)
@@ -287,25 +295,17 @@ struct MoveEngineTests {
             var options = TaskOptions()
             options.jobs = 1
             let task = try await harness.queueMove(quota.mountPoint + "/data", to: b, options: options)
-            var record = try await harness.runUntil(task.id) { _ in true }
-            var history = try await harness.store.events(task.id).map(\.message)
-            #expect(!record.status.isTerminal, "\(record) \(history)")
-            #expect(history.last?.hasPrefix("retrying in 2 s: ") == true && history.last?.contains("EIO") == true, "\(history)")
             let staging = "\(b)/.ferry-staging-\(task.id)/data"
-            func inodes() throws -> [String: UInt64] {
-                var found: [String: UInt64] = [:]
+            var staged: [String: UInt64] = [:]
+            let history = try await harness.retriedAfterEIOThenCompleted(task.id) {
+                // What the first attempt staged whole; then the sector reads again.
                 for name in listing(staging) where name != "f5" {
-                    let attributes = try FileManager.default.attributesOfItem(atPath: staging + "/" + name)
-                    if (attributes[.size] as? Int) == 1 << 20 { found[name] = attributes[.systemFileNumber] as? UInt64 }
+                    let attributes = try? FileManager.default.attributesOfItem(atPath: staging + "/" + name)
+                    if (attributes?[.size] as? Int) == 1 << 20 { staged[name] = attributes?[.systemFileNumber] as? UInt64 }
                 }
-                return found
+                quota.liftBudget()
             }
-            let staged = try inodes()
-            #expect(!staged.isEmpty, "\(listing(staging))")
-            quota.liftBudget()  // the sector reads again
-            record = try await harness.runUntil(task.id) { $0.status.isTerminal }
-            history = try await harness.store.events(task.id).map(\.message)
-            #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
+            #expect(!staged.isEmpty)
             #expect(!history.contains { $0.hasPrefix("the staged copy is not trusted any more") }, "\(history)")
             for (name, inode) in staged {
                 let published = try FileManager.default.attributesOfItem(atPath: "\(b)/data/\(name)")[.systemFileNumber] as? UInt64
