@@ -73,10 +73,14 @@ public final class QuotaFS: @unchecked Sendable {
 
     private static let built = Mutex<String?>(nil)
 
-    /// Compiles quotafs once per test process.
+    /// Compiles quotafs once per test process, into a directory removed when the process exits.
     static func build() throws -> String {
         try built.withLock { path in
             if let path { return path }
+            atexit {
+                guard let binary = QuotaFS.built.withLock({ $0 }) else { return }
+                try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: binary).deletingLastPathComponent().path)
+            }
             let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                 .deletingLastPathComponent().appendingPathComponent("Tests/Tools/quotafs/quotafs.c").path
             let output = try TemporaryDirectory.make(prefix: "ferry-quotafs-bin") + "/quotafs"

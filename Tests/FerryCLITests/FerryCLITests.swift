@@ -198,7 +198,13 @@ struct FerryCLITests {
             try Shell.run(["setfattr", "-n", "trusted.admin", "-v", "x", area + "/src/sub/data"])
             try Shell.run(["setfattr", "-n", "user.note", "-v", "kept", area + "/src/sub/data"])
             try Shell.run(["chown", "-R", "nobody:nogroup", area])
-            let result = try Shell.execute(["runuser", "-u", "nobody", "--", ferryBinary(), "copy", "--json", area + "/src", area + "/dst"])
+            // Its task database in the test's filesystem: nobody has no home, and the default
+            // would be left behind in /tmp.
+            let tasks = fs.mountPoint + "/tasks-of-nobody"
+            try FileManager.default.createDirectory(atPath: tasks, withIntermediateDirectories: true)
+            try Shell.run(["chown", "nobody:nogroup", tasks])
+            let asNobody = ["runuser", "-u", "nobody", "--", "env", "FERRY_DATABASE_URL=sqlite://\(tasks)/tasks.sqlite", ferryBinary()]
+            let result = try Shell.execute(asNobody + ["copy", "--json", area + "/src", area + "/dst"])
             #expect(result.status == 0, "\(result.standardError)")
             let summary = try jsonObject(result.standardOutput)
             #expect(summary["ownershipPreserved"] as? Bool == false)
@@ -209,7 +215,7 @@ struct FerryCLITests {
             // A file the caller cannot read stops the copy: typed error naming it, nothing left.
             try TreeBuilder.write(area + "/src/sub/secret", bytes: 10)
             try Shell.run(["chmod", "000", area + "/src/sub/secret"])
-            let denied = try Shell.execute(["runuser", "-u", "nobody", "--", ferryBinary(), "copy", "--json", area + "/src", area + "/dst2"])
+            let denied = try Shell.execute(asNobody + ["copy", "--json", area + "/src", area + "/dst2"])
             #expect(denied.status == 1)
             let error = try #require(try jsonObject(denied.standardOutput)["error"] as? [String: Any])
             #expect(error["code"] as? String == "permission")
