@@ -32,10 +32,8 @@ struct MetadataApplier: Sendable {
             guard let value = try ExtendedAttributes.value(source, name) else { continue }
             do {
                 try ExtendedAttributes.set(destination, name, value)
-            } catch where status.kind == .directory && directoryLayoutAttributes.contains(name) {
-                notes.add("\(path()): default layout not preserved (\(error.errnoName)); the directory has the one of where it landed")
-            } catch where tolerable(error) {
-                try refused(name, error, path())
+            } catch where tolerable(error) || isDirectoryLayout(name, status.kind) {
+                try refused(name, error, path(), kind: status.kind)
             }
         }
         try destination.setTimes(access: status.accessTime, modification: status.modificationTime)
@@ -63,17 +61,25 @@ struct MetadataApplier: Sendable {
             guard let value = try ExtendedAttributes.value(in: sourceDirectory, symlink: sourceName, name) else { continue }
             do {
                 try ExtendedAttributes.set(in: destinationDirectory, symlink: destinationName, name, value)
-            } catch where status.kind == .directory && directoryLayoutAttributes.contains(name) {
-                notes.add("\(path()): default layout not preserved (\(error.errnoName)); the directory has the one of where it landed")
-            } catch where tolerable(error) {
-                try refused(name, error, path())
+            } catch where tolerable(error) || isDirectoryLayout(name, status.kind) {
+                try refused(name, error, path(), kind: status.kind)
             }
         }
         try destinationDirectory.setTimes(destinationName, access: status.accessTime, modification: status.modificationTime)
     }
 
-    /// An attribute the destination refused: noted, or (`requireXattrs`) the copy fails.
-    private func refused(_ name: ByteString, _ error: SystemError, _ path: String) throws(SystemError) {
+    /// A directory's default layout, copied within one filesystem: any refusal of it is a note.
+    private func isDirectoryLayout(_ name: ByteString, _ kind: FileKind) -> Bool {
+        kind == .directory && directoryLayoutAttributes.contains(name)
+    }
+
+    /// An attribute the destination refused: noted, or (`requireXattrs`) the copy fails; a
+    /// directory's default layout is only ever noted.
+    private func refused(_ name: ByteString, _ error: SystemError, _ path: String, kind: FileKind) throws(SystemError) {
+        if isDirectoryLayout(name, kind) {
+            notes.add("\(path): default layout not preserved (\(error.errnoName)); the directory has the one of where it landed")
+            return
+        }
         guard requireXattrs else {
             notes.skippedAttribute(path, name, error)
             return
@@ -97,7 +103,7 @@ struct MetadataApplier: Sendable {
 
     private func shouldCopy(_ name: ByteString, of kind: FileKind) -> Bool {
         if Self.lustreInodeAttributes.contains(name) { return false }
-        if kind == .directory && directoryLayoutAttributes.contains(name) {
+        if isDirectoryLayout(name, kind) {
             // a directory's default layout, within one filesystem: copied as below
         } else if skippedAttributes.contains(name) || Self.lustreLayoutAttributes.contains(name) {
             return false

@@ -47,7 +47,7 @@ public struct Janitor: Sendable {
         }
         var candidates: [(directory: ByteString, name: ByteString)] = []
         for place in places where searched.insert(place).inserted {
-            candidates += Self.stagingDirectories(in: place, depth: directories.contains(place) ? 1 : 0)
+            candidates += Self.entries(named: StagingArea.prefix, in: place, depth: directories.contains(place) ? 1 : 0)
         }
         let cutoff = Date().addingTimeInterval(-Double(grace.components.seconds))
         for (directory, name) in candidates {
@@ -113,7 +113,7 @@ public struct Janitor: Sendable {
         // left: removed with `rmdir` alone, which fails on any directory that is not empty, once
         // unchanged for the grace period.
         for place in searched {
-            for (directory, name) in Self.stagingDirectories(in: place, depth: directories.contains(place) ? 1 : 0, prefix: CopyEngine.probePrefix) {
+            for (directory, name) in Self.entries(named: CopyEngine.probePrefix, in: place, depth: directories.contains(place) ? 1 : 0) {
                 guard let fd = try? FileDescriptor.openDirectoryWithoutSymlinks(directory) else { continue }
                 defer { fd.closeQuietly() }
                 guard let status = try? fd.status(name), status.kind == .directory,
@@ -152,7 +152,7 @@ public struct Janitor: Sendable {
     }
 
     /// Entries named `prefix…` in `directory`, and in its subdirectories down to `depth`.
-    static func stagingDirectories(in directory: ByteString, depth: Int, prefix text: String = StagingArea.prefix) -> [(ByteString, ByteString)] {
+    static func entries(named text: String, in directory: ByteString, depth: Int) -> [(ByteString, ByteString)] {
         guard let fd = try? FileDescriptor.openDirectoryWithoutSymlinks(directory) else { return [] }
         defer { fd.closeQuietly() }
         let stream = DirectoryStream(fd)
@@ -166,7 +166,7 @@ public struct Janitor: Sendable {
                 subdirectories.append(BytePath.join(directory, entry.name))
             }
         }
-        for sub in subdirectories { found += stagingDirectories(in: sub, depth: depth - 1, prefix: text) }
+        for sub in subdirectories { found += entries(named: text, in: sub, depth: depth - 1) }
         return found
     }
 }

@@ -73,7 +73,7 @@ public struct AgentClient: Sendable {
                 slots.ended(user)
             }
             throw APIError(.gatewayTimeout, "agent.timeout",
-                           "the file system did not answer within \(Self.seconds(limit)) (a hung mount?); the request was stopped")
+                           "the file system did not answer within \(Format.span(Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18)) (a hung mount?); the request was stopped")
         case .ended(.exited(0), let standardOutput, _):
             return Data(standardOutput)
         case .ended(let termination, let standardOutput, let standardError):
@@ -83,11 +83,6 @@ public struct AgentClient: Sendable {
             let detail = String(decoding: standardError, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             throw APIError(.internalError, "agent.failed", "the request failed (\(termination)): \(detail)")
         }
-    }
-
-    static func seconds(_ duration: Duration) -> String {
-        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-        return seconds == seconds.rounded() ? "\(Int(seconds)) s" : String(format: "%.1f s", seconds)
     }
 
     public func ask<T: Decodable>(_ request: AgentRequest, as user: String, decoding type: T.Type) async throws(APIError) -> T {
