@@ -96,8 +96,10 @@ struct TaskCommand: AsyncParsableCommand {
         func run() async throws {
             let store = try await database.open()
             do {
-                _ = try await store.retry(id)
-                print("\(id) queued again; a worker (ferry worker) will run it")
+                let queued = try await store.retry(id)
+                print(queued.status == .committing
+                      ? "\(id) queued again to finish its commit (nothing is copied again); a worker (ferry worker) will run it"
+                      : "\(id) queued again; a worker (ferry worker) will run it")
             } catch let error as TaskStoreError {
                 printError("ferry task retry: \(error)")
                 throw ExitCode(1)

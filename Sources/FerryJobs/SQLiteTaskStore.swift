@@ -297,11 +297,12 @@ public final class SQLiteTaskStore: TaskStore {
             guard [.failed, .cancelled, .rolledBack].contains(task.status) else {
                 throw TaskStoreError.invalidTransition("task \(id) is \(task.status.rawValue); only failed, cancelled or rolled-back tasks can be retried")
             }
+            let status = task.statusOnRetry
             try db.execute(sql: """
-                UPDATE tasks SET status = 'pending', plan = NULL, failure_code = NULL, failure_message = NULL,
+                UPDATE tasks SET status = ?, plan = CASE WHEN ? THEN plan END, failure_code = NULL, failure_message = NULL,
                   cancel_requested = 0, not_before = NULL, finished_at = NULL, progress = ?, updated_at = ? WHERE id = ?
-                """, arguments: [try Self.json(TaskProgress()), Date().timeIntervalSince1970, id])
-            try Self.event(db, id, .pending, TaskEvent.retried)
+                """, arguments: [status.rawValue, status == .committing, try Self.json(TaskProgress()), Date().timeIntervalSince1970, id])
+            try Self.event(db, id, status, TaskEvent.retried)
             return try Self.fetch(db, id)
         }
         wakeup.signal()

@@ -90,6 +90,11 @@ public struct TaskPlan: Codable, Sendable, Equatable {
     /// complete) or a staging directory that went: trusted by no one, copied again.
     public var stagedOn: String?
     public static let untrusted = "untrusted"
+    /// Set when the task failed while committing (a lasting fault, or passing ones at every try):
+    /// part of it may be published, the rest staged. A user's `retry` then resumes the commit,
+    /// its path locks taken again, instead of starting over, and the janitor keeps its staging
+    /// directory, which holds what is not yet published. Cleared when the commit resumes.
+    public var stoppedCommitting: Bool?
     public init(strategy: String, bytes: UInt64, allocatedBytes: UInt64, entries: UInt64, inodes: UInt64,
                 stagingName: StoredPath, finalNames: [StoredPath], destinationDirectory: StoredPath) {
         self.strategy = strategy
@@ -208,6 +213,12 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     /// worker or the janitor claims it and resumes it (or rolls it back, if cancelled).
     public func isStalled(at now: Date = Date()) -> Bool {
         !status.isTerminal && leaseOwner != nil && (leaseExpiresAt.map { $0 < now } ?? false)
+    }
+
+    /// Where `retry` sends the task: back to its commit, with its plan, when it failed while
+    /// committing (`TaskPlan.stoppedCommitting`); otherwise to the start, planned anew.
+    public var statusOnRetry: TaskStatus {
+        status == .failed && plan?.stoppedCommitting == true ? .committing : .pending
     }
 
     /// A worker holds the task and its progress is counts without totals: the pre-flight

@@ -319,12 +319,14 @@ public final class PostgresTaskStore: TaskStore {
             guard [.failed, .cancelled, .rolledBack].contains(task.status) else {
                 throw TaskStoreError.invalidTransition("task \(id) is \(task.status.rawValue); only failed, cancelled or rolled-back tasks can be retried")
             }
+            let status = task.statusOnRetry
             try await self.run(connection, """
-                UPDATE tasks SET status = 'pending', plan = NULL, failure_code = NULL, failure_message = NULL,
-                  cancel_requested = false, not_before = NULL, finished_at = NULL, progress = \(progress)::jsonb, updated_at = \(now)
+                UPDATE tasks SET status = \(status.rawValue), plan = CASE WHEN \(status == .committing) THEN plan END,
+                  failure_code = NULL, failure_message = NULL, cancel_requested = false, not_before = NULL, finished_at = NULL,
+                  progress = \(progress)::jsonb, updated_at = \(now)
                 WHERE id = \(id)
                 """)
-            try await self.event(connection, id, .pending, TaskEvent.retried)
+            try await self.event(connection, id, status, TaskEvent.retried)
             try await self.notify(connection, id)
             return try await self.lockedTask(connection, id).task
         }

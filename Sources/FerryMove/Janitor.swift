@@ -71,7 +71,7 @@ public struct Janitor: Sendable {
                 continue
             } else if let task, task.plan?.strategy == Strategy.relink.rawValue {
                 // A relink's staging holds the only copy of what it moved: only empty directories go.
-                if task.status.isTerminal && !dryRun {
+                if task.status.isTerminal && task.plan?.stoppedCommitting != true && !dryRun {
                     try await Blocking.run {
                         let fd = try FileDescriptor.openDirectoryWithoutSymlinks(directory)
                         defer { fd.closeQuietly() }
@@ -87,7 +87,8 @@ public struct Janitor: Sendable {
                 if gone { report.removed.append(path) } else { report.kept.append(path) }
                 continue
             } else if let task {
-                removable = task.status.isTerminal
+                // A commit that stopped keeps what it has not yet published, for its retry.
+                removable = task.status.isTerminal && task.plan?.stoppedCommitting != true
             } else {
                 // Another database's task, or a lost one: gone once unchanged for the grace period
                 // (a running task's heartbeat stamps its staging directory, `touchStaging`).

@@ -25,16 +25,19 @@ extension MoveEngine {
             return
         }
         let failure = Self.failure(for: error)
-        if task.status == .committing || Self.isTransient(error) {
-            // Past the point of no return (always), or a passing fault (up to `maxAttempts` runs
-            // since the task was last retried): keep everything, try again after 2 s, 4 s, 8 s…
-            // at most 5 minutes. Counted from the history, not from the claims: a task that waited
-            // for a lock, or that a user retried, was claimed many times without failing.
+        // A staging found untrusted at the commit's flush (nothing of it published yet) goes
+        // back to copying: the task is before the point of no return again.
+        let untrusted = read.map { Self.mayHaveLostStagedData(error, $0) } ?? false
+        if Self.isTransient(error) {
+            // A passing fault, up to `maxAttempts` runs since the task was last retried: keep
+            // everything, try again after 2 s, 4 s, 8 s… at most 5 minutes. Counted from the
+            // history, not from the claims: a task that waited for a lock, or that a user retried,
+            // was claimed many times without failing.
             let earlier = TaskEvent.count((try? await store.events(task.id)) ?? [], beginningWith: Self.retryEvent)
-            if task.status == .committing || earlier + 1 < settings.maxAttempts {
+            if earlier + 1 < settings.maxAttempts {
                 // Only from the task as it is now: the record as claimed may be phases behind (a
                 // deletion begun since), and its plan must not be written back over the current one.
-                if let current = read, Self.mayHaveLostStagedData(error, current) {
+                if let current = read, untrusted {
                     // Not resumed: the next attempt copies everything again. If that cannot be
                     // recorded, the staging is removed instead (the task fails, rolled back).
                     var plan = current.plan
@@ -53,7 +56,77 @@ extension MoveEngine {
                 return
             }
         }
+        if task.status == .committing && !untrusted {
+            // Past the point of no return nothing is rolled back, and a fault that lasts (or
+            // passing ones at every try) is not retried for ever either: the commit stops where
+            // it is, and a user's retry resumes it once the cause is put right.
+            await stopCommit(context, failure)
+            return
+        }
         await fail(context, failure, rollback: true)
+    }
+
+    /// Ends a task that cannot finish its commit now (a permission, a full disk, a name taken in
+    /// the destination, or passing faults at every try): `failed`, with nothing rolled back and
+    /// its staging kept, saying what is published, what is still staged and what of the source
+    /// is left. `TaskPlan.stoppedCommitting` makes a user's retry resume the commit.
+    func stopCommit(_ context: RunContext, _ failure: TaskFailure) async {
+        let id = context.task.id
+        guard let current = try? await store.task(id), var plan = current.plan else {
+            // Unreadable: nothing can be recorded of where it stopped. Handed back, as before.
+            try? await store.release(id: id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+                                     message: "\(Self.retryEvent) 30 s: \(failure.message)")
+            return
+        }
+        let state = (try? await Blocking.run { [self, current, plan] in try self.commitState(current, plan) }) ?? ""
+        plan.stoppedCommitting = true
+        do {
+            try await store.advance(id: id, worker: settings.worker, to: .committing, plan: plan,
+                                    message: "the commit stopped: \(failure.message)")
+        } catch {
+            // Without the mark a retry would plan the task anew over a half-made commit.
+            try? await store.release(id: id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+                                     message: "\(Self.retryEvent) 30 s: \(failure.message)")
+            return
+        }
+        let stopped = TaskFailure(code: failure.code, message: failure.message + ". " + state
+            + "Once the cause is put right, ferry task retry \(id) finishes the commit (nothing is copied again).")
+        try? await store.finish(id: id, worker: settings.worker, status: .failed, failure: stopped,
+                                message: "failed while committing, nothing rolled back: \(stopped.message)")
+    }
+
+    /// Where a commit stands, in a sentence or two ending with a space: what of the final names
+    /// is published, what is still staged, and what of the source is left.
+    func commitState(_ task: TaskRecord, _ plan: TaskPlan) throws -> String {
+        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+        defer { destination.closeQuietly() }
+        let staging = try? destination.openAt(plan.stagingName.bytes, [.directory, .noFollow])
+        defer { staging?.closeQuietly() }
+        let staged = plan.finalNames.filter { name in staging.map { (try? $0.status(name.bytes)) != nil } ?? false }
+        let published = plan.finalNames.filter { name in !staged.contains(name) && (try? destination.status(name.bytes)) != nil }
+        var words: [String] = []
+        if plan.strategy == Strategy.rename.rawValue {
+            words.append("\(published.count) of \(plan.finalNames.count) renamed into \(plan.destinationDirectory)")
+        } else {
+            words.append("\(published.count) of \(plan.finalNames.count) published in \(plan.destinationDirectory)"
+                + (published.isEmpty ? "" : " (\(published.prefix(3).map(\.description).joined(separator: ", "))\(published.count > 3 ? ", …" : ""))"))
+            if !staged.isEmpty {
+                words.append("\(staged.count) still staged in \(plan.destinationDirectory)/\(plan.stagingName)"
+                    + (plan.strategy == Strategy.relink.rawValue ? " (a relink moves files, it does not copy them: that is their only place)" : ""))
+            }
+        }
+        if task.kind == .move {
+            let left = try remainingSources(task, plan)
+            left.forEach { $0.directory.closeQuietly() }
+            if plan.deletingSource {
+                words.append("the source was being removed: \(left.count) of \(task.sources.count) left, everything in them also in the published copy")
+            } else if plan.strategy == Strategy.relink.rawValue {
+                words.append("the source keeps its directories, emptied of what was staged")
+            } else if plan.strategy != Strategy.rename.rawValue {
+                words.append("nothing was removed from the source")
+            }
+        }
+        return "The commit stopped with " + words.joined(separator: "; ") + ". "
     }
 
     /// Whether a copy's staging may hold a file that looks complete but lost data: after a failed
@@ -238,16 +311,7 @@ extension MoveEngine {
         case let copy as CopyError:
             switch copy {
             case .system(_, let system):
-                let code: String
-                switch system.code {
-                case .noSpace: code = "nospace"
-                case .quotaExceeded: code = "quota.exceeded"
-                case .permissionDenied, .notPermitted: code = "permission"
-                case .io: code = "io"
-                case .xattrRefused: code = "xattr.refused"
-                default: code = "system"
-                }
-                return TaskFailure(code: code, message: copy.description)
+                return TaskFailure(code: code(for: system.code), message: copy.description)
             case .sourceChanged: return TaskFailure(code: "source.changed", message: copy.description)
             case .verificationFailed: return TaskFailure(code: "verify.mismatch", message: copy.description)
             case .destinationExists: return TaskFailure(code: "destination.exists", message: copy.description)
@@ -256,7 +320,8 @@ extension MoveEngine {
             case .cancelled: return TaskFailure(code: "cancelled", message: copy.description)
             }
         case let system as SystemError:
-            return TaskFailure(code: system.code == .escapesRoot ? "path.outside" : "system", message: system.description)
+            if system.code == .escapesRoot { return TaskFailure(code: "path.outside", message: system.description) }
+            return TaskFailure(code: code(for: system.code), message: system.description)
         case let untrusted as StagingUntrusted:
             switch untrusted.reason {
             case .flushFailed(let path, let error): return TaskFailure(code: failure(for: CopyError.system(path: path, error)).code, message: untrusted.description)
@@ -266,6 +331,18 @@ extension MoveEngine {
             return TaskFailure(code: "usage", message: usage.message)
         default:
             return TaskFailure(code: "internal", message: "\(error)")
+        }
+    }
+
+    /// A task failure's code for a system error's.
+    static func code(for system: SystemError.Code) -> String {
+        switch system {
+        case .noSpace: "nospace"
+        case .quotaExceeded: "quota.exceeded"
+        case .permissionDenied, .notPermitted: "permission"
+        case .io: "io"
+        case .xattrRefused: "xattr.refused"
+        default: "system"
         }
     }
 }

@@ -85,9 +85,15 @@ public final class MoveEngine: Sendable {
             // source keeps what changed. Trying again would find the same, and there is nothing
             // to roll back, so the task ends here and its message says what is where.
             // Likewise a commit that finds part of what it was to publish gone.
+            // Any other refusal past the point of no return (a name taken in the destination as
+            // the copy was published) stops the commit, to be resumed once it is put right.
             let status = (try? await store.task(claimed.id))?.status
-            let published = ["source.changed", "staging.missing"].contains(refusal.code) && status == .committing
-            await fail(context, TaskFailure(code: refusal.code, message: refusal.message), rollback: !published)
+            let failure = TaskFailure(code: refusal.code, message: refusal.message)
+            if status == .committing && !["source.changed", "staging.missing"].contains(refusal.code) {
+                await stopCommit(context, failure)
+            } else {
+                await fail(context, failure, rollback: status != .committing)
+            }
         } catch {
             await handle(error, context)
         }
@@ -135,6 +141,22 @@ public final class MoveEngine: Sendable {
         }
         guard var plan = task.plan else { throw Refusal(code: "plan.missing", message: "task \(task.id) reached \(task.status.rawValue) without a plan") }
         let strategy = Strategy(rawValue: plan.strategy) ?? .copy
+        if task.status == .committing, plan.stoppedCommitting == true {
+            // A commit that stopped, retried by a user: its locks went when it failed. Taken
+            // again before anything is touched; a task holding one of its paths meanwhile is
+            // waited for.
+            let locks = try await Blocking.run { [self, task, plan] in try self.locks(task, plan) }
+            do {
+                try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
+            } catch TaskStoreError.locked(let other, let path) {
+                try await store.release(id: task.id, worker: settings.worker, retryAfter: .seconds(2), failure: nil,
+                                        message: "waiting: \(path) is locked by task \(other)")
+                return
+            }
+            plan.stoppedCommitting = nil
+            try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: plan,
+                                    message: "resuming the commit where it stopped (its paths locked again)")
+        }
         if strategy == .rename {
             try await checkpoint(context)
             try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: nil, message: "renaming")
@@ -217,6 +239,27 @@ public final class MoveEngine: Sendable {
         return try zip(transfer.sources, transfer.sourcePaths).map { source, path in
             PathLock(taskID: taskID, filesystem: try device(source.directory), path: StoredPath(path))
         } + transfer.finalPaths.map { PathLock(taskID: taskID, filesystem: destinationDevice, path: StoredPath($0)) }
+    }
+
+    /// The same locks from a planned task's record, whose sources may be gone (published, or
+    /// being removed): their directories, which a commit never removes, give the filesystem.
+    func locks(_ task: TaskRecord, _ plan: TaskPlan) throws -> [PathLock] {
+        let opener = DirectoryOpener(roots: settings.roots)
+        defer { opener.close() }
+        let destination = try opener.openDirectory(plan.destinationDirectory.bytes)
+        defer { destination.closeQuietly() }
+        let destinationDevice = try Self.device(destination)
+        var locks: [PathLock] = []
+        for source in task.sources {
+            let path = Transfer.absolute(source.bytes)
+            let directory = try opener.openDirectory(BytePath.split(path).parent)
+            defer { directory.closeQuietly() }
+            locks.append(PathLock(taskID: task.id, filesystem: try Self.device(directory), path: StoredPath(path)))
+        }
+        for final in plan.finalNames {
+            locks.append(PathLock(taskID: task.id, filesystem: destinationDevice, path: StoredPath(BytePath.join(plan.destinationDirectory.bytes, final.bytes))))
+        }
+        return locks
     }
 
     /// Restores the task's released files through its source filesystem's Lustre backend.

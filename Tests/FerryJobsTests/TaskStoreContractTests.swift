@@ -203,6 +203,36 @@ struct TaskStoreContractTests {
         }
     }
 
+    /// A task that failed while committing (its plan marked `stoppedCommitting`) goes back to
+    /// `committing` with its plan when retried, and is claimable at once; one that failed before
+    /// goes back to `pending`, planned anew. Both retries are the history's `retried`.
+    @Test(arguments: storeEngines)
+    func aRetryResumesACommitThatStopped(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            var plans: [String: TaskPlan] = [:]
+            for stopped in [true, false] {
+                let task = try await store.create(newMove())
+                _ = try await store.claim(id: task.id, worker: "w", lease: .seconds(30))
+                var plan = TaskPlan(strategy: "copy", bytes: 10, allocatedBytes: 4096, entries: 3, inodes: 3,
+                                    stagingName: StoredPath(".ferry-staging-\(task.id)"), finalNames: [StoredPath("data")],
+                                    destinationDirectory: StoredPath("/p/b"))
+                plan.stoppedCommitting = stopped ? true : nil
+                try await store.advance(id: task.id, worker: "w", to: .committing, plan: plan, message: "publishing")
+                try await store.finish(id: task.id, worker: "w", status: .failed, failure: TaskFailure(code: "permission", message: "EPERM"), message: "failed")
+                plans[task.id] = plan
+                let again = try await store.retry(task.id)
+                #expect(again.status == (stopped ? .committing : .pending), "\(again.status)")
+                #expect(again.plan == (stopped ? plan : nil))
+                #expect(again.failure == nil && again.finishedAt == nil && again.leaseOwner == nil)
+                #expect(try await store.events(task.id).last.map { [$0.status, $0.message] as [AnyHashable] }
+                        == [stopped ? TaskStatus.committing : .pending, TaskEvent.retried] as [AnyHashable])
+            }
+            let claimed = try await store.claim(worker: "w2", limit: 5, lease: .seconds(30))
+            #expect(Set(claimed.map(\.id)) == Set(plans.keys))
+            for task in claimed { #expect(task.plan == (plans[task.id]?.stoppedCommitting == true ? plans[task.id] : nil)) }
+        }
+    }
+
     @Test(arguments: storeEngines)
     func concurrentClaimersNeverShareATask(engine: StoreUnderTest) async throws {
         try await withStore(engine) { store in

@@ -554,6 +554,99 @@ struct MoveEngineTests {
         }
     }
 
+    /// A commit that cannot publish (the destination directory made immutable once the copy is
+    /// verified: `rename` into it fails with EPERM, as for root) stops at once instead of being
+    /// retried for ever: the task fails with the cause's code, nothing is rolled back, and the
+    /// message says what is where. The janitor keeps its staging. A retry, once the cause is
+    /// put right, takes the task's locks again (waiting for a task that holds one of its paths
+    /// meanwhile), then publishes what was staged and removes the source, copying nothing again.
+    @Test func aCommitThatCannotPublishStopsAndItsRetryFinishesIt() async throws {
+        let destination = Mutex<String>("")
+        let harness = try Harness { _, progress in
+            guard progress.phase == .verifying else { return }
+            let path = destination.withLock { path in defer { path = "" }; return path }
+            if !path.isEmpty { _ = try? Shell.run(["chattr", "+i", path]) }
+        }
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            defer { _ = try? Shell.run(["chattr", "-i", b]) }
+            try makeTree(a + "/data")
+            let before = try TreeSnapshot.take(a + "/data")
+            destination.withLock { $0 = b }
+            let stopped = try await harness.run([a + "/data"], to: b)
+            #expect(stopped.status == .failed, "\(stopped.status)")
+            #expect(stopped.failure?.code == "permission", "\(String(describing: stopped.failure))")
+            let message = stopped.failure?.message ?? ""
+            #expect(message.contains("The commit stopped with 0 of 1 published in \(b); 1 still staged in \(b)/.ferry-staging-\(stopped.id); nothing was removed from the source"), "\(message)")
+            #expect(message.contains("ferry task retry \(stopped.id) finishes the commit"), "\(message)")
+            #expect(stopped.plan?.stoppedCommitting == true)
+            #expect(listing(b) == [".ferry-staging-\(stopped.id)"])
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+            #expect(try await harness.store.locks().isEmpty)
+            let history = try await harness.store.events(stopped.id).map(\.message)
+            #expect(!history.contains { $0.hasPrefix("retrying in") }, "\(history)")
+
+            // Kept by the janitor, however old: it is what the retry will publish.
+            try Shell.run(["chattr", "-i", b])
+            let report = try await Janitor(engine: harness.engine, grace: .seconds(0)).run(recover: false)
+            #expect(report.kept == ["\(b)/.ferry-staging-\(stopped.id)"] && report.removed.isEmpty, "\(report)")
+
+            // Retried while another task holds the final name: the resumed commit waits for it.
+            let retried = try await harness.store.retry(stopped.id)
+            #expect(retried.status == .committing && retried.plan?.stoppedCommitting == true)
+            let other = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(b + "/data")], destination: StoredPath(a), owner: "other"))
+            _ = try await harness.store.claim(id: other.id, worker: "other-worker", lease: .seconds(60))
+            let device = try FileDescriptor.openDirectory(Array(b.utf8)).status()
+            try await harness.store.acquireLocks(id: other.id, worker: "other-worker",
+                                                  [PathLock(taskID: other.id, filesystem: "\(device.deviceMajor):\(device.deviceMinor)", path: StoredPath(b + "/data"))])
+            let waiting = try await harness.runUntil(stopped.id) { _ in true }
+            #expect(waiting.status == .committing && waiting.leaseOwner == nil, "\(waiting.status)")
+            #expect(try await harness.store.events(stopped.id).last?.message.hasPrefix("waiting: \(b)/data is locked by task \(other.id)") == true)
+            #expect(listing(b) == [".ferry-staging-\(stopped.id)"] && listing(a) == ["data"])
+
+            try await harness.store.finish(id: other.id, worker: "other-worker", status: .cancelled, failure: nil, message: "cancelled")
+            let finished = try await harness.runUntil(stopped.id) { $0.status.isTerminal }
+            #expect(finished.status == .completed, "\(String(describing: finished.failure))")
+            #expect(listing(b) == ["data"] && listing(a).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            let resumed = try await harness.store.events(stopped.id).map(\.message).drop { $0 != TaskEvent.retried }
+            #expect(resumed.contains("resuming the commit where it stopped (its paths locked again)"), "\(resumed)")
+            #expect(!resumed.contains { $0.hasPrefix("copying") }, "\(resumed)")
+            #expect(try await harness.store.locks().isEmpty)
+        }
+    }
+
+    /// The same for a source that cannot be removed (an immutable file in it): the copy is
+    /// published, the deletion stops, the task says what is left; a retry once the file may go
+    /// finishes the deletion.
+    @Test func aSourceThatCannotBeRemovedStopsTheCommitAndItsRetryFinishesIt() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data")
+            try Shell.run(["chattr", "+i", a + "/data/sub/f3"])
+            defer { _ = try? Shell.run(["chattr", "-i", a + "/data/sub/f3"]) }
+            let before = try TreeSnapshot.take(a + "/data")
+            let stopped = try await harness.run([a + "/data"], to: b)
+            #expect(stopped.status == .failed && stopped.failure?.code == "permission", "\(String(describing: stopped.failure))")
+            #expect(stopped.failure?.message.contains("The commit stopped with 1 of 1 published in \(b) (data); the source was being removed: 1 of 1 left") == true,
+                    "\(String(describing: stopped.failure))")
+            #expect(listing(b) == ["data"] && FileManager.default.fileExists(atPath: a + "/data/sub/f3"))
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+
+            try Shell.run(["chattr", "-i", a + "/data/sub/f3"])
+            _ = try await harness.store.retry(stopped.id)
+            let finished = try await harness.runUntil(stopped.id) { $0.status.isTerminal }
+            #expect(finished.status == .completed, "\(String(describing: finished.failure))")
+            #expect(listing(a).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+        }
+    }
+
     /// A staging directory written on another machine, or before a restart, is not trusted: a
     /// staged file whose size, mode and times match its source may never have had its data
     /// flushed (here: zeros in its place). The copy is made again, and the published copy is the
