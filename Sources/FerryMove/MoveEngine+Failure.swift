@@ -15,6 +15,13 @@ extension MoveEngine {
         if shutdown.isCancelled {
             // A measurement cut short: its counts are not what the next worker will find.
             if task.status == .validating { try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress()) }
+            // What was staged could not be flushed (`stage`): the next worker copies it again.
+            if let current = read, error is StagingUntrusted, Self.mayHaveLostStagedData(error, current) {
+                var plan = current.plan
+                plan?.stagedOn = TaskPlan.untrusted
+                try? await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
+                                         message: "the staged copy is not trusted any more: \(Self.failure(for: error).message)")
+            }
             try? await store.release(id: task.id, worker: settings.worker, retryAfter: nil, failure: nil,
                                      message: "worker stopping: released at the \(task.status.rawValue) checkpoint")
             return

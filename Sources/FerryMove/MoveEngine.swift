@@ -340,10 +340,11 @@ public final class MoveEngine: Sendable {
         do {
             staged = try engine.stage(sources, into: staging, totals: totals, resume: existing != nil, discardOnFailure: false)
         } catch {
-            // A passing fault is retried from what is staged: what this attempt wrote is flushed
-            // first, for the same reason as below, so that a file the kernel failed to write back
-            // is not trusted by the retry (which marks the staging untrusted if this fails).
-            if Self.isTransient(error) { try Self.flush(staging, engine) }
+            // A passing fault is retried from what is staged, and a stopping worker's task is
+            // resumed from it by the next: what this attempt wrote is flushed first, for the
+            // same reason as below, so that a file the kernel failed to write back is not
+            // trusted by the next attempt (which copies everything again if this fails).
+            if Self.isTransient(error) || shutdown.isCancelled { try Self.flush(staging, engine) }
             throw error
         }
         // Flushed through a descriptor opened before the writes: `syncfs` reports a write-back

@@ -483,23 +483,32 @@ struct MoveCLITests {
     }
 
     /// SIGTERM (or SIGHUP, its terminal gone): the worker stops its task at the next checkpoint,
-    /// gives the lease back and keeps what it staged; the next worker resumes the task (no lease
-    /// wait) and finishes it.
-    @Test(arguments: [SIGTERM, SIGHUP])
+    /// flushes what it staged (through the staging's descriptor, the one a write-back error in
+    /// those files is reported to: the next worker resumes from them on this boot and trusts
+    /// them; seen in an `strace` of the worker), gives the lease back and keeps what it staged;
+    /// the next worker resumes the task (no lease wait) and finishes it.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/strace")), arguments: [SIGTERM, SIGHUP])
     func terminatedWorkerReleasesItsTaskForTheNext(signal: Int32) throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
             let move = try QueuedBigMove(fs, environment: database(fs))
             let (b, before, id) = (move.b, move.before, move.id)
+            let log = fs.directory + "/strace.log"
             let worker = Process()
-            worker.executableURL = URL(fileURLWithPath: ferryBinary())
-            worker.arguments = ["worker", "--lease", "600"]
+            worker.executableURL = URL(fileURLWithPath: "/usr/bin/strace")
+            worker.arguments = ["-f", "-qq", "-y", "-o", log, "-e", "trace=syncfs", ferryBinary(), "worker", "--lease", "600"]
             worker.environment = ProcessInfo.processInfo.environment.merging(database(fs)) { $1 }
             worker.standardError = FileHandle.nullDevice
             try worker.run()
             waitUntilStaging(in: b, holds: "big")
-            kill(worker.processIdentifier, signal)
+            // The worker is strace's child.
+            let children = try String(contentsOfFile: "/proc/\(worker.processIdentifier)/task/\(worker.processIdentifier)/children", encoding: .utf8)
+            let traced = try #require(children.split(separator: " ").first.flatMap { pid_t($0) })
+            kill(traced, signal)
             worker.waitUntilExit()
             #expect(worker.terminationStatus == 0)
+            let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+            let received = try #require(lines.firstIndex { $0.contains("--- SIG") }, "\(lines)")
+            #expect(lines[received...].contains { $0.contains("syncfs(") && $0.contains(".ferry-staging-") && $0.hasSuffix("= 0") }, "\(lines)")
             let paused = try jsonObject(try ferry("task", "show", "--json", id, environment: database(fs)).standardOutput)
             #expect(["copying", "verifying", "validating", "locked"].contains(paused["status"] as? String ?? ""), "\(paused["status"] ?? "")")
             #expect(paused["leaseOwner"] is NSNull, "the lease was given back")
