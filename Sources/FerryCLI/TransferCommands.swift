@@ -130,7 +130,13 @@ struct TransferOptions: ParsableArguments {
             }
         } else if let failure = record.failure {
             printError("\(command): \(failure.message)")
-            printError("task \(record.id) \(record.status.rawValue); the source is untouched")
+            if record.plan?.stoppedCommitting == true {
+                printError("task \(record.id) \(record.status.rawValue) while committing: nothing was rolled back (see above)")
+            } else if record.plan?.deletingSource == true {
+                printError("task \(record.id) \(record.status.rawValue) while removing the source (see above)")
+            } else {
+                printError("task \(record.id) \(record.status.rawValue); the source is untouched")
+            }
         }
         throw ExitCode(record.exitStatus)
     }
@@ -266,7 +272,9 @@ struct MoveCommand: AsyncParsableCommand {
             unless a task holds one of the paths. Otherwise the data is copied into \
             .ferry-staging-<task> beside the destination, verified, flushed, renamed into place without \
             replacing anything, verified again, and only then is the source deleted. The task is \
-            recorded, so a crash is finished or rolled back by `ferry worker` or `ferry janitor`.
+            recorded, so a crash is finished or rolled back by `ferry worker` or `ferry janitor`; \
+            a commit that cannot finish (a source file that cannot be removed) stops, nothing \
+            rolled back, and `ferry task retry` finishes it once the cause is put right.
             Exit status: 0 done, 1 failed (nothing lost), 2 usage, 3 refused by the pre-flight check, \
             4 path locked by another task, 129 the terminal hung up (the task handed back, whole, \
             for `ferry worker` or `ferry janitor` to finish), 130 interrupted (rolled back).
@@ -282,8 +290,9 @@ struct CopyCommand: AsyncParsableCommand {
         discussion: """
             Like `cp -a`. Everything is copied into .ferry-staging-<task> in the destination \
             directory, compared with the source, flushed with one syncfs, and renamed into place \
-            without ever replacing an existing name. On any failure nothing is left behind.
-            Exit status: 0 done, 1 failed (nothing half-visible left), 2 usage, 3 refused by the \
+            without ever replacing an existing name. A failure before that leaves nothing behind; \
+            one while publishing keeps what is staged, and `ferry task retry` finishes the commit.
+            Exit status: 0 done, 1 failed (nothing lost), 2 usage, 3 refused by the \
             pre-flight check, 4 path locked, 129 hung up (handed back), 130 interrupted.
             """)
     @OptionGroup var options: TransferOptions

@@ -15,12 +15,20 @@ extension MoveEngine {
         if shutdown.isCancelled {
             // A measurement cut short: its counts are not what the next worker will find.
             if task.status == .validating { try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress()) }
-            // What was staged could not be flushed (`stage`): the next worker copies it again.
-            if let current = read, error is StagingUntrusted, Self.mayHaveLostStagedData(error, current) {
+            // What was staged could not be flushed (`stage`), or an I/O error may have cost it
+            // data: the next worker copies it again — or, if that cannot be recorded, the
+            // staging goes now (rolled back).
+            if let current = read, Self.mayHaveLostStagedData(error, current) {
                 var plan = current.plan
                 plan?.stagedOn = TaskPlan.untrusted
-                try? await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
-                                         message: "the staged copy is not trusted any more: \(Self.failure(for: error).message)")
+                let failure = Self.failure(for: error)
+                do {
+                    try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
+                                            message: "the staged copy is not trusted any more: \(failure.message)")
+                } catch {
+                    await fail(context, failure, rollback: true)
+                    return
+                }
             }
             try? await store.release(id: task.id, worker: settings.worker, retryAfter: nil, failure: nil,
                                      message: "worker stopping: released at the \(task.status.rawValue) checkpoint")
@@ -79,13 +87,26 @@ extension MoveEngine {
     /// is left. `TaskPlan.stoppedCommitting` makes a user's retry resume the commit.
     func stopCommit(_ context: RunContext, _ failure: TaskFailure) async {
         let id = context.task.id
-        guard let current = try? await store.task(id), var plan = current.plan else {
+        let read: TaskRecord??
+        do { read = .some(try await store.task(id)) } catch { read = nil }
+        guard let found = read else {
             // Unreadable: nothing can be recorded of where it stopped. Handed back, as before.
             try? await store.release(id: id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
                                      message: "\(Self.retryEvent) 30 s: \(failure.message)")
             return
         }
-        let state = (try? await Blocking.run { [self, current, plan] in try self.commitState(current, plan) }) ?? ""
+        guard let current = found, var plan = current.plan else {
+            // No plan: nothing was staged or published under one, and nothing to resume.
+            await fail(context, failure, rollback: false)
+            return
+        }
+        let state = (try? await Blocking.run { [self, current, plan] in try self.commitState(current, plan) }) ?? CommitState()
+        if plan.strategy == Strategy.rename.rawValue && state.renamed == 0 {
+            // A rename that renamed nothing has nothing to finish: it fails as before the
+            // commit (a retry plans it anew, e.g. as a copy after EXDEV).
+            await fail(context, failure, rollback: false)
+            return
+        }
         plan.stoppedCommitting = true
         do {
             try await store.advance(id: id, worker: settings.worker, to: .committing, plan: plan,
@@ -96,24 +117,39 @@ extension MoveEngine {
                                      message: "\(Self.retryEvent) 30 s: \(failure.message)")
             return
         }
-        let stopped = TaskFailure(code: failure.code, message: failure.message + ". " + state
+        let stopped = TaskFailure(code: failure.code, message: failure.message + ". " + state.text
             + "Once the cause is put right, ferry task retry \(id) finishes the commit (nothing is copied again).")
         try? await store.finish(id: id, worker: settings.worker, status: .failed, failure: stopped,
                                 message: "failed while committing, nothing rolled back: \(stopped.message)")
     }
 
-    /// Where a commit stands, in a sentence or two ending with a space: what of the final names
-    /// is published, what is still staged, and what of the source is left.
-    func commitState(_ task: TaskRecord, _ plan: TaskPlan) throws -> String {
+    /// Where a commit stands: a sentence or two ending with a space, and for a rename how many
+    /// of its sources were renamed.
+    struct CommitState: Sendable {
+        var text = ""
+        var renamed = 0
+    }
+
+    /// What of the final names is published (renamed), what is still staged, and what of the
+    /// source is left.
+    func commitState(_ task: TaskRecord, _ plan: TaskPlan) throws -> CommitState {
         let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
         defer { destination.closeQuietly() }
         let staging = try? destination.openAt(plan.stagingName.bytes, [.directory, .noFollow])
         defer { staging?.closeQuietly() }
         let staged = plan.finalNames.filter { name in staging.map { (try? $0.status(name.bytes)) != nil } ?? false }
         let published = plan.finalNames.filter { name in !staged.contains(name) && (try? destination.status(name.bytes)) != nil }
+        let sources = try self.sources(task, plan)
+        defer { sources.forEach { $0.directory.closeQuietly() } }
+        let left = sources.filter { (try? $0.directory.status($0.name)) != nil }.count
+        var state = CommitState()
         var words: [String] = []
         if plan.strategy == Strategy.rename.rawValue {
-            words.append("\(published.count) of \(plan.finalNames.count) renamed into \(plan.destinationDirectory)")
+            // Renamed: gone from its source and at its final name.
+            state.renamed = zip(sources, plan.finalNames).filter { source, final in
+                (try? source.directory.status(source.name)) == nil && (try? destination.status(final.bytes)) != nil
+            }.count
+            words.append("\(state.renamed) of \(plan.finalNames.count) renamed into \(plan.destinationDirectory)")
         } else {
             words.append("\(published.count) of \(plan.finalNames.count) published in \(plan.destinationDirectory)"
                 + (published.isEmpty ? "" : " (\(published.prefix(3).map(\.description).joined(separator: ", "))\(published.count > 3 ? ", …" : ""))"))
@@ -121,19 +157,18 @@ extension MoveEngine {
                 words.append("\(staged.count) still staged in \(plan.destinationDirectory)/\(plan.stagingName)"
                     + (plan.strategy == Strategy.relink.rawValue ? " (a relink moves files, it does not copy them: that is their only place)" : ""))
             }
-        }
-        if task.kind == .move {
-            let left = try remainingSources(task, plan)
-            left.forEach { $0.directory.closeQuietly() }
-            if plan.deletingSource {
-                words.append("the source was being removed: \(left.count) of \(task.sources.count) left, everything in them also in the published copy")
-            } else if plan.strategy == Strategy.relink.rawValue {
-                words.append("the source keeps its directories, emptied of what was staged")
-            } else if plan.strategy != Strategy.rename.rawValue {
-                words.append("nothing was removed from the source")
+            if task.kind == .move {
+                if plan.deletingSource {
+                    words.append("the source was being removed, \(left) of \(task.sources.count) left (an entry goes only where the published copy holds the same)")
+                } else if plan.strategy == Strategy.relink.rawValue {
+                    words.append("the source keeps its directories, emptied of what was staged")
+                } else {
+                    words.append("nothing was removed from the source")
+                }
             }
         }
-        return "The commit stopped with " + words.joined(separator: "; ") + ". "
+        state.text = "The commit stopped with " + words.joined(separator: "; ") + ". "
+        return state
     }
 
     /// Whether a copy's staging may hold a file that looks complete but lost data: after a failed

@@ -79,7 +79,16 @@ public final class MoveEngine: Sendable {
             try await drive(context)
         } catch let error as TaskStoreError {
             if case .leaseLost = error { return (try? await store.task(claimed.id)) ?? claimed }
-            await fail(context, TaskFailure(code: "database", message: error.description), rollback: true)
+            let failure = TaskFailure(code: "database", message: error.description)
+            let status = (try? await store.task(claimed.id))?.status
+            if status == nil || status == .committing {
+                // Past the point of no return (or not known to be before it) nothing is rolled
+                // back for a database that failed a call: handed back, to be tried again.
+                try? await store.release(id: claimed.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+                                         message: "\(Self.retryEvent) 30 s: \(failure.message)")
+            } else {
+                await fail(context, failure, rollback: true)
+            }
         } catch let refusal as Refusal {
             // A source that changed after its copy was published: the copy stays published and the
             // source keeps what changed. Trying again would find the same, and there is nothing
@@ -158,7 +167,8 @@ public final class MoveEngine: Sendable {
                                     message: "resuming the commit where it stopped (its paths locked again)")
         }
         if strategy == .rename {
-            try await checkpoint(context)
+            // A rename resumed in its commit (after a crash, or a user's retry) is past a cancel.
+            if task.status != .committing { try await checkpoint(context) }
             try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: nil, message: "renaming")
             try await Blocking.run { [self, task] in try self.commitRename(task) }
             try await store.finish(id: task.id, worker: settings.worker, status: .completed, failure: nil, message: "renamed")

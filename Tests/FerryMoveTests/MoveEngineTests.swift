@@ -80,6 +80,14 @@ struct Harness {
     }
 }
 
+/// The filesystem of `path` as path locks name it ("major:minor").
+func device(of path: String) throws -> String {
+    let directory = try FileDescriptor.openDirectory(Array(path.utf8))
+    defer { directory.closeQuietly() }
+    let status = try directory.status()
+    return "\(status.deviceMajor):\(status.deviceMinor)"
+}
+
 /// The relative paths of a tree's entries ("" for its root).
 func paths(_ root: String) throws -> Set<String> {
     Set(try TreeSnapshot.take(root, hashContents: false).entries.keys.map { String(decoding: $0, as: UTF8.self) })
@@ -593,20 +601,20 @@ struct MoveEngineTests {
             let report = try await Janitor(engine: harness.engine, grace: .seconds(0)).run(recover: false)
             #expect(report.kept == ["\(b)/.ferry-staging-\(stopped.id)"] && report.removed.isEmpty, "\(report)")
 
-            // Retried while another task holds the final name: the resumed commit waits for it.
+            // Retried while another task holds the source, then while one holds the final name:
+            // the resumed commit waits for each.
             let retried = try await harness.store.retry(stopped.id)
             #expect(retried.status == .committing && retried.plan?.stoppedCommitting == true)
-            let other = try await harness.store.create(NewTask(kind: .move, sources: [StoredPath(b + "/data")], destination: StoredPath(a), owner: "other"))
-            _ = try await harness.store.claim(id: other.id, worker: "other-worker", lease: .seconds(60))
-            let device = try FileDescriptor.openDirectory(Array(b.utf8)).status()
-            try await harness.store.acquireLocks(id: other.id, worker: "other-worker",
-                                                  [PathLock(taskID: other.id, filesystem: "\(device.deviceMajor):\(device.deviceMinor)", path: StoredPath(b + "/data"))])
-            let waiting = try await harness.runUntil(stopped.id) { _ in true }
-            #expect(waiting.status == .committing && waiting.leaseOwner == nil, "\(waiting.status)")
-            #expect(try await harness.store.events(stopped.id).last?.message.hasPrefix("waiting: \(b)/data is locked by task \(other.id)") == true)
-            #expect(listing(b) == [".ferry-staging-\(stopped.id)"] && listing(a) == ["data"])
-
-            try await harness.store.finish(id: other.id, worker: "other-worker", status: .cancelled, failure: nil, message: "cancelled")
+            for held in [a + "/data", b + "/data"] {
+                let other = try await harness.store.create(NewTask(kind: .copy, sources: [StoredPath(held)], destination: StoredPath(fs.mountPoint), owner: "other"))
+                _ = try await harness.store.claim(id: other.id, worker: "other-worker", lease: .seconds(60))
+                try await harness.store.acquireLocks(id: other.id, worker: "other-worker", [PathLock(taskID: other.id, filesystem: try device(of: fs.mountPoint), path: StoredPath(held))])
+                let waiting = try await harness.runUntil(stopped.id) { _ in true }
+                #expect(waiting.status == .committing && waiting.leaseOwner == nil, "\(waiting.status)")
+                #expect(try await harness.store.events(stopped.id).last?.message.hasPrefix("waiting: \(held) is locked by task \(other.id)") == true)
+                #expect(listing(b) == [".ferry-staging-\(stopped.id)"] && listing(a) == ["data"])
+                try await harness.store.finish(id: other.id, worker: "other-worker", status: .cancelled, failure: nil, message: "cancelled")
+            }
             let finished = try await harness.runUntil(stopped.id) { $0.status.isTerminal }
             #expect(finished.status == .completed, "\(String(describing: finished.failure))")
             #expect(listing(b) == ["data"] && listing(a).isEmpty)
@@ -615,6 +623,25 @@ struct MoveEngineTests {
             #expect(resumed.contains("resuming the commit where it stopped (its paths locked again)"), "\(resumed)")
             #expect(!resumed.contains { $0.hasPrefix("copying") }, "\(resumed)")
             #expect(try await harness.store.locks().isEmpty)
+        }
+    }
+
+    /// A rename refused in its commit (the name taken after the plan was made) renamed nothing:
+    /// nothing to finish, so it fails as before its commit, and a retry plans it anew.
+    @Test func aRenameRefusedInItsCommitFailsAndIsPlannedAnewOnRetry() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            try TreeBuilder.write(a + "/data", bytes: 10)
+            try FileManager.default.createDirectory(atPath: fs.mountPoint + "/b", withIntermediateDirectories: true)
+            try TreeBuilder.write(fs.mountPoint + "/b/data", bytes: 20)
+            let task = try await harness.task(at: .committing, source: a + "/data", destination: fs.mountPoint + "/b", strategy: "rename")
+            let record = await harness.engine.run(task)
+            #expect(record.status == .failed && record.failure?.code == "destination.exists", "\(String(describing: record.failure))")
+            #expect(record.plan?.stoppedCommitting != true && record.failure?.message.contains("ferry task retry") == false)
+            #expect(try await harness.store.retry(task.id).status == .pending)
+            #expect(FileManager.default.fileExists(atPath: a + "/data"))
         }
     }
 
@@ -633,7 +660,7 @@ struct MoveEngineTests {
             let before = try TreeSnapshot.take(a + "/data")
             let stopped = try await harness.run([a + "/data"], to: b)
             #expect(stopped.status == .failed && stopped.failure?.code == "permission", "\(String(describing: stopped.failure))")
-            #expect(stopped.failure?.message.contains("The commit stopped with 1 of 1 published in \(b) (data); the source was being removed: 1 of 1 left") == true,
+            #expect(stopped.failure?.message.contains("The commit stopped with 1 of 1 published in \(b) (data); the source was being removed, 1 of 1 left") == true,
                     "\(String(describing: stopped.failure))")
             #expect(listing(b) == ["data"] && FileManager.default.fileExists(atPath: a + "/data/sub/f3"))
             #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
