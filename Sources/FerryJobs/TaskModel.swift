@@ -1,3 +1,4 @@
+import FerrySystem
 import Foundation
 
 public enum TaskKind: String, Codable, Sendable, CaseIterable { case move, copy }
@@ -29,7 +30,8 @@ public struct StoredPath: Codable, Sendable, Hashable, CustomStringConvertible {
         var container = encoder.singleValueContainer()
         try container.encode(Data(bytes).base64EncodedString())
     }
-    public var description: String { String(decoding: bytes, as: UTF8.self) }
+    /// For people: valid UTF-8 as is, other bytes as `\xNN` (`PathDisplay`).
+    public var description: String { PathDisplay.string(bytes) }
 }
 
 /// What the requester asked for, beyond sources and destination.

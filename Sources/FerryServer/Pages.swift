@@ -1,5 +1,6 @@
 import FerryJobs
 import FerryMove
+import FerrySystem
 import Foundation
 import Hummingbird
 import NIOCore
@@ -64,7 +65,7 @@ enum Pages {
         let descending = ((try? request.query("order")) ?? nil) == "desc"
         let offset = min(10_000_000, max(0, Int(((try? request.query("offset")) ?? nil) ?? "0") ?? 0))
         let limit = 100
-        var values: [String: Any] = ["title": "\(path) — Ferry", "navBrowse": true, "path": path]
+        var values: [String: Any] = ["title": "\(shown(path)) — Ferry", "navBrowse": true, "path": path, "pathShown": shown(path)]
         let activeRoot = state.configuration.root(containing: path)
         values["roots"] = roots.map { root -> [String: Any] in
             ["name": root.name ?? root.path, "path": root.path, "url": browseURL(root.path), "active": root.path == activeRoot?.path]
@@ -85,13 +86,13 @@ enum Pages {
             if let parent = listing.parent { values["parentURL"] = browseURL(parent) }
             values["entries"] = listing.entries.map { entry -> [String: Any] in
                 var row: [String: Any] = [
-                    "name": entry.name, "path": entry.path, "type": entry.type, "isDirectory": entry.type == "directory",
+                    "name": shown(entry.name), "path": entry.path, "type": entry.type, "isDirectory": entry.type == "directory",
                     "sizeText": entry.type == "directory" ? "—" : Format.bytes(entry.size), "size": entry.size,
                     "modifiedText": Date(timeIntervalSince1970: entry.modified).formatted(date: .abbreviated, time: .shortened),
                     "modified": entry.modified, "owner": entry.owner, "mode": entry.mode,
                 ]
                 if entry.type == "directory" { row["url"] = browseURL(entry.path) }
-                if let target = entry.symlinkTarget { row["symlinkTarget"] = target }
+                if let target = entry.symlinkTarget { row["symlinkTarget"] = shown(target) }
                 return row
             }
             values["empty"] = listing.entries.isEmpty
@@ -231,11 +232,14 @@ enum Pages {
         let rest = path.dropFirst(root.path.count).split(separator: "/")
         for component in rest {
             current += (current.hasSuffix("/") ? "" : "/") + component
-            crumbs.append(["name": String(component), "url": browseURL(current)])
+            crumbs.append(["name": shown(String(component)), "url": browseURL(current)])
         }
         crumbs[crumbs.count - 1]["last"] = true
         return crumbs
     }
+
+    /// A path or name as the API's text (`PathText`) for people: other bytes than UTF-8 as `\xNN`.
+    static func shown(_ text: String) -> String { PathDisplay.string(PathText.decode(text)) }
 
     static func browseURL(_ path: String, sort: ListingSort = .name, descending: Bool = false, offset: Int = 0) -> String {
         var url = "/browse?path=" + (path.addingPercentEncoding(withAllowedCharacters: .urlQueryValueAllowed) ?? path)

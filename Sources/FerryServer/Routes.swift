@@ -84,8 +84,8 @@ enum Routes {
             options.margin = state.settings.margin
             options.privileged = transfer.options?.privileged ?? false
             let task = try await database {
-                try await state.store.create(NewTask(kind: transfer.kind, sources: transfer.sources.map(StoredPath.init),
-                                                     destination: StoredPath(transfer.destination), options: options, owner: principal.user))
+                try await state.store.create(NewTask(kind: transfer.kind, sources: transfer.sources.map { StoredPath(PathText.decode($0)) },
+                                                     destination: StoredPath(PathText.decode(transfer.destination)), options: options, owner: principal.user))
             }
             state.feed.notify(task.id)
             state.logger.info("task created", metadata: ["task": "\(task.id)", "owner": "\(principal.user)", "kind": "\(task.kind.rawValue)"])

@@ -1,5 +1,6 @@
 import FerryJobs
 import FerryMove
+import FerrySystem
 import Foundation
 
 /// A task as the API and the pages show it: the record plus what people want to read off it
@@ -50,8 +51,8 @@ public struct TaskView: Codable, Sendable {
         kind = task.kind.rawValue
         status = task.status.rawValue
         owner = task.owner
-        sources = task.sources.map(\.description)
-        destination = task.destination.description
+        sources = task.sources.map { PathText.encode($0.bytes) }
+        destination = PathText.encode(task.destination.bytes)
         strategy = task.plan?.strategy
         attempts = task.attempts
         cancelRequested = task.cancelRequested

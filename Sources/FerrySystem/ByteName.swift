@@ -52,3 +52,52 @@ extension String {
     /// The path's bytes, for the byte-based API.
     public var bytes: ByteString { Array(utf8) }
 }
+
+/// Paths as text that goes both ways: the REST API and the agents speak JSON, whose strings are
+/// Unicode, while a Linux name is any bytes. Valid UTF-8 is itself; each byte that is not part of
+/// valid UTF-8 becomes the private-use character U+F700 + byte (`\xFF` → U+F7FF). So that no name
+/// reads as another, a name's own characters of that range are written byte by byte the same way.
+/// `decode(encode(b)) == b` for every byte string; a lossy decoding (U+FFFD) would make two names
+/// one, and a request for the one could reach the other.
+public enum PathText {
+    static let base: UInt32 = 0xF700
+
+    public static func encode(_ bytes: some Collection<UInt8>) -> String {
+        let raw = Array(bytes)
+        // UTF-8 of U+F700…U+F7FF begins EF 9C…EF 9F: without EF, valid UTF-8 is its own text.
+        if !raw.contains(0xEF), let valid = String(validating: raw, as: UTF8.self) { return valid }
+        var scalars = String.UnicodeScalarView()
+        func escape(_ byte: UInt8) { scalars.append(Unicode.Scalar(base + UInt32(byte))!) }
+        var parser = Unicode.UTF8.ForwardParser()
+        var input = raw.makeIterator()
+        var offset = 0
+        while true {
+            switch parser.parseScalar(from: &input) {
+            case .valid(let encoded):
+                let scalar = Unicode.UTF8.decode(encoded)
+                if (base...base + 0xFF).contains(scalar.value) { encoded.forEach(escape) } else { scalars.append(scalar) }
+                offset += encoded.count
+            case .error(let length):
+                raw[offset..<offset + length].forEach(escape)
+                offset += length
+            case .emptyInput:
+                return String(scalars)
+            }
+        }
+    }
+
+    public static func decode(_ text: String) -> ByteString {
+        var bytes: ByteString = []
+        bytes.reserveCapacity(text.utf8.count)
+        // Escapes are EF 9C 80 … EF 9F BF in the text's UTF-8.
+        guard text.utf8.contains(0xEF) else { return Array(text.utf8) }
+        for scalar in text.unicodeScalars {
+            if (base...base + 0xFF).contains(scalar.value) {
+                bytes.append(UInt8(scalar.value - base))
+            } else {
+                bytes.append(contentsOf: String(scalar).utf8)
+            }
+        }
+        return bytes
+    }
+}

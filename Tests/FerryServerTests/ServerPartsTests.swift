@@ -53,6 +53,20 @@ import Testing
         #expect(mark?.path == "/srv/projects/l\u{600}/f" && mark?.parent == "/srv/projects/l\u{600}")
     }
 
+    /// Names that are not UTF-8 come as `PathText`: each such byte a private-use character, which
+    /// the check turns back into the byte (a NUL so written is still refused); a name's own
+    /// U+FFFD is a character like any other.
+    @Test func bytesThatAreNotUTF8ComeAsEscapes() throws {
+        let latin1 = try ServerPath.check("/scratch/caf\u{F7E9}//x/", roots: roots)
+        #expect(latin1.bytes == Array("/scratch/caf".utf8) + [0xE9] + Array("/x".utf8))
+        #expect(latin1.path == "/scratch/caf\u{F7E9}/x" && latin1.relative == "caf\u{F7E9}/x" && latin1.parent == "/scratch/caf\u{F7E9}")
+        #expect(latin1.nameBytes == Array("x".utf8) && latin1.display == "/scratch/caf\\xE9/x")
+        #expect(try ServerPath.check("/scratch/\u{F7FF}", roots: roots).nameBytes == [0xFF])
+        #expect(try ServerPath.check("/scratch/caf\u{FFFD}", roots: roots).nameBytes == Array("caf\u{FFFD}".utf8))
+        #expect(throws: APIError.self) { try ServerPath.check("/scratch/a\u{F700}b", roots: roots) }
+        #expect(throws: APIError.self) { try ServerPath.check("/scratch/\u{F72E}\u{F72E}/x", roots: roots) }  // ".."
+    }
+
     @Test func transferPathsAreStoredInTheirNormalForm() throws {
         let raw = try WireJSON.decoder.decode(TransferRequest.self, from: Data(#"{"kind":"copy","sources":["/scratch//a/"],"destination":"/srv/projects//b/"}"#.utf8))
         let normal = try raw.normalized(roots: roots)

@@ -64,6 +64,30 @@ struct SystemCallTests {
             #expect(names.contains(invalid) && names.contains(long))
             #expect(try dir.status(invalid).kind == .regular)
             #expect(PathDisplay.string(invalid) == "bad\\xFF\\xFE\nn")
+            #expect(PathText.encode(invalid) == "bad\u{F7FF}\u{F7FE}\nn" && PathText.decode(PathText.encode(invalid)) == invalid)
+        }
+    }
+
+    /// `PathText` gives every byte string a text of its own and takes it back: valid UTF-8 as it
+    /// is, any other byte (a lone continuation, a truncated or overlong sequence, an encoded
+    /// surrogate) and the UTF-8 of the escape range itself as escapes.
+    @Test func pathTextGoesBothWaysForEveryByteString() {
+        #expect(PathText.encode(Array("plain/é/\u{1F600}".utf8)) == "plain/é/\u{1F600}")
+        #expect(PathText.encode([0x63, 0x61, 0x66, 0xE9]) == "caf\u{F7E9}")
+        #expect(PathText.encode(Array("\u{F7E9}".utf8)) == "\u{F7EF}\u{F79F}\u{F7A9}")  // not the same as [0xE9]
+        #expect(PathText.encode([0xC0, 0xAF]) == "\u{F7C0}\u{F7AF}")  // overlong "/"
+        #expect(PathText.encode([0xED, 0xA0, 0x80]) == "\u{F7ED}\u{F7A0}\u{F780}")  // a surrogate
+        #expect(PathText.encode([0xE2, 0x82]) == "\u{F7E2}\u{F782}")  // truncated
+        #expect(PathText.decode("caf\u{F7E9}") == [0x63, 0x61, 0x66, 0xE9])
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            // Bytes drawn mostly from the ranges UTF-8 sequences are made of.
+            let pool: [ClosedRange<UInt8>] = [0x00...0x7F, 0x80...0xBF, 0xC0...0xF7, 0xEF...0xEF, 0xF8...0xFF]
+            let bytes: ByteString = (0..<Int.random(in: 0...6, using: &generator)).map { _ in
+                UInt8.random(in: pool.randomElement(using: &generator)!, using: &generator)
+            }
+            // Decoding undoes encoding: no two byte strings share a text.
+            #expect(PathText.decode(PathText.encode(bytes)) == bytes, "\(bytes)")
         }
     }
 

@@ -317,6 +317,58 @@ def test_stat(server, client, work, xfs_sandbox):
     assert body["size"] == len("/etc/passwd")
 
 
+def api_text(raw: bytes) -> str:
+    """A path as the API writes it: valid UTF-8 as is, any other byte as U+F700 + byte."""
+    out, i = [], 0
+    while i < len(raw):
+        for length in (1, 2, 3, 4):
+            piece = raw[i:i + length]
+            try:
+                char = piece.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if 0xF700 <= ord(char) <= 0xF7FF:
+                out.extend(chr(0xF700 + b) for b in piece)
+            else:
+                out.append(char)
+            i += length
+            break
+        else:
+            out.append(chr(0xF700 + raw[i]))
+            i += 1
+    return "".join(out)
+
+
+def test_names_that_are_not_utf8_go_both_ways(server, client, work, beta_work):
+    """A Latin-1 name is listed as text that names it and no other: a stat, a pre-flight and a
+    move of what the listing gave reach that file, not the one whose UTF-8 name a lossy
+    decoding (U+FFFD) would give, nor one whose name holds the escape characters themselves."""
+    latin1 = bytes(work) + b"/caf\xe9"
+    with open(latin1, "wb") as f:
+        f.write(b"latin-1")
+    write(work / "caf\ufffd", "replacement character")
+    write(work / "caf\uf7e9", "escape character")
+    listing = expect(get_path(client, server, "files", str(work)), 200)
+    by_name = {entry["name"]: entry for entry in listing["entries"]}
+    assert set(by_name) == {"caf\uf7e9", "caf\ufffd", "caf\uf7ef\uf79f\uf7a9"}, by_name
+    entry = by_name["caf\uf7e9"]
+    assert entry["path"] == api_text(latin1) == str(work) + "/caf\uf7e9" and entry["size"] == len(b"latin-1")
+    assert by_name["caf\uf7ef\uf79f\uf7a9"]["size"] == len("escape character")
+
+    stat_body = expect(get_path(client, server, "stat", entry["path"]), 200)
+    assert (stat_body["name"], stat_body["size"]) == (entry["name"], len(b"latin-1"))
+    verdict = expect(client.post(server.api("/api/preflight"), json=transfer("move", [entry["path"]], beta_work), timeout=60), 200)
+    assert verdict["allowed"] and verdict["refusal"] is None, verdict
+    task = expect(client.post(server.api("/api/tasks"), json=transfer("move", [entry["path"]], beta_work), timeout=60), 201)
+    assert task["sources"] == [entry["path"]]
+    done = wait_for_task(client, server, task["id"])
+    assert done["status"] == "completed", done
+    assert os.listdir(bytes(beta_work)) == [b"caf\xe9"]
+    assert open(bytes(beta_work) + b"/caf\xe9", "rb").read() == b"latin-1"
+    assert sorted(os.listdir(bytes(work))) == sorted(["caf\ufffd".encode(), "caf\uf7e9".encode()])
+    assert (work / "caf\ufffd").read_text() == "replacement character"
+
+
 def test_quota_of_project_100(server, client, work, xfs_sandbox):
     write(work / "q.bin", os.urandom(1 << 20))
     body = expect(get_path(client, server, "quota", str(work / "q.bin")), 200)

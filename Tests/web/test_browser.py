@@ -167,6 +167,51 @@ def test_move_a_directory_to_another_project(server, xfs_sandbox, driver):
         shutil.rmtree(destination, ignore_errors=True)
 
 
+def test_a_name_that_is_not_utf8_is_shown_and_moved(server, xfs_sandbox, driver):
+    """A Latin-1 directory name: listed with its byte shown as \\xE9 (as the CLI shows it), named
+    so in the move dialog, and moved by the browser: the bytes arrive, the neighbour whose UTF-8
+    name a lossy decoding would give stays."""
+    shots = Shots(driver, "not-utf8")
+    alpha, beta = xfs_sandbox.project("alpha"), xfs_sandbox.project("beta")
+    prefix = unique("latin")
+    raw = bytes(alpha) + b"/" + prefix.encode() + b"-caf\xe9"
+    neighbour = alpha / (prefix + "-caf\ufffd")
+    os.mkdir(raw)
+    with open(raw + b"/data", "wb") as f:
+        f.write(b"bytes of a latin-1 folder")
+    write(neighbour / "data", "the neighbour")
+    text_path = str(alpha) + "/" + prefix + "-caf\uf7e9"   # the API's text for the name
+    arrived = bytes(beta) + b"/" + prefix.encode() + b"-caf\xe9"
+    try:
+        log_in(driver, server, shots)
+        open_folder(driver, alpha)
+        row = one(driver, f"#file-table tr{attribute_selector('data-path', text_path)}")
+        assert row.find_element("css selector", ".entry-name").text == prefix + "-caf\\xE9"
+        shots("listed")
+        select_row(driver, Path(text_path))
+        open_move_dialog(driver)
+        assert (prefix + "-caf\\xE9") in one(driver, "#dialog-title").text
+        pick_destination(driver, str(beta))
+        assert verdict(driver) == "allowed", one(driver, "#preflight-summary").text
+        one(driver, "#dialog-confirm").click()
+        wait(driver, lambda d: re.search(r"/tasks/[0-9a-f]+$", d.current_url), message="the task page")
+        page = one(driver, "#task-detail")
+        wait(driver, lambda d: page.get_attribute("data-status") in ("completed", "failed", "cancelled", "rolled_back"),
+             TASK_WAIT, message="the task to finish")
+        shots("moved")
+        assert page.get_attribute("data-status") == "completed", one(driver, "#task-error").text
+        with open(arrived + b"/data", "rb") as f:
+            assert f.read() == b"bytes of a latin-1 folder"
+        assert not os.path.exists(raw)
+        assert (neighbour / "data").read_text() == "the neighbour"
+        errors = console_errors(driver)
+        assert not errors, f"JavaScript errors: {errors}"
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
+        shutil.rmtree(arrived, ignore_errors=True)
+        shutil.rmtree(neighbour, ignore_errors=True)
+
+
 def test_refused_move_and_keyboard(server, xfs_sandbox, driver):
     """A move onto an existing name is refused with its reason and no Confirm button; the dialog keeps
     Tab inside itself and Escape closes it, giving the focus back to the Move… button."""

@@ -40,9 +40,9 @@ public struct AgentOperations: Sendable {
         }
         defer { root.closeQuietly() }
         do {
-            return try PathResolver.open(beneath: root, Array(path.relative.utf8), flags, symlinks: .followBeneath)
+            return try PathResolver.open(beneath: root, path.relativeBytes, flags, symlinks: .followBeneath)
         } catch {
-            throw APIError(error, path: path.path)
+            throw APIError(error, path: path.display)
         }
     }
 
@@ -66,7 +66,7 @@ public struct AgentOperations: Sendable {
         do {
             page = try DirectoryPage.read(directory, offset: offset, limit: limit, sort: sort, descending: descending, owner: names.user)
         } catch {
-            throw APIError(error, path: path.path)
+            throw APIError(error, path: path.display)
         }
         let entries = page.entries.compactMap { entry -> FileEntry? in
             guard let status = try? directory.status(entry.name) else { return nil }  // removed meanwhile
@@ -85,17 +85,17 @@ public struct AgentOperations: Sendable {
             let fd = try open(path, [.directory])
             defer { fd.closeQuietly() }
             let status: FileStatus
-            do { status = try fd.status() } catch { throw APIError(error, path: path.path) }
+            do { status = try fd.status() } catch { throw APIError(error, path: path.display) }
             let backend = try storage(for: fd, path: path)
-            return StatResult(entry: names.entry(name: Array(path.path.utf8.split(separator: 0x2F).last ?? []), in: path.parent ?? "", status: status, target: nil, fullPath: path.path),
+            return StatResult(entry: names.entry(name: path.nameBytes, in: path.parent ?? "", status: status, target: nil, fullPath: path.path),
                               filesystem: backend.kind.rawValue, project: try project(backend, fd))
         }
         let parentPath = try ServerPath.check(path.parent, roots: rootPaths)
         let parent = try open(parentPath, [.directory])
         defer { parent.closeQuietly() }
-        let name = Array((path.path.split(separator: "/").last ?? "").utf8)
+        let name = path.nameBytes
         let status: FileStatus
-        do { status = try parent.status(name) } catch { throw APIError(error, path: path.path) }
+        do { status = try parent.status(name) } catch { throw APIError(error, path: path.display) }
         let backend = try storage(for: parent, path: path)
         var project: ProjectInfo?
         if status.kind == .regular || status.kind == .directory, let fd = try? parent.openAt(name, [.nonBlocking, .noFollow]) {
@@ -118,8 +118,8 @@ public struct AgentOperations: Sendable {
         defer { fd.closeQuietly() }
         let backend = try storage(for: fd, path: path)
         let report: QuotaReport
-        do { report = try backend.quota(of: fd, path: Array(path.path.utf8)) } catch {
-            throw APIError(.internalError, "quota.unavailable", "the quota of \(path.path) cannot be read: \(error)")
+        do { report = try backend.quota(of: fd, path: path.bytes) } catch {
+            throw APIError(.internalError, "quota.unavailable", "the quota of \(path.display) cannot be read: \(error)")
         }
         return QuotaResult(path: path.path, filesystem: backend.kind.rawValue, project: try project(backend, fd), quota: QuotaInfo(report))
     }
@@ -133,10 +133,10 @@ public struct AgentOperations: Sendable {
         try checkTransferPaths(sources: sources, destination: destination)
         let opened: Transfer
         do {
-            opened = try Transfer(sources: sources.map { Array($0.path.utf8) }, destination: Array(destination.path.utf8),
+            opened = try Transfer(sources: sources.map(\.bytes), destination: destination.bytes,
                                   roots: rootPaths.map { Array($0.utf8) })
         } catch let error as SystemError {
-            throw APIError(error, path: error.path ?? destination.path)
+            throw APIError(error, path: error.path ?? destination.display)
         } catch let error as Transfer.UsageError {
             throw APIError(.badRequest, "request.invalid", error.message)
         }
@@ -147,7 +147,7 @@ public struct AgentOperations: Sendable {
         } catch let refusal as Refusal {
             return PreflightResult(refusal: refusal, kind: transfer.kind)
         } catch let error as SystemError {
-            throw APIError(error, path: error.path ?? sources[0].path)
+            throw APIError(error, path: error.path ?? sources[0].display)
         } catch let error as CopyError {
             if case .system(let path, let system) = error { throw APIError(system, path: path) }
             throw APIError(.unprocessable, "request.invalid", error.description)
@@ -161,12 +161,11 @@ public struct AgentOperations: Sendable {
     func checkTransferPaths(sources: [ServerPath], destination: ServerPath) throws(APIError) {
         for source in sources {
             guard let parentPath = source.parent else {
-                throw APIError(.badRequest, "request.invalid", "\(source.path) is a shared root itself; choose something inside it")
+                throw APIError(.badRequest, "request.invalid", "\(source.display) is a shared root itself; choose something inside it")
             }
             let parent = try open(try ServerPath.check(parentPath, roots: rootPaths), [.directory])
             defer { parent.closeQuietly() }
-            let name = Array((source.path.split(separator: "/").last ?? "").utf8)
-            do { _ = try parent.status(name) } catch { throw APIError(error, path: source.path) }
+            do { _ = try parent.status(source.nameBytes) } catch { throw APIError(error, path: source.display) }
         }
         do {
             let fd = try open(destination, [.directory])
@@ -238,7 +237,7 @@ final class NameCache {
     }
 
     func entry(name: ByteString, in directory: String, status: FileStatus, target: ByteString?, fullPath: String? = nil) -> FileEntry {
-        let text = String(decoding: name, as: UTF8.self)
+        let text = PathText.encode(name)
         let type: String
         switch status.kind {
         case .regular: type = "file"
@@ -256,7 +255,7 @@ final class NameCache {
             modified: Double(status.modificationTime.seconds) + Double(status.modificationTime.nanoseconds) / 1e9,
             owner: user(status.uid), uid: status.uid, group: group(status.gid), gid: status.gid,
             mode: String(repeating: "0", count: max(0, 4 - octal.count)) + octal,
-            symlinkTarget: target.map { String(decoding: $0, as: UTF8.self) })
+            symlinkTarget: target.map { PathText.encode($0) })
     }
 }
 

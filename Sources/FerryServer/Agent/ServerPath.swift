@@ -1,21 +1,30 @@
 import FerrySystem
 
-/// A path from a request, checked before anything touches the filesystem: absolute, valid UTF-8,
-/// no NUL, no `.` or `..` component, names of at most 255 bytes, at most 4095 bytes in all, and
-/// beneath one of the allowed roots. Resolution itself (symlinks) happens beneath the root's
-/// descriptor, in the agent, as the requesting user.
+/// A path from a request, checked before anything touches the filesystem: absolute, no NUL, no
+/// `.` or `..` component, names of at most 255 bytes, at most 4095 bytes in all, and beneath one
+/// of the allowed roots. Paths are `PathText` both ways (a name that is not UTF-8 is sent and
+/// taken back losslessly). Resolution itself (symlinks) happens beneath the root's descriptor,
+/// in the agent, as the requesting user.
 public struct ServerPath: Sendable, Equatable {
+    /// As `PathText`, in its normal form.
     public var path: String
     /// The deepest allowed root containing the path.
     public var root: String
-    /// The path below the root ("" for the root itself).
+    /// The path below the root ("" for the root itself), as `PathText`.
     public var relative: String
+
+    /// The path's bytes, as the kernel gets them.
+    public var bytes: ByteString { PathText.decode(path) }
+    public var relativeBytes: ByteString { PathText.decode(relative) }
+    /// For messages: other bytes than UTF-8 as `\xNN`.
+    public var display: String { PathDisplay.string(bytes) }
+    /// The last name's bytes (empty for "/").
+    public var nameBytes: ByteString { Array(bytes.split(separator: UInt8(ascii: "/")).last ?? []) }
 
     public static func check(_ raw: String?, roots: [String]) throws(APIError) -> ServerPath {
         guard let raw, !raw.isEmpty else { throw APIError(.badRequest, "path.invalid", "a path is required") }
-        let bytes = Array(raw.utf8)
+        let bytes = PathText.decode(raw)
         if bytes.contains(0) { throw APIError(.badRequest, "path.invalid", "the path contains a NUL byte") }
-        if raw.unicodeScalars.contains("\u{FFFD}") { throw APIError(.badRequest, "path.invalid", "the path is not valid UTF-8") }
         guard raw.hasPrefix("/") else { throw APIError(.badRequest, "path.invalid", "paths must be absolute (start with /)") }
         guard bytes.count < 4096 else { throw APIError(.badRequest, "path.invalid", "the path is longer than 4095 bytes") }
         // Bytes, as the kernel reads the path: a String splits and compares by characters, and a
@@ -35,18 +44,18 @@ public struct ServerPath: Sendable, Equatable {
             return root == [slash] || normal == root || normal.starts(with: root + [slash])
         }
         guard let root = roots.filter(contains).max(by: { $0.utf8.count < $1.utf8.count }) else {
-            throw APIError(.badRequest, "path.outside_roots", "\(String(decoding: normal, as: UTF8.self)) is not inside any of the directories this server shares")
+            throw APIError(.badRequest, "path.outside_roots", "\(PathDisplay.string(normal)) is not inside any of the directories this server shares")
         }
         let below = root == "/" ? normal.dropFirst() : normal.dropFirst(root.utf8.count).drop(while: { $0 == slash })
-        return ServerPath(path: String(decoding: normal, as: UTF8.self), root: root, relative: String(decoding: below, as: UTF8.self))
+        return ServerPath(path: PathText.encode(normal), root: root, relative: PathText.encode(below))
     }
 
-    /// The parent directory's path, nil at a root.
+    /// The parent directory's path (`PathText`), nil at a root.
     public var parent: String? {
         guard !relative.isEmpty else { return nil }
-        let bytes = Array(path.utf8)
+        let bytes = self.bytes
         let cut = bytes.lastIndex(of: UInt8(ascii: "/"))!
-        return cut == 0 ? "/" : String(decoding: bytes[..<cut], as: UTF8.self)
+        return cut == 0 ? "/" : PathText.encode(bytes[..<cut])
     }
 }
 

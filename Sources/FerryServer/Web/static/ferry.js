@@ -13,18 +13,25 @@
     return meta ? meta.getAttribute('content') : '';
   }
 
+  // Paths come as the API's text: a byte of a name that is not UTF-8 is the private-use
+  // character U+F700 + byte. Sent back as they came; shown as \xNN, as ferry's CLI shows them.
+  function shown(text) {
+    return String(text).replace(/[\uF700-\uF7FF]/g, (c) => '\\x' + (c.charCodeAt(0) - 0xF700).toString(16).toUpperCase().padStart(2, '0'));
+  }
+
   function el(tag, attributes, ...children) {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(attributes || {})) {
       if (value === null || value === undefined || value === false) continue;
       if (key === 'class') node.className = value;
-      else if (key === 'text') node.textContent = value;
+      else if (key === 'text') node.textContent = shown(value);
       else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+      else if (key === 'title' || key === 'aria-label') node.setAttribute(key, shown(value));
       else node.setAttribute(key, value === true ? '' : String(value));
     }
     for (const child of children) {
       if (child === null || child === undefined) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+      node.append(child instanceof Node ? child : document.createTextNode(shown(child)));
     }
     return node;
   }
@@ -193,7 +200,7 @@
   const PROBLEM = ['failed', 'cancelled', 'rolled_back'];
 
   function setField(root, name, text) {
-    for (const node of $$('[data-field="' + name + '"]', root)) node.textContent = text;
+    for (const node of $$('[data-field="' + name + '"]', root)) node.textContent = shown(text);
   }
 
   function taskFigures(task) {
@@ -824,7 +831,7 @@
         if (state.request !== controller) return;
         state.listing = listing;
         state.directory = listing.path;
-        destinationText.textContent = listing.path;
+        destinationText.textContent = shown(listing.path);
         renderRoots();
         renderCrumbs(listing);
         renderListing(listing, false);
@@ -929,7 +936,7 @@
       const folderCount = sources.filter((source) => source.type === 'directory').length;
       const fileCount = sources.length - folderCount;
       title.textContent = sources.length === 1
-        ? verb() + ' “' + sources[0].name + '”'
+        ? verb() + ' “' + shown(sources[0].name) + '”'
         : verb() + ' ' + sources.length + ' items';
       const what = [];
       if (folderCount) what.push(folderCount + (folderCount === 1 ? ' folder' : ' folders'));
