@@ -60,7 +60,9 @@ enum Pages {
         guard let principal = context.principal else { return Reply.redirect("/login") }
         let roots = state.configuration.roots
         let requested = (try? request.query("path")) ?? nil
-        let path = requested ?? roots.first?.path ?? "/"
+        // In its normal form (`PathText` decoded and written again), as listed and linked.
+        let asked = requested ?? roots.first?.path ?? "/"
+        let path = (try? ServerPath.check(asked, roots: roots.map(\.path)))?.path ?? asked
         let sort = ((try? request.query("sort")) ?? nil).flatMap(ListingSort.init(rawValue:)) ?? .name
         let descending = ((try? request.query("order")) ?? nil) == "desc"
         let offset = min(10_000_000, max(0, Int(((try? request.query("offset")) ?? nil) ?? "0") ?? 0))

@@ -21,19 +21,23 @@ extension Array where Element == UInt8 {
 }
 
 public enum PathDisplay {
+    /// Also the characters `PathText` uses as escapes (U+F700…U+F7FF), byte by byte: displayed,
+    /// a name holding one must not read as the name whose byte it stands for.
     public static func string(_ bytes: some Collection<UInt8>) -> String {
         let raw = Array(bytes)
-        if let valid = String(validating: raw, as: UTF8.self) { return valid }
+        if !raw.contains(0xEF), let valid = String(validating: raw, as: UTF8.self) { return valid }
         var out = ""
         var index = 0
         while index < raw.count {
             let lead = raw[index]
             let length = lead < 0x80 ? 1 : lead >> 5 == 0x6 ? 2 : lead >> 4 == 0xE ? 3 : lead >> 3 == 0x1E ? 4 : 0
             if length > 0, index + length <= raw.count,
-               let piece = String(validating: raw[index..<index + length], as: UTF8.self) {
+               let piece = String(validating: raw[index..<index + length], as: UTF8.self),
+               !piece.unicodeScalars.contains(where: { (0xF700...0xF7FF).contains($0.value) }) {
                 out += piece
                 index += length
             } else {
+                // (An escape character's lead byte: its two continuation bytes follow here too.)
                 let hex = String(lead, radix: 16, uppercase: true)
                 out += "\\x" + (hex.count == 1 ? "0" + hex : hex)
                 index += 1

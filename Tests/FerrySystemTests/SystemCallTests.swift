@@ -79,6 +79,8 @@ struct SystemCallTests {
         #expect(PathText.encode([0xED, 0xA0, 0x80]) == "\u{F7ED}\u{F7A0}\u{F780}")  // a surrogate
         #expect(PathText.encode([0xE2, 0x82]) == "\u{F7E2}\u{F782}")  // truncated
         #expect(PathText.decode("caf\u{F7E9}") == [0x63, 0x61, 0x66, 0xE9])
+        // Shown, a name holding an escape character does not read as its Latin-1 twin.
+        #expect(PathDisplay.string(Array("caf\u{F7E9}".utf8)) == "caf\\xEF\\x9F\\xA9")
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<20_000 {
             // Bytes drawn mostly from the ranges UTF-8 sequences are made of.
@@ -87,7 +89,15 @@ struct SystemCallTests {
                 UInt8.random(in: pool.randomElement(using: &generator)!, using: &generator)
             }
             // Decoding undoes encoding: no two byte strings share a text.
-            #expect(PathText.decode(PathText.encode(bytes)) == bytes, "\(bytes)")
+            let text = PathText.encode(bytes)
+            #expect(PathText.decode(text) == bytes, "\(bytes)")
+            // The web UI shows the text with each escape as \xNN: the display the CLI gives.
+            let shown = text.unicodeScalars.map { scalar -> String in
+                guard (0xF700...0xF7FF).contains(scalar.value) else { return String(scalar) }
+                let hex = String(scalar.value - 0xF700, radix: 16, uppercase: true)
+                return "\\x" + (hex.count == 1 ? "0" + hex : hex)
+            }.joined()
+            #expect(shown == PathDisplay.string(bytes), "\(bytes)")
         }
     }
 

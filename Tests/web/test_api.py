@@ -359,6 +359,7 @@ def test_names_that_are_not_utf8_go_both_ways(server, client, work, beta_work):
     assert (stat_body["name"], stat_body["size"]) == (entry["name"], len(b"latin-1"))
     verdict = expect(client.post(server.api("/api/preflight"), json=transfer("move", [entry["path"]], beta_work), timeout=60), 200)
     assert verdict["allowed"] and verdict["refusal"] is None, verdict
+    assert verdict["finalPaths"] == [str(beta_work) + "/caf\uf7e9"], verdict
     task = expect(client.post(server.api("/api/tasks"), json=transfer("move", [entry["path"]], beta_work), timeout=60), 201)
     assert task["sources"] == [entry["path"]]
     done = wait_for_task(client, server, task["id"])
@@ -811,6 +812,10 @@ def hostile_cases(work: Path, outside: Path, sibling: Path, projects: Path,
         ("relative", b"projects/alpha", ("path.invalid",)),
         ("nul", f"{work}/inside\x00/f".encode(), ("path.invalid",)),
         ("invalid-utf8", str(work).encode() + b"/\xff\xfe", ("path.invalid",)),
+        # The API's escapes (U+F700 + byte) stand for bytes, and are checked as those bytes.
+        ("escaped-dotdot", f"{work}/\uf72e\uf72e/\uf72e\uf72e/\uf72e\uf72e/\uf72e\uf72e/etc".encode(), ("path.invalid",)),
+        ("escaped-slash-dotdot", f"{work}/x\uf72f..\uf72f..\uf72f..\uf72f..\uf72fetc".encode(), ("path.invalid",)),
+        ("escaped-nul", f"{work}/inside\uf700/f".encode(), ("path.invalid",)),
         ("name-4KiB", f"{work}/{'n' * 4096}".encode(), ("path.invalid",)),
         ("path-over-4096", long_path.encode(), ("path.invalid",)),
         *([("symlink-out", f"{work}/out".encode(), ("path.outside_roots",))] if final_symlink_out else []),

@@ -191,6 +191,9 @@ def test_a_name_that_is_not_utf8_is_shown_and_moved(server, xfs_sandbox, driver)
         select_row(driver, Path(text_path))
         open_move_dialog(driver)
         assert (prefix + "-caf\\xE9") in one(driver, "#dialog-title").text
+        # The dialog's folder list is built by the page's script from the API's text.
+        picked = one(driver, f"#picker-list {attribute_selector('data-path', text_path)} .entry-name")
+        assert picked.text == prefix + "-caf\\xE9"
         pick_destination(driver, str(beta))
         assert verdict(driver) == "allowed", one(driver, "#preflight-summary").text
         one(driver, "#dialog-confirm").click()

@@ -202,7 +202,7 @@ extension PreflightResult {
                   files: m.files, directories: m.directories, entries: m.entries, inodes: m.entries,
                   filesystem: verdict.filesystemKind?.rawValue, sourceProject: verdict.sourceProject?.projectID,
                   destinationProject: verdict.destinationProject?.projectID, quota: verdict.quota.map(QuotaInfo.init),
-                  finalPaths: verdict.finalPaths.map { String(decoding: $0, as: UTF8.self) }, warnings: verdict.warnings,
+                  finalPaths: verdict.finalPaths.map { PathText.encode($0) }, warnings: verdict.warnings,
                   refusal: verdict.refusal.map { RefusalInfo(code: $0.code, message: $0.message) },
                   allowed: verdict.refusal == nil, summary: verdict.summary)
     }

@@ -936,7 +936,7 @@
       const folderCount = sources.filter((source) => source.type === 'directory').length;
       const fileCount = sources.length - folderCount;
       title.textContent = sources.length === 1
-        ? verb() + ' “' + shown(sources[0].name) + '”'
+        ? verb() + ' “' + sources[0].name + '”'
         : verb() + ' ' + sources.length + ' items';
       const what = [];
       if (folderCount) what.push(folderCount + (folderCount === 1 ? ' folder' : ' folders'));
