@@ -18,18 +18,8 @@ extension MoveEngine {
             // What was staged could not be flushed (`stage`), or an I/O error may have cost it
             // data: the next worker copies it again — or, if that cannot be recorded, the
             // staging goes now (rolled back).
-            if let current = read, Self.mayHaveLostStagedData(error, current) {
-                var plan = current.plan
-                plan?.stagedOn = TaskPlan.untrusted
-                let failure = Self.failure(for: error)
-                do {
-                    try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
-                                            message: "the staged copy is not trusted any more: \(failure.message)")
-                } catch {
-                    await fail(context, failure, rollback: true)
-                    return
-                }
-            }
+            if let current = read, Self.mayHaveLostStagedData(error, current),
+               !(await untrustStaging(current, Self.failure(for: error), context)) { return }
             try? await store.release(id: task.id, worker: settings.worker, retryAfter: nil, failure: nil,
                                      message: "worker stopping: released at the \(task.status.rawValue) checkpoint")
             return
@@ -52,19 +42,7 @@ extension MoveEngine {
             if earlier + 1 < settings.maxAttempts {
                 // Only from the task as it is now: the record as claimed may be phases behind (a
                 // deletion begun since), and its plan must not be written back over the current one.
-                if let current = read, untrusted {
-                    // Not resumed: the next attempt copies everything again. If that cannot be
-                    // recorded, the staging is removed instead (the task fails, rolled back).
-                    var plan = current.plan
-                    plan?.stagedOn = TaskPlan.untrusted
-                    do {
-                        try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
-                                                message: "the staged copy is not trusted any more: \(failure.message)")
-                    } catch {
-                        await fail(context, failure, rollback: true)
-                        return
-                    }
-                }
+                if let current = read, untrusted, !(await untrustStaging(current, failure, context)) { return }
                 let delay = Duration.seconds(min(300, 2 << min(earlier, 7)))
                 try? await store.release(id: task.id, worker: settings.worker, retryAfter: delay, failure: failure,
                                          message: "\(Self.retryEvent) \(delay.components.seconds) s: \(failure.message)")
@@ -79,6 +57,21 @@ extension MoveEngine {
             return
         }
         await fail(context, failure, rollback: true)
+    }
+
+    /// Not resumed: the next attempt copies everything again. If that cannot be recorded, the
+    /// staging is removed instead (the task fails, rolled back) and the answer is false.
+    func untrustStaging(_ current: TaskRecord, _ failure: TaskFailure, _ context: RunContext) async -> Bool {
+        var plan = current.plan
+        plan?.stagedOn = TaskPlan.untrusted
+        do {
+            try await store.advance(id: current.id, worker: settings.worker, to: .copying, plan: plan,
+                                    message: "the staged copy is not trusted any more: \(failure.message)")
+            return true
+        } catch {
+            await fail(context, failure, rollback: true)
+            return false
+        }
     }
 
     /// Ends a task that cannot finish its commit now (a permission, a full disk, a name taken in
