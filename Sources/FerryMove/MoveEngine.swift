@@ -243,59 +243,11 @@ public final class MoveEngine: Sendable {
         return (preflight, plan, try Self.locks(for: transfer, taskID: task.id))
     }
 
-    /// The paths a transfer touches, as locks: each source and each final name, on its filesystem.
-    static func locks(for transfer: Transfer, taskID: String) throws -> [PathLock] {
-        let destinationDevice = try device(transfer.destination)
-        return try zip(transfer.sources, transfer.sourcePaths).map { source, path in
-            PathLock(taskID: taskID, filesystem: try device(source.directory), path: StoredPath(path))
-        } + transfer.finalPaths.map { PathLock(taskID: taskID, filesystem: destinationDevice, path: StoredPath($0)) }
-    }
-
-    /// The same locks from a planned task's record, whose sources may be gone (published, or
-    /// being removed): their directories, which a commit never removes, give the filesystem.
-    func locks(_ task: TaskRecord, _ plan: TaskPlan) throws -> [PathLock] {
-        let opener = DirectoryOpener(roots: settings.roots)
-        defer { opener.close() }
-        let destination = try opener.openDirectory(plan.destinationDirectory.bytes)
-        defer { destination.closeQuietly() }
-        let destinationDevice = try Self.device(destination)
-        var locks: [PathLock] = []
-        for source in task.sources {
-            let path = Transfer.absolute(source.bytes)
-            let directory = try opener.openDirectory(BytePath.split(path).parent)
-            defer { directory.closeQuietly() }
-            locks.append(PathLock(taskID: task.id, filesystem: try Self.device(directory), path: StoredPath(path)))
-        }
-        for final in plan.finalNames {
-            locks.append(PathLock(taskID: task.id, filesystem: destinationDevice, path: StoredPath(BytePath.join(plan.destinationDirectory.bytes, final.bytes))))
-        }
-        return locks
-    }
-
     /// Restores the task's released files through its source filesystem's Lustre backend.
     private func recall(_ task: TaskRecord) throws -> Int {
         let transfer = try Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
         guard let lustre = try planner.storage(transfer.sources[0].directory, transfer.sourcePaths[0]) as? LustreBackend else { return 0 }
         return try planner.recall.run(lustre, sources: transfer.sourcePaths)
-    }
-
-    static func device(_ fd: FileDescriptor) throws -> String {
-        let status = try fd.status()
-        return "\(status.deviceMajor):\(status.deviceMinor)"
-    }
-
-    /// What gives files made in `directory` their sources' layouts: nil where the filesystem
-    /// (its backend) has none. Directories' default layouts too when every source is on the
-    /// same filesystem (see `LayoutCloner.directoryLayouts`).
-    func layoutCloner(_ directory: FileDescriptor, _ path: StoredPath, sources: [CopySource]) throws -> (any LayoutCloner)? {
-        let backend = try planner.storage(directory, path.bytes)
-        guard !backend.layoutAttributeNames.isEmpty else { return nil }
-        let here = try directory.status()
-        let same = try sources.allSatisfy { source in
-            let there = try source.directory.status()
-            return (there.deviceMajor, there.deviceMinor) == (here.deviceMajor, here.deviceMinor)
-        }
-        return BackendLayoutCloner(backend: backend, directoryLayouts: same)
     }
 
     func sources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
@@ -430,24 +382,5 @@ final class RunContext: Sendable {
     init(task: TaskRecord, cancellation: CancellationFlag = CancellationFlag()) {
         self.task = task
         self.cancellation = cancellation
-    }
-}
-
-extension DirectoryOpener {
-    /// Opens one directory and closes the opener's root descriptors.
-    func openDirectoryClosingRoots(_ absolute: ByteString) throws -> FileDescriptor {
-        defer { close() }
-        return try openDirectory(absolute)
-    }
-}
-
-/// A destination backend's layouts (Lustre striping) as the copy engine's `LayoutCloner`.
-struct BackendLayoutCloner: LayoutCloner {
-    let backend: any StorageBackend
-    let directoryLayouts: Bool
-    var layoutAttributeNames: Set<ByteString> { backend.layoutAttributeNames }
-    var createFlags: OpenFlags { backend.layoutCreateFlags }
-    func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws {
-        try backend.cloneLayout(from: source, to: destination)
     }
 }

@@ -148,3 +148,11 @@ struct DirectoryOpener {
         return try PathResolver.open(beneath: root.fd, relative, [.directory], symlinks: .followBeneath)
     }
 }
+
+extension DirectoryOpener {
+    /// Opens one directory and closes the opener's root descriptors.
+    func openDirectoryClosingRoots(_ absolute: ByteString) throws -> FileDescriptor {
+        defer { close() }
+        return try openDirectory(absolute)
+    }
+}
