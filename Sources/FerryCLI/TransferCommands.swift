@@ -162,8 +162,13 @@ struct TransferOptions: ParsableArguments {
                 bar.finish()
                 printError("\(command): \(why)")
             }
+            // Read again twice a second: the end of a task it waits for makes it claimable at
+            // once (`TaskStore.wait`), long before the time it was given.
+            var looks = 0
             while !interrupt.interrupted && !interrupt.hungUp, let until = record.notBefore, until > Date() {
                 try? await Task.sleep(for: .milliseconds(100))
+                looks += 1
+                if looks % 5 == 0, let fresh = try? await store.task(record.id) { record = fresh }
             }
             if interrupt.hungUp { break }
             if interrupt.interrupted {

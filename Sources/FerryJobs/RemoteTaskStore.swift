@@ -58,6 +58,11 @@ public final class RemoteTaskStore: TaskStore {
                                                       retryAfterSeconds: retryAfter?.seconds))
     }
 
+    public func wait(id: String, worker: String, for holder: String, retryAfter: Duration, message: String) async throws {
+        try await perform("wait", ChannelArguments(id: id, worker: worker, message: message, retryAfterSeconds: retryAfter.seconds,
+                                                   holder: holder))
+    }
+
     public func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws {
         try await perform("acquireLocks", ChannelArguments(id: id, worker: worker, locks: locks))
     }
@@ -219,6 +224,13 @@ public final class TaskStoreRelay: Sendable {
                 retryAfter = .seconds(min(seconds, 86_400))  // a day at most; a `Duration` traps past ~1e19 s
             }
             try await store.release(id: taskID, worker: worker, retryAfter: retryAfter, failure: a.failure, message: a.message ?? "")
+        case "wait":
+            try own(op, a)
+            let seconds = try required(a.retryAfterSeconds, op, "retryAfterSeconds")
+            guard seconds.isFinite, seconds >= 0 else { throw TaskStoreError.database("not allowed: retry after \(seconds) s") }
+            // Whatever task it names, a runner only changes when its own task is looked at again.
+            try await store.wait(id: taskID, worker: worker, for: try required(a.holder, op, "holder"),
+                                 retryAfter: .seconds(min(seconds, 86_400)), message: a.message ?? "")
         case "acquireLocks":
             try own(op, a)
             let locks = try required(a.locks, op, "locks")

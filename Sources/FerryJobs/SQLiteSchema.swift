@@ -63,6 +63,14 @@ extension SQLiteTaskStore {
                 BEGIN SELECT ferry_lock_marker(NEW.task_id); END;
                 """)
         }
+        // A task handed back to wait for another's locks names it (`wait`), so that the holder's
+        // end wakes it and its claims meanwhile go unrecorded.
+        migrator.registerMigration("v4-lock-waits") { db in
+            try db.execute(sql: """
+                ALTER TABLE tasks ADD COLUMN waiting_for TEXT;
+                CREATE INDEX tasks_waiting ON tasks(waiting_for) WHERE waiting_for IS NOT NULL;
+                """)
+        }
         return migrator
     }
 }

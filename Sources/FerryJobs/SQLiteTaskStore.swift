@@ -225,9 +225,12 @@ public final class SQLiteTaskStore: TaskStore {
             let now = Date().timeIntervalSince1970
             try db.execute(sql: """
                 UPDATE tasks SET status = ?, failure_code = ?, failure_message = ?, lease_owner = NULL,
-                  lease_expires_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?
+                  lease_expires_at = NULL, waiting_for = NULL, finished_at = ?, updated_at = ? WHERE id = ?
                 """, arguments: [status.rawValue, failure?.code, failure?.message, now, now, id])
             try db.execute(sql: "DELETE FROM path_locks WHERE task_id = ?", arguments: [id])
+            // The tasks waiting for this one's locks look again now, not when their delay ends.
+            try db.execute(sql: "UPDATE tasks SET not_before = NULL WHERE waiting_for = ? AND lease_owner IS NULL AND not_before IS NOT NULL",
+                           arguments: [id])
             try Self.event(db, id, status, message)
         }
         // Only once the rows' deletion has committed, and under the write lock, so that no
@@ -253,6 +256,25 @@ public final class SQLiteTaskStore: TaskStore {
         wakeup.signal()
     }
 
+    public func wait(id: String, worker: String, for holder: String, retryAfter: Duration, message: String) async throws {
+        try await pool.write { db in
+            try Self.fence(db, id, worker)
+            let now = Date().timeIntervalSince1970
+            let before = try String.fetchOne(db, sql: "SELECT waiting_for FROM tasks WHERE id = ?", arguments: [id])
+            // A holder that has ended since the task's locks were refused woke nobody: at once.
+            let held = try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM path_locks WHERE task_id = ?)", arguments: [holder]) ?? false
+            try db.execute(sql: """
+                UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = ?, waiting_for = ?,
+                  failure_code = NULL, failure_message = NULL, updated_at = ? WHERE id = ?
+                """, arguments: [held ? now + retryAfter.seconds : nil, holder, now, id])
+            if before != holder {
+                let status = try String.fetchOne(db, sql: "SELECT status FROM tasks WHERE id = ?", arguments: [id]).flatMap(TaskStatus.init) ?? .pending
+                try Self.event(db, id, status, message)
+            }
+        }
+        wakeup.signal()
+    }
+
     public func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws {
         try await pool.write { db in
             try Self.fence(db, id, worker)
@@ -269,6 +291,7 @@ public final class SQLiteTaskStore: TaskStore {
                 try db.execute(sql: "INSERT OR IGNORE INTO path_locks (task_id, filesystem, path) VALUES (?, ?, ?)",
                                arguments: [id, lock.filesystem, Data(lock.path.bytes)])
             }
+            try db.execute(sql: "UPDATE tasks SET waiting_for = NULL WHERE id = ? AND waiting_for IS NOT NULL", arguments: [id])
         }
     }
 
@@ -282,7 +305,13 @@ public final class SQLiteTaskStore: TaskStore {
                                arguments: [now, now, id])
                 try Self.event(db, id, .cancelled, "cancelled before it started")
             } else {
-                try db.execute(sql: "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?", arguments: [now, id])
+                // One that waits unheld (a lock, a retry's delay) is claimable at once, to be
+                // rolled back; a commit is not cut short, and keeps its delay.
+                try db.execute(sql: """
+                    UPDATE tasks SET cancel_requested = 1, updated_at = ?,
+                      not_before = CASE WHEN lease_owner IS NULL AND status != 'committing' THEN NULL ELSE not_before END
+                    WHERE id = ?
+                    """, arguments: [now, id])
                 try Self.event(db, id, task.status, "cancel requested; the worker stops at its next checkpoint")
             }
             return try Self.fetch(db, id)
@@ -300,7 +329,7 @@ public final class SQLiteTaskStore: TaskStore {
             let status = task.statusOnRetry
             try db.execute(sql: """
                 UPDATE tasks SET status = ?, plan = CASE WHEN ? THEN plan END, failure_code = NULL, failure_message = NULL,
-                  cancel_requested = 0, not_before = NULL, finished_at = NULL, progress = ?, updated_at = ? WHERE id = ?
+                  cancel_requested = 0, not_before = NULL, waiting_for = NULL, finished_at = NULL, progress = ?, updated_at = ? WHERE id = ?
                 """, arguments: [status.rawValue, status == .committing, try Self.json(TaskProgress()), Date().timeIntervalSince1970, id])
             try Self.event(db, id, status, TaskEvent.retried)
             return try Self.fetch(db, id)
@@ -324,13 +353,20 @@ public final class SQLiteTaskStore: TaskStore {
     // MARK: helpers
 
     /// `from`: the worker whose expired lease the claim takes over (its own is no takeover).
+    /// The claim of a task waiting for another's locks (`wait`), handed back and not taken over,
+    /// is a look: no history entry, no attempt.
     private static func take(_ db: Database, _ id: String, worker: String, lease: Duration, now: Double, from previous: String?) throws -> TaskRecord {
+        let takenOverFrom = previous == worker ? nil : previous
+        let waiting = try String.fetchOne(db, sql: "SELECT waiting_for FROM tasks WHERE id = ?", arguments: [id]) != nil
+        let look = waiting && takenOverFrom == nil
         try db.execute(sql: """
-            UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?
-            """, arguments: [worker, now + lease.seconds, now, id])
+            UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + ?, updated_at = ? WHERE id = ?
+            """, arguments: [worker, now + lease.seconds, look ? 0 : 1, now, id])
         var task = try fetch(db, id)
-        task.takenOverFrom = previous == worker ? nil : previous
-        try event(db, id, task.status, TaskEvent.claimed(by: worker, attempt: task.attempts, takenOverFrom: task.takenOverFrom))
+        task.takenOverFrom = takenOverFrom
+        if !look {
+            try event(db, id, task.status, TaskEvent.claimed(by: worker, attempt: task.attempts, takenOverFrom: task.takenOverFrom))
+        }
         return task
     }
 

@@ -27,6 +27,7 @@ struct ChannelArguments: Codable {
     var failure: TaskFailure?
     var retryAfterSeconds: Double?
     var locks: [PathLock]?
+    var holder: String?
 }
 
 /// What the relay answers with.

@@ -172,6 +172,7 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     public var plan: TaskPlan?
     public var progress: TaskProgress
     public var failure: TaskFailure?
+    /// Claims so far, not counting the looks of a task waiting for another's locks (`TaskStore.wait`).
     public var attempts: Int
     public var cancelRequested: Bool
     public var leaseOwner: String?

@@ -23,16 +23,27 @@ public protocol TaskStore: Sendable {
     /// Commits a phase transition (and the plan, when the validate phase made one).
     func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws
     func updateProgress(id: String, worker: String, _ progress: TaskProgress) async throws
-    /// Ends the task in a terminal state, releasing its lease and locks.
+    /// Ends the task in a terminal state, releasing its lease and locks; the tasks waiting for it
+    /// (`wait`) become claimable at once.
     func finish(id: String, worker: String, status: TaskStatus, failure: TaskFailure?, message: String) async throws
     /// Gives the lease back without finishing (shutdown, or a transient error retried after `retryAfter`).
     func release(id: String, worker: String, retryAfter: Duration?, failure: TaskFailure?, message: String) async throws
 
+    /// Hands the task back to wait for `holder`, which holds a path lock the task needs (`message`
+    /// says which): as `release`, claimable again after `retryAfter`, or at once when `holder`
+    /// ends and its locks go. The history records the wait once for each holder; the claims that
+    /// look again meanwhile are not recorded and count no attempt, so a task may wait for hours
+    /// without a history entry or an attempt for every look.
+    func wait(id: String, worker: String, for holder: String, retryAfter: Duration, message: String) async throws
+
     /// Takes all `locks` for the task at once, or none: `.locked` names the conflicting task.
+    /// Taking them ends a wait (`wait`): the task's next claims are recorded again.
     func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws
     func locks() async throws -> [PathLock]
 
-    /// Pending tasks are cancelled at once; running ones are marked and cancel at their next checkpoint.
+    /// Pending tasks are cancelled at once; running ones are marked and cancel at their next
+    /// checkpoint. One that no worker holds and that waits to be run again (a lock, a retry's
+    /// delay) may be claimed at once, to be rolled back; not one in its commit.
     func requestCancel(_ id: String) async throws -> TaskRecord
     /// A failed, cancelled or rolled-back task goes back to pending.
     func retry(_ id: String) async throws -> TaskRecord

@@ -151,7 +151,8 @@ enum ClaimSQL {
             FROM (SELECT * FROM free UNION ALL SELECT * FROM expired) both_kinds
             ORDER BY created_at, id LIMIT \(limit)),
         u AS (
-            UPDATE tasks t SET lease_owner = s.worker, lease_expires_at = n.now + s.lease, attempts = t.attempts + 1, updated_at = n.now
+            UPDATE tasks t SET lease_owner = s.worker, lease_expires_at = n.now + s.lease,
+              attempts = t.attempts + \(counted("nullif(c.previous, s.worker)")), updated_at = n.now
             FROM c JOIN s ON s.slot = c.slot, n WHERE t.id = c.id
             RETURNING t.*, c.slot, nullif(c.previous, s.worker) AS previous),
         \(recorded(ordered: " ORDER BY u.slot"))
@@ -166,7 +167,8 @@ enum ClaimSQL {
             SELECT * FROM free UNION ALL SELECT * FROM expired
             ORDER BY created_at, id LIMIT 1),
         u AS (
-            UPDATE tasks t SET lease_owner = $1, lease_expires_at = n.now + $2, attempts = t.attempts + 1, updated_at = n.now
+            UPDATE tasks t SET lease_owner = $1, lease_expires_at = n.now + $2,
+              attempts = t.attempts + \(counted("nullif(c.previous, $1)")), updated_at = n.now
             FROM c, n WHERE t.id = c.id
             RETURNING t.*, nullif(c.previous, $1) AS previous),
         \(recorded())
@@ -195,15 +197,22 @@ enum ClaimSQL {
         """
     }
 
+    /// What a claim adds to the task's attempts, 1 or 0: the claim of a task waiting for
+    /// another's locks (`TaskStore.wait`), handed back and not taken over (`previous`, the
+    /// worker whose lease it takes over, is null), is a look and counts none.
+    static func counted(_ previous: String) -> String {
+        "CASE WHEN t.waiting_for IS NOT NULL AND \(previous) IS NULL THEN 0 ELSE 1 END"
+    }
+
     /// Each claimed task's history entry, in slot order when there are slots: the words of
-    /// `TaskEvent.claimed(by:attempt:takenOverFrom:)`.
+    /// `TaskEvent.claimed(by:attempt:takenOverFrom:)`. A look (see `counted`) has none.
     private static func recorded(ordered order: String = "") -> String {
         """
         e AS (
             INSERT INTO task_events (task_id, at, status, message)
             SELECT u.id, u.updated_at, u.status,
                    'claimed by ' || u.lease_owner || ' (attempt ' || u.attempts || ')' || coalesce(' after the lease of ' || u.previous || ' expired', '')
-            FROM u\(order))
+            FROM u WHERE u.waiting_for IS NULL OR u.previous IS NOT NULL\(order))
         """
     }
 }

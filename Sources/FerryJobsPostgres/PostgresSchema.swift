@@ -135,6 +135,12 @@ enum PostgresSchema {
             """,
             "DROP INDEX tasks_leased",
         ],
+        // A task handed back to wait for another's locks names it (`wait`), so that the holder's
+        // end wakes it and its claims meanwhile go unrecorded.
+        [
+            "ALTER TABLE tasks ADD COLUMN waiting_for text",
+            "CREATE INDEX tasks_waiting ON tasks (waiting_for) WHERE waiting_for IS NOT NULL",
+        ],
     ]
 
     /// Brings the schema up to date. Safe to run from many processes at once: an advisory lock

@@ -184,14 +184,15 @@ public final class PostgresTaskStore: TaskStore {
                   AND (tasks.lease_expires_at IS NULL OR tasks.lease_expires_at < n.now OR tasks.lease_owner = n.worker)
                 FOR UPDATE OF tasks),
             u AS (
-                UPDATE tasks t SET lease_owner = n.worker, lease_expires_at = n.now + n.lease, attempts = t.attempts + 1, updated_at = n.now
+                UPDATE tasks t SET lease_owner = n.worker, lease_expires_at = n.now + n.lease,
+                  attempts = t.attempts + \(unescaped: ClaimSQL.counted("c.previous")), updated_at = n.now
                 FROM c, n WHERE t.id = c.id
                 RETURNING t.*, c.previous),
             e AS (
                 INSERT INTO task_events (task_id, at, status, message)
                 SELECT u.id, n.now, u.status,
                        'claimed by ' || n.worker || ' (attempt ' || u.attempts || ')' || coalesce(' after the lease of ' || u.previous || ' expired', '')
-                FROM u, n)
+                FROM u, n WHERE u.waiting_for IS NULL OR u.previous IS NOT NULL)
             SELECT \(unescaped: PostgresSchema.columns("u")), u.previous FROM u
             """).first.map { row in
                 var record = try PostgresSchema.record(row)
@@ -241,10 +242,15 @@ public final class PostgresTaskStore: TaskStore {
             let (_, now) = try await self.fence(connection, id, worker)
             try await self.run(connection, """
                 UPDATE tasks SET status = \(status.rawValue), failure_code = \(failure?.code), failure_message = \(failure?.message),
-                  lease_owner = NULL, lease_expires_at = NULL, finished_at = \(now), updated_at = \(now)
+                  lease_owner = NULL, lease_expires_at = NULL, waiting_for = NULL, finished_at = \(now), updated_at = \(now)
                 WHERE id = \(id)
                 """)
             try await self.run(connection, "DELETE FROM path_locks WHERE task_id = \(id)")
+            // The tasks waiting for this one's locks look again now, not when their delay ends.
+            // This row's lock, taken by the fence, orders it against `wait` (see there).
+            try await self.run(connection, """
+                UPDATE tasks SET not_before = NULL WHERE waiting_for = \(id) AND lease_owner IS NULL AND not_before IS NOT NULL
+                """)
             try await self.event(connection, id, status, message)
             try await self.notify(connection, id)  // freed locks may unblock a waiting task
         }
@@ -265,9 +271,34 @@ public final class PostgresTaskStore: TaskStore {
         wakeup.signal()
     }
 
+    public func wait(id: String, worker: String, for holder: String, retryAfter: Duration, message: String) async throws {
+        try await transaction { connection in
+            let (status, now) = try await self.fence(connection, id, worker)
+            // The holder's row, locked against its `finish` (which locks it first): either that
+            // has committed, and its locks are seen gone here, or it comes after this commits and
+            // finds this task waiting. (`finish` takes no lock on a leased task, as this one is
+            // until it commits, so the two cannot deadlock.)
+            try await self.run(connection, "SELECT 1 FROM tasks WHERE id = \(holder) FOR KEY SHARE")
+            let rows = try await self.run(connection, """
+                SELECT t.waiting_for, EXISTS (SELECT 1 FROM path_locks WHERE task_id = \(holder)) AS held FROM tasks t WHERE t.id = \(id)
+                """)
+            let (before, held) = try rows.first?.decode((String?, Bool).self) ?? (nil, false)
+            try await self.run(connection, """
+                UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL,
+                  not_before = CASE WHEN \(held) THEN \(now) + \(retryAfter.seconds)::float8 END, waiting_for = \(holder),
+                  failure_code = NULL, failure_message = NULL, updated_at = \(now)
+                WHERE id = \(id)
+                """)
+            if before != holder { try await self.event(connection, id, status, message) }
+            try await self.notify(connection, id)
+        }
+        wakeup.signal()
+    }
+
     public func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws {
         try await transaction { connection in
             _ = try await self.fence(connection, id, worker)
+            try await self.run(connection, "UPDATE tasks SET waiting_for = NULL WHERE id = \(id) AND waiting_for IS NOT NULL")
             guard !locks.isEmpty else { return }
             // Takers queue here, so that two of them cannot both see the other's paths free.
             try await self.run(connection, "SELECT pg_advisory_xact_lock(\(PostgresSchema.pathLock))")
@@ -302,7 +333,13 @@ public final class PostgresTaskStore: TaskStore {
                     """)
                 try await self.event(connection, id, .cancelled, "cancelled before it started")
             } else {
-                try await self.run(connection, "UPDATE tasks SET cancel_requested = true, updated_at = \(now) WHERE id = \(id)")
+                // One that waits unheld (a lock, a retry's delay) is claimable at once, to be
+                // rolled back; a commit is not cut short, and keeps its delay.
+                try await self.run(connection, """
+                    UPDATE tasks SET cancel_requested = true, updated_at = \(now),
+                      not_before = CASE WHEN lease_owner IS NULL AND status <> 'committing' THEN NULL ELSE not_before END
+                    WHERE id = \(id)
+                    """)
                 try await self.event(connection, id, task.status, "cancel requested; the worker stops at its next checkpoint")
             }
             try await self.notify(connection, id)
@@ -322,7 +359,7 @@ public final class PostgresTaskStore: TaskStore {
             let status = task.statusOnRetry
             try await self.run(connection, """
                 UPDATE tasks SET status = \(status.rawValue), plan = CASE WHEN \(status == .committing) THEN plan END,
-                  failure_code = NULL, failure_message = NULL, cancel_requested = false, not_before = NULL, finished_at = NULL,
+                  failure_code = NULL, failure_message = NULL, cancel_requested = false, not_before = NULL, waiting_for = NULL, finished_at = NULL,
                   progress = \(progress)::jsonb, updated_at = \(now)
                 WHERE id = \(id)
                 """)

@@ -4,6 +4,11 @@ import FerrySystem
 /// The path locks a task takes: from its request at validation, and from its record when a
 /// stopped commit is resumed.
 extension MoveEngine {
+    /// How long a task waiting for another's lock waits before it looks again, at most: the
+    /// holder's end makes it claimable at once (`TaskStore.wait`), so this only bounds what a
+    /// missed wake-up costs (a holder that a ferry of an older version ends, say).
+    static let lockWaitDelay: Duration = .seconds(15)
+
     /// The paths a transfer touches, as locks: each source and each final name, on its filesystem.
     static func locks(for transfer: Transfer, taskID: String) throws -> [PathLock] {
         let destinationDevice = try device(transfer.destination)

@@ -119,26 +119,31 @@ public final class MoveEngine: Sendable {
             return
         }
         if task.status == .pending || task.status == .validating {
-            try await store.advance(id: task.id, worker: settings.worker, to: .validating, plan: nil, message: "validating")
-            let (preflight, plan, locks) = try await Blocking.run { [self, task] in try self.validate(task, context) }
+            // Once (a task waiting for a lock, or taken over, is validating already).
+            if task.status == .pending {
+                try await store.advance(id: task.id, worker: settings.worker, to: .validating, plan: nil, message: "validating")
+            }
+            // The paths are resolved and locked before the source is measured: a task waiting for
+            // another's lock looks again without walking its tree each time, and what it measures
+            // (the source, the destination's free space) no task holding its paths changes meanwhile.
+            let (transfer, locks) = try await Blocking.run { [self, task] in try self.resolve(task) }
+            do {
+                try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
+            } catch TaskStoreError.locked(let other, let path) {
+                if task.options.waitForLocks {
+                    try await store.wait(id: task.id, worker: settings.worker, for: other, retryAfter: Self.lockWaitDelay,
+                                         message: "waiting: \(path) is locked by task \(other)")
+                    return
+                }
+                let holder = try? await store.task(other)
+                throw Refusal(code: "locked", message: holder?.lockExplanation(path: path) ?? TaskStoreError.locked(by: other, path: path).description)
+            }
+            let (preflight, plan) = try await Blocking.run { [self, task, transfer] in try self.validate(task, transfer, context) }
             if let refusal = preflight.refusal { throw refusal }
             if task.options.recall, preflight.filesystemKind == .lustre, preflight.measurement.releasedFiles > 0 {
                 try await store.record(task.id, message: "recalling \(preflight.measurement.releasedFiles) HSM-released files before copying")
                 let restored = try await Blocking.run { [self, task] in try self.recall(task) }
                 try await store.record(task.id, message: "\(restored) files restored from the HSM archive")
-            }
-            do {
-                try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
-            } catch TaskStoreError.locked(let other, let path) {
-                if task.options.waitForLocks {
-                    // Waiting is not measuring: the counts go.
-                    try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress())
-                    try await store.release(id: task.id, worker: settings.worker, retryAfter: .seconds(2), failure: nil,
-                                            message: "waiting: \(path) is locked by task \(other)")
-                    return
-                }
-                let holder = try? await store.task(other)
-                throw Refusal(code: "locked", message: holder?.lockExplanation(path: path) ?? TaskStoreError.locked(by: other, path: path).description)
             }
             try await store.advance(id: task.id, worker: settings.worker, to: .locked, plan: plan,
                                     message: "\(preflight.summary)\(preflight.warnings.map { " Warning: \($0)." }.joined())")
@@ -158,8 +163,8 @@ public final class MoveEngine: Sendable {
             do {
                 try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
             } catch TaskStoreError.locked(let other, let path) {
-                try await store.release(id: task.id, worker: settings.worker, retryAfter: .seconds(2), failure: nil,
-                                        message: "waiting: \(path) is locked by task \(other)")
+                try await store.wait(id: task.id, worker: settings.worker, for: other, retryAfter: Self.lockWaitDelay,
+                                     message: "waiting: \(path) is locked by task \(other)")
                 return
             }
             plan.stoppedCommitting = nil
@@ -226,10 +231,15 @@ public final class MoveEngine: Sendable {
                                message: task.kind == .move ? "moved: published, source removed" : "copied: published")
     }
 
-    /// Validate: resolve, measure, choose, check room; lock paths. Nothing is written.
-    /// The measurement is reported as it goes (phase `.measuring`): on a big tree it is minutes of work.
-    private func validate(_ task: TaskRecord, _ context: RunContext) throws -> (Preflight, TaskPlan, [PathLock]) {
+    /// The task's paths, resolved beneath the allowed roots, and the locks they take.
+    private func resolve(_ task: TaskRecord) throws -> (Transfer, [PathLock]) {
         let transfer = try Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
+        return (transfer, try Self.locks(for: transfer, taskID: task.id))
+    }
+
+    /// Validate, under the task's locks: measure, choose, check room. Nothing is written. The
+    /// measurement is reported as it goes (phase `.measuring`): on a big tree it is minutes of work.
+    private func validate(_ task: TaskRecord, _ transfer: Transfer, _ context: RunContext) throws -> (Preflight, TaskPlan) {
         let preflight = try planner.preflight(kind: task.kind, transfer: transfer, options: task.options,
                                               cancellation: context.cancellation) { [self] progress in
             self.report(task, progress, context)
@@ -240,7 +250,7 @@ public final class MoveEngine: Sendable {
             inodes: preflight.measurement.inodes, stagingName: StoredPath(StagingArea.prefix + task.id),
             finalNames: transfer.sources.map { StoredPath($0.destinationName) },
             destinationDirectory: StoredPath(transfer.destinationPath))
-        return (preflight, plan, try Self.locks(for: transfer, taskID: task.id))
+        return (preflight, plan)
     }
 
     /// Restores the task's released files through its source filesystem's Lustre backend.

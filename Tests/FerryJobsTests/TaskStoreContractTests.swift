@@ -203,6 +203,74 @@ struct TaskStoreContractTests {
         }
     }
 
+    /// A task waiting for another's locks (`wait`): not claimable until its delay is up or the
+    /// holder ends, whichever is first; its looks (claims, alone or several at once) leave no
+    /// history entry and count no attempt, and the wait is recorded once for each holder. A
+    /// takeover is recorded as ever, and taking its locks ends the wait. A cancel makes it
+    /// claimable at once.
+    @Test(arguments: storeEngines)
+    func aTaskWaitingForLocksLooksQuietlyAndWakesWhenTheHolderEnds(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            let holder = try await store.create(newMove())
+            let waiter = try await store.create(newMove("bob"))
+            _ = try await store.claim(id: holder.id, worker: "h", lease: .seconds(60))
+            try await store.acquireLocks(id: holder.id, worker: "h", [PathLock(taskID: holder.id, filesystem: "7:0", path: StoredPath("/p/a"))])
+            _ = try await store.claim(id: waiter.id, worker: "w", lease: .seconds(60))
+            let waitOn = { (other: String, delay: Duration, worker: String) in
+                try await store.wait(id: waiter.id, worker: worker, for: other, retryAfter: delay, message: "waiting: /p/a is locked by task \(other)")
+            }
+            try await waitOn(holder.id, .zero, "w")
+            let history = try await store.events(waiter.id).count
+            // Looks, one claim at a time and several at once (PostgreSQL's two statements).
+            for (index, limit) in [1, 8, 1].enumerated() {
+                let worker = "look\(index)"
+                let claimed = try await store.claim(worker: worker, limit: limit, lease: .seconds(60))
+                #expect(claimed.map(\.id) == [waiter.id] && claimed.first?.attempts == 1, "\(claimed.map(\.attempts))")
+                try await waitOn(holder.id, .zero, worker)
+            }
+            #expect(try await store.events(waiter.id).count == history)
+            #expect(try #require(try await store.task(waiter.id)).attempts == 1)
+            // Another holder is another line.
+            _ = try #require(try await store.claim(id: waiter.id, worker: "w", lease: .seconds(60)))
+            try await waitOn("other-task", .zero, "w")
+            let events = try await store.events(waiter.id)
+            #expect(events.count == history + 1 && events.last?.message == "waiting: /p/a is locked by task other-task", "\(events.map(\.message))")
+
+            // Waiting for the holder with a long delay: the holder's end wakes it at once.
+            _ = try #require(try await store.claim(id: waiter.id, worker: "w", lease: .seconds(60)))
+            try await waitOn(holder.id, .seconds(600), "w")
+            #expect(try await store.claim(worker: "x", limit: 8, lease: .seconds(60)).isEmpty)
+            try await store.finish(id: holder.id, worker: "h", status: .completed, failure: nil, message: "done")
+            let woken = try await store.claim(worker: "x", limit: 8, lease: .seconds(60))
+            #expect(woken.map(\.id) == [waiter.id] && woken.first?.attempts == 1)
+            // A holder that ended before the wait was recorded wakes nobody: claimable at once.
+            try await store.wait(id: waiter.id, worker: "x", for: holder.id, retryAfter: .seconds(600), message: "waiting: /p/a is locked by task \(holder.id)")
+            #expect(try await store.claim(worker: "y", limit: 1, lease: .seconds(1)).map(\.id) == [waiter.id])
+            // A look whose worker died is taken over: recorded, and counted.
+            try await Task.sleep(for: .milliseconds(1300))
+            let taken = try #require(try await store.claim(worker: "z", limit: 1, lease: .seconds(60)).first)
+            #expect(taken.id == waiter.id && taken.attempts == 2 && taken.takenOverFrom == "y")
+            #expect(try await store.events(waiter.id).last?.isTakeover == true)
+            // Its locks taken, the wait is over: the next claim is recorded again.
+            try await store.acquireLocks(id: waiter.id, worker: "z", [PathLock(taskID: waiter.id, filesystem: "7:0", path: StoredPath("/p/a"))])
+            try await store.release(id: waiter.id, worker: "z", retryAfter: nil, failure: nil, message: "worker stopping")
+            let before = try await store.events(waiter.id).count
+            let recorded = try #require(try await store.claim(worker: "z", limit: 1, lease: .seconds(60)).first)
+            let after = try await store.events(waiter.id).count
+            #expect(recorded.attempts == 3 && after == before + 1)
+
+            // A cancel of a task waiting unheld makes it claimable at once, to be rolled back.
+            let third = try await store.create(newMove("carol", sources: ["/p/c"]))
+            _ = try await store.claim(id: third.id, worker: "w", lease: .seconds(60))
+            try await store.advance(id: third.id, worker: "w", to: .validating, plan: nil, message: "validating")
+            try await store.wait(id: third.id, worker: "w", for: waiter.id, retryAfter: .seconds(600), message: "waiting: /p/a is locked by task \(waiter.id)")
+            #expect(try await store.claim(worker: "x", limit: 8, lease: .seconds(60)).isEmpty)
+            #expect(try await store.requestCancel(third.id).cancelRequested)
+            let cancelled = try await store.claim(worker: "x", limit: 8, lease: .seconds(60))
+            #expect(cancelled.map(\.id) == [third.id] && cancelled.first?.cancelRequested == true)
+        }
+    }
+
     /// A task that failed while committing (its plan marked `stoppedCommitting`) goes back to
     /// `committing` with its plan when retried, and is claimable at once; one that failed before
     /// goes back to `pending`, planned anew. Both retries are the history's `retried`.

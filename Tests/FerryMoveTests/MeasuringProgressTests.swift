@@ -32,9 +32,11 @@ struct MeasuringProgressTests {
         #expect(last.entriesDone == plan.entries && last.bytesDone == plan.bytes, "\(last) against \(plan)")
     }
 
-    /// A task that waits for another's lock is released with no counts: it is not measuring.
-    @Test func theCountsGoWhenTheMeasurementIsOver() async throws {
-        let harness = try Harness()
+    /// A task that waits for another's lock is released with no counts: it takes its locks
+    /// before it measures, so it has measured nothing (and walks nothing each time it looks again).
+    @Test func aTaskWaitingForALockHasNotMeasured() async throws {
+        let recorder = Recorder()
+        let harness = try Harness(progress: { _, progress in recorder.add(progress) })
         defer { harness.cleanup() }
         let source = harness.directory + "/src/data"
         try makeTree(source, files: 30, size: 1000)
@@ -52,6 +54,13 @@ struct MeasuringProgressTests {
         let waiting = try await harness.run([source], to: harness.directory + "/dst", kind: .copy, options: options)
         #expect(waiting.status == .validating && waiting.leaseOwner == nil, "\(waiting.status)")
         #expect(waiting.progress == TaskProgress(), "\(waiting.progress)")
+        #expect(recorder.measuring.isEmpty, "measured while waiting: \(recorder.measuring.count) reports")
+        // Once the lock is free it measures, under its own locks.
+        try await harness.store.finish(id: other.id, worker: "other", status: .completed, failure: nil, message: "done")
+        let again = try #require(try await harness.store.claim(id: waiting.id, worker: "test-worker", lease: .seconds(30)))
+        let record = await harness.engine.run(again)
+        #expect(record.status == .completed, "\(String(describing: record.failure))")
+        #expect(!recorder.measuring.isEmpty)
     }
 
     /// A worker that stops while measuring hands the task back without the counts it had found:

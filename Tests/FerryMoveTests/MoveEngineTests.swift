@@ -871,12 +871,26 @@ struct MoveEngineTests {
             // Waiting instead: the task steps back and is not failed.
             var options = TaskOptions()
             options.waitForLocks = true
-            let waiting = try await harness.run([a + "/data"], to: b, options: options)
+            var waiting = try await harness.run([a + "/data"], to: b, options: options)
             #expect(waiting.status == .validating && waiting.leaseOwner == nil)
             #expect(listing(a) == ["data"] && listing(b).isEmpty)
-            // Once the other task ends, a worker runs the waiting one to completion.
+            // Not claimable again until the other ends (or the wait's delay is up)…
+            #expect(try await harness.store.claim(worker: "test-worker", limit: 1, lease: .seconds(30)).isEmpty)
+            #expect(waiting.notBefore.map { $0 > Date().addingTimeInterval(5) } == true, "\(String(describing: waiting.notBefore))")
+            // …and each look meanwhile leaves no history entry and counts no attempt: one line
+            // for the wait, however long it lasts.
+            let history = try await harness.store.events(waiting.id).count
+            for _ in 0..<3 {
+                let look = try #require(try await harness.store.claim(id: waiting.id, worker: "test-worker", lease: .seconds(30)))
+                waiting = await harness.engine.run(look)
+                #expect(waiting.status == .validating && waiting.leaseOwner == nil && waiting.attempts == 1, "\(waiting.attempts)")
+            }
+            let events = try await harness.store.events(waiting.id)
+            #expect(events.count == history, "\(events.map(\.message))")
+            #expect(events.filter { $0.message.hasPrefix("waiting: \(a) is locked by task \(other.id)") }.count == 1, "\(events.map(\.message))")
+            // Once the other task ends, the waiting one is claimable at once, and a worker runs it
+            // to completion.
             try await harness.store.finish(id: other.id, worker: "other-worker", status: .completed, failure: nil, message: "done")
-            try await Task.sleep(for: .milliseconds(2100))
             let records = await Worker(engine: harness.engine, concurrency: 1).run(once: true)
             #expect(records.contains { $0.id == waiting.id && $0.status == .completed })
             #expect(listing(b) == ["data"])
