@@ -155,6 +155,17 @@ public final class MoveEngine: Sendable {
         }
         guard var plan = task.plan else { throw Refusal(code: "plan.missing", message: "task \(task.id) reached \(task.status.rawValue) without a plan") }
         let strategy = Strategy(rawValue: plan.strategy) ?? .copy
+        if task.status == .committing, plan.stoppedCommitting != true {
+            // A commit whose runs keep dying (a worker that crashes on one of its files, or
+            // stalls for a whole lease each time) would take worker after worker down for ever:
+            // stopped where it is instead, for a user's retry to finish once the cause is found.
+            let ends = UnexpectedEnds.count(try await store.events(task.id), during: .committing)
+            if ends >= UnexpectedEnds.limit {
+                await stopCommit(context, TaskFailure(code: TaskFailure.crashedCode, message:
+                    "the commit's run ended unexpectedly \(ends) times (its process died, or stopped for a whole lease); it was stopped rather than run again"))
+                return
+            }
+        }
         if task.status == .committing, plan.stoppedCommitting == true {
             // A commit that stopped, retried by a user: its locks went when it failed. Taken
             // again before anything is touched; a task holding one of its paths meanwhile is

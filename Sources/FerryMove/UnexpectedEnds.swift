@@ -7,15 +7,20 @@ import Foundation
 /// ends so every time (a crash met on one of its files, memory it cannot have) would otherwise take
 /// worker after worker down, forever. At its `limit`th such end since it was last retried it is
 /// rolled back instead of resumed (staging removed, source untouched), with a failure that says
-/// why. Past the point of no return (committing) it is always resumed: it must finish.
+/// why. Past the point of no return (committing) nothing is rolled back: the engine resumes the
+/// commit, and at its `limit`th such end while committing stops it where it is, failed, to be
+/// finished by a user's retry (`MoveEngine.stopCommit`).
 public enum UnexpectedEnds {
     public static let limit = 3
     /// The event a runner records when a task's process ends without handing the task back.
     public static let processEnded = "task process ended unexpectedly"
 
-    /// The task's unexpected ends since it was last retried, as its history records them.
-    public static func count(_ events: [TaskEvent]) -> Int {
-        TaskEvent.sinceRetried(events).filter { $0.isTakeover || $0.message.hasPrefix(processEnded) }.count
+    /// The task's unexpected ends since it was last retried, as its history records them; with
+    /// `status`, only those of runs that ended in it.
+    public static func count(_ events: [TaskEvent], during status: TaskStatus? = nil) -> Int {
+        TaskEvent.sinceRetried(events).filter { event in
+            (event.isTakeover || event.message.hasPrefix(processEnded)) && (status == nil || event.status == status)
+        }.count
     }
 
     /// For a claimer, with a task it has just claimed: when the claim took the task over from a

@@ -221,7 +221,8 @@ extension TaskRunner {
     /// then 10 s, 20 s… (at most 5 minutes); at the `UnexpectedEnds.limit`th unexpected end since
     /// its last retry (these, and its workers' deaths) it is cancelled, so the next run rolls it
     /// back (staging removed, source untouched) with a failure that says why. Past the point of no
-    /// return (committing) it is always resumed: it must finish.
+    /// return (committing) it is resumed, and the engine stops it at its `UnexpectedEnds.limit`th
+    /// such end while committing (nothing rolled back; a retry finishes it).
     func handBackAfterUnexpectedEnd(_ record: TaskRecord, worker: String, termination: String, log: Logger) async {
         // A measurement cut short: its counts are not what the next run will find.
         if record.status == .validating { try? await store.updateProgress(id: record.id, worker: worker, TaskProgress()) }

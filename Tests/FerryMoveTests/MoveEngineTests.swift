@@ -626,6 +626,48 @@ struct MoveEngineTests {
         }
     }
 
+    /// A commit whose runs keep ending unexpectedly (a worker that dies on it, or stalls for a
+    /// whole lease, each time) is stopped at its `UnexpectedEnds.limit`th such end while
+    /// committing, not resumed for ever: failed, nothing rolled back, saying what is where, and
+    /// a retry finishes it. Ends in the phases before count towards the rollback, not this.
+    @Test func aCommitWhoseRunsKeepDyingStopsAndItsRetryFinishesIt() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data")
+            let before = try TreeSnapshot.take(a + "/data")
+            let source = try FileDescriptor.openDirectory(Array(a.utf8)), destination = try FileDescriptor.openDirectory(Array(b.utf8))
+            defer { source.closeQuietly(); destination.closeQuietly() }
+            _ = try CopyEngine(options: CopyOptions(jobs: 2)).copy([CopySource(directory: source, name: Array("data".utf8))], to: destination)
+            let task = try await harness.task(at: .copying, source: a + "/data", destination: b)
+            let ended = UnexpectedEnds.processEnded + " (signal 9)"
+            for _ in 1..<UnexpectedEnds.limit { try await harness.store.record(task.id, message: ended) }
+            try await harness.store.advance(id: task.id, worker: "test-worker", to: .committing, plan: nil, message: "publishing")
+            for _ in 0..<UnexpectedEnds.limit { try await harness.store.record(task.id, message: ended) }
+            let events = try await harness.store.events(task.id)
+            #expect(UnexpectedEnds.count(events) == 2 * UnexpectedEnds.limit - 1)
+            #expect(UnexpectedEnds.count(events, during: .committing) == UnexpectedEnds.limit)
+
+            let stopped = await harness.engine.run(try #require(try await harness.store.task(task.id)))
+            #expect(stopped.status == .failed && stopped.failure?.code == TaskFailure.crashedCode, "\(String(describing: stopped.failure))")
+            let message = stopped.failure?.message ?? ""
+            #expect(message.contains("the commit's run ended unexpectedly \(UnexpectedEnds.limit) times"), "\(message)")
+            #expect(message.contains("1 of 1 published in \(b)") && message.contains("ferry task retry \(task.id) finishes the commit"), "\(message)")
+            #expect(stopped.plan?.stoppedCommitting == true)
+            #expect(listing(a) == ["data"] && listing(b) == ["data"], "\(listing(a)) \(listing(b))")
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+            #expect(try await harness.store.locks().isEmpty)
+
+            _ = try await harness.store.retry(task.id)
+            let finished = try await harness.runUntil(task.id) { $0.status.isTerminal }
+            #expect(finished.status == .completed, "\(String(describing: finished.failure))")
+            #expect(listing(b) == ["data"] && listing(a).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+        }
+    }
+
     /// A rename refused in its commit (the name taken after the plan was made) renamed nothing:
     /// nothing to finish, so it fails as before its commit, and a retry plans it anew.
     @Test func aRenameRefusedInItsCommitFailsAndIsPlannedAnewOnRetry() async throws {
