@@ -71,7 +71,7 @@ public struct Recall: Sendable {
     /// Returns the number of files restored.
     public func run(_ backend: LustreBackend, sources: [ByteString], progress: (String) -> Void = { _ in }) throws -> Int {
         var released: [ByteString] = []
-        for source in sources { released += try backend.releasedFiles(under: String(decoding: source, as: UTF8.self)) }
+        for source in sources { released += try backend.releasedFiles(under: source) }
         guard !released.isEmpty else { return 0 }
         progress("restoring \(released.count) files from the HSM archive")
         try backend.restore(released)

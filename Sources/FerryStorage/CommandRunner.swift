@@ -1,52 +1,45 @@
 import Foundation
+import FerrySystem
 
 /// Runs a helper program (`lfs`) with arguments, never through a shell, with a time limit: `lfs
 /// quota` can hang on an unreachable target, and a hung pre-flight check must fail, not wait forever.
+/// Arguments are bytes (`FerrySystem.ChildProcess`): a path that is not UTF-8 reaches `lfs` as the
+/// name it is, not as a lossy rendering of it that names another file, or none.
 struct CommandRunner: Sendable {
     var executable: String
     var timeout: Double = 60
 
     struct Output: Sendable {
         var status: Int32
-        var standardOutput: Data
+        var standardOutput: [UInt8]
         var standardError: String
     }
 
     func run(_ arguments: [String]) throws(StorageError) -> Output {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: resolvedExecutable())
-        process.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        let done = DispatchSemaphore(value: 0)
-        process.terminationHandler = { _ in done.signal() }
+        try run(bytes: arguments.map { Array($0.utf8) })
+    }
+
+    func run(bytes arguments: [ByteString]) throws(StorageError) -> Output {
+        let outcome: ChildProcess.Outcome
         do {
-            try process.run()
+            outcome = try ChildProcess.run(executable: resolvedExecutable(), byteArguments: arguments,
+                                           environment: ProcessInfo.processInfo.environment, identity: nil,
+                                           deadline: .now + .milliseconds(Int64(timeout * 1000)))
         } catch {
-            throw StorageError(.command, "could not run \(executable): \(error.localizedDescription); set the path of lfs in the configuration (lfs = \"/usr/bin/lfs\") or FERRY_LFS")
+            throw StorageError(.command, "could not run \(executable): \(error); set the path of lfs in the configuration (lfs = \"/usr/bin/lfs\") or FERRY_LFS")
         }
-        // Read both pipes while the process runs, so a large output cannot fill a pipe and stall it.
-        let collected = OutputCollector()
-        let group = DispatchGroup()
-        for (pipe, isError) in [(out, false), (err, true)] {
-            group.enter()
-            DispatchQueue.global().async {
-                let data = pipe.fileHandleForReading.readDataToEndOfFile()
-                collected.set(data, isError: isError)
-                group.leave()
+        switch outcome {
+        case .overran(let child):
+            // Killed; reaped once the kernel lets it die (a process stuck on a hung mount waits for it).
+            Thread.detachNewThread { _ = child.wait() }
+            throw StorageError(.command, "\(executable) \(arguments.map { PathDisplay.string($0) }.joined(separator: " ")) did not answer within \(Int(timeout)) s")
+        case .ended(let termination, let output, let error):
+            let status: Int32 = switch termination {
+            case .exited(let code): code
+            case .signalled(let number): 128 + number
             }
+            return Output(status: status, standardOutput: output, standardError: String(decoding: error, as: UTF8.self))
         }
-        if done.wait(timeout: .now() + timeout) == .timedOut {
-            process.terminate()
-            _ = done.wait(timeout: .now() + 5)
-            throw StorageError(.command, "\(executable) \(arguments.joined(separator: " ")) did not answer within \(Int(timeout)) s")
-        }
-        group.wait()
-        return Output(status: process.terminationStatus, standardOutput: collected.output,
-                      standardError: String(decoding: collected.error, as: UTF8.self))
     }
 
     /// A bare name is looked up in PATH, as a shell would.
@@ -58,16 +51,4 @@ struct CommandRunner: Sendable {
         }
         return executable
     }
-}
-
-private final class OutputCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: (Data, Data) = (Data(), Data())
-    func set(_ data: Data, isError: Bool) {
-        lock.lock()
-        if isError { stored.1 = data } else { stored.0 = data }
-        lock.unlock()
-    }
-    var output: Data { lock.lock(); defer { lock.unlock() }; return stored.0 }
-    var error: Data { lock.lock(); defer { lock.unlock() }; return stored.1 }
 }

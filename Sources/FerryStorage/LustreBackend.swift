@@ -126,11 +126,13 @@ public struct LustreBackend: StorageBackend {
     }
 
     /// Files under `directory` whose data is on tape only: `lfs find DIR --layout released --print0`
-    /// (there is no `lfs find -hsm`). Paths as bytes.
-    public func releasedFiles(under directory: String) throws(StorageError) -> [ByteString] {
-        let output = try lfs.run(["find", directory, "--layout", "released", "--print0"])
-        guard output.status == 0 else { throw StorageError(.command, "lfs find \(directory) --layout released failed: \(output.standardError)") }
-        return LfsFindParser.parsePrint0(Array(output.standardOutput))
+    /// (there is no `lfs find -hsm`). Paths as bytes, both ways.
+    public func releasedFiles(under directory: ByteString) throws(StorageError) -> [ByteString] {
+        let output = try lfs.run(bytes: [Array("find".utf8), directory] + ["--layout", "released", "--print0"].map { Array($0.utf8) })
+        guard output.status == 0 else {
+            throw StorageError(.command, "lfs find \(PathDisplay.string(directory)) --layout released failed: \(output.standardError)")
+        }
+        return LfsFindParser.parsePrint0(output.standardOutput)
     }
 }
 
@@ -138,18 +140,17 @@ extension LustreBackend {
     /// Asks the HSM to bring released files back from the archive (`lfs hsm_restore`), in batches.
     public func restore(_ paths: [ByteString]) throws(StorageError) {
         for start in stride(from: 0, to: paths.count, by: 100) {
-            let batch = paths[start..<min(start + 100, paths.count)].map { String(decoding: $0, as: UTF8.self) }
-            let output = try lfs.run(["hsm_restore"] + batch)
+            let output = try lfs.run(bytes: [Array("hsm_restore".utf8)] + paths[start..<min(start + 100, paths.count)])
             guard output.status == 0 else { throw StorageError(.command, "lfs hsm_restore failed: \(output.standardError)") }
         }
     }
 
-    /// The paths whose HSM request is still pending (`lfs hsm_action`): empty once all restores ended.
+    /// The paths whose HSM request is still pending (`lfs hsm_action`), as `lfs` prints them (for
+    /// counting and showing): empty once all restores ended.
     public func pendingHSMActions(_ paths: [ByteString]) throws(StorageError) -> [String] {
         var pending: [String] = []
         for start in stride(from: 0, to: paths.count, by: 100) {
-            let batch = paths[start..<min(start + 100, paths.count)].map { String(decoding: $0, as: UTF8.self) }
-            let output = try lfs.run(["hsm_action"] + batch)
+            let output = try lfs.run(bytes: [Array("hsm_action".utf8)] + paths[start..<min(start + 100, paths.count)])
             guard output.status == 0 else { throw StorageError(.command, "lfs hsm_action failed: \(output.standardError)") }
             do {
                 pending += try LfsHSMActionParser.parse(String(decoding: output.standardOutput, as: UTF8.self)).filter { !$0.isIdle }.map(\.path)

@@ -58,9 +58,20 @@ public final class ChildProcess: Sendable {
         executable: String, arguments: [String], environment: [String: String], identity: UserIdentity?,
         workingDirectory: String = "/", standardError mode: StandardErrorMode = .pipe
     ) throws(SystemError) -> ChildProcess {
+        try spawn(executable: executable, byteArguments: arguments.map { Array($0.utf8) }, environment: environment, identity: identity,
+                  workingDirectory: workingDirectory, standardError: mode)
+    }
+
+    /// As `spawn(executable:arguments:…)`, with arguments as the bytes they are: a path that is
+    /// not UTF-8 reaches the program unchanged.
+    public static func spawn(
+        executable: String, byteArguments arguments: [ByteString], environment: [String: String], identity: UserIdentity?,
+        workingDirectory: String = "/", standardError mode: StandardErrorMode = .pipe
+    ) throws(SystemError) -> ChildProcess {
         let environmentLines = environment.map { "\($0.key)=\($0.value)" }
-        let strings = [executable, workingDirectory] + arguments + environmentLines
-        guard !strings.contains(where: { $0.utf8.contains(0) }), !environment.keys.contains(where: { $0.isEmpty || $0.contains("=") }) else {
+        let strings = [executable, workingDirectory] + environmentLines
+        guard !strings.contains(where: { $0.utf8.contains(0) }), !arguments.contains(where: { $0.contains(0) }),
+              !environment.keys.contains(where: { $0.isEmpty || $0.contains("=") }) else {
             throw SystemError(errno: EINVAL, syscall: "execve", path: executable)
         }
 
@@ -102,8 +113,8 @@ public final class ChildProcess: Sendable {
         attributes.gid = identity?.gid ?? 0
         let groups = identity?.groups ?? []
 
-        let argv = CStringArray([executable] + arguments)
-        let envp = CStringArray(environmentLines)
+        let argv = CStringArray([Array(executable.utf8)] + arguments)
+        let envp = CStringArray(environmentLines.map { Array($0.utf8) })
         defer { argv.free(); envp.free() }
         var failedStep: CInt = 0
         var spawnErrno: CInt = 0
@@ -184,7 +195,16 @@ public final class ChildProcess: Sendable {
         executable: String, arguments: [String], environment: [String: String], identity: UserIdentity?,
         workingDirectory: String = "/", input: [UInt8] = [], deadline: ContinuousClock.Instant? = nil
     ) throws(SystemError) -> Outcome {
-        let child = try spawn(executable: executable, arguments: arguments, environment: environment, identity: identity,
+        try run(executable: executable, byteArguments: arguments.map { Array($0.utf8) }, environment: environment, identity: identity,
+                workingDirectory: workingDirectory, input: input, deadline: deadline)
+    }
+
+    /// As `run(executable:arguments:…)`, with arguments as bytes (see `spawn`).
+    public static func run(
+        executable: String, byteArguments arguments: [ByteString], environment: [String: String], identity: UserIdentity?,
+        workingDirectory: String = "/", input: [UInt8] = [], deadline: ContinuousClock.Instant? = nil
+    ) throws(SystemError) -> Outcome {
+        let child = try spawn(executable: executable, byteArguments: arguments, environment: environment, identity: identity,
                               workingDirectory: workingDirectory, standardError: .pipe)
         var streams = Streams(input: child.standardInput, output: child.standardOutput, error: child.standardError!)
         let finished: Bool
@@ -310,8 +330,19 @@ private struct Streams {
 /// A NULL-terminated `char *[]` for `execve`, built before the fork (the child may not allocate).
 private struct CStringArray {
     let pointers: [UnsafeMutablePointer<CChar>?]
-    init(_ strings: [String]) { pointers = strings.map { strdup($0) } + [nil] }
-    func free() { for pointer in pointers { Glibc.free(pointer) } }
+    /// Each string's bytes (none of them NUL), with a NUL after them.
+    init(_ strings: [ByteString]) {
+        pointers = strings.map { bytes in
+            let copy = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
+            bytes.withUnsafeBufferPointer { source in
+                guard let base = source.baseAddress, !source.isEmpty else { return }
+                base.withMemoryRebound(to: CChar.self, capacity: source.count) { copy.update(from: $0, count: source.count) }
+            }
+            copy[bytes.count] = 0
+            return copy
+        } + [nil]
+    }
+    func free() { for pointer in pointers { pointer?.deallocate() } }
 }
 
 /// Children are forked from one thread that never ends: the kernel sends PR_SET_PDEATHSIG's signal

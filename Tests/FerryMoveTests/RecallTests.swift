@@ -18,7 +18,7 @@ struct RecallTests {
             echo "$@" >> '\(directory)/lfs.log'
             case "$1" in
               quota) cat '\(fixture)' ;;
-              find) printf '%s\\0' "$2/released" ;;
+              find) printf '%s/rel\\351ased\\0' "$2" ;;
               hsm_restore) : ;;
               hsm_action)
                 shift
@@ -40,7 +40,9 @@ struct RecallTests {
             let b = try fs.makeProjectDirectory("b", project: 200)
             try FileManager.default.createDirectory(atPath: a + "/data", withIntermediateDirectories: true)
             try TreeBuilder.write(a + "/data/online", bytes: 5000)
-            try Shell.run(["truncate", "-s", "1M", a + "/data/released"])  // size, no blocks: "released"
+            // Size, no blocks: "released". Named in Latin-1 (`rel\xE9ased`), not UTF-8: its name
+            // must reach `lfs` as the bytes it is.
+            try Shell.run(["sh", "-c", "truncate -s 1M \"$1/$(printf 'rel\\351ased')\"", "sh", a + "/data"])
             let lfs = try standIn(in: fs.directory)
             var planner = Planner(jobs: 2) { _, _ in LustreBackend(lfsPath: lfs) }
             planner.recall.pollInterval = .milliseconds(20)
@@ -57,10 +59,11 @@ struct RecallTests {
             recall.recall = true
             let recalled = try await run(recall)
             #expect(recalled.status == .completed, "\(String(describing: recalled.failure))")
-            let log = try String(contentsOfFile: fs.directory + "/lfs.log", encoding: .utf8).split(separator: "\n").map(String.init)
-            #expect(log.contains("find \(a)/data --layout released --print0"))
-            #expect(log.contains("hsm_restore \(a)/data/released"))
-            #expect(log.filter { $0 == "hsm_action \(a)/data/released" }.count == 2)  // pending, then idle
+            let log = try Data(contentsOf: URL(fileURLWithPath: fs.directory + "/lfs.log")).split(separator: UInt8(ascii: "\n")).map(Array.init)
+            let released = Array("\(a)/data/rel".utf8) + [0xE9] + Array("ased".utf8)
+            #expect(log.contains(Array("find \(a)/data --layout released --print0".utf8)))
+            #expect(log.contains(Array("hsm_restore ".utf8) + released), "\(log.map { PathDisplay.string($0) })")
+            #expect(log.filter { $0 == Array("hsm_action ".utf8) + released }.count == 2)  // pending, then idle
             let history = try await store.events(recalled.id).map(\.message)
             #expect(history.contains("1 files restored from the HSM archive"))
         }

@@ -115,9 +115,36 @@ struct StorageBackendTests {
         let script = directory + "/find"
         try "#!/bin/sh\nprintf '%s\\n' \"$@\" > '\(directory)/find.args'\nprintf '/l/a\\0/l/b\\377\\0'\n".write(toFile: script, atomically: true, encoding: .utf8)
         try Shell.run(["chmod", "755", script])
-        let released = try LustreBackend(lfsPath: script).releasedFiles(under: "/l")
+        // A directory whose name is not UTF-8 is passed as its bytes.
+        let released = try LustreBackend(lfsPath: script).releasedFiles(under: Array("/l/caf".utf8) + [0xE9])
         #expect(released == [Array("/l/a".utf8), Array("/l/b".utf8) + [0xFF]])
-        #expect(try String(contentsOfFile: directory + "/find.args", encoding: .utf8) == "find\n/l\n--layout\nreleased\n--print0\n")
+        #expect(try Array(Data(contentsOf: URL(fileURLWithPath: directory + "/find.args")))
+                == Array("find\n/l/caf".utf8) + [0xE9] + Array("\n--layout\nreleased\n--print0\n".utf8))
+    }
+}
+
+@Suite struct LfsCommandTests {
+    /// An `lfs` that hangs (a target that does not answer) is killed at its time limit, and the
+    /// call fails saying so; one that fails says how it ended.
+    @Test func aHungLfsIsGivenUpAtItsTimeLimit() throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-lfs")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let hung = directory + "/hung-lfs"
+        try "#!/bin/sh\necho started > '\(directory)/started'\nexec sleep 60\n".write(toFile: hung, atomically: true, encoding: .utf8)
+        let failing = directory + "/failing-lfs"
+        try "#!/bin/sh\necho 'no such target' >&2\nexit 5\n".write(toFile: failing, atomically: true, encoding: .utf8)
+        try Shell.run(["chmod", "755", hung, failing])
+        #expect {
+            _ = try LustreBackend(lfsPath: hung, timeout: 1).layout(of: "/mnt/lustre/x")
+        } throws: { error in
+            "\(error)".contains("\(hung) getstripe /mnt/lustre/x did not answer within 1 s")
+        }
+        #expect(FileManager.default.fileExists(atPath: directory + "/started"))
+        #expect {
+            _ = try LustreBackend(lfsPath: failing).layout(of: "/mnt/lustre/x")
+        } throws: { error in
+            "\(error)".contains("lfs getstripe /mnt/lustre/x failed: no such target")
+        }
     }
 }
 
