@@ -199,10 +199,10 @@ public final class SQLiteTaskStore: TaskStore {
     private static func advance(_ db: Database, id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) throws {
         try fence(db, id, worker)
         if let plan {
-            try db.execute(sql: "UPDATE tasks SET status = ?, plan = ?, updated_at = ? WHERE id = ?",
+            try db.execute(sql: "UPDATE tasks SET status = ?, plan = ?, waiting_for = NULL, updated_at = ? WHERE id = ?",
                            arguments: [status.rawValue, try json(plan), Date().timeIntervalSince1970, id])
         } else {
-            try db.execute(sql: "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?",
+            try db.execute(sql: "UPDATE tasks SET status = ?, waiting_for = NULL, updated_at = ? WHERE id = ?",
                            arguments: [status.rawValue, Date().timeIntervalSince1970, id])
         }
         try event(db, id, status, message)
@@ -247,7 +247,7 @@ public final class SQLiteTaskStore: TaskStore {
             try Self.fence(db, id, worker)
             let now = Date().timeIntervalSince1970
             try db.execute(sql: """
-                UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = ?,
+                UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = ?, waiting_for = NULL,
                   failure_code = ?, failure_message = ?, updated_at = ? WHERE id = ?
                 """, arguments: [retryAfter.map { now + $0.seconds }, failure?.code, failure?.message, now, id])
             let status = try String.fetchOne(db, sql: "SELECT status FROM tasks WHERE id = ?", arguments: [id]).flatMap(TaskStatus.init) ?? .pending
@@ -260,13 +260,17 @@ public final class SQLiteTaskStore: TaskStore {
         try await pool.write { db in
             try Self.fence(db, id, worker)
             let now = Date().timeIntervalSince1970
-            let before = try String.fetchOne(db, sql: "SELECT waiting_for FROM tasks WHERE id = ?", arguments: [id])
-            // A holder that has ended since the task's locks were refused woke nobody: at once.
+            let row = try Row.fetchOne(db, sql: "SELECT waiting_for, cancel_requested FROM tasks WHERE id = ?", arguments: [id])
+            let before: String? = row?["waiting_for"]
+            let cancelled: Bool = row?["cancel_requested"] ?? false
+            // A holder that has ended since the task's locks were refused woke nobody, and there
+            // is nothing to wait for: claimable at once, an ordinary claim. A cancel asked for
+            // meanwhile is not kept waiting either.
             let held = try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM path_locks WHERE task_id = ?)", arguments: [holder]) ?? false
             try db.execute(sql: """
                 UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = ?, waiting_for = ?,
                   failure_code = NULL, failure_message = NULL, updated_at = ? WHERE id = ?
-                """, arguments: [held ? now + retryAfter.seconds : nil, holder, now, id])
+                """, arguments: [held && !cancelled ? now + retryAfter.seconds : nil, held ? holder : nil, now, id])
             if before != holder {
                 let status = try String.fetchOne(db, sql: "SELECT status FROM tasks WHERE id = ?", arguments: [id]).flatMap(TaskStatus.init) ?? .pending
                 try Self.event(db, id, status, message)
@@ -291,7 +295,14 @@ public final class SQLiteTaskStore: TaskStore {
                 try db.execute(sql: "INSERT OR IGNORE INTO path_locks (task_id, filesystem, path) VALUES (?, ?, ?)",
                                arguments: [id, lock.filesystem, Data(lock.path.bytes)])
             }
-            try db.execute(sql: "UPDATE tasks SET waiting_for = NULL WHERE id = ? AND waiting_for IS NOT NULL", arguments: [id])
+            // The wait is over: the claim of this run, a look until now, is the task's next attempt.
+            try db.execute(sql: "UPDATE tasks SET waiting_for = NULL, attempts = attempts + 1 WHERE id = ? AND waiting_for IS NOT NULL",
+                           arguments: [id])
+            if db.changesCount > 0 {
+                let row = try Row.fetchOne(db, sql: "SELECT status, attempts FROM tasks WHERE id = ?", arguments: [id])
+                try Self.event(db, id, TaskStatus(rawValue: row?["status"] ?? "") ?? .validating,
+                               TaskEvent.claimed(by: worker, attempt: row?["attempts"] ?? 0, takenOverFrom: nil))
+            }
         }
     }
 
@@ -354,14 +365,17 @@ public final class SQLiteTaskStore: TaskStore {
 
     /// `from`: the worker whose expired lease the claim takes over (its own is no takeover).
     /// The claim of a task waiting for another's locks (`wait`), handed back and not taken over,
-    /// is a look: no history entry, no attempt.
+    /// is a look: no history entry, no attempt (until it takes its locks: `acquireLocks`). Any
+    /// other claim ends the wait.
     private static func take(_ db: Database, _ id: String, worker: String, lease: Duration, now: Double, from previous: String?) throws -> TaskRecord {
         let takenOverFrom = previous == worker ? nil : previous
-        let waiting = try String.fetchOne(db, sql: "SELECT waiting_for FROM tasks WHERE id = ?", arguments: [id]) != nil
+        let row = try Row.fetchOne(db, sql: "SELECT waiting_for, status FROM tasks WHERE id = ?", arguments: [id])
+        let waiting = (row?["waiting_for"] as String?) != nil && ["validating", "committing"].contains(row?["status"] as String? ?? "")
         let look = waiting && takenOverFrom == nil
         try db.execute(sql: """
-            UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + ?, updated_at = ? WHERE id = ?
-            """, arguments: [worker, now + lease.seconds, look ? 0 : 1, now, id])
+            UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + ?,
+              waiting_for = CASE WHEN ? THEN waiting_for END, updated_at = ? WHERE id = ?
+            """, arguments: [worker, now + lease.seconds, look ? 0 : 1, look, now, id])
         var task = try fetch(db, id)
         task.takenOverFrom = takenOverFrom
         if !look {

@@ -152,7 +152,8 @@ enum ClaimSQL {
             ORDER BY created_at, id LIMIT \(limit)),
         u AS (
             UPDATE tasks t SET lease_owner = s.worker, lease_expires_at = n.now + s.lease,
-              attempts = t.attempts + \(counted("nullif(c.previous, s.worker)")), updated_at = n.now
+              attempts = t.attempts + \(counted("nullif(c.previous, s.worker)")),
+              waiting_for = \(keptWait("nullif(c.previous, s.worker)")), updated_at = n.now
             FROM c JOIN s ON s.slot = c.slot, n WHERE t.id = c.id
             RETURNING t.*, c.slot, nullif(c.previous, s.worker) AS previous),
         \(recorded(ordered: " ORDER BY u.slot"))
@@ -168,7 +169,8 @@ enum ClaimSQL {
             ORDER BY created_at, id LIMIT 1),
         u AS (
             UPDATE tasks t SET lease_owner = $1, lease_expires_at = n.now + $2,
-              attempts = t.attempts + \(counted("nullif(c.previous, $1)")), updated_at = n.now
+              attempts = t.attempts + \(counted("nullif(c.previous, $1)")),
+              waiting_for = \(keptWait("nullif(c.previous, $1)")), updated_at = n.now
             FROM c, n WHERE t.id = c.id
             RETURNING t.*, nullif(c.previous, $1) AS previous),
         \(recorded())
@@ -197,22 +199,29 @@ enum ClaimSQL {
         """
     }
 
-    /// What a claim adds to the task's attempts, 1 or 0: the claim of a task waiting for
-    /// another's locks (`TaskStore.wait`), handed back and not taken over (`previous`, the
-    /// worker whose lease it takes over, is null), is a look and counts none.
-    static func counted(_ previous: String) -> String {
-        "CASE WHEN t.waiting_for IS NOT NULL AND \(previous) IS NULL THEN 0 ELSE 1 END"
+    /// Whether the claim is a look: the task waits for another's locks (`TaskStore.wait`), was
+    /// handed back, and is not taken over (`previous`, the worker whose lease the claim takes
+    /// over, is null). A look counts no attempt, has no history entry and keeps the wait; any
+    /// other claim ends it.
+    static func look(_ previous: String) -> String {
+        "(t.waiting_for IS NOT NULL AND \(previous) IS NULL AND t.status IN ('validating','committing'))"
     }
 
+    /// What a claim adds to the task's attempts: 0 for a look, else 1.
+    static func counted(_ previous: String) -> String { "CASE WHEN \(look(previous)) THEN 0 ELSE 1 END" }
+
+    /// The task's `waiting_for` after the claim: kept by a look, else none.
+    static func keptWait(_ previous: String) -> String { "CASE WHEN \(look(previous)) THEN t.waiting_for END" }
+
     /// Each claimed task's history entry, in slot order when there are slots: the words of
-    /// `TaskEvent.claimed(by:attempt:takenOverFrom:)`. A look (see `counted`) has none.
+    /// `TaskEvent.claimed(by:attempt:takenOverFrom:)`. A look (its `waiting_for` kept) has none.
     private static func recorded(ordered order: String = "") -> String {
         """
         e AS (
             INSERT INTO task_events (task_id, at, status, message)
             SELECT u.id, u.updated_at, u.status,
                    'claimed by ' || u.lease_owner || ' (attempt ' || u.attempts || ')' || coalesce(' after the lease of ' || u.previous || ' expired', '')
-            FROM u WHERE u.waiting_for IS NULL OR u.previous IS NOT NULL\(order))
+            FROM u WHERE u.waiting_for IS NULL\(order))
         """
     }
 }

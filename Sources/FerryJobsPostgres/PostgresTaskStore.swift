@@ -185,14 +185,15 @@ public final class PostgresTaskStore: TaskStore {
                 FOR UPDATE OF tasks),
             u AS (
                 UPDATE tasks t SET lease_owner = n.worker, lease_expires_at = n.now + n.lease,
-                  attempts = t.attempts + \(unescaped: ClaimSQL.counted("c.previous")), updated_at = n.now
+                  attempts = t.attempts + \(unescaped: ClaimSQL.counted("c.previous")),
+                  waiting_for = \(unescaped: ClaimSQL.keptWait("c.previous")), updated_at = n.now
                 FROM c, n WHERE t.id = c.id
                 RETURNING t.*, c.previous),
             e AS (
                 INSERT INTO task_events (task_id, at, status, message)
                 SELECT u.id, n.now, u.status,
                        'claimed by ' || n.worker || ' (attempt ' || u.attempts || ')' || coalesce(' after the lease of ' || u.previous || ' expired', '')
-                FROM u, n WHERE u.waiting_for IS NULL OR u.previous IS NOT NULL)
+                FROM u, n WHERE u.waiting_for IS NULL)
             SELECT \(unescaped: PostgresSchema.columns("u")), u.previous FROM u
             """).first.map { row in
                 var record = try PostgresSchema.record(row)
@@ -215,7 +216,8 @@ public final class PostgresTaskStore: TaskStore {
         try await transaction { connection in
             _ = try await self.fence(connection, id, worker)
             try await self.run(connection, """
-                UPDATE tasks SET status = \(status.rawValue), plan = coalesce(\(planText)::jsonb, plan), updated_at = \(unescaped: Self.clock)
+                UPDATE tasks SET status = \(status.rawValue), plan = coalesce(\(planText)::jsonb, plan), waiting_for = NULL,
+                  updated_at = \(unescaped: Self.clock)
                 WHERE id = \(id)
                 """)
             try await self.event(connection, id, status, message)
@@ -262,7 +264,7 @@ public final class PostgresTaskStore: TaskStore {
             let (status, now) = try await self.fence(connection, id, worker)
             try await self.run(connection, """
                 UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = \(now) + \(retryAfter?.seconds)::float8,
-                  failure_code = \(failure?.code), failure_message = \(failure?.message), updated_at = \(now)
+                  waiting_for = NULL, failure_code = \(failure?.code), failure_message = \(failure?.message), updated_at = \(now)
                 WHERE id = \(id)
                 """)
             try await self.event(connection, id, status, message)
@@ -280,13 +282,16 @@ public final class PostgresTaskStore: TaskStore {
             // until it commits, so the two cannot deadlock.)
             try await self.run(connection, "SELECT 1 FROM tasks WHERE id = \(holder) FOR KEY SHARE")
             let rows = try await self.run(connection, """
-                SELECT t.waiting_for, EXISTS (SELECT 1 FROM path_locks WHERE task_id = \(holder)) AS held FROM tasks t WHERE t.id = \(id)
+                SELECT t.waiting_for, t.cancel_requested, EXISTS (SELECT 1 FROM path_locks WHERE task_id = \(holder)) AS held
+                FROM tasks t WHERE t.id = \(id)
                 """)
-            let (before, held) = try rows.first?.decode((String?, Bool).self) ?? (nil, false)
+            let (before, cancelled, held) = try rows.first?.decode((String?, Bool, Bool).self) ?? (nil, false, false)
+            // A holder that has ended meanwhile leaves nothing to wait for: claimable at once, an
+            // ordinary claim. A cancel asked for meanwhile is not kept waiting either.
             try await self.run(connection, """
                 UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL,
-                  not_before = CASE WHEN \(held) THEN \(now) + \(retryAfter.seconds)::float8 END, waiting_for = \(holder),
-                  failure_code = NULL, failure_message = NULL, updated_at = \(now)
+                  not_before = CASE WHEN \(held && !cancelled) THEN \(now) + \(retryAfter.seconds)::float8 END,
+                  waiting_for = \(held ? holder : nil), failure_code = NULL, failure_message = NULL, updated_at = \(now)
                 WHERE id = \(id)
                 """)
             if before != holder { try await self.event(connection, id, status, message) }
@@ -298,7 +303,15 @@ public final class PostgresTaskStore: TaskStore {
     public func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws {
         try await transaction { connection in
             _ = try await self.fence(connection, id, worker)
-            try await self.run(connection, "UPDATE tasks SET waiting_for = NULL WHERE id = \(id) AND waiting_for IS NOT NULL")
+            // The wait is over: the claim of this run, a look until now, is the task's next attempt.
+            // (Rolled back with the rest should a lock conflict.)
+            try await self.run(connection, """
+                WITH u AS (
+                    UPDATE tasks SET waiting_for = NULL, attempts = attempts + 1 WHERE id = \(id) AND waiting_for IS NOT NULL
+                    RETURNING id, status, attempts, lease_owner)
+                INSERT INTO task_events (task_id, at, status, message)
+                SELECT u.id, \(unescaped: Self.clock), u.status, 'claimed by ' || u.lease_owner || ' (attempt ' || u.attempts || ')' FROM u
+                """)
             guard !locks.isEmpty else { return }
             // Takers queue here, so that two of them cannot both see the other's paths free.
             try await self.run(connection, "SELECT pg_advisory_xact_lock(\(PostgresSchema.pathLock))")

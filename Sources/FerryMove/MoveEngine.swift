@@ -5,7 +5,8 @@ import FerrySystem
 import Foundation
 import Synchronization
 
-/// Carries a task through validate → lock → stage → verify → commit. Each phase is committed to
+/// Carries a task through validate (its paths resolved and locked, then measured) → stage → verify
+/// → commit. Each phase is committed to
 /// the store before its work starts, and no phase needs anything held in memory, so any worker can
 /// take a task over from its last phase after a crash. Every byte exists whole somewhere at all
 /// times: the source is deleted only after the copy is published, flushed and verified again.

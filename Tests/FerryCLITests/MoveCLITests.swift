@@ -448,9 +448,15 @@ struct MoveCLITests {
             let move = try startFerry(["move", "--wait-for-locks", a + "/data", b], environment: database(fs), output: output)
             try #require(!(try waiting(move, for: a + "/data")).isEmpty, "the move did not wait")
             try releaseAsIfFinished(id: holder, database: "\(fs.directory)/tasks.sqlite")
+            // The holder's end makes the waiting task claimable at once, and the command, which
+            // reads its task twice a second while it waits, runs it then: well before the 15 s
+            // a wait lasts at most.
+            let released = Date()
             move.waitUntilExit()
+            let waited = Date().timeIntervalSince(released)
             let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             #expect(move.terminationStatus == 0, "\(said)")
+            #expect(waited < 10, "the move ran \(waited) s after the holder ended")
             #expect(said.components(separatedBy: "ferry move: waiting: \(a)/data is locked by task \(holder)").count == 2, "said once: \(said)")
             #expect(try before.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
             #expect(try FileManager.default.contentsOfDirectory(atPath: a) == ["other"])
@@ -662,6 +668,8 @@ func releaseAsIfFinished(id: String, database: String) throws {
         db.execute("BEGIN IMMEDIATE")
         db.execute("UPDATE tasks SET status='cancelled', lease_owner=NULL, lease_expires_at=NULL WHERE id=?", ("\(id)",))
         db.execute("DELETE FROM path_locks WHERE task_id=?", ("\(id)",))
+        # As the store's finish does: the tasks waiting for this one may run now.
+        db.execute("UPDATE tasks SET not_before=NULL WHERE waiting_for=? AND lease_owner IS NULL", ("\(id)",))
         db.execute("COMMIT")
         db.execute("BEGIN IMMEDIATE")
         if db.execute("SELECT count(*) FROM path_locks WHERE task_id=?", ("\(id)",)).fetchone()[0] == 0:

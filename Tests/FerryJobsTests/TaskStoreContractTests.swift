@@ -205,9 +205,9 @@ struct TaskStoreContractTests {
 
     /// A task waiting for another's locks (`wait`): not claimable until its delay is up or the
     /// holder ends, whichever is first; its looks (claims, alone or several at once) leave no
-    /// history entry and count no attempt, and the wait is recorded once for each holder. A
-    /// takeover is recorded as ever, and taking its locks ends the wait. A cancel makes it
-    /// claimable at once.
+    /// history entry and count no attempt, and the wait is recorded once for each holder. Taking
+    /// its locks ends the wait and records the run; a takeover is recorded as ever and ends it
+    /// too. A cancel makes it claimable at once, and so does a holder already gone.
     @Test(arguments: storeEngines)
     func aTaskWaitingForLocksLooksQuietlyAndWakesWhenTheHolderEnds(engine: StoreUnderTest) async throws {
         try await withStore(engine) { store in
@@ -216,6 +216,7 @@ struct TaskStoreContractTests {
             _ = try await store.claim(id: holder.id, worker: "h", lease: .seconds(60))
             try await store.acquireLocks(id: holder.id, worker: "h", [PathLock(taskID: holder.id, filesystem: "7:0", path: StoredPath("/p/a"))])
             _ = try await store.claim(id: waiter.id, worker: "w", lease: .seconds(60))
+            try await store.advance(id: waiter.id, worker: "w", to: .validating, plan: nil, message: "validating")
             let waitOn = { (other: String, delay: Duration, worker: String) in
                 try await store.wait(id: waiter.id, worker: worker, for: other, retryAfter: delay, message: "waiting: /p/a is locked by task \(other)")
             }
@@ -231,10 +232,13 @@ struct TaskStoreContractTests {
             #expect(try await store.events(waiter.id).count == history)
             #expect(try #require(try await store.task(waiter.id)).attempts == 1)
             // Another holder is another line.
+            let other = try await store.create(newMove("dave", sources: ["/q"]))
+            _ = try await store.claim(id: other.id, worker: "o", lease: .seconds(60))
+            try await store.acquireLocks(id: other.id, worker: "o", [PathLock(taskID: other.id, filesystem: "7:0", path: StoredPath("/q"))])
             _ = try #require(try await store.claim(id: waiter.id, worker: "w", lease: .seconds(60)))
-            try await waitOn("other-task", .zero, "w")
+            try await waitOn(other.id, .zero, "w")
             let events = try await store.events(waiter.id)
-            #expect(events.count == history + 1 && events.last?.message == "waiting: /p/a is locked by task other-task", "\(events.map(\.message))")
+            #expect(events.count == history + 1 && events.last?.message == "waiting: /p/a is locked by task \(other.id)", "\(events.map(\.message))")
 
             // Waiting for the holder with a long delay: the holder's end wakes it at once.
             _ = try #require(try await store.claim(id: waiter.id, worker: "w", lease: .seconds(60)))
@@ -243,31 +247,42 @@ struct TaskStoreContractTests {
             try await store.finish(id: holder.id, worker: "h", status: .completed, failure: nil, message: "done")
             let woken = try await store.claim(worker: "x", limit: 8, lease: .seconds(60))
             #expect(woken.map(\.id) == [waiter.id] && woken.first?.attempts == 1)
-            // A holder that ended before the wait was recorded wakes nobody: claimable at once.
-            try await store.wait(id: waiter.id, worker: "x", for: holder.id, retryAfter: .seconds(600), message: "waiting: /p/a is locked by task \(holder.id)")
-            #expect(try await store.claim(worker: "y", limit: 1, lease: .seconds(1)).map(\.id) == [waiter.id])
-            // A look whose worker died is taken over: recorded, and counted.
-            try await Task.sleep(for: .milliseconds(1300))
-            let taken = try #require(try await store.claim(worker: "z", limit: 1, lease: .seconds(60)).first)
-            #expect(taken.id == waiter.id && taken.attempts == 2 && taken.takenOverFrom == "y")
-            #expect(try await store.events(waiter.id).last?.isTakeover == true)
-            // Its locks taken, the wait is over: the next claim is recorded again.
-            try await store.acquireLocks(id: waiter.id, worker: "z", [PathLock(taskID: waiter.id, filesystem: "7:0", path: StoredPath("/p/a"))])
-            try await store.release(id: waiter.id, worker: "z", retryAfter: nil, failure: nil, message: "worker stopping")
-            let before = try await store.events(waiter.id).count
-            let recorded = try #require(try await store.claim(worker: "z", limit: 1, lease: .seconds(60)).first)
-            let after = try await store.events(waiter.id).count
-            #expect(recorded.attempts == 3 && after == before + 1)
+            // Its locks taken, the wait is over, and the run that looked is recorded and counted.
+            let looked = try await store.events(waiter.id).count
+            try await store.acquireLocks(id: waiter.id, worker: "x", [PathLock(taskID: waiter.id, filesystem: "7:0", path: StoredPath("/p/a"))])
+            let running = try await store.events(waiter.id)
+            #expect(running.count == looked + 1 && running.last?.message == "claimed by x (attempt 2)", "\(running.map(\.message))")
+            #expect(try #require(try await store.task(waiter.id)).attempts == 2)
 
-            // A cancel of a task waiting unheld makes it claimable at once, to be rolled back.
-            let third = try await store.create(newMove("carol", sources: ["/p/c"]))
+            // Another task waits for that one. A look whose worker died is taken over: recorded,
+            // counted, and the end of the wait (a wait after it is a line again).
+            let third = try await store.create(newMove("carol", sources: ["/p/a/sub"]))
             _ = try await store.claim(id: third.id, worker: "w", lease: .seconds(60))
             try await store.advance(id: third.id, worker: "w", to: .validating, plan: nil, message: "validating")
-            try await store.wait(id: third.id, worker: "w", for: waiter.id, retryAfter: .seconds(600), message: "waiting: /p/a is locked by task \(waiter.id)")
-            #expect(try await store.claim(worker: "x", limit: 8, lease: .seconds(60)).isEmpty)
+            let waitFor = { (worker: String, delay: Duration) in
+                try await store.wait(id: third.id, worker: worker, for: waiter.id, retryAfter: delay, message: "waiting: /p/a is locked by task \(waiter.id)")
+            }
+            try await waitFor("w", .zero)
+            #expect(try await store.claim(worker: "y", limit: 1, lease: .seconds(1)).map(\.attempts) == [1])
+            try await Task.sleep(for: .milliseconds(1300))
+            let taken = try #require(try await store.claim(worker: "z", limit: 1, lease: .seconds(60)).first)
+            #expect(taken.id == third.id && taken.attempts == 2 && taken.takenOverFrom == "y")
+            #expect(try await store.events(third.id).last?.isTakeover == true)
+            let beforeWait = try await store.events(third.id).count
+            try await waitFor("z", .seconds(600))
+            #expect(try await store.events(third.id).count == beforeWait + 1)
+            #expect(try await store.claim(worker: "q", limit: 8, lease: .seconds(60)).isEmpty)
+            // A cancel of a task waiting unheld makes it claimable at once, to be rolled back.
             #expect(try await store.requestCancel(third.id).cancelRequested)
-            let cancelled = try await store.claim(worker: "x", limit: 8, lease: .seconds(60))
+            let cancelled = try await store.claim(worker: "q", limit: 8, lease: .seconds(60))
             #expect(cancelled.map(\.id) == [third.id] && cancelled.first?.cancelRequested == true)
+            // A holder that ended before the wait was recorded leaves nothing to wait for: claimable
+            // at once, and the claim is an ordinary one.
+            try await store.finish(id: waiter.id, worker: "x", status: .completed, failure: nil, message: "done")
+            try await waitFor("q", .seconds(600))
+            let again = try await store.claim(worker: "r", limit: 1, lease: .seconds(60))
+            #expect(again.map(\.id) == [third.id] && again.first?.attempts == 3, "\(again.map(\.attempts))")
+            #expect(try await store.events(third.id).last?.message == "claimed by r (attempt 3)")
         }
     }
 

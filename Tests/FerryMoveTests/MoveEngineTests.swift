@@ -634,23 +634,33 @@ struct MoveEngineTests {
         let harness = try Harness()
         defer { harness.cleanup() }
         try await withLoopXFSAsync { fs in
-            let a = try fs.makeProjectDirectory("a", project: 100)
-            let b = try fs.makeProjectDirectory("b", project: 200)
-            try makeTree(a + "/data")
-            let before = try TreeSnapshot.take(a + "/data")
-            let source = try FileDescriptor.openDirectory(Array(a.utf8)), destination = try FileDescriptor.openDirectory(Array(b.utf8))
-            defer { source.closeQuietly(); destination.closeQuietly() }
-            _ = try CopyEngine(options: CopyOptions(jobs: 2)).copy([CopySource(directory: source, name: Array("data".utf8))], to: destination)
-            let task = try await harness.task(at: .copying, source: a + "/data", destination: b)
             let ended = UnexpectedEnds.processEnded + " (signal 9)"
-            for _ in 1..<UnexpectedEnds.limit { try await harness.store.record(task.id, message: ended) }
-            try await harness.store.advance(id: task.id, worker: "test-worker", to: .committing, plan: nil, message: "publishing")
-            for _ in 0..<UnexpectedEnds.limit { try await harness.store.record(task.id, message: ended) }
-            let events = try await harness.store.events(task.id)
-            #expect(UnexpectedEnds.count(events) == 2 * UnexpectedEnds.limit - 1)
-            #expect(UnexpectedEnds.count(events, during: .committing) == UnexpectedEnds.limit)
+            /// A move of `from`/data into `to`, copied and published, in `committing` with
+            /// `before` unexpected ends while copying and `during` while committing.
+            func published(from: String, to: String, before: Int, during: Int) async throws -> TaskRecord {
+                let a = try fs.makeProjectDirectory(from, project: 100)
+                let b = try fs.makeProjectDirectory(to, project: 200)
+                try makeTree(a + "/data")
+                let source = try FileDescriptor.openDirectory(Array(a.utf8)), destination = try FileDescriptor.openDirectory(Array(b.utf8))
+                defer { source.closeQuietly(); destination.closeQuietly() }
+                _ = try CopyEngine(options: CopyOptions(jobs: 2)).copy([CopySource(directory: source, name: Array("data".utf8))], to: destination)
+                let task = try await harness.task(at: .copying, source: a + "/data", destination: b)
+                for _ in 0..<before { try await harness.store.record(task.id, message: ended) }
+                try await harness.store.advance(id: task.id, worker: "test-worker", to: .committing, plan: nil, message: "publishing")
+                for _ in 0..<during { try await harness.store.record(task.id, message: ended) }
+                return try #require(try await harness.store.task(task.id))
+            }
+            // Ends before the commit do not count towards its stop: resumed, and finished.
+            let below = try await published(from: "a1", to: "b1", before: UnexpectedEnds.limit, during: UnexpectedEnds.limit - 1)
+            #expect(UnexpectedEnds.count(try await harness.store.events(below.id)) == 2 * UnexpectedEnds.limit - 1)
+            let resumed = await harness.engine.run(below)
+            #expect(resumed.status == .completed, "\(String(describing: resumed.failure))")
+            #expect(listing(fs.mountPoint + "/a1").isEmpty && listing(fs.mountPoint + "/b1") == ["data"])
 
-            let stopped = await harness.engine.run(try #require(try await harness.store.task(task.id)))
+            let task = try await published(from: "a", to: "b", before: 0, during: UnexpectedEnds.limit)
+            let a = fs.mountPoint + "/a", b = fs.mountPoint + "/b"
+            let before = try TreeSnapshot.take(a + "/data")
+            let stopped = await harness.engine.run(task)
             #expect(stopped.status == .failed && stopped.failure?.code == TaskFailure.crashedCode, "\(String(describing: stopped.failure))")
             let message = stopped.failure?.message ?? ""
             #expect(message.contains("the commit's run ended unexpectedly \(UnexpectedEnds.limit) times"), "\(message)")
@@ -934,8 +944,11 @@ struct MoveEngineTests {
             // to completion.
             try await harness.store.finish(id: other.id, worker: "other-worker", status: .completed, failure: nil, message: "done")
             let records = await Worker(engine: harness.engine, concurrency: 1).run(once: true)
-            #expect(records.contains { $0.id == waiting.id && $0.status == .completed })
+            #expect(records.contains { $0.id == waiting.id && $0.status == .completed && $0.attempts == 2 })
             #expect(listing(b) == ["data"])
+            // The run that found the path free is recorded once it has locked it.
+            let after = try await harness.store.events(waiting.id).map(\.message).drop { !$0.hasPrefix("waiting: ") }
+            #expect(after.dropFirst().first == "claimed by test-worker (attempt 2)", "\(after)")
         }
     }
 
