@@ -369,16 +369,17 @@ public final class SQLiteTaskStore: TaskStore {
     /// other claim ends the wait.
     private static func take(_ db: Database, _ id: String, worker: String, lease: Duration, now: Double, from previous: String?) throws -> TaskRecord {
         let takenOverFrom = previous == worker ? nil : previous
-        let row = try Row.fetchOne(db, sql: "SELECT waiting_for, status FROM tasks WHERE id = ?", arguments: [id])
-        let waiting = (row?["waiting_for"] as String?) != nil && ["validating", "committing"].contains(row?["status"] as String? ?? "")
-        let look = waiting && takenOverFrom == nil
+        // One statement decides and does it (a look keeps its `waiting_for`, any other claim
+        // clears it): claims are the store's hottest path.
+        let look = "(waiting_for IS NOT NULL AND ? AND status IN ('validating','committing'))"
         try db.execute(sql: """
-            UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + ?,
-              waiting_for = CASE WHEN ? THEN waiting_for END, updated_at = ? WHERE id = ?
-            """, arguments: [worker, now + lease.seconds, look ? 0 : 1, look, now, id])
-        var task = try fetch(db, id)
+            UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + CASE WHEN \(look) THEN 0 ELSE 1 END,
+              waiting_for = CASE WHEN \(look) THEN waiting_for END, updated_at = ? WHERE id = ?
+            """, arguments: [worker, now + lease.seconds, takenOverFrom == nil, takenOverFrom == nil, now, id])
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE id = ?", arguments: [id]) else { throw TaskStoreError.notFound(id) }
+        var task = try record(row)
         task.takenOverFrom = takenOverFrom
-        if !look {
+        if (row["waiting_for"] as String?) == nil {
             try event(db, id, task.status, TaskEvent.claimed(by: worker, attempt: task.attempts, takenOverFrom: task.takenOverFrom))
         }
         return task
