@@ -478,12 +478,19 @@ struct MoveEngineTests {
     /// `committing` (with `deletingSource` as given) and run. Returns the final record.
     func runPublishedMove(_ harness: Harness, _ fs: LoopXFS, deletionBegun: Bool, change: (String) throws -> Void) async throws -> TaskRecord {
         let a = fs.mountPoint + "/a", b = fs.mountPoint + "/b"
-        let source = try FileDescriptor.openDirectory(Array(a.utf8)), destination = try FileDescriptor.openDirectory(Array(b.utf8))
-        defer { source.closeQuietly(); destination.closeQuietly() }
-        _ = try CopyEngine(options: CopyOptions(jobs: 2)).copy([CopySource(directory: source, name: Array("data".utf8))], to: destination)
+        try publishCopy(of: a + "/data", in: b)
         try change(a + "/data")
         let task = try await harness.task(at: .committing, source: a + "/data", destination: b) { $0.deletingSource = deletionBegun }
         return await harness.engine.run(task)
+    }
+
+    /// Copies `source` into directory `destination` under its own name, with the copy engine: a
+    /// move's copy as its commit publishes it.
+    func publishCopy(of source: String, in destination: String) throws {
+        let (parent, name) = BytePath.split(Array(source.utf8))
+        let from = try FileDescriptor.openDirectory(parent), to = try FileDescriptor.openDirectory(Array(destination.utf8))
+        defer { from.closeQuietly(); to.closeQuietly() }
+        _ = try CopyEngine(options: CopyOptions(jobs: 2)).copy([CopySource(directory: from, name: name)], to: to)
     }
 
     /// The source's deletion removes only what the published copy holds: what was written into
@@ -641,9 +648,7 @@ struct MoveEngineTests {
                 let a = try fs.makeProjectDirectory(from, project: 100)
                 let b = try fs.makeProjectDirectory(to, project: 200)
                 try makeTree(a + "/data")
-                let source = try FileDescriptor.openDirectory(Array(a.utf8)), destination = try FileDescriptor.openDirectory(Array(b.utf8))
-                defer { source.closeQuietly(); destination.closeQuietly() }
-                _ = try CopyEngine(options: CopyOptions(jobs: 2)).copy([CopySource(directory: source, name: Array("data".utf8))], to: destination)
+                try publishCopy(of: a + "/data", in: b)
                 let task = try await harness.task(at: .copying, source: a + "/data", destination: b)
                 for _ in 0..<before { try await harness.store.record(task.id, message: ended) }
                 try await harness.store.advance(id: task.id, worker: "test-worker", to: .committing, plan: nil, message: "publishing")
