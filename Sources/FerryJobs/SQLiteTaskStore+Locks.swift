@@ -9,21 +9,19 @@ extension SQLiteTaskStore {
         try await pool.write { db in
             try Self.fence(db, id, worker)
             let now = Date().timeIntervalSince1970
-            let row = try Row.fetchOne(db, sql: "SELECT waiting_for, cancel_requested FROM tasks WHERE id = ?", arguments: [id])
+            let row = try Row.fetchOne(db, sql: "SELECT waiting_for, cancel_requested, status FROM tasks WHERE id = ?", arguments: [id])
             let before: String? = row?["waiting_for"]
-            let cancelled: Bool = row?["cancel_requested"] ?? false
+            let status = TaskStatus(rawValue: row?["status"] ?? "") ?? .pending
+            // A cancel asked for meanwhile is not kept waiting (a commit ignores it: it waits on).
+            let cancelled = (row?["cancel_requested"] ?? false) && status != .committing
             // A holder that has ended since the task's locks were refused woke nobody, and there
-            // is nothing to wait for: claimable at once, an ordinary claim. A cancel asked for
-            // meanwhile is not kept waiting either.
+            // is nothing to wait for: claimable at once, an ordinary claim, and nothing recorded.
             let held = try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM path_locks WHERE task_id = ?)", arguments: [holder]) ?? false
             try db.execute(sql: """
                 UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = ?, waiting_for = ?,
                   failure_code = NULL, failure_message = NULL, updated_at = ? WHERE id = ?
                 """, arguments: [held && !cancelled ? now + retryAfter.seconds : nil, held ? holder : nil, now, id])
-            if before != holder {
-                let status = try String.fetchOne(db, sql: "SELECT status FROM tasks WHERE id = ?", arguments: [id]).flatMap(TaskStatus.init) ?? .pending
-                try Self.event(db, id, status, message)
-            }
+            if held && before != holder { try Self.event(db, id, status, message) }
         }
         wakeup.signal()
     }
@@ -44,14 +42,19 @@ extension SQLiteTaskStore {
                 try db.execute(sql: "INSERT OR IGNORE INTO path_locks (task_id, filesystem, path) VALUES (?, ?, ?)",
                                arguments: [id, lock.filesystem, Data(lock.path.bytes)])
             }
-            // The wait is over: the claim of this run, a look until now, is the task's next attempt.
-            try db.execute(sql: "UPDATE tasks SET waiting_for = NULL, attempts = attempts + 1 WHERE id = ? AND waiting_for IS NOT NULL",
-                           arguments: [id])
-            if db.changesCount > 0 {
-                let row = try Row.fetchOne(db, sql: "SELECT status, attempts FROM tasks WHERE id = ?", arguments: [id])
-                try Self.event(db, id, TaskStatus(rawValue: row?["status"] ?? "") ?? .validating,
-                               TaskEvent.claimed(by: worker, attempt: row?["attempts"] ?? 0, takenOverFrom: nil))
-            }
+            try Self.endWait(db, id, worker)
         }
+    }
+
+    /// Ends the task's wait, if it is one, for anything its worker does but look and wait again
+    /// (take its locks, change phase, hand it back, end it): the claim of this run, a look until
+    /// now, is recorded and counted as the task's next attempt, before what the run does.
+    static func endWait(_ db: Database, _ id: String, _ worker: String) throws {
+        try db.execute(sql: "UPDATE tasks SET waiting_for = NULL, attempts = attempts + 1 WHERE id = ? AND waiting_for IS NOT NULL",
+                       arguments: [id])
+        guard db.changesCount > 0 else { return }
+        let row = try Row.fetchOne(db, sql: "SELECT status, attempts FROM tasks WHERE id = ?", arguments: [id])
+        try event(db, id, TaskStatus(rawValue: row?["status"] ?? "") ?? .validating,
+                  TaskEvent.claimed(by: worker, attempt: row?["attempts"] ?? 0, takenOverFrom: nil))
     }
 }

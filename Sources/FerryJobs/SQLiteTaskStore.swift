@@ -198,11 +198,12 @@ public final class SQLiteTaskStore: TaskStore {
 
     private static func advance(_ db: Database, id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) throws {
         try fence(db, id, worker)
+        try endWait(db, id, worker)
         if let plan {
-            try db.execute(sql: "UPDATE tasks SET status = ?, plan = ?, waiting_for = NULL, updated_at = ? WHERE id = ?",
+            try db.execute(sql: "UPDATE tasks SET status = ?, plan = ?, updated_at = ? WHERE id = ?",
                            arguments: [status.rawValue, try json(plan), Date().timeIntervalSince1970, id])
         } else {
-            try db.execute(sql: "UPDATE tasks SET status = ?, waiting_for = NULL, updated_at = ? WHERE id = ?",
+            try db.execute(sql: "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?",
                            arguments: [status.rawValue, Date().timeIntervalSince1970, id])
         }
         try event(db, id, status, message)
@@ -222,10 +223,11 @@ public final class SQLiteTaskStore: TaskStore {
         // that a power cut could undo.
         try await durableWrite { db in
             try Self.fence(db, id, worker)
+            try Self.endWait(db, id, worker)
             let now = Date().timeIntervalSince1970
             try db.execute(sql: """
                 UPDATE tasks SET status = ?, failure_code = ?, failure_message = ?, lease_owner = NULL,
-                  lease_expires_at = NULL, waiting_for = NULL, finished_at = ?, updated_at = ? WHERE id = ?
+                  lease_expires_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?
                 """, arguments: [status.rawValue, failure?.code, failure?.message, now, now, id])
             try db.execute(sql: "DELETE FROM path_locks WHERE task_id = ?", arguments: [id])
             // The tasks waiting for this one's locks look again now, not when their delay ends.
@@ -245,9 +247,10 @@ public final class SQLiteTaskStore: TaskStore {
     public func release(id: String, worker: String, retryAfter: Duration?, failure: TaskFailure?, message: String) async throws {
         try await pool.write { db in
             try Self.fence(db, id, worker)
+            try Self.endWait(db, id, worker)
             let now = Date().timeIntervalSince1970
             try db.execute(sql: """
-                UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = ?, waiting_for = NULL,
+                UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = ?,
                   failure_code = ?, failure_message = ?, updated_at = ? WHERE id = ?
                 """, arguments: [retryAfter.map { now + $0.seconds }, failure?.code, failure?.message, now, id])
             let status = try String.fetchOne(db, sql: "SELECT status FROM tasks WHERE id = ?", arguments: [id]).flatMap(TaskStatus.init) ?? .pending

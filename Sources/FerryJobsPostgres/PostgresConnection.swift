@@ -34,6 +34,20 @@ extension PostgresTaskStore {
         return (try PostgresSchema.record(row), try row.makeRandomAccess()["now"].decode(Double.self))
     }
 
+    /// Ends the task's wait, if it is one, for anything its worker does but look and wait again
+    /// (take its locks, change phase, hand it back, end it): the claim of this run, a look until
+    /// now, is recorded and counted as the task's next attempt, before what the run does. The
+    /// words are `TaskEvent.claimed(by:attempt:takenOverFrom:)`'s.
+    func endWait(_ connection: PostgresConnection, _ id: String) async throws {
+        try await run(connection, """
+            WITH u AS (
+                UPDATE tasks SET waiting_for = NULL, attempts = attempts + 1 WHERE id = \(id) AND waiting_for IS NOT NULL
+                RETURNING id, status, attempts, lease_owner)
+            INSERT INTO task_events (task_id, at, status, message)
+            SELECT u.id, \(unescaped: Self.clock), u.status, 'claimed by ' || u.lease_owner || ' (attempt ' || u.attempts || ')' FROM u
+            """)
+    }
+
     func event(_ connection: PostgresConnection, _ id: String, _ status: TaskStatus, _ message: String) async throws {
         try await run(connection, """
             INSERT INTO task_events (task_id, at, status, message) VALUES (\(id), \(unescaped: Self.clock), \(status.rawValue), \(message))

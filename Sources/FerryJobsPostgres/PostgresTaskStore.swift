@@ -215,9 +215,9 @@ public final class PostgresTaskStore: TaskStore {
         let planText = try plan.map(PostgresSchema.json)
         try await transaction { connection in
             _ = try await self.fence(connection, id, worker)
+            try await self.endWait(connection, id)
             try await self.run(connection, """
-                UPDATE tasks SET status = \(status.rawValue), plan = coalesce(\(planText)::jsonb, plan), waiting_for = NULL,
-                  updated_at = \(unescaped: Self.clock)
+                UPDATE tasks SET status = \(status.rawValue), plan = coalesce(\(planText)::jsonb, plan), updated_at = \(unescaped: Self.clock)
                 WHERE id = \(id)
                 """)
             try await self.event(connection, id, status, message)
@@ -242,9 +242,10 @@ public final class PostgresTaskStore: TaskStore {
         guard status.isTerminal else { throw TaskStoreError.invalidTransition("finish needs a terminal status, not \(status.rawValue)") }
         try await transaction { connection in
             let (_, now) = try await self.fence(connection, id, worker)
+            try await self.endWait(connection, id)
             try await self.run(connection, """
                 UPDATE tasks SET status = \(status.rawValue), failure_code = \(failure?.code), failure_message = \(failure?.message),
-                  lease_owner = NULL, lease_expires_at = NULL, waiting_for = NULL, finished_at = \(now), updated_at = \(now)
+                  lease_owner = NULL, lease_expires_at = NULL, finished_at = \(now), updated_at = \(now)
                 WHERE id = \(id)
                 """)
             try await self.run(connection, "DELETE FROM path_locks WHERE task_id = \(id)")
@@ -262,9 +263,10 @@ public final class PostgresTaskStore: TaskStore {
     public func release(id: String, worker: String, retryAfter: Duration?, failure: TaskFailure?, message: String) async throws {
         try await transaction { connection in
             let (status, now) = try await self.fence(connection, id, worker)
+            try await self.endWait(connection, id)
             try await self.run(connection, """
                 UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, not_before = \(now) + \(retryAfter?.seconds)::float8,
-                  waiting_for = NULL, failure_code = \(failure?.code), failure_message = \(failure?.message), updated_at = \(now)
+                  failure_code = \(failure?.code), failure_message = \(failure?.message), updated_at = \(now)
                 WHERE id = \(id)
                 """)
             try await self.event(connection, id, status, message)
@@ -282,19 +284,21 @@ public final class PostgresTaskStore: TaskStore {
             // until it commits, so the two cannot deadlock.)
             try await self.run(connection, "SELECT 1 FROM tasks WHERE id = \(holder) FOR KEY SHARE")
             let rows = try await self.run(connection, """
-                SELECT t.waiting_for, t.cancel_requested, EXISTS (SELECT 1 FROM path_locks WHERE task_id = \(holder)) AS held
+                SELECT t.waiting_for, t.cancel_requested AND t.status <> 'committing',
+                       EXISTS (SELECT 1 FROM path_locks WHERE task_id = \(holder)) AS held
                 FROM tasks t WHERE t.id = \(id)
                 """)
             let (before, cancelled, held) = try rows.first?.decode((String?, Bool, Bool).self) ?? (nil, false, false)
             // A holder that has ended meanwhile leaves nothing to wait for: claimable at once, an
-            // ordinary claim. A cancel asked for meanwhile is not kept waiting either.
+            // ordinary claim, and nothing recorded. A cancel asked for meanwhile is not kept
+            // waiting either (a commit ignores it: it waits on).
             try await self.run(connection, """
                 UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL,
                   not_before = CASE WHEN \(held && !cancelled) THEN \(now) + \(retryAfter.seconds)::float8 END,
                   waiting_for = \(held ? holder : nil), failure_code = NULL, failure_message = NULL, updated_at = \(now)
                 WHERE id = \(id)
                 """)
-            if before != holder { try await self.event(connection, id, status, message) }
+            if held && before != holder { try await self.event(connection, id, status, message) }
             try await self.notify(connection, id)
         }
         wakeup.signal()
@@ -303,15 +307,7 @@ public final class PostgresTaskStore: TaskStore {
     public func acquireLocks(id: String, worker: String, _ locks: [PathLock]) async throws {
         try await transaction { connection in
             _ = try await self.fence(connection, id, worker)
-            // The wait is over: the claim of this run, a look until now, is the task's next attempt.
-            // (Rolled back with the rest should a lock conflict.)
-            try await self.run(connection, """
-                WITH u AS (
-                    UPDATE tasks SET waiting_for = NULL, attempts = attempts + 1 WHERE id = \(id) AND waiting_for IS NOT NULL
-                    RETURNING id, status, attempts, lease_owner)
-                INSERT INTO task_events (task_id, at, status, message)
-                SELECT u.id, \(unescaped: Self.clock), u.status, 'claimed by ' || u.lease_owner || ' (attempt ' || u.attempts || ')' FROM u
-                """)
+            try await self.endWait(connection, id)  // rolled back with the rest should a lock conflict
             guard !locks.isEmpty else { return }
             // Takers queue here, so that two of them cannot both see the other's paths free.
             try await self.run(connection, "SELECT pg_advisory_xact_lock(\(PostgresSchema.pathLock))")

@@ -24,6 +24,7 @@ struct CommandRunner: Sendable {
         do {
             outcome = try ChildProcess.run(executable: resolvedExecutable(), byteArguments: arguments,
                                            environment: ProcessInfo.processInfo.environment, identity: nil,
+                                           workingDirectory: FileManager.default.currentDirectoryPath,
                                            deadline: .now + .milliseconds(Int64(timeout * 1000)))
         } catch {
             throw StorageError(.command, "could not run \(executable): \(error); set the path of lfs in the configuration (lfs = \"/usr/bin/lfs\") or FERRY_LFS")

@@ -272,17 +272,39 @@ struct TaskStoreContractTests {
             try await waitFor("z", .seconds(600))
             #expect(try await store.events(third.id).count == beforeWait + 1)
             #expect(try await store.claim(worker: "q", limit: 8, lease: .seconds(60)).isEmpty)
-            // A cancel of a task waiting unheld makes it claimable at once, to be rolled back.
+            // A cancel of a task waiting unheld makes it claimable at once, to be rolled back; the
+            // run that rolls it back (a look until then) is recorded before its end.
             #expect(try await store.requestCancel(third.id).cancelRequested)
             let cancelled = try await store.claim(worker: "q", limit: 8, lease: .seconds(60))
-            #expect(cancelled.map(\.id) == [third.id] && cancelled.first?.cancelRequested == true)
-            // A holder that ended before the wait was recorded leaves nothing to wait for: claimable
-            // at once, and the claim is an ordinary one.
+            #expect(cancelled.map(\.id) == [third.id] && cancelled.first?.cancelRequested == true && cancelled.first?.attempts == 2)
+            try await store.finish(id: third.id, worker: "q", status: .rolledBack, failure: nil, message: "rolled back")
+            #expect(try await store.events(third.id).suffix(2).map(\.message) == ["claimed by q (attempt 3)", "rolled back"])
+
+            // In its commit a cancel changes nothing (a commit is not cut short): the wait keeps its
+            // delay, also when the cancel comes during a look.
+            let fourth = try await store.create(newMove("erin", sources: ["/p/a/other"]))
+            _ = try await store.claim(id: fourth.id, worker: "w", lease: .seconds(60))
+            try await store.advance(id: fourth.id, worker: "w", to: .committing, plan: nil, message: "committing")
+            let waitInCommit = { (worker: String) in
+                try await store.wait(id: fourth.id, worker: worker, for: waiter.id, retryAfter: .seconds(600), message: "waiting: /p/a is locked by task \(waiter.id)")
+            }
+            try await waitInCommit("w")
+            _ = try await store.requestCancel(fourth.id)
+            #expect(try await store.claim(worker: "q", limit: 8, lease: .seconds(60)).isEmpty)
+            _ = try #require(try await store.claim(id: fourth.id, worker: "w", lease: .seconds(60)))
+            try await waitInCommit("w")
+            #expect(try await store.claim(worker: "q", limit: 8, lease: .seconds(60)).isEmpty)
+            // A holder that ends while a look runs leaves nothing to wait for: claimable at once,
+            // and the next claim is an ordinary one.
+            let looking = try #require(try await store.claim(id: fourth.id, worker: "w", lease: .seconds(60)))
+            #expect(looking.attempts == 1)
             try await store.finish(id: waiter.id, worker: "x", status: .completed, failure: nil, message: "done")
-            try await waitFor("q", .seconds(600))
+            let quiet = try await store.events(fourth.id).count
+            try await waitInCommit("w")
+            #expect(try await store.events(fourth.id).count == quiet)
             let again = try await store.claim(worker: "r", limit: 1, lease: .seconds(60))
-            #expect(again.map(\.id) == [third.id] && again.first?.attempts == 3, "\(again.map(\.attempts))")
-            #expect(try await store.events(third.id).last?.message == "claimed by r (attempt 3)")
+            #expect(again.map(\.id) == [fourth.id] && again.first?.attempts == 2, "\(again.map(\.attempts))")
+            #expect(try await store.events(fourth.id).last?.message == "claimed by r (attempt 2)")
         }
     }
 
