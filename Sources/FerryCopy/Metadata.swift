@@ -109,7 +109,9 @@ struct MetadataApplier: Sendable {
             return false
         }
         if !privileged {
-            // Only root may write these; an unprivileged copy records them as not preserved.
+            // Only root may write these: an unprivileged copy skips them without a note, and a
+            // move does not fail for them (README, Known limits). The kernel does not even list
+            // `trusted.*` to it.
             if name.starts(with: Array("trusted.".utf8)) || name.starts(with: Array("security.".utf8)) {
                 return false
             }
