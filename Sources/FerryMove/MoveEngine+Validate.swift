@@ -28,9 +28,8 @@ extension MoveEngine {
         return (preflight, plan)
     }
 
-    /// Restores the task's released files through its source filesystem's Lustre backend.
-    func recall(_ task: TaskRecord) throws -> Int {
-        let transfer = try Transfer(sources: task.sources.map(\.bytes), destination: task.destination.bytes, roots: settings.roots)
+    /// Restores the transfer's released files through its source filesystem's Lustre backend.
+    func recall(_ transfer: Transfer) throws -> Int {
         guard let lustre = try planner.storage(transfer.sources[0].directory, transfer.sourcePaths[0]) as? LustreBackend else { return 0 }
         return try planner.recall.run(lustre, sources: transfer.sourcePaths)
     }

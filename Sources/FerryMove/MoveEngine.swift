@@ -143,7 +143,7 @@ public final class MoveEngine: Sendable {
             if let refusal = preflight.refusal { throw refusal }
             if task.options.recall, preflight.filesystemKind == .lustre, preflight.measurement.releasedFiles > 0 {
                 try await store.record(task.id, message: "recalling \(preflight.measurement.releasedFiles) HSM-released files before copying")
-                let restored = try await Blocking.run { [self, task] in try self.recall(task) }
+                let restored = try await Blocking.run { [self, transfer] in try self.recall(transfer) }
                 try await store.record(task.id, message: "\(restored) files restored from the HSM archive")
             }
             try await store.advance(id: task.id, worker: settings.worker, to: .locked, plan: plan,
