@@ -47,7 +47,16 @@ struct TransferOptions: ParsableArguments {
             printError("\(command): \(usage.message)")
             throw ExitCode(FerryCommand.Status.usage.rawValue)
         } catch {
-            printError("\(command): \(error)")
+            // A source, or a source's directory, that cannot be read: no task was made.
+            let failure = MoveEngine.failure(for: error)
+            let message = (error as? SystemError).map { "cannot \(kind.rawValue) \($0.path ?? "a source"): \($0.reason)" } ?? failure.message
+            if json {
+                printJSON(["kind": kind.rawValue, "status": "failed", "id": nil,
+                           "error": ["code": failure.code, "message": message] as [String: Any?]])
+            } else {
+                printError("\(command): \(message)")
+                printError("nothing was \(kind == .move ? "moved" : "copied")")
+            }
             throw ExitCode(FerryCommand.Status.failure.rawValue)
         }
         var options = TaskOptions()

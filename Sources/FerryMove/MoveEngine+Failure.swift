@@ -375,6 +375,7 @@ extension MoveEngine {
         case .noSpace: "nospace"
         case .quotaExceeded: "quota.exceeded"
         case .permissionDenied, .notPermitted: "permission"
+        case .notFound: "path.not_found"
         case .io: "io"
         case .xattrRefused: "xattr.refused"
         default: "system"

@@ -66,7 +66,13 @@ public final class Transfer: @unchecked Sendable {
                 opened.append(parentFD)
                 parents.append((parent, parentFD))
             }
-            let status = try parentFD.status(name)  // lstat: a symlink moves as a symlink
+            let status: FileStatus
+            do {
+                status = try parentFD.status(name)  // lstat: a symlink moves as a symlink
+            } catch var error {
+                error.path = argument.displayString  // the source as it was named, not its last component
+                throw error
+            }
             if status.kind == .directory {
                 try Self.refuseIntoItself(parentFD, name, destination: destination, path: argument)
             }

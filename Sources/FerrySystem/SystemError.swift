@@ -90,12 +90,14 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
     public var errnoName: String { SystemError.name(of: errno.rawValue) }
 
     public var description: String {
-        let message = String(cString: strerror(errno.rawValue))
         let subject = path.map { " \($0)" } ?? ""
-        if refinedCode == .escapesRoot {
-            return "\(syscall)\(subject): the path leads outside the allowed root (refused)"
-        }
-        return "\(syscall)\(subject): \(message) (\(errnoName))"
+        return "\(syscall)\(subject): \(reason)"
+    }
+
+    /// What went wrong, without the call or the path: `No such file or directory (ENOENT)`.
+    public var reason: String {
+        if refinedCode == .escapesRoot { return "the path leads outside the allowed root (refused)" }
+        return "\(String(cString: strerror(errno.rawValue))) (\(errnoName))"
     }
 
     static func name(of errno: CInt) -> String {

@@ -116,7 +116,13 @@ struct FerryCLITests {
             // A missing source.
             let missing = try ferry("copy", a + "/missing", b)
             #expect(missing.status == 1)
-            #expect(missing.standardError.contains("No such file"))
+            #expect(missing.standardError.contains("cannot copy \(a)/missing: No such file or directory"), "\(missing.standardError)")
+            #expect(missing.standardError.contains("nothing was copied"))
+            let missingJSON = try ferry("move", "--json", a + "/missing", b)
+            #expect(missingJSON.status == 1)
+            let missingError = try jsonObject(missingJSON.standardOutput)["error"] as? [String: Any]
+            #expect(missingError?["code"] as? String == "path.not_found")
+            #expect((missingError?["message"] as? String)?.contains("cannot move \(a)/missing") == true)
             // An existing destination is never replaced.
             try TreeBuilder.write(a + "/f", bytes: 10, seed: 1)
             try TreeBuilder.write(b + "/f", bytes: 20, seed: 2)
