@@ -17,6 +17,9 @@ public struct CopyProgress: Sendable {
     /// Seconds left at the current rate, when it can be told.
     public var secondsRemaining: Double?
     public var elapsedSeconds: Double
+    /// The phase's last snapshot, taken as it ends (done or not): what a reader keeps of it, so
+    /// one that drops snapshots to bound its rate must not drop this one.
+    public var isFinal = false
 
     public init(phase: Phase, bytesDone: UInt64, bytesTotal: UInt64, entriesDone: UInt64, entriesTotal: UInt64,
                 currentPath: String?, bytesPerSecond: Double, secondsRemaining: Double?, elapsedSeconds: Double) {
@@ -94,7 +97,10 @@ final class ProgressMeter: @unchecked Sendable {
         stopped.store(true, ordering: .releasing)
         if let ticker { pthread_join(ticker, nil) }
         ticker = nil
-        handler?(snapshot())
+        guard let handler else { return }
+        var last = snapshot()
+        last.isFinal = true
+        handler(last)
     }
 }
 

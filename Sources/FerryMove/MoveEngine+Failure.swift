@@ -306,8 +306,10 @@ extension MoveEngine {
     func report(_ task: TaskRecord, _ progress: CopyProgress, _ context: RunContext) {
         progressHandler?(task, progress)
         let now = ContinuousClock.now
+        // A phase's last snapshot is always written: it is what the task shows once the phase
+        // has ended (how far a failed copy got), however soon after the one before it comes.
         let due = context.lastProgress.withLock { last -> Bool in
-            if let previous = last, now - previous < settings.progressInterval { return false }
+            if !progress.isFinal, let previous = last, now - previous < settings.progressInterval { return false }
             last = now
             return true
         }
@@ -316,12 +318,13 @@ extension MoveEngine {
         let value = TaskProgress(bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal, entriesDone: progress.entriesDone,
                                  entriesTotal: progress.entriesTotal, bytesPerSecond: progress.phase == .measuring ? 0 : progress.bytesPerSecond)
         let store = self.store, worker = settings.worker
-        guard progress.phase == .measuring else {
+        guard progress.phase == .measuring || progress.isFinal else {
             Task { try? await store.updateProgress(id: task.id, worker: worker, value) }
             return
         }
-        // Written before the measurement returns (this is its walk's thread, or its ticker, which
-        // the walk joins): the reset once the plan is made must not be overtaken by a count. A
+        // Written before the phase returns (this is its walk's thread, or its ticker, which the
+        // walk joins): what comes next (the measurement's reset once the plan is made, the next
+        // phase's figures, the totals of a completed task) must not be overtaken by it. A
         // database that does not answer holds the walk up for 10 s at most (a count then landing
         // late only shows stale figures).
         let written = DispatchSemaphore(value: 0)

@@ -239,6 +239,10 @@ public final class MoveEngine: Sendable {
             }
             try await Blocking.run { [self, task, deleting] in try self.deleteSources(task, deleting) }
         }
+        // Done shows as all of it (the last figures written were the verification's, which
+        // counts entries only, or of a run before this one).
+        try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress(
+            bytesDone: plan.bytes, bytesTotal: plan.bytes, entriesDone: plan.entries, entriesTotal: plan.entries, bytesPerSecond: 0))
         try await store.finish(id: task.id, worker: settings.worker, status: .completed, failure: nil,
                                message: task.kind == .move ? "moved: published, source removed" : "copied: published")
     }
@@ -324,7 +328,10 @@ public final class MoveEngine: Sendable {
         if plan.strategy == Strategy.relink.rawValue {
             try verifyRelinked(sources, staging: staging, plan: plan, engine: engine)
         } else {
-            try engine.verify(sources, in: staging)
+            var totals = TreeMeasurement()
+            totals.bytes = plan.bytes
+            totals.entries = plan.entries
+            try engine.verify(sources, in: staging, totals: totals)
         }
         try Self.flush(staging, engine)
     }

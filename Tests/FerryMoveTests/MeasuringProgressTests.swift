@@ -16,6 +16,7 @@ struct MeasuringProgressTests {
         private var seen: [CopyProgress] = []
         func add(_ progress: CopyProgress) { lock.withLock { seen.append(progress) } }
         var measuring: [CopyProgress] { lock.withLock { seen.filter { $0.phase == .measuring } } }
+        var all: [CopyProgress] { lock.withLock { seen } }
     }
 
     @Test func validationReportsWhatTheMeasurementFinds() async throws {
@@ -30,6 +31,24 @@ struct MeasuringProgressTests {
         let last = try #require(recorder.measuring.last, "no progress while measuring")
         #expect(last.bytesTotal == 0 && last.entriesTotal == 0)
         #expect(last.entriesDone == plan.entries && last.bytesDone == plan.bytes, "\(last) against \(plan)")
+    }
+
+    /// A finished task shows all it moved, however seldom progress is written; the verification
+    /// counts against the plan's entries.
+    @Test func aCompletedTaskShowsAllItMoved() async throws {
+        let recorder = Recorder()
+        let harness = try Harness(progressInterval: .seconds(60), progress: { _, progress in recorder.add(progress) })
+        defer { harness.cleanup() }
+        try makeTree(harness.directory + "/src/data", files: 30, size: 10_000)
+        try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
+        let record = try await harness.run([harness.directory + "/src/data"], to: harness.directory + "/dst", kind: .copy)
+        #expect(record.status == .completed, "\(String(describing: record.failure))")
+        let plan = try #require(record.plan)
+        #expect(plan.bytes >= 300_000)
+        #expect(record.progress == TaskProgress(bytesDone: plan.bytes, bytesTotal: plan.bytes, entriesDone: plan.entries,
+                                                entriesTotal: plan.entries, bytesPerSecond: 0), "\(record.progress)")
+        let verified = try #require(recorder.all.last { $0.phase == .verifying && $0.isFinal })
+        #expect(verified.entriesTotal > 30 && verified.entriesDone == verified.entriesTotal, "\(verified)")
     }
 
     /// A task that waits for another's lock is released with no counts: it takes its locks

@@ -12,12 +12,12 @@ struct Harness {
     let store: SQLiteTaskStore
     let engine: MoveEngine
 
-    init(lease: Duration = .seconds(30), roots: [String]? = nil, maxAttempts: Int = 5,
+    init(lease: Duration = .seconds(30), roots: [String]? = nil, maxAttempts: Int = 5, progressInterval: Duration = .milliseconds(5),
          progress: (@Sendable (TaskRecord, CopyProgress) -> Void)? = nil) throws {
         directory = try TemporaryDirectory.make(prefix: "ferry-move")
         store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
         engine = MoveEngine(store: store, settings: .init(worker: "test-worker", lease: lease, roots: roots.map { $0.map { Array($0.utf8) } },
-                                                          jobs: 2, maxAttempts: maxAttempts, progressInterval: .milliseconds(5)),
+                                                          jobs: 2, maxAttempts: maxAttempts, progressInterval: progressInterval),
                             progress: progress)
     }
 
@@ -173,7 +173,8 @@ struct MoveEngineTests {
     }
 
     @Test func noSpaceMidCopyRollsBackCleanly() async throws {
-        let harness = try Harness()
+        // Progress written at most once a minute: the copy's last figures must still be kept.
+        let harness = try Harness(progressInterval: .seconds(60))
         defer { harness.cleanup() }
         try await withLoopXFSAsync(sizeMiB: 300) { fs in
             let a = try fs.makeProjectDirectory("a", project: 100)
@@ -189,6 +190,9 @@ struct MoveEngineTests {
             #expect(record.status == .failed)
             #expect(record.failure?.code == "nospace", "\(String(describing: record.failure))")
             #expect(record.failure?.message.contains("ENOSPC") == true)
+            // The task shows how far the copy got before the disk filled.
+            #expect(record.progress.bytesTotal == 90 << 20)
+            #expect(record.progress.bytesDone > 0 && record.progress.bytesDone < 90 << 20, "\(record.progress)")
             #expect(listing(b).isEmpty)
             #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
         }
