@@ -206,11 +206,19 @@ public final class CopyEngine: Sendable {
 
     /// Removes a staging directory and everything in it.
     public func discard(_ staging: StagingArea) {
+        try? remove(staging)
+    }
+
+    /// Removes a staging directory and everything in it, and closes it; throws if any of it is left.
+    public func remove(_ staging: StagingArea) throws(CopyError) {
+        defer { staging.directory.closeQuietly() }
+        var failure: CopyError?
+        do { try removeContents(of: staging.directory) } catch { failure = error }
         do {
-            try removeContents(of: staging.directory)
-        } catch {}
-        try? staging.parent.removeEntry(staging.name, isDirectory: true)
-        staging.directory.closeQuietly()
+            try staging.parent.removeEntry(staging.name, isDirectory: true)
+        } catch {
+            throw failure ?? .system(path: PathDisplay.string(staging.name), error)
+        }
     }
 
     /// Removes every entry inside `directory` (not the directory itself), never following symlinks.

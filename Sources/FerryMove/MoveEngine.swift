@@ -191,9 +191,11 @@ public final class MoveEngine: Sendable {
             try await store.finish(id: task.id, worker: settings.worker, status: .completed, failure: nil, message: "renamed")
             return
         }
-        var restage = false
         if task.status == .locked {
             try await checkpoint(context)
+            // A copy staged by an earlier attempt of this task, which its rollback could not
+            // remove, is of unknown age: gone before this attempt copies.
+            if strategy == .copy { try await Blocking.run { [self, task, plan] in try self.discardStaged(task, plan, context) } }
             plan.stagedOn = bootIdentity
             try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan, message: "copying into \(plan.stagingName)")
             task.status = .copying
@@ -204,14 +206,16 @@ public final class MoveEngine: Sendable {
             let why = plan.stagedOn == TaskPlan.untrusted
                 ? "what the last attempt staged is not to be trusted (see above)"
                 : "it was being written on another machine or before a restart, and what was not yet flushed then may not be on disk"
+            // All of it removed before this boot is recorded as the staging's: a run ended while
+            // removing it must leave it untrusted, or the next would resume into what is left.
+            try await Blocking.run { [self, task, plan] in try self.discardStaged(task, plan, context) }
             plan.stagedOn = bootIdentity
             try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
                                     message: "copying again into \(plan.stagingName): \(why)")
             task.status = .copying
-            restage = true
         }
         if task.status == .copying {
-            let notes = try await Blocking.run { [self, task, plan, restage] in try self.stage(task, plan, context, discardExisting: restage) }
+            let notes = try await Blocking.run { [self, task, plan] in try self.stage(task, plan, context) }
             if let notes, notes.count > 0 {
                 // What the destination would not keep (a copy; or a move that allows the loss).
                 try? await store.record(task.id, message: "not preserved (\(notes.count)): " + notes.first.prefix(5).joined(separator: "; ")
@@ -270,22 +274,14 @@ public final class MoveEngine: Sendable {
     /// Stage: copy into `.ferry-staging-<task>` beside the destination; a staging directory left by
     /// an earlier attempt is continued, not started over.
     /// Returns what the copy could not preserve (nil for a relink).
-    private func stage(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext, discardExisting: Bool) throws -> CopyNotes? {
+    private func stage(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext) throws -> CopyNotes? {
         let sources = try self.sources(task, plan)
         defer { sources.forEach { $0.directory.closeQuietly() } }
         let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
         defer { destination.closeQuietly() }
         let engine = copyEngine(task, context, layouts: try layoutCloner(destination, plan.destinationDirectory, sources: sources))
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-        var existing = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue)
-        if discardExisting, let stale = existing {
-            engine.discard(stale)
-            // What the discarded files still had to write back, and their removal, is flushed
-            // now: an error in that (FUSE reports the removal of a file whose times it had not
-            // yet sent as ESTALE) is about them, and not to fail the new copy's flush.
-            try? destination.syncFilesystem()
-            existing = nil
-        }
+        let existing = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue)
         let staging = try existing ?? engine.createStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue)
         defer { staging.directory.closeQuietly() }
         var totals = TreeMeasurement()
@@ -311,6 +307,20 @@ public final class MoveEngine: Sendable {
         // on a descriptor of its own, could miss one that happened during the copy.
         try Self.flush(staging, engine)
         return staged.notes
+    }
+
+    /// Removes what a copy staged before, whole, or throws.
+    private func discardStaged(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext) throws {
+        let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
+        defer { destination.closeQuietly() }
+        let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
+        let engine = copyEngine(task, context)
+        guard let stale = try engine.openStaging(in: destination, id: id, relink: false) else { return }
+        try engine.remove(stale)
+        // What the removed files still had to write back, and their removal, is flushed now: an
+        // error in that (FUSE reports the removal of a file whose times it had not yet sent as
+        // ESTALE) is about them, and not to fail the new copy's flush.
+        try? destination.syncFilesystem()
     }
 
     private func verifyAndFlush(_ task: TaskRecord, _ plan: TaskPlan, _ context: RunContext) throws {

@@ -767,6 +767,47 @@ struct MoveEngineTests {
         }
     }
 
+    /// An untrusted staging directory that cannot be removed whole (here a directory in it is
+    /// immutable; as well a run killed while removing it) stays untrusted: neither the next run
+    /// nor a retry resumes into what is left of it. Before, the new boot was recorded before the
+    /// removal, and the next run kept the staged file that matched its source in size, mode and
+    /// times but held no data, published it and deleted the source.
+    @Test func anUntrustedStagingPartlyRemovedIsNeverResumedInto() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try FileManager.default.createDirectory(atPath: a + "/data/sub", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/data/sub/f", bytes: 65536, seed: 7)
+            let source = try TreeSnapshot.take(a + "/data")
+            let task = try await harness.task(at: .copying, source: a + "/data", destination: b) {
+                $0.stagedOn = "another-node 00000000-0000-0000-0000-000000000000"
+            }
+            let staged = "\(b)/.ferry-staging-\(task.id)/data"
+            try TreeBuilder.stagingDirectory("\(b)/.ferry-staging-\(task.id)", id: task.id)
+            try FileManager.default.createDirectory(atPath: staged + "/sub", withIntermediateDirectories: true)
+            try Shell.run(["truncate", "-s", "65536", staged + "/sub/f"])
+            try Shell.run(["chmod", "--reference", a + "/data/sub/f", staged + "/sub/f"])
+            try Shell.run(["touch", "-r", a + "/data/sub/f", staged + "/sub/f"])
+            try Shell.run(["chattr", "+i", staged + "/sub"])
+            var immutable = true
+            defer { if immutable { _ = try? Shell.run(["chattr", "-i", staged + "/sub"]) } }
+            let first = await harness.engine.run(task)
+            #expect(first.status != .completed)
+            #expect(first.plan?.stagedOn != bootIdentity, "\(String(describing: first.plan?.stagedOn))")
+            #expect(try source.differences(to: TreeSnapshot.take(a + "/data")).isEmpty)
+            try Shell.run(["chattr", "-i", staged + "/sub"])
+            immutable = false
+            // Run again (handed back) or retried (failed): the copy is made anew either way.
+            if first.status.isTerminal { _ = try await harness.store.retry(task.id) }
+            let record = try await harness.runUntil(task.id) { $0.status.isTerminal }
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            #expect(try source.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            #expect(listing(a).isEmpty)
+        }
+    }
+
     /// A directory put in the place of a task's staging directory (a rename within the
     /// destination's parent is all it takes) lacks Ferry's mark: the task neither resumes into it
     /// nor, rolling back, removes it — which a privileged task would otherwise do for the user
