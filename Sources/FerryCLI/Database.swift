@@ -87,10 +87,8 @@ enum OpenStores {
     }
 }
 
-/// This process's name as a worker: host and pid, so leases say who holds them.
-func workerName(_ role: String) -> String {
-    "\(ProcessInfo.processInfo.hostName):\(getpid()):\(role)"
-}
+/// This process's name as a worker (see `WorkerName`), so leases say who holds them.
+func workerName(_ role: String) -> String { WorkerName.make(role) }
 
 /// This `ferry` executable, which agents and task runners are started from.
 func ferryExecutable() -> String {

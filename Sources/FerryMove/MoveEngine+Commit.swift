@@ -63,7 +63,7 @@ extension MoveEngine {
     func publishAndCheck(_ task: TaskRecord, _ plan: TaskPlan) throws -> Bool {
         let destination = try DirectoryOpener(roots: settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
         defer { destination.closeQuietly() }
-        let engine = copyEngine(task, RunContext(task: task))  // not cancellable any more
+        let engine = copyEngine(task, RunContext(task: task, worker: runName(task)))  // not cancellable any more
         let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
         if let staging = try engine.openStaging(in: destination, id: id, relink: plan.strategy == Strategy.relink.rawValue) {
             defer { staging.directory.closeQuietly() }

@@ -14,13 +14,13 @@ extension MoveEngine {
         let task = read ?? context.task
         if shutdown.isCancelled {
             // A measurement cut short: its counts are not what the next worker will find.
-            if task.status == .validating { try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress()) }
+            if task.status == .validating { try? await store.updateProgress(id: task.id, worker: context.worker, TaskProgress()) }
             // What was staged could not be flushed (`stage`), or an I/O error may have cost it
             // data: the next worker copies it again — or, if that cannot be recorded, the
             // staging goes now (rolled back).
             if let current = read, Self.mayHaveLostStagedData(error, current),
                !(await untrustStaging(current, Self.failure(for: error), context)) { return }
-            try? await store.release(id: task.id, worker: settings.worker, retryAfter: nil, failure: nil,
+            try? await store.release(id: task.id, worker: context.worker, retryAfter: nil, failure: nil,
                                      message: "worker stopping: released at the \(task.status.rawValue) checkpoint")
             return
         }
@@ -44,7 +44,7 @@ extension MoveEngine {
                 // deletion begun since), and its plan must not be written back over the current one.
                 if let current = read, untrusted, !(await untrustStaging(current, failure, context)) { return }
                 let delay = Duration.seconds(min(300, 2 << min(earlier, 7)))
-                try? await store.release(id: task.id, worker: settings.worker, retryAfter: delay, failure: failure,
+                try? await store.release(id: task.id, worker: context.worker, retryAfter: delay, failure: failure,
                                          message: "\(Self.retryEvent) \(delay.components.seconds) s: \(failure.message)")
                 return
             }
@@ -65,7 +65,7 @@ extension MoveEngine {
         var plan = current.plan
         plan?.stagedOn = TaskPlan.untrusted
         do {
-            try await store.advance(id: current.id, worker: settings.worker, to: .copying, plan: plan,
+            try await store.advance(id: current.id, worker: context.worker, to: .copying, plan: plan,
                                     message: "the staged copy is not trusted any more: \(failure.message)")
             return true
         } catch {
@@ -84,7 +84,7 @@ extension MoveEngine {
         do { read = .some(try await store.task(id)) } catch { read = nil }
         guard let found = read else {
             // Unreadable: nothing can be recorded of where it stopped. Handed back, as before.
-            try? await store.release(id: id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+            try? await store.release(id: id, worker: context.worker, retryAfter: .seconds(30), failure: failure,
                                      message: "\(Self.retryEvent) 30 s: \(failure.message)")
             return
         }
@@ -102,17 +102,17 @@ extension MoveEngine {
         }
         plan.stoppedCommitting = true
         do {
-            try await store.advance(id: id, worker: settings.worker, to: .committing, plan: plan,
+            try await store.advance(id: id, worker: context.worker, to: .committing, plan: plan,
                                     message: "the commit stopped: \(failure.message)")
         } catch {
             // Without the mark a retry would plan the task anew over a half-made commit.
-            try? await store.release(id: id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+            try? await store.release(id: id, worker: context.worker, retryAfter: .seconds(30), failure: failure,
                                      message: "\(Self.retryEvent) 30 s: \(failure.message)")
             return
         }
         let stopped = TaskFailure(code: failure.code, message: failure.message + ". " + state.text
             + "Once the cause is put right, ferry task retry \(id) finishes the commit (nothing is copied again).")
-        try? await store.finish(id: id, worker: settings.worker, status: .failed, failure: stopped,
+        try? await store.finish(id: id, worker: context.worker, status: .failed, failure: stopped,
                                 message: "failed while committing, nothing rolled back: \(stopped.message)")
     }
 
@@ -205,28 +205,28 @@ extension MoveEngine {
     /// files it would move back under it.
     func stillHolds(_ context: RunContext) async -> Bool {
         if context.leaseLost.load(ordering: .acquiring) { return false }
-        return (try? await store.heartbeat(id: context.task.id, worker: settings.worker, lease: settings.lease)) == true
+        return (try? await store.heartbeat(id: context.task.id, worker: context.worker, lease: settings.lease)) == true
     }
 
     func fail(_ context: RunContext, _ failure: TaskFailure, rollback: Bool) async {
         if rollback, !(await stillHolds(context)) { return }
         if rollback, !(await discardStaging(context)) {
-            try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+            try? await store.release(id: context.task.id, worker: context.worker, retryAfter: .seconds(30), failure: failure,
                                      message: "\(failure.message) — the rollback did not finish (relinked entries not all put back, or the task unreadable); retrying it")
             return
         }
-        try? await store.finish(id: context.task.id, worker: settings.worker, status: .failed, failure: failure,
+        try? await store.finish(id: context.task.id, worker: context.worker, status: .failed, failure: failure,
                                 message: "failed: \(failure.message)\(rollback ? " — staged data removed, source untouched" : "")")
     }
 
     func rollBack(_ context: RunContext, status: TaskStatus, failure: TaskFailure) async {
         guard await stillHolds(context) else { return }
         guard await discardStaging(context) else {
-            try? await store.release(id: context.task.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+            try? await store.release(id: context.task.id, worker: context.worker, retryAfter: .seconds(30), failure: failure,
                                      message: "the rollback did not finish (relinked entries not all put back, or the task unreadable); retrying it")
             return
         }
-        try? await store.finish(id: context.task.id, worker: settings.worker, status: status, failure: failure,
+        try? await store.finish(id: context.task.id, worker: context.worker, status: status, failure: failure,
                                 message: "rolled back: staged data removed, source untouched")
     }
 
@@ -277,7 +277,7 @@ extension MoveEngine {
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { return }
-            let kept = (try? await store.heartbeat(id: context.task.id, worker: settings.worker, lease: settings.lease)) ?? true
+            let kept = (try? await store.heartbeat(id: context.task.id, worker: context.worker, lease: settings.lease)) ?? true
             if !kept {
                 context.leaseLost.store(true, ordering: .releasing)
                 context.cancellation.cancel()
@@ -317,7 +317,7 @@ extension MoveEngine {
         // Measuring has no totals (they are what it finds) and moves no bytes: no rate.
         let value = TaskProgress(bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal, entriesDone: progress.entriesDone,
                                  entriesTotal: progress.entriesTotal, bytesPerSecond: progress.phase == .measuring ? 0 : progress.bytesPerSecond)
-        let store = self.store, worker = settings.worker
+        let store = self.store, worker = context.worker
         guard progress.phase == .measuring || progress.isFinal else {
             Task { try? await store.updateProgress(id: task.id, worker: worker, value) }
             return

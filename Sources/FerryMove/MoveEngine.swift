@@ -57,6 +57,9 @@ public final class MoveEngine: Sendable {
         self.progressHandler = progress
     }
 
+    /// The name a claimed task's run holds its lease under.
+    func runName(_ claimed: TaskRecord) -> String { claimed.leaseOwner ?? settings.worker }
+
     /// What running the task would do, without doing anything. `progress` is told what the
     /// measurement of the source has found so far.
     public func preflight(_ task: NewTask, progress: ProgressHandler? = nil) throws -> Preflight {
@@ -68,7 +71,9 @@ public final class MoveEngine: Sendable {
     /// `cancellation`: cancels this run (as a cancel request does), e.g. from Ctrl-C.
     @discardableResult
     public func run(_ claimed: TaskRecord, cancellation: CancellationFlag? = nil) async -> TaskRecord {
-        let context = RunContext(task: claimed, cancellation: cancellation ?? CancellationFlag())
+        // Under the name it was claimed with: a worker running several tasks claims each under
+        // a name of its own (`Worker`), so that the fence tells its runs apart.
+        let context = RunContext(task: claimed, worker: runName(claimed), cancellation: cancellation ?? CancellationFlag())
         active.withLock { $0[claimed.id] = context }
         if shutdown.isCancelled { context.cancellation.cancel() }
         let heartbeat = Task { await self.beat(context) }
@@ -85,7 +90,7 @@ public final class MoveEngine: Sendable {
             if status == nil || status == .committing {
                 // Past the point of no return (or not known to be before it) nothing is rolled
                 // back for a database that failed a call: handed back, to be tried again.
-                try? await store.release(id: claimed.id, worker: settings.worker, retryAfter: .seconds(30), failure: failure,
+                try? await store.release(id: claimed.id, worker: context.worker, retryAfter: .seconds(30), failure: failure,
                                          message: "\(Self.retryEvent) 30 s: \(failure.message)")
             } else {
                 await fail(context, failure, rollback: true)
@@ -122,17 +127,17 @@ public final class MoveEngine: Sendable {
         if task.status == .pending || task.status == .validating {
             // Once (a task waiting for a lock, or taken over, is validating already).
             if task.status == .pending {
-                try await store.advance(id: task.id, worker: settings.worker, to: .validating, plan: nil, message: "validating")
+                try await store.advance(id: task.id, worker: context.worker, to: .validating, plan: nil, message: "validating")
             }
             // The paths are resolved and locked before the source is measured: a task waiting for
             // another's lock looks again without walking its tree each time, and what it measures
             // (the source, the destination's free space) no task holding its paths changes meanwhile.
             let (transfer, locks) = try await Blocking.run { [self, task] in try self.resolve(task) }
             do {
-                try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
+                try await store.acquireLocks(id: task.id, worker: context.worker, locks)
             } catch TaskStoreError.locked(let other, let path) {
                 if task.options.waitForLocks {
-                    try await store.wait(id: task.id, worker: settings.worker, for: other, retryAfter: Self.lockWaitDelay,
+                    try await store.wait(id: task.id, worker: context.worker, for: other, retryAfter: Self.lockWaitDelay,
                                          message: "waiting: \(path) is locked by task \(other)")
                     return
                 }
@@ -146,10 +151,10 @@ public final class MoveEngine: Sendable {
                 let restored = try await Blocking.run { [self, transfer] in try self.recall(transfer) }
                 try await store.record(task.id, message: "\(restored) files restored from the HSM archive")
             }
-            try await store.advance(id: task.id, worker: settings.worker, to: .locked, plan: plan,
+            try await store.advance(id: task.id, worker: context.worker, to: .locked, plan: plan,
                                     message: "\(preflight.summary)\(preflight.warnings.map { " Warning: \($0)." }.joined())")
             // The measurement's counts (no totals) give way to nothing done yet of the plan's totals.
-            try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress(
+            try? await store.updateProgress(id: task.id, worker: context.worker, TaskProgress(
                 bytesDone: 0, bytesTotal: plan.bytes, entriesDone: 0, entriesTotal: plan.entries, bytesPerSecond: 0))
             task.plan = plan
             task.status = .locked
@@ -173,22 +178,22 @@ public final class MoveEngine: Sendable {
             // waited for.
             let locks = try await Blocking.run { [self, task, plan] in try self.locks(task, plan) }
             do {
-                try await store.acquireLocks(id: task.id, worker: settings.worker, locks)
+                try await store.acquireLocks(id: task.id, worker: context.worker, locks)
             } catch TaskStoreError.locked(let other, let path) {
-                try await store.wait(id: task.id, worker: settings.worker, for: other, retryAfter: Self.lockWaitDelay,
+                try await store.wait(id: task.id, worker: context.worker, for: other, retryAfter: Self.lockWaitDelay,
                                      message: "waiting: \(path) is locked by task \(other)")
                 return
             }
             plan.stoppedCommitting = nil
-            try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: plan,
+            try await store.advance(id: task.id, worker: context.worker, to: .committing, plan: plan,
                                     message: "resuming the commit where it stopped (its paths locked again)")
         }
         if strategy == .rename {
             // A rename resumed in its commit (after a crash, or a user's retry) is past a cancel.
             if task.status != .committing { try await checkpoint(context) }
-            try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: nil, message: "renaming")
+            try await store.advance(id: task.id, worker: context.worker, to: .committing, plan: nil, message: "renaming")
             try await Blocking.run { [self, task] in try self.commitRename(task) }
-            try await store.finish(id: task.id, worker: settings.worker, status: .completed, failure: nil, message: "renamed")
+            try await store.finish(id: task.id, worker: context.worker, status: .completed, failure: nil, message: "renamed")
             return
         }
         if task.status == .locked {
@@ -197,7 +202,7 @@ public final class MoveEngine: Sendable {
             // remove, is of unknown age: gone before this attempt copies.
             if strategy == .copy { try await Blocking.run { [self, task, plan] in try self.discardStaged(task, plan, context) } }
             plan.stagedOn = bootIdentity
-            try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan, message: "copying into \(plan.stagingName)")
+            try await store.advance(id: task.id, worker: context.worker, to: .copying, plan: plan, message: "copying into \(plan.stagingName)")
             task.status = .copying
         } else if task.status == .copying || task.status == .verifying, strategy == .copy, plan.stagedOn != bootIdentity {
             // Staged, and not yet flushed, by a machine that has restarted since or by another one:
@@ -210,7 +215,7 @@ public final class MoveEngine: Sendable {
             // removing it must leave it untrusted, or the next would resume into what is left.
             try await Blocking.run { [self, task, plan] in try self.discardStaged(task, plan, context) }
             plan.stagedOn = bootIdentity
-            try await store.advance(id: task.id, worker: settings.worker, to: .copying, plan: plan,
+            try await store.advance(id: task.id, worker: context.worker, to: .copying, plan: plan,
                                     message: "copying again into \(plan.stagingName): \(why)")
             task.status = .copying
         }
@@ -222,13 +227,13 @@ public final class MoveEngine: Sendable {
                                         + (notes.count > 5 ? "; …" : ""))
             }
             try await checkpoint(context)
-            try await store.advance(id: task.id, worker: settings.worker, to: .verifying, plan: nil, message: "verifying the copy")
+            try await store.advance(id: task.id, worker: context.worker, to: .verifying, plan: nil, message: "verifying the copy")
             task.status = .verifying
         }
         if task.status == .verifying {
             try await Blocking.run { [self, task, plan] in try self.verifyAndFlush(task, plan, context) }
             try await checkpoint(context)
-            try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: nil,
+            try await store.advance(id: task.id, worker: context.worker, to: .committing, plan: nil,
                                     message: task.kind == .move ? "publishing, then removing the source" : "publishing")
             task.status = .committing
         }
@@ -238,16 +243,16 @@ public final class MoveEngine: Sendable {
             var deleting = plan
             if !plan.deletingSource {
                 deleting.deletingSource = true
-                try await store.advance(id: task.id, worker: settings.worker, to: .committing, plan: deleting,
+                try await store.advance(id: task.id, worker: context.worker, to: .committing, plan: deleting,
                                         message: "the published copy matches the source; removing the source")
             }
             try await Blocking.run { [self, task, deleting] in try self.deleteSources(task, deleting) }
         }
         // Done shows as all of it (the last figures written were the verification's, which
         // counts entries only, or of a run before this one).
-        try? await store.updateProgress(id: task.id, worker: settings.worker, TaskProgress(
+        try? await store.updateProgress(id: task.id, worker: context.worker, TaskProgress(
             bytesDone: plan.bytes, bytesTotal: plan.bytes, entriesDone: plan.entries, entriesTotal: plan.entries, bytesPerSecond: 0))
-        try await store.finish(id: task.id, worker: settings.worker, status: .completed, failure: nil,
+        try await store.finish(id: task.id, worker: context.worker, status: .completed, failure: nil,
                                message: task.kind == .move ? "moved: published, source removed" : "copied: published")
     }
 
@@ -386,11 +391,14 @@ public final class MoveEngine: Sendable {
 /// What one run of a task shares between its phases, its heartbeat and its progress reports.
 final class RunContext: Sendable {
     let task: TaskRecord
+    /// The name this run holds the task's lease under: the one it was claimed with.
+    let worker: String
     let cancellation: CancellationFlag
     let leaseLost = Atomic<Bool>(false)
     let lastProgress = Mutex<ContinuousClock.Instant?>(nil)
-    init(task: TaskRecord, cancellation: CancellationFlag = CancellationFlag()) {
+    init(task: TaskRecord, worker: String, cancellation: CancellationFlag = CancellationFlag()) {
         self.task = task
+        self.worker = worker
         self.cancellation = cancellation
     }
 }

@@ -1,6 +1,7 @@
 import FerryCopy
 import FerryJobs
 import Foundation
+import Synchronization
 
 /// Claims tasks from the store and runs them, up to `concurrency` at once, until stopped. Stopping
 /// (SIGTERM) lets each running task reach its next checkpoint and hand its lease back, with what it
@@ -13,6 +14,7 @@ public final class Worker: Sendable {
     public let janitorInterval: Duration?
     /// Hears each of those clean-ups' reports or errors.
     public let onJanitorPass: @Sendable (Result<Janitor.Report, any Error>) -> Void
+    private let runs = Atomic<UInt64>(0)
 
     public init(engine: MoveEngine, concurrency: Int = 2, janitorInterval: Duration? = nil,
                 onJanitorPass: @escaping @Sendable (Result<Janitor.Report, any Error>) -> Void = { _ in }) {
@@ -37,12 +39,15 @@ public final class Worker: Sendable {
             while true {
                 if stop.isCancelled && !engine.shutdown.isCancelled { engine.stop() }
                 if !stop.isCancelled && running < concurrency {
-                    let claimed = (try? await engine.store.claim(worker: engine.settings.worker, limit: concurrency - running,
-                                                                  lease: engine.settings.lease)) ?? []
+                    // Each run under a name of its own: runs of this process share no lease, so
+                    // the fence tells a run that lost its task (its heartbeats failed for a whole
+                    // lease) from the run that took it back, even in this same process.
+                    let name = "\(engine.settings.worker)#\(runs.add(1, ordering: .relaxed).newValue)"
+                    let claimed = (try? await engine.store.claim(worker: name, limit: 1, lease: engine.settings.lease)) ?? []
                     for task in claimed {
                         // A task whose runs keep ending unexpectedly is handed back to be rolled
                         // back (by the next claim), not run again.
-                        if await UnexpectedEnds.giveUpAfterTakeover(task, worker: engine.settings.worker, store: engine.store) { continue }
+                        if await UnexpectedEnds.giveUpAfterTakeover(task, worker: name, store: engine.store) { continue }
                         running += 1
                         group.addTask { await self.engine.run(task) }
                     }

@@ -42,7 +42,7 @@ public final class ServerState: Sendable {
         self.agent = AgentClient(executable: executable, configuration: configuration)
         self.templates = templates
         self.logger = logger
-        self.janitorEngine = MoveEngine(store: store, settings: .init(worker: "\(ProcessInfo.processInfo.hostName):\(getpid()):janitor",
+        self.janitorEngine = MoveEngine(store: store, settings: .init(worker: WorkerName.make("janitor"),
                                                                      roots: configuration.roots.map { Array($0.path.utf8) }))
     }
 
@@ -112,7 +112,7 @@ public enum FerryServer {
         var services: [any Service] = []
         if options.workers > 0 {
             services.append(TaskRunner(store: options.store, executable: options.executable, configuration: options.configuration,
-                                       concurrency: options.workers, worker: "\(ProcessInfo.processInfo.hostName):\(getpid()):serve",
+                                       concurrency: options.workers, worker: WorkerName.make("serve"),
                                        lease: .milliseconds(Int64(settings.leaseSeconds * 1000)), feed: state.feed, metrics: state.metrics,
                                        logger: options.logger))
             services.append(JanitorService(engine: state.janitorEngine, roots: state.configuration.roots.map(\.path),

@@ -446,6 +446,40 @@ struct MoveEngineTests {
         }
     }
 
+    /// A worker claims each task under a name of its own run: two runs of one process never share
+    /// a lease, so one whose lease expired (its heartbeats failed) is fenced off from the run that
+    /// takes the task back, and that claim is recorded as the takeover it is. Before, every run
+    /// of a `ferry worker` had the process's name: the second claim was "its own", unrecorded,
+    /// and both runs passed every fence.
+    @Test func aWorkersRunsHoldTheirTasksUnderNamesOfTheirOwn() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try makeTree(harness.directory + "/src/one", files: 3)
+        try makeTree(harness.directory + "/src/two", files: 3)
+        try makeTree(harness.directory + "/src/three", files: 3)
+        try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
+        var ids: [String] = []
+        for name in ["one", "two", "three"] {
+            ids.append(try await harness.store.create(NewTask(kind: .copy, sources: [StoredPath(harness.directory + "/src/" + name)],
+                                                              destination: StoredPath(harness.directory + "/dst"), owner: "test")).id)
+        }
+        // This worker held the third task under its process's name, as every run did before,
+        // and the lease ran out.
+        #expect(try await harness.store.claim(id: ids[2], worker: "test-worker", lease: .milliseconds(200)) != nil)
+        try await Task.sleep(for: .milliseconds(400))
+        let records = await Worker(engine: harness.engine, concurrency: 2).run(once: true)
+        #expect(records.count == 3 && records.allSatisfy { $0.status == .completed }, "\(records.map(\.status))")
+        var claimers: [String] = []
+        for id in ids {
+            let claims = try await harness.store.events(id).map(\.message).filter { $0.hasPrefix("claimed by test-worker#") }
+            #expect(claims.count == 1, "\(claims)")
+            claimers += claims.map { String($0.dropFirst("claimed by ".count).prefix { $0 != " " }) }
+        }
+        #expect(Set(claimers).count == claimers.count, "\(claimers)")
+        let history = try await harness.store.events(ids[2]).map(\.message)
+        #expect(history.filter { $0.contains(" after the lease of test-worker") }.count == 1, "\(history)")
+    }
+
     @Test func sourceModifiedDuringTheCopyIsDetectedAndNothingDeleted() async throws {
         let touched = Mutex<Bool>(false)
         let source = Mutex<String>("")
@@ -998,7 +1032,7 @@ struct MoveEngineTests {
             #expect(listing(b) == ["data"])
             // The run that found the path free is recorded once it has locked it.
             let after = try await harness.store.events(waiting.id).map(\.message).drop { !$0.hasPrefix("waiting: ") }
-            #expect(after.dropFirst().first == "claimed by test-worker (attempt 2)", "\(after)")
+            #expect(after.dropFirst().first == "claimed by test-worker#1 (attempt 2)", "\(after)")
         }
     }
 
