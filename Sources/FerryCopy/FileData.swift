@@ -66,7 +66,7 @@ final class FileDataCopier: Sendable {
         var inOffset = start
         var outOffset = start
         while inOffset < end && copyRangeAllowed.load(ordering: .relaxed) {
-            if cancellation.isCancelled { return }
+            if cancellation.shouldStop { return }
             let want = Int(min(UInt64(Self.chunk), end - inOffset))
             let copied: Int
             do {
@@ -98,7 +98,7 @@ final class FileDataCopier: Sendable {
         defer { buffer.deallocate() }
         var offset = start
         while offset < end {
-            if cancellation.isCancelled { return }
+            if cancellation.shouldStop { return }
             let want = Int(min(UInt64(buffer.count), end - offset))
             let got = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: offset)
             if got == 0 {

@@ -266,23 +266,45 @@ extension MoveEngine {
     }
 
     func checkpoint(_ context: RunContext) async throws {
+        // Nothing more is done while the lease is not confirmed (see `beat`).
+        while context.cancellation.isHeld && !context.cancellation.isCancelled { try? await Task.sleep(for: .milliseconds(20)) }
         if shutdown.isCancelled || context.cancellation.isCancelled { throw CopyError.cancelled }
         if let task = try await store.task(context.task.id), task.cancelRequested { throw CopyError.cancelled }
     }
 
     /// Extends the lease every third of its length; notices cancel requests and a lost lease, and
-    /// stops the copy for either.
+    /// stops the copy for either. While the lease is not confirmed — no heartbeat answered (the
+    /// database unreachable, or busy) for two thirds of it — the run is held: its copiers wait at
+    /// their next file or chunk, and nothing more is written. Once the lease runs out another
+    /// worker may take the task over, and this run must not go on writing into what that one
+    /// stages and publishes (the fence guards the database, not the files). The answer decides:
+    /// the lease still this run's (renewed late; nobody took it), the run goes on; taken, it stops
+    /// and leaves everything to the run that has it.
     func beat(_ context: RunContext) async {
         let interval = settings.lease / 3
+        let watchdog = Task { [settings] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: min(interval, .milliseconds(250)))
+                if ContinuousClock.now - context.lastExtended.withLock({ $0 }) > settings.lease - interval { context.cancellation.hold() }
+            }
+        }
+        defer {
+            watchdog.cancel()
+            context.cancellation.release()
+        }
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { return }
-            let kept = (try? await store.heartbeat(id: context.task.id, worker: context.worker, lease: settings.lease)) ?? true
+            let asked = ContinuousClock.now
+            let kept: Bool
+            do { kept = try await store.heartbeat(id: context.task.id, worker: context.worker, lease: settings.lease) } catch { continue }
             if !kept {
                 context.leaseLost.store(true, ordering: .releasing)
                 context.cancellation.cancel()
                 return
             }
+            context.lastExtended.withLock { $0 = max($0, asked) }
+            context.cancellation.release()
             if shutdown.isCancelled { context.cancellation.cancel() }
             guard let task = try? await store.task(context.task.id) else { continue }
             if task.cancelRequested, task.status != .committing { context.cancellation.cancel() }

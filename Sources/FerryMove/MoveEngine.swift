@@ -396,6 +396,9 @@ final class RunContext: Sendable {
     let cancellation: CancellationFlag
     let leaseLost = Atomic<Bool>(false)
     let lastProgress = Mutex<ContinuousClock.Instant?>(nil)
+    /// When the lease was last extended (or, at first, about when it was claimed): it runs until
+    /// a lease's length after that.
+    let lastExtended = Mutex(ContinuousClock.now)
     init(task: TaskRecord, worker: String, cancellation: CancellationFlag = CancellationFlag()) {
         self.task = task
         self.worker = worker

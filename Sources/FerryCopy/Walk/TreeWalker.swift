@@ -1,3 +1,4 @@
+import Glibc
 import FerrySystem
 import Synchronization
 import SystemPackage
@@ -150,7 +151,7 @@ final class WalkCoordinator: @unchecked Sendable {
     }
 
     private func perform(_ item: Item) {
-        if cancellation.isCancelled { pool.stop(); return }
+        if cancellation.shouldStop { pool.stop(); return }
         switch item {
         case .list(let directory):
             do {
@@ -236,9 +237,23 @@ final class WalkCoordinator: @unchecked Sendable {
 }
 
 /// Cooperative cancellation: long operations check it between files and between chunks.
+/// It can also be held: the threads doing the work then wait at their next such check, doing
+/// nothing, until it is released or cancelled (a task's run whose lease is not confirmed).
 public final class CancellationFlag: Sendable {
     private let flag = Atomic<Bool>(false)
+    private let held = Atomic<Bool>(false)
     public init() {}
     public func cancel() { flag.store(true, ordering: .releasing) }
     public var isCancelled: Bool { flag.load(ordering: .acquiring) }
+
+    public func hold() { held.store(true, ordering: .releasing) }
+    public func release() { held.store(false, ordering: .releasing) }
+    public var isHeld: Bool { held.load(ordering: .acquiring) }
+
+    /// For the threads doing the work (never the cooperative pool's): waits while held, then
+    /// answers whether to stop.
+    public var shouldStop: Bool {
+        while held.load(ordering: .acquiring) && !flag.load(ordering: .acquiring) { usleep(5_000) }
+        return flag.load(ordering: .acquiring)
+    }
 }
