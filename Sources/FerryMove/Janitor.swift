@@ -77,6 +77,7 @@ public struct Janitor: Sendable {
                         defer { fd.closeQuietly() }
                         let staging = try fd.openAt(name, [.directory, .noFollow])
                         defer { staging.closeQuietly() }
+                        guard StagingArea.marking(of: staging, id: id) == marking else { return }  // replaced since
                         _ = try CopyEngine(options: CopyOptions(jobs: 1)).removeEmptySkeleton([CopySource(directory: fd, name: name)])
                     }
                 }
@@ -100,12 +101,21 @@ public struct Janitor: Sendable {
             }
             guard removable else { report.kept.append(path); continue }
             if !dryRun {
-                try await Blocking.run {
+                let removed = try await Blocking.run { () -> Bool in
                     let fd = try FileDescriptor.openDirectoryWithoutSymlinks(directory)
                     defer { fd.closeQuietly() }
                     let staging = try fd.openAt(name, [.directory, .noFollow])
+                    // Its mark checked again, on the descriptor it is removed through: a directory
+                    // renamed into its name since it was looked at (by anyone who may write
+                    // there, with the mark copied onto one of theirs) is not Ferry's to remove.
+                    guard StagingArea.marking(of: staging, id: id) == marking else {
+                        staging.closeQuietly()
+                        return false
+                    }
                     CopyEngine(options: CopyOptions(jobs: 2)).discard(StagingArea(parent: fd, name: name, directory: staging))
+                    return true
                 }
+                guard removed else { report.unmarked.append(path); continue }
                 if let task { try? await engine.store.record(task.id, message: "janitor removed its staging directory \(path)") }
             }
             report.removed.append(path)
