@@ -128,6 +128,7 @@ public final class CopyEngine: Sendable {
             try? destination.removeEntry(name, isDirectory: true)
             throw .system(path: PathDisplay.string(name), error)
         }
+        Self.inheritNothing(fd)
         return StagingArea(parent: destination, name: name, directory: fd)
     }
 
@@ -256,6 +257,7 @@ public final class CopyEngine: Sendable {
         // must not be resumed into, published or removed, least of all by a privileged task.
         switch StagingArea.marking(of: fd, id: id) {
         case .copies where !relink, .relinked where relink, .unsupported:
+            Self.inheritNothing(fd)
             return StagingArea(parent: destination, name: name, directory: fd)
         case .unmarked where Self.refusesMarks(in: destination, id: id):
             // A filesystem that answers "no such attribute" but keeps none either (some FUSE
@@ -265,6 +267,15 @@ public final class CopyEngine: Sendable {
             fd.closeQuietly()
             throw .foreignStaging(path: PathDisplay.string(name))
         }
+    }
+
+    /// A staging directory made where a default ACL is set inherits it, and so would every entry
+    /// made in it: a copy would get entries its source did not have (granting someone access the
+    /// source did not), a copied directory a default that its later files inherit. The copies get
+    /// their sources' ACLs, or none, as `cp -a` and `rsync -A` do; the staging's own access ACL
+    /// is never published. (No ACLs on the filesystem: nothing to remove.)
+    static func inheritNothing(_ staging: FileDescriptor) {
+        try? ExtendedAttributes.remove(staging, ExtendedAttributes.defaultACL)
     }
 
     /// The name of `refusesMarks`'s directory, which is there for an instant, unless the process

@@ -20,6 +20,8 @@ struct MetadataApplier: Sendable {
     func apply(from source: FileDescriptor, to destination: FileDescriptor, status: FileStatus, path: @autoclosure () -> String) throws(SystemError) {
         if preserveOwnership {
             try destination.changeOwner(uid: status.uid, gid: status.gid)
+        } else if !privileged {
+            try keepGroup(status, path()) { () throws(SystemError) in try destination.changeOwner(uid: .max, gid: status.gid) }
         }
         try destination.changeMode(permissions: status.permissions)
         let names: [ByteString]
@@ -47,6 +49,10 @@ struct MetadataApplier: Sendable {
     ) throws(SystemError) {
         if preserveOwnership {
             try destinationDirectory.changeOwner(destinationName, uid: status.uid, gid: status.gid)
+        } else if !privileged {
+            try keepGroup(status, path()) { () throws(SystemError) in
+                try destinationDirectory.changeOwner(destinationName, uid: .max, gid: status.gid)
+            }
         }
         if status.kind != .symlink {
             try destinationDirectory.changeMode(destinationName, permissions: status.permissions)
@@ -66,6 +72,17 @@ struct MetadataApplier: Sendable {
             }
         }
         try destinationDirectory.setTimes(destinationName, access: status.accessTime, modification: status.modificationTime)
+    }
+
+    /// Unprivileged, the copy is the user's own, and gets the group of where it was made; the
+    /// source's group is given back (as `cp -a` does), which its owner may do for any group they
+    /// are in. For another group it is a note: the copy keeps the group it got.
+    private func keepGroup(_ status: FileStatus, _ path: @autoclosure () -> String, _ change: () throws(SystemError) -> Void) throws(SystemError) {
+        do {
+            try change()
+        } catch where error.code == .notPermitted || error.code == .permissionDenied {
+            notes.add("\(path()): group \(status.gid) not preserved (\(error.errnoName)): only a member of it may give it")
+        }
     }
 
     /// A directory's default layout, copied within one filesystem: any refusal of it is a note.

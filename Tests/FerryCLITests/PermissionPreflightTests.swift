@@ -43,6 +43,30 @@ struct PermissionPreflightTests {
         }
     }
 
+    /// A user's move keeps the tree's group where the user is in it, setgid directory and all, as
+    /// `cp -a` run by the user would: the project's collaborators keep their access. Before, an
+    /// unprivileged copy changed no owner at all, and everything arrived with the user's own group.
+    @Test func aUsersMoveKeepsTheGroupsTheUserIsIn() throws {
+        try withTestUser(extraGroup: true) { user in
+            try withLoopXFS { fs in
+                let sandbox = try UserSandbox(fs)
+                let group = try #require(user.extraGroup)
+                let data = sandbox.a + "/data"
+                try FileManager.default.createDirectory(atPath: data + "/sub", withIntermediateDirectories: true)
+                try TreeBuilder.write(data + "/sub/f", bytes: 1000)
+                try Shell.run(["chown", "-R", "\(user.name):\(group)", data])
+                try Shell.run(["chmod", "2770", data, data + "/sub"])
+                try Shell.run(["chmod", "0660", data + "/sub/f"])
+                let moved = try sandbox.ferry(as: user, ["move", data, sandbox.b])
+                #expect(moved.status == 0, "\(moved.standardError)")
+                for path in ["", "/sub", "/sub/f"] {
+                    let owner = try Shell.run(["stat", "-c", "%U:%G %a", sandbox.b + "/data" + path]).trimmingCharacters(in: .whitespacesAndNewlines)
+                    #expect(owner == "\(user.name):\(group) \(path == "/sub/f" ? "660" : "2770")", "\(path)")
+                }
+            }
+        }
+    }
+
     /// A user's relink of a tree with directories nobody may write (0555, one with an access ACL):
     /// the relinked directories end read-only, as the sources were, ACL and all, and the move
     /// completes. (Removing Ferry's record from a directory needs write permission, which the user

@@ -842,6 +842,35 @@ struct MoveEngineTests {
         }
     }
 
+    /// A destination with a default ACL gives nothing of it to what is moved in: each copy has its
+    /// source's ACL, or none, as `cp -a` and `rsync -A` leave it. Before, the staging directory
+    /// inherited the default and every entry made in it too: a 0640 file without an ACL arrived
+    /// readable by the user the destination's default named, and a directory with that default.
+    @Test func aDestinationsDefaultACLIsNotGivenToTheCopies() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try Shell.run(["setfacl", "-d", "-m", "u:nobody:rwx", b])
+            try FileManager.default.createDirectory(atPath: a + "/data/sub", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/data/plain", bytes: 100)
+            try TreeBuilder.write(a + "/data/sub/deeper", bytes: 100)
+            try TreeBuilder.write(a + "/data/shared", bytes: 100)
+            chmod(a + "/data/plain", 0o640)
+            try Shell.run(["setfacl", "-m", "u:daemon:r", a + "/data/shared"])
+            let record = try await harness.run([a + "/data"], to: b)
+            #expect(record.status == .completed, "\(String(describing: record.failure))")
+            func acl(_ path: String) throws -> String { try Shell.run(["getfacl", "-c", "-p", path]) }
+            for path in ["", "/plain", "/sub", "/sub/deeper", "/shared"] {
+                let entries = try acl(b + "/data" + path)
+                #expect(!entries.contains("nobody"), "\(path): \(entries)")
+            }
+            #expect(try acl(b + "/data/shared").contains("user:daemon:r--"))
+            #expect(try acl(b + "/data/plain").split(separator: "\n").sorted() == ["group::r--", "other::---", "user::rw-"])
+        }
+    }
+
     /// A directory put in the place of a task's staging directory (a rename within the
     /// destination's parent is all it takes) lacks Ferry's mark: the task neither resumes into it
     /// nor, rolling back, removes it — which a privileged task would otherwise do for the user
