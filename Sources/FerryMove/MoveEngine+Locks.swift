@@ -10,11 +10,21 @@ extension MoveEngine {
     static let lockWaitDelay: Duration = .seconds(15)
 
     /// The paths a transfer touches, as locks: each source and each final name, on its filesystem.
+    /// Each is its directory's path as the kernel has it (symlinks resolved) and the name: a
+    /// request through a symlinked directory locks the same path as one through the real name,
+    /// and the two conflict. (As given, they never did, and both tasks ran on one tree.)
     static func locks(for transfer: Transfer, taskID: String) throws -> [PathLock] {
         let destinationDevice = try device(transfer.destination)
+        let destination = transfer.destination.resolvedPath() ?? transfer.destinationPath
         return try zip(transfer.sources, transfer.sourcePaths).map { source, path in
-            PathLock(taskID: taskID, filesystem: try device(source.directory), path: StoredPath(path))
-        } + transfer.finalPaths.map { PathLock(taskID: taskID, filesystem: destinationDevice, path: StoredPath($0)) }
+            PathLock(taskID: taskID, filesystem: try device(source.directory), path: StoredPath(lockPath(source.directory, path)))
+        } + transfer.sources.map { PathLock(taskID: taskID, filesystem: destinationDevice, path: StoredPath(BytePath.join(destination, $0.destinationName))) }
+    }
+
+    /// `path` (a directory's entry, as named) with the directory's resolved path in front.
+    static func lockPath(_ directory: FileDescriptor, _ path: ByteString) -> ByteString {
+        guard let resolved = directory.resolvedPath() else { return path }
+        return BytePath.join(resolved, BytePath.split(path).name)
     }
 
     /// The same locks from a planned task's record, whose sources may be gone (published, or
@@ -25,15 +35,16 @@ extension MoveEngine {
         let destination = try opener.openDirectory(plan.destinationDirectory.bytes)
         defer { destination.closeQuietly() }
         let destinationDevice = try Self.device(destination)
+        let destinationPath = destination.resolvedPath() ?? plan.destinationDirectory.bytes
         var locks: [PathLock] = []
         for source in task.sources {
             let path = Transfer.absolute(source.bytes)
             let directory = try opener.openDirectory(BytePath.split(path).parent)
             defer { directory.closeQuietly() }
-            locks.append(PathLock(taskID: task.id, filesystem: try Self.device(directory), path: StoredPath(path)))
+            locks.append(PathLock(taskID: task.id, filesystem: try Self.device(directory), path: StoredPath(Self.lockPath(directory, path))))
         }
         for final in plan.finalNames {
-            locks.append(PathLock(taskID: task.id, filesystem: destinationDevice, path: StoredPath(BytePath.join(plan.destinationDirectory.bytes, final.bytes))))
+            locks.append(PathLock(taskID: task.id, filesystem: destinationDevice, path: StoredPath(BytePath.join(destinationPath, final.bytes))))
         }
         return locks
     }

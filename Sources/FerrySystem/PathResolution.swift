@@ -134,3 +134,23 @@ extension FileDescriptor {
         return try PathResolver.open(beneath: root, relative, [.directory], symlinks: .refuse)
     }
 }
+
+extension FileDescriptor {
+    /// Where the kernel has this descriptor's file (`/proc/self/fd/N`): absolute, every symlink on
+    /// the way resolved, so that two names for one directory give one path. Nil when it cannot
+    /// tell (no `/proc`, the file removed, or outside this process's root).
+    public func resolvedPath() -> ByteString? {
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = buffer.withUnsafeMutableBytes { bytes in
+            readlink("/proc/self/fd/\(rawValue)", bytes.baseAddress!.assumingMemoryBound(to: CChar.self), bytes.count)
+        }
+        guard count > 0, count < buffer.count, buffer[0] == UInt8(ascii: "/") else { return nil }
+        let path = Array(buffer[0..<count])
+        if path.count > 1 && path.last == UInt8(ascii: ")") && path.ends(with: Array(" (deleted)".utf8)) { return nil }
+        return path
+    }
+}
+
+extension Array where Element == UInt8 {
+    fileprivate func ends(with suffix: [UInt8]) -> Bool { count >= suffix.count && Array(self[(count - suffix.count)...]) == suffix }
+}
