@@ -30,6 +30,13 @@ extension MoveEngine {
             return
         }
         let failure = Self.failure(for: error)
+        guard read != nil else {
+            // Where the task stands cannot be read (the record as claimed may be phases behind:
+            // its commit begun since). Past the point of no return nothing may be rolled back,
+            // and before it nothing need be: handed back, to be run again from where it is.
+            await handBack(context, failure)
+            return
+        }
         // A staging found untrusted at the commit's flush (nothing of it published yet) goes
         // back to copying: the task is before the point of no return again.
         let untrusted = read.map { Self.mayHaveLostStagedData(error, $0) } ?? false
@@ -57,6 +64,13 @@ extension MoveEngine {
             return
         }
         await fail(context, failure, rollback: true)
+    }
+
+    /// Hands the task back to be tried again in 30 s, rolling nothing back (if even that cannot be
+    /// recorded, its lease runs out, with the same effect).
+    func handBack(_ context: RunContext, _ failure: TaskFailure) async {
+        try? await store.release(id: context.task.id, worker: context.worker, retryAfter: .seconds(30), failure: failure,
+                                 message: "\(Self.retryEvent) 30 s: \(failure.message)")
     }
 
     /// Not resumed: the next attempt copies everything again. If that cannot be recorded, the

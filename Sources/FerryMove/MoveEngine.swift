@@ -104,7 +104,10 @@ public final class MoveEngine: Sendable {
             // the copy was published) stops the commit, to be resumed once it is put right.
             let status = (try? await store.task(claimed.id))?.status
             let failure = TaskFailure(code: refusal.code, message: refusal.message)
-            if status == .committing && !["source.changed", "staging.missing"].contains(refusal.code) {
+            if status == nil {
+                // Where it stands cannot be read: a commit is not rolled back on a guess.
+                await handBack(context, failure)
+            } else if status == .committing && !["source.changed", "staging.missing"].contains(refusal.code) {
                 await stopCommit(context, failure)
             } else {
                 await fail(context, failure, rollback: status != .committing)

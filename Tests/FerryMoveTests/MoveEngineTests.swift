@@ -1017,6 +1017,47 @@ struct MoveEngineTests {
         }
     }
 
+    /// A commit that fails while where the task stands cannot be read rolls nothing back: the
+    /// task is handed back. Before, a refusal then (a name taken in the destination as the second
+    /// of two sources was published) was taken for one before the commit: the staged second source
+    /// was deleted, the first left published, and the task failed saying the staged data was removed.
+    @Test func aCommitThatFailsWhileTheTaskCannotBeReadIsHandedBackNotRolledBack() async throws {
+        let unreadable = Mutex(false)
+        let destination = Mutex<String?>(nil)
+        let directory = try TemporaryDirectory.make(prefix: "ferry-hooked")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let base = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
+        let store = HookedStore(base, beforeRead: { _ in
+            if unreadable.withLock({ let was = $0; $0 = false; return was }) { throw TaskStoreError.database("the database does not answer") }
+        }, afterAdvance: { _, status in
+            guard status == .committing, let b = destination.withLock({ $0 }) else { return }
+            // The second source's name is taken as the copy is published, and the next read of
+            // the task fails (a moment's loss of the database).
+            _ = FileManager.default.createFile(atPath: b + "/two", contents: Data("someone else's".utf8))
+            unreadable.withLock { $0 = true }
+        })
+        let engine = MoveEngine(store: store, settings: .init(worker: "test-worker", lease: .seconds(30), jobs: 2))
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            destination.withLock { $0 = b }
+            try makeTree(a + "/one", files: 3)
+            try makeTree(a + "/two", files: 3)
+            let created = try await store.create(NewTask(kind: .move, sources: [StoredPath(a + "/one"), StoredPath(a + "/two")],
+                                                         destination: StoredPath(b), owner: "test"))
+            let claimed = try #require(try await store.claim(id: created.id, worker: "test-worker", lease: .seconds(30)))
+            _ = await engine.run(claimed)
+            let record = try #require(try await store.task(created.id))
+            let history = try await store.events(created.id).map(\.message)
+            #expect(record.status == .committing && record.leaseOwner == nil, "\(record.status) \(history)")
+            #expect(!history.contains { $0.contains("staged data removed") }, "\(history)")
+            #expect(history.last?.hasPrefix("retrying in 30 s: two appeared in the destination") == true, "\(history)")
+            #expect(listing(b).sorted() == [".ferry-staging-\(created.id)", "one", "two"])
+            #expect(listing(b + "/.ferry-staging-\(created.id)") == ["two"])
+            #expect(listing(a).sorted() == ["one", "two"])
+        }
+    }
+
     /// A path named through a symlinked directory is the same path: a move into `alias/` (a
     /// symlink to `b`) conflicts with a task holding `b/data`. Before, locks compared the paths as
     /// given, and the two ran on one tree at once.
