@@ -110,8 +110,10 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
     }
 
     private func copyFile(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor) throws {
-        let flags: OpenFlags = privileged ? [.noFollow, .noAccessTime] : [.noFollow]
-        // O_NOFOLLOW: a file swapped for a symlink since the listing fails here instead of being followed.
+        let flags: OpenFlags = privileged ? [.noFollow, .noAccessTime, .nonBlocking] : [.noFollow, .nonBlocking]
+        // O_NOFOLLOW: a file swapped for a symlink since the listing fails here instead of being
+        // followed. O_NONBLOCK: one swapped for a fifo opens at once, to be refused below, instead
+        // of waiting for a writer for ever (reads of a regular file do not heed it).
         let source = try directory.source.openAt(entry.name, flags)
         defer { source.closeQuietly() }
         let before = try source.status()
