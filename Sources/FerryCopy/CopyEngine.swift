@@ -370,6 +370,13 @@ public final class CopyEngine: Sendable {
     static func renameNoReplace(from: FileDescriptor, _ name: ByteString, to: FileDescriptor, _ newName: ByteString) throws(SystemError) {
         do {
             try rename(from: from, name, to: to, newName, flags: .noReplace)
+        } catch where error.code == .exists {
+            // Published already if it is the same file: where the flag is missing (below), a run
+            // that ended between the link and the unlink left it under both names (the kernel
+            // answers EEXIST itself once the name exists). Anything else is not replaced.
+            guard let here = try? from.status(name), here.kind != .directory,
+                  let there = try? to.status(newName), there.fileID == here.fileID else { throw error }
+            try from.removeEntry(name, isDirectory: false)
         } catch where error.code == .invalidArgument {
             let status = try from.status(name)
             if status.kind == .directory {

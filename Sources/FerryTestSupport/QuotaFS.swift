@@ -22,8 +22,9 @@ public final class QuotaFS: @unchecked Sendable {
     /// mount: the opener waits in the kernel, and SIGKILL does not end it).
     /// `readErrorIn`: reading a file of that name fails with EIO (a bad sector) until
     /// `liftBudget()`.
+    /// `renameFlags: false`: `RENAME_NOREPLACE` fails with EINVAL, as on a filesystem without it.
     public init(budget: Int, errno: String = "EDQUOT", writebackCache: Bool = false, refuseXattrs: Bool = false, hang: String? = nil,
-                readErrorIn: String? = nil) throws {
+                readErrorIn: String? = nil, renameFlags: Bool = true) throws {
         directory = try TemporaryDirectory.make(prefix: "ferry-quotafs")
         backing = directory + "/backing"
         mountPoint = directory + "/mnt"
@@ -37,6 +38,7 @@ public final class QuotaFS: @unchecked Sendable {
                              "-o", "attr_timeout=0,entry_timeout=0,negative_timeout=0"]
             if writebackCache { arguments.append("--writeback-cache") }
             if refuseXattrs { arguments.append("--refuse-xattrs") }
+            if !renameFlags { arguments.append("--no-rename-flags") }
             if let hang { arguments += ["--hang", hang] }
             if let readErrorIn { arguments += ["--read-eio", readErrorIn] }
             process.arguments = arguments

@@ -39,3 +39,32 @@ struct FifoSwapTests {
         #expect(result.contains("no longer a regular file"), "\(result)")
     }
 }
+
+/// Where the filesystem has no `RENAME_NOREPLACE`, a file is published by `link` then `unlink`. A
+/// run that ended between the two left it under both names; the next publish of it finds the
+/// same file already there, and finishes (before, `link` failed with EEXIST for ever, and the
+/// commit stopped at every retry). Another file of that name is never replaced.
+@Suite("Publishing without RENAME_NOREPLACE", .enabled(if: QuotaFS.available), .serialized)
+struct LinkPublishTests {
+    @Test func aFileLeftUnderBothNamesIsPublishedAndAnotherIsNotReplaced() throws {
+        let fs = try QuotaFS(budget: 1 << 30, renameFlags: false)
+        defer { fs.tearDown() }
+        let staging = fs.mountPoint + "/.ferry-staging-x"
+        try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        try TreeBuilder.write(staging + "/done", bytes: 1000, seed: 1)
+        #expect(link(staging + "/done", fs.mountPoint + "/done") == 0)
+        try TreeBuilder.write(staging + "/taken", bytes: 1000, seed: 2)
+        try TreeBuilder.write(fs.mountPoint + "/taken", bytes: 10, seed: 3)
+        try TreeBuilder.write(staging + "/fresh", bytes: 1000, seed: 4)
+        let from = try FileDescriptor.openDirectory(Array(staging.utf8))
+        let to = try FileDescriptor.openDirectory(Array(fs.mountPoint.utf8))
+        defer { from.closeQuietly(); to.closeQuietly() }
+        try CopyEngine.renameNoReplace(from: from, Array("done".utf8), to: to, Array("done".utf8))
+        try CopyEngine.renameNoReplace(from: from, Array("fresh".utf8), to: to, Array("fresh".utf8))
+        #expect(throws: SystemError.self) { try CopyEngine.renameNoReplace(from: from, Array("taken".utf8), to: to, Array("taken".utf8)) }
+        #expect(try entries(staging) == ["taken"])
+        #expect(try FileManager.default.attributesOfItem(atPath: fs.mountPoint + "/taken")[.size] as? Int == 10)
+        #expect(try FileManager.default.attributesOfItem(atPath: fs.mountPoint + "/done")[.size] as? Int == 1000)
+        #expect(try FileManager.default.attributesOfItem(atPath: fs.mountPoint + "/fresh")[.size] as? Int == 1000)
+    }
+}

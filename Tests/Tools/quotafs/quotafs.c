@@ -69,6 +69,7 @@ static int quota_errno = EDQUOT;
 static int statfs_budget;
 static int writeback_cache;         /* --writeback-cache: writes land in the page cache */
 static int refuse_xattrs;           /* --refuse-xattrs: setxattr answers EOPNOTSUPP */
+static int no_rename_flags;         /* --no-rename-flags: renameat2 flags answer EINVAL */
 static const char *hang_name;       /* --hang NAME: opening a directory NAME blocks (a hung mount) */
 static const char *bad_name;        /* --read-eio NAME: reading a file NAME fails with EIO */
 static unsigned char bad_fds[65536]; /* backing fds opened on such a file (reads have no path) */
@@ -416,6 +417,8 @@ static int q_rename(const char *from, const char *to, unsigned int flags)
 {
 	if (flags & ~(unsigned int)(RENAME_NOREPLACE | RENAME_EXCHANGE))
 		return -EINVAL;
+	if (flags != 0 && no_rename_flags)
+		return -EINVAL;
 	return neg_errno(renameat2(backing_fd, rel(from), backing_fd, rel(to),
 				   flags));
 }
@@ -739,6 +742,7 @@ static void usage(FILE *out, const char *prog)
 		"  --writeback-cache       let writes land in the page cache (the budget's\n"
 		"                          error then comes from write-back, seen by fsync)\n"
 		"  --refuse-xattrs         setxattr fails with EOPNOTSUPP\n"
+		"  --no-rename-flags       rename with RENAME_NOREPLACE or EXCHANGE fails with EINVAL\n"
 		"  --read-eio NAME         reading a file named NAME fails with EIO (a bad\n"
 		"                          sector) until SIGUSR1\n"
 		"  --hang NAME             opening a directory named NAME blocks until it is\n"
@@ -854,6 +858,8 @@ int main(int argc, char *argv[])
 			writeback_cache = 1;
 		} else if (strcmp(a, "--refuse-xattrs") == 0) {
 			refuse_xattrs = 1;
+		} else if (strcmp(a, "--no-rename-flags") == 0) {
+			no_rename_flags = 1;
 		} else if (strcmp(a, "--no-default-permissions") == 0) {
 			default_perms = 0;
 		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
