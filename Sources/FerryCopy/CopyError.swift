@@ -39,7 +39,9 @@ public enum CopyError: Error, Sendable, CustomStringConvertible {
         case .system(let path, let error):
             let advice: String
             switch error.code {
-            case .noSpace: advice = " — the destination filesystem is full; free space there or choose another destination"
+            // XFS answers ENOSPC, not EDQUOT, for a full project quota: either may be the cause.
+            case .noSpace: advice = " — the destination is full: its filesystem, or (on XFS) its project's quota; free space there, "
+                + "ask for more quota, or choose another destination"
             case .quotaExceeded: advice = " — the destination project's quota is exhausted; ask for more quota or free space in that project"
             case .permissionDenied, .notPermitted: advice = " — you lack permission for this path"
             case .io: advice = " — the storage reported an I/O error; check the device before retrying"
