@@ -279,6 +279,12 @@ extension MoveEngine {
         }
     }
 
+    /// How long a lease extended at some moment is taken as confirmed: two thirds of it.
+    var confirmedFor: UInt64 {
+        let (seconds, attoseconds) = (settings.lease * 2 / 3).components
+        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
+    }
+
     func checkpoint(_ context: RunContext) async throws {
         // Nothing more is done while the lease is not confirmed (see `beat`).
         while context.cancellation.isHeld && !context.cancellation.isCancelled { try? await Task.sleep(for: .milliseconds(20)) }
@@ -289,27 +295,17 @@ extension MoveEngine {
     /// Extends the lease every third of its length; notices cancel requests and a lost lease, and
     /// stops the copy for either. While the lease is not confirmed — no heartbeat answered (the
     /// database unreachable, or busy) for two thirds of it — the run is held: its copiers wait at
-    /// their next file or chunk, and nothing more is written. Once the lease runs out another
-    /// worker may take the task over, and this run must not go on writing into what that one
-    /// stages and publishes (the fence guards the database, not the files). The answer decides:
-    /// the lease still this run's (renewed late; nobody took it), the run goes on; taken, it stops
-    /// and leaves everything to the run that has it.
+    /// their next file or chunk, and the engine at its next checkpoint; nothing more is written.
+    /// Once the lease runs out another worker may take the task over, and this run must not go on
+    /// writing into what that one stages and publishes (the fence guards the database, not the
+    /// files). The answer decides: the lease still this run's (renewed late; nobody took it), the
+    /// run goes on, in the same attempt; taken, it stops and leaves everything to the run that has it.
     func beat(_ context: RunContext) async {
         let interval = settings.lease / 3
-        let watchdog = Task { [settings] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: min(interval, .milliseconds(250)))
-                if ContinuousClock.now - context.lastExtended.withLock({ $0 }) > settings.lease - interval { context.cancellation.hold() }
-            }
-        }
-        defer {
-            watchdog.cancel()
-            context.cancellation.release()
-        }
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { return }
-            let asked = ContinuousClock.now
+            let asked = CancellationFlag.now()
             let kept: Bool
             do { kept = try await store.heartbeat(id: context.task.id, worker: context.worker, lease: settings.lease) } catch { continue }
             if !kept {
@@ -317,8 +313,7 @@ extension MoveEngine {
                 context.cancellation.cancel()
                 return
             }
-            context.lastExtended.withLock { $0 = max($0, asked) }
-            context.cancellation.release()
+            context.cancellation.holdAfter(asked + confirmedFor)
             if shutdown.isCancelled { context.cancellation.cancel() }
             guard let task = try? await store.task(context.task.id) else { continue }
             if task.cancelRequested, task.status != .committing { context.cancellation.cancel() }

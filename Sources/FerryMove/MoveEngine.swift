@@ -74,6 +74,8 @@ public final class MoveEngine: Sendable {
         // Under the name it was claimed with: a worker running several tasks claims each under
         // a name of its own (`Worker`), so that the fence tells its runs apart.
         let context = RunContext(task: claimed, worker: runName(claimed), cancellation: cancellation ?? CancellationFlag())
+        // Claimed (its lease extended) just before: confirmed from about now (`beat`).
+        context.cancellation.holdAfter(CancellationFlag.now() + confirmedFor)
         active.withLock { $0[claimed.id] = context }
         if shutdown.isCancelled { context.cancellation.cancel() }
         let heartbeat = Task { await self.beat(context) }
@@ -399,9 +401,6 @@ final class RunContext: Sendable {
     let cancellation: CancellationFlag
     let leaseLost = Atomic<Bool>(false)
     let lastProgress = Mutex<ContinuousClock.Instant?>(nil)
-    /// When the lease was last extended (or, at first, about when it was claimed): it runs until
-    /// a lease's length after that.
-    let lastExtended = Mutex(ContinuousClock.now)
     init(task: TaskRecord, worker: String, cancellation: CancellationFlag = CancellationFlag()) {
         self.task = task
         self.worker = worker

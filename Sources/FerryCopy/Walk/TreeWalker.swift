@@ -237,23 +237,36 @@ final class WalkCoordinator: @unchecked Sendable {
 }
 
 /// Cooperative cancellation: long operations check it between files and between chunks.
-/// It can also be held: the threads doing the work then wait at their next such check, doing
-/// nothing, until it is released or cancelled (a task's run whose lease is not confirmed).
+/// It can also be held: past a deadline it is given (`holdAfter`), the threads doing the work wait
+/// at their next such check, doing nothing, until a later deadline is given or it is cancelled (a
+/// task's run whose lease is not confirmed). The threads decide this themselves, from the clock:
+/// nothing else has to run for them to stop.
 public final class CancellationFlag: Sendable {
     private let flag = Atomic<Bool>(false)
-    private let held = Atomic<Bool>(false)
+    /// CLOCK_MONOTONIC nanoseconds; never, until one is given.
+    private let deadline = Atomic<UInt64>(.max)
     public init() {}
     public func cancel() { flag.store(true, ordering: .releasing) }
     public var isCancelled: Bool { flag.load(ordering: .acquiring) }
 
-    public func hold() { held.store(true, ordering: .releasing) }
-    public func release() { held.store(false, ordering: .releasing) }
-    public var isHeld: Bool { held.load(ordering: .acquiring) }
+    /// Held from `deadline` (`CancellationFlag.now()` nanoseconds) on, unless a later one is given first.
+    public func holdAfter(_ deadline: UInt64) { self.deadline.store(deadline, ordering: .releasing) }
+    public var isHeld: Bool {
+        let deadline = deadline.load(ordering: .acquiring)
+        return deadline != .max && Self.now() > deadline
+    }
+
+    /// CLOCK_MONOTONIC, in nanoseconds.
+    public static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
 
     /// For the threads doing the work (never the cooperative pool's): waits while held, then
     /// answers whether to stop.
     public var shouldStop: Bool {
-        while held.load(ordering: .acquiring) && !flag.load(ordering: .acquiring) { usleep(5_000) }
+        while isHeld && !flag.load(ordering: .acquiring) { usleep(5_000) }
         return flag.load(ordering: .acquiring)
     }
 }
