@@ -269,18 +269,40 @@ public final class TaskStoreRelay: Sendable {
     /// destination directory (or the destination itself, when it is a new name). A lock elsewhere — on `/`, say — would
     /// hold up every other task and same-project move on that filesystem for as long as the
     /// runner kept its lease.
+    /// The engine locks each path as the kernel resolves its directory (symlinks followed), so a
+    /// lock's directory may be named otherwise than the task names it: it is the same when it is
+    /// the same directory on disk.
     private func checkLockPaths(_ locks: [PathLock]) async throws {
         guard let task = try await store.task(taskID) else { throw TaskStoreError.notFound(taskID) }
         let sources = task.sources.map { BytePath.lexicallyNormalized($0.bytes) }
         let destination = BytePath.lexicallyNormalized(task.destination.bytes)
+        // Each named entry (the sources, the destination as a new name) by its directory and name.
+        let named = (sources + [destination]).map { BytePath.split($0) }
         for lock in locks {
             let path = lock.path.bytes
             if sources.contains(path) || path == destination { continue }
             let (directory, name) = BytePath.split(path)
-            guard BytePath.isPlainName(name), directory == destination else {
-                throw TaskStoreError.database("not allowed: a lock on \(lock.path), which task \(taskID) does not name")
-            }
+            guard BytePath.isPlainName(name) else { throw Self.notNamed(lock, taskID) }
+            if directory == destination || Self.sameDirectory(directory, destination) { continue }
+            if named.contains(where: { $0.name == name && Self.sameDirectory(directory, $0.parent) }) { continue }
+            throw Self.notNamed(lock, taskID)
         }
+    }
+
+    private static func notNamed(_ lock: PathLock, _ taskID: String) -> TaskStoreError {
+        TaskStoreError.database("not allowed: a lock on \(lock.path), which task \(taskID) does not name")
+    }
+
+    /// Whether two paths name one directory (`stat`, symlinks followed: device and inode).
+    private static func sameDirectory(_ a: ByteString, _ b: ByteString) -> Bool {
+        func identity(_ path: ByteString) -> (UInt64, UInt64)? {
+            var status = stat()
+            let result = path.withCPath { stat($0, &status) }
+            guard result == 0, (status.st_mode & S_IFMT) == S_IFDIR else { return nil }
+            return (UInt64(status.st_dev), UInt64(status.st_ino))
+        }
+        guard let first = identity(a), let second = identity(b) else { return false }
+        return first == second
     }
 
     /// The call must be about this relay's task (and, for the fenced calls, its worker).

@@ -169,6 +169,34 @@ struct RemoteTaskStoreTests {
         }
     }
 
+    /// The engine locks paths as the kernel resolves their directories: a task named through a
+    /// symlinked directory (a root configured as a symlink, say) locks the real directory's paths,
+    /// which the relay allows for being the same directories on disk. Before, it refused them and
+    /// every such task failed at validation. Another directory's paths are still refused.
+    @Test func locksOnTheResolvedPathsOfTheTasksDirectoriesAreAllowed() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-remote-links")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for path in ["/real/a/data", "/real/b", "/other/data"] {
+            try FileManager.default.createDirectory(atPath: directory + path, withIntermediateDirectories: true)
+        }
+        try FileManager.default.createSymbolicLink(atPath: directory + "/link", withDestinationPath: "real")
+        let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
+        let created = try await store.create(NewTask(kind: .move, sources: [StoredPath(directory + "/link/a/data")],
+                                                     destination: StoredPath(directory + "/link/b"), owner: "alice"))
+        let task = try #require(try await store.claim(id: created.id, worker: "w1", lease: .seconds(600)))
+        let channel = Channel(store: store, taskID: task.id, worker: "w1")
+        for path in ["/other/data", "/real/a/other", "/real/data", "/real/b/sub/data"] {
+            await #expect(performing: {
+                try await channel.client.acquireLocks(id: task.id, worker: "w1", [PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath(directory + path))])
+            }, throws: { isRefusal($0) })
+        }
+        let resolved = ["/real/a/data", "/real/b/data", "/real/b"].map { PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath(directory + $0)) }
+        try await channel.client.acquireLocks(id: task.id, worker: "w1", resolved)
+        #expect(Set(try await store.locks().map(\.path)) == Set(resolved.map(\.path)))
+        await channel.close()
+        Glibc.close(channel.responses.read)
+    }
+
     @Test func concurrentCallsAreAllAnswered() async throws {
         try await withChannel { store, task, channel in
             let client = channel.client
