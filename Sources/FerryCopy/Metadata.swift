@@ -80,7 +80,9 @@ struct MetadataApplier: Sendable {
     private func keepGroup(_ status: FileStatus, _ path: @autoclosure () -> String, _ change: () throws(SystemError) -> Void) throws(SystemError) {
         do {
             try change()
-        } catch where error.code == .notPermitted || error.code == .permissionDenied {
+        } catch where [.notPermitted, .permissionDenied, .invalidArgument, .notSupported, .quotaExceeded].contains(error.code) {
+            // Not a member; a group an NFSv4 server cannot map; a filesystem without owners; a
+            // group quota that is full.
             notes.add("\(path()): group \(status.gid) not preserved (\(error.errnoName)): only a member of it may give it")
         }
     }

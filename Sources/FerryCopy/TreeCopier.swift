@@ -110,13 +110,11 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
     }
 
     private func copyFile(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor) throws {
-        let flags: OpenFlags = privileged ? [.noFollow, .noAccessTime, .nonBlocking] : [.noFollow, .nonBlocking]
+        let flags: OpenFlags = privileged ? [.noFollow, .noAccessTime] : [.noFollow]
         // O_NOFOLLOW: a file swapped for a symlink since the listing fails here instead of being
-        // followed. O_NONBLOCK: one swapped for a fifo opens at once, to be refused below, instead
-        // of waiting for a writer for ever (reads of a regular file do not heed it).
-        let source = try directory.source.openAt(entry.name, flags)
+        // followed; one swapped for a fifo opens at once, to be refused below.
+        let (source, before) = try directory.source.openRegularForReading(entry.name, flags)
         defer { source.closeQuietly() }
-        let before = try source.status()
         guard before.kind == .regular else {
             throw CopyError.sourceChanged(path: directory.displayPath(entry.name), detail: "it is no longer a regular file")
         }

@@ -157,9 +157,9 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
 
     /// SHA-256 of a file's content, read in 1 MiB pieces.
     static func digest(_ directory: FileDescriptor, _ name: ByteString, cancellation: CancellationFlag, progress: (UInt64) -> Void) throws -> SHA256.Digest {
-        let fd = try directory.openAt(name, [.noFollow, .nonBlocking])  // a fifo swapped in: see `copyFile`
+        let (fd, status) = try directory.openRegularForReading(name, [.noFollow])  // a fifo swapped in: see `copyFile`
         defer { fd.closeQuietly() }
-        guard try fd.status().kind == .regular else {
+        guard status.kind == .regular else {
             throw CopyError.sourceChanged(path: PathDisplay.string(name), detail: "it is no longer a regular file")
         }
         var hasher = SHA256()

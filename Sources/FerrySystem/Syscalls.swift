@@ -283,6 +283,36 @@ extension FileDescriptor {
         }
     }
 
+    /// Clears `O_NONBLOCK` on the open file. The corresponding C function is `fcntl(F_SETFL)`.
+    public func clearNonBlocking() throws(SystemError) {
+        let flags = try syscallRetrying("fcntl(F_GETFL)") { fcntl(rawValue, F_GETFL) }
+        _ = try syscallRetrying("fcntl(F_SETFL)") { fcntl(rawValue, F_SETFL, flags & ~O_NONBLOCK) }
+    }
+
+    /// Opens a file to read that the caller takes for a regular file, without waiting if it is
+    /// not (`O_NONBLOCK`: a fifo swapped in would wait for a writer for ever). Once open it reads
+    /// as blocking, for filesystems that heed the flag on regular files (Lustre's locks); an open
+    /// that a lease holder makes wait (EAGAIN) is made again, blocking, as any reader's would be.
+    /// Returns it with its status, which the caller checks.
+    public func openRegularForReading(_ name: ByteString, _ flags: OpenFlags) throws(SystemError) -> (FileDescriptor, FileStatus) {
+        var file: FileDescriptor
+        var blocking = false
+        do {
+            file = try openAt(name, flags.union(.nonBlocking))
+        } catch where error.errno.rawValue == EAGAIN {
+            file = try openAt(name, flags)
+            blocking = true
+        }
+        do {
+            let status = try file.status()
+            if status.kind == .regular && !blocking { try file.clearNonBlocking() }
+            return (file, status)
+        } catch {
+            file.closeQuietly()
+            throw error
+        }
+    }
+
     /// A second descriptor for the same open file. The corresponding C function is `fcntl(F_DUPFD_CLOEXEC)`.
     public func duplicateDescriptor() throws(SystemError) -> FileDescriptor {
         FileDescriptor(rawValue: try syscallRetrying("fcntl(F_DUPFD_CLOEXEC)") { fcntl(rawValue, F_DUPFD_CLOEXEC, 0) })

@@ -38,6 +38,20 @@ struct FifoSwapTests {
         let result = outcome.withLock { $0 } ?? ""
         #expect(result.contains("no longer a regular file"), "\(result)")
     }
+
+    /// A regular file so opened reads as blocking: Lustre heeds O_NONBLOCK on its locks, and a
+    /// read that would wait for another client's lock would fail with EAGAIN.
+    @Test func aRegularFileOpenedSoReadsAsBlocking() throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-fifo")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try TreeBuilder.write(directory + "/f", bytes: 100)
+        let parent = try FileDescriptor.openDirectory(Array(directory.utf8))
+        defer { parent.closeQuietly() }
+        let (file, status) = try parent.openRegularForReading(Array("f".utf8), [.noFollow])
+        defer { file.closeQuietly() }
+        #expect(status.kind == .regular && status.size == 100)
+        #expect(fcntl(file.rawValue, F_GETFL) & O_NONBLOCK == 0)
+    }
 }
 
 /// Where the filesystem has no `RENAME_NOREPLACE`, a file is published by `link` then `unlink`. A
