@@ -283,10 +283,12 @@ extension FileDescriptor {
         }
     }
 
-    /// Clears `O_NONBLOCK` on the open file. The corresponding C function is `fcntl(F_SETFL)`.
-    public func clearNonBlocking() throws(SystemError) {
-        let flags = try syscallRetrying("fcntl(F_GETFL)") { fcntl(rawValue, F_GETFL) }
-        _ = try syscallRetrying("fcntl(F_SETFL)") { fcntl(rawValue, F_SETFL, flags & ~O_NONBLOCK) }
+    /// Sets the open file's status flags to those of `flags` that `F_SETFL` changes and Ferry uses (`O_NONBLOCK`
+    /// among them): one call, where reading them first would be two. The corresponding C
+    /// function is `fcntl(F_SETFL)`.
+    public func setStatusFlags(_ flags: OpenFlags) throws(SystemError) {
+        let changeable = O_APPEND | CFERRY_O_NOATIME | O_NONBLOCK
+        _ = try syscallRetrying("fcntl(F_SETFL)") { fcntl(rawValue, F_SETFL, flags.rawValue & changeable) }
     }
 
     /// Opens a file to read that the caller takes for a regular file, without waiting if it is
@@ -305,7 +307,7 @@ extension FileDescriptor {
         }
         do {
             let status = try file.status()
-            if status.kind == .regular && !blocking { try file.clearNonBlocking() }
+            if status.kind == .regular && !blocking { try file.setStatusFlags(flags) }  // as opened, but blocking
             return (file, status)
         } catch {
             file.closeQuietly()
