@@ -76,14 +76,14 @@ struct MetadataApplier: Sendable {
 
     /// Unprivileged, the copy is the user's own, and gets the group of where it was made; the
     /// source's group is given back (as `cp -a` does), which its owner may do for any group they
-    /// are in. For another group it is a note: the copy keeps the group it got.
+    /// are in. Where it cannot be given, that is a note: the copy keeps the group it got.
     private func keepGroup(_ status: FileStatus, _ path: @autoclosure () -> String, _ change: () throws(SystemError) -> Void) throws(SystemError) {
         do {
             try change()
         } catch where [.notPermitted, .permissionDenied, .invalidArgument, .notSupported, .quotaExceeded].contains(error.code) {
             // Not a member; a group an NFSv4 server cannot map; a filesystem without owners; a
             // group quota that is full.
-            notes.add("\(path()): group \(status.gid) not preserved (\(error.errnoName)): only a member of it may give it")
+            notes.add("\(path()): group \(status.gid) not preserved (\(error.errnoName)); the copy has the group it got where it was made")
         }
     }
 

@@ -297,7 +297,7 @@ extension FileDescriptor {
     /// that a lease holder makes wait (EAGAIN) is made again, blocking, as any reader's would be.
     /// Returns it with its status, which the caller checks.
     public func openRegularForReading(_ name: ByteString, _ flags: OpenFlags) throws(SystemError) -> (FileDescriptor, FileStatus) {
-        var file: FileDescriptor
+        let file: FileDescriptor
         var blocking = false
         do {
             file = try openAt(name, flags.union(.nonBlocking))
