@@ -19,15 +19,20 @@ struct MeasuringProgressTests {
         var all: [CopyProgress] { lock.withLock { seen } }
     }
 
-    @Test func validationReportsWhatTheMeasurementFinds() async throws {
-        let recorder = Recorder()
-        let harness = try Harness(progress: { _, progress in recorder.add(progress) })
-        defer { harness.cleanup() }
+    /// A tree of 30 files copied by a task run here, which must complete; its record and plan.
+    func copiedTree(_ harness: Harness) async throws -> (TaskRecord, TaskPlan) {
         try makeTree(harness.directory + "/src/data", files: 30, size: 10_000)
         try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
         let record = try await harness.run([harness.directory + "/src/data"], to: harness.directory + "/dst", kind: .copy)
         #expect(record.status == .completed, "\(String(describing: record.failure))")
-        let plan = try #require(record.plan)
+        return (record, try #require(record.plan))
+    }
+
+    @Test func validationReportsWhatTheMeasurementFinds() async throws {
+        let recorder = Recorder()
+        let harness = try Harness(progress: { _, progress in recorder.add(progress) })
+        defer { harness.cleanup() }
+        let (_, plan) = try await copiedTree(harness)
         let last = try #require(recorder.measuring.last, "no progress while measuring")
         #expect(last.bytesTotal == 0 && last.entriesTotal == 0)
         #expect(last.entriesDone == plan.entries && last.bytesDone == plan.bytes, "\(last) against \(plan)")
@@ -39,11 +44,7 @@ struct MeasuringProgressTests {
         let recorder = Recorder()
         let harness = try Harness(progressInterval: .seconds(60), progress: { _, progress in recorder.add(progress) })
         defer { harness.cleanup() }
-        try makeTree(harness.directory + "/src/data", files: 30, size: 10_000)
-        try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
-        let record = try await harness.run([harness.directory + "/src/data"], to: harness.directory + "/dst", kind: .copy)
-        #expect(record.status == .completed, "\(String(describing: record.failure))")
-        let plan = try #require(record.plan)
+        let (record, plan) = try await copiedTree(harness)
         #expect(plan.bytes >= 300_000)
         #expect(record.progress == TaskProgress(bytesDone: plan.bytes, bytesTotal: plan.bytes, entriesDone: plan.entries,
                                                 entriesTotal: plan.entries, bytesPerSecond: 0), "\(record.progress)")

@@ -101,6 +101,14 @@ func makeMebibyteFiles(_ root: String, count: Int) throws {
     for i in 0..<count { try TreeBuilder.write("\(root)/f\(i)", bytes: 1 << 20, seed: UInt64(i + 7)) }
 }
 
+/// What a power cut can leave of a staged copy of `source`: its size, mode and times, and no data.
+func stageWithoutData(copyOf source: String, at staged: String) throws {
+    let size = try #require(FileManager.default.attributesOfItem(atPath: source)[.size] as? Int)
+    try Shell.run(["truncate", "-s", String(size), staged])
+    try Shell.run(["chmod", "--reference", source, staged])
+    try Shell.run(["touch", "-r", source, staged])
+}
+
 func makeTree(_ root: String, files: Int = 40, size: Int = 64 << 10) throws {
     try FileManager.default.createDirectory(atPath: root + "/sub/deeper", withIntermediateDirectories: true)
     for i in 0..<files { try TreeBuilder.write("\(root)/sub/f\(i)", bytes: size, seed: UInt64(i + 1)) }
@@ -790,9 +798,7 @@ struct MoveEngineTests {
             let staged = "\(b)/.ferry-staging-\(task.id)/data"
             try TreeBuilder.stagingDirectory("\(b)/.ferry-staging-\(task.id)", id: task.id)
             try FileManager.default.createDirectory(atPath: staged, withIntermediateDirectories: true)
-            try Shell.run(["truncate", "-s", "65536", staged + "/f"])
-            try Shell.run(["chmod", "--reference", a + "/data/f", staged + "/f"])
-            try Shell.run(["touch", "-r", a + "/data/f", staged + "/f"])
+            try stageWithoutData(copyOf: a + "/data/f", at: staged + "/f")
             let record = await harness.engine.run(task)
             #expect(record.status == .completed, "\(String(describing: record.failure))")
             #expect(try source.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
@@ -821,9 +827,7 @@ struct MoveEngineTests {
             let staged = "\(b)/.ferry-staging-\(task.id)/data"
             try TreeBuilder.stagingDirectory("\(b)/.ferry-staging-\(task.id)", id: task.id)
             try FileManager.default.createDirectory(atPath: staged + "/sub", withIntermediateDirectories: true)
-            try Shell.run(["truncate", "-s", "65536", staged + "/sub/f"])
-            try Shell.run(["chmod", "--reference", a + "/data/sub/f", staged + "/sub/f"])
-            try Shell.run(["touch", "-r", a + "/data/sub/f", staged + "/sub/f"])
+            try stageWithoutData(copyOf: a + "/data/sub/f", at: staged + "/sub/f")
             try Shell.run(["chattr", "+i", staged + "/sub"])
             var immutable = true
             defer { if immutable { _ = try? Shell.run(["chattr", "-i", staged + "/sub"]) } }
