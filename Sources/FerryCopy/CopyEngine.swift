@@ -27,8 +27,14 @@ public struct StagingArea: Sendable {
     /// A name alone proves nothing: anyone who may rename entries in a shared directory can give
     /// another user's directory a staging name, and a janitor running as root would then delete
     /// what that user could not. Setting this attribute takes the directory's ownership or write
-    /// permission on it, so the janitor removes only directories that carry it.
+    /// permission on it, so the janitor removes only directories that carry it — and only those
+    /// that give nobody but their owner any access (`private`): Ferry makes them 0700, whereas a
+    /// directory another user could mark (group- or world-writable, or writable through an ACL,
+    /// which shows in the group bits) is not Ferry's, whatever it carries.
     public static let markerAttribute = Array("user.ferry.staging".utf8)
+
+    /// Permission bits a staging directory never has (see `markerAttribute`).
+    static let notPrivate: UInt32 = 0o077
 
     public enum Marking: Sendable, Equatable {
         /// Marked with this id: made by Ferry for this task, to hold copies.
@@ -52,17 +58,21 @@ public struct StagingArea: Sendable {
         }
     }
 
-    /// Whether the open directory `directory` carries the staging mark of task `id`.
+    /// Whether the open directory `directory` carries the staging mark of task `id`, and is private
+    /// to its owner, as Ferry made it (a marked directory others may write to is `.unmarked`).
     public static func marking(of directory: FileDescriptor, id: String) -> Marking {
+        let marking: Marking
         do {
             switch try ExtendedAttributes.value(directory, markerAttribute) {
-            case Array(id.utf8)?: return .copies
-            case Array(("relink " + id).utf8)?: return .relinked
+            case Array(id.utf8)?: marking = .copies
+            case Array(("relink " + id).utf8)?: marking = .relinked
             default: return .unmarked
             }
         } catch {
             return error.code == .notSupported ? .unsupported : .unmarked
         }
+        guard let status = try? directory.status(), status.permissions & notPrivate == 0 else { return .unmarked }
+        return marking
     }
 
     public init(parent: FileDescriptor, name: ByteString, directory: FileDescriptor) {

@@ -178,8 +178,11 @@ func snapshotError(_ call: String, _ path: [UInt8]) -> ShellError {
 public enum TreeBuilder {
     /// Makes `path` a directory that looks like one Ferry made for staging task `id`: the
     /// directory (with its parents) and the mark Ferry sets on it, `user.ferry.staging`.
-    public static func stagingDirectory(_ path: String, id: String) throws {
+    /// A directory as Ferry makes one for staging: private to its owner (unless `permissions`
+    /// says otherwise) and marked with `id`.
+    public static func stagingDirectory(_ path: String, id: String, permissions: mode_t = 0o700) throws {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        guard chmod(path, permissions) == 0 else { throw SystemError(errno: errno, syscall: "chmod", path: path) }
         let directory = try FileDescriptor.openDirectory(Array(path.utf8))
         defer { directory.closeQuietly() }
         try ExtendedAttributes.set(directory, Array("user.ferry.staging".utf8), Array(id.utf8))

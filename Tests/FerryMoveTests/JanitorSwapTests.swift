@@ -36,4 +36,30 @@ struct JanitorSwapTests {
         let differences = try before.differences(to: TreeSnapshot.take(staging))
         #expect(differences.isEmpty, "\(differences)")
     }
+
+    /// Setting the mark takes only write permission on a directory. A colleague's tree that is
+    /// writable by the group (a shared project directory, its subdirectories each the colleague's
+    /// own) could be renamed into a staging name and marked by anyone in the group, and a janitor
+    /// running as root would then remove what none of them may. Ferry makes its staging
+    /// directories private to their owner; a marked directory others may write to is not Ferry's.
+    @Test func aMarkedDirectoryOthersMayWriteIsNotRemoved() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-janitor-shared")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let place = directory + "/project"
+        let shared = place + "/.ferry-staging-00000000000000aa", own = place + "/.ferry-staging-00000000000000bb"
+        try TreeBuilder.stagingDirectory(shared, id: "00000000000000aa", permissions: 0o2770)
+        try TreeBuilder.stagingDirectory(own, id: "00000000000000bb")
+        for path in [shared, own] {
+            try makeTree(path + "/tree", files: 3)
+            try Shell.run(["touch", "-d", "2 days ago", path])
+        }
+        let before = try TreeSnapshot.take(shared)
+        let janitor = Janitor(engine: MoveEngine(store: try SQLiteTaskStore(path: directory + "/ferry.sqlite"), settings: .init(worker: "janitor")))
+        let report = try await janitor.run(directories: [Array(place.utf8)], recover: false)
+        // The private one, unknown to the database and old, goes: the mark and the age suffice.
+        #expect(report.removed == [own], "\(report)")
+        #expect(report.unmarked == [shared], "\(report)")
+        let differences = try before.differences(to: TreeSnapshot.take(shared))
+        #expect(differences.isEmpty, "\(differences)")
+    }
 }

@@ -687,6 +687,7 @@ def test_admin_endpoints(server, client, xfs_sandbox):
 
     stale = xfs_sandbox.project("beta") / ".ferry-staging-00000000-test-unknown"
     stale.mkdir()
+    stale.chmod(0o700)  # as Ferry makes them: a marked directory others may write to is not Ferry's
     os.setxattr(stale, "user.ferry.staging", b"00000000-test-unknown")
     # A directory given a staging name by someone else: listed, never removed.
     foreign = xfs_sandbox.project("beta") / ".ferry-staging-00000000-test-foreign"
