@@ -154,7 +154,7 @@ enum ClaimSQL {
             UPDATE tasks t SET lease_owner = s.worker, lease_expires_at = n.now + s.lease,
               attempts = t.attempts + \(counted("nullif(c.previous, s.worker)")),
               waiting_for = \(keptWait("nullif(c.previous, s.worker)")), updated_at = n.now
-            FROM c JOIN s ON s.slot = c.slot, n WHERE t.id = c.id
+            FROM c JOIN s ON s.slot = c.slot, n WHERE t.id = c.id AND \(stillClaimable)
             RETURNING t.*, c.slot, nullif(c.previous, s.worker) AS previous),
         \(recorded(ordered: " ORDER BY u.slot"))
         SELECT \(PostgresSchema.columns("u")), u.slot, u.previous FROM u ORDER BY u.slot
@@ -171,14 +171,23 @@ enum ClaimSQL {
             UPDATE tasks t SET lease_owner = $1, lease_expires_at = n.now + $2,
               attempts = t.attempts + \(counted("nullif(c.previous, $1)")),
               waiting_for = \(keptWait("nullif(c.previous, $1)")), updated_at = n.now
-            FROM c, n WHERE t.id = c.id
+            FROM c, n WHERE t.id = c.id AND \(stillClaimable)
             RETURNING t.*, nullif(c.previous, $1) AS previous),
         \(recorded())
         SELECT \(PostgresSchema.columns("u")), 1::bigint AS slot, u.previous FROM u
         """
 
+    /// A free task (`previous` null) is checked on its own row too, not taken on the queue's word
+    /// alone: a queue row left stale (triggers off for a data-only restore, a replica role) must
+    /// not hand out a task another worker holds, or one that ended. Checked in the update, on the
+    /// few rows taken, not in the scan, whose plan it would change.
+    static let stillClaimable = "(c.previous IS NOT NULL OR (t.lease_owner IS NULL AND t.status IN ('pending','validating','locked','copying','verifying','committing')))"
+
     /// The server's time (`n`), and up to `limit` free (`free`) and expired (`expired`) tasks,
-    /// locked, each with the worker whose lease it was (`previous`, null for a free one).
+    /// locked, each with the worker whose lease it was (`previous`, null for a free one). The
+    /// rows are locked FOR NO KEY UPDATE, as the claim's update locks them: a FOR UPDATE lock
+    /// would conflict with the KEY SHARE lock that inserting an event (its foreign key) takes,
+    /// and the claim would skip a task someone was only writing history for.
     private static func candidates(limit: Int) -> String {
         """
         WITH n AS MATERIALIZED (SELECT \(PostgresSchema.clock) AS now),
@@ -187,7 +196,7 @@ enum ClaimSQL {
             WHERE q.not_before IS NULL OR q.not_before <= (SELECT now FROM n)
             ORDER BY q.created_at, q.task_id
             LIMIT \(limit)
-            FOR UPDATE OF q, t SKIP LOCKED),
+            FOR NO KEY UPDATE OF q, t SKIP LOCKED),
         expired AS MATERIALIZED (
             SELECT tasks.id, tasks.created_at, tasks.lease_owner AS previous FROM tasks
             WHERE tasks.lease_owner IS NOT NULL AND tasks.lease_expires_at < (SELECT now FROM n)
@@ -195,7 +204,7 @@ enum ClaimSQL {
               AND (tasks.not_before IS NULL OR tasks.not_before <= (SELECT now FROM n))
             ORDER BY tasks.lease_expires_at
             LIMIT \(limit)
-            FOR UPDATE OF tasks SKIP LOCKED)
+            FOR NO KEY UPDATE OF tasks SKIP LOCKED)
         """
     }
 

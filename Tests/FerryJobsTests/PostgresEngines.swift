@@ -1,5 +1,5 @@
 import FerryJobs
-import FerryJobsPostgres
+@testable import FerryJobsPostgres
 import FerryTestSupport
 import Foundation
 import Synchronization
@@ -60,9 +60,12 @@ enum SharedPostgresCluster {
 @Suite("PostgreSQL task store", .serialized, .enabled(if: PostgresCluster.available))
 struct PostgresTaskStoreTests {
     /// Two stores on one fresh database, shut down and dropped afterwards.
-    func withTwoStores(_ body: (PostgresCluster, String, PostgresTaskStore, PostgresTaskStore) async throws -> Void) async throws {
+    /// `defaults`: settings the database gives every session (`ALTER DATABASE … SET`), as a site may.
+    func withTwoStores(defaults: [String] = [],
+                       _ body: (PostgresCluster, String, PostgresTaskStore, PostgresTaskStore) async throws -> Void) async throws {
         let (cluster, database) = try SharedPostgresCluster.newDatabase()
         defer { try? cluster.dropDatabase(database) }
+        for setting in defaults { try cluster.psql(database, "ALTER DATABASE \(database) SET \(setting)") }
         let first = try await SharedPostgresCluster.open(cluster, database)
         let second: PostgresTaskStore
         do { second = try await SharedPostgresCluster.open(cluster, database) } catch { await first.shutdown(); throw error }
@@ -137,6 +140,37 @@ struct PostgresTaskStoreTests {
                     PathLock(taskID: b.id, filesystem: "9:\(round)", path: StoredPath("/x")),
                 ])) != nil
                 let (wonA, wonB) = await (first, second)
+                #expect(wonA != wonB, "round \(round): exactly one of the two overlapping lock sets is taken")
+            }
+        }
+    }
+
+    /// A site may make REPEATABLE READ its default. The lock check after the advisory lock then
+    /// read the snapshot its transaction took at its first statement, before the lock was granted:
+    /// two tasks that reached the advisory lock together both took their overlapping locks. The
+    /// store starts its sessions in READ COMMITTED whatever the default. Here a third session holds
+    /// the advisory lock until both takers have begun and wait for it.
+    @Test func overlappingLocksStayExclusiveUnderARepeatableReadDefault() async throws {
+        try await withTwoStores(defaults: ["default_transaction_isolation = 'repeatable read'"]) { cluster, database, one, two in
+            for round in 0..<3 {
+                let a = try await one.create(newMove())
+                let b = try await two.create(newMove())
+                #expect(try await one.claim(id: a.id, worker: "wa", lease: .seconds(30)) != nil)
+                #expect(try await two.claim(id: b.id, worker: "wb", lease: .seconds(30)) != nil)
+                let released = DispatchSemaphore(value: 0)
+                Thread.detachNewThread {
+                    _ = try? cluster.psql(database, "SELECT pg_advisory_xact_lock(\(PostgresSchema.pathLock)), pg_sleep(1.5)")
+                    released.signal()
+                }
+                try await Task.sleep(for: .milliseconds(400))
+                async let first: Bool = (try? await one.acquireLocks(id: a.id, worker: "wa", [
+                    PathLock(taskID: a.id, filesystem: "8:\(round)", path: StoredPath("/x/y")),
+                ])) != nil
+                async let second: Bool = (try? await two.acquireLocks(id: b.id, worker: "wb", [
+                    PathLock(taskID: b.id, filesystem: "8:\(round)", path: StoredPath("/x")),
+                ])) != nil
+                let (wonA, wonB) = await (first, second)
+                released.wait()
                 #expect(wonA != wonB, "round \(round): exactly one of the two overlapping lock sets is taken")
             }
         }
