@@ -32,7 +32,16 @@ public final class Transfer: @unchecked Sendable {
         let destination: FileDescriptor
         var renameTo: ByteString?
         let absoluteLast = Self.absolute(last)
-        if let directory = try? opener.openDirectory(absoluteLast) {
+        let existing: FileDescriptor?
+        do {
+            existing = try opener.openDirectory(absoluteLast)
+        } catch let error as SystemError where error.code != .notFound && error.code != .notDirectory {
+            // There, but not to be opened (no permission, a symlink loop): not a new name either.
+            throw UsageError(message: "the destination \(last.displayString) cannot be opened: \(error.reason)")
+        } catch {
+            existing = nil
+        }
+        if let directory = existing {
             destination = directory
             destinationPath = absoluteLast
         } else {
@@ -55,6 +64,10 @@ public final class Transfer: @unchecked Sendable {
         var paths: [ByteString] = []
         var parents: [(path: ByteString, fd: FileDescriptor)] = []  // not a dictionary: see `Environment`
         for argument in sourceArguments {
+            // As typed: `.` or `sub/..` would otherwise name the directory they lead to.
+            guard BytePath.isPlainName(BytePath.split(argument).name) else {
+                throw UsageError(message: "\(argument.displayString): name a file or directory by its own name (not ., .. or /)")
+            }
             let path = Self.absolute(argument)
             let (parent, name) = BytePath.split(path)
             guard BytePath.isPlainName(name) else { throw UsageError(message: "\(argument.displayString): name a file or directory (not ., .. or /)") }
@@ -77,6 +90,9 @@ public final class Transfer: @unchecked Sendable {
                 try Self.refuseIntoItself(parentFD, name, destination: destination, path: argument)
             }
             let finalName = renameTo ?? name
+            if let there = try? destination.status(finalName), there.fileID == status.fileID {
+                throw UsageError(message: "\(argument.displayString) and \(BytePath.join(destinationPath, finalName).displayString) are the same file")
+            }
             if sources.contains(where: { $0.destinationName == finalName }) {
                 throw UsageError(message: "two sources would both be named \(finalName.displayString) in the destination")
             }
@@ -96,12 +112,24 @@ public final class Transfer: @unchecked Sendable {
     public var finalPaths: [ByteString] { sources.map { BytePath.join(destinationPath, $0.destinationName) } }
 
 
-    /// Absolute and free of `.`/`..` components, without touching the filesystem (the opener refuses
-    /// whatever escapes a root).
+    /// Absolute and free of `.`/`..` components (the opener refuses whatever escapes a root). A
+    /// `..` is taken as the kernel takes it: after a symlink, it leads to the parent of where the
+    /// symlink leads, not back to where the text was (`link/../data` names the data beside the
+    /// link's target, as `mv` and the shell's programs see it). So a path with one is resolved on
+    /// the filesystem, its directory named as the kernel has it; one that cannot be (not there
+    /// yet) is normalized by its text.
     public static func absolute(_ path: ByteString) -> ByteString {
         var full = path
         if full.first != UInt8(ascii: "/") {
             full = currentDirectory() + [UInt8(ascii: "/")] + path
+        }
+        if full.split(separator: UInt8(ascii: "/")).contains(where: { $0.elementsEqual("..".utf8) }) {
+            let (parent, name) = BytePath.split(full)
+            let directory = BytePath.isPlainName(name) ? parent : full
+            if let fd = try? FileDescriptor.openDirectory(directory) {
+                defer { fd.closeQuietly() }
+                if let resolved = fd.resolvedPath() { return BytePath.isPlainName(name) ? BytePath.join(resolved, name) : resolved }
+            }
         }
         return BytePath.lexicallyNormalized(full)
     }
@@ -151,7 +179,17 @@ struct DirectoryOpener {
             throw SystemError(errno: Errno(rawValue: EXDEV), syscall: "resolve", path: absolute.displayString, refinedCode: .escapesRoot)
         }
         let relative = Array(absolute.dropFirst(root.path.count).drop(while: { $0 == slash }))
-        return try PathResolver.open(beneath: root.fd, relative, [.directory], symlinks: .followBeneath)
+        let policy = PathResolver.SymlinkPolicy.forThisProcess
+        let opened: Result<FileDescriptor, SystemError> = Result { () throws(SystemError) in
+            try PathResolver.open(beneath: root.fd, relative, [.directory], symlinks: policy)
+        }
+        if case .failure(let error) = opened, policy == .refuse, error.code == .symlinkLoop { throw Self.symlinkRefused(absolute) }
+        return try opened.get()
+    }
+
+    static func symlinkRefused(_ absolute: ByteString) -> Refusal {
+        Refusal(code: "path.symlink", message: "\(absolute.displayString) leads through a symlink, which Ferry running as root "
+                + "follows nowhere beneath the roots (its owner could point it at anyone's tree); name the real path")
     }
 }
 

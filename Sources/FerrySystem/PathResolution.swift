@@ -13,6 +13,13 @@ public enum PathResolver {
         case refuse
         /// Follow symlinks that stay beneath the root; one that points outside fails.
         case followBeneath
+
+        /// What a request resolved beneath the roots may follow in this process: any symlink that
+        /// stays beneath them for a user acting as themselves (the kernel checks what they may do
+        /// wherever it leads), none as root. A symlink inside the roots is anyone's to plant in a
+        /// directory of theirs: followed by root (an admin's task, preview or listing), it would
+        /// have root act on whatever tree it names, one the user could not touch.
+        public static var forThisProcess: SymlinkPolicy { geteuid() == 0 ? .refuse : .followBeneath }
     }
 
     /// Open `path` (relative to `root`, as bytes) with `flags`. An attempt to leave the root fails

@@ -32,7 +32,7 @@ public struct AgentOperations: Sendable {
 
     // MARK: resolving
 
-    /// Opens `path` beneath its root (symlinks followed only while they stay beneath it).
+    /// Opens `path` beneath its root (symlinks followed only while they stay beneath it; none as root).
     func open(_ path: ServerPath, _ flags: OpenFlags) throws(APIError) -> FileDescriptor {
         let root: FileDescriptor
         do { root = try FileDescriptor.openDirectory(Array(path.root.utf8)) } catch {
@@ -40,7 +40,7 @@ public struct AgentOperations: Sendable {
         }
         defer { root.closeQuietly() }
         do {
-            return try PathResolver.open(beneath: root, path.relativeBytes, flags, symlinks: .followBeneath)
+            return try PathResolver.open(beneath: root, path.relativeBytes, flags, symlinks: .forThisProcess)
         } catch {
             throw APIError(error, path: path.display)
         }
