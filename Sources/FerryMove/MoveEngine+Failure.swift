@@ -282,6 +282,7 @@ extension MoveEngine {
     static func isTransient(_ error: any Error) -> Bool {
         // A staging directory that went is copied again; a failed flush unless its cause lasts.
         if let untrusted = error as? StagingUntrusted, untrusted.systemCode == nil { return true }
+        if case .database? = error as? TaskStoreError { return true }  // the database failed a call (`run`)
         switch systemCode(of: error) {
         case .io?, .busy?, .tooManyOpenFiles?, .staleFileHandle?: return true
         default: return false
@@ -311,6 +312,8 @@ extension MoveEngine {
             }
         case let usage as Transfer.UsageError:
             return TaskFailure(code: "usage", message: usage.message)
+        case let store as TaskStoreError:
+            return TaskFailure(code: "database", message: store.description)
         default:
             return TaskFailure(code: "internal", message: "\(error)")
         }

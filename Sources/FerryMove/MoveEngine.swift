@@ -87,6 +87,13 @@ public final class MoveEngine: Sendable {
             try await drive(context)
         } catch let error as TaskStoreError {
             if case .leaseLost = error { return (try? await store.task(claimed.id)) ?? claimed }
+            // A database that failed a call (a connection reset, a failover, a deadlock it broke)
+            // is a passing fault: retried with backoff, as a filesystem's passing fault is, with
+            // nothing rolled back for it at the first one (`handle`).
+            if case .database = error {
+                await handle(error, context)
+                return (try? await store.task(claimed.id)) ?? claimed
+            }
             let failure = TaskFailure(code: "database", message: error.description)
             let status = (try? await store.task(claimed.id))?.status
             if status == nil || status == .committing {

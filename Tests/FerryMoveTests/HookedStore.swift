@@ -2,16 +2,20 @@ import Foundation
 import FerryJobs
 
 /// A real store with hooks: `beforeRead` runs before `task(_:)` (and may fail it: a database that
-/// does not answer), `afterAdvance` after each `advance`. Something done at the moment the engine
-/// or the janitor asks the database, between its steps.
+/// does not answer), `beforeAdvance` before each `advance` (and may fail it likewise),
+/// `afterAdvance` after each. Something done at the moment the engine or the janitor asks the
+/// database, between its steps.
 final class HookedStore: TaskStore {
     let base: SQLiteTaskStore
     let beforeRead: @Sendable (String) throws -> Void
+    let beforeAdvance: @Sendable (String, TaskStatus) throws -> Void
     let afterAdvance: @Sendable (String, TaskStatus) -> Void
     init(_ base: SQLiteTaskStore, beforeRead: @escaping @Sendable (String) throws -> Void = { _ in },
+         beforeAdvance: @escaping @Sendable (String, TaskStatus) throws -> Void = { _, _ in },
          afterAdvance: @escaping @Sendable (String, TaskStatus) -> Void = { _, _ in }) {
         self.base = base
         self.beforeRead = beforeRead
+        self.beforeAdvance = beforeAdvance
         self.afterAdvance = afterAdvance
     }
     func task(_ id: String) async throws -> TaskRecord? {
@@ -25,6 +29,7 @@ final class HookedStore: TaskStore {
     func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? { try await base.claim(id: id, worker: worker, lease: lease) }
     func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool { try await base.heartbeat(id: id, worker: worker, lease: lease) }
     func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws {
+        try beforeAdvance(id, status)
         try await base.advance(id: id, worker: worker, to: status, plan: plan, message: message)
         afterAdvance(id, status)
     }
