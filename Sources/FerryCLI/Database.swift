@@ -13,10 +13,20 @@ struct DatabaseOptions: ParsableArguments {
     @Option(help: "Lease length in seconds: how long a dead worker's task waits before another takes it over (default: FERRY_LEASE_SECONDS, else 30).")
     var lease: Double?
 
-    var leaseDuration: Duration {
-        var seconds = lease ?? ProcessInfo.processInfo.environment["FERRY_LEASE_SECONDS"].flatMap(Double.init) ?? 30
-        if !seconds.isFinite { seconds = 30 }
-        return .milliseconds(Int64(min(max(0.2, seconds), 604_800) * 1000))
+    /// `--lease`, else `FERRY_LEASE_SECONDS`, else the configuration file's `lease_seconds` (as
+    /// `ferry serve` reads them), else 30 seconds. A variable that is not such a number is an
+    /// error, not quietly another length.
+    func leaseDuration(_ configuration: FerryConfiguration) throws -> Duration {
+        var seconds = configuration.serve.leaseSeconds
+        if let lease {
+            seconds = lease
+        } else if let text = ProcessInfo.processInfo.environment["FERRY_LEASE_SECONDS"], !text.isEmpty {
+            guard let number = Double(text), (0.2...604_800).contains(number) else {
+                throw ValidationError("FERRY_LEASE_SECONDS must be a number of seconds from 0.2 to 604800 (a week), not \(text)")
+            }
+            seconds = number
+        }
+        return .milliseconds(Int64(seconds * 1000))
     }
 
     func validate() throws {
@@ -29,11 +39,12 @@ struct DatabaseOptions: ParsableArguments {
         switch try url(configuration: configuration) {
         case .sqlite(let path):
             do {
-                return OpenStores.add(try SQLiteTaskStore(path: try Self.usable(path, explicit: database != nil)))
-            } catch let error as ValidationError {
+                return OpenStores.add(try SQLiteTaskStore(path: try Self.usable(path, explicit: chosenExplicitly(configuration))))
+            } catch let error as DatabaseUnusable {
                 throw error
             } catch {
-                throw ValidationError("cannot open the task database \(path): \(error.localizedDescription); choose one with --database or FERRY_DATABASE_URL")
+                throw DatabaseUnusable(message: "cannot open the task database \(path): \(error.localizedDescription); "
+                                       + "choose one with --database or FERRY_DATABASE_URL")
             }
         case .postgres(let host, let port, let user, let password, let name):
             return OpenStores.add(try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: name))
@@ -42,11 +53,25 @@ struct DatabaseOptions: ParsableArguments {
 }
 
 extension DatabaseOptions {
+    /// A configuration given is the only one read: without a `database` of its own, the default.
     func url(configuration: FerryConfiguration?) throws -> DatabaseURL {
         do {
-            return try DatabaseURL.choose(explicit: database, configured: configuration?.database
-                ?? FerryConfiguration.locate(explicit: nil).flatMap { try? FerryConfiguration.load(file: $0) }?.database)
-        } catch { throw ValidationError("\(error)") }
+            return try DatabaseURL.choose(explicit: database, configured: configured(configuration))
+        } catch { throw DatabaseUnusable(message: "\(error)") }
+    }
+
+    private func configured(_ configuration: FerryConfiguration?) -> String? {
+        guard let configuration else {
+            return FerryConfiguration.locate(explicit: nil).flatMap { try? FerryConfiguration.load(file: $0) }?.database
+        }
+        return configuration.database
+    }
+
+    /// Whether the database was named (option, variable or configuration), not the default: a
+    /// named SQLite file whose directory cannot be made is an error, never quietly another file
+    /// (where tasks queued with `--detach` would wait for a worker that never reads it).
+    func chosenExplicitly(_ configuration: FerryConfiguration?) -> Bool {
+        database != nil || !(ProcessInfo.processInfo.environment["FERRY_DATABASE_URL"] ?? "").isEmpty || configured(configuration) != nil
     }
 
     /// The path locks tasks hold now, read as cheaply as the database allows: an SQLite file through
@@ -54,7 +79,7 @@ extension DatabaseOptions {
     /// is opened on first use and kept for the caller.
     func heldLocks(configuration: FerryConfiguration?, store: inout (any TaskStore)?) async throws -> [PathLock] {
         if case .sqlite(let path) = try url(configuration: configuration), store == nil {
-            return try SQLiteTaskStore.heldLocks(atPath: try Self.usable(path, explicit: database != nil))
+            return try SQLiteTaskStore.heldLocks(atPath: try Self.usable(path, explicit: chosenExplicitly(configuration)))
         }
         let opened: any TaskStore
         if let store { opened = store } else { opened = try await open(configuration: configuration) }
@@ -64,9 +89,15 @@ extension DatabaseOptions {
 
     static func usable(_ path: String, explicit: Bool) throws -> String {
         do { return try DatabaseURL.usableSQLitePath(path, explicit: explicit) } catch let TaskStoreError.database(message) {
-            throw ValidationError(message)
+            throw DatabaseUnusable(message: message)
         }
     }
+}
+
+/// The task database cannot be used: a failure of the command (exit 1), not of its usage.
+struct DatabaseUnusable: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }
 
 /// The task stores this process opened, which `FerryCommand.execute` closes before it exits: an

@@ -14,17 +14,27 @@ struct StorageOptions: ParsableArguments {
     @Option(help: "The lfs program (default: FERRY_LFS, else the configuration's lfs, else lfs in PATH).")
     var lfs: String?
 
-    func loadConfiguration() throws -> FerryConfiguration {
-        guard let file = FerryConfiguration.locate(explicit: config) else { return FerryConfiguration() }
+    func loadConfiguration() throws -> FerryConfiguration { try ConfigurationFile.load(config) }
+
+    /// The backend for an open path: `--backend`, else the deepest configured root containing it.
+    func backend(for fd: FileDescriptor, path: ByteString, configuration: FerryConfiguration) throws(StorageError) -> any StorageBackend {
+        try configuration.storageBackend(for: fd, path: path, choice: backend, lfs: lfs)
+    }
+}
+
+/// `--config` alone, for the commands that only read the task database (which the file may name).
+struct ConfigurationFile: ParsableArguments {
+    @Option(help: "Configuration file (default: FERRY_CONFIG, ~/.config/ferry/ferry.toml, /etc/ferry/ferry.toml).")
+    var config: String?
+
+    func load() throws -> FerryConfiguration { try Self.load(config) }
+
+    static func load(_ explicit: String?) throws -> FerryConfiguration {
+        guard let file = FerryConfiguration.locate(explicit: explicit) else { return FerryConfiguration() }
         do {
             return try FerryConfiguration.load(file: file)
         } catch {
             throw ValidationError("configuration \(error)")
         }
-    }
-
-    /// The backend for an open path: `--backend`, else the deepest configured root containing it.
-    func backend(for fd: FileDescriptor, path: ByteString, configuration: FerryConfiguration) throws(StorageError) -> any StorageBackend {
-        try configuration.storageBackend(for: fd, path: path, choice: backend, lfs: lfs)
     }
 }

@@ -15,9 +15,10 @@ struct TasksCommand: AsyncParsableCommand {
     @Option(help: "Only this user's tasks.") var owner: String?
     @Option(help: "At most this many.") var limit = 50
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var configuration: ConfigurationFile
 
     func run() async throws {
-        let store = try await database.open()
+        let store = try await database.open(configuration: try configuration.load())
         let tasks = try await store.list(TaskFilter(statuses: all ? nil : TaskStatus.running, owner: owner, limit: limit))
         if json {
             printJSON(["tasks": tasks.map { $0.json as Any? }])
@@ -43,9 +44,14 @@ struct TaskCommand: AsyncParsableCommand {
         @Argument var id: String
         @Flag(help: "Print JSON.") var json = false
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var configuration: ConfigurationFile
         func run() async throws {
-            let store = try await database.open()
-            guard let task = try await store.task(id) else { printError("ferry task show: no task \(id)"); throw ExitCode(1) }
+            let store = try await database.open(configuration: try configuration.load())
+            guard let task = try await store.task(id) else {
+                if json { printJSON(["id": id, "error": ["code": "task.not_found", "message": "no task \(id)"] as [String: Any?]]) }
+                printError("ferry task show: no task \(id)")
+                throw ExitCode(1)
+            }
             let events = try await store.events(id)
             if json {
                 var object = task.json
@@ -72,8 +78,9 @@ struct TaskCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel: a queued task at once, a running one at its next checkpoint (rolled back).")
         @Argument var id: String
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var configuration: ConfigurationFile
         func run() async throws {
-            let store = try await database.open()
+            let store = try await database.open(configuration: try configuration.load())
             do {
                 let task = try await store.requestCancel(id)
                 if task.status.isTerminal {
@@ -93,8 +100,9 @@ struct TaskCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "retry", abstract: "Queue a failed, cancelled or rolled-back task again.")
         @Argument var id: String
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var configuration: ConfigurationFile
         func run() async throws {
-            let store = try await database.open()
+            let store = try await database.open(configuration: try configuration.load())
             do {
                 let queued = try await store.retry(id)
                 print(queued.status == .committing
@@ -134,7 +142,7 @@ struct WorkerCommand: AsyncParsableCommand {
         // As root, tasks always run as their owners: a root worker must never carry out a user's
         // request with root's rights.
         if asOwner || geteuid() == 0 {
-            let runner = ownerRunner(store: store, configuration: configuration, concurrency: concurrency, role: "worker", lease: database.leaseDuration)
+            let runner = ownerRunner(store: store, configuration: configuration, concurrency: concurrency, role: "worker", lease: try database.leaseDuration(configuration))
             let interrupt = InterruptWatcher { runner.stop() }
             defer { interrupt.stop() }
             if once {
@@ -142,7 +150,7 @@ struct WorkerCommand: AsyncParsableCommand {
             } else {
                 // The janitor's passes run with this process's rights, as `ferry serve`'s do: they
                 // remove only staging directories no live task owns, and search the configured roots.
-                let engine = try makeEngine(store: store, role: "janitor", lease: database.leaseDuration, jobs: jobs, storageOptions: storageOptions)
+                let engine = try makeEngine(store: store, role: "janitor", lease: try database.leaseDuration(configuration), jobs: jobs, storageOptions: storageOptions)
                 let janitor = JanitorService(engine: engine, roots: configuration.roots.map(\.path), interval: janitorInterval,
                                              logger: Logger(label: "ferry.worker"))
                 let passes = Task { try? await janitor.run() }  // outside a service group: until cancelled
@@ -151,7 +159,7 @@ struct WorkerCommand: AsyncParsableCommand {
             }
             return
         }
-        let engine = try makeEngine(store: store, role: "worker", lease: database.leaseDuration, jobs: jobs, storageOptions: storageOptions)
+        let engine = try makeEngine(store: store, role: "worker", lease: try database.leaseDuration(configuration), jobs: jobs, storageOptions: storageOptions)
         let stop = CancellationFlag()
         let interrupt = InterruptWatcher {
             stop.cancel()
@@ -177,20 +185,26 @@ struct JanitorCommand: AsyncParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var storageOptions: StorageOptions
 
+    func validate() throws {
+        guard grace.isFinite, (0...31_536_000).contains(grace) else { throw ValidationError("--grace must be from 0 to 31536000 seconds (a year)") }
+    }
+
     func run() async throws {
         let configuration = try storageOptions.loadConfiguration()
+        let lease = try database.leaseDuration(configuration)
         let store = try await database.open(configuration: configuration)
-        let engine = try makeEngine(store: store, role: "janitor", lease: database.leaseDuration, jobs: nil, storageOptions: storageOptions)
+        let engine = try makeEngine(store: store, role: "janitor", lease: lease, jobs: nil, storageOptions: storageOptions)
         // Tasks whose worker died are carried on as their owners (never with the janitor's rights).
         let recovered = dryRun ? [] : await ownerRunner(store: store, configuration: configuration, concurrency: 2, role: "janitor",
-                                                        lease: database.leaseDuration).runOnce()
+                                                        lease: lease).runOnce()
         let report = try await Janitor(engine: engine, grace: .milliseconds(Int64(grace * 1000)))
             .run(directories: scan.map { Transfer.absolute(Array($0.utf8)) }, dryRun: dryRun, recover: false)
         for record in recovered { print("recovered task \(record.id)") }
         for path in report.removed { print("\(dryRun ? "would remove" : "removed") \(path)") }
         for path in report.kept { print("kept \(path) (its task is still running, or it is younger than the grace period)") }
         for path in report.unmarked {
-            print("left \(path) in place: it is not marked as a staging directory Ferry made (remove it by hand if it is one)")
+            print("left \(path) in place: it is not a staging directory as Ferry makes them (not marked for its task, "
+                  + "or others may write to it); remove it by hand if it is one")
         }
         for change in report.repaired { print(change) }
     }

@@ -6,6 +6,7 @@ import FerryMove
 import FerryStorage
 import FerrySystem
 import Foundation
+import Synchronization
 
 extension VerifyMode: ExpressibleByArgument {}
 
@@ -32,10 +33,27 @@ struct TransferOptions: ParsableArguments {
         if paths.count < 2 { throw ValidationError("give at least one source and a destination") }
         if let jobs, jobs < 1 || jobs > 1024 { throw ValidationError("--jobs must be between 1 and 1024") }
         if let strategy, Strategy(rawValue: strategy) == nil { throw ValidationError("--strategy must be rename, relink or copy") }
-        if margin < 0 || margin > 100 { throw ValidationError("--margin is a percentage between 0 and 100") }
+        if !margin.isFinite || margin < 0 || margin > 100 { throw ValidationError("--margin is a percentage between 0 and 100") }
     }
 
+    /// With `--json`, whatever stops the command is one JSON object too, as its outcome would be.
     func run(kind: TaskKind) async throws {
+        do {
+            try await perform(kind: kind)
+        } catch let exit as ExitCode {
+            throw exit
+        } catch where json {
+            let usage = error is ValidationError
+            let message = "\(error)"
+            let code = usage ? "usage" : error is DatabaseUnusable ? "database" : MoveEngine.failure(for: error).code
+            printJSON(["kind": kind.rawValue, "status": "failed", "id": nil,
+                       "error": ["code": code, "message": message] as [String: Any?]])
+            printError("ferry \(kind.rawValue): \(message)")
+            throw ExitCode((usage ? FerryCommand.Status.usage : FerryCommand.Status.failure).rawValue)
+        }
+    }
+
+    private func perform(kind: TaskKind) async throws {
         let command = "ferry \(kind.rawValue)"
         let configuration = try storageOptions.loadConfiguration()
         let bytes = paths.map { Array($0.utf8) }
@@ -44,10 +62,15 @@ struct TransferOptions: ParsableArguments {
         do {
             transfer = try Transfer(sources: Array(bytes.dropLast()), destination: bytes[bytes.count - 1])
         } catch let usage as Transfer.UsageError {
+            if json {
+                printJSON(["kind": kind.rawValue, "status": "failed", "id": nil,
+                           "error": ["code": "usage", "message": usage.message] as [String: Any?]])
+            }
             printError("\(command): \(usage.message)")
             throw ExitCode(FerryCommand.Status.usage.rawValue)
         } catch {
-            // A source, or a source's directory, that cannot be read: no task was made.
+            // A source, or a source's directory, that cannot be read: no task was made. A source
+            // that is not there is a refusal, as the pre-flight check of a task would make it.
             let failure = MoveEngine.failure(for: error)
             let message = (error as? SystemError).map { "cannot \(kind.rawValue) \($0.path ?? "a source"): \($0.reason)" } ?? failure.message
             if json {
@@ -57,7 +80,8 @@ struct TransferOptions: ParsableArguments {
                 printError("\(command): \(message)")
                 printError("nothing was \(kind == .move ? "moved" : "copied")")
             }
-            throw ExitCode(FerryCommand.Status.failure.rawValue)
+            let missing = (error as? SystemError)?.code == .notFound
+            throw ExitCode((missing ? FerryCommand.Status.refused : FerryCommand.Status.failure).rawValue)
         }
         var options = TaskOptions()
         options.verify = verify.rawValue
@@ -80,17 +104,13 @@ struct TransferOptions: ParsableArguments {
            }) {
             return
         }
-        let store: any TaskStore
-        if let opened { store = opened } else { store = try await database.open(configuration: configuration) }
         let bar = ProgressBar(enabled: !json && isatty(STDERR_FILENO) == 1)
-        let engine = MoveEngine(store: store, settings: .init(worker: workerName("cli"), lease: database.leaseDuration, jobs: jobs),
-                                planner: planner) { _, progress in bar.update(progress) }
-
         if dryRun {
+            // Nothing written, the task database included (it is not even opened).
             let preflight: Preflight
             do {
                 defer { bar.finish() }
-                preflight = try engine.preflight(request) { progress in bar.update(progress) }
+                preflight = try planner.preflight(kind: kind, transfer: transfer, options: options) { progress in bar.update(progress) }
             }
             if json {
                 printJSON(preflightJSON(preflight))
@@ -101,17 +121,47 @@ struct TransferOptions: ParsableArguments {
             }
             throw ExitCode(preflight.refusal == nil ? FerryCommand.Status.success.rawValue : FerryCommand.Status.refused.rawValue)
         }
-        let created = try await store.create(request)
+        let lease = try database.leaseDuration(configuration)
+        let store: any TaskStore
+        if let opened { store = opened } else { store = try await database.open(configuration: configuration) }
+        let engine = MoveEngine(store: store, settings: .init(worker: workerName("cli"), lease: lease, jobs: jobs),
+                                planner: planner) { _, progress in bar.update(progress) }
         if detach {
+            let created = try await store.create(request)
             if json { printJSON(created.json) } else { print(created.id) }
             return
         }
         let cancellation = CancellationFlag()
-        // Ctrl-C and SIGTERM cancel (rolled back). A hangup is no request to undo anything: the
+        // Ctrl-C and SIGTERM cancel (rolled back); from before the task exists, so that none is
+        // left queued by one pressed at that moment. A hangup is no request to undo anything: the
         // task stops at its next checkpoint and is handed back with what it staged, for the next
-        // `ferry worker` or `ferry janitor` to finish.
-        let interrupt = InterruptWatcher(onHangup: { engine.stop() }) { cancellation.cancel() }
+        // `ferry worker` or `ferry janitor` to finish. Ctrl-C again leaves at once: the task,
+        // whatever it was doing, is then finished or rolled back by the next `ferry worker` or
+        // `ferry janitor` once its lease runs out, as after a crash.
+        let createdID = Mutex<String?>(nil)
+        let interrupt = InterruptWatcher(onHangup: { engine.stop() }, onRepeat: {
+            bar.finish()
+            // Its cancel recorded first (two seconds at most), so that whoever takes it next rolls it back.
+            if let id = createdID.withLock({ $0 }) {
+                let recorded = DispatchSemaphore(value: 0)
+                Task {
+                    _ = try? await store.requestCancel(id)
+                    recorded.signal()
+                }
+                _ = recorded.wait(timeout: .now() + 2)
+            }
+            let seconds = Double(lease.components.seconds) + Double(lease.components.attoseconds) / 1e18
+            printError("\(command): interrupted again: leaving now; the task is rolled back (or, if it was committing, finished) "
+                       + "by the next `ferry worker` or `ferry janitor` once its lease (\(Format.duration(seconds))) has run out")
+            Foundation.exit(FerryCommand.Status.interrupted.rawValue)
+        }) {
+            cancellation.cancel()
+            bar.finish()
+            printError("\(command): interrupted: cancelling, and rolling back unless it is already committing (Ctrl-C again to leave it to `ferry janitor`)")
+        }
         defer { interrupt.stop() }
+        let created = try await store.create(request)
+        createdID.withLock { $0 = created.id }
         let record = try await runToItsEnd(created, command: command, engine: engine, store: store, bar: bar,
                                            cancellation: cancellation, interrupt: interrupt)
         bar.finish()
@@ -231,7 +281,7 @@ struct TransferOptions: ParsableArguments {
             published = renamed
         } catch {
             let problem = MoveEngine.renameProblem(error)
-            report(command, code: problem.code, problem.message)
+            report(command, code: problem.code, problem.message, moved: problem.moved, outcome: problem.outcome)
             throw ExitCode((problem.refused ? FerryCommand.Status.refused : FerryCommand.Status.failure).rawValue)
         }
         if json {
@@ -243,13 +293,13 @@ struct TransferOptions: ParsableArguments {
         return true
     }
 
-    private func report(_ command: String, code: String, _ message: String) {
+    private func report(_ command: String, code: String, _ message: String, moved: [ByteString], outcome: String) {
         if json {
-            printJSON(["kind": "move", "status": "failed", "strategy": "rename", "id": nil,
+            printJSON(["kind": "move", "status": "failed", "strategy": "rename", "id": nil, "published": moved.map(\.displayString),
                        "error": ["code": code, "message": message] as [String: Any?]])
         } else {
             printError("\(command): \(message)")
-            printError("nothing was moved")
+            printError(outcome)
         }
     }
 

@@ -90,22 +90,40 @@ extension MoveEngine {
     static func publishWithoutTask(_ transfer: Transfer) throws -> [ByteString]? {
         do {
             try Self.rename(transfer.sources, into: transfer.destination)
-        } catch let refusal as Refusal where refusal.code == "strategy.rename.exdev" {
-            // Refused before anything moved (the first rename): the task path copies instead.
-            if transfer.sources.allSatisfy({ (try? $0.directory.status($0.name)) != nil }) { return nil }
-            throw refusal
+        } catch {
+            // The sources renamed before the one that failed are published, and stay so.
+            let moved = zip(transfer.sources, transfer.finalPaths).filter { (try? $0.0.directory.status($0.0.name)) == nil }.map(\.1)
+            if moved.isEmpty, let refusal = error as? Refusal, refusal.code == "strategy.rename.exdev" {
+                // Refused before anything moved (the first rename): the task path copies instead.
+                return nil
+            }
+            if !moved.isEmpty { throw PartlyRenamed(moved: moved, cause: error) }
+            throw error
         }
         return transfer.finalPaths
+    }
+
+    /// A task-less move of several sources that failed after renaming some of them.
+    struct PartlyRenamed: Error, CustomStringConvertible {
+        var moved: [ByteString]
+        var cause: any Error
+        var description: String { "\(cause)" }
     }
 
     /// What `ferry move` says after a task-less rename.
     public static let renamedMessage = "renamed (same filesystem and project: nothing to copy)"
 
     /// How a task-less rename that failed is reported: a refusal (exit 3) or a failure (exit 1),
-    /// with a stable code and a message; either way "nothing was moved" follows.
-    public static func renameProblem(_ error: any Error) -> (refused: Bool, code: String, message: String) {
-        if let refusal = error as? Refusal { return (true, refusal.code, refusal.message) }
+    /// with a stable code and a message, the sources that were renamed before it failed (their
+    /// new paths), and the line that says so: "nothing was moved" when none were.
+    public static func renameProblem(_ error: any Error) -> (refused: Bool, code: String, message: String, moved: [ByteString], outcome: String) {
+        if let partly = error as? PartlyRenamed {
+            let problem = renameProblem(partly.cause)
+            let names = partly.moved.map(\.displayString).joined(separator: ", ")
+            return (problem.refused, problem.code, problem.message, partly.moved, "moved before that: \(names); nothing else was moved")
+        }
+        if let refusal = error as? Refusal { return (true, refusal.code, refusal.message, [], "nothing was moved") }
         let failure = MoveEngine.failure(for: error)
-        return (false, failure.code, failure.message)
+        return (false, failure.code, failure.message, [], "nothing was moved")
     }
 }

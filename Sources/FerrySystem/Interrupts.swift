@@ -3,7 +3,8 @@ import Glibc
 import Synchronization
 
 /// SIGINT and SIGTERM as something a long operation can notice: a handler counts them and a
-/// watcher thread turns the first into `onInterrupt` (a handler itself may do almost nothing).
+/// watcher thread turns the first into `onInterrupt` (a handler itself may do almost nothing),
+/// and the next, if there is `onRepeat`, into that (one who presses Ctrl-C again will not wait).
 /// SIGHUP, the terminal gone (a closed window, a dropped ssh session), goes to `onHangup` when
 /// there is one, and to `onInterrupt` otherwise; a process started with SIGHUP ignored (`nohup`)
 /// never hears it.
@@ -13,7 +14,8 @@ public final class InterruptWatcher: Sendable {
     private let running = RunningFlag()
     private let thread = Mutex<pthread_t?>(nil)
 
-    public init(pollMilliseconds: UInt32 = 50, onHangup: (@Sendable () -> Void)? = nil, _ onInterrupt: @escaping @Sendable () -> Void) {
+    public init(pollMilliseconds: UInt32 = 50, onHangup: (@Sendable () -> Void)? = nil, onRepeat: (@Sendable () -> Void)? = nil,
+                _ onInterrupt: @escaping @Sendable () -> Void) {
         cferry_install_interrupt_counter()
         let start = cferry_interrupt_count()
         let hangups = cferry_hangup_count()
@@ -21,10 +23,19 @@ public final class InterruptWatcher: Sendable {
         startHangups = hangups
         let box = Unmanaged.passRetained(WatchBox { [running] in
             var heardHangup = false
+            var heard = start
             while running.value.load(ordering: .acquiring) {
-                if cferry_interrupt_count() != start {
-                    onInterrupt()
-                    return
+                let count = cferry_interrupt_count()
+                if count != heard {
+                    let previous = heard
+                    heard = count
+                    if previous == start {
+                        onInterrupt()
+                        if count &- start >= 2 { onRepeat?() }  // both came within one look
+                    } else {
+                        onRepeat?()
+                    }
+                    if onRepeat == nil { return }
                 }
                 if !heardHangup && cferry_hangup_count() != hangups {
                     heardHangup = true

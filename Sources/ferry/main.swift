@@ -51,7 +51,7 @@ func renameIfThatIsAll(_ paths: [String]) {
         }
     } catch {
         let problem = MoveEngine.renameProblem(error)
-        Console.standardError("ferry move: \(problem.message)\nnothing was moved\n")
+        Console.standardError("ferry move: \(problem.message)\n\(problem.outcome)\n")
         exit(problem.refused ? 3 : 1)
     }
     guard published != nil else { return }

@@ -109,17 +109,84 @@ struct FerryCLITests {
         }
     }
 
+    /// Paths are taken as `mv` and `cp` take them, and what they refuse is refused before
+    /// anything is written, the task database included.
+    @Test func pathsAreTakenAsMvTakesThem() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            let c = try fs.makeProjectDirectory("c", project: 3)
+            try FileManager.default.createDirectory(atPath: a + "/sub", withIntermediateDirectories: true)
+            try TreeBuilder.write(a + "/sub/keep", bytes: 100)
+            try TreeBuilder.write(a + "/x", bytes: 10, seed: 1)
+            // `.` and `..` name no entry of their own: they were taken for the directory they
+            // lead to, and `ferry move a/sub/. b` moved a/sub.
+            for dot in [a + "/sub/.", a + "/sub/..", a + "/sub/./"] {
+                let refused = try ferry("move", dot, b)
+                #expect(refused.status == 2, "\(dot): \(refused.standardError)")
+                #expect(refused.standardError.contains("by its own name"), "\(refused.standardError)")
+            }
+            // A file named as its own destination is the same file, not a name taken (whose
+            // message told the user to remove it).
+            for destination in [a + "/x", a] {
+                let same = try ferry("move", a + "/x", destination)
+                #expect(same.status == 2, "\(same.standardError)")
+                #expect(same.standardError.contains("are the same file"), "\(same.standardError)")
+            }
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a).sorted() == ["sub", "x"])
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a + "/sub") == ["keep"])
+            // `..` after a symlink is the parent of where the symlink leads, as for the kernel.
+            try FileManager.default.createDirectory(atPath: b + "/deep", withIntermediateDirectories: true)
+            try TreeBuilder.write(b + "/y", bytes: 30, seed: 3)
+            try TreeBuilder.write(a + "/y", bytes: 20, seed: 2)
+            try FileManager.default.createSymbolicLink(atPath: a + "/link", withDestinationPath: b + "/deep")
+            let through = try ferry("copy", a + "/link/../y", c)
+            #expect(through.status == 0, "\(through.standardError)")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: c + "/y")) == Data(contentsOf: URL(fileURLWithPath: b + "/y")))
+            // With --json, a usage error is JSON too.
+            let usage = try ferry("move", "--json", a + "/x", a + "/y", a + "/nope")
+            #expect(usage.status == 2)
+            #expect((try jsonObject(usage.standardOutput)["error"] as? [String: Any])?["code"] as? String == "usage", "\(usage.standardOutput)")
+            // A dry run writes nothing: not even the task database it names.
+            let database = fs.mountPoint + "/state/dry.sqlite"
+            let dry = try ferry("move", "--dry-run", a + "/x", b, environment: ["FERRY_DATABASE_URL": "sqlite://" + database])
+            #expect(dry.status == 0, "\(dry.standardError)")
+            #expect(!FileManager.default.fileExists(atPath: fs.mountPoint + "/state"))
+            // Numbers that are none, and a lease variable that is not a number of seconds.
+            #expect(try ferry("move", "--dry-run", "--margin", "nan", a + "/x", b).status == 2)
+            let lease = try ferry("move", a + "/x", b, environment: ["FERRY_LEASE_SECONDS": "30s"])
+            #expect(lease.status == 2 && lease.standardError.contains("FERRY_LEASE_SECONDS"), "\(lease.standardError)")
+            #expect(try ferry("janitor", "--dry-run", "--grace", "-5").status == 2)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a).sorted() == ["link", "sub", "x", "y"])
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).sorted() == ["deep", "y"])
+            // Renames of several sources that the kernel stops part way say which were moved (it
+            // said "nothing was moved"). A bind mount of the same filesystem passes every check
+            // (one device, one project) and then the kernel refuses to rename across it (EXDEV).
+            try FileManager.default.createDirectory(atPath: c + "/dest", withIntermediateDirectories: true)
+            for name in ["p", "q"] { try TreeBuilder.write(c + "/" + name, bytes: 5) }
+            let alias = fs.directory + "/alias"
+            try FileManager.default.createDirectory(atPath: alias, withIntermediateDirectories: true)
+            try Shell.run(["mount", "--bind", c, alias])
+            defer { _ = try? Shell.run(["umount", alias]) }
+            let partly = try ferry("move", c + "/p", alias + "/q", c + "/dest")
+            #expect(partly.status == 3, "\(partly.standardError)")
+            #expect(partly.standardError.contains("moved before that: \(c)/dest/p; nothing else was moved"), "\(partly.standardError)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: c + "/dest") == ["p"])
+            #expect(FileManager.default.fileExists(atPath: c + "/q"))
+        }
+    }
+
     @Test func failuresExitOneAndLeaveNothing() throws {
         try withLoopXFS(sizeMiB: 300) { fs in
             let a = try fs.makeProjectDirectory("a", project: 1)
             let b = try fs.makeProjectDirectory("b", project: 2)
             // A missing source.
             let missing = try ferry("copy", a + "/missing", b)
-            #expect(missing.status == 1)
+            #expect(missing.status == 3)  // refused, as the pre-flight check of a task refuses it
             #expect(missing.standardError.contains("cannot copy \(a)/missing: No such file or directory"), "\(missing.standardError)")
             #expect(missing.standardError.contains("nothing was copied"))
             let missingJSON = try ferry("move", "--json", a + "/missing", b)
-            #expect(missingJSON.status == 1)
+            #expect(missingJSON.status == 3)
             let missingError = try jsonObject(missingJSON.standardOutput)["error"] as? [String: Any]
             #expect(missingError?["code"] as? String == "path.not_found")
             #expect((missingError?["message"] as? String)?.contains("cannot move \(a)/missing") == true)
@@ -250,6 +317,41 @@ struct FerryCLITests {
             #expect(process.terminationStatus == 130, "\(message)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
             #expect(try FileManager.default.contentsOfDirectory(atPath: a + "/big").count == 6)
+        }
+    }
+}
+
+extension FerryCLITests {
+    /// Ctrl-C twice leaves at once, as one who presses it again expects: the task's cancel is
+    /// recorded and, once its lease has run out, `ferry janitor` rolls it back. Before, the second
+    /// Ctrl-C was swallowed and a long rollback could only be cut short by SIGKILL.
+    @Test func interruptTwiceLeavesAtOnceAndTheJanitorRollsBack() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+            for i in 0..<6 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
+            let before = try TreeSnapshot.take(a + "/big")
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ferryBinary())
+            process.arguments = ["copy", "--jobs", "1", "--lease", "1", a + "/big", b]
+            process.environment = ProcessInfo.processInfo.environment.merging(["FERRY_DATABASE_URL": testDatabase]) { _, new in new }
+            let errors = Pipe()
+            process.standardError = errors
+            try process.run()
+            waitUntilStaging(in: b, holds: "big")
+            process.interrupt()
+            usleep(20_000)  // two presses, before the first has rolled much back
+            process.interrupt()
+            process.waitUntilExit()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus == 130, "\(message)")
+            #expect(message.contains("interrupted again: leaving now"), "\(message)")
+            Thread.sleep(forTimeInterval: 1.5)  // the lease runs out
+            let janitor = try ferry("janitor", "--lease", "1")
+            #expect(janitor.status == 0, "\(janitor.standardError)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
         }
     }
 }
