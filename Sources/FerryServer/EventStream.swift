@@ -10,7 +10,11 @@ import Synchronization
 /// report, and re-reads the store every second for changes made by workers elsewhere.
 enum EventStream {
     /// `slot`: the user's stream slot, given back when the body ends or is dropped unsent.
-    static func response(state: ServerState, slot: StreamSlot, fetch: @escaping @Sendable () async throws -> [TaskRecord],
+    /// `allowed`: whether the request's session is still live; a stream ends (`event: end` with
+    /// `"reason": "session ended"`) once it is not, so that logging out, or a session expiring,
+    /// also stops what a stream opened with its cookie still sends.
+    static func response(state: ServerState, slot: StreamSlot, allowed: @escaping @Sendable () -> Bool = { true },
+                         fetch: @escaping @Sendable () async throws -> [TaskRecord],
                          endWhen: @escaping @Sendable ([TaskRecord]) -> Bool) -> Response {
         let headers: HTTPFields = [.contentType: "text/event-stream; charset=utf-8", .cacheControl: "no-store",
                                    HTTPField.Name("X-Accel-Buffering")!: "no"]
@@ -20,6 +24,10 @@ enum EventStream {
             var lastWrite = ContinuousClock.now
             try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
             while !Task.isCancelled {
+                guard allowed() else {
+                    try await writer.write(ByteBuffer(string: "event: end\ndata: {\"reason\":\"session ended\"}\n\n"))
+                    break
+                }
                 let seen = state.feed.current
                 let tasks = try await fetch()
                 for task in tasks where sent[task.id] != task {

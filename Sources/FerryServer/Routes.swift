@@ -123,14 +123,16 @@ enum Routes {
         router.get("/api/tasks/:id/stream", use: handle { _, context in
             let task = try await visibleTask(context, state: state)
             let slot = try state.streams.take(for: try context.requirePrincipal().user)
-            return EventStream.response(state: state, slot: slot) { try await state.store.task(task.id).map { [$0] } ?? [] } endWhen: { $0.first?.status.isTerminal ?? true }
+            return EventStream.response(state: state, slot: slot, allowed: sessionLive(context, state)) {
+                try await state.store.task(task.id).map { [$0] } ?? []
+            } endWhen: { $0.first?.status.isTerminal ?? true }
         })
 
         router.get("/api/stream", use: handle { _, context in
             let principal = try context.requirePrincipal()
             let owner = principal.isAdmin ? nil : principal.user
             let slot = try state.streams.take(for: principal.user)
-            return EventStream.response(state: state, slot: slot) {
+            return EventStream.response(state: state, slot: slot, allowed: sessionLive(context, state)) {
                 // Running tasks and those that ended in the last minute (so a stream sees them finish).
                 let running = try await state.store.list(TaskFilter(statuses: TaskStatus.running, owner: owner, limit: 200))
                 let recent = try await state.store.list(TaskFilter(owner: owner, limit: 50))
@@ -222,6 +224,14 @@ enum Routes {
             filter.owner = principal.user
         }
         return filter
+    }
+
+    /// For an event stream: whether the session the request came with is still live (always, for
+    /// a bearer token, which no logout ends).
+    static func sessionLive(_ context: FerryContext, _ state: ServerState) -> @Sendable () -> Bool {
+        guard !context.viaBearer, let id = context.session?.id else { return { true } }
+        let sessions = state.sessions
+        return { sessions.isLive(id) }
     }
 
     /// The task in the path, if the caller may see it (their own, or any for admins). Others'

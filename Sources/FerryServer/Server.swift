@@ -20,6 +20,8 @@ public final class ServerState: Sendable {
     public let store: any TaskStore
     public let sessions = SessionStore()
     public let limiter = LoginRateLimiter()
+    /// Password checks under way at once (each holds a thread for PAM's delay after a failure).
+    let passwordChecks = CheckGate(limit: 8)
     /// Token mode: the login token.
     public let token: String?
     /// The account the server runs as: the user of token mode.

@@ -152,6 +152,34 @@ import Testing
         #expect(store.session(first.id) != nil && store.session(third.id) != nil && store.session(fourth.id) != nil)
     }
 
+    /// One user's sessions, however many they make (a script sending no cookie through a login
+    /// proxy makes one per request), push out only their own: before, ten thousand of them
+    /// logged everyone else out. Asking whether a session is live does not keep it alive.
+    @Test func oneUsersSessionsPushOutOnlyTheirOwn() async throws {
+        let store = SessionStore(idleLimit: .milliseconds(500), capacity: 100, perUser: 4)
+        let other = store.create(user: "alice")
+        let mine = (0..<500).map { _ in store.create(user: "mallory") }
+        #expect(store.session(other.id)?.user == "alice")
+        #expect(mine.filter { store.isLive($0.id) }.count == 4)
+        #expect(store.isLive(mine[499].id) && !store.isLive(mine[0].id))
+        let watched = store.create(user: "bob")
+        for _ in 0..<7 {  // an event stream's checks, over longer than the idle limit
+            try await Task.sleep(for: .milliseconds(100))
+            _ = store.isLive(watched.id)
+        }
+        #expect(!store.isLive(watched.id))
+        store.remove(other.id)
+        #expect(!store.isLive(other.id))
+    }
+
+    /// Password checks at once are bounded: each holds a thread through PAM's failure delay.
+    @Test func passwordChecksAtOnceAreBounded() {
+        let gate = CheckGate(limit: 3)
+        #expect((0..<5).map { _ in gate.enter() } == [true, true, true, false, false])
+        gate.leave()
+        #expect(gate.enter() && !gate.enter())
+    }
+
     /// Failures from one address are limited; a success in between (a login to an account of
     /// the guesser's own) takes back only its own attempt, so it cannot reset the count.
     @Test func loginFailuresAreRateLimitedPerAddress() {

@@ -231,6 +231,23 @@ def test_unauthenticated_requests_get_401(start_server, alpha_dir):
     assert after["status"] == "pending" and not after["cancelRequested"], "an unauthenticated request changed the task"
 
 
+def test_an_event_stream_ends_with_its_session(start_server):
+    """A stream opened with a session cookie stops once the session is logged out: before, it went
+    on sending the user's task updates to whoever held it (a stolen cookie, a shared machine)."""
+    from conftest import read_sse
+    server = start_server(workers=0)
+    client = server.session()
+    token = client.headers["X-CSRF-Token"]
+    with client.get(server.api("/api/stream"), stream=True, timeout=(10, 30)) as stream:
+        assert stream.status_code == 200, describe(stream)
+        r = client.post(server.api("/logout"), data={"csrf_token": token}, allow_redirects=False, timeout=30)
+        assert r.status_code == 303, describe(r)
+        started = time.monotonic()
+        events = read_sse(stream, max_seconds=20)
+    assert events and events[-1] == ("end", {"reason": "session ended"}), events
+    assert time.monotonic() - started < 10, events
+
+
 def test_state_changing_requests_need_the_csrf_token(start_server, alpha_dir, beta_dir):
     server = start_server(workers=0)
     client = server.session()

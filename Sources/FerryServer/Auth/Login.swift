@@ -5,6 +5,7 @@ import Foundation
 import Hummingbird
 import HTTPTypes
 import NIOCore
+import Synchronization
 
 /// `/login` and `/logout`. Token mode: the printed token, by link (`/login?token=…`, as Jupyter
 /// does) or typed into the form. PAM mode: username and password. Proxy mode: the proxy has
@@ -92,7 +93,15 @@ enum Login {
                 return failure(APIError(.unauthorized, "auth.failed", "give a user name and password"))
             }
             let service = state.settings.pamService
+            // Each check holds a thread of its own for as long as PAM takes (seconds, after a
+            // wrong password); guesses from many addresses at once must not take them all.
+            guard state.passwordChecks.enter() else {
+                state.limiter.succeeded(ticket)  // not an attempt: nothing was checked
+                return failure(APIError(.unavailable, "auth.busy", "too many password checks are under way; try again in a few seconds"))
+                    .with(header: .retryAfter, "3")
+            }
             let result = (try? await Blocking.run { PAM.authenticate(service: service, user: name, password: password) }) ?? .unavailable("PAM did not answer")
+            state.passwordChecks.leave()
             switch result {
             case .success:
                 // An account this server cannot act as (no local uid, or a server not running as
@@ -128,5 +137,27 @@ extension Response {
         var response = self
         response.headers[name] = value
         return response
+    }
+}
+
+/// At most `limit` of something at once; past it, `enter` says no rather than waiting.
+final class CheckGate: Sendable {
+    private let count = Mutex(0)
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = max(1, limit)
+    }
+
+    func enter() -> Bool {
+        count.withLock { count in
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func leave() {
+        count.withLock { $0 -= 1 }
     }
 }

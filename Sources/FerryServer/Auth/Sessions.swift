@@ -22,10 +22,15 @@ public final class SessionStore: Sendable {
     /// At most this many live sessions (clients that never send the cookie back, such as curl
     /// behind a login proxy, make one per request): the least recently used go first.
     private let capacity: Int
+    /// At most this many live sessions of one user, whose least recently used go first: one
+    /// user's logins or cookie-less requests, however many, push out only their own sessions,
+    /// never everyone else's (as they did while only the total was bounded).
+    private let perUser: Int
 
-    public init(idleLimit: Duration = .seconds(12 * 3600), capacity: Int = 10_000) {
+    public init(idleLimit: Duration = .seconds(12 * 3600), capacity: Int = 10_000, perUser: Int = 64) {
         self.idleLimit = idleLimit
         self.capacity = max(1, capacity)
+        self.perUser = max(1, perUser)
     }
 
     public func create(user: String) -> Session {
@@ -33,6 +38,10 @@ public final class SessionStore: Sendable {
         sessions.withLock { all in
             let now = ContinuousClock.now
             all = all.filter { now - $0.value.lastSeen < idleLimit }
+            let theirs = all.values.filter { $0.user == user }
+            if theirs.count >= perUser {
+                for stale in theirs.sorted(by: { $0.lastSeen < $1.lastSeen }).prefix(theirs.count - perUser + 1) { all[stale.id] = nil }
+            }
             if all.count >= capacity {
                 let oldest = all.values.sorted { $0.lastSeen < $1.lastSeen }.prefix(all.count - capacity + 1)
                 for stale in oldest { all[stale.id] = nil }
@@ -54,6 +63,12 @@ public final class SessionStore: Sendable {
             all[id] = session
             return session
         }
+    }
+
+    /// Whether the session is still live (not logged out, expired or pushed out), without
+    /// counting the question as a use: an open event stream asks every second.
+    public func isLive(_ id: String) -> Bool {
+        sessions.withLock { all in all[id].map { ContinuousClock.now - $0.lastSeen < idleLimit } ?? false }
     }
 
     public func remove(_ id: String) { sessions.withLock { _ = $0.removeValue(forKey: id) } }
