@@ -241,7 +241,9 @@ public final class TaskStoreRelay: Sendable {
             try await store.acquireLocks(id: taskID, worker: worker, locks)
         case "record":
             try own(op, a, worker: false)
-            try await store.record(taskID, message: try required(a.message, op, "message"))
+            // A note, not a dump: at most 64 KiB of it is kept.
+            let message = try required(a.message, op, "message")
+            try await store.record(taskID, message: message.utf8.count > 65_536 ? String(decoding: Array(message.utf8.prefix(65_536)), as: UTF8.self) : message)
         default:
             throw TaskStoreError.database("not allowed: \(op)")
         }
@@ -278,12 +280,15 @@ public final class TaskStoreRelay: Sendable {
         let destination = BytePath.lexicallyNormalized(task.destination.bytes)
         // Each named entry (the sources, the destination as a new name) by its directory and name.
         let named = (sources + [destination]).map { BytePath.split($0) }
+        // In the destination directory, only the sources' own names: any name there would let a
+        // runner (whose owner can write into its channel) lock a colleague's tree beside it.
+        let sourceNames = sources.map { BytePath.split($0).name }
         for lock in locks {
             let path = lock.path.bytes
             if sources.contains(path) || path == destination { continue }
             let (directory, name) = BytePath.split(path)
             guard BytePath.isPlainName(name) else { throw Self.notNamed(lock, taskID) }
-            if directory == destination || Self.sameDirectory(directory, destination) { continue }
+            if sourceNames.contains(name), directory == destination || Self.sameDirectory(directory, destination) { continue }
             if named.contains(where: { $0.name == name && Self.sameDirectory(directory, $0.parent) }) { continue }
             throw Self.notNamed(lock, taskID)
         }

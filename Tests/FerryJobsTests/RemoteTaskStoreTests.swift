@@ -153,11 +153,13 @@ struct RemoteTaskStoreTests {
     }
 
     /// A runner may lock what its task names (the source; a final name in the destination, or the
-    /// destination itself as a new name) and nothing else: not the filesystem's root, nor a neighbour.
+    /// destination itself as a new name) and nothing else: not the filesystem's root, nor a
+    /// neighbour, nor another name in the destination (a colleague's tree there, which it could
+    /// otherwise keep locked for as long as it kept its task alive).
     @Test func locksOnPathsTheTaskDoesNotNameAreRefused() async throws {
         try await withChannel { store, task, channel in
             let client = channel.client
-            for path in ["/", "/p", "/p/a", "/p/a/data/inner", "/p/b/sub/data", "/etc/passwd", "/p/a/other", "/p/newname"] {
+            for path in ["/", "/p", "/p/a", "/p/a/data/inner", "/p/b/sub/data", "/etc/passwd", "/p/a/other", "/p/newname", "/p/b/other"] {
                 await #expect(performing: {
                     try await client.acquireLocks(id: task.id, worker: "w1", [PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath(path))])
                 }, throws: { isRefusal($0) })
@@ -185,7 +187,7 @@ struct RemoteTaskStoreTests {
                                                      destination: StoredPath(directory + "/link/b"), owner: "alice"))
         let task = try #require(try await store.claim(id: created.id, worker: "w1", lease: .seconds(600)))
         let channel = Channel(store: store, taskID: task.id, worker: "w1")
-        for path in ["/other/data", "/real/a/other", "/real/data", "/real/b/sub/data"] {
+        for path in ["/other/data", "/real/a/other", "/real/data", "/real/b/sub/data", "/real/b/other"] {
             await #expect(performing: {
                 try await channel.client.acquireLocks(id: task.id, worker: "w1", [PathLock(taskID: task.id, filesystem: "7:0", path: StoredPath(directory + path))])
             }, throws: { isRefusal($0) })
