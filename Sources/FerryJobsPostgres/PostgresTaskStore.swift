@@ -23,26 +23,6 @@ public final class PostgresTaskStore: TaskStore {
     let runTask: Task<Void, Never>
     let listenTask: Task<Void, Never>
 
-    /// What every session of a store is started with, whatever the server, database or role
-    /// sets by default:
-    /// - READ COMMITTED: each statement sees what committed before it. The path-lock check after
-    ///   the advisory lock, `wait`'s check after it locks the holder, the fences and the SKIP
-    ///   LOCKED claims all rely on it; under REPEATABLE READ the lock check would read a snapshot
-    ///   from before the advisory lock was granted, and two overlapping locks could both be taken.
-    /// - `synchronous_commit = on`: a change the store has returned from is on disk, as SQLite's
-    ///   `synchronous = FULL` makes it (a phase committed, then lost, would be redone on data
-    ///   that has moved on).
-    /// - An idle transaction ends after a minute: a client stopped inside one (Ctrl-Z, a debugger,
-    ///   a host gone from the network) would otherwise hold the path-lock advisory lock, and every
-    ///   other worker's locking would wait for it, for as long as TCP takes to notice (hours).
-    ///   Every transaction of the store runs its statements back to back.
-    static let sessionParameters: [(String, String)] = [
-        ("default_transaction_isolation", "read committed"),
-        ("synchronous_commit", "on"),
-        ("idle_in_transaction_session_timeout", "60s"),
-        ("application_name", "ferry"),
-    ]
-
     /// Connects, brings the schema up to date and starts listening for new work.
     public init(host: String, port: Int, user: String, password: String?, database: String) async throws {
         let logger = { var logger = Logger(label: "ferry.jobs.postgres"); logger.logLevel = .critical; return logger }()

@@ -299,60 +299,60 @@ struct FerryCLITests {
 
     @Test func interruptRemovesEverything() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
-            let a = try fs.makeProjectDirectory("a", project: 1)
-            let b = try fs.makeProjectDirectory("b", project: 2)
-            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
-            for i in 0..<6 { try Shell.run(["dd", "if=/dev/zero", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: ferryBinary())
-            process.arguments = ["copy", "--jobs", "1", a + "/big", b]
-            let errors = Pipe()
-            process.standardError = errors
-            try process.run()
-            // Wait until the staging directory has data in it, then interrupt.
-            waitUntilStaging(in: b, holds: "big")
-            process.interrupt()
-            process.waitUntilExit()
-            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            #expect(process.terminationStatus == 130, "\(message)")
-            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
-            #expect(try FileManager.default.contentsOfDirectory(atPath: a + "/big").count == 6)
+            let run = try InterruptedCopy(fs, times: 1)
+            #expect(run.status == 130, "\(run.message)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: run.b).isEmpty)
+            #expect(try run.before.differences(to: TreeSnapshot.take(run.a + "/big")).isEmpty)
         }
     }
-}
 
-extension FerryCLITests {
     /// Ctrl-C twice leaves at once, as one who presses it again expects: the task's cancel is
     /// recorded and, once its lease has run out, `ferry janitor` rolls it back. Before, the second
     /// Ctrl-C was swallowed and a long rollback could only be cut short by SIGKILL.
     @Test func interruptTwiceLeavesAtOnceAndTheJanitorRollsBack() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
-            let a = try fs.makeProjectDirectory("a", project: 1)
-            let b = try fs.makeProjectDirectory("b", project: 2)
-            try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
-            for i in 0..<6 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
-            let before = try TreeSnapshot.take(a + "/big")
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: ferryBinary())
-            process.arguments = ["copy", "--jobs", "1", "--lease", "1", a + "/big", b]
-            process.environment = ProcessInfo.processInfo.environment.merging(["FERRY_DATABASE_URL": testDatabase]) { _, new in new }
-            let errors = Pipe()
-            process.standardError = errors
-            try process.run()
-            waitUntilStaging(in: b, holds: "big")
-            process.interrupt()
-            usleep(20_000)  // two presses, before the first has rolled much back
-            process.interrupt()
-            process.waitUntilExit()
-            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            #expect(process.terminationStatus == 130, "\(message)")
-            #expect(message.contains("interrupted again: leaving now"), "\(message)")
+            let run = try InterruptedCopy(fs, times: 2, options: ["--lease", "1"])
+            #expect(run.status == 130, "\(run.message)")
+            #expect(run.message.contains("interrupted again: leaving now"), "\(run.message)")
             Thread.sleep(forTimeInterval: 1.5)  // the lease runs out
             let janitor = try ferry("janitor", "--lease", "1")
             #expect(janitor.status == 0, "\(janitor.standardError)")
-            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
-            #expect(try before.differences(to: TreeSnapshot.take(a + "/big")).isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: run.b).isEmpty)
+            #expect(try run.before.differences(to: TreeSnapshot.take(run.a + "/big")).isEmpty)
         }
+    }
+}
+
+/// `ferry copy --jobs 1 a/big b` of six 40 MiB files, from project 1 to project 2 on `fs`,
+/// interrupted `times` times (Ctrl-C pressed again 20 ms later) once its staging holds data.
+struct InterruptedCopy {
+    let a: String
+    let b: String
+    let before: TreeSnapshot
+    let status: Int32
+    let message: String
+
+    init(_ fs: LoopXFS, times: Int, options: [String] = []) throws {
+        a = try fs.makeProjectDirectory("a", project: 1)
+        b = try fs.makeProjectDirectory("b", project: 2)
+        try FileManager.default.createDirectory(atPath: a + "/big", withIntermediateDirectories: true)
+        for i in 0..<6 { try Shell.run(["dd", "if=/dev/urandom", "of=\(a)/big/f\(i)", "bs=1M", "count=40", "status=none"]) }
+        before = try TreeSnapshot.take(a + "/big")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ferryBinary())
+        process.arguments = ["copy", "--jobs", "1"] + options + [a + "/big", b]
+        process.environment = ProcessInfo.processInfo.environment.merging(["FERRY_DATABASE_URL": testDatabase]) { _, new in new }
+        let errors = Pipe()
+        process.standardError = errors
+        try process.run()
+        waitUntilStaging(in: b, holds: "big")
+        for press in 0..<times {
+            if press > 0 { usleep(20_000) }
+            process.interrupt()
+        }
+        process.waitUntilExit()
+        status = process.terminationStatus
+        message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     }
 }
 
