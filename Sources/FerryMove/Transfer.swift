@@ -38,6 +38,8 @@ public final class Transfer: @unchecked Sendable {
         } catch let error as SystemError where error.code != .notFound && error.code != .notDirectory {
             // There, but not to be opened (no permission, a symlink loop): not a new name either.
             throw UsageError(message: "the destination \(last.displayString) cannot be opened: \(error.reason)")
+        } catch let refusal as Refusal {
+            throw refusal  // through a symlink, as root
         } catch {
             existing = nil
         }
@@ -90,6 +92,11 @@ public final class Transfer: @unchecked Sendable {
                 try Self.refuseIntoItself(parentFD, name, destination: destination, path: argument)
             }
             let finalName = renameTo ?? name
+            if renameTo != nil, last.last == UInt8(ascii: "/"), status.kind != .directory {
+                // `newname/` names a directory: a file is not renamed to it (nor by `mv`).
+                throw UsageError(message: "\(last.displayString) is not a directory: a trailing slash names one, "
+                                 + "and \(argument.displayString) is not a directory to be given that name")
+            }
             if let there = try? destination.status(finalName), there.fileID == status.fileID {
                 throw UsageError(message: "\(argument.displayString) and \(BytePath.join(destinationPath, finalName).displayString) are the same file")
             }

@@ -133,8 +133,15 @@ struct FerryCLITests {
                 #expect(same.status == 2, "\(same.standardError)")
                 #expect(same.standardError.contains("are the same file"), "\(same.standardError)")
             }
+            // A new name with a trailing slash names a directory: a file is not renamed to it; a
+            // directory is.
+            let slash = try ferry("move", a + "/x", a + "/newname/")
+            #expect(slash.status == 2 && slash.standardError.contains("is not a directory"), "\(slash.standardError)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: a).sorted() == ["sub", "x"])
             #expect(try FileManager.default.contentsOfDirectory(atPath: a + "/sub") == ["keep"])
+            let renamed = try ferry("move", a + "/sub", a + "/moved/")
+            #expect(renamed.status == 0, "\(renamed.standardError)")
+            try Shell.run(["mv", a + "/moved", a + "/sub"])
             // `..` after a symlink is the parent of where the symlink leads, as for the kernel.
             try FileManager.default.createDirectory(atPath: b + "/deep", withIntermediateDirectories: true)
             try TreeBuilder.write(b + "/y", bytes: 30, seed: 3)
