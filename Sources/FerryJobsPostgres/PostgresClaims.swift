@@ -156,6 +156,9 @@ enum ClaimSQL {
               waiting_for = \(keptWait("nullif(c.previous, s.worker)")), updated_at = n.now
             FROM c JOIN s ON s.slot = c.slot, n WHERE t.id = c.id AND \(stillClaimable)
             RETURNING t.*, c.slot, nullif(c.previous, s.worker) AS previous),
+        gone AS (
+            DELETE FROM task_queue q USING c JOIN s ON s.slot = c.slot
+            WHERE \(staleQueueRow)),
         \(recorded(ordered: " ORDER BY u.slot"))
         SELECT \(PostgresSchema.columns("u")), u.slot, u.previous FROM u ORDER BY u.slot
         """
@@ -173,6 +176,7 @@ enum ClaimSQL {
               waiting_for = \(keptWait("nullif(c.previous, $1)")), updated_at = n.now
             FROM c, n WHERE t.id = c.id AND \(stillClaimable)
             RETURNING t.*, nullif(c.previous, $1) AS previous),
+        gone AS (DELETE FROM task_queue q USING c WHERE \(staleQueueRow)),
         \(recorded())
         SELECT \(PostgresSchema.columns("u")), 1::bigint AS slot, u.previous FROM u
         """
@@ -182,6 +186,11 @@ enum ClaimSQL {
     /// not hand out a task another worker holds, or one that ended. Checked in the update, on the
     /// few rows taken, not in the scan, whose plan it would change.
     static let stillClaimable = "(c.previous IS NOT NULL OR (t.lease_owner IS NULL AND t.status IN ('pending','validating','locked','copying','verifying','committing')))"
+
+    /// The queue row of a free candidate (one given a slot) that the check above turned away:
+    /// removed in the same statement, or it would stay the oldest and be taken, and turned
+    /// away, by every claim after, while the tasks behind it waited for good.
+    static let staleQueueRow = "q.task_id = c.id AND c.previous IS NULL AND NOT EXISTS (SELECT 1 FROM u WHERE u.id = c.id)"
 
     /// The server's time (`n`), and up to `limit` free (`free`) and expired (`expired`) tasks,
     /// locked, each with the worker whose lease it was (`previous`, null for a free one). The

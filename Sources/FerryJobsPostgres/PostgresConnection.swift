@@ -6,12 +6,16 @@ import PostgresNIO
 /// inside transactions, history events, NOTIFY, queries, transactions, and the LISTEN connection
 /// that wakes waiting workers.
 extension PostgresTaskStore {
-    /// What every session of a store is started with, whatever the server, database or role
-    /// sets by default:
+    /// What every session of a store is started with: its name, and nothing a pooler such as
+    /// PgBouncer refuses at connection (it accepts a few startup parameters and turns away every
+    /// other); what the store needs of a transaction it sets in the transaction (`inTransaction`).
+    static let sessionParameters: [(String, String)] = [("application_name", "ferry")]
+
+    /// Every transaction of the store, whatever the server, database or role sets by default:
     /// - READ COMMITTED: each statement sees what committed before it. The path-lock check after
-    ///   the advisory lock, `wait`'s check after it locks the holder, the fences and the SKIP
-    ///   LOCKED claims all rely on it; under REPEATABLE READ the lock check would read a snapshot
-    ///   from before the advisory lock was granted, and two overlapping locks could both be taken.
+    ///   the advisory lock, `wait`'s check after it locks the holder and the fences rely on it;
+    ///   under REPEATABLE READ the lock check would read a snapshot from before the advisory lock
+    ///   was granted, and two overlapping locks could both be taken.
     /// - `synchronous_commit = on`: a change the store has returned from is on disk, as SQLite's
     ///   `synchronous = FULL` makes it (a phase committed, then lost, would be redone on data
     ///   that has moved on).
@@ -19,12 +23,8 @@ extension PostgresTaskStore {
     ///   a host gone from the network) would otherwise hold the path-lock advisory lock, and every
     ///   other worker's locking would wait for it, for as long as TCP takes to notice (hours).
     ///   Every transaction of the store runs its statements back to back.
-    static let sessionParameters: [(String, String)] = [
-        ("default_transaction_isolation", "read committed"),
-        ("synchronous_commit", "on"),
-        ("idle_in_transaction_session_timeout", "60s"),
-        ("application_name", "ferry"),
-    ]
+    static let transactionSettings =
+        "SELECT set_config('synchronous_commit', 'on', true), set_config('idle_in_transaction_session_timeout', '60s', true)"
 
     /// Locks the task's row for the rest of the transaction and fails unless `worker` holds its
     /// lease (a claim by another worker takes it, expiry alone does not: see `TaskStore`).
@@ -110,9 +110,10 @@ extension PostgresTaskStore {
 
     nonisolated(nonsending) static func inTransaction<T: Sendable>(_ connection: PostgresConnection, _ logger: Logger,
                                                    _ body: (PostgresConnection) async throws -> T) async throws -> T {
-        try await PostgresSchema.run(connection, "BEGIN", logger)
+        try await PostgresSchema.run(connection, "BEGIN ISOLATION LEVEL READ COMMITTED", logger)
         let value: T
         do {
+            try await PostgresSchema.run(connection, PostgresQuery(unsafeSQL: transactionSettings), logger)
             value = try await body(connection)
         } catch {
             do {

@@ -69,6 +69,29 @@ struct PostgresClaimTests {
         }
     }
 
+    /// A queue row left stale (a data-only restore with triggers off) is not taken on its word:
+    /// the task it names, leased to another worker, is not handed out again, and the row goes,
+    /// so the tasks behind it are claimed (one claim may come back empty). Before, the claim stole
+    /// the lease; then, checked but not removed, the row stopped the queue for good.
+    @Test func aStaleQueueRowNeitherStealsALeaseNorStopsTheQueue() async throws {
+        try await withStore { cluster, database, store in
+            for limit in [1, 2] {
+                let held = try await store.create(newMove())
+                #expect(try await store.claim(id: held.id, worker: "holder", lease: .seconds(600)) != nil)
+                try cluster.psql(database, "INSERT INTO task_queue (task_id, created_at) SELECT id, created_at FROM tasks WHERE id = '\(held.id)'")
+                let waiting = try await store.create(newMove())
+                var claimed: [TaskRecord] = []
+                for _ in 0..<3 where claimed.isEmpty {
+                    claimed = try await store.claim(worker: "other", limit: limit, lease: .seconds(60))
+                }
+                #expect(claimed.map(\.id) == [waiting.id], "limit \(limit)")
+                #expect(try await store.task(held.id)?.leaseOwner == "holder")
+                let queued = try cluster.psql(database, "SELECT count(*) FROM task_queue WHERE task_id = '\(held.id)'")
+                #expect(queued.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+            }
+        }
+    }
+
     /// A store that has taken many tasks from the queue vacuums it (in the background), so that
     /// claims do not step over the index entries of every task taken since autovacuum last came.
     @Test func takingManyTasksVacuumsTheQueue() async throws {
