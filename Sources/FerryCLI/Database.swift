@@ -57,7 +57,7 @@ extension DatabaseOptions {
     func url(configuration: FerryConfiguration?) throws -> DatabaseURL {
         do {
             return try DatabaseURL.choose(explicit: database, configured: configured(configuration))
-        } catch { throw DatabaseUnusable(message: "\(error)") }
+        } catch { throw ValidationError("\(error)") }  // a URL that is not one: a usage error
     }
 
     private func configured(_ configuration: FerryConfiguration?) -> String? {

@@ -138,22 +138,32 @@ struct TransferOptions: ParsableArguments {
         // `ferry worker` or `ferry janitor` to finish. Ctrl-C again leaves at once: the task,
         // whatever it was doing, is then finished or rolled back by the next `ferry worker` or
         // `ferry janitor` once its lease runs out, as after a crash.
-        let createdID = Mutex<String?>(nil)
+        // The task's id once it exists, and whether a second Ctrl-C came before it did.
+        let leaving = Mutex<(id: String?, asked: Bool)>((nil, false))
+        let leave: @Sendable (String) -> Never = { id in
+            // Its cancel recorded first (two seconds at most), so that whoever takes it next rolls it back.
+            let recorded = DispatchSemaphore(value: 0)
+            let cancelled = Mutex(false)
+            Task {
+                if (try? await store.requestCancel(id)) != nil { cancelled.withLock { $0 = true } }
+                recorded.signal()
+            }
+            _ = recorded.wait(timeout: .now() + 2)
+            let seconds = Double(lease.components.seconds) + Double(lease.components.attoseconds) / 1e18
+            if cancelled.withLock({ $0 }) {
+                printError("\(command): interrupted again: leaving now; task \(id) is rolled back (or, if it was committing, finished) "
+                           + "by the next `ferry worker` or `ferry janitor` once its lease (\(Format.duration(seconds))) has run out")
+            } else {
+                printError("\(command): interrupted again: leaving now, but task \(id)'s cancel could not be recorded: the next "
+                           + "`ferry worker` or `ferry janitor` carries it on once its lease has run out; `ferry task cancel \(id)` stops it")
+            }
+            Foundation.exit(FerryCommand.Status.interrupted.rawValue)
+        }
         let interrupt = InterruptWatcher(onHangup: { engine.stop() }, onRepeat: {
             bar.finish()
-            // Its cancel recorded first (two seconds at most), so that whoever takes it next rolls it back.
-            if let id = createdID.withLock({ $0 }) {
-                let recorded = DispatchSemaphore(value: 0)
-                Task {
-                    _ = try? await store.requestCancel(id)
-                    recorded.signal()
-                }
-                _ = recorded.wait(timeout: .now() + 2)
-            }
-            let seconds = Double(lease.components.seconds) + Double(lease.components.attoseconds) / 1e18
-            printError("\(command): interrupted again: leaving now; the task is rolled back (or, if it was committing, finished) "
-                       + "by the next `ferry worker` or `ferry janitor` once its lease (\(Format.duration(seconds))) has run out")
-            Foundation.exit(FerryCommand.Status.interrupted.rawValue)
+            // Before the task exists, it is left as soon as it does (below).
+            guard let id = leaving.withLock({ state -> String? in state.asked = true; return state.id }) else { return }
+            leave(id)
         }) {
             cancellation.cancel()
             bar.finish()
@@ -161,7 +171,7 @@ struct TransferOptions: ParsableArguments {
         }
         defer { interrupt.stop() }
         let created = try await store.create(request)
-        createdID.withLock { $0 = created.id }
+        if leaving.withLock({ state -> Bool in state.id = created.id; return state.asked }) { leave(created.id) }
         let record = try await runToItsEnd(created, command: command, engine: engine, store: store, bar: bar,
                                            cancellation: cancellation, interrupt: interrupt)
         bar.finish()
