@@ -15,6 +15,17 @@ public final class SessionStore: Sendable {
         public var user: String
         public var csrfToken: String
         var lastSeen: ContinuousClock.Instant
+        /// Requests that came back with it: a browser's session returns, one made for a request
+        /// that never sends the cookie back (curl behind a login proxy) does not.
+        var returns = 0
+    }
+
+    /// The order in which sessions are pushed out: those never come back with first, then the
+    /// least recently used. A user's script making a session per request pushes out its own,
+    /// not the browser session the same user is working in.
+    private static func pushedOutFirst(_ a: Session, _ b: Session) -> Bool {
+        if (a.returns > 0) != (b.returns > 0) { return a.returns == 0 }
+        return a.lastSeen < b.lastSeen
     }
 
     private let sessions = Mutex<[String: Session]>([:])
@@ -22,9 +33,9 @@ public final class SessionStore: Sendable {
     /// At most this many live sessions (clients that never send the cookie back, such as curl
     /// behind a login proxy, make one per request): the least recently used go first.
     private let capacity: Int
-    /// At most this many live sessions of one user, whose least recently used go first: one
-    /// user's logins or cookie-less requests, however many, push out only their own sessions,
-    /// never everyone else's (as they did while only the total was bounded).
+    /// At most this many live sessions of one user (see `pushedOutFirst`): one user's logins or
+    /// cookie-less requests, however many, push out only their own sessions, never everyone
+    /// else's (as they did while only the total was bounded).
     private let perUser: Int
 
     public init(idleLimit: Duration = .seconds(12 * 3600), capacity: Int = 10_000, perUser: Int = 64) {
@@ -40,10 +51,10 @@ public final class SessionStore: Sendable {
             all = all.filter { now - $0.value.lastSeen < idleLimit }
             let theirs = all.values.filter { $0.user == user }
             if theirs.count >= perUser {
-                for stale in theirs.sorted(by: { $0.lastSeen < $1.lastSeen }).prefix(theirs.count - perUser + 1) { all[stale.id] = nil }
+                for stale in theirs.sorted(by: Self.pushedOutFirst).prefix(theirs.count - perUser + 1) { all[stale.id] = nil }
             }
             if all.count >= capacity {
-                let oldest = all.values.sorted { $0.lastSeen < $1.lastSeen }.prefix(all.count - capacity + 1)
+                let oldest = all.values.sorted(by: Self.pushedOutFirst).prefix(all.count - capacity + 1)
                 for stale in oldest { all[stale.id] = nil }
             }
             all[session.id] = session
@@ -60,6 +71,7 @@ public final class SessionStore: Sendable {
                 return nil
             }
             session.lastSeen = now
+            session.returns += 1
             all[id] = session
             return session
         }
