@@ -20,6 +20,7 @@ public final class PostgresTaskStore: TaskStore {
     /// Concurrent claims through this store share statements.
     let claims = ClaimCombiner()
     let queueVacuum = QueueVacuum()
+    let staleSweep = OneAtATime()
     let runTask: Task<Void, Never>
     let listenTask: Task<Void, Never>
 
@@ -161,6 +162,7 @@ public final class PostgresTaskStore: TaskStore {
         let leases = requests.flatMap { Array(repeating: $0.lease.seconds, count: $0.limit) }
         let rows = try await claimRows(workers: workers, leases: leases)
         tookFromQueue(rows.count)
+        if rows.count < workers.count { sweepStaleQueueRows() }
         var claimed = [[TaskRecord]](repeating: [], count: requests.count)
         var ends: [Int] = []  // the last slot of each request
         for request in requests { ends.append((ends.last ?? 0) + request.limit) }
