@@ -326,6 +326,7 @@ extension MoveEngine {
         case .quotaExceeded: "quota.exceeded"
         case .permissionDenied, .notPermitted: "permission"
         case .notFound: "path.not_found"
+        case .symlinkRefused: "path.symlink"  // as root, through a symlink beneath the roots
         case .io: "io"
         case .xattrRefused: "xattr.refused"
         default: "system"

@@ -38,8 +38,6 @@ public final class Transfer: @unchecked Sendable {
         } catch let error as SystemError where error.code != .notFound && error.code != .notDirectory {
             // There, but not to be opened (no permission, a symlink loop): not a new name either.
             throw UsageError(message: "the destination \(last.displayString) cannot be opened: \(error.reason)")
-        } catch let refusal as Refusal {
-            throw refusal  // through a symlink, as root
         } catch {
             existing = nil
         }
@@ -186,17 +184,7 @@ struct DirectoryOpener {
             throw SystemError(errno: Errno(rawValue: EXDEV), syscall: "resolve", path: absolute.displayString, refinedCode: .escapesRoot)
         }
         let relative = Array(absolute.dropFirst(root.path.count).drop(while: { $0 == slash }))
-        let policy = PathResolver.SymlinkPolicy.forThisProcess
-        let opened: Result<FileDescriptor, SystemError> = Result { () throws(SystemError) in
-            try PathResolver.open(beneath: root.fd, relative, [.directory], symlinks: policy)
-        }
-        if case .failure(let error) = opened, policy == .refuse, error.code == .symlinkLoop { throw Self.symlinkRefused(absolute) }
-        return try opened.get()
-    }
-
-    static func symlinkRefused(_ absolute: ByteString) -> Refusal {
-        Refusal(code: "path.symlink", message: "\(absolute.displayString) leads through a symlink, which Ferry running as root "
-                + "follows nowhere beneath the roots (its owner could point it at anyone's tree); name the real path")
+        return try PathResolver.open(beneath: root.fd, relative, [.directory], symlinks: .forThisProcess)
     }
 }
 

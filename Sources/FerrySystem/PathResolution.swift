@@ -23,7 +23,8 @@ public enum PathResolver {
     }
 
     /// Open `path` (relative to `root`, as bytes) with `flags`. An attempt to leave the root fails
-    /// with code `.escapesRoot`; a refused symlink with `.symlinkLoop`.
+    /// with code `.escapesRoot`; a symlink met where none is followed with `.symlinkRefused`; a
+    /// loop among followed symlinks with `.symlinkLoop`.
     public static func open(
         beneath root: FileDescriptor, _ path: ByteString, _ flags: OpenFlags,
         permissions: mode_t = 0o600, symlinks: SymlinkPolicy = .refuse, forceWalk: Bool = false
@@ -47,7 +48,7 @@ public enum PathResolver {
             if fd >= 0 { return FileDescriptor(rawValue: fd) }
             switch code {
             case ENOSYS:
-                return try walk(root, path, flags, permissions: permissions)  // no openat2 here
+                return try walkRefusingSymlinks(root, path, flags, permissions: permissions)  // no openat2 here
             case EXDEV:
                 throw SystemError(errno: Errno(rawValue: code), syscall: "openat2(RESOLVE_BENEATH)",
                                   path: path.displayString, refinedCode: .escapesRoot)
@@ -56,10 +57,23 @@ public enum PathResolver {
                 if attempts < 100 { continue }
                 throw SystemError(errno: Errno(rawValue: code), syscall: "openat2", path: path.displayString)
             default:
-                throw SystemError(errno: Errno(rawValue: code), syscall: "openat2", path: path.displayString)
+                throw SystemError(errno: Errno(rawValue: code), syscall: "openat2", path: path.displayString,
+                                  refinedCode: code == ELOOP && symlinks == .refuse ? .symlinkRefused : nil)
             }
         }
-        return try walk(root, path, flags, permissions: permissions)
+        return try walkRefusingSymlinks(root, path, flags, permissions: permissions)
+    }
+
+    /// `walk`, whose ELOOP (`O_NOFOLLOW` meeting a symlink: it follows none) is `.symlinkRefused`.
+    static func walkRefusingSymlinks(_ root: FileDescriptor, _ path: ByteString, _ flags: OpenFlags,
+                                     permissions: mode_t) throws(SystemError) -> FileDescriptor {
+        do {
+            return try walk(root, path, flags, permissions: permissions)
+        } catch {
+            var refused = error
+            if error.code == .symlinkLoop { refused.refinedCode = .symlinkRefused }
+            throw refused
+        }
     }
 
     /// The fallback: every intermediate component must be a real directory (`O_NOFOLLOW`), `..` and

@@ -32,6 +32,7 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
         case noData               // ENODATA (missing xattr)
         case rangeTooSmall        // ERANGE (xattr buffer)
         case escapesRoot          // EXDEV from openat2 RESOLVE_BENEATH is reported as this, see PathResolution
+        case symlinkRefused       // ELOOP where the resolution follows no symlink (RESOLVE_NO_SYMLINKS, O_NOFOLLOW), see PathResolution
         case xattrRefused         // a copy that must keep every extended attribute could not set one (refined, see MetadataApplier)
         case other
 
@@ -97,6 +98,7 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
     /// What went wrong, without the call or the path: `No such file or directory (ENOENT)`.
     public var reason: String {
         if refinedCode == .escapesRoot { return "the path leads outside the allowed root (refused)" }
+        if refinedCode == .symlinkRefused { return "the path leads through a symlink, which is followed nowhere here (refused): name the real path" }
         return "\(String(cString: strerror(errno.rawValue))) (\(errnoName))"
     }
 

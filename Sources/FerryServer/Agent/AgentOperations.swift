@@ -39,14 +39,9 @@ public struct AgentOperations: Sendable {
             throw APIError(.unavailable, "root.unavailable", "the shared directory \(path.root) cannot be opened: \(error)")
         }
         defer { root.closeQuietly() }
-        let policy = PathResolver.SymlinkPolicy.forThisProcess
         do {
-            return try PathResolver.open(beneath: root, path.relativeBytes, flags, symlinks: policy)
+            return try PathResolver.open(beneath: root, path.relativeBytes, flags, symlinks: .forThisProcess)
         } catch {
-            if policy == .refuse && error.code == .symlinkLoop {
-                throw APIError(.badRequest, "path.symlink", "\(path.display) leads through a symlink, which Ferry acting as root follows nowhere "
-                               + "beneath the shared directories (its owner could point it at anyone's tree); name the real path")
-            }
             throw APIError(error, path: path.display)
         }
     }

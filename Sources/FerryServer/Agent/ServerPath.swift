@@ -93,6 +93,9 @@ public struct APIError: Error, Sendable, Equatable, Codable {
         case .permissionDenied, .notPermitted: self.init(.forbidden, "permission.denied", "you may not read \(path) (\(error.errnoName))")
         case .notDirectory: self.init(.badRequest, "path.not_directory", "\(path) is not a directory")
         case .symlinkLoop: self.init(.badRequest, "path.symlink_loop", "\(path) goes through a symlink loop or too many symlinks")
+        case .symlinkRefused:
+            self.init(.badRequest, "path.symlink", "\(path) leads through a symlink, which Ferry acting as root follows nowhere beneath "
+                      + "the shared directories (its owner could point it at anyone's tree); name the real path")
         case .escapesRoot: self.init(.badRequest, "path.outside_roots", "\(path) leads outside the shared directories (through .. or a symlink)")
         case .nameTooLong: self.init(.badRequest, "path.invalid", "\(path) has a name that is too long")
         default: self.init(.internalError, "internal", "\(path): \(error)")
