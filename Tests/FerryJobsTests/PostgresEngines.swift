@@ -126,20 +126,28 @@ struct PostgresTaskStoreTests {
         }
     }
 
+    /// A task on each store, claimed, then both locking overlapping paths (`/x/y` and `/x` on
+    /// `filesystem`) at once, after `meanwhile`: which of the two took its locks.
+    func raceForOverlappingLocks(_ one: PostgresTaskStore, _ two: PostgresTaskStore, filesystem: String,
+                                 meanwhile: () async throws -> Void = {}) async throws -> (Bool, Bool) {
+        let a = try await one.create(newMove())
+        let b = try await two.create(newMove())
+        #expect(try await one.claim(id: a.id, worker: "wa", lease: .seconds(30)) != nil)
+        #expect(try await two.claim(id: b.id, worker: "wb", lease: .seconds(30)) != nil)
+        try await meanwhile()
+        async let first: Bool = (try? await one.acquireLocks(id: a.id, worker: "wa", [
+            PathLock(taskID: a.id, filesystem: filesystem, path: StoredPath("/x/y")),
+        ])) != nil
+        async let second: Bool = (try? await two.acquireLocks(id: b.id, worker: "wb", [
+            PathLock(taskID: b.id, filesystem: filesystem, path: StoredPath("/x")),
+        ])) != nil
+        return await (first, second)
+    }
+
     @Test func racingLockTakersOnTwoStoresNeverBothWin() async throws {
         try await withTwoStores { _, _, one, two in
             for round in 0..<20 {
-                let a = try await one.create(newMove())
-                let b = try await two.create(newMove())
-                #expect(try await one.claim(id: a.id, worker: "wa", lease: .seconds(30)) != nil)
-                #expect(try await two.claim(id: b.id, worker: "wb", lease: .seconds(30)) != nil)
-                async let first: Bool = (try? await one.acquireLocks(id: a.id, worker: "wa", [
-                    PathLock(taskID: a.id, filesystem: "9:\(round)", path: StoredPath("/x/y")),
-                ])) != nil
-                async let second: Bool = (try? await two.acquireLocks(id: b.id, worker: "wb", [
-                    PathLock(taskID: b.id, filesystem: "9:\(round)", path: StoredPath("/x")),
-                ])) != nil
-                let (wonA, wonB) = await (first, second)
+                let (wonA, wonB) = try await raceForOverlappingLocks(one, two, filesystem: "9:\(round)")
                 #expect(wonA != wonB, "round \(round): exactly one of the two overlapping lock sets is taken")
             }
         }
@@ -148,28 +156,19 @@ struct PostgresTaskStoreTests {
     /// A site may make REPEATABLE READ its default. The lock check after the advisory lock then
     /// read the snapshot its transaction took at its first statement, before the lock was granted:
     /// two tasks that reached the advisory lock together both took their overlapping locks. The
-    /// store starts its sessions in READ COMMITTED whatever the default. Here a third session holds
+    /// store begins its transactions in READ COMMITTED whatever the default. Here a third session holds
     /// the advisory lock until both takers have begun and wait for it.
     @Test func overlappingLocksStayExclusiveUnderARepeatableReadDefault() async throws {
         try await withTwoStores(defaults: ["default_transaction_isolation = 'repeatable read'"]) { cluster, database, one, two in
             for round in 0..<3 {
-                let a = try await one.create(newMove())
-                let b = try await two.create(newMove())
-                #expect(try await one.claim(id: a.id, worker: "wa", lease: .seconds(30)) != nil)
-                #expect(try await two.claim(id: b.id, worker: "wb", lease: .seconds(30)) != nil)
                 let released = DispatchSemaphore(value: 0)
-                Thread.detachNewThread {
-                    _ = try? cluster.psql(database, "SELECT pg_advisory_xact_lock(\(PostgresSchema.pathLock)), pg_sleep(1.5)")
-                    released.signal()
+                let (wonA, wonB) = try await raceForOverlappingLocks(one, two, filesystem: "8:\(round)") {
+                    Thread.detachNewThread {
+                        _ = try? cluster.psql(database, "SELECT pg_advisory_xact_lock(\(PostgresSchema.pathLock)), pg_sleep(1.5)")
+                        released.signal()
+                    }
+                    try await Task.sleep(for: .milliseconds(400))
                 }
-                try await Task.sleep(for: .milliseconds(400))
-                async let first: Bool = (try? await one.acquireLocks(id: a.id, worker: "wa", [
-                    PathLock(taskID: a.id, filesystem: "8:\(round)", path: StoredPath("/x/y")),
-                ])) != nil
-                async let second: Bool = (try? await two.acquireLocks(id: b.id, worker: "wb", [
-                    PathLock(taskID: b.id, filesystem: "8:\(round)", path: StoredPath("/x")),
-                ])) != nil
-                let (wonA, wonB) = await (first, second)
                 released.wait()
                 #expect(wonA != wonB, "round \(round): exactly one of the two overlapping lock sets is taken")
             }
