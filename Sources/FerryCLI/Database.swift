@@ -2,6 +2,7 @@ import ArgumentParser
 import FerryConfig
 import FerryJobs
 import FerryJobsPostgres
+import FerrySystem
 import Foundation
 import Synchronization
 
@@ -126,11 +127,9 @@ func ferryExecutable() -> String {
     (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
 }
 
-/// The user a task is recorded for.
-func currentUser() -> String {
-    if let entry = getpwuid(geteuid()), let name = entry.pointee.pw_name { return String(cString: name) }
-    return "uid\(geteuid())"
-}
+/// The owner of the tasks this process creates: the name workers and the server match it against
+/// (`ClaimScope`, `AgentClient.identity`).
+func currentUser() -> String { UserIdentity.current.name }
 
 extension TaskRecord {
     var json: [String: Any?] {

@@ -77,6 +77,9 @@ public final class RemoteTaskStore: TaskStore {
     public func list(_ filter: TaskFilter) async throws -> [TaskRecord] { try await refused("list") }
     public func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] { try await refused("claim") }
     public func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? { try await refused("claimTask") }
+    public func claim(worker: String, limit: Int, lease: Duration, ownedBy owner: String) async throws -> [TaskRecord] {
+        try await refused("claim")
+    }
     public func locks() async throws -> [PathLock] { try await refused("locks") }
     public func requestCancel(_ id: String) async throws -> TaskRecord { try await refused("requestCancel") }
     public func retry(_ id: String) async throws -> TaskRecord { try await refused("retry") }

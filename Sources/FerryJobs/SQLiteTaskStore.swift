@@ -128,17 +128,24 @@ public final class SQLiteTaskStore: TaskStore {
         return record
     }
 
-    public func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] {
+    public func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] { try await claim(worker, limit, lease, nil) }
+    public func claim(worker: String, limit: Int, lease: Duration, ownedBy owner: String) async throws -> [TaskRecord] {
+        try await claim(worker, limit, lease, owner)
+    }
+
+    private func claim(_ worker: String, _ limit: Int, _ lease: Duration, _ owner: String?) async throws -> [TaskRecord] {
         try await pool.write { db in
             let now = Date().timeIntervalSince1970
+            let mine = owner == nil ? "" : "AND owner = ?"
+            let theirs: [any DatabaseValueConvertible] = owner.map { [$0] } ?? []
             // Tasks nobody holds first (the unleased index), then those whose lease expired (the
             // lease index): neither query reads the tasks that are leased and alive.
             let free = try String.fetchAll(db, sql: """
                 SELECT id FROM tasks INDEXED BY tasks_unleased
                 WHERE lease_owner IS NULL AND status IN ('pending','validating','locked','copying','verifying','committing')
-                  AND (not_before IS NULL OR not_before <= ?)
+                  AND (not_before IS NULL OR not_before <= ?) \(mine)
                 ORDER BY created_at, id LIMIT ?
-                """, arguments: [now, limit])
+                """, arguments: StatementArguments([now as any DatabaseValueConvertible] + theirs + [limit]))
             var taken = try free.map { id in try Self.take(db, id, worker: worker, lease: lease, now: now, from: nil) }
             if taken.count < limit {
                 // Each with the worker whose lease it was: the claim takes the task over from it.
@@ -146,9 +153,9 @@ public final class SQLiteTaskStore: TaskStore {
                     SELECT id, lease_owner FROM tasks INDEXED BY tasks_leased
                     WHERE lease_owner IS NOT NULL AND lease_expires_at < ?
                       AND status IN ('pending','validating','locked','copying','verifying','committing')
-                      AND (not_before IS NULL OR not_before <= ?)
+                      AND (not_before IS NULL OR not_before <= ?) \(mine)
                     ORDER BY lease_expires_at LIMIT ?
-                    """, arguments: [now, now, limit - taken.count])
+                    """, arguments: StatementArguments([now, now] as [any DatabaseValueConvertible] + theirs + [limit - taken.count]))
                 taken += try expired.map { row in try Self.take(db, row["id"], worker: worker, lease: lease, now: now, from: row["lease_owner"]) }
             }
             return taken

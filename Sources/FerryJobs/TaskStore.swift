@@ -15,6 +15,11 @@ public protocol TaskStore: Sendable {
     /// Leases up to `limit` claimable tasks (running and not leased, or leased with an expired
     /// lease, and past their retry time), oldest first. Each claim counts an attempt.
     func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord]
+    /// As `claim(worker:limit:lease:)`, only tasks whose owner is `owner`: a worker without root's
+    /// rights runs tasks with its own, so it must take only its own user's (another user's task
+    /// would run with rights its owner never had, and a task it cannot run would be delayed for
+    /// the worker that can).
+    func claim(worker: String, limit: Int, lease: Duration, ownedBy owner: String) async throws -> [TaskRecord]
     /// Leases one given task if it is claimable (for `ferry move` running its own task).
     func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord?
     /// Extends the lease, also one that expired if nobody has claimed the task since; false if
@@ -141,5 +146,20 @@ extension TaskStore {
             if page.count < 1000 { return counts }
             offset += page.count
         }
+    }
+}
+
+/// Whose tasks a process may claim.
+public enum ClaimScope {
+    /// The owner whose tasks this process may run: any as root (it runs each as its owner, or
+    /// with the server's rights when an admin asked for that), else only its own user's.
+    public static var forThisProcess: String? { geteuid() == 0 ? nil : UserIdentity.current.name }
+}
+
+extension TaskStore {
+    /// `claim(worker:limit:lease:)`, or only `owner`'s tasks when there is one (`ClaimScope`).
+    public func claim(worker: String, limit: Int, lease: Duration, scope owner: String?) async throws -> [TaskRecord] {
+        if let owner { return try await claim(worker: worker, limit: limit, lease: lease, ownedBy: owner) }
+        return try await claim(worker: worker, limit: limit, lease: lease)
     }
 }

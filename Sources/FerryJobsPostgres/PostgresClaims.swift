@@ -177,6 +177,23 @@ enum ClaimSQL {
         SELECT \(PostgresSchema.columns("u")), 1::bigint AS slot, u.previous FROM u
         """
 
+    /// `single` for the tasks of one owner (`$3`), for a worker without root's rights: written out
+    /// each time, not prepared, and never combined with other claims, as such workers are few.
+    static let owned = """
+        \(candidates(limit: 1, owner: "$3")),
+        c AS MATERIALIZED (
+            SELECT * FROM free UNION ALL SELECT * FROM expired
+            ORDER BY created_at, id LIMIT 1),
+        u AS (
+            UPDATE tasks t SET lease_owner = $1, lease_expires_at = n.now + $2,
+              attempts = t.attempts + \(counted("nullif(c.previous, $1)")),
+              waiting_for = \(keptWait("nullif(c.previous, $1)")), updated_at = n.now
+            FROM c, n WHERE t.id = c.id AND t.owner = $3 AND \(stillClaimable)
+            RETURNING t.*, nullif(c.previous, $1) AS previous),
+        \(recorded())
+        SELECT \(PostgresSchema.columns("u")), 1::bigint AS slot, u.previous FROM u
+        """
+
     /// A free task (`previous` null) is checked on its own row too, not taken on the queue's word
     /// alone: a queue row left stale (triggers off for a data-only restore, a replica role) must
     /// not hand out a task another worker holds, or one that ended. Checked in the update, on the
@@ -198,12 +215,14 @@ enum ClaimSQL {
     /// rows are locked FOR NO KEY UPDATE, as the claim's update locks them: a FOR UPDATE lock
     /// would conflict with the KEY SHARE lock that inserting an event (its foreign key) takes,
     /// and the claim would skip a task someone was only writing history for.
-    private static func candidates(limit: Int) -> String {
-        """
+    private static func candidates(limit: Int, owner: String? = nil) -> String {
+        let freeOwned = owner.map { " AND t.owner = \($0)" } ?? ""
+        let expiredOwned = owner.map { " AND tasks.owner = \($0)" } ?? ""
+        return """
         WITH n AS MATERIALIZED (SELECT \(PostgresSchema.clock) AS now),
         free AS MATERIALIZED (
             SELECT t.id, t.created_at, NULL::text AS previous FROM task_queue q JOIN tasks t ON t.id = q.task_id
-            WHERE q.not_before IS NULL OR q.not_before <= (SELECT now FROM n)
+            WHERE (q.not_before IS NULL OR q.not_before <= (SELECT now FROM n))\(freeOwned)
             ORDER BY q.created_at, q.task_id
             LIMIT \(limit)
             FOR NO KEY UPDATE OF q, t SKIP LOCKED),
@@ -211,7 +230,7 @@ enum ClaimSQL {
             SELECT tasks.id, tasks.created_at, tasks.lease_owner AS previous FROM tasks
             WHERE tasks.lease_owner IS NOT NULL AND tasks.lease_expires_at < (SELECT now FROM n)
               AND tasks.status IN ('pending','validating','locked','copying','verifying','committing')
-              AND (tasks.not_before IS NULL OR tasks.not_before <= (SELECT now FROM n))
+              AND (tasks.not_before IS NULL OR tasks.not_before <= (SELECT now FROM n))\(expiredOwned)
             ORDER BY tasks.lease_expires_at
             LIMIT \(limit)
             FOR NO KEY UPDATE OF tasks SKIP LOCKED)

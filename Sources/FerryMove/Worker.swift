@@ -14,11 +14,15 @@ public final class Worker: Sendable {
     public let janitorInterval: Duration?
     /// Hears each of those clean-ups' reports or errors.
     public let onJanitorPass: @Sendable (Result<Janitor.Report, any Error>) -> Void
+    /// The one owner whose tasks this worker takes, or nil for all (`ClaimScope`): a worker runs
+    /// tasks with its own rights, which must be their owner's.
+    public let owner: String?
     private let runs = Atomic<UInt64>(0)
 
-    public init(engine: MoveEngine, concurrency: Int = 2, janitorInterval: Duration? = nil,
+    public init(engine: MoveEngine, concurrency: Int = 2, janitorInterval: Duration? = nil, owner: String? = ClaimScope.forThisProcess,
                 onJanitorPass: @escaping @Sendable (Result<Janitor.Report, any Error>) -> Void = { _ in }) {
         self.engine = engine
+        self.owner = owner
         self.concurrency = max(1, concurrency)
         self.janitorInterval = janitorInterval
         self.onJanitorPass = onJanitorPass
@@ -43,7 +47,7 @@ public final class Worker: Sendable {
                     // the fence tells a run that lost its task (its heartbeats failed for a whole
                     // lease) from the run that took it back, even in this same process.
                     let name = "\(engine.settings.worker)#\(runs.add(1, ordering: .relaxed).newValue)"
-                    let claimed = (try? await engine.store.claim(worker: name, limit: 1, lease: engine.settings.lease)) ?? []
+                    let claimed = (try? await engine.store.claim(worker: name, limit: 1, lease: engine.settings.lease, scope: owner)) ?? []
                     for task in claimed {
                         // A task whose runs keep ending unexpectedly is handed back to be rolled
                         // back (by the next claim), not run again.

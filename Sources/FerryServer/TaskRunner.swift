@@ -23,12 +23,17 @@ public final class TaskRunner: Service, Sendable {
     let feed: ChangeFeed
     let metrics: ServerMetrics
     let logger: Logger
+    /// The one owner whose tasks this runner takes, or nil for all: without root's rights it can
+    /// run only its own user's (`ClaimScope`).
+    let owner: String?
     private let children = Mutex<[String: ChildProcess]>([:])
     private let runs = Atomic<UInt64>(0)
     private let stopping = CancellationFlag()
 
     public init(store: any TaskStore, executable: String, configuration: FerryConfiguration, concurrency: Int,
-                worker: String, lease: Duration, feed: ChangeFeed, metrics: ServerMetrics, logger: Logger) {
+                worker: String, lease: Duration, feed: ChangeFeed, metrics: ServerMetrics, logger: Logger,
+                owner: String? = ClaimScope.forThisProcess) {
+        self.owner = owner
         self.store = store
         self.executable = executable
         self.configuration = configuration
@@ -66,7 +71,7 @@ public final class TaskRunner: Service, Sendable {
             var claimed: [TaskRecord] = []
             for _ in 0..<concurrency {
                 let name = runName()
-                guard let task = (try? await store.claim(worker: name, limit: 1, lease: lease))?.first else { break }
+                guard let task = (try? await store.claim(worker: name, limit: 1, lease: lease, scope: owner))?.first else { break }
                 if await UnexpectedEnds.giveUpAfterTakeover(task, worker: name, store: store) { continue }  // claimed again, to roll back
                 claimed.append(task)
             }
@@ -91,7 +96,7 @@ public final class TaskRunner: Service, Sendable {
                     let claimed: TaskRecord?
                     let name = runName()
                     do {
-                        claimed = try await store.claim(worker: name, limit: 1, lease: lease).first
+                        claimed = try await store.claim(worker: name, limit: 1, lease: lease, scope: owner).first
                     } catch {
                         logger.error("claiming tasks failed", metadata: ["error": "\(error)"])
                         claimed = nil

@@ -27,6 +27,9 @@ final class HookedStore: TaskStore {
     func events(_ id: String) async throws -> [TaskEvent] { try await base.events(id) }
     func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] { try await base.claim(worker: worker, limit: limit, lease: lease) }
     func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? { try await base.claim(id: id, worker: worker, lease: lease) }
+    func claim(worker: String, limit: Int, lease: Duration, ownedBy owner: String) async throws -> [TaskRecord] {
+        try await base.claim(worker: worker, limit: limit, lease: lease, ownedBy: owner)
+    }
     func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool { try await base.heartbeat(id: id, worker: worker, lease: lease) }
     func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws {
         try beforeAdvance(id, status)
