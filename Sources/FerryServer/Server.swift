@@ -182,7 +182,7 @@ enum Web {
     static var directory: String { Bundle.module.resourcePath.map { $0 + "/Web" } ?? "Web" }
 
     static func templates() async throws -> MustacheLibrary {
-        try await MustacheLibrary(directory: directory + "/templates")
+        try await ByteHTMLEscaping.library(directory: directory + "/templates")
     }
 
     static func file(_ name: String) -> Data? {
