@@ -42,7 +42,7 @@ final class ProgressBar: @unchecked Sendable {
                 parts.append("\(Format.count(UInt64(Double(progress.entriesDone) / progress.elapsedSeconds))) files/s")
             }
         } else if progress.bytesPerSecond > 0 {
-            parts.append("\(Format.bytes(UInt64(progress.bytesPerSecond)))/s")
+            parts.append(Format.rate(progress.bytesPerSecond))
         }
         if let eta = progress.secondsRemaining { parts.append("ETA \(Format.duration(eta))") }
         var line = parts.joined(separator: "  ")

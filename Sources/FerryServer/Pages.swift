@@ -217,7 +217,7 @@ enum Pages {
             "bytesText": p.bytesTotal > 0 ? "\(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytesTotal))" : p.bytesDone > 0 ? Format.bytes(p.bytesDone) : "—",
             "filesText": p.entriesTotal > 0 ? "\(Format.count(p.entriesDone)) of \(Format.count(p.entriesTotal)) entries"
                 : p.entriesDone > 0 ? "\(Format.count(p.entriesDone)) entries" : "—",
-            "rateText": p.bytesPerSecond > 0 ? "\(Format.bytes(UInt64(p.bytesPerSecond)))/s" : "",
+            "rateText": Format.rate(p.bytesPerSecond),
             "etaText": view.progress.etaSeconds.map { Format.duration($0) } ?? "",
             "terminal": task.status.isTerminal, "canCancel": !task.status.isTerminal,
             "canRetry": [.failed, .cancelled, .rolledBack].contains(task.status),

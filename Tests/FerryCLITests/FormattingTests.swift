@@ -14,6 +14,14 @@ import Testing
         #expect(Format.duration(65) == "1:05")
         #expect(Format.duration(7384) == "2:03:04")
         #expect(Format.duration(.infinity) == "--:--")
+        // An estimate from a rate near zero (a sparse file's apparent size ahead): no figure, no trap.
+        #expect(Format.duration(359_999_999) == "99999:59:59")
+        #expect(Format.duration(9.3e18) == "--:--")
+        #expect(Format.duration(1e300) == "--:--")
+        #expect(Format.rate(Double(256 << 20)) == "256 MiB/s")
+        #expect([0, -1, .nan, .infinity].map(Format.rate) == ["", "", "", ""])
+        #expect(Format.rate(1e300) == "15.6 EiB/s")
+        #expect(Format.span(1e300) == "\(Int(1e15) / 86_400) days")
         #expect([0, 59.9, 60, 3599, 3600, 86_399, 86_400, 172_800, -5].map(Format.span)
                 == ["0 s", "59 s", "1 min", "59 min", "1 h", "23 h", "1 day", "2 days", "0 s"])
     }
