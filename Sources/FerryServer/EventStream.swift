@@ -30,7 +30,15 @@ enum EventStream {
                 }
                 let seen = state.feed.current
                 let tasks = try await fetch()
-                for task in tasks where sent[task.id] != task {
+                // A task sent as running that the fetch no longer lists (it ended past what the
+                // list keeps, e.g. beyond its newest 50) is read by itself, so that the page
+                // sees it end instead of showing it running for good.
+                let listed = Set(tasks.map(\.id))
+                var changed = tasks
+                for (id, last) in sent where !last.status.isTerminal && !listed.contains(id) {
+                    if let now = try await state.store.task(id) { changed.append(now) } else { sent[id] = nil }
+                }
+                for task in changed where sent[task.id] != task {
                     sent[task.id] = task
                     let json = String(decoding: try WireJSON.encoder.encode(TaskView(task)), as: UTF8.self)
                     try await writer.write(ByteBuffer(string: "event: task\nid: \(task.id)\ndata: \(json)\n\n"))

@@ -128,9 +128,12 @@ enum Routes {
             } endWhen: { $0.first?.status.isTerminal ?? true }
         })
 
-        router.get("/api/stream", use: handle { _, context in
+        router.get("/api/stream", use: handle { request, context in
             let principal = try context.requirePrincipal()
-            let owner = principal.isAdmin ? nil : principal.user
+            // The user's own tasks; an admin's stream has everyone's when it asks (`all=1`), as
+            // the admin page and the tasks page's "everyone's" view do.
+            let everyone = try request.query("all") == "1"
+            let owner = principal.isAdmin && everyone ? nil : principal.user
             let slot = try state.streams.take(for: principal.user)
             return EventStream.response(state: state, slot: slot, allowed: sessionLive(context, state)) {
                 // Running tasks and those that ended in the last minute (so a stream sees them finish).

@@ -258,15 +258,22 @@
       node.textContent = message;
       node.hidden = !message;
     }
-    for (const button of $$('[data-action="cancel"]', holder)) {
-      button.hidden = !canCancel(task);
-      button.disabled = false;
-      button.classList.remove('busy');
-    }
-    for (const button of $$('[data-action="retry"]', holder)) {
-      button.hidden = !canRetry(task);
-      button.disabled = false;
-      button.classList.remove('busy');
+    // A button whose request is still on its way stays disabled (a second click would only be
+    // refused); one that hides itself hands the keyboard focus to the task's status.
+    for (const [action, allowed] of [['cancel', canCancel(task)], ['retry', canRetry(task)]]) {
+      for (const button of $$('[data-action="' + action + '"]', holder)) {
+        const hadFocus = document.activeElement === button;
+        button.hidden = !allowed;
+        if (button.getAttribute('data-pending') !== 'true') {
+          button.disabled = false;
+          button.classList.remove('busy');
+        }
+        if (hadFocus && !allowed) {
+          const status = $('[data-field="status"]', holder) || holder;
+          if (!status.hasAttribute('tabindex')) status.setAttribute('tabindex', '-1');
+          status.focus();
+        }
+      }
     }
     return previous !== task.status;
   }
@@ -299,13 +306,17 @@
       const action = button.getAttribute('data-action');
       if (action !== 'cancel' && action !== 'retry') return;
       const id = holder.getAttribute('data-task-id');
+      if (button.getAttribute('data-pending') === 'true') return;
+      button.setAttribute('data-pending', 'true');
       button.disabled = true;
       button.classList.add('busy');
       try {
         const task = await api('POST', '/api/tasks/' + encodeURIComponent(id) + '/' + action);
+        button.removeAttribute('data-pending');
         renderTask(holder, task);
         if (onTask) onTask(task, action);
       } catch (error) {
+        button.removeAttribute('data-pending');
         button.disabled = false;
         button.classList.remove('busy');
         showToast(error.message, 'error');
@@ -314,7 +325,9 @@
   }
 
   // One live connection. EventSource reconnects by itself after a network error; `end` closes it.
-  function openStream(url, onTask, onEnd) {
+  // `onReopen`: called when the connection comes back after a drop, for what it missed meanwhile
+  // (a new stream sends only what runs now and what ended in the last minute).
+  function openStream(url, onTask, onEnd, onReopen) {
     const indicator = $('#live-indicator');
     const setIndicator = (state, text) => {
       if (!indicator) return;
@@ -328,23 +341,42 @@
     }
     setIndicator('off', 'Connecting…');
     const source = new EventSource(url);
-    source.addEventListener('open', () => setIndicator('live', 'Live'));
+    let dropped = false;
+    source.addEventListener('open', () => {
+      setIndicator('live', 'Live');
+      if (dropped && onReopen) onReopen();
+      dropped = false;
+    });
     source.addEventListener('task', (event) => {
       setIndicator('live', 'Live');
       let task;
       try { task = JSON.parse(event.data); } catch (_) { return; }
       if (task && task.id) onTask(task);
     });
-    source.addEventListener('end', () => {
+    source.addEventListener('end', (event) => {
       source.close();
+      let reason = '';
+      try { reason = (JSON.parse(event.data || '{}') || {}).reason || ''; } catch (_) { /* no reason */ }
+      if (reason) {
+        // The session ended (signed out, expired): the figures stop here, and say why.
+        setIndicator('off', 'Signed out');
+        showToast('You were signed out, so the figures here no longer change. Reload the page to sign in again.', 'error');
+        return;
+      }
       setIndicator('off', 'Finished');
       if (onEnd) onEnd();
     });
     source.addEventListener('error', () => {
-      if (source.readyState === EventSource.CLOSED) setIndicator('off', 'Disconnected');
+      dropped = true;
+      // A stream refused outright (signed out while away, or the server restarted and forgot
+      // its sessions) is not retried by the browser.
+      if (source.readyState === EventSource.CLOSED) setIndicator('off', 'Disconnected: reload the page (you may need to sign in again)');
       else setIndicator('retrying', 'Reconnecting…');
     });
     window.addEventListener('pagehide', () => source.close());
+    // Back to this page from the browser's cache: its stream was closed on leaving, and its
+    // figures are old; a fresh load shows them as they are.
+    window.addEventListener('pageshow', (event) => { if (event.persisted) window.location.reload(); });
     return source;
   }
 
@@ -397,7 +429,8 @@
     }
 
     wireTaskActions(list, () => applyFilter());
-    openStream('/api/stream', (task) => {
+    const everyone = list.getAttribute('data-show-owner') === 'true';
+    openStream(everyone ? '/api/stream?all=1' : '/api/stream', (task) => {
       let card = list.querySelector('[data-task-id="' + CSS.escape(task.id) + '"]');
       if (!card) {
         card = newTaskCard(task);
@@ -408,8 +441,21 @@
         renderTask(card, task);
       }
       applyFilter();
-    });
+    }, null, () => rereadUnfinished(list, applyFilter));
     applyFilter();
+  }
+
+  // Reads again each task shown as not ended: one that ended while the stream was down, more than
+  // a minute ago, is not in what a new stream sends.
+  function rereadUnfinished(root, after) {
+    for (const holder of $$('[data-task-id]', root)) {
+      if (holder.getAttribute('data-terminal') === 'true') continue;
+      const id = holder.getAttribute('data-task-id');
+      api('GET', '/api/tasks/' + encodeURIComponent(id)).then((task) => {
+        renderTask(holder, task);
+        if (after) after();
+      }).catch(() => { /* shown as it was; the next change comes through the stream */ });
+    }
   }
 
   // ---------- page: task detail ----------
@@ -497,10 +543,10 @@
     const indicator = $('#live-indicator', page);
     if (indicator) indicator.hidden = !list;
     if (list) {
-      openStream('/api/stream', (task) => {
+      openStream('/api/stream?all=1', (task) => {
         const row = list.querySelector('[data-task-id="' + CSS.escape(task.id) + '"]');
         if (row) renderTask(row, task);
-      });
+      }, null, () => rereadUnfinished(list));
     }
     const result = $('#janitor-result', page);
     for (const button of $$('#janitor-dry-run, #janitor-run', page)) {
@@ -649,6 +695,8 @@
       request: null,
       sequence: 0,
       firstLoad: true,
+      // Set while the task is being created: nothing may enable the button again meanwhile.
+      submitting: false,
     };
 
     const verb = () => (state.kind === 'copy' ? 'Copy' : 'Move');
@@ -717,7 +765,7 @@
           warnings.hidden = false;
         }
         confirm.hidden = !answer.allowed;
-        confirm.disabled = false;
+        confirm.disabled = state.submitting;
         confirm.textContent = verb() + ' here';
       } catch (error) {
         if (error.name === 'AbortError' || sequence !== state.sequence) return;
@@ -898,13 +946,15 @@
     if (verify) verify.addEventListener('change', runPreflight);
 
     confirm.addEventListener('click', async () => {
-      if (confirm.hidden || confirm.disabled) return;
+      if (confirm.hidden || confirm.disabled || state.submitting) return;
+      state.submitting = true;
       confirm.disabled = true;
       confirm.classList.add('busy');
       try {
         const task = await api('POST', '/api/tasks', body());
         window.location.assign('/tasks/' + encodeURIComponent(task.id));
       } catch (error) {
+        state.submitting = false;
         confirm.classList.remove('busy');
         confirm.disabled = false;
         if (error.status === 422) {
@@ -927,6 +977,10 @@
     }
 
     async function open(kind, sources, opener) {
+      if (state.submitting) {
+        showToast('The ' + state.kind + ' you confirmed is being started; its page opens when it has.', 'info');
+        return;
+      }
       state.kind = kind === 'copy' ? 'copy' : 'move';
       state.sources = sources;
       state.opener = opener;
