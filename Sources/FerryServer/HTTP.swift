@@ -32,7 +32,7 @@ extension APIError {
 
 enum Reply {
     static func json(_ data: Data, status: HTTPResponse.Status = .ok) -> Response {
-        Response(status: status, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
+        Response(status: status, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store", noSniff: "nosniff"],
                  body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
@@ -45,9 +45,15 @@ enum Reply {
         fields[.contentType] = "text/html; charset=utf-8"
         fields[.cacheControl] = "no-store"
         fields[.init("X-Frame-Options")!] = "DENY"
-        fields[.init("Content-Security-Policy")!] = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+        fields[noSniff] = "nosniff"
+        fields[.init("Referrer-Policy")!] = "same-origin"
+        fields[.init("Content-Security-Policy")!] =
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
         return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(string: text)))
     }
+
+    /// Browsers take a response for what its Content-Type says, not what they guess.
+    static let noSniff = HTTPField.Name("X-Content-Type-Options")!
 
     static func redirect(_ location: String, headers: HTTPFields = [:]) -> Response {
         var fields = headers
@@ -79,13 +85,19 @@ enum FormData {
             switch byte {
             case UInt8(ascii: "+"): bytes.append(0x20)
             case UInt8(ascii: "%"):
-                guard let high = iterator.next(), let low = iterator.next(),
+                // Two hex digits, nothing else: `UInt8(_:radix:)` alone also takes "+F" or "-0".
+                guard let high = iterator.next(), let low = iterator.next(), isHexDigit(high), isHexDigit(low),
                       let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16) else { return nil }
                 bytes.append(value)
             default: bytes.append(byte)
             }
         }
         return String(validating: bytes, as: UTF8.self)
+    }
+
+    static func isHexDigit(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+            || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
     }
 }
 

@@ -16,7 +16,7 @@ enum Pages {
                 return Response(status: .notFound)
             }
             let type = name.hasSuffix(".css") ? "text/css" : name.hasSuffix(".js") ? "text/javascript" : name.hasSuffix(".svg") ? "image/svg+xml" : "application/octet-stream"
-            return Response(status: .ok, headers: [.contentType: "\(type); charset=utf-8", .cacheControl: "max-age=300"],
+            return Response(status: .ok, headers: [.contentType: "\(type); charset=utf-8", .cacheControl: "max-age=300", Reply.noSniff: "nosniff"],
                             body: .init(byteBuffer: ByteBuffer(bytes: data)))
         }
         router.get("/browse") { request, context in await browse(request, context, state) }
@@ -36,6 +36,8 @@ enum Pages {
             page["csrfToken"] = context.session?.csrfToken ?? ""
         }
         page["authMode"] = state.settings.authMode.rawValue
+        // Behind a login proxy, signing out is the proxy's: Ferry's own would last one request.
+        page["signedInByProxy"] = state.settings.authMode == .proxy
         guard let html = state.templates.render(page, withTemplate: template) else {
             return Reply.html("<h1>Missing template \(template)</h1>", status: .internalServerError)
         }
@@ -85,6 +87,10 @@ enum Pages {
             quotaAsk.path = ask.path
             let quota = try? await state.agent.ask(quotaAsk, as: principal.user, decoding: QuotaResult.self)
             let listing = try await listingData
+            // A page past the end (entries moved away since the link was made): the last one.
+            if listing.entries.isEmpty && offset > 0 {
+                return Reply.redirect(browseURL(path, sort: sort, descending: descending, offset: max(0, (listing.total - 1) / limit * limit)))
+            }
             if let parent = listing.parent { values["parentURL"] = browseURL(parent) }
             values["entries"] = listing.entries.map { entry -> [String: Any] in
                 var row: [String: Any] = [

@@ -89,7 +89,7 @@ enum Routes {
             }
             state.feed.notify(task.id)
             state.logger.info("task created", metadata: ["task": "\(task.id)", "owner": "\(principal.user)", "kind": "\(task.kind.rawValue)"])
-            return try Reply.json(TaskView(task), status: .created)
+            return try Reply.json(TaskView(task), status: .created).with(header: .location, "/api/tasks/\(task.id)")
         })
 
         router.get("/api/tasks", use: handle { request, context in

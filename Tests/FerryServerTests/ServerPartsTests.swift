@@ -82,6 +82,11 @@ import Testing
         #expect(fields["nul"] == .some("a\0b"))
         #expect(fields["empty"] == .some("") && fields["x"] == .some(""))
         #expect(fields["missing"] == nil)
+        // Signs are no hex digits: "%+F" and "%-0" are broken encodings, not 0x0F and NUL.
+        let signed = FormData.parse("plus=%+F&minus=%-0&upper=%2f%2F")
+        #expect(signed["plus"] == .some(nil))
+        #expect(signed["minus"] == .some(nil))
+        #expect(signed["upper"] == .some("//"))
     }
 }
 
