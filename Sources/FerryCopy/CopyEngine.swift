@@ -187,8 +187,13 @@ public final class CopyEngine: Sendable {
     @discardableResult
     public func publish(_ sources: [CopySource], from staging: StagingArea, flushed: Bool = false) throws(CopyError) -> [ByteString] {
         var published: [ByteString] = []
+        if !flushed {
+            do { try makeDurable(staging) } catch {
+                discard(staging)
+                throw error
+            }
+        }
         do {
-            if !flushed { try staging.directory.syncFilesystem() }
             for source in sources {
                 try Self.renameNoReplace(from: staging.directory, source.destinationName, to: staging.parent, source.destinationName)
                 published.append(source.destinationName)
@@ -206,9 +211,20 @@ public final class CopyEngine: Sendable {
         return published
     }
 
-    /// Writes every staged byte and inode to stable storage: one `syncfs`, not an `fsync` per file.
+    /// Writes every staged byte and inode to stable storage: one `syncfs`, not an `fsync` per file
+    /// (except on FUSE, `makeDurable`).
     public func flush(_ staging: StagingArea) throws(CopyError) {
+        try makeDurable(staging)
+    }
+
+    /// `syncfs` of the staging directory's filesystem; on FUSE also an `fsync` of every file and
+    /// directory staged. The kernel passes `syncfs` on to a FUSE server only for virtiofs: for any
+    /// other FUSE filesystem (a pool, sshfs, the tests' quota filesystem) it returns at once with
+    /// nothing written, and only an `fsync` of each file reaches the server.
+    func makeDurable(_ staging: StagingArea) throws(CopyError) {
         do { try staging.directory.syncFilesystem() } catch { throw .system(path: PathDisplay.string(staging.name), error) }
+        guard (try? staging.directory.filesystemStatistics())?.magic == FilesystemStatistics.fuseMagic else { return }
+        try walk([CopySource(directory: staging.parent, name: staging.name)], peer: nil, visitor: SyncVisitor())
     }
 
     private func checkpoint() throws(CopyError) {
@@ -281,7 +297,30 @@ public final class CopyEngine: Sendable {
 
     /// `renameat2(RENAME_NOREPLACE)`; where the filesystem lacks the flag (EINVAL), a file is published
     /// with `link` + `unlink` (link never replaces), a directory with a check and a plain rename.
+    ///
+    /// A directory that moves to another parent has its `..` rewritten, for which the kernel wants
+    /// write permission on the directory itself: a user's read-only directory (0555, as its source
+    /// was) gets owner write for the rename, and its mode back at once after.
     static func renameNoReplace(from: FileDescriptor, _ name: ByteString, to: FileDescriptor, _ newName: ByteString) throws(SystemError) {
+        do {
+            try renameNoReplaceAsIs(from: from, name, to: to, newName)
+        } catch where error.code == .permissionDenied {
+            guard let status = try? from.status(name), status.kind == .directory, status.permissions & 0o200 == 0,
+                  status.uid == geteuid() else { throw error }
+            let directory = try from.openAt(name, [.directory, .noFollow])
+            defer { directory.closeQuietly() }
+            try directory.changeMode(permissions: status.permissions | 0o200)
+            do {
+                try renameNoReplaceAsIs(from: from, name, to: to, newName)
+            } catch {
+                try? directory.changeMode(permissions: status.permissions)
+                throw error
+            }
+            try directory.changeMode(permissions: status.permissions)
+        }
+    }
+
+    private static func renameNoReplaceAsIs(from: FileDescriptor, _ name: ByteString, to: FileDescriptor, _ newName: ByteString) throws(SystemError) {
         do {
             try rename(from: from, name, to: to, newName, flags: .noReplace)
         } catch where error.code == .exists {

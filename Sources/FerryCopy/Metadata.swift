@@ -23,7 +23,10 @@ struct MetadataApplier: Sendable {
         } else if !privileged {
             try keepGroup(status, path()) { () throws(SystemError) in try destination.changeOwner(uid: .max, gid: status.gid) }
         }
-        try destination.changeMode(permissions: status.permissions)
+        // Attributes before the mode: the kernel lets a user set `user.*` attributes only on an
+        // inode they may write, which a read-only mode (0444, 0555) would take away even from its
+        // owner. The mode then comes after (it keeps an ACL's entries, and sets its mask as the
+        // source's mode has it; unlike chown it clears no capability).
         let names: [ByteString]
         do {
             names = try ExtendedAttributes.names(source)
@@ -38,6 +41,7 @@ struct MetadataApplier: Sendable {
                 try refused(name, error, path(), kind: status.kind)
             }
         }
+        try destination.changeMode(permissions: status.permissions)
         try destination.setTimes(access: status.accessTime, modification: status.modificationTime)
     }
 
@@ -54,9 +58,6 @@ struct MetadataApplier: Sendable {
                 try destinationDirectory.changeOwner(destinationName, uid: .max, gid: status.gid)
             }
         }
-        if status.kind != .symlink {
-            try destinationDirectory.changeMode(destinationName, permissions: status.permissions)
-        }
         let names: [ByteString]
         do {
             names = try ExtendedAttributes.names(in: sourceDirectory, symlink: sourceName)
@@ -70,6 +71,9 @@ struct MetadataApplier: Sendable {
             } catch where tolerable(error) || isDirectoryLayout(name, status.kind) {
                 try refused(name, error, path(), kind: status.kind)
             }
+        }
+        if status.kind != .symlink {  // after the attributes, as above
+            try destinationDirectory.changeMode(destinationName, permissions: status.permissions)
         }
         try destinationDirectory.setTimes(destinationName, access: status.accessTime, modification: status.modificationTime)
     }

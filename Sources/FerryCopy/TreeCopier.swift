@@ -169,7 +169,7 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
         case .wait:
             return .deferred
         case .link(let path):
-            try FerrySystem.link(from: destinationRoot, path, to: peer, entry.peerName)
+            try linkFirstCopy(path, to: peer, entry.peerName)
             meter.entries.add(1, ordering: .relaxed)
             return .done
         case .first:
@@ -183,11 +183,31 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
             }
             for (waitingDirectory, name) in waiters {
                 guard let waitingPeer = waitingDirectory.peer else { continue }
-                try FerrySystem.link(from: destinationRoot, path, to: waitingPeer, name)
+                try linkFirstCopy(path, to: waitingPeer, name)
                 meter.entries.add(1, ordering: .relaxed)
                 waitingDirectory.finishDeferredEntry()
             }
             return .done
+        }
+    }
+
+    /// A link to the first copy of a file, at `path` beneath the destination's root, as `name` in
+    /// `peer`. In a tree deeper than PATH_MAX the path is too long for one call: it is then walked
+    /// one directory at a time, each opened through no symlink, one descriptor open at a time.
+    private func linkFirstCopy(_ path: ByteString, to peer: FileDescriptor, _ name: ByteString) throws {
+        do {
+            try FerrySystem.link(from: destinationRoot, path, to: peer, name)
+        } catch {
+            guard error.code == .nameTooLong else { throw error }
+            let (parentPath, last) = BytePath.split(path)
+            var current: FileDescriptor?
+            defer { current?.closeQuietly() }
+            for component in parentPath.split(separator: UInt8(ascii: "/")) where !component.isEmpty {
+                let next = try (current ?? destinationRoot).openAt(Array(component), [.path, .directory, .noFollow])
+                current?.closeQuietly()
+                current = next
+            }
+            try FerrySystem.link(from: current ?? destinationRoot, last, to: peer, name)
         }
     }
 }

@@ -218,3 +218,33 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
         }
     }
 }
+
+/// `fsync` of every file and directory walked (`CopyEngine.makeDurable`, for FUSE): each file by
+/// itself, each directory once its entries are done.
+final class SyncVisitor: TreeVisitor, Sendable {
+    func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
+        let status = try directory.source.status(entry.name)
+        switch status.kind {
+        case .directory:
+            return .descend(peer: nil)
+        case .regular:
+            // A file its owner may not read (mode 0200) may still be opened to write: fsync
+            // takes either.
+            let file: FileDescriptor
+            do {
+                file = try directory.source.openAt(entry.name, [.readOnly, .noFollow, .nonBlocking])
+            } catch where error.code == .permissionDenied {
+                file = try directory.source.openAt(entry.name, [.writeOnly, .noFollow, .nonBlocking])
+            }
+            defer { file.closeQuietly() }
+            try file.sync()
+            return .done
+        default:
+            return .done  // a symlink or a special file is its directory's entry: synced with it
+        }
+    }
+
+    func leave(_ directory: WalkDirectory) throws {
+        try directory.source.sync()
+    }
+}

@@ -18,6 +18,7 @@ public struct FilesystemStatistics: Sendable, Equatable {
     public static let lustreMagic: UInt64 = 0x0BD0_0BD0
     public static let xfsMagic: UInt64 = 0x5846_5342
     public static let ext4Magic: UInt64 = 0xEF53
+    public static let fuseMagic: UInt64 = 0x6573_5546
 
     /// A filesystem whose metadata operations are round trips to a server (Lustre, NFS, SMB/CIFS,
     /// Ceph, GPFS, BeeGFS), by `f_type` from `<linux/magic.h>` and the filesystems' own headers:

@@ -23,8 +23,10 @@ public final class QuotaFS: @unchecked Sendable {
     /// `readErrorIn`: reading a file of that name fails with EIO (a bad sector) until
     /// `liftBudget()`.
     /// `renameFlags: false`: `RENAME_NOREPLACE` fails with EINVAL, as on a filesystem without it.
+    /// `logFsync`: every `fsync` that reaches the filesystem is a line of `fsyncLog`
+    /// (`file PATH` or `dir PATH`, paths from the mount's root).
     public init(budget: Int, errno: String = "EDQUOT", writebackCache: Bool = false, refuseXattrs: Bool = false, hang: String? = nil,
-                readErrorIn: String? = nil, renameFlags: Bool = true) throws {
+                readErrorIn: String? = nil, renameFlags: Bool = true, logFsync: Bool = false) throws {
         directory = try TemporaryDirectory.make(prefix: "ferry-quotafs")
         backing = directory + "/backing"
         mountPoint = directory + "/mnt"
@@ -41,6 +43,7 @@ public final class QuotaFS: @unchecked Sendable {
             if !renameFlags { arguments.append("--no-rename-flags") }
             if let hang { arguments += ["--hang", hang] }
             if let readErrorIn { arguments += ["--read-eio", readErrorIn] }
+            if logFsync { arguments += ["--fsync-log", directory + "/fsync.log"] }
             process.arguments = arguments
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
@@ -54,6 +57,11 @@ public final class QuotaFS: @unchecked Sendable {
             tearDown()
             throw error
         }
+    }
+
+    /// The `fsync`s the filesystem received (`logFsync`), in order.
+    public var fsyncLog: [String] {
+        ((try? String(contentsOfFile: directory + "/fsync.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
     }
 
     /// Lifts the budget (and the read errors) for good (SIGUSR1): the fault has passed.

@@ -82,3 +82,35 @@ struct LinkPublishTests {
         #expect(try FileManager.default.attributesOfItem(atPath: fs.mountPoint + "/fresh")[.size] as? Int == 1000)
     }
 }
+
+/// On FUSE, `syncfs` reaches the filesystem only for virtiofs: what is staged there is made
+/// durable with an `fsync` of every file and directory, each seen by the filesystem itself,
+/// before anything is published.
+@Suite("Flushing a copy on FUSE", .enabled(if: QuotaFS.available), .serialized)
+struct FuseFlushTests {
+    @Test func everyStagedFileAndDirectoryIsSyncedByTheFilesystem() throws {
+        let source = try TemporaryDirectory.make(prefix: "ferry-fuse-flush")
+        defer { try? FileManager.default.removeItem(atPath: source) }
+        try FileManager.default.createDirectory(atPath: source + "/d/sub", withIntermediateDirectories: true)
+        try TreeBuilder.write(source + "/d/a", bytes: 5000, seed: 1)
+        try TreeBuilder.write(source + "/d/sub/b", bytes: 70_000, seed: 2)
+        try TreeBuilder.write(source + "/d/sub/unreadable", bytes: 10, seed: 3)
+        chmod(source + "/d/sub/unreadable", 0o200)
+        #expect(symlink("a", source + "/d/link") == 0)
+        let fs = try QuotaFS(budget: 1 << 30, logFsync: true)
+        defer { fs.tearDown() }
+        let report = try engineCopy(source, "d", to: fs.mountPoint, options: CopyOptions(jobs: 2))
+        #expect(report.published == [Array("d".utf8)])
+        let log = fs.fsyncLog
+        let staging = try #require(log.first { $0.hasPrefix("dir /.ferry-staging-") }.map { String($0.dropFirst(4)).split(separator: "/")[0] },
+                                   "\(log)")
+        for file in ["d/a", "d/sub/b", "d/sub/unreadable"] {
+            #expect(log.contains("file /\(staging)/\(file)"), "\(log)")
+        }
+        for directory in ["d", "d/sub"] {
+            #expect(log.contains("dir /\(staging)/\(directory)"), "\(log)")
+        }
+        #expect(log.contains("dir /\(staging)"), "\(log)")
+        #expect(FileManager.default.contentsEqual(atPath: source + "/d/sub/b", andPath: fs.mountPoint + "/d/sub/b"))
+    }
+}

@@ -73,6 +73,29 @@ static int no_rename_flags;         /* --no-rename-flags: renameat2 flags answer
 static const char *hang_name;       /* --hang NAME: opening a directory NAME blocks (a hung mount) */
 static const char *bad_name;        /* --read-eio NAME: reading a file NAME fails with EIO */
 static unsigned char bad_fds[65536]; /* backing fds opened on such a file (reads have no path) */
+static int fsync_log_fd = -1;       /* --fsync-log FILE: each fsync's path, a line each */
+
+/* Appends "file PATH\n" or "dir PATH\n" to the fsync log, if there is one: PATH from the mount's
+ * root, found from the backing descriptor (libfuse gives fsync no path once a file is open). */
+static void log_fsync(const char *kind, int fd)
+{
+	char proc[64], target[PATH_MAX], line[PATH_MAX + 16];
+	size_t prefix = strlen(backing_path);
+	ssize_t len;
+	int n;
+
+	if (fsync_log_fd < 0)
+		return;
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+	len = readlink(proc, target, sizeof target - 1);
+	if (len < 0)
+		return;
+	target[len] = '\0';
+	const char *shown = strncmp(target, backing_path, prefix) == 0 ? target + prefix : target;
+	n = snprintf(line, sizeof line, "%s %s\n", kind, *shown ? shown : "/");
+	if (n > 0 && (size_t)n < sizeof line && write(fsync_log_fd, line, (size_t)n) < 0)
+		perror("quotafs: fsync log");
+}
 
 static pthread_mutex_t budget_mutex = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t budget_left;
@@ -345,6 +368,7 @@ static int q_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi)
 	int fd = dirfd(d->dp);
 
 	(void)path;
+	log_fsync("dir", fd);
 	return neg_errno(datasync ? fdatasync(fd) : fsync(fd));
 }
 
@@ -593,6 +617,7 @@ static int q_release(const char *path, struct fuse_file_info *fi)
 static int q_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
 	(void)path;
+	log_fsync("file", (int)fi->fh);
 	return neg_errno(datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh));
 }
 
@@ -748,6 +773,8 @@ static void usage(FILE *out, const char *prog)
 		"  --hang NAME             opening a directory named NAME blocks until it is\n"
 		"                          removed from BACKING_DIR (a hung mount); NAME.hung\n"
 		"                          exists meanwhile\n"
+		"  --fsync-log FILE        append \"file PATH\" or \"dir PATH\" to FILE for each\n"
+		"                          fsync that reaches the filesystem\n"
 		"  --no-default-permissions  do not add -o default_permissions\n"
 		"  -f                      stay in the foreground\n"
 		"  -o OPT[,OPT...]         FUSE mount options, e.g. allow_other\n",
@@ -844,6 +871,12 @@ int main(int argc, char *argv[])
 			bad_name = v;
 		} else if ((v = opt_value(argc, argv, &i, "--hang", &missing))) {
 			hang_name = v;
+		} else if ((v = opt_value(argc, argv, &i, "--fsync-log", &missing))) {
+			fsync_log_fd = open(v, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+			if (fsync_log_fd < 0) {
+				fprintf(stderr, "%s: cannot open --fsync-log '%s': %s\n", prog, v, strerror(errno));
+				return 2;
+			}
 		} else if ((v = opt_value(argc, argv, &i, "--errno", &missing))) {
 			if (parse_errno(v, &quota_errno) != 0) {
 				fprintf(stderr, "%s: bad --errno '%s'\n", prog, v);
