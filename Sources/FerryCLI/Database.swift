@@ -155,7 +155,7 @@ extension TaskRecord {
             guard let code = failure?.code else { return FerryCommand.Status.failure.rawValue }
             if code == "locked" { return FerryCommand.Status.locked.rawValue }
             let refusals = ["quota.insufficient", "destination.exists", "source.missing", "hsm.released", "strategy.unknown",
-                            "strategy.invalid", "strategy.unavailable", "permission.denied"]
+                            "strategy.invalid", "strategy.unavailable", "permission.denied", "relink.read_only"]
             return refusals.contains(code) ? FerryCommand.Status.refused.rawValue : FerryCommand.Status.failure.rawValue
         }
     }

@@ -18,8 +18,14 @@ public struct TreeMeasurement: Sendable, Equatable {
     /// Paths that are further links to an inode counted already.
     public var extraHardLinks: UInt64 = 0
     public var sparseFiles: UInt64 = 0
-    /// Regular files whose data is not on disk (Lustre HSM `released`: size > 0, no blocks).
+    /// Regular files whose data is not on disk (Lustre HSM `released`: size > 0, no blocks), and
+    /// their size: on Lustre what a recall brings back, which the copy then needs room for. (On
+    /// other filesystems such a file is only a hole, and these figures mean nothing.)
     public var releasedFiles: UInt64 = 0
+    public var releasedBytes: UInt64 = 0
+    /// Entries other than directories whose directory lacks its owner's write permission (0555):
+    /// a relink renames them out of it, which only root may do there.
+    public var entriesInReadOnlyDirectories: UInt64 = 0
 
     public init() {}
 
@@ -42,8 +48,10 @@ final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
         if status.kind == .regular && status.linkCount > 1 {
             firstLink = seenLinked.withLock { $0.insert(status.fileID).inserted }
         }
+        let inReadOnly = status.kind != .directory && (directory.status.map { $0.permissions & 0o200 == 0 } ?? false)
         totals.withLock { t in
             t.entries += 1
+            if inReadOnly { t.entriesInReadOnlyDirectories += 1 }
             switch status.kind {
             case .directory: t.directories += 1
             case .symlink: t.symlinks += 1
@@ -53,7 +61,10 @@ final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
                 t.bytes += status.size
                 t.allocatedBytes += status.blocks * 512
                 if status.blocks * 512 < status.size { t.sparseFiles += 1 }
-                if status.size > 0 && status.blocks == 0 { t.releasedFiles += 1 }
+                if status.size > 0 && status.blocks == 0 {
+                    t.releasedFiles += 1
+                    t.releasedBytes += status.size
+                }
             default: t.specialFiles += 1
             }
             if status.kind != .regular { t.allocatedBytes += status.blocks * 512 }

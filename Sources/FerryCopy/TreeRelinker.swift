@@ -285,7 +285,12 @@ final class EmptyDirectoryRemover: TreeVisitor, @unchecked Sendable {
 
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
         let status = try directory.source.status(entry.name)
-        if status.kind == .directory { return .descend(peer: nil) }
+        if status.kind == .directory {
+            // Its empty subdirectories go from it, which takes write permission on it: a user's
+            // read-only directory (0555) gets owner write, as `RemoveVisitor` gives it. It goes too.
+            if !processIsPrivileged { try makeWritableForRemoval(entry.name, in: directory.source, status: status) }
+            return .descend(peer: nil)
+        }
         left.withLock { $0.append(directory.displayPath(entry.name)) }
         return .done
     }

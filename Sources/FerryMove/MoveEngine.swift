@@ -158,7 +158,7 @@ public final class MoveEngine: Sendable {
             }
             let (preflight, plan) = try await Blocking.run { [self, task, transfer] in try self.validate(task, transfer, context) }
             if let refusal = preflight.refusal { throw refusal }
-            if task.options.recall, preflight.filesystemKind == .lustre, preflight.measurement.releasedFiles > 0 {
+            if task.options.recall, preflight.sourceOnLustre, preflight.measurement.releasedFiles > 0 {
                 try await store.record(task.id, message: "recalling \(preflight.measurement.releasedFiles) HSM-released files before copying")
                 let restored = try await Blocking.run { [self, transfer] in try self.recall(transfer) }
                 try await store.record(task.id, message: "\(restored) files restored from the HSM archive")

@@ -30,6 +30,8 @@ public struct Preflight: Sendable {
     public var destinationProject: ProjectAttributes?
     public var sourceProject: ProjectAttributes?
     public var filesystemKind: FilesystemKind?
+    /// Whether a source is on Lustre, the one place where files can be released to tape (HSM).
+    public var sourceOnLustre = false
     public var finalPaths: [ByteString]
     public var warnings: [String]
     public var refusal: Refusal?
@@ -78,7 +80,18 @@ public struct Recall: Sendable {
         let deadline = ContinuousClock.now + timeout
         while true {
             let pending = try backend.pendingHSMActions(released)
-            if pending.isEmpty { return released.count }
+            if pending.isEmpty {
+                // Nothing pending says only that the requests ended: one that failed, or a file
+                // lost from the archive, leaves the file released, and the copy would block on it.
+                var still: [ByteString] = []
+                for source in sources { still += try backend.releasedFiles(under: source) }
+                guard still.isEmpty else {
+                    let named = still.prefix(3).map(\.displayString).joined(separator: ", ") + (still.count > 3 ? " and \(still.count - 3) more" : "")
+                    throw Refusal(code: "hsm.restore_failed",
+                                  message: "the HSM did not restore \(still.count) of \(released.count) files (\(named)); ask your HSM administrator whether the archive holds them, then retry the task")
+                }
+                return released.count
+            }
             guard ContinuousClock.now < deadline else {
                 throw Refusal(code: "hsm.timeout", message: "\(pending.count) files were still being restored from tape after \(timeout.components.seconds / 3600) h; retry the task later")
             }
@@ -149,7 +162,8 @@ public struct Planner: Sendable {
     public func preflight(kind: TaskKind, transfer: Transfer, options: TaskOptions, cancellation: CancellationFlag = CancellationFlag(),
                           progress: ProgressHandler? = nil) throws -> Preflight {
         var warnings: [String] = []
-        let strategy: Strategy, backend: any StorageBackend, destinationProject: ProjectAttributes?, sourceProject: ProjectAttributes?
+        var strategy: Strategy
+        let backend: any StorageBackend, destinationProject: ProjectAttributes?, sourceProject: ProjectAttributes?
         switch try choose(kind: kind, transfer: transfer, options: options) {
         case .refused(let refusal): return refused(kind, transfer, code: refusal.code, refusal.message)
         case let .chosen(chosen, chosenBackend, destination, source):
@@ -169,13 +183,32 @@ public struct Planner: Sendable {
                 throw error
             }
         }
+        // A relink renames each file out of its directory, which takes write permission there; a
+        // read-only directory (0555) of the user's would stop it part way (and be rolled back).
+        // Chosen by Ferry, it gives way to a copy; asked for, it is refused.
+        let relinkAskedFor = options.strategy != nil || (kind == .move && configuredStrategy(transfer.destinationPath) != nil)
+        if strategy == .relink && geteuid() != 0 && measurement.entriesInReadOnlyDirectories > 0 && !relinkAskedFor {
+            strategy = .copy
+            warnings.append("\(Format.count(measurement.entriesInReadOnlyDirectories)) entries are in directories without write permission for their owner, out of which a relink cannot rename them: the data is copied instead")
+        }
+        if strategy == .relink && geteuid() != 0 && measurement.entriesInReadOnlyDirectories > 0 {
+            return refused(kind, transfer, code: "relink.read_only",
+                           "a relink renames each file out of its directory, and \(Format.count(measurement.entriesInReadOnlyDirectories)) entries are in directories without write permission for their owner; make them writable first (chmod -R u+w), or move by copy (--strategy copy)")
+        }
         if kind == .copy && strategy != .copy {
             return refused(kind, transfer, code: "strategy.invalid", "a copy can only use the copy strategy")
         }
-        if backend.kind == .lustre && measurement.releasedFiles > 0 && options.recall {
-            warnings.append("\(measurement.releasedFiles) files are released to tape (HSM); they are restored before the copy starts")
+        // Only a source can hold released files: the destination's filesystem says nothing of that
+        // (a sparse file on XFS has no blocks either, and is no tape file). Only a copy reads them:
+        // a relink renames them as they are.
+        let sourceOnLustre = strategy == .copy && zip(transfer.sources, transfer.sourcePaths).contains { source, path in
+            (try? storage(source.directory, BytePath.split(path).0))?.kind == .lustre
         }
-        if backend.kind == .lustre && measurement.releasedFiles > 0 && !options.recall {
+        let released = sourceOnLustre ? measurement.releasedFiles : 0
+        if released > 0 && options.recall {
+            warnings.append("\(released) files (\(Format.bytes(measurement.releasedBytes))) are released to tape (HSM); they are restored before the copy starts")
+        }
+        if released > 0 && !options.recall {
             return refused(kind, transfer, code: "hsm.released",
                            "\(measurement.releasedFiles) files are released to tape (HSM) and would have to be read back; run with --recall to restore them first")
         }
@@ -188,21 +221,26 @@ public struct Planner: Sendable {
         if strategy == .copy || strategy == .relink {
             let report = try backend.quota(of: transfer.destination, path: transfer.destinationPath)
             quota = report
-            let needBytes = UInt64(Double(measurement.allocatedBytes) * (1 + options.margin))
+            // A released file holds no blocks until it is recalled, then all of its size.
+            let needBytes = UInt64(Double(measurement.allocatedBytes + (released > 0 ? measurement.releasedBytes : 0)) * (1 + options.margin))
             let needInodes = UInt64(Double(measurement.inodes) * (1 + options.margin))
             let bytesShort = options.spaceCheck && (report.bytesFree.map { needBytes > $0 } ?? false)
             let inodesShort = options.spaceCheck && (report.inodesFree.map { needInodes > $0 } ?? false)
             if bytesShort || inodesShort {
                 let subject = destinationProject.map { $0.projectID != 0 && report.source != .statvfs ? "project \($0.projectID)" : "the destination filesystem" } ?? "the destination filesystem"
                 let free = "\(report.bytesFree.map(Format.bytes) ?? "?") and \(report.inodesFree.map(Format.count) ?? "?") inodes free"
-                let need = "\(Format.bytes(needBytes)) and \(Format.count(needInodes)) inodes (with a \(Int(options.margin * 100))% margin)"
+                let need = "\(Format.bytes(needBytes)) and \(Format.count(needInodes)) inodes (with a \(Int((options.margin * 100).rounded()))% margin)"
                 refusal = Refusal(code: "quota.insufficient", message: "\(subject) has \(free); this \(kind.rawValue) needs \(need)")
             }
             if report.inaccurate == true { warnings.append("the quota figures are estimates (lfs could not reach every target)") }
+            if let note = report.note, report.source == .statvfs, destinationProject.map({ $0.projectID != 0 }) ?? false {
+                warnings.append("the free space is the filesystem's, not the project's (\(note)): a project quota may stop the copy sooner")
+            }
         }
         var verdict = Preflight(kind: kind, strategy: strategy, measurement: measurement, quota: quota,
                                 destinationProject: destinationProject, sourceProject: sourceProject, filesystemKind: backend.kind,
                                 finalPaths: transfer.finalPaths, warnings: warnings, refusal: refusal)
+        verdict.sourceOnLustre = sourceOnLustre
         verdict.copiers = copyOptions.jobs
         verdict.walkers = copyOptions.metadataJobs(on: transfer.sources[0].directory)
         return verdict

@@ -19,11 +19,14 @@ struct CommandRunner: Sendable {
         try run(bytes: arguments.map { Array($0.utf8) })
     }
 
-    func run(bytes arguments: [ByteString]) throws(StorageError) -> Output {
+    /// `timeout`: this call's own limit in seconds, when it is not the runner's (a walk of a
+    /// whole tree by `lfs find` takes as long as the tree is large).
+    func run(bytes arguments: [ByteString], timeout: Double? = nil) throws(StorageError) -> Output {
+        let timeout = timeout ?? self.timeout
         let outcome: ChildProcess.Outcome
         do {
             outcome = try ChildProcess.run(executable: resolvedExecutable(), byteArguments: arguments,
-                                           environment: ProcessInfo.processInfo.environment, identity: nil,
+                                           environment: Self.environment(), identity: nil,
                                            workingDirectory: FileManager.default.currentDirectoryPath,
                                            deadline: .now + .milliseconds(Int64(timeout * 1000)))
         } catch {
@@ -41,6 +44,16 @@ struct CommandRunner: Sendable {
             }
             return Output(status: status, standardOutput: output, standardError: String(decoding: error, as: UTF8.self))
         }
+    }
+
+    /// What the helper is given of the environment: where to find programs, and the C locale, in
+    /// which its output is what the parsers read. Nothing else: the server's and the CLI's
+    /// secrets (`FERRY_AUTH_TOKEN`, `FERRY_DATABASE_URL` with its password) are not its business.
+    static func environment() -> [String: String] {
+        var kept = ["LC_ALL": "C"]
+        let own = ProcessInfo.processInfo.environment
+        for name in ["PATH", "HOME", "TZ"] { if let value = own[name] { kept[name] = value } }
+        return kept
     }
 
     /// A bare name is looked up in PATH, as a shell would.

@@ -24,16 +24,21 @@ public struct LustreBackend: StorageBackend {
         return version >= LustreVersion(major: 2, minor: 15)
     }
 
-    /// The version `lfs --version` reports, nil when it cannot be run or read.
+    /// The version `lfs --version` reports, nil when it cannot be run or read. Only an answer is
+    /// kept: a failure (a timeout while a server was down) is asked again next time, rather than
+    /// ruling out relink for the life of the process.
     public var version: LustreVersion? {
         let path = lfs.executable
         if let known = Self.versions.withLock({ $0[path] }) { return known }
         let parsed = (try? lfs.run(["--version"])).flatMap { $0.status == 0 ? LustreVersion(lfsOutput: String(decoding: $0.standardOutput, as: UTF8.self)) : nil }
-        Self.versions.withLock { $0[path] = .some(parsed) }
+        if let parsed { Self.versions.withLock { $0[path] = parsed } }
         return parsed
     }
 
-    private static let versions = Mutex<[String: LustreVersion?]>([:])
+    private static let versions = Mutex<[String: LustreVersion]>([:])
+
+    /// The limit of one `lfs find` over a move's source: 12 hours, for tens of millions of entries.
+    public static let findTimeout: Double = 12 * 3600
 
     /// `lfs quota -p ID MOUNT`, parsed; byte figures in bytes. Where `lfs` fails the figures come from
     /// `statvfs`, with the reason in `note`.
@@ -51,14 +56,24 @@ public struct LustreBackend: StorageBackend {
         report.bytesUsed = parsed.bytesUsed
         report.bytesSoftLimit = parsed.bytesSoftLimit
         report.bytesHardLimit = parsed.bytesHardLimit
-        report.bytesFree = LinuxProjectBackend.headroom(limit: parsed.bytesHardLimit, used: parsed.bytesUsed, filesystem: fs?.availableBytes)
+        report.bytesFree = LinuxProjectBackend.headroom(limit: Self.enforced(soft: parsed.bytesSoftLimit, hard: parsed.bytesHardLimit, grace: parsed.bytesGrace),
+                                                        used: parsed.bytesUsed, filesystem: fs?.availableBytes)
         report.inodesUsed = parsed.inodesUsed
         report.inodesSoftLimit = parsed.inodesSoftLimit
         report.inodesHardLimit = parsed.inodesHardLimit
-        report.inodesFree = LinuxProjectBackend.headroom(limit: parsed.inodesHardLimit, used: parsed.inodesUsed, filesystem: fs?.freeInodes)
+        report.inodesFree = LinuxProjectBackend.headroom(limit: Self.enforced(soft: parsed.inodesSoftLimit, hard: parsed.inodesHardLimit, grace: parsed.inodesGrace),
+                                                         used: parsed.inodesUsed, filesystem: fs?.freeInodes)
         report.overLimit = parsed.bytesOverLimit || parsed.inodesOverLimit
         report.inaccurate = parsed.inaccurate
         return report
+    }
+
+    /// The limit Lustre holds writes to: the hard limit; the soft one where there is no hard one
+    /// (past it, writes stop when the grace period ends, which a long copy outlasts); the soft one
+    /// also once its grace period has run out (usage over it then has no room left at all).
+    static func enforced(soft: UInt64?, hard: UInt64?, grace: QuotaGrace) -> UInt64? {
+        if let soft, grace.hasRunOut { return min(soft, hard ?? soft) }
+        return hard ?? soft
     }
 
     public func lustreQuota(project: UInt32, mountPoint: String) throws(StorageError) -> LustreQuotaReport {
@@ -127,8 +142,11 @@ public struct LustreBackend: StorageBackend {
 
     /// Files under `directory` whose data is on tape only: `lfs find DIR --layout released --print0`
     /// (there is no `lfs find -hsm`). Paths as bytes, both ways.
+    /// It walks the tree on the metadata servers, which takes as long as the tree is large: its
+    /// limit is `findTimeout`, not the runner's.
     public func releasedFiles(under directory: ByteString) throws(StorageError) -> [ByteString] {
-        let output = try lfs.run(bytes: [Array("find".utf8), directory] + ["--layout", "released", "--print0"].map { Array($0.utf8) })
+        let output = try lfs.run(bytes: [Array("find".utf8), directory] + ["--layout", "released", "--print0"].map { Array($0.utf8) },
+                                 timeout: max(lfs.timeout, Self.findTimeout))
         guard output.status == 0 else {
             throw StorageError(.command, "lfs find \(PathDisplay.string(directory)) --layout released failed: \(output.standardError)")
         }

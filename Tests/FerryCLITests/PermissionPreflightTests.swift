@@ -95,4 +95,52 @@ struct PermissionPreflightTests {
             }
         }
     }
+
+    /// A user's move of a read-only tree (0555 top directory, 0444 files, each with a `user.*`
+    /// attribute): it completes, the copy read-only as the source was, its attributes kept. The
+    /// kernel lets a user set `user.*` attributes only on an inode they may write, and rename a
+    /// directory to another parent only if they may write it (its `..`). A relink renames files
+    /// out of their directories, so it takes the inner directory writable; asked to relink out of
+    /// a read-only one, it refuses before touching anything.
+    @Test(arguments: ["copy", "relink", "relink-refused"])
+    func aUsersMoveOfAReadOnlyTreeKeepsItsAttributes(variant: String) throws {
+        try withTestUser { user in
+            try withLoopXFS { fs in
+                let sandbox = try UserSandbox(fs)
+                let plain = fs.mountPoint + "/plain"  // no project: a file may be renamed into it
+                try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+                chmod(plain, 0o1777)
+                let strategy = variant == "copy" ? "copy" : "relink"
+                let destination = strategy == "relink" ? plain : sandbox.b
+                let data = sandbox.a + "/archive"
+                try FileManager.default.createDirectory(atPath: data + "/inner", withIntermediateDirectories: true)
+                try TreeBuilder.write(data + "/inner/f", bytes: 70_000)
+                if strategy == "copy" { try TreeBuilder.write(data + "/g", bytes: 1000) }
+                try Shell.run(["chown", "-R", "\(user.name):\(user.name)", data])
+                for path in [data, data + "/inner", data + "/inner/f"] + (strategy == "copy" ? [data + "/g"] : []) {
+                    try Shell.run(["runuser", "-u", user.name, "--", "setfattr", "-n", "user.checksum", "-v", "sum-of-\(path.count)", path])
+                    if !path.hasSuffix("inner") && path != data { chmod(path, 0o444) }
+                }
+                if variant != "relink" { chmod(data + "/inner", 0o555) }
+                chmod(data, 0o555)
+                let snapshot = try TreeSnapshot.take(data)
+                let moved = try sandbox.ferry(as: user, ["move", "--strategy", strategy, data, destination])
+                if variant == "relink-refused" {
+                    #expect(moved.status == 3, "\(moved.standardError)")
+                    #expect(moved.standardError.contains("chmod -R u+w"), "\(moved.standardError)")
+                    #expect(snapshot.differences(to: try TreeSnapshot.take(data)).isEmpty)
+                    #expect(!FileManager.default.fileExists(atPath: destination + "/archive"))
+                    return
+                }
+                #expect(moved.status == 0, "\(moved.standardError)")
+                #expect(!FileManager.default.fileExists(atPath: data))
+                let copy = destination + "/archive"
+                let differences = snapshot.differences(to: try TreeSnapshot.take(copy))
+                #expect(differences.isEmpty, "\(differences)")
+                #expect(try Shell.run(["stat", "-c", "%a", copy]).trimmingCharacters(in: .whitespacesAndNewlines) == "555")
+                let attribute = try Shell.run(["getfattr", "--only-values", "-n", "user.checksum", copy + "/inner/f"])
+                #expect(attribute == "sum-of-\((data + "/inner/f").count)")
+            }
+        }
+    }
 }

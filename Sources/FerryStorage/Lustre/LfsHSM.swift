@@ -98,19 +98,30 @@ public enum LfsHSMStateParser {
 }
 
 /// Reads `lfs hsm_action FILE...`: one `PATH: ACTION [STATE ...]` line per file, where ACTION is
-/// NOOP when no HSM request is pending. The exact tail after the action (state, extent) varies
-/// between Lustre versions, so only the action word and the state word after it are read; the path
-/// ends at the last ": " that is followed by a known action word.
+/// NOOP when no HSM request is pending (lfs.c prints `hsm_user_action2name`, an upper-case word:
+/// NOOP, ARCHIVE, RESTORE, REMOVE, CANCEL, RELEASE, UNKNOWN…, then for a pending request its state
+/// in lower case: waiting, running, done). The exact tail after the state (extent) varies between
+/// Lustre versions, so only the action word and the state word after it are read; the path ends
+/// at the last ": " that is followed by an upper-case word alone or before a space.
+///
+/// The MDT stops reporting a request once it has ended, failed or not: NOOP says only that nothing
+/// is pending, never that a restore succeeded (`Recall` looks at the files again for that).
 public enum LfsHSMActionParser {
     public struct Entry: Equatable, Sendable {
         public var path: String
         public var action: String
         public var state: String?
         /// No request pending, or the last one has ended.
-        public var isIdle: Bool { action == "NOOP" || ["SUCCEED", "FAILED", "CANCELED"].contains(state ?? "") }
+        public var isIdle: Bool {
+            action == "NOOP" || ["done", "succeed", "failed", "canceled", "cancelled"].contains(state?.lowercased() ?? "")
+        }
     }
 
-    static let actions = ["NOOP", "ARCHIVE", "RESTORE", "REMOVE", "CANCEL"]
+    /// An action word: upper-case letters and underscores, then the end or a space.
+    static func startsWithAction(_ rest: Substring) -> Bool {
+        let word = rest.prefix { $0 != " " }
+        return !word.isEmpty && word.allSatisfy { ("A"..."Z").contains($0) || $0 == "_" }
+    }
 
     public static func parse(_ text: String) throws(LustreParseError) -> [Entry] {
         var entries: [Entry] = []
@@ -121,7 +132,7 @@ public enum LfsHSMActionParser {
             var searchEnd = line.endIndex
             while let range = line.range(of: ": ", options: .backwards, range: line.startIndex..<searchEnd) {
                 let rest = line[range.upperBound...]
-                if actions.contains(where: { rest.hasPrefix($0) }) { split = range.lowerBound; break }
+                if startsWithAction(rest) { split = range.lowerBound; break }
                 searchEnd = range.lowerBound
             }
             guard let split else {

@@ -1,0 +1,51 @@
+import Foundation
+@testable import FerryStorage
+import FerrySystem
+import FerryTestSupport
+import Testing
+
+@Suite struct LustreLimitsTests {
+    /// The limit a copy must fit under: a soft limit alone holds writes once its grace ends (a
+    /// long copy outlasts it), and one whose grace has run out allows nothing more.
+    @Test func theEnforcedLimitCountsSoftLimitsAndTheirGrace() {
+        #expect(LustreBackend.enforced(soft: nil, hard: nil, grace: .notSet) == nil)
+        #expect(LustreBackend.enforced(soft: nil, hard: 500, grace: .notSet) == 500)
+        #expect(LustreBackend.enforced(soft: 300, hard: nil, grace: .notSet) == 300)
+        #expect(LustreBackend.enforced(soft: 300, hard: 500, grace: .notSet) == 500)
+        #expect(LustreBackend.enforced(soft: 300, hard: 500, grace: .none) == 300)
+        #expect(LustreBackend.enforced(soft: 300, hard: 500, grace: .expired) == 300)
+        #expect(LinuxProjectBackend.headroom(limit: LustreBackend.enforced(soft: 300, hard: 500, grace: .none), used: 400, filesystem: 10_000) == 0)
+    }
+
+    /// `lfs` gets the C locale its output is parsed in, and none of the caller's secrets.
+    @Test func lfsRunsWithoutTheCallersEnvironment() throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-lfs-env")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let program = directory + "/lfs"
+        try "#!/bin/sh\nenv > '\(directory)/env'\necho 'lfs 2.15.4'\n".write(toFile: program, atomically: true, encoding: .utf8)
+        try Shell.run(["chmod", "755", program])
+        setenv("FERRY_TEST_SECRET", "hunter2", 1)
+        defer { unsetenv("FERRY_TEST_SECRET") }
+        #expect(LustreBackend(lfsPath: program).version == LustreVersion(major: 2, minor: 15, patch: 4))
+        let environment = try String(contentsOfFile: directory + "/env", encoding: .utf8)
+        #expect(!environment.contains("hunter2"), "\(environment)")
+        #expect(environment.contains("LC_ALL=C\n"), "\(environment)")
+        #expect(environment.contains("PATH="), "\(environment)")
+    }
+
+    /// Action words as lfs prints them (`hsm_user_action2name`, any upper-case word) with their
+    /// states in lower case; a request that is done is no longer pending.
+    @Test func hsmActionWordsAndStates() throws {
+        let entries = try LfsHSMActionParser.parse("""
+            /l/a: RESTORE waiting (from 0 to EOF)
+            /l/b: RESTORE running (0x0, 0x100000)
+            /l/c: RESTORE done (0x0, 0x100000)
+            /l/d: RELEASE waiting
+            /l/e: UNKNOWN
+            /l/f: NOOP
+            """)
+        #expect(entries.map(\.path) == ["/l/a", "/l/b", "/l/c", "/l/d", "/l/e", "/l/f"])
+        #expect(entries.map(\.action) == ["RESTORE", "RESTORE", "RESTORE", "RELEASE", "UNKNOWN", "NOOP"])
+        #expect(entries.map(\.isIdle) == [false, false, true, false, false, true])
+    }
+}
