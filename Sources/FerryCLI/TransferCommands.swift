@@ -22,7 +22,8 @@ struct TransferOptions: ParsableArguments {
     @Flag(help: "Queue the task for a worker and print its id instead of running it here.") var detach = false
     @Flag(help: "If a path is locked by another task, wait for it instead of failing.") var waitForLocks = false
     @Flag(help: "Skip the free-space and free-inode check (the copy still stops cleanly at ENOSPC/EDQUOT).") var noSpaceCheck = false
-    @Option(help: "Safety margin on free space and inodes, in percent (default 5).") var margin: Double = 5
+    @Option(help: "Safety margin on free space and inodes, in percent (default: FERRY_MARGIN, else the configuration's margin, else 5).")
+    var margin: Double?
     @Flag(help: "Move even if the destination cannot keep some extended attributes or ACLs (they are lost with the source; the task's history lists them). Without it such a move fails before anything is deleted.")
     var allowXattrLoss = false
     @Option(help: "Parallel copiers (default: two per usable CPU; walks that move no data: one per usable CPU).") var jobs: Int?
@@ -33,7 +34,19 @@ struct TransferOptions: ParsableArguments {
         if paths.count < 2 { throw ValidationError("give at least one source and a destination") }
         if let jobs, jobs < 1 || jobs > 1024 { throw ValidationError("--jobs must be between 1 and 1024") }
         if let strategy, Strategy(rawValue: strategy) == nil { throw ValidationError("--strategy must be rename, relink or copy") }
-        if !margin.isFinite || margin < 0 || margin > 100 { throw ValidationError("--margin is a percentage between 0 and 100") }
+        if let margin, !margin.isFinite || !(0..<100).contains(margin) {
+            throw ValidationError("--margin is a percentage from 0 up to (not including) 100")
+        }
+    }
+
+    /// The margin when `--margin` is not given: `FERRY_MARGIN`, then the configuration file's
+    /// `margin` (both fractions, as `ferry serve` reads them), then 5%.
+    static func configuredMargin(_ configuration: FerryConfiguration) throws -> Double {
+        guard let text = ProcessInfo.processInfo.environment["FERRY_MARGIN"], !text.isEmpty else { return configuration.serve.margin }
+        guard let value = Double(text), (0..<1).contains(value) else {
+            throw ValidationError("FERRY_MARGIN must be a fraction from 0 up to 1, such as 0.05 (got \(text))")
+        }
+        return value
     }
 
     /// With `--json`, whatever stops the command is one JSON object too, as its outcome would be.
@@ -88,7 +101,7 @@ struct TransferOptions: ParsableArguments {
         options.strategy = strategy
         options.recall = recall
         options.jobs = jobs
-        options.margin = margin / 100
+        options.margin = try margin.map { $0 / 100 } ?? Self.configuredMargin(configuration)
         options.waitForLocks = waitForLocks
         options.spaceCheck = !noSpaceCheck
         options.allowXattrLoss = allowXattrLoss
