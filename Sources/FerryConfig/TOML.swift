@@ -105,6 +105,9 @@ private struct Reader {
             try appendTable(path)
         } else {
             guard definedTables.insert(path).inserted else { throw fail("table [\(path.joined(separator: "."))] is defined twice") }
+            if case .array? = value(at: path[...], in: root) {
+                throw fail("[\(path.joined(separator: "."))] names an array of tables ([[\(path.joined(separator: "."))]]); a table header cannot reopen it")
+            }
             try ensureTable(path)
         }
         current = path
@@ -154,6 +157,7 @@ private struct Reader {
             guard let c = peek, c != "\n" else { throw fail("unterminated string") }
             i += 1
             if c == "\"" { return out }
+            if Self.isControl(c) { throw fail("a control character (U+\(String(c.value, radix: 16, uppercase: true))) in a string: write it as an escape") }
             if c != "\\" { out.unicodeScalars.append(c); continue }
             guard let e = peek else { throw fail("unterminated escape") }
             i += 1
@@ -186,6 +190,7 @@ private struct Reader {
             guard let c = peek, c != "\n" else { throw fail("unterminated string") }
             i += 1
             if c == "'" { return out }
+            if Self.isControl(c) { throw fail("a control character (U+\(String(c.value, radix: 16, uppercase: true))) in a literal string") }
             out.unicodeScalars.append(c)
         }
     }
@@ -207,7 +212,18 @@ private struct Reader {
             text.unicodeScalars.append(c)
             i += 1
         }
+        guard Self.underscoresBetweenDigits(text) else { throw fail("cannot read \(text): an underscore belongs between two digits") }
         let plain = text.replacingUnderscores()
+        let unsigned = plain.hasPrefix("+") || plain.hasPrefix("-") ? String(plain.dropFirst()) : plain
+        if unsigned.count > 1, unsigned.hasPrefix("0"), unsigned.allSatisfy(\.isNumber) {
+            throw fail("cannot read \(text): a decimal integer has no leading zero")
+        }
+        if let dot = unsigned.firstIndex(of: ".") {
+            let before = unsigned[..<dot], after = unsigned[unsigned.index(after: dot)...]
+            guard before.last?.isNumber == true, after.first?.isNumber == true else {
+                throw fail("cannot read \(text): a float has digits on both sides of its point (0.5, not .5)")
+            }
+        }
         if let value = Int64(plain) { return .integer(value) }
         if plain.hasPrefix("0x"), let value = Int64(plain.dropFirst(2), radix: 16) { return .integer(value) }
         if plain.hasPrefix("0o"), let value = Int64(plain.dropFirst(2), radix: 8) { return .integer(value) }
@@ -269,6 +285,31 @@ private struct Reader {
             default: throw fail("\(path.joined(separator: ".")) is not an array of tables")
             }
         }
+    }
+
+    /// The value at `path`, walking as `modify` does (into the last element of arrays of tables).
+    func value(at path: ArraySlice<String>, in table: [String: TOMLValue]) -> TOMLValue? {
+        guard let first = path.first, let found = table[first] else { return nil }
+        if path.count == 1 { return found }
+        switch found {
+        case .table(let child): return value(at: path.dropFirst(), in: child)
+        case .array(let items): if case .table(let last)? = items.last { return value(at: path.dropFirst(), in: last) }
+        default: break
+        }
+        return nil
+    }
+
+    /// Control characters other than tab, which TOML strings may not hold as they are.
+    static func isControl(_ c: Unicode.Scalar) -> Bool { (c.value < 0x20 && c != "\t") || c.value == 0x7F }
+
+    /// Each underscore in a number stands between two digits (hex digits after 0x).
+    static func underscoresBetweenDigits(_ text: String) -> Bool {
+        let scalars = Array(text.unicodeScalars)
+        for (index, c) in scalars.enumerated() where c == "_" {
+            guard index > 0, index + 1 < scalars.count, scalars[index - 1].properties.isASCIIHexDigit,
+                  scalars[index + 1].properties.isASCIIHexDigit else { return false }
+        }
+        return true
     }
 
     /// Walks to the table at `path` (creating tables, entering the last element of arrays of

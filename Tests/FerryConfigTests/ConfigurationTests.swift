@@ -51,6 +51,16 @@ import Testing
         ("x = 1\n[x]", 2, "not a table"),
         ("a = [1, 2", 1, "expected , or ]"),
         ("a = \"\\q\"", 1, "unknown escape"),
+        // A table header cannot reopen an array of tables (its keys went into the last root).
+        ("[[roots]]\npath = \"/a\"\n[roots]\nname = \"x\"", 3, "cannot reopen"),
+        ("a = 1__2", 1, "underscore"),
+        ("a = _1", 1, "underscore"),
+        ("a = 1_", 1, "underscore"),
+        ("a = 007", 1, "leading zero"),
+        ("a = .5", 1, "both sides"),
+        ("a = 5.", 1, "both sides"),
+        ("a = \"tab\tok but bell\u{7}\"", 1, "control character"),
+        ("a = 'nul\u{0}'", 1, "control character"),
     ])
     func errorsNameTheLine(text: String, line: Int, message: String) {
         let error = #expect(throws: TOMLError.self) { try TOMLParser.parse(text) }
