@@ -131,14 +131,28 @@ public struct FerryConfiguration: Equatable, Sendable {
         if choice != nil || roots.isEmpty {
             configured = .auto  // nothing to match the path against
         } else {
-            configured = backend(for: URL(fileURLWithPath: String(decoding: path, as: UTF8.self)).standardizedFileURL.resolvingSymlinksInPath().path)
+            configured = backend(for: String(decoding: path, as: UTF8.self))
         }
         return try Storage.backend(for: fd, choice: choice ?? configured, lfsPath: lfs ?? environment["FERRY_LFS"] ?? lfsPath)
     }
 
+    /// The deepest root containing `path`. Each is taken as written and with its symlinks
+    /// resolved, so that a root configured as `/projects`, a symlink to `/lustre/projects`, is
+    /// found for either spelling of a path beneath it (the backend override, the strategy and the
+    /// page's root all ask with whichever spelling they hold). Not an access check: paths are
+    /// kept beneath the roots by `ServerPath` and the resolver.
     public func root(containing path: String) -> Root? {
-        roots.filter { path == $0.path || $0.path == "/" || path.hasPrefix($0.path + "/") }
-            .max { $0.path.count < $1.path.count }
+        let spellings = Self.spellings(path)
+        return roots.filter { root in
+            Self.spellings(root.path).contains { top in
+                spellings.contains { $0 == top || top == "/" || $0.hasPrefix(top + "/") }
+            }
+        }
+        .max { $0.path.count < $1.path.count }
+    }
+
+    static func spellings(_ path: String) -> Set<String> {
+        [path, URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path]
     }
 
     /// `--config`, else `FERRY_CONFIG`, else `$XDG_CONFIG_HOME/ferry/ferry.toml` or

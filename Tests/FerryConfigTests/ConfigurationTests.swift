@@ -94,6 +94,23 @@ import Testing
         #expect(configuration.backend(for: "/elsewhere") == .auto)
     }
 
+    /// A root configured through a symlink, or a path asked through one: the same root either way.
+    @Test func rootsAreFoundThroughEitherSpellingOfAPath() throws {
+        let directory = "/tmp/ferry-config-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let real = URL(fileURLWithPath: directory).resolvingSymlinksInPath().path + "/lustre-projects"
+        try FileManager.default.createDirectory(atPath: real + "/p1", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: directory + "/projects", withDestinationPath: real)
+        let throughLink = try FerryConfiguration.parse("[[roots]]\npath = \"\(directory)/projects\"\nbackend = \"lustre\"\nstrategy = \"relink\"\n")
+        #expect(throughLink.backend(for: real + "/p1") == .lustre)
+        #expect(throughLink.backend(for: directory + "/projects/p1") == .lustre)
+        let byRealPath = try FerryConfiguration.parse("[[roots]]\npath = \"\(real)\"\nbackend = \"lustre\"\nstrategy = \"relink\"\n")
+        #expect(byRealPath.root(containing: directory + "/projects/p1")?.strategy == "relink")
+        #expect(byRealPath.root(containing: real + "/p1")?.strategy == "relink")
+        #expect(byRealPath.root(containing: directory + "/elsewhere") == nil)
+    }
+
     @Test func mistakesAreErrorsNotIgnored() {
         for text in ["lsf = \"typo\"", "[[roots]]\npath = \"relative\"", "[[roots]]\npath = \"/x\"\nbackend = \"zfs\"",
                      "[[roots]]\npath = \"/x\"\ncolour = \"red\"", "lfs = 3", "[[roots]]\npath = \"/x\"\nstrategy = \"teleport\""] {
