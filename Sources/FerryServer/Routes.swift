@@ -4,6 +4,7 @@ import FerryMove
 import FerrySystem
 import Foundation
 import Hummingbird
+import Logging
 import NIOCore
 
 /// The REST API under `/api/`, plus `/healthz`, `/metrics` and the login endpoints. Handlers turn
@@ -272,7 +273,10 @@ enum Routes {
             case .notFound(let id): throw APIError(.notFound, "task.not_found", "no task \(id)")
             case .invalidTransition(let message): throw APIError(.conflict, "task.state", message)
             case .locked(let other, let path): throw APIError(.conflict, "locked", "\(path) is locked by task \(other)")
-            case .leaseLost, .database: throw APIError(.internalError, "database", error.description)
+            case .leaseLost, .database:
+                // The database's own words (SQL, host names) go to the server's log, not to clients.
+                Logger(label: "ferry.server").error("task database request failed", metadata: ["error": "\(error)"])
+                throw APIError(.unavailable, "database", "the task database did not answer as it should; try again in a moment (the server's log says why)")
             }
         } catch let error as APIError {
             throw error

@@ -1,4 +1,5 @@
 import Foundation
+import FerryJobs
 @testable import FerryServer
 import FerryTestSupport
 import Testing
@@ -38,6 +39,22 @@ import Testing
         try "<p>{{a}}</p>\n".write(toFile: directory + "/bad.mustache", atomically: true, encoding: .utf8)
         await #expect(throws: ByteHTMLEscaping.TemplateWithoutEscaping.self) {
             _ = try await ByteHTMLEscaping.library(directory: directory)
+        }
+    }
+}
+
+/// A failing task database is a passing fault for the client (503, try again); its own words (SQL,
+/// host names, paths) go to the server's log only.
+@Suite struct DatabaseErrorAnswerTests {
+    @Test func aDatabaseErrorIsA503WithoutTheDatabasesWords() async {
+        await #expect {
+            _ = try await Routes.database { () async throws -> Int in
+                throw TaskStoreError.database("ERROR: relation \"tasks\" does not exist at db.internal:5432")
+            }
+        } throws: { error in
+            guard let error = error as? APIError else { return false }
+            return error.status == .unavailable && error.code == "database" && !error.message.contains("db.internal")
+                && !error.message.contains("relation")
         }
     }
 }

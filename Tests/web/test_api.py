@@ -975,3 +975,15 @@ def test_systemd_units_verify(tmp_path):
     assert "NoNewPrivileges" not in settings, "ferry serve starts its children as other users"
     assert "CAP_SYS_ADMIN" in settings["CapabilityBoundingSet"], "without it systemd implies NoNewPrivileges"
 
+
+
+def test_a_browse_page_past_the_end_goes_to_the_last_page(server, client, work):
+    """Entries moved away since a link to page 2 was made: the last page, not "This folder is empty"."""
+    for i in range(3):
+        write(work / f"f{i}", b"x")
+    r = client.get(server.api("/browse"), params={"path": str(work), "offset": "500"}, allow_redirects=False, timeout=30)
+    assert r.status_code == 303, describe(r)
+    location = r.headers["Location"]
+    assert location.startswith("/browse?path=") and "offset" not in location, location
+    page = client.get(server.api(location), timeout=30)
+    assert page.status_code == 200 and "f2" in page.text, describe(page)

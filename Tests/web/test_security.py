@@ -490,3 +490,55 @@ def test_each_user_holds_a_bounded_number_of_event_streams(start_server, alpha_d
         assert time.monotonic() < deadline, "a closed stream never gave its place back"
         time.sleep(1)
     streams[1].close()
+
+
+def test_an_admins_stream_has_everyones_tasks_only_when_asked(proxy_server, unix_user, alpha_dir, beta_dir):
+    """An admin's own task list follows their own tasks; the admin page asks for everyone's (all=1),
+    which only an admin gets."""
+    server = proxy_server
+    b = unix_user()
+    source = write(alpha_dir / "b-data", os.urandom(4096))
+    os.chown(source, b.uid, b.gid)
+    as_b = server.session(user=b.name)
+    task = expect(as_b.post(server.api("/api/tasks"), json=transfer("copy", [source], beta_dir), timeout=60), 201)
+    assert wait_for_task(as_b, server, task["id"], timeout=60)["status"] == "completed"
+
+    def seen(session, path) -> bool:
+        """Whether the stream sends the task: what a stream has it sends at once, so a stream
+        silent for 3 s has sent all it had."""
+        try:
+            with session.get(server.api(path), stream=True, timeout=(10, 3)) as r:
+                assert r.status_code == 200, describe(r)
+                for raw in r.iter_lines():
+                    if raw.startswith(b"data:") and task["id"].encode() in raw:
+                        return True
+        except requests.exceptions.RequestException:
+            pass
+        return False
+
+    admin = server.session(user="root")
+    assert not seen(admin, "/api/stream"), "an admin's own stream carried another user's task"
+    assert seen(admin, "/api/stream?all=1"), "an admin's stream with all=1 missed another user's task"
+    a = unix_user()
+    assert not seen(server.session(user=a.name), "/api/stream?all=1"), "all=1 gave a user someone else's task"
+
+
+def test_hardening_headers_and_the_created_tasks_location(proxy_server, unix_user, alpha_dir, beta_dir):
+    server = proxy_server
+    user = unix_user()
+    source = write(alpha_dir / "mine", b"x")
+    os.chown(source, user.uid, user.gid)
+    session = server.session(user=user.name)
+    page = session.get(server.api("/tasks"), timeout=30)
+    assert page.status_code == 200, describe(page)
+    assert page.headers.get("X-Content-Type-Options") == "nosniff"
+    assert page.headers.get("Referrer-Policy") == "same-origin"
+    policy = page.headers.get("Content-Security-Policy", "")
+    assert "base-uri 'none'" in policy and "form-action 'self'" in policy, policy
+    # Behind the login proxy, signing out is the proxy's: no button that would do nothing.
+    assert 'action="/logout"' not in page.text
+    created = session.post(server.api("/api/tasks"), json=transfer("copy", [source], beta_dir), timeout=60)
+    body = expect(created, 201)
+    assert created.headers.get("Location") == f"/api/tasks/{body['id']}", describe(created)
+    assert created.headers.get("X-Content-Type-Options") == "nosniff"
+    wait_for_task(session, server, body["id"], timeout=60)
