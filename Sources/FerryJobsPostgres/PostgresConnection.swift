@@ -126,44 +126,4 @@ extension PostgresTaskStore {
         try await PostgresSchema.run(connection, "COMMIT", logger)
         return value
     }
-
-    /// Keeps one pooled connection listening on `ferry_tasks` and wakes the waiters on each
-    /// notification; reconnects (with backoff) if that connection fails, until cancelled. A ping
-    /// every 30 seconds notices a connection that died without closing. `ready` gets nil once
-    /// LISTEN is in place, or the first attempt's error.
-    static func listen(client: PostgresClient, wakeup: Wakeup, logger: Logger,
-                               ready: AsyncStream<(any Error)?>.Continuation) async {
-        var failures = 0
-        while !Task.isCancelled {
-            do {
-                try await client.withConnection { connection in
-                    try await connection.listen(on: channel) { notifications in
-                        wakeup.signal()  // anything announced while we were not listening (kept until a wait)
-                        ready.yield(nil)
-                        ready.finish()
-                        failures = 0
-                        try await withThrowingTaskGroup(of: Void.self) { group in
-                            group.addTask {
-                                for try await _ in notifications { wakeup.signal() }
-                            }
-                            group.addTask {
-                                while true {
-                                    try await Task.sleep(for: .seconds(30))
-                                    try await PostgresSchema.run(connection, "SELECT 1", logger)
-                                }
-                            }
-                            _ = try await group.next()
-                            group.cancelAll()
-                        }
-                    }
-                }
-            } catch {
-                ready.yield(error)  // ignored once the first outcome is in
-            }
-            if Task.isCancelled { break }
-            failures += 1
-            try? await Task.sleep(for: .milliseconds(100 * (1 << min(failures, 6))))
-        }
-        ready.finish()
-    }
 }

@@ -56,7 +56,7 @@ public final class PostgresTaskStore: TaskStore {
         runTask = Task { await client.run() }
         let (ready, readyContinuation) = AsyncStream<(any Error)?>.makeStream()
         listenTask = Task {
-            await Self.listen(client: client, wakeup: wakeup, logger: logger, ready: readyContinuation)
+            await PostgresListener.run(client: client, wakeup: wakeup, logger: logger, ready: readyContinuation)
         }
         do {
             // Not ready before LISTEN is in place: a notification sent before it would be lost.
@@ -74,9 +74,9 @@ public final class PostgresTaskStore: TaskStore {
     /// Stops listening and closes the pool's connections. The store is unusable afterwards.
     public func shutdown() async {
         listenTask.cancel()
-        await listenTask.value
+        await PostgresListener.wait(for: listenTask, atMost: .seconds(5))
         runTask.cancel()
-        await runTask.value
+        await PostgresListener.wait(for: runTask, atMost: .seconds(10))
         wakeup.signal()
     }
 
