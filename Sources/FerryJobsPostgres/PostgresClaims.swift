@@ -162,25 +162,15 @@ enum ClaimSQL {
     }
 
     /// One slot: the oldest claimable task, leased to `$1` for `$2` seconds, as slot 1.
-    static let single = """
-        \(candidates(limit: 1)),
-        c AS MATERIALIZED (
-            SELECT * FROM free UNION ALL SELECT * FROM expired
-            ORDER BY created_at, id LIMIT 1),
-        u AS (
-            UPDATE tasks t SET lease_owner = $1, lease_expires_at = n.now + $2,
-              attempts = t.attempts + \(counted("nullif(c.previous, $1)")),
-              waiting_for = \(keptWait("nullif(c.previous, $1)")), updated_at = n.now
-            FROM c, n WHERE t.id = c.id AND \(stillClaimable)
-            RETURNING t.*, nullif(c.previous, $1) AS previous),
-        \(recorded())
-        SELECT \(PostgresSchema.columns("u")), 1::bigint AS slot, u.previous FROM u
-        """
+    static let single = oneSlot(owner: nil)
 
     /// `single` for the tasks of one owner (`$3`), for a worker without root's rights: written out
     /// each time, not prepared, and never combined with other claims, as such workers are few.
-    static let owned = """
-        \(candidates(limit: 1, owner: "$3")),
+    static let owned = oneSlot(owner: "$3")
+
+    private static func oneSlot(owner: String?) -> String {
+        """
+        \(candidates(limit: 1, owner: owner)),
         c AS MATERIALIZED (
             SELECT * FROM free UNION ALL SELECT * FROM expired
             ORDER BY created_at, id LIMIT 1),
@@ -188,11 +178,12 @@ enum ClaimSQL {
             UPDATE tasks t SET lease_owner = $1, lease_expires_at = n.now + $2,
               attempts = t.attempts + \(counted("nullif(c.previous, $1)")),
               waiting_for = \(keptWait("nullif(c.previous, $1)")), updated_at = n.now
-            FROM c, n WHERE t.id = c.id AND t.owner = $3 AND \(stillClaimable)
+            FROM c, n WHERE t.id = c.id\(owner.map { " AND t.owner = \($0)" } ?? "") AND \(stillClaimable)
             RETURNING t.*, nullif(c.previous, $1) AS previous),
         \(recorded())
         SELECT \(PostgresSchema.columns("u")), 1::bigint AS slot, u.previous FROM u
         """
+    }
 
     /// A free task (`previous` null) is checked on its own row too, not taken on the queue's word
     /// alone: a queue row left stale (triggers off for a data-only restore, a replica role) must
@@ -319,6 +310,35 @@ struct ClaimStatement<Size: ClaimSize>: PostgresPreparedStatement {
 }
 
 extension PostgresTaskStore {
+    /// Claims of one owner's tasks (`ClaimSQL.owned`), a task per statement.
+    public func claim(worker: String, limit: Int, lease: Duration, ownedBy owner: String) async throws -> [TaskRecord] {
+        var claimed: [TaskRecord] = []
+        while claimed.count < limit {
+            var bindings = PostgresBindings()
+            bindings.append(worker)
+            bindings.append(lease.seconds)
+            bindings.append(owner)
+            let found: PostgresRow?
+            do {
+                found = try await rows(PostgresQuery(unsafeSQL: ClaimSQL.owned, binds: bindings)).first
+            } catch {
+                // The tasks taken already are leased to this worker: they are answered, not lost
+                // to their lease's expiry.
+                if claimed.isEmpty { throw error }
+                break
+            }
+            guard let row = found else {
+                sweepStaleQueueRows(atMostEvery: .seconds(30))
+                break
+            }
+            tookFromQueue(1)
+            var record = try PostgresSchema.record(row)
+            record.takenOverFrom = try row.makeRandomAccess()["previous"].decode(String?.self)
+            claimed.append(record)
+        }
+        return claimed
+    }
+
     /// Runs the claim statement for these slots (one worker and lease each) and returns its rows.
     func claimRows(workers: [String], leases: [Double]) async throws -> [PostgresRow] {
         let slots = workers.count

@@ -58,8 +58,10 @@ extension PostgresTaskStore {
 extension PostgresTaskStore {
     /// After a claim that came back with fewer tasks than it asked for (the queue empty, or a
     /// stale row at its head): its stale rows removed in the background, one sweep at a time.
-    func sweepStaleQueueRows() {
-        guard staleSweep.start() else { return }
+    /// `atMostEvery`: for claims that come back short as a rule (one owner's, where others' tasks
+    /// wait), not a sweep of the whole queue at every poll.
+    func sweepStaleQueueRows(atMostEvery interval: Duration = .zero) {
+        guard staleSweep.start(atMostEvery: interval) else { return }
         Task {
             _ = try? await rows(PostgresQuery(unsafeSQL: ClaimSQL.staleQueueRows))
             staleSweep.finish()
@@ -69,17 +71,19 @@ extension PostgresTaskStore {
 
 /// One background job at a time: `start` says whether the caller should run it now.
 final class OneAtATime: Sendable {
-    private let running = Mutex(false)
+    private let state = Mutex<(running: Bool, last: ContinuousClock.Instant?)>((false, nil))
 
-    func start() -> Bool {
-        running.withLock { running in
-            guard !running else { return false }
-            running = true
+    /// `atMostEvery`: not again until that long after the last start.
+    func start(atMostEvery interval: Duration = .zero) -> Bool {
+        state.withLock { state in
+            guard !state.running else { return false }
+            if let last = state.last, ContinuousClock.now - last < interval { return false }
+            state = (true, .now)
             return true
         }
     }
 
     func finish() {
-        running.withLock { $0 = false }
+        state.withLock { $0.running = false }
     }
 }

@@ -155,25 +155,6 @@ public final class PostgresTaskStore: TaskStore {
         }
     }
 
-    public func claim(worker: String, limit: Int, lease: Duration, ownedBy owner: String) async throws -> [TaskRecord] {
-        var claimed: [TaskRecord] = []
-        while claimed.count < limit {
-            var bindings = PostgresBindings()
-            bindings.append(worker)
-            bindings.append(lease.seconds)
-            bindings.append(owner)
-            guard let row = try await rows(PostgresQuery(unsafeSQL: ClaimSQL.owned, binds: bindings)).first else {
-                sweepStaleQueueRows()
-                break
-            }
-            tookFromQueue(1)
-            var record = try PostgresSchema.record(row)
-            record.takenOverFrom = try row.makeRandomAccess()["previous"].decode(String?.self)
-            claimed.append(record)
-        }
-        return claimed
-    }
-
     /// One statement that serves several claims (see `ClaimSQL`): request i gets the slots after
     /// those of the requests before it, one slot per task it may take.
     func claim(_ requests: [ClaimRequest]) async throws -> [[TaskRecord]] {
