@@ -220,6 +220,6 @@ func ownerRunner(store: any TaskStore, configuration: FerryConfiguration, concur
 func makeEngine(store: any TaskStore, role: String, lease: Duration, jobs: Int?, storageOptions: StorageOptions) throws -> MoveEngine {
     let configuration = try storageOptions.loadConfiguration()
     var planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
-    planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
+    planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self), resolvingSymlinks: true)?.strategy }
     return MoveEngine(store: store, settings: .init(worker: workerName(role), lease: lease, jobs: jobs), planner: planner)
 }

@@ -109,7 +109,7 @@ struct TransferOptions: ParsableArguments {
                               destination: StoredPath(Transfer.absolute(bytes[bytes.count - 1])), options: options, owner: currentUser())
         let storageOptions = self.storageOptions
         var planner = Planner(jobs: jobs) { fd, path in try storageOptions.backend(for: fd, path: path, configuration: configuration) }
-        planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
+        planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self), resolvingSymlinks: true)?.strategy }
         var opened: (any TaskStore)?
         if kind == .move, !detach, !dryRun,
            try await renameWithoutTask(transfer, options: options, planner: planner, command: command, heldLocks: {

@@ -117,9 +117,10 @@ public struct FerryConfiguration: Equatable, Sendable {
         return root
     }
 
-    /// The backend configured for `path` (absolute): that of the deepest root containing it.
+    /// The backend configured for `path` (absolute): that of the deepest root containing it,
+    /// either spelled as given or with symlinks resolved (this reads the filesystem).
     public func backend(for path: String) -> BackendChoice {
-        root(containing: path)?.backend ?? .auto
+        root(containing: path, resolvingSymlinks: true)?.backend ?? .auto
     }
 
     /// The storage backend for an open path: `choice` (a command's `--backend`), else that of the
@@ -136,19 +137,23 @@ public struct FerryConfiguration: Equatable, Sendable {
         return try Storage.backend(for: fd, choice: choice ?? configured, lfsPath: lfs ?? environment["FERRY_LFS"] ?? lfsPath)
     }
 
-    /// The deepest root containing `path`. Each is taken as written and with its symlinks
+    /// The deepest root containing `path`, by the spelling of the root that matched. With
+    /// `resolvingSymlinks`, the path and each root are taken as written and with their symlinks
     /// resolved, so that a root configured as `/projects`, a symlink to `/lustre/projects`, is
-    /// found for either spelling of a path beneath it (the backend override, the strategy and the
-    /// page's root all ask with whichever spelling they hold). Not an access check: paths are
-    /// kept beneath the roots by `ServerPath` and the resolver.
-    public func root(containing path: String) -> Root? {
-        let spellings = Self.spellings(path)
-        return roots.filter { root in
-            Self.spellings(root.path).contains { top in
-                spellings.contains { $0 == top || top == "/" || $0.hasPrefix(top + "/") }
+    /// found for either spelling of a path beneath it (the backend override and the strategy ask
+    /// with whichever they hold). That reads the filesystem, which a hung mount can block: the
+    /// server, which must not, compares the strings alone. Not an access check: paths are kept
+    /// beneath the roots by `ServerPath` and the resolver.
+    public func root(containing path: String, resolvingSymlinks: Bool = false) -> Root? {
+        let paths = resolvingSymlinks ? Self.spellings(path) : [path]
+        var deepest: (root: Root, depth: Int)?
+        for root in roots {
+            for top in resolvingSymlinks ? Self.spellings(root.path) : [root.path]
+            where paths.contains(where: { $0 == top || top == "/" || $0.hasPrefix(top + "/") }) && top.count > (deepest?.depth ?? -1) {
+                deepest = (root, top.count)
             }
         }
-        .max { $0.path.count < $1.path.count }
+        return deepest?.root
     }
 
     static func spellings(_ path: String) -> Set<String> {

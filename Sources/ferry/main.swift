@@ -43,7 +43,7 @@ func renameIfThatIsAll(_ paths: [String]) {
     let bytes = paths.map { Array($0.utf8) }
     guard let transfer = try? Transfer(sources: Array(bytes.dropLast()), destination: bytes[bytes.count - 1]) else { return }
     var planner = Planner { fd, path in try configuration.storageBackend(for: fd, path: path) }
-    planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
+    planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self), resolvingSymlinks: true)?.strategy }
     let published: [ByteString]?
     do {
         published = try MoveEngine.renameWithoutTaskNow(transfer, options: TaskOptions(), planner: planner) {

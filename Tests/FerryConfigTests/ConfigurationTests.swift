@@ -106,9 +106,26 @@ import Testing
         #expect(throughLink.backend(for: real + "/p1") == .lustre)
         #expect(throughLink.backend(for: directory + "/projects/p1") == .lustre)
         let byRealPath = try FerryConfiguration.parse("[[roots]]\npath = \"\(real)\"\nbackend = \"lustre\"\nstrategy = \"relink\"\n")
-        #expect(byRealPath.root(containing: directory + "/projects/p1")?.strategy == "relink")
-        #expect(byRealPath.root(containing: real + "/p1")?.strategy == "relink")
-        #expect(byRealPath.root(containing: directory + "/elsewhere") == nil)
+        #expect(byRealPath.root(containing: directory + "/projects/p1", resolvingSymlinks: true)?.strategy == "relink")
+        #expect(byRealPath.root(containing: real + "/p1", resolvingSymlinks: true)?.strategy == "relink")
+        #expect(byRealPath.root(containing: directory + "/elsewhere", resolvingSymlinks: true) == nil)
+        // Without resolving (the server: no filesystem access), only the spelling as written.
+        #expect(byRealPath.root(containing: directory + "/projects/p1") == nil)
+        // The deepest by the spelling that matched: a short link /h into a longer root's tree
+        // (/home, a link to /lustre/fs1/home, beside /lustre/fs1) is the deeper root.
+        let resolved = URL(fileURLWithPath: directory).resolvingSymlinksInPath().path
+        try FileManager.default.createDirectory(atPath: resolved + "/a-long-filesystem-name/home/x", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: directory + "/h", withDestinationPath: resolved + "/a-long-filesystem-name/home")
+        let nested = try FerryConfiguration.parse("""
+            [[roots]]
+            path = "\(directory)/h"
+            strategy = "copy"
+            [[roots]]
+            path = "\(resolved)/a-long-filesystem-name"
+            strategy = "relink"
+            """)
+        #expect(nested.root(containing: directory + "/h/x", resolvingSymlinks: true)?.strategy == "copy")
+        #expect(nested.root(containing: resolved + "/a-long-filesystem-name/home/x", resolvingSymlinks: true)?.strategy == "copy")
     }
 
     @Test func mistakesAreErrorsNotIgnored() {

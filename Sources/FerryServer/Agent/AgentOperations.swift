@@ -269,7 +269,7 @@ extension Planner {
         var planner = Planner { fd, path in
             try Storage.backend(for: fd, choice: configuration.backend(for: String(decoding: path, as: UTF8.self)), lfsPath: lfsPath)
         }
-        planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self))?.strategy }
+        planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self), resolvingSymlinks: true)?.strategy }
         return planner
     }
 }
