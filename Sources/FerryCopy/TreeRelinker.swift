@@ -282,13 +282,18 @@ struct DirectoryOrigin: Equatable {
 /// meanwhile) must survive. Returns the paths left because they were not empty.
 final class EmptyDirectoryRemover: TreeVisitor, @unchecked Sendable {
     private let left = Locked<[String]>([])
+    /// The modes of directories given owner write to be emptied, to be put back on those that
+    /// are not empty after all.
+    private let loosened = Locked<[FileID: UInt32]>([:])
 
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
         let status = try directory.source.status(entry.name)
         if status.kind == .directory {
             // Its empty subdirectories go from it, which takes write permission on it: a user's
             // read-only directory (0555) gets owner write, as `RemoveVisitor` gives it. It goes too.
-            if !processIsPrivileged { try makeWritableForRemoval(entry.name, in: directory.source, status: status) }
+            if !processIsPrivileged, try makeWritableForRemoval(entry.name, in: directory.source, status: status) {
+                loosened.withLock { $0[status.fileID] = status.permissions }
+            }
             return .descend(peer: nil)
         }
         left.withLock { $0.append(directory.displayPath(entry.name)) }
@@ -296,7 +301,10 @@ final class EmptyDirectoryRemover: TreeVisitor, @unchecked Sendable {
     }
 
     func leave(_ directory: WalkDirectory) throws {
-        _ = try removeIfEmpty(directory)  // one that is not empty holds survivors, listed already
+        // One that is not empty holds survivors, listed already, and keeps the mode it had.
+        if try !removeIfEmpty(directory), let id = directory.status?.fileID, let mode = loosened.withLock({ $0[id] }) {
+            try directory.source.changeMode(permissions: mode)
+        }
     }
 
     var survivors: [String] { left.withLock { $0 } }

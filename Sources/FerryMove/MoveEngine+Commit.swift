@@ -1,6 +1,7 @@
 import FerryCopy
 import FerryJobs
 import FerrySystem
+import Foundation
 
 /// What is staged is not to be trusted, and nothing of it has been published: the next attempt
 /// copies everything again instead of resuming.
@@ -106,6 +107,7 @@ extension MoveEngine {
         // a source changed since it was copied is not deleted at all.
         guard !plan.deletingSource else { return true }
         let published = StagingArea(parent: destination, name: [], directory: destination)
+        Self.restoreReadOnlyModes(present, publishedIn: destination)
         do {
             try engine.verify(present, in: published)
         } catch .sourceChanged(let path, let detail) {
@@ -116,6 +118,21 @@ extension MoveEngine {
                 + "nothing was deleted from the source: compare the two in \(plan.destinationDirectory), then remove the source by hand")
         }
         return true
+    }
+
+    /// A read-only directory is given owner write for its publishing rename (`CopyEngine.
+    /// renameNoReplace`), and its mode back right after; a run that ended between the two left it
+    /// writable. Put back here, before the copy is verified against the source, which would take
+    /// the difference for a changed source: only owner write, only where the source lacks it.
+    static func restoreReadOnlyModes(_ sources: [CopySource], publishedIn destination: FileDescriptor) {
+        for source in sources {
+            guard let original = try? source.directory.status(source.name), original.kind == .directory, original.permissions & 0o200 == 0,
+                  let copy = try? destination.status(source.destinationName), copy.kind == .directory,
+                  copy.permissions == original.permissions | 0o200, copy.uid == geteuid(),
+                  let directory = try? destination.openAt(source.destinationName, [.directory, .noFollow]) else { continue }
+            defer { directory.closeQuietly() }
+            try? directory.changeMode(permissions: original.permissions)
+        }
     }
 
     /// Deletes the source entries whose published copy holds the same, and makes each deletion

@@ -29,8 +29,13 @@ extension MoveEngine {
     }
 
     /// Restores the transfer's released files through its source filesystem's Lustre backend.
+    /// Each source on Lustre, by its own backend (sources may be on several filesystems).
     func recall(_ transfer: Transfer) throws -> Int {
-        guard let lustre = try planner.storage(transfer.sources[0].directory, transfer.sourcePaths[0]) as? LustreBackend else { return 0 }
-        return try planner.recall.run(lustre, sources: transfer.sourcePaths)
+        var restored = 0
+        for (source, path) in zip(transfer.sources, transfer.sourcePaths) {
+            guard let lustre = try planner.storage(source.directory, BytePath.split(path).0) as? LustreBackend else { continue }
+            restored += try planner.recall.run(lustre, sources: [path])
+        }
+        return restored
     }
 }

@@ -52,7 +52,8 @@ struct CommandRunner: Sendable {
     static func environment() -> [String: String] {
         var kept = ["LC_ALL": "C"]
         let own = ProcessInfo.processInfo.environment
-        for name in ["PATH", "HOME", "TZ"] { if let value = own[name] { kept[name] = value } }
+        // LD_LIBRARY_PATH: a site's lfs built into a modules tree finds its libraries by it.
+        for name in ["PATH", "HOME", "TZ", "LD_LIBRARY_PATH"] { if let value = own[name] { kept[name] = value } }
         return kept
     }
 

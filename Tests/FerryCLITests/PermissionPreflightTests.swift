@@ -75,9 +75,7 @@ struct PermissionPreflightTests {
         try withTestUser { user in
             try withLoopXFS { fs in
                 let sandbox = try UserSandbox(fs)
-                let plain = fs.mountPoint + "/plain"  // no project: a file may be renamed into it
-                try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
-                chmod(plain, 0o1777)
+                let plain = try Self.plainDirectory(fs)
                 let data = sandbox.a + "/data"
                 try FileManager.default.createDirectory(atPath: data + "/sealed", withIntermediateDirectories: true)
                 try FileManager.default.createDirectory(atPath: data + "/listed", withIntermediateDirectories: true)
@@ -107,9 +105,7 @@ struct PermissionPreflightTests {
         try withTestUser { user in
             try withLoopXFS { fs in
                 let sandbox = try UserSandbox(fs)
-                let plain = fs.mountPoint + "/plain"  // no project: a file may be renamed into it
-                try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
-                chmod(plain, 0o1777)
+                let plain = try Self.plainDirectory(fs)
                 let strategy = variant == "copy" ? "copy" : "relink"
                 let destination = strategy == "relink" ? plain : sandbox.b
                 let data = sandbox.a + "/archive"
@@ -142,5 +138,13 @@ struct PermissionPreflightTests {
                 #expect(attribute == "sum-of-\((data + "/inner/f").count)")
             }
         }
+    }
+
+    /// A shared directory without a project on the sandbox's filesystem: a file may be renamed into it.
+    static func plainDirectory(_ fs: LoopXFS) throws -> String {
+        let plain = fs.mountPoint + "/plain"
+        try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+        chmod(plain, 0o1777)
+        return plain
     }
 }
