@@ -22,6 +22,8 @@ enum EventStream {
             defer { withExtendedLifetime(slot) {} }
             var sent: [String: TaskRecord] = [:]
             var lastWrite = ContinuousClock.now
+            var lastReread = ContinuousClock.now
+            var rereadFrom = 0
             try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
             while !Task.isCancelled {
                 guard allowed() else {
@@ -32,11 +34,18 @@ enum EventStream {
                 let tasks = try await fetch()
                 // A task sent as running that the fetch no longer lists (it ended past what the
                 // list keeps, e.g. beyond its newest 50) is read by itself, so that the page
-                // sees it end instead of showing it running for good.
+                // sees it end instead of showing it running for good: every 5 s, 64 at a time
+                // in turn, so that a page following thousands of queued tasks costs little.
                 let listed = Set(tasks.map(\.id))
                 var changed = tasks
-                for (id, last) in sent where !last.status.isTerminal && !listed.contains(id) {
-                    if let now = try await state.store.task(id) { changed.append(now) } else { sent[id] = nil }
+                if ContinuousClock.now - lastReread >= .seconds(5) {
+                    lastReread = .now
+                    let missing = sent.filter { !$0.value.status.isTerminal && !listed.contains($0.key) }.keys.sorted()
+                    let turn = missing.isEmpty ? [] : (0..<min(64, missing.count)).map { missing[(rereadFrom + $0) % missing.count] }
+                    rereadFrom += turn.count
+                    for id in turn {
+                        if let now = try await state.store.task(id) { changed.append(now) } else { sent[id] = nil }
+                    }
                 }
                 for task in changed where sent[task.id] != task {
                     sent[task.id] = task

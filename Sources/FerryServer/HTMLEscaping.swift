@@ -33,7 +33,8 @@ struct ByteHTMLEscaping: MustacheContentType {
     /// renders with Mustache's default escaping.
     static func library(directory: String) async throws -> MustacheLibrary {
         MustacheContentTypes.register(ByteHTMLEscaping(), named: name)
-        let names = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".mustache") }
+        // Every template the library loads, in subdirectories too.
+        let names = (FileManager.default.enumerator(atPath: directory)?.allObjects as? [String] ?? []).filter { $0.hasSuffix(".mustache") }
         for file in names {
             let text = try String(contentsOfFile: directory + "/" + file, encoding: .utf8)
             guard text.hasPrefix(pragma) else {

@@ -88,8 +88,11 @@ enum Pages {
             let quota = try? await state.agent.ask(quotaAsk, as: principal.user, decoding: QuotaResult.self)
             let listing = try await listingData
             // A page past the end (entries moved away since the link was made): the last one.
-            if listing.entries.isEmpty && offset > 0 {
-                return Reply.redirect(browseURL(path, sort: sort, descending: descending, offset: max(0, (listing.total - 1) / limit * limit)))
+            // Only ever back: a folder whose entries cannot be listed (readable, not searchable)
+            // has a total and no entries, and must not send the browser to itself.
+            let lastPage = max(0, (listing.total - 1) / limit * limit)
+            if listing.entries.isEmpty && offset > 0 && lastPage < offset {
+                return Reply.redirect(browseURL(path, sort: sort, descending: descending, offset: lastPage))
             }
             if let parent = listing.parent { values["parentURL"] = browseURL(parent) }
             values["entries"] = listing.entries.map { entry -> [String: Any] in

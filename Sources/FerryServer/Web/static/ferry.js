@@ -945,6 +945,13 @@
     closeButton.addEventListener('click', close);
     if (verify) verify.addEventListener('change', runPreflight);
 
+    // Back to this page from the browser's cache after a task was created: the dialog is free again.
+    window.addEventListener('pageshow', (event) => {
+      if (!event.persisted) return;
+      state.submitting = false;
+      confirm.classList.remove('busy');
+    });
+
     confirm.addEventListener('click', async () => {
       if (confirm.hidden || confirm.disabled || state.submitting) return;
       state.submitting = true;
