@@ -15,7 +15,8 @@ struct OwnedClaimTests {
             let alices = try await store.create(newMove("alice", sources: ["/p/a/alice1"]))
             let bobsSecond = try await store.create(newMove("bob", sources: ["/p/a/bob2"]))
 
-            let mine = try await store.claim(worker: "alice-worker", limit: 5, lease: .seconds(30), ownedBy: "alice")
+            // Leases that must not run out while the test runs (a loaded machine takes minutes).
+            let mine = try await store.claim(worker: "alice-worker", limit: 5, lease: .seconds(3600), ownedBy: "alice")
             #expect(mine.map(\.id) == [alices.id])
             #expect(mine.first?.leaseOwner == "alice-worker")
             #expect(try await store.claim(worker: "alice-worker", limit: 5, lease: .seconds(30), ownedBy: "alice").isEmpty)
@@ -29,13 +30,13 @@ struct OwnedClaimTests {
             }
 
             // Bob's worker takes his, oldest first, one at a time.
-            let first = try await store.claim(worker: "bob-worker", limit: 1, lease: .milliseconds(1500), ownedBy: "bob")
+            let first = try await store.claim(worker: "bob-worker", limit: 1, lease: .seconds(5), ownedBy: "bob")
             #expect(first.map(\.id) == [bobsFirst.id])
-            let second = try await store.claim(worker: "bob-worker", limit: 1, lease: .seconds(30), ownedBy: "bob")
+            let second = try await store.claim(worker: "bob-worker", limit: 1, lease: .seconds(3600), ownedBy: "bob")
             #expect(second.map(\.id) == [bobsSecond.id])
 
             // An expired lease of Bob's: not for Alice's worker; Bob's next worker takes it over.
-            try await Task.sleep(for: .milliseconds(1800))
+            try await Task.sleep(for: .milliseconds(5500))
             #expect(try await store.claim(worker: "alice-worker", limit: 5, lease: .seconds(30), ownedBy: "alice").isEmpty)
             let takenOver = try await store.claim(worker: "bob-again", limit: 5, lease: .seconds(30), ownedBy: "bob")
             #expect(takenOver.map(\.id) == [bobsFirst.id])
