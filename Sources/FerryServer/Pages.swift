@@ -165,9 +165,24 @@ enum Pages {
         guard let principal = context.principal else { return Reply.redirect("/login") }
         let showAll = ((try? request.query("all")) ?? nil) == "1"
         let owner = principal.isAdmin && showAll ? nil : principal.user
-        let records = (try? await state.store.list(TaskFilter(owner: owner, limit: 200))) ?? []
-        return render("tasks", ["title": "Tasks — Ferry", "navTasks": true, "tasks": records.map(taskView), "empty": records.isEmpty,
-                                "showAll": showAll], state: state, context: context)
+        // A page of 100, newest first; one more is read to know whether older ones follow.
+        let pageSize = 100
+        let offset = min(10_000_000, max(0, Int(((try? request.query("offset")) ?? nil) ?? "0") ?? 0))
+        let found = (try? await state.store.list(TaskFilter(owner: owner, limit: pageSize + 1, offset: offset))) ?? []
+        let records = Array(found.prefix(pageSize))
+        func page(_ at: Int) -> String {
+            var query = [showAll ? "all=1" : nil, at > 0 ? "offset=\(at)" : nil].compactMap { $0 }.joined(separator: "&")
+            if !query.isEmpty { query = "?" + query }
+            return "/tasks" + query
+        }
+        var values: [String: Any] = ["title": "Tasks — Ferry", "navTasks": true, "tasks": records.map(taskView),
+                                     "empty": records.isEmpty && offset == 0, "showAll": showAll, "offset": offset]
+        if offset > 0 { values["newerURL"] = page(max(0, offset - pageSize)) }
+        if found.count > pageSize { values["olderURL"] = page(offset + pageSize) }
+        if offset > 0 || found.count > pageSize {
+            values["pagingText"] = records.isEmpty ? "No tasks this far back" : "Tasks \(offset + 1)–\(offset + records.count), newest first"
+        }
+        return render("tasks", values, state: state, context: context)
     }
 
     static func task(_ context: FerryContext, _ state: ServerState) async -> Response {

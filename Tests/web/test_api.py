@@ -987,3 +987,31 @@ def test_a_browse_page_past_the_end_goes_to_the_last_page(server, client, work):
     assert location.startswith("/browse?path=") and "offset" not in location, location
     page = client.get(server.api(location), timeout=30)
     assert page.status_code == 200 and "f2" in page.text, describe(page)
+
+
+def test_the_tasks_page_pages_through_history(server, client, work, beta_work):
+    """The tasks page shows 100 at a time, newest first, with links to older and newer ones."""
+    write(work / "f", b"x")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    env["FERRY_DATABASE_URL"] = "sqlite://" + str(server.database)
+    queued = []
+    for i in range(101):
+        (beta_work / f"d{i}").mkdir()
+        done = subprocess.run([str(server.ferry_bin), "copy", "--detach", str(work / "f"), str(beta_work / f"d{i}")],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        queued.append(done.stdout.strip())
+
+    def shown(page: str) -> list[str]:
+        return re.findall(r'class="task card" data-task-id="([0-9a-f]+)"', page)
+
+    first = client.get(server.api("/tasks"), timeout=30)
+    assert first.status_code == 200, describe(first)
+    newest = shown(first.text)
+    assert newest == list(reversed(queued))[:100], "the first page is not the 100 newest, newest first"
+    assert 'id="tasks-older"' in first.text and 'id="tasks-newer"' not in first.text
+    older_link = re.search(r'href="([^"]+)" class="button small subtle" id="tasks-older"', first.text).group(1)
+    second = client.get(server.api(older_link.replace("&amp;", "&")), timeout=30)
+    assert second.status_code == 200, describe(second)
+    assert shown(second.text) == [queued[0]], "the second page is not the oldest task"
+    assert 'id="tasks-newer"' in second.text and 'id="tasks-older"' not in second.text

@@ -430,12 +430,19 @@
 
     wireTaskActions(list, () => applyFilter());
     const everyone = list.getAttribute('data-show-owner') === 'true';
+    // A page of older tasks updates the cards it shows; new tasks belong on the first page.
+    const firstPage = (parseInt(list.getAttribute('data-offset') || '0', 10) || 0) === 0;
     openStream(everyone ? '/api/stream?all=1' : '/api/stream', (task) => {
       let card = list.querySelector('[data-task-id="' + CSS.escape(task.id) + '"]');
+      if (!card && !firstPage) return;
       if (!card) {
         card = newTaskCard(task);
         if (!card) return;
-        list.prepend(card);
+        // Newest first: before the first card that is older (the page's own cards all are; the
+        // stream sends several new ones newest first).
+        card.setAttribute('data-created', task.createdAt || '');
+        const older = Array.from(list.children).find((other) => (other.getAttribute('data-created') || '') < (task.createdAt || ''));
+        list.insertBefore(card, older || null);
         card.classList.add('flash');
       } else {
         renderTask(card, task);
