@@ -443,6 +443,24 @@ class UnixUser:
         return f"UnixUser({self.name}, uid={self.uid})"
 
 
+def processes_of(uid: int) -> list[int]:
+    """The pids of the processes whose real uid is `uid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                for line in status:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            found.append(int(entry))
+                        break
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
 @pytest.fixture
 def unix_user():
     require_root("creating Unix users")
@@ -459,6 +477,20 @@ def unix_user():
     yield create
     problems = []
     for name in created:
+        # A task's process that has just reported its end may still be exiting: given a few
+        # seconds, then killed, so that userdel does not find the user busy.
+        uid = pwd.getpwnam(name).pw_uid
+        deadline = time.monotonic() + 10
+        while processes_of(uid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in processes_of(uid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while processes_of(uid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         result = run("userdel", "-r", name, check=False)
         try:
             pwd.getpwnam(name)
