@@ -188,7 +188,7 @@ public final class CopyEngine: Sendable {
     public func publish(_ sources: [CopySource], from staging: StagingArea, flushed: Bool = false) throws(CopyError) -> [ByteString] {
         var published: [ByteString] = []
         if !flushed {
-            do { try makeDurable(staging) } catch {
+            do { try flush(staging) } catch {
                 discard(staging)
                 throw error
             }
@@ -211,17 +211,11 @@ public final class CopyEngine: Sendable {
         return published
     }
 
-    /// Writes every staged byte and inode to stable storage: one `syncfs`, not an `fsync` per file
-    /// (except on FUSE, `makeDurable`).
-    public func flush(_ staging: StagingArea) throws(CopyError) {
-        try makeDurable(staging)
-    }
-
-    /// `syncfs` of the staging directory's filesystem; on FUSE also an `fsync` of every file and
-    /// directory staged. The kernel passes `syncfs` on to a FUSE server only for virtiofs: for any
+    /// Writes every staged byte and inode to stable storage: one `syncfs`, not an `fsync` per file,
+    /// except on FUSE. The kernel passes `syncfs` on to a FUSE server only for virtiofs: for any
     /// other FUSE filesystem (a pool, sshfs, the tests' quota filesystem) it returns at once with
-    /// nothing written, and only an `fsync` of each file reaches the server.
-    func makeDurable(_ staging: StagingArea) throws(CopyError) {
+    /// nothing written, and there every staged file and directory is `fsync`ed, which does reach it.
+    public func flush(_ staging: StagingArea) throws(CopyError) {
         do { try staging.directory.syncFilesystem() } catch { throw .system(path: PathDisplay.string(staging.name), error) }
         guard (try? staging.directory.filesystemStatistics())?.magic == FilesystemStatistics.fuseMagic else { return }
         try walk([CopySource(directory: staging.parent, name: staging.name)], peer: nil, visitor: SyncVisitor())

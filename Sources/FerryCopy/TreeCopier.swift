@@ -192,22 +192,17 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
     }
 
     /// A link to the first copy of a file, at `path` beneath the destination's root, as `name` in
-    /// `peer`. In a tree deeper than PATH_MAX the path is too long for one call: it is then walked
-    /// one directory at a time, each opened through no symlink, one descriptor open at a time.
+    /// `peer`. In a tree deeper than PATH_MAX the path is too long for one call: its directory is
+    /// then opened by the resolver's walk (a component at a time, through no symlink).
     private func linkFirstCopy(_ path: ByteString, to peer: FileDescriptor, _ name: ByteString) throws {
         do {
             try FerrySystem.link(from: destinationRoot, path, to: peer, name)
         } catch {
             guard error.code == .nameTooLong else { throw error }
             let (parentPath, last) = BytePath.split(path)
-            var current: FileDescriptor?
-            defer { current?.closeQuietly() }
-            for component in parentPath.split(separator: UInt8(ascii: "/")) where !component.isEmpty {
-                let next = try (current ?? destinationRoot).openAt(Array(component), [.path, .directory, .noFollow])
-                current?.closeQuietly()
-                current = next
-            }
-            try FerrySystem.link(from: current ?? destinationRoot, last, to: peer, name)
+            let parent = try PathResolver.open(beneath: destinationRoot, parentPath, [.path, .directory], forceWalk: true)
+            defer { parent.closeQuietly() }
+            try FerrySystem.link(from: parent, last, to: peer, name)
         }
     }
 }

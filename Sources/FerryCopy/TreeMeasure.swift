@@ -87,9 +87,7 @@ final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
 @discardableResult
 func makeWritableForRemoval(_ name: ByteString, in parent: FileDescriptor, status: FileStatus) throws -> Bool {
     guard status.permissions & 0o700 != 0o700 else { return false }
-    let fd = try parent.openAt(name, [.directory, .noFollow])
-    defer { fd.closeQuietly() }
-    try fd.changeMode(permissions: status.permissions | 0o700)
+    try parent.changeDirectoryMode(name, permissions: status.permissions | 0o700)
     return true
 }
 
@@ -230,7 +228,7 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
     }
 }
 
-/// `fsync` of every file and directory walked (`CopyEngine.makeDurable`, for FUSE): each file by
+/// `fsync` of every file and directory walked (`CopyEngine.flush`, on FUSE): each file by
 /// itself, each directory once its entries are done.
 final class SyncVisitor: TreeVisitor, Sendable {
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {

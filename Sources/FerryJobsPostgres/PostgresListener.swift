@@ -20,6 +20,7 @@ enum PostgresListener {
     private struct Signs {
         var listening = false
         var last = ContinuousClock.now
+        var ended = false
     }
 
     /// `ready` gets nil once LISTEN is first in place, or the first attempt's error.
@@ -29,9 +30,10 @@ enum PostgresListener {
         while !Task.isCancelled {
             let signs = Mutex(Signs())
             let attempt = Task {
+                defer { signs.withLock { $0.ended = true } }
                 try await listenOnce(client: client, wakeup: wakeup, logger: logger) {
                     let first = signs.withLock { signs in
-                        defer { signs = Signs(listening: true, last: .now) }
+                        defer { (signs.listening, signs.last) = (true, .now) }
                         return !signs.listening
                     }
                     if first {
@@ -40,14 +42,9 @@ enum PostgresListener {
                     }
                 }
             }
-            let ended = Mutex(false)
-            let watch = Task {
-                _ = await attempt.result
-                ended.withLock { $0 = true }
-            }
             var given = false
-            while !Task.isCancelled && !ended.withLock({ $0 }) {
-                try? await Task.sleep(for: .milliseconds(250))
+            while !Task.isCancelled && !signs.withLock({ $0.ended }) {
+                try? await Task.sleep(for: .milliseconds(250))  // an attempt that ended is followed at once
                 let (listening, quiet) = signs.withLock { ($0.listening, ContinuousClock.now - $0.last) }
                 if (!listening && quiet > listenWithin) || (listening && quiet > silentFor) {
                     given = true
@@ -56,7 +53,6 @@ enum PostgresListener {
             }
             if Task.isCancelled || given {
                 attempt.cancel()  // left behind: an attempt stuck inside the driver never returns
-                watch.cancel()
                 if Task.isCancelled { break }
                 logger.warning("the listening connection gave no sign of life; listening on a new one")
             } else if case .failure(let error) = await attempt.result {

@@ -128,10 +128,8 @@ extension MoveEngine {
         for source in sources {
             guard let original = try? source.directory.status(source.name), original.kind == .directory, original.permissions & 0o200 == 0,
                   let copy = try? destination.status(source.destinationName), copy.kind == .directory,
-                  copy.permissions == original.permissions | 0o200, copy.uid == geteuid(),
-                  let directory = try? destination.openAt(source.destinationName, [.directory, .noFollow]) else { continue }
-            defer { directory.closeQuietly() }
-            try? directory.changeMode(permissions: original.permissions)
+                  copy.permissions == original.permissions | 0o200, copy.uid == geteuid() else { continue }
+            try? destination.changeDirectoryMode(source.destinationName, permissions: original.permissions)
         }
     }
 

@@ -186,14 +186,14 @@ public struct Planner: Sendable {
         // A relink renames each file out of its directory, which takes write permission there; a
         // read-only directory (0555) of the user's would stop it part way (and be rolled back).
         // Chosen by Ferry, it gives way to a copy; asked for, it is refused.
-        let relinkAskedFor = options.strategy != nil || (kind == .move && configuredStrategy(transfer.destinationPath) != nil)
-        if strategy == .relink && geteuid() != 0 && measurement.entriesInReadOnlyDirectories > 0 && !relinkAskedFor {
+        let stuck = measurement.entriesInReadOnlyDirectories
+        if strategy == .relink && geteuid() != 0 && stuck > 0 {
+            guard options.strategy == nil && (kind != .move || configuredStrategy(transfer.destinationPath) == nil) else {
+                return refused(kind, transfer, code: "relink.read_only",
+                               "a relink renames each file out of its directory, and \(Format.count(stuck)) entries are in directories without write permission for their owner; make them writable first (chmod -R u+w), or move by copy (--strategy copy)")
+            }
             strategy = .copy
-            warnings.append("\(Format.count(measurement.entriesInReadOnlyDirectories)) entries are in directories without write permission for their owner, out of which a relink cannot rename them: the data is copied instead")
-        }
-        if strategy == .relink && geteuid() != 0 && measurement.entriesInReadOnlyDirectories > 0 {
-            return refused(kind, transfer, code: "relink.read_only",
-                           "a relink renames each file out of its directory, and \(Format.count(measurement.entriesInReadOnlyDirectories)) entries are in directories without write permission for their owner; make them writable first (chmod -R u+w), or move by copy (--strategy copy)")
+            warnings.append("\(Format.count(stuck)) entries are in directories without write permission for their owner, out of which a relink cannot rename them: the data is copied instead")
         }
         if kind == .copy && strategy != .copy {
             return refused(kind, transfer, code: "strategy.invalid", "a copy can only use the copy strategy")

@@ -157,6 +157,14 @@ extension FileDescriptor {
         }
     }
 
+    /// Sets the permissions of the directory `name` in this one through a descriptor opened
+    /// `O_NOFOLLOW`: `fchmodat` would follow a symlink swapped in for it.
+    public func changeDirectoryMode(_ name: ByteString, permissions: UInt32) throws(SystemError) {
+        let directory = try openAt(name, [.directory, .noFollow])
+        defer { directory.closeQuietly() }
+        try directory.changeMode(permissions: permissions)
+    }
+
     /// The corresponding C function is `fchmodat`, or `fchmod` when `name` is nil.
     public func changeMode(_ name: ByteString? = nil, permissions: UInt32) throws(SystemError) {
         if let name {

@@ -97,6 +97,15 @@ struct PostgresTaskStoreTests {
             // Five times over: once, a LISTEN sent on the connection that replaced a terminated
             // one never completed, and the store neither woke again nor shut down.
             for round in 1...5 {
+                // Both stores listening again first (each reconnects on its own time).
+                for _ in 0..<100 {
+                    let listening = try cluster.psql(database, """
+                        SELECT count(*) FROM pg_stat_activity
+                        WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'
+                        """)
+                    if (Int(listening.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) >= 2 { break }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
                 let killed = try cluster.psql(database, """
                     SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                     WHERE datname = current_database() AND pid <> pg_backend_pid() AND (query ILIKE 'LISTEN%' OR query = 'SELECT 1')
