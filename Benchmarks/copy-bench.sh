@@ -36,7 +36,9 @@ fi
 for tool in mkfs.xfs rsync losetup; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }; done
 
 . "$here/scripts/lib/loop-xfs.sh"
-trap loop_xfs_down EXIT INT TERM
+trap loop_xfs_down EXIT
+trap 'loop_xfs_down; exit 130' INT
+trap 'loop_xfs_down; exit 143' TERM
 loop_xfs_up ferry-bench 14G
 project_dir "$mnt/src" 100
 project_dir "$mnt/dst" 200
@@ -44,14 +46,23 @@ project_dir "$mnt/dst" 200
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 
-# time_one COMMAND...: runs the command on cold caches, prints seconds; clears dst after.
+# time_one SRC COMMAND...: runs the command on cold caches, prints seconds; clears dst after. A
+# command that fails, or leaves dst without as many entries as SRC has, stops the benchmark: its
+# time would be no copy's.
 time_one() {
-  local start end
+  local src="$1" start end status=0 want got
+  shift
   cold
   start=$(now)
-  "$@" >/dev/null
+  "$@" >/dev/null || status=$?
   end=$(now)
+  want=$(find "$src" | wc -l)
+  got=$(find "$mnt/dst/$(basename "$src")" 2>/dev/null | wc -l)
   rm -rf "${mnt:?}/dst/"* "$mnt"/dst/.ferry-staging-* 2>/dev/null || true
+  if [ "$status" != 0 ] || [ "$want" != "$got" ]; then
+    echo "copy-bench: $* exited $status with $got of $want entries copied" >&2
+    return 1
+  fi
   echo "$end - $start" | bc -l
 }
 
@@ -66,14 +77,19 @@ bench() {
   local -A samples=([ferry]="" [cp]="" [rsync]="")
   run_tool() {
     case "$1" in
-      ferry) time_one "$ferry" copy "$src" "$mnt/dst/" ;;
-      cp) time_one sh -c "cp -a '$src' '$mnt/dst/' && sync" ;;
-      rsync) time_one sh -c "rsync -a '$src' '$mnt/dst/' && sync" ;;
+      ferry) time_one "$src" "$ferry" copy "$src" "$mnt/dst/" ;;
+      # Durable as ferry's copy is: the destination filesystem flushed (syncfs), no more.
+      cp) time_one "$src" sh -c "cp -a '$src' '$mnt/dst/' && sync -f '$mnt/dst'" ;;
+      rsync) time_one "$src" sh -c "rsync -a '$src' '$mnt/dst/' && sync -f '$mnt/dst'" ;;
     esac
   }
-  for label in ferry cp rsync; do run_tool "$label" >/dev/null; done
+  local sample
+  for label in ferry cp rsync; do run_tool "$label" >/dev/null || exit 1; done
   for round in $(seq "$runs"); do
-    for label in ferry cp rsync; do samples[$label]+="$(run_tool "$label") "; done
+    for label in ferry cp rsync; do
+      sample=$(run_tool "$label") || exit 1
+      samples[$label]+="$sample "
+    done
   done
   local -A times=()
   for label in ferry cp rsync; do

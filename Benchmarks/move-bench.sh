@@ -54,7 +54,9 @@ cleanup() {
   [ -n "$pgdata" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pgdata" -m immediate stop >/dev/null 2>&1
   loop_xfs_down
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 loop_xfs_up ferry-move-bench 14G
 chmod 755 "$work"
 # Measured as installed (install(1) copies, as a package would), not straight out of the build
@@ -105,15 +107,16 @@ same_project() {  # same_project TOOL ITEM: seconds per move over $moves moves (
   s=$(now)
   for _ in $(seq $((moves / 2))); do
     if [ "$tool" = ferry ]; then
-      "$ferry" move "$mnt/a/$item" "$mnt/a/$item.moved" 2>/dev/null
-      "$ferry" move "$mnt/a/$item.moved" "$mnt/a/$item" 2>/dev/null
+      "$ferry" move "$mnt/a/$item" "$mnt/a/$item.moved" 2>/dev/null || return 1
+      "$ferry" move "$mnt/a/$item.moved" "$mnt/a/$item" 2>/dev/null || return 1
     else
-      mv "$mnt/a/$item" "$mnt/a/$item.moved"
-      mv "$mnt/a/$item.moved" "$mnt/a/$item"
+      mv "$mnt/a/$item" "$mnt/a/$item.moved" || return 1
+      mv "$mnt/a/$item.moved" "$mnt/a/$item" || return 1
     fi
   done
   e=$(now)
-  # Only a timing of moves that happened counts (a failed move would make every later one fail fast).
+  # Only a timing of moves that happened counts (a failed move would make every later one fail
+  # fast): each exit status above, and where the item is now.
   if [ ! -e "$mnt/a/$item" ] || [ -e "$mnt/a/$item.moved" ]; then
     echo "move-bench: $tool did not move $item there and back" >&2
     return 1
@@ -160,7 +163,7 @@ dd_floor() {  # dd_floor SRC DEST_PARENT
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-  [ "$status" = 0 ] && rm -rf "$src" && sync
+  [ "$status" = 0 ] && rm -rf "$src" && sync -f "$2"
 }
 
 # The same for a tree of small files, where the floor is the file system's work per inode rather
@@ -196,14 +199,14 @@ PY
   done
   for pid in "${pids[@]}"; do wait "$pid" || status=1; done
   [ "$status" = 0 ] || return 1
-  sync
+  sync -f "$dst"
   pids=()
   for ((k = 0; k < workers; k++)); do
     (cd "$src" && ls -A | awk -v k="$k" -v n="$workers" '(NR - 1) % n == k' | xargs -r -d '\n' rm -rf --) &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-  [ "$status" = 0 ] && rmdir "$src" && sync
+  [ "$status" = 0 ] && rmdir "$src" && sync -f "$2"
 }
 
 cross_project() {  # cross_project NAME FILES FLOOR MAKE...: ferry vs mv+sync vs rsync --remove-source-files+sync [vs a floor]
@@ -220,8 +223,9 @@ cross_project() {  # cross_project NAME FILES FLOOR MAKE...: ferry vs mv+sync vs
       s=$(now)
       case "$tool" in
         ferry) "$ferry" move "$mnt/a/data" "$mnt/b/" 2>/dev/null ;;
-        mv) mv "$mnt/a/data" "$mnt/b/" && sync ;;
-        rsync) rsync -a --remove-source-files "$mnt/a/data" "$mnt/b/" && find "$mnt/a/data" -depth -type d -empty -delete && sync ;;
+        # Durable as ferry's move is: the filesystem flushed (syncfs), no more.
+        mv) mv "$mnt/a/data" "$mnt/b/" && sync -f "$mnt/b" ;;
+        rsync) rsync -a --remove-source-files "$mnt/a/data" "$mnt/b/" && find "$mnt/a/data" -depth -type d -empty -delete && sync -f "$mnt/b" ;;
         floor) $floor "$mnt/a/data" "$mnt/b" ;;
       esac
       e=$(now)

@@ -35,7 +35,9 @@ cleanup() {
   loop_xfs_down
   [ -n "$group" ] && rmdir "$group"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 if [ -f /sys/fs/cgroup/cpu/cpu.cfs_period_us ]; then
   group="/sys/fs/cgroup/cpu/ferry-thread-budget-$$"
   mkdir "$group"
@@ -75,16 +77,21 @@ sample() {
   echo 3 > /proc/sys/vm/drop_caches
   local start end
   start=$(date +%s.%N)
-  limited copy --dry-run "$@" "$src" "$mnt/dst" >/dev/null
+  limited copy --dry-run "$@" "$src" "$mnt/dst" >/dev/null || { echo "thread-budget: ferry copy --dry-run $* failed" >&2; return 1; }
   end=$(date +%s.%N)
   awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f\n", e - s }'
 }
 echo "in the one-CPU cgroup: $(limited copy --dry-run "$src" "$mnt/dst" | grep '^Threads')"
 echo "with --jobs 2:         $(limited copy --dry-run --jobs 2 "$src" "$mnt/dst" | grep '^Threads')"
-sample >/dev/null  # warm-up
+sample >/dev/null  # warm-ups (a sample that fails stops the run: it would time no walk)
+sample --jobs 2 >/dev/null
 one=(); two=()
 for r in $(seq 1 "$runs"); do
-  if [ $(( r % 2 )) = 1 ]; then a="$(sample)"; b="$(sample --jobs 2)"; else b="$(sample --jobs 2)"; a="$(sample)"; fi
+  if [ $(( r % 2 )) = 1 ]; then
+    a="$(sample)" || exit 1; b="$(sample --jobs 2)" || exit 1
+  else
+    b="$(sample --jobs 2)" || exit 1; a="$(sample)" || exit 1
+  fi
   one+=("$a"); two+=("$b")
   echo "run $r: one walker $a s, two walkers $b s"
 done

@@ -59,7 +59,8 @@ let claimed = try await withThrowingTaskGroup(of: [String].self) { group in
     for try await ids in group { all += ids }
     return all
 }
-let seconds = Double((clock.now - start).components.attoseconds) / 1e18 + Double((clock.now - start).components.seconds)
+let elapsed = clock.now - start  // one reading: two would mix two instants' seconds and fractions
+let seconds = Double(elapsed.components.attoseconds) / 1e18 + Double(elapsed.components.seconds)
 let engine: String
 if case .sqlite = url { engine = "sqlite" } else { engine = "postgres" }
 print(String(format: "%@: %d claims by %d workers%@ in %.2f s = %.0f claims/s (duplicates: %d)",

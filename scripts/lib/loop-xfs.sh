@@ -19,9 +19,15 @@ project_dir() {
   xfs_io -c "chproj $2" -c 'chattr +P' "$1" >/dev/null
 }
 
+# Safe to call twice (from an INT trap, then the EXIT trap): what it undid is forgotten, so a loop
+# device someone else took meanwhile is never detached; errexit is as it was afterwards.
 loop_xfs_down() {
+  local -
   set +e
   if [ -n "${mnt:-}" ] && mountpoint -q "$mnt"; then umount "$mnt" 2>/dev/null || umount -l "$mnt"; fi
   [ -n "${loop:-}" ] && losetup -d "$loop"
   [ -n "${work:-}" ] && rm -rf "$work"
+  loop=""
+  mnt=""
+  work=""
 }
