@@ -3,7 +3,7 @@
 set -euo pipefail
 # libc6-dev, libstdc++-12-dev and libsqlite3-dev also hold the static libraries the `ferry` front end
 # is linked from (libc.a, libstdc++.a, libsqlite3.a).
-packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev libc6-dev libstdc++-12-dev python3 bc fuse3 libfuse3-dev pkg-config gcc strace postgresql-15 libpam0g-dev)
+packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev libc6-dev libstdc++-12-dev python3 bc fuse3 libfuse3-dev pkg-config gcc strace postgresql-15 libpam0g-dev procps)
 # `scripts/setup.sh --test`: also what the web tests drive (headless Chromium, its driver, the
 # Python test runner and Selenium).
 if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver python3-pip passwd); fi
@@ -18,5 +18,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (expected Swift 6.x, e.g. /opt/swift/usr/bin)" >&2; exit 1; }
 if [ "${1:-}" = "--test" ]; then
-  python3 -c 'import selenium, pytest, requests' 2>/dev/null || python3 -m pip install -q 'selenium<4.52' pytest requests
+  # Into whichever python3 is first on PATH. Debian's own refuses pip (PEP 668: "externally
+  # managed"); for it, Debian's packages of the three instead.
+  if ! python3 -c 'import selenium, pytest, requests' 2>/dev/null; then
+    if python3 -c 'import sys, sysconfig, os; sys.exit(os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+      python3 -m pip install -q 'selenium<4.52' pytest requests
+    else
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-selenium python3-pytest python3-requests >/dev/null
+    fi
+    python3 -c 'import selenium, pytest, requests'
+  fi
 fi
