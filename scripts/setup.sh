@@ -7,15 +7,18 @@ packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev libc6-dev libstdc++-
 # `scripts/setup.sh --test`: also what the web tests drive (headless Chromium, its driver, the
 # Python test runner and Selenium).
 if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver python3-pip passwd); fi
+# Installs Debian packages, the package lists read first (once per run).
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then echo "setup: need root to install: $*" >&2; exit 1; fi
+  [ "${FERRY_APT_UPDATED:-}" = 1 ] || apt-get update -qq
+  FERRY_APT_UPDATED=1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then echo "setup: need root to install: ${missing[*]}" >&2; exit 1; fi
-  [ "${FERRY_APT_UPDATED:-}" = 1 ] || apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (expected Swift 6.x, e.g. /opt/swift/usr/bin)" >&2; exit 1; }
 if [ "${1:-}" = "--test" ]; then
   # Into whichever python3 is first on PATH. Debian's own refuses pip (PEP 668: "externally
@@ -24,7 +27,7 @@ if [ "${1:-}" = "--test" ]; then
     if python3 -c 'import sys, sysconfig, os; sys.exit(os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
       python3 -m pip install -q 'selenium<4.52' pytest requests
     else
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-selenium python3-pytest python3-requests >/dev/null
+      apt_install python3-selenium python3-pytest python3-requests
     fi
     python3 -c 'import selenium, pytest, requests'
   fi
