@@ -135,6 +135,18 @@ public final class TaskStoreRelay: Sendable {
     private let onChange: @Sendable (String) -> Void
     /// When the runner was last heard from, and how many of its calls are being answered.
     private let heard = Mutex<(last: ContinuousClock.Instant, answering: Int)>((ContinuousClock.now, 0))
+    /// The notes the runner added to the history, and their bytes (`noteLimit`, `noteBytes`).
+    private let notes = Mutex<(count: Int, bytes: Int)>((0, 0))
+    /// How the runner ended the task, if it did (`finish` answered).
+    private let ending = Mutex<TaskStatus?>(nil)
+    /// A run's notes: the engine adds a handful; a runner (its owner can write into the channel)
+    /// may not grow the shared history without bound.
+    public static let noteLimit = 256
+    public static let noteBytes = 1 << 20
+
+    /// The state this runner ended its task in, if it ended it: a task another run ended (one that
+    /// took it over) is not this run's work.
+    public var endedAs: TaskStatus? { ending.withLock { $0 } }
 
     /// `onChange` is called with the task id after every call that changed the task (heartbeats
     /// aside). A runner may ask for leases of at most `maximumLease`.
@@ -214,11 +226,16 @@ public final class TaskStoreRelay: Sendable {
                                     message: a.message ?? "")
         case "updateProgress":
             try own(op, a)
-            try await store.updateProgress(id: taskID, worker: worker, try required(a.progress, op, "progress"))
+            let progress = try required(a.progress, op, "progress")
+            guard progress.bytesPerSecond.isFinite, progress.bytesPerSecond >= 0 else {
+                throw TaskStoreError.database("not allowed: a rate of \(progress.bytesPerSecond) bytes/s")
+            }
+            try await store.updateProgress(id: taskID, worker: worker, progress)
         case "finish":
             try own(op, a)
-            try await store.finish(id: taskID, worker: worker, status: try required(a.status, op, "status"), failure: a.failure,
-                                   message: a.message ?? "")
+            let status = try required(a.status, op, "status")
+            try await store.finish(id: taskID, worker: worker, status: status, failure: a.failure, message: a.message ?? "")
+            ending.withLock { $0 = status }
         case "release":
             try own(op, a)
             var retryAfter: Duration?
@@ -243,10 +260,22 @@ public final class TaskStoreRelay: Sendable {
             try await checkLockPaths(locks)
             try await store.acquireLocks(id: taskID, worker: worker, locks)
         case "record":
-            try own(op, a, worker: false)
-            // A note, not a dump: at most 64 KiB of it is kept.
-            let message = try required(a.message, op, "message")
-            try await store.record(taskID, message: message.utf8.count > 65_536 ? String(decoding: Array(message.utf8.prefix(65_536)), as: UTF8.self) : message)
+            try own(op, a, worker: false)  // the call names no worker: the lease is checked below
+            // A note, not a dump: at most 64 KiB of it is kept, and a run adds a bounded number,
+            // only while it holds the task.
+            var message = try required(a.message, op, "message")
+            if message.utf8.count > 65_536 { message = String(decoding: Array(message.utf8.prefix(65_536)), as: UTF8.self) }
+            let size = message.utf8.count
+            let allowed = notes.withLock { notes in
+                guard notes.count < Self.noteLimit, notes.bytes + size <= Self.noteBytes else { return false }
+                notes = (notes.count + 1, notes.bytes + size)
+                return true
+            }
+            guard allowed else {
+                throw TaskStoreError.database("not allowed: more than \(Self.noteLimit) notes or \(Self.noteBytes) bytes of them in one run")
+            }
+            guard try await store.task(taskID)?.leaseOwner == worker else { throw TaskStoreError.leaseLost(taskID) }
+            try await store.record(taskID, message: message)
         default:
             throw TaskStoreError.database("not allowed: \(op)")
         }
@@ -263,7 +292,7 @@ public final class TaskStoreRelay: Sendable {
         while destination.count > 1 && destination.last == slash { destination.removeLast() }
         let parent: [UInt8] = destination.lastIndex(of: slash).map { $0 == 0 ? [slash] : Array(destination[..<$0]) } ?? []
         let directory = plan.destinationDirectory.bytes
-        guard directory == destination || directory == parent,
+        guard directory == destination || directory == parent, ["rename", "relink", "copy"].contains(plan.strategy),
               plan.stagingName.bytes == Array(".ferry-staging-\(taskID)".utf8),
               plan.finalNames.allSatisfy({ BytePath.isPlainName($0.bytes) }), plan.finalNames.count == task.sources.count else {
             throw TaskStoreError.database("not allowed: a plan outside the task's destination \(task.destination)")

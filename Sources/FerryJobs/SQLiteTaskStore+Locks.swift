@@ -58,3 +58,16 @@ extension SQLiteTaskStore {
                   TaskEvent.claimed(by: worker, attempt: row?["attempts"] ?? 0, takenOverFrom: nil))
     }
 }
+
+extension SQLiteTaskStore {
+    /// One grouped count, whatever the size of the history.
+    public func countByStatus() async throws -> [TaskStatus: Int] {
+        try await pool.read { db in
+            var counts: [TaskStatus: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM tasks GROUP BY status") {
+                if let status = TaskStatus(rawValue: row["status"]) { counts[status] = row["n"] }
+            }
+            return counts
+        }
+    }
+}

@@ -125,9 +125,12 @@ public struct TaskProgress: Codable, Sendable, Equatable {
         self.bytesPerSecond = bytesPerSecond
     }
 
-    /// Seconds until the bytes are done at the recorded rate, when it can be told.
+    /// Seconds until the bytes are done at the recorded rate, when it can be told (a rate too
+    /// small for a finite answer cannot: JSON has no infinity).
     public var secondsRemaining: Double? {
-        bytesPerSecond > 0 && bytesTotal > bytesDone ? Double(bytesTotal - bytesDone) / bytesPerSecond : nil
+        guard bytesPerSecond > 0, bytesPerSecond.isFinite, bytesTotal > bytesDone else { return nil }
+        let seconds = Double(bytesTotal - bytesDone) / bytesPerSecond
+        return seconds.isFinite ? seconds : nil
     }
 }
 

@@ -64,6 +64,10 @@ public protocol TaskStore: Sendable {
     /// have removed while their task still holds its locks. The janitor calls it.
     func repair() async throws -> [String]
 
+    /// How many tasks are in each state (for metrics, scraped by anyone who can reach the server):
+    /// the database stores count them in one query; the default pages through `list`.
+    func countByStatus() async throws -> [TaskStatus: Int]
+
     /// Lets go of the database before the process ends; the store is unusable afterwards. An SQLite
     /// store that is the file's last user folds its write-ahead log back into the database and
     /// removes it, so that the next process to open the file need not read the log through first.
@@ -136,7 +140,8 @@ extension TaskStore {
     /// Nothing kept beside the tables: nothing to put right.
     public func repair() async throws -> [String] { [] }
 
-    /// How many tasks are in each state (for metrics). Stores may answer this with one query.
+    /// How many tasks are in each state, a page of `list` at a time (the stores with a database
+    /// of their own answer with one query).
     public func countByStatus() async throws -> [TaskStatus: Int] {
         var counts: [TaskStatus: Int] = [:]
         var offset = 0

@@ -127,3 +127,15 @@ extension PostgresTaskStore {
         return value
     }
 }
+
+extension PostgresTaskStore {
+    /// One grouped count, whatever the size of the history.
+    public func countByStatus() async throws -> [TaskStatus: Int] {
+        var counts: [TaskStatus: Int] = [:]
+        for row in try await rows("SELECT status, count(*) FROM tasks GROUP BY status") {
+            let (status, count) = try row.decode((String, Int64).self)
+            if let status = TaskStatus(rawValue: status) { counts[status] = Int(count) }
+        }
+        return counts
+    }
+}

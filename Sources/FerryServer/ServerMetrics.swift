@@ -26,12 +26,17 @@ public final class ServerMetrics: Sendable {
                                  help: "Bytes of data in tasks completed by this server").increment(by: Int64(clamping: plan.bytes))
         }
         registry.makeCounter(name: "ferry_tasks_completed_total", labels: [("kind", task.kind.rawValue)], help: "Tasks completed by this server").increment()
-        // A phase lasts from its event to the next one.
-        for (event, next) in zip(events, events.dropFirst()) where event.status != next.status || event.status == .copying {
-            let seconds = max(0, next.at.timeIntervalSince(event.at))
-            registry.makeDurationHistogram(name: "ferry_task_phase_duration_seconds", labels: [("phase", event.status.rawValue)],
+        // One sample per phase the task went through: the time from each of its events to the
+        // next, added up over the phase's events (a copy resumed, a phase entered again after a
+        // retry), so that the histogram's count is tasks, not events.
+        var spent: [TaskStatus: Double] = [:]
+        for (event, next) in zip(events, events.dropFirst()) {
+            spent[event.status, default: 0] += max(0, next.at.timeIntervalSince(event.at))
+        }
+        for (phase, seconds) in spent where !phase.isTerminal {
+            registry.makeDurationHistogram(name: "ferry_task_phase_duration_seconds", labels: [("phase", phase.rawValue)],
                                            buckets: phaseBuckets, help: "Time tasks spent in each phase")
-                .recordNanoseconds(Int64(seconds * 1e9))
+                .recordNanoseconds(Int64(min(seconds, 1e9) * 1e9))
         }
     }
 

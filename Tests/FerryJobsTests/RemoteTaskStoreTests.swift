@@ -304,6 +304,42 @@ struct RemoteTaskStoreTests {
         }
     }
 
+    /// What the server shows and counts from a runner's words (its owner can write into the
+    /// channel) is bounded: a strategy the engine has, a finite rate, a bounded number of notes
+    /// and only while the run holds the task; and only the run that ended the task says so.
+    @Test func aRunnersFiguresAndNotesAreBounded() async throws {
+        try await withChannel { store, task, channel in
+            let client = channel.client
+            try await client.advance(id: task.id, worker: "w1", to: .validating, plan: nil, message: "validating")
+            let odd = TaskPlan(strategy: String(repeating: "x", count: 4096), bytes: 1, allocatedBytes: 1, entries: 1, inodes: 1,
+                               stagingName: StoredPath(".ferry-staging-\(task.id)"), finalNames: [StoredPath("data")],
+                               destinationDirectory: StoredPath("/p/b"))
+            await #expect(performing: { try await client.advance(id: task.id, worker: "w1", to: .locked, plan: odd, message: "") },
+                          throws: { isRefusal($0) })
+            let backwards = TaskProgress(bytesDone: 1, bytesTotal: 2, entriesDone: 0, entriesTotal: 1, bytesPerSecond: -5)
+            await #expect(performing: { try await client.updateProgress(id: task.id, worker: "w1", backwards) }, throws: { isRefusal($0) })
+            // A rate too small for a finite ETA gives none (JSON has no infinity).
+            let crawling = TaskProgress(bytesDone: 0, bytesTotal: .max, entriesDone: 0, entriesTotal: 1, bytesPerSecond: .leastNonzeroMagnitude)
+            try await client.updateProgress(id: task.id, worker: "w1", crawling)
+            #expect(try await store.task(task.id)?.progress.secondsRemaining == nil)
+
+            for i in 0..<TaskStoreRelay.noteLimit { try await client.record(task.id, message: "note \(i)") }
+            await #expect(performing: { try await client.record(task.id, message: "one too many") }, throws: { isRefusal($0) })
+            #expect(try await store.events(task.id).filter { $0.message.hasPrefix("note ") }.count == TaskStoreRelay.noteLimit)
+
+            #expect(channel.relay.endedAs == nil)
+            try await client.finish(id: task.id, worker: "w1", status: .completed, failure: nil, message: "done")
+            #expect(channel.relay.endedAs == .completed)
+        }
+        // A run that no longer holds its task adds nothing to its history.
+        try await withChannel(lease: .milliseconds(200)) { store, task, channel in
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(try await store.claim(worker: "w2", limit: 1, lease: .seconds(30)).first?.id == task.id)
+            await #expect(throws: TaskStoreError.leaseLost(task.id)) { try await channel.client.record(task.id, message: "late") }
+            #expect(try await store.events(task.id).contains { $0.message == "late" } == false)
+        }
+    }
+
     @Test func aLostLeaseSurfacesAsLeaseLost() async throws {
         try await withChannel(lease: .milliseconds(200)) { store, task, channel in
             try await Task.sleep(for: .milliseconds(400))

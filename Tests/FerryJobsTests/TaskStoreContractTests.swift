@@ -373,6 +373,21 @@ struct TaskStoreContractTests {
         }
     }
 
+    /// The counts `/metrics` shows, from the store's own query: each state once, over every task.
+    @Test(arguments: storeEngines)
+    func tasksAreCountedByState(engine: StoreUnderTest) async throws {
+        try await withStore(engine) { store in
+            #expect(try await store.countByStatus().isEmpty)
+            for i in 0..<5 { _ = try await store.create(newMove("owner\(i)")) }
+            let claimed = try #require(try await store.claim(worker: "w", limit: 2, lease: .seconds(60)).first)
+            try await store.finish(id: claimed.id, worker: "w", status: .completed, failure: nil, message: "done")
+            let cancelled = try await store.create(newMove())
+            _ = try await store.requestCancel(cancelled.id)
+            let counts = try await store.countByStatus()
+            #expect(counts == [.pending: 4, .completed: 1, .cancelled: 1], "\(counts)")
+        }
+    }
+
     /// A wake-up that finds nobody waiting is kept for the next wait (a worker busy claiming when
     /// work came), and only for one.
     @Test func aWakeUpWithNobodyWaitingIsKeptForTheNextWait() async {
