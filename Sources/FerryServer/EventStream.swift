@@ -26,6 +26,9 @@ enum EventStream {
             var rereadFrom = 0
             try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
             while !Task.isCancelled {
+                // The server is stopping: the response ends without `end`, so the browser
+                // reconnects (to the next server) as after any dropped connection.
+                if state.feed.isClosed { break }
                 guard allowed() else {
                     try await writer.write(ByteBuffer(string: "event: end\ndata: {\"reason\":\"session ended\"}\n\n"))
                     break

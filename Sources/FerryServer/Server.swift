@@ -133,11 +133,16 @@ public enum FerryServer {
             logger: options.logger)
         // A hangup (the terminal the server was started from closed) stops it as SIGTERM does:
         // tasks handed back, the demo's filesystem unmounted. Started under nohup, it stays.
-        let group = ServiceGroup(
-            configuration: .init(services: [.init(service: app)] + services.map { .init(service: $0) },
-                                 gracefulShutdownSignals: [.sigterm, .sigint] + (InterruptWatcher.hangupIgnored ? [] : [.sighup]),
-                                 logger: options.logger))
-        try await group.run()
+        // Stopped in the reverse order: the streams end first, then the runner hands its tasks
+        // back, and the HTTP server stops last. A shutdown that takes over two minutes (a task
+        // process stuck on a hung mount) is escalated to cancellation: whatever a killed task
+        // process left is resumed by the next server once its lease runs out.
+        services.append(StreamCloser(feed: state.feed))
+        var configuration = ServiceGroupConfiguration(
+            services: [.init(service: app)] + services.map { .init(service: $0) },
+            gracefulShutdownSignals: [.sigterm, .sigint] + (InterruptWatcher.hangupIgnored ? [] : [.sighup]), logger: options.logger)
+        configuration.maximumGracefulShutdownDuration = .seconds(120)
+        try await ServiceGroup(configuration: configuration).run()
     }
 }
 

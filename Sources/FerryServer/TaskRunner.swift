@@ -26,14 +26,19 @@ public final class TaskRunner: Service, Sendable {
     /// The one owner whose tasks this runner takes, or nil for all: without root's rights it can
     /// run only its own user's (`ClaimScope`).
     let owner: String?
+    /// Parallel copiers per task (`ferry worker --jobs`), or nil for the engine's default.
+    let jobs: Int?
+    /// The running children, by their run's worker name: two runs of one task may overlap here
+    /// for a moment (a run handed the task back, and the next claimed it before the first exited).
     private let children = Mutex<[String: ChildProcess]>([:])
     private let runs = Atomic<UInt64>(0)
     private let stopping = CancellationFlag()
 
     public init(store: any TaskStore, executable: String, configuration: FerryConfiguration, concurrency: Int,
                 worker: String, lease: Duration, feed: ChangeFeed, metrics: ServerMetrics, logger: Logger,
-                owner: String? = ClaimScope.forThisProcess) {
+                owner: String? = ClaimScope.forThisProcess, jobs: Int? = nil) {
         self.owner = owner
+        self.jobs = jobs
         self.store = store
         self.executable = executable
         self.configuration = configuration
@@ -45,10 +50,17 @@ public final class TaskRunner: Service, Sendable {
         self.logger = logger
     }
 
+    /// Until a graceful shutdown, or until the service group is cancelled (another service
+    /// failed: the HTTP server could not bind its port, say); either way the children are asked
+    /// to hand their tasks back, and waited for.
     public func run() async throws {
-        await withGracefulShutdownHandler {
-            await self.runUntilStopped()
-        } onGracefulShutdown: {
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await self.runUntilStopped()
+            } onGracefulShutdown: {
+                self.stop()
+            }
+        } onCancel: {
             self.stop()
         }
     }
@@ -107,7 +119,8 @@ public final class TaskRunner: Service, Sendable {
                     }
                     if let task = claimed {
                         running += 1
-                        group.addTask { _ = await self.execute(task); return true }
+                        // Not cancelled with the group: a run cut short would not hand its task back.
+                        group.addTask { _ = await Task { await self.execute(task) }.value; return true }
                         continue
                     }
                 }
@@ -137,13 +150,12 @@ public final class TaskRunner: Service, Sendable {
             identity = task.options.privileged ? nil : try AgentClient.identity(for: task.owner)
         } catch {
             log.error("cannot run the task as its owner", metadata: ["owner": "\(task.owner)", "error": "\(error.message)"])
-            try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(60),
-                                     failure: TaskFailure(code: "owner.unavailable", message: error.message), message: error.message)
+            await cannotRun(task, worker: worker, failure: TaskFailure(code: "owner.unavailable", message: error.message))
             return try? await store.task(task.id)
         }
         let settings = RunTaskSettings(taskID: task.id, worker: worker, leaseMilliseconds: Int64(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000),
                                        roots: configuration.roots.map { AgentRequest.Root(path: $0.path, name: $0.name, backend: $0.backend, strategy: $0.strategy) },
-                                       lfsPath: configuration.lfsPath)
+                                       lfsPath: configuration.lfsPath, jobs: jobs)
         let child: ChildProcess
         do {
             let argument = String(decoding: try WireJSON.encoder.encode(settings), as: UTF8.self)
@@ -151,14 +163,15 @@ public final class TaskRunner: Service, Sendable {
                                            identity: identity, standardError: .pipe)
         } catch {
             log.error("cannot start the task's process", metadata: ["error": "\(error)"])
-            try? await store.release(id: task.id, worker: worker, retryAfter: .seconds(30),
-                                     failure: TaskFailure(code: "runner.failed", message: "could not start the task's process: \(error)"), message: "runner failed to start")
+            await cannotRun(task, worker: worker, failure: TaskFailure(code: "runner.failed", message: "could not start the task's process: \(error)"))
             return try? await store.task(task.id)
         }
-        children.withLock { $0[task.id] = child }
+        children.withLock { $0[worker] = child }
         if stopping.isCancelled { child.signal(SIGTERM) }
         log.info("task started", metadata: ["owner": "\(task.owner)", "pid": "\(child.pid)", "status": "\(task.status.rawValue)"])
-        let relay = TaskStoreRelay(store: store, taskID: task.id, worker: worker) { [feed] id in feed.notify(id) }
+        let relay = TaskStoreRelay(store: store, taskID: task.id, worker: worker, maximumLease: Self.relayedLease(lease)) { [feed] id in
+            feed.notify(id)
+        }
         async let relayed: Void = relay.serve(requests: child.standardOutput.rawValue, responses: child.standardInput.rawValue)
         async let complaints: Void = Self.logStandardError(of: child, log: log)
         let patience = max(lease * 2, .seconds(10))
@@ -204,7 +217,7 @@ public final class TaskRunner: Service, Sendable {
         watchdog.cancel()
         await relayed
         await complaints
-        children.withLock { _ = $0.removeValue(forKey: task.id) }
+        children.withLock { _ = $0.removeValue(forKey: worker) }
         child.standardOutput.closeQuietly()
         child.standardInput.closeQuietly()
         if let record = try? await store.task(task.id), record.leaseOwner == worker, !record.status.isTerminal {
@@ -215,13 +228,41 @@ public final class TaskRunner: Service, Sendable {
         feed.notify(task.id)
         if let record {
             log.info("task process ended", metadata: ["status": "\(record.status.rawValue)", "exit": "\(termination.map { "\($0)" } ?? "?")"])
-            if record.status == .completed { await metrics.taskCompleted(record, events: (try? await store.events(task.id)) ?? []) }
+            // Counted by the run that completed it (not also by one it took the task over from).
+            if record.status == .completed && relay.endedAs == .completed {
+                await metrics.taskCompleted(record, events: (try? await store.events(task.id)) ?? [])
+            }
         }
         return try? await store.task(task.id)
     }
 }
 
 extension TaskRunner {
+    /// The longest lease a task's process may ask its relay for: the one it was given (it
+    /// heartbeats every third of it), and 10 minutes at least.
+    static func relayedLease(_ lease: Duration) -> Duration { max(lease, .seconds(600)) }
+
+    /// The history's words for a run that could not start (`cannotRun`).
+    static let couldNotRun = "could not run the task: "
+
+    /// Hands back a task whose process could not be started (its owner has no account here any
+    /// more, or the spawn failed), to be tried again later: after 1 minute, then 2, 4… (at most an
+    /// hour), so that a task nobody can run costs a few history entries a day, not one a minute. A
+    /// task that has not started (pending: nothing staged, nothing to roll back) fails at its
+    /// third such try, with the cause; one part way stays, since only its owner's rights can roll
+    /// it back, until its owner can run again or an admin cancels it.
+    func cannotRun(_ task: TaskRecord, worker: String, failure: TaskFailure, firstDelay: Duration = .seconds(60)) async {
+        let tries = TaskEvent.count((try? await store.events(task.id)) ?? [], beginningWith: Self.couldNotRun) + 1
+        let message = Self.couldNotRun + failure.message
+        if task.status == .pending && tries >= 3 {
+            try? await store.finish(id: task.id, worker: worker, status: .failed, failure: failure, message: message + " (\(tries) times: given up)")
+            return
+        }
+        let delay = min(.seconds(3600), firstDelay * (1 << min(tries - 1, 6)))
+        try? await store.release(id: task.id, worker: worker, retryAfter: delay, failure: failure,
+                                 message: message + " (retried in \(Format.duration(Double(delay.components.seconds))))")
+    }
+
     /// Gives back a task whose process ended without handing it back. It is resumed after 5 s,
     /// then 10 s, 20 s… (at most 5 minutes); at the `UnexpectedEnds.limit`th unexpected end since
     /// its last retry (these, and its workers' deaths) it is cancelled, so the next run rolls it
@@ -300,4 +341,5 @@ public struct RunTaskSettings: Codable, Sendable {
     public var leaseMilliseconds: Int64
     public var roots: [AgentRequest.Root]
     public var lfsPath: String?
+    public var jobs: Int?
 }

@@ -430,6 +430,60 @@ struct CapturingLogHandler: LogHandler {
     }
 }
 
+@Suite struct UnrunnableTaskTests {
+    /// A task whose owner has no account here cannot be run with its owner's rights: it is tried
+    /// again, ever less often, and one that never started fails at its third try, with the cause.
+    /// One part way is never given up by the runner (only its owner's rights could roll it back).
+    @Test func aTaskNobodyCanRunFailsIfItNeverStartedAndWaitsOtherwise() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-unrunnable")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
+        let runner = TaskRunner(store: store, executable: "/nonexistent/ferry", configuration: FerryConfiguration(), concurrency: 1,
+                                worker: "srv", lease: .seconds(60), feed: ChangeFeed(), metrics: ServerMetrics(),
+                                logger: Logger(label: "test"), owner: nil)
+        let gone = TaskFailure(code: "owner.unavailable", message: "no such user")
+        func new() async throws -> TaskRecord {
+            try await store.create(NewTask(kind: .move, sources: [StoredPath("/a/data")], destination: StoredPath("/b"),
+                                           owner: "ferry-no-such-user"))
+        }
+        let queued = try await new()
+        for attempt in 1...2 {
+            let task = try #require(try await store.claim(id: queued.id, worker: "srv#\(attempt)", lease: .seconds(60)))
+            await runner.cannotRun(task, worker: "srv#\(attempt)", failure: gone, firstDelay: .zero)
+            let now = try #require(try await store.task(queued.id))
+            #expect(now.status == .pending && now.leaseOwner == nil && now.failure?.code == "owner.unavailable")
+        }
+        // The third, through the runner's own path (the owner looked up, and not found).
+        let third = try #require(try await store.claim(id: queued.id, worker: "srv#3", lease: .seconds(60)))
+        await runner.execute(third)
+        let failed = try #require(try await store.task(queued.id))
+        #expect(failed.status == .failed && failed.failure?.code == "owner.unavailable", "\(failed)")
+        #expect(try await store.events(queued.id).last?.message.contains("3 times: given up") == true)
+
+        let started = try await new()
+        for attempt in 1...4 {
+            let task = try #require(try await store.claim(id: started.id, worker: "srv#s\(attempt)", lease: .seconds(60)))
+            if attempt == 1 { try await store.advance(id: started.id, worker: "srv#s1", to: .copying, plan: nil, message: "copying") }
+            await runner.cannotRun(try #require(try await store.task(task.id)), worker: "srv#s\(attempt)", failure: gone, firstDelay: .zero)
+        }
+        let waiting = try #require(try await store.task(started.id))
+        #expect(waiting.status == .copying && waiting.leaseOwner == nil, "\(waiting)")
+        // The delays double from the first (here 1 minute: the runner's own default).
+        let task = try #require(try await store.claim(id: started.id, worker: "srv#s5", lease: .seconds(60)))
+        await runner.cannotRun(task, worker: "srv#s5", failure: gone)
+        let later = try #require(try await store.task(started.id)?.notBefore)
+        #expect(later.timeIntervalSinceNow > 15 * 60 - 30, "the fifth try waits 16 minutes")
+    }
+
+    /// A task's process heartbeats every third of the lease it was given, and each heartbeat
+    /// must extend the lease by all of it: with `lease_seconds = 3600` the relay's cap (10
+    /// minutes) let the lease run out between two heartbeats, and another run took the task over.
+    @Test func aTaskProcessIsGrantedTheWholeLeaseItWasGiven() {
+        #expect(TaskRunner.relayedLease(.seconds(3600)) == .seconds(3600))
+        #expect(TaskRunner.relayedLease(.seconds(30)) == .seconds(600))
+    }
+}
+
 @Suite("Agents and a hung mount (root)", .enabled(if: QuotaFS.available), .serialized)
 struct AgentDeadlineTests {
     /// A listing in a directory whose filesystem does not answer (the tests' FUSE filesystem

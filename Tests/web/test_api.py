@@ -117,6 +117,23 @@ def test_a_hangup_stops_the_server_as_sigterm_does_unless_ignored(server):
     server.stop()
 
 
+def test_an_open_event_stream_does_not_hold_up_a_shutdown(server, client):
+    """A tasks page left open must not keep a stopping server alive: its stream ends at once when
+    the shutdown begins, without `end` (so that the browser reconnects, to the next server), and
+    the server exits 0 well before the stream's own keep-alives would have ended it."""
+    with client.get(server.api("/api/stream"), stream=True, timeout=(10, 60)) as stream:
+        assert stream.status_code == 200
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(lines).startswith("retry:")
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        rest = list(lines)  # until the server ends the response
+        assert time.monotonic() - started < 20, "the stream outlived the shutdown's start by 20 s"
+    assert not any(line.startswith("event: end") for line in rest), rest
+    assert server.process.wait(30) == 0, server.log()
+    server.start()
+
+
 def test_session_and_bearer(server, client):
     body = expect(client.get(server.api("/api/session"), timeout=30), 200)
     assert_matches_schema(body, "Session")

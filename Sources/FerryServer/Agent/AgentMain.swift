@@ -51,11 +51,12 @@ public enum AgentMain {
         let null = open("/dev/null", O_RDONLY)
         if null >= 0 { dup2(null, STDIN_FILENO); close(null) }
         let store = RemoteTaskStore(requests: requests, responses: responses)
-        let planner = Planner.serving(settings.roots, lfsPath: settings.lfsPath)
+        let planner = Planner.serving(settings.roots, lfsPath: settings.lfsPath, jobs: settings.jobs)
         let engine = MoveEngine(store: store, settings: .init(worker: settings.worker, lease: .milliseconds(settings.leaseMilliseconds),
                                                               // No roots (a worker without configured roots): the
                                                               // owner's own permissions are the only limit, as for `ferry move`.
-                                                              roots: settings.roots.isEmpty ? nil : settings.roots.map { Array($0.path.utf8) }),
+                                                              roots: settings.roots.isEmpty ? nil : settings.roots.map { Array($0.path.utf8) },
+                                                              jobs: settings.jobs),
                                 planner: planner)
         let interrupt = InterruptWatcher { engine.stop() }
         defer { interrupt.stop() }

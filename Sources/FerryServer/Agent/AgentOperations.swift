@@ -264,9 +264,9 @@ typealias group_t = Glibc.group
 extension Planner {
     /// The planner of an agent: each path's backend and default strategy are those of the deepest
     /// configured root containing it (as `FerryConfiguration.root(containing:)` decides).
-    static func serving(_ roots: [AgentRequest.Root], lfsPath: String?) -> Planner {
+    static func serving(_ roots: [AgentRequest.Root], lfsPath: String?, jobs: Int? = nil) -> Planner {
         let configuration = FerryConfiguration(roots: roots.map { .init(path: $0.path, name: $0.name, backend: $0.backend, strategy: $0.strategy) })
-        var planner = Planner { fd, path in
+        var planner = Planner(jobs: jobs) { fd, path in
             try Storage.backend(for: fd, choice: configuration.backend(for: String(decoding: path, as: UTF8.self)), lfsPath: lfsPath)
         }
         planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self), resolvingSymlinks: true)?.strategy }
