@@ -154,6 +154,9 @@ extension TaskRecord {
         default:
             guard let code = failure?.code else { return FerryCommand.Status.failure.rawValue }
             if code == "locked" { return FerryCommand.Status.locked.rawValue }
+            // A refusal met while committing (a name taken meanwhile, a source gone) is no
+            // pre-flight refusal: something was done, and `ferry task retry` finishes it.
+            if plan?.stoppedCommitting == true { return FerryCommand.Status.failure.rawValue }
             let refusals = ["quota.insufficient", "destination.exists", "source.missing", "hsm.released", "strategy.unknown",
                             "strategy.invalid", "strategy.unavailable", "permission.denied", "relink.read_only"]
             return refusals.contains(code) ? FerryCommand.Status.refused.rawValue : FerryCommand.Status.failure.rawValue

@@ -45,13 +45,54 @@ final class ProgressBar: @unchecked Sendable {
             parts.append(Format.rate(progress.bytesPerSecond))
         }
         if let eta = progress.secondsRemaining { parts.append("ETA \(Format.duration(eta))") }
-        var line = parts.joined(separator: "  ")
+        var line = String(parts.joined(separator: "  ").prefix(width))  // ASCII but for the path
         if let path = progress.currentPath, line.count + 2 < width {
-            let room = width - line.count - 2
-            let shown = path.count > room ? "…" + path.suffix(max(0, room - 1)) : Substring(path)
-            line += "  " + shown
+            line += "  " + Self.tail(Self.printable(path), columns: width - line.count - 2)
         }
-        return String(line.prefix(width))
+        return line
+    }
+
+    /// A file name as the terminal is to show it: a control character in it (an escape sequence
+    /// that would drive the terminal, a newline, in a name someone else chose) as "?".
+    static func printable(_ path: String) -> String {
+        var shown = String.UnicodeScalarView()
+        for scalar in path.unicodeScalars {
+            shown.append(scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) ? "?" : scalar)
+        }
+        return String(shown)
+    }
+
+    /// The end of `text` that fits in `columns` terminal columns, after "…" when cut.
+    static func tail(_ text: String, columns room: Int) -> String {
+        if columns(of: text) <= room { return text }
+        guard room > 1 else { return "" }
+        var kept: [Unicode.Scalar] = []
+        var used = 1
+        for scalar in text.unicodeScalars.reversed() {
+            let width = columns(of: scalar)
+            if used + width > room { break }
+            used += width
+            kept.append(scalar)
+        }
+        return "…" + String(String.UnicodeScalarView(kept.reversed()))
+    }
+
+    /// Terminal columns: none for combining marks and format characters, two for East Asian wide
+    /// and full-width characters and emoji, one otherwise.
+    static func columns(of text: String) -> Int { text.unicodeScalars.reduce(0) { $0 + columns(of: $1) } }
+
+    static func columns(of scalar: Unicode.Scalar) -> Int {
+        switch scalar.properties.generalCategory {
+        case .nonspacingMark, .enclosingMark, .format: return 0
+        default: break
+        }
+        switch scalar.value {
+        case 0x1100...0x115F, 0x2E80...0x303E, 0x3041...0x33FF, 0x3400...0x4DBF, 0x4E00...0x9FFF, 0xA000...0xA4CF, 0xAC00...0xD7A3,
+             0xF900...0xFAFF, 0xFE30...0xFE4F, 0xFF00...0xFF60, 0xFFE0...0xFFE6, 0x1F300...0x1F64F, 0x1F900...0x1F9FF, 0x20000...0x3FFFD:
+            return 2
+        default:
+            return 1
+        }
     }
 
     func update(_ progress: CopyProgress) {
@@ -60,9 +101,10 @@ final class ProgressBar: @unchecked Sendable {
         let line = Self.line(for: progress, width: width - 1)
         lock.lock()
         defer { lock.unlock() }
-        let padding = max(0, lastWidth - line.count)
+        let shown = Self.columns(of: line)
+        let padding = max(0, lastWidth - shown)
         Console.standardError("\r" + line + String(repeating: " ", count: padding))
-        lastWidth = line.count
+        lastWidth = shown
     }
 
     func finish() {
@@ -75,7 +117,8 @@ final class ProgressBar: @unchecked Sendable {
 
     static func terminalWidth() -> Int {
         var size = winsize()
-        if ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 20 { return Int(size.ws_col) }
+        // A narrow terminal gets a line cut to its width (one longer would wrap at every redraw).
+        if ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 1 { return Int(size.ws_col) }
         return 100
     }
 }

@@ -7,6 +7,7 @@ import FerryServer
 import FerrySystem
 import Foundation
 import Logging
+import Synchronization
 
 struct TasksCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "tasks", abstract: "List tasks: running and queued ones, or all with --all.")
@@ -85,6 +86,11 @@ struct TaskCommand: AsyncParsableCommand {
                 let task = try await store.requestCancel(id)
                 if task.status.isTerminal {
                     print(task.status == .cancelled ? "cancelled \(id)" : "\(id) has already ended: \(task.status.rawValue)")
+                } else if task.status == .committing {
+                    // Past the point of no return: the copy may be published already, and the
+                    // engine finishes a commit whatever is asked (`MoveEngine`).
+                    print("\(id) is committing (publishing the verified copy, then removing the source): too late to cancel; "
+                          + "it is finished, not rolled back")
                 } else if let stall = task.stallDescription() {
                     print("\(id): cancel requested; \(stall)")
                 } else if task.leaseOwner == nil {
@@ -131,7 +137,12 @@ struct WorkerCommand: AsyncParsableCommand {
     @OptionGroup var storageOptions: StorageOptions
 
     func validate() throws {
-        guard janitorMinutes > 0, janitorMinutes.isFinite else { throw ValidationError("--janitor-minutes must be a positive number of minutes") }
+        // From 0.6 s (a pass lists the tasks: more often would do little else) up to about two years.
+        guard janitorMinutes.isFinite, (0.01...1_000_000).contains(janitorMinutes) else {
+            throw ValidationError("--janitor-minutes must be from 0.01 (0.6 seconds) to 1000000")
+        }
+        guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be from 1 to 256") }
+        if let jobs, !(1...1024).contains(jobs) { throw ValidationError("--jobs must be from 1 to 1024") }
     }
 
     var janitorInterval: Duration { .milliseconds(Int64((janitorMinutes * 60_000).rounded())) }
@@ -142,7 +153,8 @@ struct WorkerCommand: AsyncParsableCommand {
         // As root, tasks always run as their owners: a root worker must never carry out a user's
         // request with root's rights.
         if asOwner || geteuid() == 0 {
-            let runner = ownerRunner(store: store, configuration: configuration, concurrency: concurrency, role: "worker", lease: try database.leaseDuration(configuration))
+            let runner = ownerRunner(store: store, configuration: configuration, concurrency: concurrency, role: "worker",
+                                     lease: try database.leaseDuration(configuration), jobs: jobs)
             let interrupt = InterruptWatcher { runner.stop() }
             defer { interrupt.stop() }
             if once {
@@ -167,10 +179,19 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         defer { interrupt.stop() }
         let logger = Logger(label: "ferry.worker")
-        let records = await Worker(engine: engine, concurrency: concurrency, janitorInterval: janitorInterval) { outcome in
+        let claimFailed = Mutex(false)
+        let records = await Worker(engine: engine, concurrency: concurrency, janitorInterval: janitorInterval, onClaimFailure: { error in
+            claimFailed.withLock { $0 = true }
+            logger.error("claiming tasks failed", metadata: ["error": "\(error)"])
+        }) { outcome in
             JanitorService.log(outcome, to: logger)
         }.run(once: once, stop: stop)
         for record in records { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
+        // `--once` from cron must not report success for a round that could not look for work.
+        if once && claimFailed.withLock({ $0 }) {
+            printError("ferry worker: claiming tasks failed (see above); tasks may still be waiting")
+            throw ExitCode(1)
+        }
     }
 }
 
@@ -211,10 +232,11 @@ struct JanitorCommand: AsyncParsableCommand {
 }
 
 /// Runs tasks in processes with their owners' identities (ferry serve's runner).
-func ownerRunner(store: any TaskStore, configuration: FerryConfiguration, concurrency: Int, role: String, lease: Duration) -> TaskRunner {
+func ownerRunner(store: any TaskStore, configuration: FerryConfiguration, concurrency: Int, role: String, lease: Duration,
+                 jobs: Int? = nil) -> TaskRunner {
     TaskRunner(store: store, executable: ferryExecutable(),
                configuration: configuration, concurrency: concurrency, worker: workerName(role), lease: lease,
-               feed: ChangeFeed(), metrics: ServerMetrics(), logger: Logger(label: "ferry.\(role)"))
+               feed: ChangeFeed(), metrics: ServerMetrics(), logger: Logger(label: "ferry.\(role)"), jobs: jobs)
 }
 
 func makeEngine(store: any TaskStore, role: String, lease: Duration, jobs: Int?, storageOptions: StorageOptions) throws -> MoveEngine {

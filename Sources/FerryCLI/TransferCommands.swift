@@ -144,7 +144,7 @@ struct TransferOptions: ParsableArguments {
             if json { printJSON(created.json) } else { print(created.id) }
             return
         }
-        let cancellation = CancellationFlag()
+        let cancellation = Interruptible()
         // Ctrl-C and SIGTERM cancel (rolled back); from before the task exists, so that none is
         // left queued by one pressed at that moment. A hangup is no request to undo anything: the
         // task stops at its next checkpoint and is handed back with what it staged, for the next
@@ -185,8 +185,21 @@ struct TransferOptions: ParsableArguments {
         defer { interrupt.stop() }
         let created = try await store.create(request)
         if leaving.withLock({ state -> Bool in state.id = created.id; return state.asked }) { leave(created.id) }
-        let record = try await runToItsEnd(created, command: command, engine: engine, store: store, bar: bar,
+        let record: TaskRecord
+        do {
+            record = try await runToItsEnd(created, command: command, engine: engine, store: store, bar: bar,
                                            cancellation: cancellation, interrupt: interrupt)
+        } catch {
+            // The task database failed under the command: the task exists, and a worker would carry it out
+            // later while this command said it failed. Asked to cancel, whoever takes it next rolls it back.
+            bar.finish()
+            let cancelled = (try? await store.requestCancel(created.id)) != nil
+            if json { printJSON(["kind": kind.rawValue, "status": "failed", "id": created.id, "error": ["code": "database", "message": "\(error)"]]) }
+            printError("\(command): the task database failed: \(error)\n" + (cancelled
+                       ? "task \(created.id) is cancelled: the next `ferry worker` or `ferry janitor` rolls back what it did"
+                       : "task \(created.id) may still be queued: `ferry task show \(created.id)`; `ferry task cancel \(created.id)` stops it"))
+            throw ExitCode(FerryCommand.Status.failure.rawValue)
+        }
         bar.finish()
         if !record.status.isTerminal && record.leaseOwner == nil {
             // Handed back after a hangup: whoever may still read this learns where it went.
@@ -229,10 +242,10 @@ struct TransferOptions: ParsableArguments {
     /// cancels it, and it is rolled back as during a run. A task a worker runs instead (one that
     /// claimed it first, or took it over while this command was stopped) is followed to its end.
     func runToItsEnd(_ created: TaskRecord, command: String, engine: MoveEngine, store: any TaskStore, bar: ProgressBar,
-                     cancellation: CancellationFlag, interrupt: InterruptWatcher) async throws -> TaskRecord {
+                     cancellation: Interruptible, interrupt: InterruptWatcher) async throws -> TaskRecord {
         var record: TaskRecord
         if let claimed = try await store.claim(id: created.id, worker: engine.settings.worker, lease: engine.settings.lease) {
-            record = await engine.run(claimed, cancellation: cancellation)
+            record = await engine.run(claimed, cancellation: cancellation.nextRun())
         } else {
             // A worker claimed it first (one woken by its creation on a shared database).
             record = try await follow(created.id, command: command, taken: "a worker claimed it first", store: store, bar: bar, interrupt: interrupt)
@@ -262,7 +275,7 @@ struct TransferOptions: ParsableArguments {
                                           interrupt: interrupt)
                 break
             }
-            record = await engine.run(again, cancellation: cancellation)
+            record = await engine.run(again, cancellation: cancellation.nextRun())
         }
         if !record.status.isTerminal, let holder = record.leaseOwner, holder != engine.settings.worker {
             // This command was stopped (Ctrl-Z) for longer than its lease, and a worker took the task over.

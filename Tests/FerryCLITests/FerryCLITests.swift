@@ -105,6 +105,13 @@ struct FerryCLITests {
             #expect(intoItself.status == 2)
             #expect(intoItself.standardError.contains("into itself"))
             #expect(try ferry("frobnicate").status == 2)
+            // A worker's figures out of range: no trap (1e15 minutes overflowed), no busy loop
+            // (0.000001 minutes rounded to none), no silent change (0 slots taken for 1).
+            for bad in [["--janitor-minutes", "1e15"], ["--janitor-minutes", "0.000001"], ["--concurrency", "0"],
+                        ["--concurrency", "100000"], ["--jobs", "0"]] {
+                let refused = try Shell.execute([ferryBinary(), "worker", "--once"] + bad, environment: ["FERRY_DATABASE_URL": testDatabase])
+                #expect(refused.status == 2, "\(bad): \(refused.standardError)")
+            }
             #expect(try FileManager.default.contentsOfDirectory(atPath: a).sorted() == ["x", "y"])
         }
     }

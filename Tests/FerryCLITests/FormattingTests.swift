@@ -43,6 +43,24 @@ import Testing
         #expect(narrow.contains("…") || !narrow.contains("results/"))
     }
 
+    /// A file name is someone else's text: its control characters (an escape sequence, a newline)
+    /// never reach the terminal, and a wide name is cut by the columns it takes, not its characters.
+    @Test func pathsReachTheTerminalPrintableAndWithinItsWidth() {
+        func line(_ path: String, width: Int) -> String {
+            ProgressBar.line(for: CopyProgress(phase: .copying, bytesDone: 1, bytesTotal: 2, entriesDone: 1, entriesTotal: 2, currentPath: path,
+                                               bytesPerSecond: 0, secondsRemaining: nil, elapsedSeconds: 1), width: width)
+        }
+        let hostile = line("a/\u{1B}]0;owned\u{07}\u{1B}[2Jb\nc\u{9B}d", width: 200)
+        #expect(!hostile.unicodeScalars.contains { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }, "\(hostile.debugDescription)")
+        #expect(hostile.hasSuffix("a/?]0;owned??[2Jb?c?d"))
+        let wide = line("データ/" + String(repeating: "結果", count: 40), width: 80)
+        #expect(ProgressBar.columns(of: wide) <= 80, "\(wide)")
+        #expect(ProgressBar.columns(of: wide) >= 78, "the room is used: \(wide)")
+        #expect(wide.hasSuffix("結果") && wide.contains("…"))
+        #expect(ProgressBar.columns(of: "e\u{301}") == 1)
+        #expect(ProgressBar.columns(of: line("x", width: 12)) <= 12)
+    }
+
     /// Measuring has no totals (they are what it finds): counts so far and entries per second,
     /// no bar, no percentage, no byte rate, no ETA.
     @Test func measuringLineShowsCountsSoFarAndEntriesPerSecond() {

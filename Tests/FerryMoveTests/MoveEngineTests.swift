@@ -488,6 +488,51 @@ struct MoveEngineTests {
         #expect(history.filter { $0.contains(" after the lease of test-worker") }.count == 1, "\(history)")
     }
 
+    /// A worker with room for more takes new work while a task runs: before, it waited for a
+    /// running task to end before it looked again, and a task queued behind a 3-hour copy waited
+    /// 3 hours with the worker's other slots idle.
+    @Test func aWorkerWithRoomTakesNewWorkWhileATaskRuns() async throws {
+        let holding = Mutex<(started: Bool, released: Bool)>((false, false))
+        let harness = try Harness { task, progress in
+            guard progress.phase == .copying, task.sources.first?.description.hasSuffix("/long") == true else { return }
+            holding.withLock { $0.started = true }
+            // The long task stays in its copy until the test lets it go (a minute at most).
+            let deadline = ContinuousClock.now + .seconds(60)
+            while !holding.withLock({ $0.released }) && ContinuousClock.now < deadline { usleep(10_000) }
+        }
+        defer { harness.cleanup() }
+        try makeTree(harness.directory + "/src/long", files: 3)
+        try makeTree(harness.directory + "/src/short", files: 3)
+        try FileManager.default.createDirectory(atPath: harness.directory + "/dst", withIntermediateDirectories: true)
+        func copy(_ name: String) async throws -> String {
+            try await harness.store.create(NewTask(kind: .copy, sources: [StoredPath(harness.directory + "/src/" + name)],
+                                                   destination: StoredPath(harness.directory + "/dst"), owner: "test")).id
+        }
+        let stop = CancellationFlag()
+        let long = try await copy("long")
+        let worker = Task { await Worker(engine: harness.engine, concurrency: 2, owner: nil).run(stop: stop) }
+        defer { holding.withLock { $0.released = true } }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !holding.withLock({ $0.started }) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        let short = try await copy("short")
+        var shortStatus: TaskStatus?
+        while ContinuousClock.now < deadline {
+            shortStatus = try await harness.store.task(short)?.status
+            if shortStatus?.isTerminal == true { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let longStatus = try await harness.store.task(long)?.status
+        #expect(shortStatus == .completed, "the task queued second waited for the first")
+        #expect(longStatus == .copying, "the first task was still copying when the second ended")
+        holding.withLock { $0.released = true }
+        while ContinuousClock.now < deadline + .seconds(60), try await harness.store.task(long)?.status.isTerminal != true {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        stop.cancel()
+        let records = await worker.value
+        #expect(Set(records.map(\.id)) == [long, short] && records.allSatisfy { $0.status == .completed }, "\(records.map(\.status))")
+    }
+
     @Test func sourceModifiedDuringTheCopyIsDetectedAndNothingDeleted() async throws {
         let touched = Mutex<Bool>(false)
         let source = Mutex<String>("")
