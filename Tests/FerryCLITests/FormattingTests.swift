@@ -1,5 +1,8 @@
 import FerryMove
 import FerryCopy
+import FerryJobs
+import FerryTestSupport
+import Foundation
 @testable import FerryCLI
 import Testing
 
@@ -69,5 +72,50 @@ import Testing
             currentPath: nil, bytesPerSecond: Double(1 << 30), secondsRemaining: nil, elapsedSeconds: 5)
         let line = ProgressBar.line(for: progress, width: 160)
         #expect(line == "measuring  3.00 GiB  250,000 files  50,000 files/s", "\(line)")
+    }
+}
+
+@Suite struct TaskOutcomeTests {
+    /// A refusal met in the commit (the name taken meanwhile) is no pre-flight refusal (3):
+    /// something was done, and a retry finishes it (1). `ferry task cancel` of a task in its
+    /// commit says that the commit is finished, not rolled back.
+    @Test func aRefusalWhileCommittingIsAFailureAndItsCancelComesTooLate() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-outcome")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
+        func failed(stoppedCommitting: Bool) async throws -> TaskRecord {
+            let task = try await store.create(NewTask(kind: .move, sources: [StoredPath("/a/data")], destination: StoredPath("/b"), owner: "u"))
+            _ = try await store.claim(id: task.id, worker: "w", lease: .seconds(60))
+            var plan = TaskPlan(strategy: "copy", bytes: 1, allocatedBytes: 1, entries: 1, inodes: 1, stagingName: StoredPath(".ferry-staging-\(task.id)"),
+                                finalNames: [StoredPath("data")], destinationDirectory: StoredPath("/b"))
+            plan.stoppedCommitting = stoppedCommitting ? true : nil
+            try await store.advance(id: task.id, worker: "w", to: stoppedCommitting ? .committing : .validating, plan: plan, message: "")
+            try await store.finish(id: task.id, worker: "w", status: .failed, failure: TaskFailure(code: "destination.exists", message: "taken"), message: "")
+            return try #require(try await store.task(task.id))
+        }
+        #expect(try await failed(stoppedCommitting: false).exitStatus == FerryCommand.Status.refused.rawValue)
+        #expect(try await failed(stoppedCommitting: true).exitStatus == FerryCommand.Status.failure.rawValue)
+
+        let committing = try await store.create(NewTask(kind: .move, sources: [StoredPath("/a/more")], destination: StoredPath("/b"), owner: "u"))
+        _ = try await store.claim(id: committing.id, worker: "w", lease: .seconds(60))
+        try await store.advance(id: committing.id, worker: "w", to: .committing, plan: nil, message: "renaming")
+        await store.close()
+        let cancel = try Shell.execute([ferryBinary(), "task", "cancel", committing.id],
+                                       environment: ["FERRY_DATABASE_URL": "sqlite://\(directory)/ferry.sqlite"])
+        #expect(cancel.status == 0, "\(cancel.standardError)")
+        #expect(cancel.standardOutput.contains("too late to cancel; it is finished, not rolled back"), "\(cancel.standardOutput)")
+    }
+
+    /// Each run of a command's task has a flag of its own: one the engine raised (its lease lost)
+    /// does not cancel the next run; Ctrl-C cancels the run going on and every later one.
+    @Test func onlyCtrlCCarriesOverToTheNextRun() {
+        let interruptible = Interruptible()
+        let first = interruptible.nextRun()
+        first.cancel()  // the engine's own doing
+        let second = interruptible.nextRun()
+        #expect(!second.isCancelled)
+        interruptible.cancel()
+        #expect(second.isCancelled)
+        #expect(interruptible.nextRun().isCancelled)
     }
 }
