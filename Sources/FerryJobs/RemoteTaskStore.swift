@@ -265,6 +265,7 @@ public final class TaskStoreRelay: Sendable {
             // only while it holds the task.
             var message = try required(a.message, op, "message")
             if message.utf8.count > 65_536 { message = String(decoding: Array(message.utf8.prefix(65_536)), as: UTF8.self) }
+            guard try await store.task(taskID)?.leaseOwner == worker else { throw TaskStoreError.leaseLost(taskID) }
             let size = message.utf8.count
             let allowed = notes.withLock { notes in
                 guard notes.count < Self.noteLimit, notes.bytes + size <= Self.noteBytes else { return false }
@@ -274,7 +275,6 @@ public final class TaskStoreRelay: Sendable {
             guard allowed else {
                 throw TaskStoreError.database("not allowed: more than \(Self.noteLimit) notes or \(Self.noteBytes) bytes of them in one run")
             }
-            guard try await store.task(taskID)?.leaseOwner == worker else { throw TaskStoreError.leaseLost(taskID) }
             try await store.record(taskID, message: message)
         default:
             throw TaskStoreError.database("not allowed: \(op)")

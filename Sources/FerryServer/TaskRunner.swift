@@ -61,7 +61,14 @@ public final class TaskRunner: Service, Sendable {
                 self.stop()
             }
         } onCancel: {
+            // Cancelled: another service failed, or a graceful shutdown took too long (a task
+            // process stuck on a hung mount). The children get SIGTERM, and 10 s later SIGKILL:
+            // what a killed process left is handed back and resumed, as after a crash.
             self.stop()
+            Task {
+                try? await Task.sleep(for: .seconds(10))
+                self.children.withLock { all in for child in all.values { child.signal(SIGKILL) } }
+            }
         }
     }
 
@@ -76,14 +83,24 @@ public final class TaskRunner: Service, Sendable {
     private func runName() -> String { "\(worker)#\(runs.add(1, ordering: .relaxed).newValue)" }
 
     /// Runs every task claimable now (and those they make claimable), then returns their records:
-    /// `ferry worker --once` and the janitor's recovery.
-    public func runOnce() async -> [TaskRecord] {
+    /// `ferry worker --once` and the janitor's recovery. A claim that fails (the database down)
+    /// goes to `onClaimFailure` and ends the round.
+    public func runOnce(onClaimFailure: (any Error) -> Void = { _ in }) async -> [TaskRecord] {
         var finished: [TaskRecord] = []
-        while !stopping.isCancelled {
+        var failed = false
+        while !stopping.isCancelled && !failed {
             var claimed: [TaskRecord] = []
             for _ in 0..<concurrency {
                 let name = runName()
-                guard let task = (try? await store.claim(worker: name, limit: 1, lease: lease, scope: owner))?.first else { break }
+                let task: TaskRecord?
+                do {
+                    task = try await store.claim(worker: name, limit: 1, lease: lease, scope: owner).first
+                } catch {
+                    onClaimFailure(error)
+                    failed = true
+                    break
+                }
+                guard let task else { break }
                 if await UnexpectedEnds.giveUpAfterTakeover(task, worker: name, store: store) { continue }  // claimed again, to roll back
                 claimed.append(task)
             }
@@ -150,7 +167,9 @@ public final class TaskRunner: Service, Sendable {
             identity = task.options.privileged ? nil : try AgentClient.identity(for: task.owner)
         } catch {
             log.error("cannot run the task as its owner", metadata: ["owner": "\(task.owner)", "error": "\(error.message)"])
-            await cannotRun(task, worker: worker, failure: TaskFailure(code: "owner.unavailable", message: error.message))
+            // Only an owner the user database says is not there may fail the task in the end.
+            await cannotRun(task, worker: worker, failure: TaskFailure(code: "owner.unavailable", message: error.message),
+                            mayGiveUp: error.code == "forbidden")
             return try? await store.task(task.id)
         }
         let settings = RunTaskSettings(taskID: task.id, worker: worker, leaseMilliseconds: Int64(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000),
@@ -246,15 +265,17 @@ extension TaskRunner {
     static let couldNotRun = "could not run the task: "
 
     /// Hands back a task whose process could not be started (its owner has no account here any
-    /// more, or the spawn failed), to be tried again later: after 1 minute, then 2, 4… (at most an
-    /// hour), so that a task nobody can run costs a few history entries a day, not one a minute. A
-    /// task that has not started (pending: nothing staged, nothing to roll back) fails at its
-    /// third such try, with the cause; one part way stays, since only its owner's rights can roll
-    /// it back, until its owner can run again or an admin cancels it.
-    func cannotRun(_ task: TaskRecord, worker: String, failure: TaskFailure, firstDelay: Duration = .seconds(60)) async {
+    /// more, the user database did not answer, or the spawn failed), to be tried again later:
+    /// after 1 minute, then 2, 4… (at most an hour), so that a task nobody can run costs a few
+    /// history entries a day, not one a minute. With `mayGiveUp` (its owner is known to be gone),
+    /// a task that has not started (pending: nothing staged, nothing to roll back) fails at its
+    /// third such try, with the cause; any other stays, since a passing outage must not fail a
+    /// queue, and only its owner's rights can roll a task back.
+    func cannotRun(_ task: TaskRecord, worker: String, failure: TaskFailure, mayGiveUp: Bool = false,
+                   firstDelay: Duration = .seconds(60)) async {
         let tries = TaskEvent.count((try? await store.events(task.id)) ?? [], beginningWith: Self.couldNotRun) + 1
         let message = Self.couldNotRun + failure.message
-        if task.status == .pending && tries >= 3 {
+        if mayGiveUp && task.status == .pending && tries >= 3 {
             try? await store.finish(id: task.id, worker: worker, status: .failed, failure: failure, message: message + " (\(tries) times: given up)")
             return
         }

@@ -475,6 +475,22 @@ struct CapturingLogHandler: LogHandler {
         #expect(later.timeIntervalSinceNow > 15 * 60 - 30, "the fifth try waits 16 minutes")
     }
 
+    /// `ferry worker --once` as root runs tasks through the runner: a claim that fails (the
+    /// database down) is reported, for the command to exit 1, not taken for "no work".
+    @Test func aRunnerRoundReportsAFailedClaim() async throws {
+        var requests: [Int32] = [-1, -1], responses: [Int32] = [-1, -1]
+        #expect(pipe(&requests) == 0 && pipe(&responses) == 0)
+        close(responses[1])  // nobody answers: every call fails at once
+        defer { for fd in [requests[0], requests[1], responses[0]] { close(fd) } }
+        let store = RemoteTaskStore(requests: requests[1], responses: responses[0])
+        let runner = TaskRunner(store: store, executable: "/nonexistent/ferry", configuration: FerryConfiguration(), concurrency: 2,
+                                worker: "srv", lease: .seconds(60), feed: ChangeFeed(), metrics: ServerMetrics(),
+                                logger: Logger(label: "test"), owner: nil)
+        var failures = 0
+        #expect(await runner.runOnce { _ in failures += 1 }.isEmpty)
+        #expect(failures == 1)
+    }
+
     /// A task's process heartbeats every third of the lease it was given, and each heartbeat
     /// must extend the lease by all of it: with `lease_seconds = 3600` the relay's cap (10
     /// minutes) let the lease run out between two heartbeats, and another run took the task over.

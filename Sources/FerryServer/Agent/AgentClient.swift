@@ -34,10 +34,15 @@ public struct AgentClient: Sendable {
         guard geteuid() == 0 else {
             throw APIError(.forbidden, "forbidden", "this server runs as \(current.name) and can act only as that user")
         }
-        guard let identity = try? UserIdentity.lookup(name: user) else {
-            throw APIError(.forbidden, "forbidden", "there is no local account \(user) on this host")
+        // No such user is an answer; a user database that cannot answer (LDAP or SSSD down) is not.
+        let found: UserIdentity?
+        do {
+            found = try UserIdentity.lookup(name: user)
+        } catch {
+            throw APIError(.unavailable, "accounts.unavailable", "cannot look up the account \(user) now (\(error.reason)); try again in a moment")
         }
-        return identity
+        guard let found else { throw APIError(.forbidden, "forbidden", "there is no local account \(user) on this host") }
+        return found
     }
 
     /// Asks an agent running as `user`; returns its JSON answer as it wrote it. An agent that has
