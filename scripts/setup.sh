@@ -24,7 +24,8 @@ if [ "${1:-}" = "--test" ]; then
   # Into whichever python3 is first on PATH. Debian's own refuses pip (PEP 668: "externally
   # managed"); for it, Debian's packages of the three instead.
   if ! python3 -c 'import selenium, pytest, requests' 2>/dev/null; then
-    if python3 -c 'import sys, sysconfig, os; sys.exit(os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+    # (A virtual environment's python3 may use pip whatever its base says: PEP 668.)
+    if python3 -c 'import sys, sysconfig, os; sys.exit(sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
       python3 -m pip install -q 'selenium<4.52' pytest requests
     else
       apt_install python3-selenium python3-pytest python3-requests

@@ -158,7 +158,13 @@ struct WorkerCommand: AsyncParsableCommand {
             let interrupt = InterruptWatcher { runner.stop() }
             defer { interrupt.stop() }
             if once {
-                for record in await runner.runOnce() { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
+                var claimFailed = false
+                let records = await runner.runOnce { error in
+                    claimFailed = true
+                    printError("ferry worker: claiming tasks failed: \(error)")
+                }
+                for record in records { printError("\(record.id): \(record.status.rawValue)\(record.failure.map { " — \($0.message)" } ?? "")") }
+                if claimFailed { throw ExitCode(1) }
             } else {
                 // The janitor's passes run with this process's rights, as `ferry serve`'s do: they
                 // remove only staging directories no live task owns, and search the configured roots.

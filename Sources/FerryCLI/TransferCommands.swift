@@ -190,15 +190,8 @@ struct TransferOptions: ParsableArguments {
             record = try await runToItsEnd(created, command: command, engine: engine, store: store, bar: bar,
                                            cancellation: cancellation, interrupt: interrupt)
         } catch {
-            // The task database failed under the command: the task exists, and a worker would carry it out
-            // later while this command said it failed. Asked to cancel, whoever takes it next rolls it back.
             bar.finish()
-            let cancelled = (try? await store.requestCancel(created.id)) != nil
-            if json { printJSON(["kind": kind.rawValue, "status": "failed", "id": created.id, "error": ["code": "database", "message": "\(error)"]]) }
-            printError("\(command): the task database failed: \(error)\n" + (cancelled
-                       ? "task \(created.id) is cancelled: the next `ferry worker` or `ferry janitor` rolls back what it did"
-                       : "task \(created.id) may still be queued: `ferry task show \(created.id)`; `ferry task cancel \(created.id)` stops it"))
-            throw ExitCode(FerryCommand.Status.failure.rawValue)
+            try await abandon(created.id, kind: kind, after: error, store: store, worker: engine.settings.worker)
         }
         bar.finish()
         if !record.status.isTerminal && record.leaseOwner == nil {
@@ -283,27 +276,6 @@ struct TransferOptions: ParsableArguments {
                                       interrupt: interrupt)
         }
         return record
-    }
-
-    /// Waits for the command's task while another worker runs it, showing its progress, and
-    /// returns its record once it has ended: the command still ends as its task does. Ctrl-C asks
-    /// for its cancel (that worker rolls it back); a hangup leaves it to that worker. (Not the run's
-    /// cancellation flag, which the engine also raises when its lease is lost.)
-    func follow(_ id: String, command: String, taken why: String, store: any TaskStore, bar: ProgressBar,
-                interrupt: InterruptWatcher) async throws -> TaskRecord {
-        bar.finish()
-        printError("\(command): task \(id) runs on a worker (\(why)); following it")
-        var asked = false
-        while true {
-            guard let record = try await store.task(id) else { throw TaskStoreError.notFound(id) }
-            if record.status.isTerminal || interrupt.hungUp { return record }
-            if interrupt.interrupted && !asked {
-                asked = true
-                _ = try? await store.requestCancel(id)
-            }
-            bar.update(record.copyProgress)
-            try? await Task.sleep(for: .milliseconds(500))
-        }
     }
 
     /// A move that is one rename is done here, without a task (see `MoveEngine.renameWithoutTask`).

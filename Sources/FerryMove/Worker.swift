@@ -77,10 +77,10 @@ public final class Worker: Sendable {
                     if !claimed.isEmpty { continue }
                 }
                 if running == 0 && (once || stop.isCancelled) { return finished }
-                // Wake on whichever comes first: a task ending, or (with room for more, and not
-                // `once`, which takes only what is claimable now) new work; a stop is seen at the
-                // next of either, within the wait's 2 s.
-                if !waking && !once && !stop.isCancelled && running < concurrency {
+                // Wake on whichever comes first: a task ending, or (not `once`, which takes only
+                // what is claimable now) new work or the wait's 2 s; a stop is seen at the next
+                // of either, also with every slot busy.
+                if !waking && !once && !stop.isCancelled {
                     waking = true
                     group.addTask { await self.engine.store.waitForWork(timeout: .seconds(2)); return .woke }
                 }

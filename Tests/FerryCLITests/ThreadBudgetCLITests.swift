@@ -70,7 +70,7 @@ struct ThreadBudgetCLITests {
         return nil
     }
 
-    @Test(.enabled(if: cpuControllerParent != nil && Processors.current().online > 1, "needs root, a writable cgroup CPU controller and two CPUs"))
+    @Test(.enabled(if: cpuControllerParent != nil && Processors.current().online > 1, "host limit: needs root, a writable cgroup CPU controller and two CPUs"))
     func aCgroupCPULimitCountsAsOneCPU() throws {
         let (parent, version) = try #require(Self.cpuControllerParent)
         let area = try area()

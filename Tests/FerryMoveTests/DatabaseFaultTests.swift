@@ -1,3 +1,4 @@
+import FerryCopy
 import FerryJobs
 import FerryMove
 import FerryTestSupport
@@ -43,5 +44,28 @@ struct DatabaseFaultTests {
             #expect(try before.differences(to: TreeSnapshot.take(b + "/one")).isEmpty)
             #expect(listing(a).isEmpty)
         }
+    }
+
+    /// A worker whose claims fail (the database down) says so each time: run `once` (from cron),
+    /// it stops at the first, for its caller to exit non-zero; run until stopped, it tries again
+    /// after its wait, not in a loop. Before, a failed claim read as "no work".
+    @Test func aWorkerThatCannotClaimSaysSo() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-claim-fault")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = HookedStore(try SQLiteTaskStore(path: directory + "/ferry.sqlite"), beforeClaim: {
+            throw TaskStoreError.database("the database is down")
+        })
+        let engine = MoveEngine(store: store, settings: .init(worker: "w"))
+        let failures = Mutex(0)
+        let worker = Worker(engine: engine, concurrency: 2, owner: nil, onClaimFailure: { _ in failures.withLock { $0 += 1 } })
+        #expect(await worker.run(once: true).isEmpty)
+        #expect(failures.withLock { $0 } == 1)
+        let stop = CancellationFlag()
+        let running = Task { await worker.run(stop: stop) }
+        try await Task.sleep(for: .seconds(5))
+        stop.cancel()
+        _ = await running.value
+        let again = failures.withLock { $0 } - 1
+        #expect((2...6).contains(again), "\(again) claims in 5 s: one each wait of 2 s")
     }
 }

@@ -3,17 +3,21 @@ import FerryJobs
 
 /// A real store with hooks: `beforeRead` runs before `task(_:)` (and may fail it: a database that
 /// does not answer), `beforeAdvance` before each `advance` (and may fail it likewise),
-/// `afterAdvance` after each. Something done at the moment the engine or the janitor asks the
+/// `afterAdvance` after each, `beforeClaim` before each claim of the queue's next tasks (and may
+/// fail it). Something done at the moment the engine or the janitor asks the
 /// database, between its steps.
 final class HookedStore: TaskStore {
     let base: SQLiteTaskStore
     let beforeRead: @Sendable (String) throws -> Void
     let beforeAdvance: @Sendable (String, TaskStatus) throws -> Void
     let afterAdvance: @Sendable (String, TaskStatus) -> Void
+    let beforeClaim: @Sendable () throws -> Void
     init(_ base: SQLiteTaskStore, beforeRead: @escaping @Sendable (String) throws -> Void = { _ in },
          beforeAdvance: @escaping @Sendable (String, TaskStatus) throws -> Void = { _, _ in },
-         afterAdvance: @escaping @Sendable (String, TaskStatus) -> Void = { _, _ in }) {
+         afterAdvance: @escaping @Sendable (String, TaskStatus) -> Void = { _, _ in },
+         beforeClaim: @escaping @Sendable () throws -> Void = {}) {
         self.base = base
+        self.beforeClaim = beforeClaim
         self.beforeRead = beforeRead
         self.beforeAdvance = beforeAdvance
         self.afterAdvance = afterAdvance
@@ -25,10 +29,14 @@ final class HookedStore: TaskStore {
     func create(_ task: NewTask) async throws -> TaskRecord { try await base.create(task) }
     func list(_ filter: TaskFilter) async throws -> [TaskRecord] { try await base.list(filter) }
     func events(_ id: String) async throws -> [TaskEvent] { try await base.events(id) }
-    func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] { try await base.claim(worker: worker, limit: limit, lease: lease) }
+    func claim(worker: String, limit: Int, lease: Duration) async throws -> [TaskRecord] {
+        try beforeClaim()
+        return try await base.claim(worker: worker, limit: limit, lease: lease)
+    }
     func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? { try await base.claim(id: id, worker: worker, lease: lease) }
     func claim(worker: String, limit: Int, lease: Duration, ownedBy owner: String) async throws -> [TaskRecord] {
-        try await base.claim(worker: worker, limit: limit, lease: lease, ownedBy: owner)
+        try beforeClaim()
+        return try await base.claim(worker: worker, limit: limit, lease: lease, ownedBy: owner)
     }
     func heartbeat(id: String, worker: String, lease: Duration) async throws -> Bool { try await base.heartbeat(id: id, worker: worker, lease: lease) }
     func advance(id: String, worker: String, to status: TaskStatus, plan: TaskPlan?, message: String) async throws {
