@@ -16,6 +16,9 @@ public enum CopyError: Error, Sendable, CustomStringConvertible {
     /// A directory with the task's staging name lacks Ferry's mark for it: not Ferry's, so
     /// nothing is copied into, published from or removed with it.
     case foreignStaging(path: String)
+    /// A relink's rollback could not put these entries back into the source: they stay in the
+    /// staging directory, the only copy of them, and the rollback is not done.
+    case notPutBack(staging: String, entries: [String])
     case cancelled
 
     public struct Difference: Sendable, Equatable, CustomStringConvertible {
@@ -65,6 +68,11 @@ public enum CopyError: Error, Sendable, CustomStringConvertible {
         case .foreignStaging(let path):
             return "\(path) has this task's staging name but not Ferry's mark for it: it is not the staging directory Ferry made "
                 + "(someone put another directory in its place), so it was left untouched — move it away, then retry or cancel the task"
+        case .notPutBack(let staging, let entries):
+            let shown = entries.prefix(5).joined(separator: ", ")
+            return "\(entries.count) relinked entr\(entries.count == 1 ? "y" : "ies") could not be put back into the source and stay in \(staging), "
+                + "their only copy (\(shown)\(entries.count > 5 ? ", …" : "")): the rollback is not done; free their names in the source "
+                + "(or move them back by hand), and the task's rollback is retried"
         case .cancelled:
             return "cancelled; everything the copy had created was removed"
         }

@@ -323,7 +323,10 @@ extension CopyEngine {
 
     /// Puts relinked entries back: renames everything in the staging directory into the sources'
     /// directory skeleton (recreating directories that are missing), then removes the staging
-    /// skeleton's empty directories. What cannot be put back stays in staging, never deleted.
+    /// skeleton's empty directories. What cannot be put back stays in staging, never deleted, and
+    /// is thrown (`notPutBack`): a rollback that left any is not done. The renames are flushed
+    /// (syncfs) before it returns, so that a task recorded as rolled back after it cannot find its
+    /// files back in staging after a power cut.
     public func unrelink(_ sources: [CopySource], from staging: StagingArea) throws(CopyError) {
         let meter = ProgressMeter(phase: .cleaningUp, bytesTotal: 0, entriesTotal: 0, interval: options.progressInterval, handler: nil)
         defer { meter.finish() }
@@ -332,8 +335,14 @@ extension CopyEngine {
             let back = CopySource(directory: staging.directory, name: source.destinationName, destinationName: source.name)
             try walk([back], peer: source.directory, visitor: visitor)
         }
-        try removeEmptyDirectories(in: staging.directory)
-        try? staging.parent.removeEntry(staging.name, isDirectory: true)
+        let left = try removeEmptyDirectories(in: staging.directory)
+        // Sources and staging are on one filesystem (a relink renames between them).
+        do { try staging.parent.syncFilesystem() } catch { throw .system(path: PathDisplay.string(staging.name), error) }
+        guard left.isEmpty else { throw .notPutBack(staging: PathDisplay.string(staging.name), entries: left) }
+        do { try staging.parent.removeEntry(staging.name, isDirectory: true) } catch where error.code == .notFound {} catch {
+            throw .system(path: PathDisplay.string(staging.name), error)
+        }
+        do { try staging.parent.sync() } catch { throw .system(path: PathDisplay.string(staging.name), error) }
     }
 
     /// The relinked directories under `staged` that were never finished (see
@@ -353,7 +362,8 @@ extension CopyEngine {
         return visitor.survivors
     }
 
-    private func removeEmptyDirectories(in directory: FileDescriptor) throws(CopyError) {
+    /// Entries left (not directories, or directories that would not go), by path.
+    private func removeEmptyDirectories(in directory: FileDescriptor) throws(CopyError) -> [String] {
         let stream: [WalkEntry]
         do {
             let fresh = try directory.openAt(Array(".".utf8), [.directory])
@@ -364,6 +374,8 @@ extension CopyEngine {
             stream = names
         } catch { throw .system(path: ".", error) }
         let sources = stream.map { CopySource(directory: directory, name: $0.name) }
-        try walk(sources, peer: nil, visitor: EmptyDirectoryRemover())
+        let remover = EmptyDirectoryRemover()
+        try walk(sources, peer: nil, visitor: remover)
+        return remover.survivors
     }
 }

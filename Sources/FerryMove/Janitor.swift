@@ -42,8 +42,20 @@ public struct Janitor: Sendable {
         // 3. Staging directories no live task owns.
         var searched = Set<ByteString>()
         var places = directories
-        for task in try await engine.store.list(TaskFilter(limit: 10_000)) {
-            if let plan = task.plan { places.append(plan.destinationDirectory.bytes) }
+        // Every task's destination, page by page (a busy site has more than one page of history);
+        // each also as its symlinks resolve (`/home` a link to `/gpfs/home`), since it is opened
+        // below through no symlink. Resolving follows links users may have made, but the mark,
+        // the privacy of the directory and its task's state still decide what is removed there.
+        var page = TaskFilter(limit: 1_000)
+        while true {
+            let tasks = try await engine.store.list(page)
+            for task in tasks {
+                guard let plan = task.plan else { continue }
+                places.append(plan.destinationDirectory.bytes)
+                if let resolved = Self.resolved(plan.destinationDirectory.bytes), resolved != plan.destinationDirectory.bytes { places.append(resolved) }
+            }
+            guard tasks.count == page.limit else { break }
+            page.offset += page.limit
         }
         var candidates: [(directory: ByteString, name: ByteString)] = []
         for place in places where searched.insert(place).inserted {
@@ -69,9 +81,12 @@ public struct Janitor: Sendable {
                 // or one that was lost): their only names are in there, so they stay.
                 report.kept.append(path)
                 continue
-            } else if let task, task.plan?.strategy == Strategy.relink.rawValue {
-                // A relink's staging holds the only copy of what it moved: only empty directories go.
-                if task.status.isTerminal && task.plan?.stoppedCommitting != true && !dryRun {
+            } else if let task, marking == .relinked {
+                // A relink's staging holds the only copy of what it moved: only empty directories
+                // go. Known by the directory's own mark, not by the task's plan: a retry clears the
+                // plan, and a replanned task may say "copy" over what a relink left there.
+                if task.status.isTerminal && task.plan?.stoppedCommitting != true && !dryRun,
+                   try await Self.unchanged(task, in: engine.store) {
                     try await Blocking.run {
                         let fd = try FileDescriptor.openDirectoryWithoutSymlinks(directory)
                         defer { fd.closeQuietly() }
@@ -101,6 +116,9 @@ public struct Janitor: Sendable {
             }
             guard removable else { report.kept.append(path); continue }
             if !dryRun {
+                // Read again just before: a retry since the first read has a run that may be
+                // staging into this very directory now.
+                if let task, !(try await Self.unchanged(task, in: engine.store)) { report.kept.append(path); continue }
                 let removed = try await Blocking.run { () -> Bool in
                     let fd = try FileDescriptor.openDirectoryWithoutSymlinks(directory)
                     defer { fd.closeQuietly() }
@@ -160,6 +178,22 @@ public struct Janitor: Sendable {
                 onPass(.failure(error))
             }
         }
+    }
+
+    /// Whether the task is still as it was read (status, attempts, last change), so that what was
+    /// decided from that read still holds.
+    static func unchanged(_ task: TaskRecord, in store: any TaskStore) async throws -> Bool {
+        guard let now = try await store.task(task.id) else { return false }
+        return now.status == task.status && now.attempts == task.attempts && now.updatedAt == task.updatedAt
+    }
+
+    /// The path with its symlinks resolved (`realpath`), nil if it cannot be.
+    static func resolved(_ path: ByteString) -> ByteString? {
+        guard let real = (path + [0]).withUnsafeBufferPointer({ buffer in
+            buffer.withMemoryRebound(to: CChar.self) { realpath($0.baseAddress!, nil) }
+        }) else { return nil }
+        defer { free(real) }
+        return Array(UnsafeRawBufferPointer(start: real, count: strlen(real)))
     }
 
     /// Entries named `prefix…` in `directory`, and in its subdirectories down to `depth`.

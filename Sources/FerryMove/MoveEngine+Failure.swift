@@ -253,15 +253,23 @@ extension MoveEngine {
         let read: TaskRecord?
         do { read = try await store.task(context.task.id) } catch { return false }
         guard let task = read, let plan = task.plan else { return true }
-        let relinked = plan.strategy == Strategy.relink.rawValue
+        // What the staging holds is known by its mark, whatever this plan says: a retried task's
+        // new plan may be a copy over what an earlier relink left there, or the reverse.
+        let relinked = Mutex(plan.strategy == Strategy.relink.rawValue)
         do {
             try await Blocking.run { [self] in
                 let destination = try DirectoryOpener(roots: self.settings.roots).openDirectoryClosingRoots(plan.destinationDirectory.bytes)
                 defer { destination.closeQuietly() }
                 let engine = CopyEngine(options: CopyOptions(jobs: self.settings.jobs))
                 let id = String(plan.stagingName.description.dropFirst(StagingArea.prefix.count))
-                guard let staging = try engine.openStaging(in: destination, id: id, relink: relinked) else { return }
-                if relinked {
+                let planned = relinked.withLock { $0 }
+                let opened: StagingArea?
+                do { opened = try engine.openStaging(in: destination, id: id, relink: planned) } catch CopyError.foreignStaging {
+                    opened = try engine.openStaging(in: destination, id: id, relink: !planned)
+                    relinked.withLock { $0 = !planned }
+                }
+                guard let staging = opened else { return }
+                if relinked.withLock({ $0 }) {
                     defer { staging.directory.closeQuietly() }
                     let sources = try self.sources(task, plan)
                     defer { sources.forEach { $0.directory.closeQuietly() } }
@@ -275,7 +283,7 @@ extension MoveEngine {
             return true
         } catch {
             try? await store.record(task.id, message: "rollback: \(error)")
-            return !relinked
+            return !relinked.withLock { $0 }
         }
     }
 
@@ -300,6 +308,7 @@ extension MoveEngine {
             case .destinationExists: return TaskFailure(code: "destination.exists", message: copy.description)
             case .unsupportedEntry: return TaskFailure(code: "unsupported", message: copy.description)
             case .foreignStaging: return TaskFailure(code: "staging.foreign", message: copy.description)
+            case .notPutBack: return TaskFailure(code: "rollback.incomplete", message: copy.description)
             case .cancelled: return TaskFailure(code: "cancelled", message: copy.description)
             }
         case let system as SystemError:

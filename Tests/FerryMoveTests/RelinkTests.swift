@@ -185,6 +185,57 @@ struct RelinkTests {
             #expect(listing(b).isEmpty)
         }
     }
+
+    /// A relink's staging holds the only names of the files it moved: the janitor keeps them by the
+    /// directory's own mark, whatever the task's plan says now (a retry clears it; a cancel then
+    /// ends the task before any run looks at the staging).
+    @Test func theJanitorKeepsARelinksFilesWhateverThePlanSays() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = fs.mountPoint + "/b"
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            try makeTree(a + "/data", files: 2000, size: 100)
+            let (task, first) = try await relinkStoppedPartWay(a + "/data", to: b, harness: harness)
+            #expect(first.status == .copying && first.leaseOwner == nil, "\(first.status)")
+            let staging = try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") })
+            let staged = FileManager.default.enumerator(atPath: b + "/" + staging)?.allObjects.count ?? 0
+            #expect(staged >= 20)
+            // Failed with its files still staged (as a rollback cut short leaves it), retried (the
+            // plan goes), then cancelled while pending (no run looks at the staging).
+            _ = try #require(try await harness.store.claim(id: task.id, worker: "w", lease: .seconds(30)))
+            try await harness.store.finish(id: task.id, worker: "w", status: .failed, failure: TaskFailure(code: "io", message: "EIO"), message: "failed")
+            #expect(try await harness.store.retry(task.id).plan == nil)
+            #expect(try await harness.store.requestCancel(task.id).status == .cancelled)
+            let report = try await Janitor(engine: harness.engine, grace: .seconds(0)).run(directories: [Array(b.utf8)], recover: false)
+            #expect(report.removed.isEmpty && report.kept == [b + "/" + staging], "\(report)")
+            #expect(FileManager.default.enumerator(atPath: b + "/" + staging)?.allObjects.count == staged, "a relink's files were deleted")
+        }
+    }
+
+    /// An entry the rollback cannot put back (here one it cannot place in any source) stays in
+    /// staging, and the task is not reported rolled back with its data out of sight.
+    @Test func aRollbackThatLeavesEntriesInStagingIsNotDone() async throws {
+        let harness = try Harness()
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = fs.mountPoint + "/b"
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            try makeTree(a + "/data", files: 2000, size: 100)
+            let (task, _) = try await relinkStoppedPartWay(a + "/data", to: b, harness: harness)
+            let staging = b + "/" + (try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") }))
+            try "stray".write(toFile: staging + "/stray", atomically: false, encoding: .utf8)
+            _ = try await harness.store.requestCancel(task.id)
+            let record = await harness.engine.run(try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))))
+            #expect(record.status != .rolledBack && !record.status.isTerminal, "\(record.status)")
+            #expect(listing(staging) == ["stray"], "\(listing(staging))")
+            #expect(FileManager.default.fileExists(atPath: a + "/data/sub"), "the rest was put back")
+            let events = try await harness.store.events(task.id).map(\.message)
+            #expect(events.contains { $0.contains("could not be put back") && $0.contains("stray") }, "\(events)")
+        }
+    }
 }
 
 @Suite("Configured strategy and the worker's own janitor (root)", .enabled(if: Environment.canMountXFS), .serialized)
