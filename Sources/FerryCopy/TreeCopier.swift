@@ -96,7 +96,11 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
         let complete = status.kind == .regular && existing.kind == .regular && status.linkCount == 1
             && existing.size == status.size && existing.permissions == status.permissions
             && existing.modificationTime == status.modificationTime
-        if complete {
+        // Kept only if its data reached the disk: the run that wrote it may have died before its
+        // flush, and a write-back error since is reported to this file's next fsync (which no one
+        // else makes), not to a later syncfs, which another flush of the filesystem may have
+        // consumed. A file whose flush fails is copied again.
+        if complete, Self.flushes(entry.peerName, in: peer) {
             meter.entries.add(1, ordering: .relaxed)
             meter.bytes.add(status.size, ordering: .relaxed)
             return .done
@@ -107,6 +111,13 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
             try peer.removeEntry(entry.peerName, isDirectory: false)
         }
         return nil
+    }
+
+    static func flushes(_ name: ByteString, in directory: FileDescriptor) -> Bool {
+        // Read-only, else write-only (no truncation) for a file its owner may not read (0200).
+        guard let file = (try? directory.openAt(name, [.noFollow])) ?? (try? directory.openAt(name, [.writeOnly, .noFollow])) else { return false }
+        defer { file.closeQuietly() }
+        return (try? file.sync()) != nil
     }
 
     private func copyFile(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor) throws {

@@ -243,7 +243,7 @@ final class WalkCoordinator: @unchecked Sendable {
 /// nothing else has to run for them to stop.
 public final class CancellationFlag: Sendable {
     private let flag = Atomic<Bool>(false)
-    /// CLOCK_MONOTONIC nanoseconds; never, until one is given.
+    /// CLOCK_BOOTTIME nanoseconds; never, until one is given.
     private let deadline = Atomic<UInt64>(.max)
     public init() {}
     public func cancel() { flag.store(true, ordering: .releasing) }
@@ -256,10 +256,12 @@ public final class CancellationFlag: Sendable {
         return deadline != .max && Self.now() > deadline
     }
 
-    /// CLOCK_MONOTONIC, in nanoseconds.
+    /// CLOCK_BOOTTIME, in nanoseconds: unlike CLOCK_MONOTONIC it goes on while the machine is
+    /// suspended, as the lease's time in the database does, so a run resumed after a suspend
+    /// longer than its lease is held at once instead of writing on as if its lease were confirmed.
     public static func now() -> UInt64 {
         var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
+        clock_gettime(CLOCK_BOOTTIME, &time)
         return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 
