@@ -41,6 +41,12 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         if let listen { configuration.serve.listen = listen }
+        // The command line over the file and the environment, as for every other command: the
+        // helpers and task processes get the `lfs` program and backend from the configuration.
+        if let lfs = storageOptions.lfs, !lfs.isEmpty { configuration.lfsPath = lfs }
+        if let backend = storageOptions.backend {
+            for index in configuration.roots.indices { configuration.roots[index].backend = backend }
+        }
         if configuration.roots.isEmpty {
             throw ValidationError("no [[roots]] in the configuration: name the directories users may browse, or try ferry serve --demo")
         }

@@ -69,7 +69,7 @@ public struct FerryConfiguration: Equatable, Sendable {
         for (key, value) in document {
             switch key {
             case "lfs":
-                guard let path = value.string else { throw Error(file: "", message: "lfs must be a string (the path of the lfs program)") }
+                guard let path = value.string, !path.isEmpty else { throw Error(file: "", message: "lfs must be the path of the lfs program (a non-empty string)") }
                 configuration.lfsPath = path
             case "database":
                 guard let url = value.string else { throw Error(file: "", message: "database must be a URL string: sqlite:///path or postgres://user@host/db") }
@@ -80,6 +80,7 @@ public struct FerryConfiguration: Equatable, Sendable {
                     guard let table = item.table else { throw Error(file: "", message: "each root must be a [[roots]] table") }
                     configuration.roots.append(try root(table))
                 }
+                try checkDistinct(configuration.roots, origin: "")
             case _ where ServeSettings.keys.contains(key):
                 try configuration.serve.read(key: key, value: value)
             default:
@@ -90,10 +91,11 @@ public struct FerryConfiguration: Equatable, Sendable {
     }
 
     static func root(_ table: [String: TOMLValue]) throws -> Root {
-        guard let path = table["path"]?.string, path.hasPrefix("/") else {
+        guard let written = table["path"]?.string else {
             throw Error(file: "", message: "each root needs an absolute path = \"/…\"")
         }
-        var root = Root(path: path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path)
+        let path = try normalRoot(written, origin: "")
+        var root = Root(path: path)
         for (key, value) in table {
             switch key {
             case "path": break
@@ -117,6 +119,30 @@ public struct FerryConfiguration: Equatable, Sendable {
         return root
     }
 
+    /// A root's path as the server compares it: absolute, repeated and trailing slashes dropped.
+    /// A `.` or `..` component is refused rather than resolved: requests may not contain them, so
+    /// a root spelled with one would match none (and the command line would still match it).
+    static func normalRoot(_ written: String, origin: String) throws(Error) -> String {
+        guard written.hasPrefix("/") else {
+            throw Error(file: origin, message: "root \(written) is not an absolute path (it must start with /)")
+        }
+        let components = written.split(separator: "/", omittingEmptySubsequences: true)
+        if components.contains(where: { $0 == "." || $0 == ".." }) {
+            throw Error(file: origin, message: "root \(written) contains a . or .. component; write the directory's path without them")
+        }
+        if written.utf8.contains(0) { throw Error(file: origin, message: "root \(written) contains a NUL character") }
+        return "/" + components.joined(separator: "/")
+    }
+
+    /// Two roots naming one directory: the deeper-root rule could keep only one of their names,
+    /// backends and strategies, and which silently; refused instead.
+    static func checkDistinct(_ roots: [Root], origin: String) throws(Error) {
+        var seen = Set<[UInt8]>()
+        for root in roots where !seen.insert(Array(root.path.utf8)).inserted {
+            throw Error(file: origin, message: "root \(root.path) is configured twice; keep one [[roots]] table for it")
+        }
+    }
+
     /// The backend configured for `path` (absolute): that of the deepest root containing it,
     /// either spelled as given or with symlinks resolved (this reads the filesystem).
     public func backend(for path: String) -> BackendChoice {
@@ -134,7 +160,13 @@ public struct FerryConfiguration: Equatable, Sendable {
         } else {
             configured = backend(for: String(decoding: path, as: UTF8.self))
         }
-        return try Storage.backend(for: fd, choice: choice ?? configured, lfsPath: lfs ?? environment["FERRY_LFS"] ?? lfsPath)
+        return try Storage.backend(for: fd, choice: choice ?? configured, lfsPath: lfsProgram(lfs, environment: environment))
+    }
+
+    /// The `lfs` program: a command's `--lfs`, else `FERRY_LFS`, else the configured one; an empty
+    /// value is an unset one (an `Environment=FERRY_LFS=` line must not hide the configured path).
+    public func lfsProgram(_ explicit: String? = nil, environment: Environment = .process) -> String? {
+        [explicit, environment["FERRY_LFS"], lfsPath].lazy.compactMap { $0 }.first { !$0.isEmpty }
     }
 
     /// The deepest root containing `path`, by the spelling of the root that matched. With
@@ -165,7 +197,8 @@ public struct FerryConfiguration: Equatable, Sendable {
     public static func locate(explicit: String?, environment: Environment = .process) -> String? {
         if let explicit { return explicit }
         if let configured = environment["FERRY_CONFIG"], !configured.isEmpty { return configured }
-        let home = environment["XDG_CONFIG_HOME"] ?? environment["HOME"].map { $0 + "/.config" }
+        // An empty variable is an unset one (XDG Base Directory specification).
+        let home = environment["XDG_CONFIG_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? environment["HOME"].map { $0 + "/.config" }
         for candidate in [home.map { $0 + "/ferry/ferry.toml" }, "/etc/ferry/ferry.toml"].compactMap({ $0 }) where access(candidate, F_OK) == 0 {
             return candidate
         }

@@ -226,7 +226,14 @@ extension FerryConfiguration {
                 guard path.hasPrefix("/") else {
                     throw Error(file: "environment", message: "FERRY_ROOTS: \(item) is not an absolute path (use /path or Name=/path, comma-separated)")
                 }
-                roots.append(Root(path: path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path, name: parts.count == 2 ? parts[0] : nil))
+                do {
+                    roots.append(Root(path: try FerryConfiguration.normalRoot(path, origin: "environment"), name: parts.count == 2 ? parts[0] : nil))
+                } catch {
+                    throw Error(file: "environment", message: "FERRY_ROOTS: \(error.message)")
+                }
+            }
+            do { try FerryConfiguration.checkDistinct(roots, origin: "environment") } catch {
+                throw Error(file: "environment", message: "FERRY_ROOTS: \(error.message)")
             }
             configuration.roots = roots
         }

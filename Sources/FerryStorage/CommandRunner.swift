@@ -27,7 +27,10 @@ struct CommandRunner: Sendable {
         do {
             outcome = try ChildProcess.run(executable: resolvedExecutable(), byteArguments: arguments,
                                            environment: Self.environment(), identity: nil,
-                                           workingDirectory: FileManager.default.currentDirectoryPath,
+                                           // "/": the caller's directory may be gone (a tree moved
+                                           // away under a shell) or on a hung mount; every argument
+                                           // is absolute.
+                                           workingDirectory: "/",
                                            deadline: .now + .milliseconds(Int64(timeout * 1000)))
         } catch {
             throw StorageError(.command, "could not run \(executable): \(error); set the path of lfs in the configuration (lfs = \"/usr/bin/lfs\") or FERRY_LFS")
@@ -57,11 +60,16 @@ struct CommandRunner: Sendable {
         return kept
     }
 
-    /// A bare name is looked up in PATH, as a shell would.
+    /// A bare name is looked up in PATH, as a shell would; a relative path (or PATH entry) is
+    /// taken from the current directory, as the program then runs in "/".
     func resolvedExecutable() -> String {
-        if executable.contains("/") { return executable }
-        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
-            let candidate = "\(directory)/\(executable)"
+        func absolute(_ path: String) -> String {
+            path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        }
+        if executable.contains("/") { return absolute(executable) }
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: false) {
+            // An empty entry is the current directory.
+            let candidate = absolute((directory.isEmpty ? "." : String(directory)) + "/" + executable)
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }
         return executable

@@ -11,7 +11,8 @@ public struct LustreBackend: StorageBackend {
 
     /// `lfsPath`: the `lfs` program; default `FERRY_LFS` from the environment, else `lfs` in PATH.
     public init(lfsPath: String? = nil, timeout: Double = 60) {
-        let path = lfsPath ?? ProcessInfo.processInfo.environment["FERRY_LFS"] ?? "lfs"
+        // Empty is unset, as everywhere else: `Environment=FERRY_LFS=` must not name no program.
+        let path = [lfsPath, ProcessInfo.processInfo.environment["FERRY_LFS"]].lazy.compactMap { $0 }.first { !$0.isEmpty } ?? "lfs"
         lfs = CommandRunner(executable: path, timeout: timeout)
     }
 

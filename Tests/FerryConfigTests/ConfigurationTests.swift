@@ -135,6 +135,36 @@ import Testing
         }
     }
 
+    /// A root is compared as the server normalises request paths: repeated and trailing slashes
+    /// go; `.` and `..` and a root named twice are refused, in the file and in `FERRY_ROOTS`.
+    @Test func rootsAreNormalAndDistinct() throws {
+        let configuration = try FerryConfiguration.parse("[[roots]]\npath = \"//data//projects/\"\n[[roots]]\npath = \"/\"")
+        #expect(configuration.roots.map(\.path) == ["/data/projects", "/"])
+        for text in ["[[roots]]\npath = \"/data/./projects\"", "[[roots]]\npath = \"/data/../etc\"",
+                     "[[roots]]\npath = \"/data\"\n[[roots]]\npath = \"/data/\"\nbackend = \"xfs\""] {
+            let error = #expect(throws: FerryConfiguration.Error.self, "\(text)") { try FerryConfiguration.parse(text) }
+            #expect(error?.message.contains("/data") == true, "\(String(describing: error))")
+        }
+        let environment = try FerryConfiguration().applyingEnvironment(["FERRY_ROOTS": "Data=/data//x/,/y"])
+        #expect(environment.roots.map(\.path) == ["/data/x", "/y"])
+        for roots in ["/a/../b", "/a,/a/"] {
+            #expect(throws: FerryConfiguration.Error.self, "\(roots)") { try FerryConfiguration().applyingEnvironment(["FERRY_ROOTS": roots]) }
+        }
+    }
+
+    /// An empty `lfs` setting is refused, and an empty `--lfs` or `FERRY_LFS` is unset (a systemd
+    /// `Environment=FERRY_LFS=` line must not hide the configured program).
+    @Test func anEmptyLfsIsUnset() throws {
+        #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("lfs = \"\"") }
+        let configured = FerryConfiguration(lfsPath: "/opt/lustre/bin/lfs")
+        #expect(configured.lfsProgram(nil, environment: ["FERRY_LFS": ""]) == "/opt/lustre/bin/lfs")
+        #expect(configured.lfsProgram("", environment: [:]) == "/opt/lustre/bin/lfs")
+        #expect(configured.lfsProgram(nil, environment: ["FERRY_LFS": "/x/lfs"]) == "/x/lfs")
+        #expect(configured.lfsProgram("/y/lfs", environment: ["FERRY_LFS": "/x/lfs"]) == "/y/lfs")
+        #expect(FerryConfiguration().lfsProgram(nil, environment: ["FERRY_LFS": ""]) == nil)
+        #expect(try FerryConfiguration(lfsPath: "/opt/lfs").applyingEnvironment(["FERRY_LFS": ""]).lfsPath == "/opt/lfs")
+    }
+
     @Test func locateFollowsFlagThenEnvironmentThenDefaults() throws {
         #expect(FerryConfiguration.locate(explicit: "/x.toml", environment: ["FERRY_CONFIG": "/y.toml"]) == "/x.toml")
         #expect(FerryConfiguration.locate(explicit: nil, environment: ["FERRY_CONFIG": "/y.toml"]) == "/y.toml")
@@ -143,6 +173,10 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: home) }
         try "".write(toFile: home + "/ferry/ferry.toml", atomically: true, encoding: .utf8)
         #expect(FerryConfiguration.locate(explicit: nil, environment: ["XDG_CONFIG_HOME": home]) == home + "/ferry/ferry.toml")
+        // An empty XDG_CONFIG_HOME is unset: $HOME/.config, not /ferry/ferry.toml.
+        try FileManager.default.createDirectory(atPath: home + "/.config/ferry", withIntermediateDirectories: true)
+        try "".write(toFile: home + "/.config/ferry/ferry.toml", atomically: true, encoding: .utf8)
+        #expect(FerryConfiguration.locate(explicit: nil, environment: ["XDG_CONFIG_HOME": "", "HOME": home]) == home + "/.config/ferry/ferry.toml")
         let error = #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.load(file: home + "/missing.toml") }
         #expect(error?.description.contains("cannot be read") == true)
     }

@@ -33,6 +33,25 @@ import Testing
         #expect(environment.contains("PATH="), "\(environment)")
     }
 
+    /// `lfs` runs in "/": the caller's directory may be deleted (a shell left inside a tree that
+    /// was moved away) or on a hung mount, and `lfs` must not fail or hang for it.
+    @Test func lfsRunsFromTheRootDirectory() throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-lfs-cwd")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let program = directory + "/lfs"
+        try "#!/bin/sh\npwd > '\(directory)/cwd'\necho 'lfs 2.15.4'\n".write(toFile: program, atomically: true, encoding: .utf8)
+        try Shell.run(["chmod", "755", program])
+        #expect(LustreBackend(lfsPath: program).version == LustreVersion(major: 2, minor: 15, patch: 4))
+        #expect(try String(contentsOfFile: directory + "/cwd", encoding: .utf8) == "/\n")
+    }
+
+    /// An empty program path is no program: `lfs` in PATH, not a spawn of "".
+    @Test func anEmptyLfsPathIsUnset() {
+        let path = LustreBackend(lfsPath: "").lfsPath
+        #expect(!path.isEmpty)
+        #expect(path == (ProcessInfo.processInfo.environment["FERRY_LFS"].flatMap { $0.isEmpty ? nil : $0 } ?? "lfs"))
+    }
+
     /// Action words as lfs prints them (`hsm_user_action2name`, any upper-case word) with their
     /// states in lower case; a request that is done is no longer pending.
     @Test func hsmActionWordsAndStates() throws {

@@ -100,7 +100,7 @@ public struct AgentClient: Sendable {
     /// A small, fixed environment: nothing of the server's leaks into a user's process.
     static func environment() -> [String: String] {
         var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"]
-        if let lfs = ProcessInfo.processInfo.environment["FERRY_LFS"] { environment["FERRY_LFS"] = lfs }
+        if let lfs = ProcessInfo.processInfo.environment["FERRY_LFS"], !lfs.isEmpty { environment["FERRY_LFS"] = lfs }
         return environment
     }
 }
