@@ -1,6 +1,7 @@
 #include "ferry_pam.h"
 
 #include <security/pam_appl.h>
+#include <shadow.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,8 +57,8 @@ static int converse(int count, const struct pam_message **messages, struct pam_r
     return PAM_SUCCESS;
 }
 
-int ferry_pam_authenticate(const char *service, const char *user, const char *password,
-                           char *message, size_t message_len) {
+static int check(const char *service, const char *user, const char *password, const char *remote_host,
+                 char *message, size_t message_len) {
     if (message_len > 0) message[0] = '\0';
     struct conversation conversation = {.password = password, .module_error = ""};
     struct pam_conv conv = {.conv = converse, .appdata_ptr = &conversation};
@@ -68,7 +69,8 @@ int ferry_pam_authenticate(const char *service, const char *user, const char *pa
         if (handle != NULL) pam_end(handle, status);
         return status;
     }
-    status = pam_authenticate(handle, PAM_SILENT | PAM_DISALLOW_NULL_AUTHTOK);
+    if (remote_host != NULL && remote_host[0] != '\0') status = pam_set_item(handle, PAM_RHOST, remote_host);
+    if (status == PAM_SUCCESS && password != NULL) status = pam_authenticate(handle, PAM_SILENT | PAM_DISALLOW_NULL_AUTHTOK);
     if (status == PAM_SUCCESS) status = pam_acct_mgmt(handle, PAM_SILENT | PAM_DISALLOW_NULL_AUTHTOK);
     if (status != PAM_SUCCESS) {
         copy_text(message, message_len, pam_strerror(handle, status));
@@ -80,6 +82,24 @@ int ferry_pam_authenticate(const char *service, const char *user, const char *pa
     }
     pam_end(handle, status);
     return status;
+}
+
+int ferry_pam_authenticate(const char *service, const char *user, const char *password, const char *remote_host,
+                           char *message, size_t message_len) {
+    // A NULL password would skip the check: never from here.
+    return check(service, user, password != NULL ? password : "", remote_host, message, message_len);
+}
+
+int ferry_password_locked(const char *user) {
+    struct spwd entry, *found = NULL;
+    char buffer[4096];
+    if (getspnam_r(user, &entry, buffer, sizeof buffer, &found) != 0 || found == NULL || entry.sp_pwdp == NULL) return 0;
+    return entry.sp_pwdp[0] == '!';
+}
+
+int ferry_pam_account(const char *service, const char *user, const char *remote_host,
+                      char *message, size_t message_len) {
+    return check(service, user, NULL, remote_host, message, message_len);
 }
 
 const int FERRY_PAM_SUCCESS = PAM_SUCCESS;

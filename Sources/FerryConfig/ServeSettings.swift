@@ -21,13 +21,22 @@ public enum AuthMode: String, Sendable, CaseIterable {
 ///     streams_per_user = 16          # FERRY_STREAMS_PER_USER: event streams one user may hold open
 ///     agent_timeout_seconds = 30     # FERRY_AGENT_TIMEOUT_SECONDS: a listing, stat or quota request
 ///     preflight_timeout_seconds = 600 # FERRY_PREFLIGHT_TIMEOUT_SECONDS: a pre-flight (it measures the tree)
+///     shutdown_seconds = 540         # FERRY_SHUTDOWN_SECONDS: a graceful stop's limit
+///     account_check_seconds = 300    # FERRY_ACCOUNT_CHECK_SECONDS: a pam login's account asked about again
 ///     [auth]
 ///     mode = "token"                 # FERRY_AUTH_MODE: token | proxy | pam
 ///     token = "…"                    # FERRY_AUTH_TOKEN (default: a new random token each start)
+///     token_file = "/run/credentials/ferry-serve.service/token" # FERRY_AUTH_TOKEN_FILE: the token, from a file only root reads
 ///     admins = ["root"]              # FERRY_AUTH_ADMINS, comma-separated
 ///     proxy_header = "X-Remote-User" # FERRY_AUTH_PROXY_HEADER
 ///     proxy_addresses = ["127.0.0.1"] # FERRY_AUTH_PROXY_ADDRESSES, comma-separated
 ///     proxy_secret = "…"             # FERRY_AUTH_PROXY_SECRET (required with proxy_addresses): sent as X-Ferry-Proxy-Secret
+///     proxy_secret_file = "…"        # FERRY_AUTH_PROXY_SECRET_FILE: the same, from a file only root reads
+///
+/// A secret written in the file itself is refused when the file is readable by others than its
+/// owner (`checkInlineSecrets`): every user's `ferry` command reads `/etc/ferry/ferry.toml`, so it
+/// is usually world-readable, and whoever holds the token, or the proxy secret with an address of
+/// the proxy (every local user, for 127.0.0.1), logs in as anyone. `*_file` keeps it apart.
 ///     pam_service = "ferry"          # FERRY_AUTH_PAM_SERVICE
 ///     secure_cookie = true           # FERRY_AUTH_SECURE_COOKIE (default: when X-Forwarded-Proto is https)
 public struct ServeSettings: Equatable, Sendable {
@@ -41,6 +50,13 @@ public struct ServeSettings: Equatable, Sendable {
     public var agentTimeoutSeconds: Double = 30
     /// The same for a pre-flight, which measures the whole source tree.
     public var preflightTimeoutSeconds: Double = 600
+    /// How long a graceful stop may take (running tasks reaching a checkpoint) before it is cut
+    /// short and the task processes left are killed: under systemd's `TimeoutStopSec` (10 min in
+    /// the packaged unit), so that Ferry, not systemd, does it and says so.
+    public var shutdownSeconds: Double = 540
+    /// How often, while a password (pam) login's session is used, its account is asked about
+    /// again (locked or expired since: the session ends).
+    public var accountCheckSeconds: Double = 300
     public var authMode: AuthMode = .token
     public var token: String?
     public var admins: [String] = ["root"]
@@ -51,6 +67,9 @@ public struct ServeSettings: Equatable, Sendable {
     /// who can connect from such an address (every local user, for an address of this host)
     /// could otherwise send them.
     public var proxySecret: String?
+    /// Files holding the token and the proxy secret (mode 0600 or 0400), read when the server starts.
+    public var tokenFile: String?
+    public var proxySecretFile: String?
     public static let proxySecretHeader = "X-Ferry-Proxy-Secret"
     public var pamService: String = "ferry"
     /// The session cookie's `Secure` flag: nil sets it when the request came through a proxy that
@@ -61,11 +80,14 @@ public struct ServeSettings: Equatable, Sendable {
 
     /// What a timeout may be, in seconds: long enough to be met, short enough to be a `Duration`.
     static let timeouts: ClosedRange<Double> = 0.01...604_800
+    /// A graceful stop's limit.
+    static let shutdowns: ClosedRange<Double> = 1...86_400
     /// A lease's, as `--lease` takes it.
     static let leases: ClosedRange<Double> = 0.2...604_800
 
     static let keys: Set<String> = ["listen", "margin", "lease_seconds", "workers", "streams_per_user",
-                                      "agent_timeout_seconds", "preflight_timeout_seconds", "auth"]
+                                      "agent_timeout_seconds", "preflight_timeout_seconds", "shutdown_seconds",
+                                      "account_check_seconds", "auth"]
 
     mutating func read(key: String, value: TOMLValue) throws {
         func fail(_ message: String) -> FerryConfiguration.Error { FerryConfiguration.Error(file: "", message: message) }
@@ -91,6 +113,12 @@ public struct ServeSettings: Equatable, Sendable {
         case "preflight_timeout_seconds":
             guard let number = value.number, Self.timeouts.contains(number) else { throw fail("preflight_timeout_seconds must be from 0.01 to 604800 (a week)") }
             preflightTimeoutSeconds = number
+        case "account_check_seconds":
+            guard let number = value.number, Self.timeouts.contains(number) else { throw fail("account_check_seconds must be from 0.01 to 604800 (a week)") }
+            accountCheckSeconds = number
+        case "shutdown_seconds":
+            guard let number = value.number, Self.shutdowns.contains(number) else { throw fail("shutdown_seconds must be from 1 to 86400 (a day)") }
+            shutdownSeconds = number
         case "auth":
             guard let table = value.table else { throw fail("auth must be an [auth] table") }
             for (name, item) in table {
@@ -113,6 +141,9 @@ public struct ServeSettings: Equatable, Sendable {
                 case "proxy_secret":
                     guard let text = item.string, text.count >= 16 else { throw fail("auth.proxy_secret must be a string of at least 16 characters") }
                     proxySecret = text
+                case "token_file", "proxy_secret_file":
+                    guard let path = item.string, path.hasPrefix("/") else { throw fail("auth.\(name) must be the absolute path of a file") }
+                    if name == "token_file" { tokenFile = path } else { proxySecretFile = path }
                 case "pam_service":
                     guard let text = item.string, !text.isEmpty, !text.contains("/") else { throw fail("auth.pam_service must be a PAM service name") }
                     pamService = text
@@ -159,6 +190,14 @@ public struct ServeSettings: Equatable, Sendable {
             guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_PREFLIGHT_TIMEOUT_SECONDS must be from 0.01 to 604800 (a week)") }
             settings.preflightTimeoutSeconds = number
         }
+        if let value = env["FERRY_ACCOUNT_CHECK_SECONDS"] {
+            guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_ACCOUNT_CHECK_SECONDS must be from 0.01 to 604800 (a week)") }
+            settings.accountCheckSeconds = number
+        }
+        if let value = env["FERRY_SHUTDOWN_SECONDS"] {
+            guard let number = Double(value), Self.shutdowns.contains(number) else { throw fail("FERRY_SHUTDOWN_SECONDS must be from 1 to 86400 (a day)") }
+            settings.shutdownSeconds = number
+        }
         if let value = env["FERRY_AUTH_MODE"] {
             guard let mode = AuthMode(rawValue: value) else { throw fail("FERRY_AUTH_MODE must be token, proxy or pam") }
             settings.authMode = mode
@@ -166,6 +205,12 @@ public struct ServeSettings: Equatable, Sendable {
         if let value = env["FERRY_AUTH_TOKEN"] {
             guard value.count >= 16 else { throw fail("FERRY_AUTH_TOKEN must be at least 16 characters") }
             settings.token = value
+            settings.tokenFile = nil
+        }
+        if let value = env["FERRY_AUTH_TOKEN_FILE"] {
+            guard value.hasPrefix("/") else { throw fail("FERRY_AUTH_TOKEN_FILE must be an absolute path") }
+            settings.tokenFile = value
+            settings.token = nil
         }
         if let value = env["FERRY_AUTH_ADMINS"] { settings.admins = list(value) }
         if let value = env["FERRY_AUTH_PROXY_HEADER"] { settings.proxyHeader = value }
@@ -173,7 +218,18 @@ public struct ServeSettings: Equatable, Sendable {
         if let value = env["FERRY_AUTH_PROXY_SECRET"] {
             guard value.count >= 16 else { throw fail("FERRY_AUTH_PROXY_SECRET must be at least 16 characters") }
             settings.proxySecret = value
+            settings.proxySecretFile = nil
         }
+        if let value = env["FERRY_AUTH_PROXY_SECRET_FILE"] {
+            guard value.hasPrefix("/") else { throw fail("FERRY_AUTH_PROXY_SECRET_FILE must be an absolute path") }
+            settings.proxySecretFile = value
+            settings.proxySecret = nil
+        }
+        // Both spellings in the file: which one is meant is not for the server to guess.
+        if settings.token != nil && settings.tokenFile != nil { throw fail("auth.token and auth.token_file are both set; keep one") }
+        if settings.proxySecret != nil && settings.proxySecretFile != nil { throw fail("auth.proxy_secret and auth.proxy_secret_file are both set; keep one") }
+        if let file = settings.tokenFile { settings.token = try Self.secret(from: file, key: "auth.token_file") }
+        if let file = settings.proxySecretFile { settings.proxySecret = try Self.secret(from: file, key: "auth.proxy_secret_file") }
         if let value = env["FERRY_AUTH_PAM_SERVICE"] { settings.pamService = value }
         if let value = env["FERRY_AUTH_SECURE_COOKIE"] {
             guard let flag = ["true": true, "false": false][value.lowercased()] else { throw fail("FERRY_AUTH_SECURE_COOKIE must be true or false") }
@@ -190,6 +246,44 @@ public struct ServeSettings: Equatable, Sendable {
                 + "auth.proxy_secret (FERRY_AUTH_PROXY_SECRET, 16 characters or more) and have the proxy send it as \(Self.proxySecretHeader)")
         }
         return settings
+    }
+
+    /// A secret from a file: a regular file (not through a symlink) that only its owner may read
+    /// or write (an ssh key's rule), its first line without surrounding blanks, 16 characters or more.
+    static func secret(from path: String, key: String) throws(FerryConfiguration.Error) -> String {
+        func fail(_ message: String) -> FerryConfiguration.Error { FerryConfiguration.Error(file: path, message: message) }
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw fail("\(key): cannot be opened (\(String(cString: strerror(errno))))") }
+        defer { close(fd) }
+        var status = stat()
+        guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { throw fail("\(key): not a regular file") }
+        guard status.st_mode & 0o077 == 0 else {
+            throw fail("\(key): others than its owner may read or change it (mode \(String(status.st_mode & 0o777, radix: 8))): chmod 600 it")
+        }
+        guard status.st_uid == 0 || status.st_uid == geteuid() else { throw fail("\(key): owned by uid \(status.st_uid), neither root nor this server's user") }
+        var bytes = [UInt8](repeating: 0, count: 4097)
+        let count = Glibc.read(fd, &bytes, bytes.count)
+        guard count >= 0 else { throw fail("\(key): cannot be read (\(String(cString: strerror(errno))))") }
+        guard count <= 4096 else { throw fail("\(key): longer than 4096 bytes; a secret is one line") }
+        let line = String(decoding: bytes[..<count], as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).first ?? ""
+        let text = line.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.count >= 16 else { throw fail("\(key): the secret must be at least 16 characters") }
+        return text
+    }
+
+    /// Refuses a token or proxy secret written in a configuration file that others than its owner
+    /// may read (see the type's comment): `file` is the one the settings were read from.
+    public func checkInlineSecrets(file: String) throws(FerryConfiguration.Error) {
+        let inline = [token.map { _ in "auth.token" }, proxySecret.map { _ in "auth.proxy_secret" }].compactMap { $0 }
+        guard let key = inline.first else { return }
+        var status = stat()
+        guard stat(file, &status) == 0 else { return }
+        guard status.st_mode & 0o077 == 0 else {
+            let kind = key == "auth.token" ? "token_file" : "proxy_secret_file"
+            throw FerryConfiguration.Error(file: file, message: "\(key) is written in a file others may read (mode \(String(status.st_mode & 0o777, radix: 8))): "
+                + "anyone who can read it can log in as any user. Put the secret in a file only root reads and name it as auth.\(kind) "
+                + "(or LoadCredential= with auth.\(kind) = \"/run/credentials/<unit>/…\"), or chmod 600 the configuration")
+        }
     }
 
     /// `listen` split into host and port ("[::1]:8080", "0.0.0.0:80", ":8080").

@@ -20,6 +20,8 @@ public final class ServerState: Sendable {
     public let store: any TaskStore
     public let sessions = SessionStore()
     public let limiter = LoginRateLimiter()
+    /// How often a password login's account is checked again while its session is used.
+    let accountCheckInterval: Duration
     /// Password checks under way at once (each holds a thread for PAM's delay after a failure).
     let passwordChecks = CheckGate(limit: 8)
     /// Token mode: the login token.
@@ -37,6 +39,7 @@ public final class ServerState: Sendable {
     init(configuration: FerryConfiguration, store: any TaskStore, executable: String, templates: MustacheLibrary, logger: Logger) {
         self.configuration = configuration
         self.settings = configuration.serve
+        self.accountCheckInterval = .milliseconds(Int64(configuration.serve.accountCheckSeconds * 1000))
         self.streams = StreamSlots(perUser: configuration.serve.streamsPerUser)
         self.store = store
         self.token = configuration.serve.authMode == .token ? (configuration.serve.token ?? Secret.make(bytes: 24)) : nil
@@ -134,14 +137,14 @@ public enum FerryServer {
         // A hangup (the terminal the server was started from closed) stops it as SIGTERM does:
         // tasks handed back, the demo's filesystem unmounted. Started under nohup, it stays.
         // Stopped in the reverse order: the streams end first, then the runner hands its tasks
-        // back, and the HTTP server stops last. A shutdown that takes over two minutes (a task
-        // process stuck on a hung mount) is escalated to cancellation: whatever a killed task
-        // process left is resumed by the next server once its lease runs out.
+        // back, and the HTTP server stops last. A shutdown that takes longer than `shutdown_seconds`
+        // (a task process stuck on a hung mount) is escalated to cancellation: whatever a killed
+        // task process left is resumed by the next server once its lease runs out.
         services.append(StreamCloser(feed: state.feed))
         var configuration = ServiceGroupConfiguration(
             services: [.init(service: app)] + services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint] + (InterruptWatcher.hangupIgnored ? [] : [.sighup]), logger: options.logger)
-        configuration.maximumGracefulShutdownDuration = .seconds(120)
+        configuration.maximumGracefulShutdownDuration = .milliseconds(Int64(settings.shutdownSeconds * 1000))
         try await ServiceGroup(configuration: configuration).run()
     }
 }

@@ -38,6 +38,23 @@ struct PAMTests {
         }
     }
 
+    /// Asked again without the password while a session lasts: an account expired or locked
+    /// since is no longer usable (the account modules catch the one, the shadow file the other).
+    @Test func anAccountLockedOrExpiredSinceIsNoLongerUsable() throws {
+        try withTestUser { user in
+            try user.setPassword("s3cret-pass")
+            #expect(PAM.accountUsable(service: "ferry", user: user.name, remoteHost: "192.0.2.7") == .success)
+            try Shell.run(["chage", "-E", "0", user.name])
+            let expired = PAM.accountUsable(service: "ferry", user: user.name)
+            #expect(isDenied(expired), "\(expired)")
+            try Shell.run(["chage", "-E", "-1", user.name])
+            #expect(PAM.accountUsable(service: "ferry", user: user.name) == .success)
+            try Shell.run(["usermod", "-L", user.name])
+            #expect(PAM.accountUsable(service: "ferry", user: user.name) == .denied("the account's password is locked"))
+            #expect(isDenied(PAM.accountUsable(service: "ferry", user: "ferry-no-such-user")))
+        }
+    }
+
     @Test func thePackagedServiceFileWorks() throws {
         let packaged = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("packaging/pam.d/ferry").path

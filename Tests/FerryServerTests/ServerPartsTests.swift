@@ -214,6 +214,33 @@ import Testing
         if case .admitted = parallel.admit("10.0.0.3") { Issue.record("a fourth attempt was admitted while three were in flight") }
     }
 
+    /// Failures are counted per IPv6 /64 (one subscriber's network: rotating through its
+    /// addresses gains nothing), per IPv4 address, and an IPv4 address written as IPv6 is itself.
+    @Test func failuresCountPerIPv6Network() {
+        #expect(LoginRateLimiter.clientKey("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64")
+        #expect(LoginRateLimiter.clientKey("2001:0db8:0001:0002:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64")
+        #expect(LoginRateLimiter.clientKey("::ffff:192.0.2.7") == "192.0.2.7")
+        #expect(LoginRateLimiter.clientKey("192.0.2.7") == "192.0.2.7")
+        #expect(LoginRateLimiter.clientKey("unknown") == "unknown")
+        let limiter = LoginRateLimiter(limit: 3, window: .seconds(60))
+        for i in 1...3 { _ = limiter.admit("2001:db8:1:2::\(i)") }
+        if case .admitted = limiter.admit("2001:db8:1:2:ffff::9") { Issue.record("a fourth address of one /64 was admitted") }
+        if case .limited = limiter.admit("2001:db8:1:3::1") { Issue.record("the next /64 was limited") }
+    }
+
+    /// However busy, a session ends its lifetime after its login.
+    @Test func sessionsEndTheirLifetimeAfterTheLogin() async throws {
+        let store = SessionStore(idleLimit: .seconds(60), lifetime: .seconds(1))
+        let created = ContinuousClock.now
+        let session = store.create(user: "alice")
+        #expect(store.session(session.id) != nil)
+        // Used every 50 ms (never idle), it ends all the same, at its lifetime.
+        while store.session(session.id) != nil && ContinuousClock.now - created < .seconds(30) { try await Task.sleep(for: .milliseconds(50)) }
+        let lasted = ContinuousClock.now - created
+        #expect(lasted >= .seconds(1) && lasted < .seconds(30), "\(lasted)")
+        #expect(!store.isLive(session.id))
+    }
+
     @Test func secretsCompareWholly() {
         #expect(Secret.equal("abc", "abc") && !Secret.equal("abc", "abd") && !Secret.equal("abc", "abcd"))
     }
@@ -223,7 +250,7 @@ import Testing
     /// Addresses whose failures have left the window are forgotten once many are on record.
     @Test func addressesPastTheWindowAreForgotten() async throws {
         let limiter = LoginRateLimiter(limit: 5, window: .milliseconds(200))
-        for i in 0..<LoginRateLimiter.pruneAbove { _ = limiter.admit("2001:db8::\(String(i, radix: 16))") }
+        for i in 0..<LoginRateLimiter.pruneAbove { _ = limiter.admit("2001:db8:\(String(i, radix: 16))::1") }
         #expect(limiter.trackedAddresses == LoginRateLimiter.pruneAbove)
         try await Task.sleep(for: .milliseconds(300))
         _ = limiter.admit("192.0.2.1")
@@ -301,6 +328,12 @@ import Testing
         #expect(try timeouts.applying(environment: ["FERRY_PREFLIGHT_TIMEOUT_SECONDS": "1200"]).preflightTimeoutSeconds == 1200)
         #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("agent_timeout_seconds = 0") }
         #expect(throws: FerryConfiguration.Error.self) { try timeouts.applying(environment: ["FERRY_PREFLIGHT_TIMEOUT_SECONDS": "-1"]) }
+        // A graceful stop's limit: under the packaged unit's TimeoutStopSec=10min by default.
+        #expect(ServeSettings().shutdownSeconds == 540)
+        #expect(try FerryConfiguration.parse("shutdown_seconds = 1200").serve.shutdownSeconds == 1200)
+        #expect(try timeouts.applying(environment: ["FERRY_SHUTDOWN_SECONDS": "30"]).shutdownSeconds == 30)
+        #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("shutdown_seconds = 0") }
+        #expect(throws: FerryConfiguration.Error.self) { try timeouts.applying(environment: ["FERRY_SHUTDOWN_SECONDS": "1e9"]) }
         let client = AgentClient(executable: "/bin/false", configuration: try FerryConfiguration.parse("agent_timeout_seconds = 5\npreflight_timeout_seconds = 90"))
         #expect(client.timeout == .seconds(5) && client.preflightTimeout == .seconds(90))
         let overridden = try configuration.serve.applying(environment: [

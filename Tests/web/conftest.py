@@ -364,14 +364,17 @@ def start_server(ferry_bin, xfs_sandbox, tmp_path_factory):
               extra_toml: str = "", env: dict[str, str] | None = None, workers: int | None = None,
               admins: list[str] | None = None, proxy_addresses: list[str] | None = None,
               proxy_header: str = "X-Remote-User", pam_service: str | None = None,
-              proxy_secret: str | None = "the-proxys-own-secret-42") -> FerryServer:
+              proxy_secret: str | None = "the-proxys-own-secret-42", proxy_secret_file: str | None = None,
+              config_mode: int = 0o600) -> FerryServer:
         """Writes a config (sqlite database in a fresh temp dir) and starts `ferry serve` on a free port.
 
         roots: [path], [(path, name)] or [{"path":…, "name":…, "backend":…}]; default: the sandbox's
         projects dir named "Projects".
         admins, proxy_addresses, proxy_header, pam_service: the [auth] table's keys (proxy_addresses
         defaults to ["127.0.0.1"] in proxy mode), proxy_secret (written with proxy_addresses, which
-        a loopback address requires; None leaves it out).
+        a loopback address requires; None leaves it out), or proxy_secret_file (its path instead,
+        the file written by the caller; proxy_secret is then what the test client sends).
+        config_mode: the config file's mode (a secret in it is refused unless only its owner reads it).
         extra_toml: appended before the [auth] table, so it may set top-level keys (lease_seconds = 2).
         """
         workdir = tmp_path_factory.mktemp("ferry-serve")
@@ -391,7 +394,9 @@ def start_server(ferry_bin, xfs_sandbox, tmp_path_factory):
             addresses = proxy_addresses if proxy_addresses is not None else ["127.0.0.1"]
             lines.append(f"proxy_header = {toml_string(proxy_header)}")
             lines.append("proxy_addresses = [" + ", ".join(toml_string(a) for a in addresses) + "]")
-            if proxy_secret is not None:
+            if proxy_secret_file is not None:
+                lines.append(f"proxy_secret_file = {toml_string(proxy_secret_file)}")
+            elif proxy_secret is not None:
                 lines.append(f"proxy_secret = {toml_string(proxy_secret)}")
         else:
             proxy_secret = None
@@ -408,6 +413,7 @@ def start_server(ferry_bin, xfs_sandbox, tmp_path_factory):
                 lines.append(f"{key} = {toml_string(str(value))}")
         config_path = workdir / "ferry.toml"
         config_path.write_text("\n".join(lines) + "\n")
+        config_path.chmod(config_mode)
         # The server reads FERRY_* overrides: nothing from the caller's environment may leak in.
         process_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
         process_env.update(env or {})

@@ -458,6 +458,41 @@ def test_proxy_addresses_need_the_proxys_secret(start_server):
         assert "proxy_secret" in message and "X-Ferry-Proxy-Secret" in message, message
 
 
+def test_secrets_stay_out_of_files_others_can_read(start_server, tmp_path):
+    """Whoever reads the proxy secret (with an address of the proxy, every local user on this host)
+    or the token logs in as anyone: a secret written in a configuration file that others may read
+    is refused at start, with what to do; one in a file of its own (mode 0600, as systemd's
+    LoadCredential= makes it) is used, and such a file that others may read is refused too."""
+    with pytest.raises(Exception) as refused:
+        start_server(auth="proxy", config_mode=0o644)
+    message = str(refused.value)
+    assert "auth.proxy_secret is written in a file others may read (mode 644)" in message, message
+    assert "auth.proxy_secret_file" in message and "LoadCredential=" in message, message
+
+    secret = "a-secret-in-its-own-file-77"
+    secret_file = tmp_path / "proxy-secret"
+    secret_file.write_text(secret + "\n")
+    secret_file.chmod(0o644)
+    with pytest.raises(Exception) as refused:
+        start_server(auth="proxy", proxy_secret=secret, proxy_secret_file=str(secret_file), config_mode=0o644)
+    message = str(refused.value)
+    assert "auth.proxy_secret_file: others than its owner may read or change it (mode 644): chmod 600 it" in message, message
+
+    secret_file.chmod(0o600)
+    server = start_server(auth="proxy", proxy_secret=secret, proxy_secret_file=str(secret_file), config_mode=0o644)
+    r = requests.get(server.api("/api/session"), headers={"X-Remote-User": "root", "X-Ferry-Proxy-Secret": secret}, timeout=30)
+    assert r.status_code == 200 and r.json()["user"] == "root", r.text
+    r = requests.get(server.api("/api/session"), headers={"X-Remote-User": "root", "X-Ferry-Proxy-Secret": "the-proxys-own-secret-42"}, timeout=30)
+    expect_error(r, 401, "auth.failed")
+
+    # The token too, from FERRY_AUTH_TOKEN_FILE: the login URL carries the file's token.
+    token_file = tmp_path / "token"
+    token_file.write_text("a-token-kept-in-a-file-1234\n")
+    token_file.chmod(0o400)
+    server = start_server(env={"FERRY_AUTH_TOKEN_FILE": str(token_file)})
+    assert server.token == "a-token-kept-in-a-file-1234", server.log()
+
+
 def test_each_user_holds_a_bounded_number_of_event_streams(start_server, alpha_dir):
     """Every event stream re-reads the task store each second, so one user may hold only
     `streams_per_user` of them open; the next is refused with 429 `stream.limit`, and a stream

@@ -100,7 +100,7 @@ enum Login {
                 return failure(APIError(.unavailable, "auth.busy", "too many password checks are under way; try again in a few seconds"))
                     .with(header: .retryAfter, "3")
             }
-            let result = (try? await Blocking.run { PAM.authenticate(service: service, user: name, password: password) }) ?? .unavailable("PAM did not answer")
+            let result = (try? await Blocking.run { PAM.authenticate(service: service, user: name, password: password, remoteHost: address) }) ?? .unavailable("PAM did not answer")
             state.passwordChecks.leave()
             switch result {
             case .success:

@@ -15,6 +15,11 @@ public final class SessionStore: Sendable {
         public var user: String
         public var csrfToken: String
         var lastSeen: ContinuousClock.Instant
+        /// When it was made: however busy, a session ends `lifetime` after its login, so that an
+        /// account locked or expired since is asked to log in again (and is refused then).
+        var created: ContinuousClock.Instant = .now
+        /// When its account was last found usable (`accountCheckDue`).
+        var accountChecked: ContinuousClock.Instant = .now
         /// Requests that came back with it: a browser's session returns, one made for a request
         /// that never sends the cookie back (curl behind a login proxy) does not.
         var returns = 0
@@ -30,6 +35,7 @@ public final class SessionStore: Sendable {
 
     private let sessions = Mutex<[String: Session]>([:])
     private let idleLimit: Duration
+    private let lifetime: Duration
     /// At most this many live sessions (clients that never send the cookie back, such as curl
     /// behind a login proxy, make one per request): the least recently used go first.
     private let capacity: Int
@@ -38,8 +44,9 @@ public final class SessionStore: Sendable {
     /// else's (as they did while only the total was bounded).
     private let perUser: Int
 
-    public init(idleLimit: Duration = .seconds(12 * 3600), capacity: Int = 10_000, perUser: Int = 64) {
+    public init(idleLimit: Duration = .seconds(12 * 3600), lifetime: Duration = .seconds(12 * 3600), capacity: Int = 10_000, perUser: Int = 64) {
         self.idleLimit = idleLimit
+        self.lifetime = lifetime
         self.capacity = max(1, capacity)
         self.perUser = max(1, perUser)
     }
@@ -48,7 +55,7 @@ public final class SessionStore: Sendable {
         let session = Session(id: Secret.make(), user: user, csrfToken: Secret.make(), lastSeen: .now)
         sessions.withLock { all in
             let now = ContinuousClock.now
-            all = all.filter { now - $0.value.lastSeen < idleLimit }
+            all = all.filter { live($0.value, now) }
             let theirs = all.values.filter { $0.user == user }
             if theirs.count >= perUser {
                 for stale in theirs.sorted(by: Self.pushedOutFirst).prefix(theirs.count - perUser + 1) { all[stale.id] = nil }
@@ -66,7 +73,7 @@ public final class SessionStore: Sendable {
         sessions.withLock { all in
             guard var session = all[id] else { return nil }
             let now = ContinuousClock.now
-            if now - session.lastSeen >= idleLimit {
+            if !live(session, now) {
                 all[id] = nil
                 return nil
             }
@@ -80,7 +87,22 @@ public final class SessionStore: Sendable {
     /// Whether the session is still live (not logged out, expired or pushed out), without
     /// counting the question as a use: an open event stream asks every second.
     public func isLive(_ id: String) -> Bool {
-        sessions.withLock { all in all[id].map { ContinuousClock.now - $0.lastSeen < idleLimit } ?? false }
+        sessions.withLock { all in all[id].map { live($0, .now) } ?? false }
+    }
+
+    /// Whether the session's account is due to be checked again (every `interval`): true for one
+    /// caller, which makes the check, until the next interval.
+    public func accountCheckDue(_ id: String, every interval: Duration) -> Bool {
+        sessions.withLock { all in
+            guard var session = all[id], ContinuousClock.now - session.accountChecked >= interval else { return false }
+            session.accountChecked = .now
+            all[id] = session
+            return true
+        }
+    }
+
+    private func live(_ session: Session, _ now: ContinuousClock.Instant) -> Bool {
+        now - session.lastSeen < idleLimit && now - session.created < lifetime
     }
 
     public func remove(_ id: String) { sessions.withLock { _ = $0.removeValue(forKey: id) } }
@@ -118,10 +140,24 @@ public final class LoginRateLimiter: Sendable {
         self.window = window
     }
 
+    /// What failures are counted under: the address, or for IPv6 its /64 (one subscriber's
+    /// network, which holds more addresses than anyone could exhaust one by one).
+    public static func clientKey(_ address: String) -> String {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        guard address.contains(":"), inet_pton(AF_INET6, address, &bytes) == 1 else { return address }
+        // An IPv4 address in IPv6 form is that IPv4 address.
+        if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {
+            return bytes[12...].map(String.init).joined(separator: ".")
+        }
+        let groups = stride(from: 0, to: 8, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
+        return groups.joined(separator: ":") + "::/64"
+    }
+
     /// Admits one login attempt from `address`, counted as a failure until `succeeded`; or says
     /// how long to wait.
-    public func admit(_ address: String) -> Admission {
-        state.withLock { state in
+    public func admit(_ client: String) -> Admission {
+        let address = Self.clientKey(client)
+        return state.withLock { state in
             let now = ContinuousClock.now
             // Addresses whose failures have all left the window are forgotten, so that many
             // addresses (an IPv6 prefix holds plenty) cannot grow the table without end.
