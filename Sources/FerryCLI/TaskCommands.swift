@@ -238,9 +238,15 @@ struct JanitorCommand: AsyncParsableCommand {
 }
 
 /// Runs tasks in processes with their owners' identities (ferry serve's runner).
+/// A privileged task runs only while its owner is among the administrators: the file's
+/// `[auth] admins`, or `FERRY_AUTH_ADMINS` as `ferry serve` reads it.
 func ownerRunner(store: any TaskStore, configuration: FerryConfiguration, concurrency: Int, role: String, lease: Duration,
                  jobs: Int? = nil) -> TaskRunner {
-    TaskRunner(store: store, executable: ferryExecutable(),
+    var configuration = configuration
+    if let admins = ProcessInfo.processInfo.environment["FERRY_AUTH_ADMINS"], !admins.isEmpty {
+        configuration.serve.admins = admins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+    return TaskRunner(store: store, executable: ferryExecutable(),
                configuration: configuration, concurrency: concurrency, worker: workerName(role), lease: lease,
                feed: ChangeFeed(), metrics: ServerMetrics(), logger: Logger(label: "ferry.\(role)"), jobs: jobs)
 }

@@ -116,6 +116,11 @@ enum Routes {
 
         router.post("/api/tasks/:id/retry", use: handle { _, context in
             let task = try await visibleTask(context, state: state)
+            // Authorised again, now: its owner may be an administrator no longer.
+            let isAdmin = try context.requirePrincipal().isAdmin
+            if task.options.privileged && !isAdmin {
+                throw APIError(.forbidden, "forbidden", "task \(task.id) runs with the server's privileges: only an administrator may retry it")
+            }
             let updated = try await database { try await state.store.retry(task.id) }
             state.feed.notify(task.id)
             return try Reply.json(TaskView(updated))

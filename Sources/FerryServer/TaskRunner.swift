@@ -162,6 +162,22 @@ public final class TaskRunner: Service, Sendable {
         guard let worker = task.leaseOwner else { return nil }
         var log = logger
         log[metadataKey: "task"] = "\(task.id)"
+        if task.options.privileged && !configuration.serve.admins.contains(task.owner) {
+            // Authorised when it was asked for, by an owner who is an administrator no longer:
+            // nothing runs with the server's rights for them now, but what was started as such is
+            // undone as such (its staging is the server's), unless it is already committing.
+            log.warning("privileged task whose owner is no longer an administrator", metadata: ["owner": "\(task.owner)"])
+            let message = "task \(task.id) runs with the server's privileges, and its owner \(task.owner) is no longer an administrator"
+            if task.status == .pending {
+                try? await store.finish(id: task.id, worker: worker, status: .failed, failure: TaskFailure(code: "forbidden", message: message),
+                                        message: message + ": nothing was done")
+                return try? await store.task(task.id)
+            }
+            if !task.cancelRequested {
+                _ = try? await store.requestCancel(task.id)
+                try? await store.record(task.id, message: message + ": cancelled, and rolled back unless it is already committing")
+            }
+        }
         let identity: UserIdentity?
         do {
             identity = task.options.privileged ? nil : try AgentClient.identity(for: task.owner)

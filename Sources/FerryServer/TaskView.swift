@@ -27,6 +27,8 @@ public struct TaskView: Codable, Sendable {
     @Nullable public var strategy: String?
     public var attempts: Int
     public var cancelRequested: Bool
+    /// Runs with the server's privileges rather than its owner's (an administrator's request).
+    public var privileged: Bool
     public var progress: ProgressView
     @Nullable public var error: ErrorView?
     public var createdAt: String
@@ -56,6 +58,7 @@ public struct TaskView: Codable, Sendable {
         strategy = task.plan?.strategy
         attempts = task.attempts
         cancelRequested = task.cancelRequested
+        privileged = task.options.privileged
         progress = ProgressView(bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, entriesDone: p.entriesDone, entriesTotal: p.entriesTotal,
                                 bytesPerSecond: p.bytesPerSecond, percent: (percent * 10).rounded() / 10, etaSeconds: eta)
         error = task.failure.map { ErrorView(code: $0.code, message: $0.message) }

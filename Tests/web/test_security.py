@@ -558,6 +558,39 @@ def test_an_admins_stream_has_everyones_tasks_only_when_asked(proxy_server, unix
     assert not seen(server.session(user=a.name), "/api/stream?all=1"), "all=1 gave a user someone else's task"
 
 
+def test_privileged_tasks_run_only_while_their_owner_is_an_admin(start_server, unix_user, alpha_dir, beta_dir):
+    """A privileged task (run with the server's rights) is authorised when it is created, by an
+    admin; its owner removed from the admins since, it is not run (a pending one fails `forbidden`)
+    and its owner cannot retry it; an admin's retry does not run it either."""
+    a = unix_user()
+    server = start_server(auth="proxy", admins=["root", a.name], workers=0)
+    as_a = server.session(user=a.name)
+    source = write(alpha_dir / "roots-only", "only root may read this", 0o600)
+    queued = expect(as_a.post(server.api("/api/tasks"), json=transfer("copy", [source], beta_dir, privileged=True), timeout=60), 201)
+    assert queued["privileged"] is True and queued["status"] == "pending", queued
+    ended = expect(as_a.post(server.api("/api/tasks"), json=transfer("copy", [source], beta_dir, privileged=True), timeout=60), 201)
+    ended = expect(as_a.post(server.api(f"/api/tasks/{ended['id']}/cancel"), timeout=30), 200)
+    assert ended["status"] == "cancelled", ended
+    # A is an admin no longer; the server runs tasks now.
+    server.stop()
+    text = server.config_path.read_text()
+    assert f'admins = ["root", "{a.name}"]' in text, text
+    server.config_path.write_text(text.replace(f'admins = ["root", "{a.name}"]', 'admins = ["root"]'))
+    server.workers = 1
+    server.start()
+    as_a = server.session(user=a.name)
+    failed = wait_for_task(as_a, server, queued["id"], timeout=60)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "forbidden", failed
+    assert "no longer an administrator" in failed["error"]["message"], failed
+    expect_error(as_a.post(server.api(f"/api/tasks/{ended['id']}/retry"), timeout=30), 403, "forbidden")
+    admin = server.session(user="root")
+    retried = expect(admin.post(server.api(f"/api/tasks/{ended['id']}/retry"), timeout=30), 200)
+    assert retried["status"] == "pending", retried
+    failed = wait_for_task(admin, server, ended["id"], timeout=60)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "forbidden", failed
+    assert not (beta_dir / "roots-only").exists(), "a privileged task ran for an owner who is no longer an admin"
+
+
 def test_hardening_headers_and_the_created_tasks_location(proxy_server, unix_user, alpha_dir, beta_dir):
     server = proxy_server
     user = unix_user()
