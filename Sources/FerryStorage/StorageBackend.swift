@@ -1,4 +1,5 @@
 import FerrySystem
+import Foundation
 import SystemPackage
 
 /// What Ferry asks of a filesystem, answered per kind: project IDs, quotas, and (Lustre) layouts and
@@ -86,10 +87,16 @@ public struct LinuxProjectBackend: StorageBackend {
     public func quota(of fd: FileDescriptor, path: ByteString) throws(StorageError) -> QuotaReport {
         let project = try projectAttributes(of: fd)?.projectID
         guard let project else { return try statvfsQuota(fd, project: nil, note: "no project ID") }
-        let device = MountTable.current().mount(containing: path)?.source
+        let device = MountTable.current().mount(of: fd, path: path)?.source
         let kernel: KernelProjectQuota
         do {
             kernel = try QuotaControl.projectQuota(fd, project: project, device: device.map { Array($0.utf8) })
+        } catch where error.code == .notPermitted || error.code == .permissionDenied {
+            // Only root may read a project's quota (the kernel lets users read their own user and
+            // group quotas alone). The directory's statvfs is still the project's when the quota is
+            // enforced: XFS and ext4 report a directory of an inherited project with its limit.
+            return try statvfsQuota(fd, project: project, note: "reading project \(project)'s quota takes root (\(error.syscall): \(error.errnoName)); "
+                + "figures from statvfs of the directory, which XFS and ext4 limit to the project's quota where it is enforced")
         } catch {
             return try statvfsQuota(fd, project: project, note: "project quota unavailable (\(error.syscall): \(error.errnoName))")
         }
@@ -98,15 +105,27 @@ public struct LinuxProjectBackend: StorageBackend {
         report.bytesUsed = kernel.bytesUsed
         report.bytesSoftLimit = kernel.bytesSoftLimit == 0 ? nil : kernel.bytesSoftLimit
         report.bytesHardLimit = kernel.bytesHardLimit == 0 ? nil : kernel.bytesHardLimit
-        report.bytesFree = Self.headroom(limit: report.bytesHardLimit, used: kernel.bytesUsed, filesystem: fs?.availableBytes)
+        // The limit writes stop at, as on Lustre: a soft limit alone, or one whose grace has run out, counts.
+        let now = UInt64(max(0, Date().timeIntervalSince1970))
+        report.bytesFree = Self.headroom(limit: LustreBackend.enforced(soft: report.bytesSoftLimit, hard: report.bytesHardLimit,
+                                                                       grace: Self.grace(ends: kernel.bytesGraceEnds, now: now)),
+                                         used: kernel.bytesUsed, filesystem: fs?.availableBytes)
         report.inodesUsed = kernel.inodesUsed
         report.inodesSoftLimit = kernel.inodesSoftLimit == 0 ? nil : kernel.inodesSoftLimit
         report.inodesHardLimit = kernel.inodesHardLimit == 0 ? nil : kernel.inodesHardLimit
-        report.inodesFree = Self.headroom(limit: report.inodesHardLimit, used: kernel.inodesUsed, filesystem: fs?.freeInodes)
+        report.inodesFree = Self.headroom(limit: LustreBackend.enforced(soft: report.inodesSoftLimit, hard: report.inodesHardLimit,
+                                                                        grace: Self.grace(ends: kernel.inodesGraceEnds, now: now)),
+                                          used: kernel.inodesUsed, filesystem: fs?.freeInodes)
         report.overLimit = Self.over(kernel.bytesUsed, report.bytesSoftLimit, report.bytesHardLimit)
             || Self.over(kernel.inodesUsed, report.inodesSoftLimit, report.inodesHardLimit)
         report.inaccurate = false
         return report
+    }
+
+    /// The kernel's grace timer as `lfs` words it: none running, running, or run out.
+    static func grace(ends: UInt64, now: UInt64) -> QuotaGrace {
+        if ends == 0 { return .notSet }
+        return ends <= now ? .expired : .remaining(seconds: Int(min(ends - now, UInt64(Int.max))))
     }
 
     /// Headroom under a limit, capped by what the filesystem itself has left.

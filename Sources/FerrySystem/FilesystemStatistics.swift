@@ -60,6 +60,9 @@ public struct KernelProjectQuota: Sendable, Equatable {
     public var inodesUsed: UInt64
     public var inodesSoftLimit: UInt64
     public var inodesHardLimit: UInt64
+    /// When the soft limit's grace period ends, seconds since the epoch; 0 when none is running.
+    public var bytesGraceEnds: UInt64 = 0
+    public var inodesGraceEnds: UInt64 = 0
 }
 
 public enum QuotaControl {
@@ -68,7 +71,7 @@ public enum QuotaControl {
     /// A kernel without quota support fails with `.notSupported` (ENOSYS/EOPNOTSUPP) or
     /// `.other` (ESRCH: quota not enabled on this filesystem), never a crash.
     public static func projectQuota(_ fd: FileDescriptor, project: UInt32, device: ByteString?) throws(SystemError) -> KernelProjectQuota {
-        var values = [UInt64](repeating: 0, count: 6)
+        var values = [UInt64](repeating: 0, count: 8)
         let r = cferry_quotactl_fd_project(fd.rawValue, Int32(bitPattern: project), &values)
         if r != 0 {
             let first = Glibc.errno
@@ -81,6 +84,7 @@ public enum QuotaControl {
         }
         return KernelProjectQuota(
             bytesUsed: values[0], bytesSoftLimit: values[1], bytesHardLimit: values[2],
-            inodesUsed: values[3], inodesSoftLimit: values[4], inodesHardLimit: values[5])
+            inodesUsed: values[3], inodesSoftLimit: values[4], inodesHardLimit: values[5],
+            bytesGraceEnds: values[6], inodesGraceEnds: values[7])
     }
 }

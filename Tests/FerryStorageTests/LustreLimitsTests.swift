@@ -17,6 +17,20 @@ import Testing
         #expect(LinuxProjectBackend.headroom(limit: LustreBackend.enforced(soft: 300, hard: 500, grace: .none), used: 400, filesystem: 10_000) == 0)
     }
 
+    /// XFS and ext4 hold writes as Lustre does: the kernel's grace timers (0: none running, else
+    /// when it ends) read as lfs words them, and a soft limit whose grace has run out leaves nothing.
+    @Test func kernelGraceTimersCountAsLustresDo() {
+        #expect(LinuxProjectBackend.grace(ends: 0, now: 1_000) == .notSet)
+        #expect(LinuxProjectBackend.grace(ends: 999, now: 1_000) == .expired)
+        #expect(LinuxProjectBackend.grace(ends: 1_060, now: 1_000) == .remaining(seconds: 60))
+        let runOut = LustreBackend.enforced(soft: 300, hard: 500, grace: LinuxProjectBackend.grace(ends: 999, now: 1_000))
+        #expect(LinuxProjectBackend.headroom(limit: runOut, used: 400, filesystem: 10_000) == 0)
+        let running = LustreBackend.enforced(soft: 300, hard: 500, grace: LinuxProjectBackend.grace(ends: 1_060, now: 1_000))
+        #expect(LinuxProjectBackend.headroom(limit: running, used: 400, filesystem: 10_000) == 100)
+        let softOnly = LustreBackend.enforced(soft: 300, hard: nil, grace: .notSet)
+        #expect(LinuxProjectBackend.headroom(limit: softOnly, used: 100, filesystem: 10_000) == 200)
+    }
+
     /// `lfs` gets the C locale its output is parsed in, and none of the caller's secrets.
     @Test func lfsRunsWithoutTheCallersEnvironment() throws {
         let directory = try TemporaryDirectory.make(prefix: "ferry-lfs-env")
