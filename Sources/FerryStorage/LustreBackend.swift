@@ -45,7 +45,7 @@ public struct LustreBackend: StorageBackend {
     /// `statvfs`, with the reason in `note`.
     public func quota(of fd: FileDescriptor, path: ByteString) throws(StorageError) -> QuotaReport {
         let project = try projectAttributes(of: fd)?.projectID ?? 0
-        let mountPoint = MountTable.current().mount(containing: path)?.mountPoint ?? String(decoding: path, as: UTF8.self)
+        let mountPoint = MountTable.current().mount(of: fd, path: path)?.mountPoint ?? String(decoding: path, as: UTF8.self)
         let parsed: LustreQuotaReport
         do {
             parsed = try lustreQuota(project: project, mountPoint: mountPoint)

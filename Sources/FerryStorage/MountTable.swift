@@ -8,11 +8,14 @@ public struct MountTable: Sendable {
         public var mountPoint: String
         public var filesystemType: String
         public var source: String
+        /// "MAJOR:MINOR" of its filesystem.
+        public var device: String
 
-        public init(mountPoint: String, filesystemType: String, source: String) {
+        public init(mountPoint: String, filesystemType: String, source: String, device: String = "") {
             self.mountPoint = mountPoint
             self.filesystemType = filesystemType
             self.source = source
+            self.device = device
         }
     }
 
@@ -26,19 +29,48 @@ public struct MountTable: Sendable {
     public init(parsing text: String) { self.init(entries: MountInfoEntry.parse(text)) }
 
     init(entries: [MountInfoEntry]) {
-        mounts = entries.map { Mount(mountPoint: $0.mountPoint, filesystemType: $0.filesystemType, source: $0.source) }
+        mounts = entries.map { Mount(mountPoint: $0.mountPoint, filesystemType: $0.filesystemType, source: $0.source, device: $0.device) }
     }
 
-    /// The mount whose mount point is the longest prefix of `path` (made absolute and free of symlinks).
+    /// The mount of the open file `fd` (at `path`): the one of its filesystem's device number, so
+    /// that neither a path's spelling nor a later mount hiding a mount point misleads; among bind
+    /// mounts of one filesystem, the deepest beneath which `path` lies, else the last mounted.
+    /// By the path alone where the device number matches no mount.
+    public func mount(of fd: FileDescriptor, path: ByteString) -> Mount? {
+        guard let status = try? fd.status() else { return mount(containing: path) }
+        let same = mounts.filter { $0.device == "\(status.deviceMajor):\(status.deviceMinor)" }
+        if same.count == 1 { return same[0] }
+        if same.isEmpty { return mount(containing: path) }
+        return Self.deepest(of: same, containing: path) ?? same.last
+    }
+
+    /// The mount whose mount point is the longest prefix of `path` (made absolute and free of
+    /// symlinks), compared as bytes: Strings compare by characters, and a name beginning with a
+    /// combining mark would join the "/" before it and match nothing.
     public func mount(containing path: ByteString) -> Mount? {
-        let display = String(decoding: path, as: UTF8.self)
-        let absolute = URL(fileURLWithPath: display).resolvingSymlinksInPath().path
-        var best: Mount?
+        Self.deepest(of: mounts, containing: path)
+    }
+
+    static func deepest(of mounts: [Mount], containing path: ByteString) -> Mount? {
+        let absolute = Self.resolved(path) ?? path
+        let slash = UInt8(ascii: "/")
+        var best: (mount: Mount, length: Int)?
         for mount in mounts {
-            let point = mount.mountPoint
-            let matches = absolute == point || point == "/" || absolute.hasPrefix(point.hasSuffix("/") ? point : point + "/")
-            if matches && point.count >= (best?.mountPoint.count ?? -1) { best = mount }
+            let point = Array(mount.mountPoint.utf8)
+            let matches = absolute == point || point == [slash]
+                || (absolute.starts(with: point) && absolute.count > point.count && absolute[point.count] == slash)
+            // Equal lengths: the later mount, which hides the earlier one.
+            if matches && point.count >= (best?.length ?? -1) { best = (mount, point.count) }
         }
-        return best
+        return best?.mount
+    }
+
+    /// `realpath`: the path absolute and without symlinks, nil if it cannot be resolved.
+    static func resolved(_ path: ByteString) -> ByteString? {
+        guard let real = (path + [0]).withUnsafeBufferPointer({ buffer in
+            buffer.withMemoryRebound(to: CChar.self) { realpath($0.baseAddress!, nil) }
+        }) else { return nil }
+        defer { free(real) }
+        return Array(UnsafeRawBufferPointer(start: real, count: strlen(real)))
     }
 }

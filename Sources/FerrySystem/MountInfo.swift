@@ -11,8 +11,11 @@ public struct MountInfoEntry: Sendable, Equatable {
     public var source: String
     /// The filesystem's own options: for a cgroup v1 hierarchy, its controllers (`rw,cpu,cpuacct`).
     public var superOptions: [String]
+    /// The filesystem's device number, "MAJOR:MINOR", as `stat` gives it for any file on it.
+    public var device: String = ""
 
-    public init(root: String, mountPoint: String, filesystemType: String, source: String, superOptions: [String]) {
+    public init(root: String, mountPoint: String, filesystemType: String, source: String, superOptions: [String], device: String = "") {
+        self.device = device
         self.root = root
         self.mountPoint = mountPoint
         self.filesystemType = filesystemType
@@ -27,12 +30,14 @@ public struct MountInfoEntry: Sendable, Equatable {
             guard fields.count >= 10, let dash = fields.firstIndex(of: "-"), dash >= 6, dash + 2 < fields.count else { return nil }
             return MountInfoEntry(root: unescape(fields[3]), mountPoint: unescape(fields[4]), filesystemType: fields[dash + 1],
                                   source: unescape(fields[dash + 2]),
-                                  superOptions: dash + 3 < fields.count ? fields[dash + 3].split(separator: ",").map(String.init) : [])
+                                  superOptions: dash + 3 < fields.count ? fields[dash + 3].split(separator: ",").map(String.init) : [],
+                                  device: fields[2])
         }
     }
 
     /// This process's mounts now.
-    public static func current() -> [MountInfoEntry] { parse(readKernelFile("/proc/self/mountinfo") ?? "") }
+    /// (A host with thousands of mounts has a mountinfo of megabytes: read whole, not cut short.)
+    public static func current() -> [MountInfoEntry] { parse(readKernelFile("/proc/self/mountinfo", limit: 256 << 20) ?? "") }
 
     static func unescape(_ field: String) -> String {
         guard field.contains("\\") else { return field }

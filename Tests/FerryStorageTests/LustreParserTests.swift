@@ -91,6 +91,14 @@ struct LfsQuotaParserTests {
         #expect(report.inodesHardLimit == nil)
     }
 
+    /// A long mount point with a space in it is alone on its line too, whole.
+    @Test func aLongNameWithSpacesWrapsWhole() throws {
+        let mnt = "/mnt/lustre scratch area"
+        let report = try LfsQuotaParser.parse(quotaTitle + "\n" + quotaLine(mnt, ["1004", "0", "2048", "-", "2", "0", "0", "-"]) + "\n")
+        #expect(report.filesystem == mnt)
+        #expect(report.bytesUsed == 1004 * KiB && report.inodesUsed == 2)
+    }
+
     @Test func bracketsMarkInaccurateFigures() throws {
         let text = quotaTitle + "\n" + quotaLine("/mnt/lustre", ["[123]", "0", "0", "-", "[45]", "0", "0", "-"])
         let report = try LfsQuotaParser.parse(text)

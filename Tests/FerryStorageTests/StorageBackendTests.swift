@@ -175,7 +175,40 @@ struct StorageBackendTests {
             """
         let table = MountTable(parsing: text)
         #expect(table.mounts.count == 3)
-        #expect(table.mounts[1] == MountTable.Mount(mountPoint: "/mnt/lustre", filesystemType: "lustre", source: "10.0.0.1@tcp:/testfs"))
+        #expect(table.mounts[1] == MountTable.Mount(mountPoint: "/mnt/lustre", filesystemType: "lustre", source: "10.0.0.1@tcp:/testfs", device: "0:40"))
         #expect(table.mounts[2].mountPoint == "/mnt/with space")
+        #expect(table.mounts.map(\.device) == ["8:1", "0:40", "7:0"])
+    }
+
+    /// By bytes and whole names: /mnt/lustre2 is not beneath /mnt/lustre, and a name starting
+    /// with a combining mark (which joins the "/" before it into one character) still is.
+    @Test func theDeepestMountPointIsMatchedByBytes() {
+        let table = MountTable(parsing: """
+            22 1 8:1 / / rw - ext4 /dev/sda1 rw
+            35 22 0:40 / /mnt/lustre rw - lustre 10.0.0.1@tcp:/one rw
+            36 22 0:41 / /mnt/lustre2 rw - lustre 10.0.0.1@tcp:/two rw
+            """)
+        #expect(table.mount(containing: Array("/mnt/lustre2/x".utf8))?.source == "10.0.0.1@tcp:/two")
+        #expect(table.mount(containing: Array("/mnt/lustre/x".utf8))?.source == "10.0.0.1@tcp:/one")
+        #expect(table.mount(containing: Array("/mnt/lustre/\u{301}x".utf8))?.source == "10.0.0.1@tcp:/one")
+        #expect(table.mount(containing: Array("/mnt/lustrex".utf8))?.source == "/dev/sda1")
+    }
+
+    /// The mount of an open directory is found by its device number: on a loop XFS, for a path
+    /// spelled through a symlink from elsewhere, and for a name no String prefix would match.
+    @Test(.enabled(if: Environment.canMountXFS)) func theMountOfAnOpenDirectoryIsItsDevices() throws {
+        try withLoopXFS { fs in
+            let odd = fs.mountPoint + "/\u{301}odd"
+            try FileManager.default.createDirectory(atPath: odd, withIntermediateDirectories: true)
+            let link = fs.directory + "/link-to-odd"
+            try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: odd)
+            defer { try? FileManager.default.removeItem(atPath: link) }
+            for path in [odd, link] {
+                let fd = try FileDescriptor.openDirectory(Array(path.utf8))
+                defer { fd.closeQuietly() }
+                let mount = MountTable.current().mount(of: fd, path: Array(path.utf8))
+                #expect(mount?.mountPoint == fs.mountPoint && mount?.filesystemType == "xfs", "\(path): \(String(describing: mount))")
+            }
+        }
     }
 }

@@ -123,8 +123,10 @@ public enum LfsQuotaParser {
                 }
                 record = (name.trimmed, fields, line.number)
                 pendingName = nil
-            } else if fields.count == 1 {
-                pendingName = line  // a long name: the figures follow on the next line
+            } else if (1..<8).contains(fields.count) {
+                // A long name (more than 15 characters, spaces and all: "/mnt/lustre scratch"):
+                // the figures follow on the next line.
+                pendingName = line
             } else if fields.count >= 9 {
                 let nameFields = fields[..<(fields.count - 8)]
                 record = (nameFields.joined(separator: " "), Array(fields.suffix(8)), line.number)
