@@ -40,7 +40,8 @@ private struct Reader {
     var current: [String] = []
     var definedTables: Set<[String]> = []
 
-    init(_ scalars: [Unicode.Scalar]) { s = scalars }
+    /// A byte-order mark at the start (editors on some systems write one) is no part of the text.
+    init(_ scalars: [Unicode.Scalar]) { s = scalars.first == "\u{FEFF}" ? Array(scalars.dropFirst()) : scalars }
 
     func fail(_ message: String) -> TOMLError { TOMLError(line: line, message: message) }
 
@@ -103,6 +104,8 @@ private struct Reader {
             guard peek == "]" else { throw fail("expected ]] to close the array-of-tables header") }
             i += 1
             try appendTable(path)
+            // A new element: its sub-tables ([a.b] after [[a]]) are its own, not yet defined.
+            definedTables = definedTables.filter { !($0.count > path.count && $0.starts(with: path)) }
         } else {
             guard definedTables.insert(path).inserted else { throw fail("table [\(path.joined(separator: "."))] is defined twice") }
             if case .array? = value(at: path[...], in: root) {
@@ -184,6 +187,7 @@ private struct Reader {
     }
 
     mutating func literalString() throws(TOMLError) -> String {
+        if s.count >= i + 3, s[i + 1] == "'", s[i + 2] == "'" { throw fail("multi-line strings are not supported") }
         i += 1
         var out = ""
         while true {
@@ -218,16 +222,29 @@ private struct Reader {
         if unsigned.count > 1, unsigned.hasPrefix("0"), unsigned.allSatisfy(\.isNumber) {
             throw fail("cannot read \(text): a decimal integer has no leading zero")
         }
+        for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] where plain.hasPrefix(prefix) {
+            let digits = plain.dropFirst(2)
+            // Digits only: no sign after the prefix, no hexadecimal float.
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isHexDigit && Int(String($0), radix: radix) != nil }) else {
+                throw fail("cannot read \(text): \(prefix) takes base-\(radix) digits only")
+            }
+            guard let value = Int64(digits, radix: radix) else { throw fail("cannot read \(text): out of range for a 64-bit integer") }
+            return .integer(value)
+        }
         if let dot = unsigned.firstIndex(of: ".") {
             let before = unsigned[..<dot], after = unsigned[unsigned.index(after: dot)...]
             guard before.last?.isNumber == true, after.first?.isNumber == true else {
                 throw fail("cannot read \(text): a float has digits on both sides of its point (0.5, not .5)")
             }
+            if before.count > 1, before.hasPrefix("0") { throw fail("cannot read \(text): a float has no leading zero") }
         }
         if let value = Int64(plain) { return .integer(value) }
-        if plain.hasPrefix("0x"), let value = Int64(plain.dropFirst(2), radix: 16) { return .integer(value) }
-        if plain.hasPrefix("0o"), let value = Int64(plain.dropFirst(2), radix: 8) { return .integer(value) }
-        if plain.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let value = Double(plain) { return .float(value) }
+        if unsigned.allSatisfy(\.isNumber), !unsigned.isEmpty { throw fail("cannot read \(text): out of range for a 64-bit integer") }
+        let exponent = plain.firstIndex { $0 == "e" || $0 == "E" }
+        if plain.contains(where: { $0 == "." }) || exponent != nil,
+           plain.allSatisfy({ $0.isNumber || "+-.eE".contains($0) }), let value = Double(plain), value.isFinite {
+            return .float(value)
+        }
         throw fail(text.isEmpty ? "expected a value" : "cannot read \(text) (quote strings: \"\(text)\")")
     }
 
@@ -279,7 +296,7 @@ private struct Reader {
             let key = path[path.count - 1]
             switch table[key] {
             case nil: table[key] = .array([.table([:])])
-            case .array(var items)?:
+            case .array(var items)? where items.allSatisfy({ if case .table = $0 { true } else { false } }):
                 items.append(.table([:]))
                 table[key] = .array(items)
             default: throw fail("\(path.joined(separator: ".")) is not an array of tables")
@@ -305,9 +322,11 @@ private struct Reader {
     /// Each underscore in a number stands between two digits (hex digits after 0x).
     static func underscoresBetweenDigits(_ text: String) -> Bool {
         let scalars = Array(text.unicodeScalars)
+        // Hexadecimal digits only in a hexadecimal integer: "1e_5" has no digit before its "_".
+        let hex = text.hasPrefix("0x")
+        func digit(_ c: Unicode.Scalar) -> Bool { hex ? c.properties.isASCIIHexDigit : ("0"..."9").contains(c) }
         for (index, c) in scalars.enumerated() where c == "_" {
-            guard index > 0, index + 1 < scalars.count, scalars[index - 1].properties.isASCIIHexDigit,
-                  scalars[index + 1].properties.isASCIIHexDigit else { return false }
+            guard index > 0, index + 1 < scalars.count, digit(scalars[index - 1]), digit(scalars[index + 1]) else { return false }
         }
         return true
     }

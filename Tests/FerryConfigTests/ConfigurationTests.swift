@@ -61,11 +61,32 @@ import Testing
         ("a = 5.", 1, "both sides"),
         ("a = \"tab\tok but bell\u{7}\"", 1, "control character"),
         ("a = 'nul\u{0}'", 1, "control character"),
+        ("a = '''x'''", 1, "multi-line strings"),
+        ("a = 9223372036854775808", 1, "out of range"),
+        ("a = 0xFFFFFFFFFFFFFFFFF", 1, "out of range"),
+        ("a = 0x-1", 1, "base-16 digits only"),
+        ("a = 0x1.8p3", 1, "base-16 digits only"),
+        ("a = 0b102", 1, "base-2 digits only"),
+        ("a = 01.5", 1, "leading zero"),
+        ("a = 1e_5", 1, "underscore"),
+        ("a = [1]\n[[a]]", 2, "not an array of tables"),
     ])
     func errorsNameTheLine(text: String, line: Int, message: String) {
         let error = #expect(throws: TOMLError.self) { try TOMLParser.parse(text) }
         #expect(error?.line == line, "\(text)")
         #expect(error?.message.contains(message) == true, "\(String(describing: error))")
+    }
+}
+
+@Suite struct TOMLSpecTests {
+    /// What TOML 1.0 allows and Ferry's parser once refused: binary integers, a sub-table of each
+    /// element of an array of tables, a leading byte-order mark.
+    @Test func validTOMLThatWasRefused() throws {
+        #expect(try TOMLParser.parse("a = 0b101\nb = 0o17\nc = 0xff_ff")["a"] == .integer(5))
+        let tables = try TOMLParser.parse("[[a]]\n[a.b]\nx = 1\n[[a]]\n[a.b]\nx = 2")
+        #expect(tables["a"]?.array?.compactMap { $0.table?["b"]?.table?["x"] } == [.integer(1), .integer(2)])
+        #expect(try TOMLParser.parse("\u{FEFF}a = 1")["a"] == .integer(1))
+        #expect(try TOMLParser.parse("a = 1.5e3")["a"] == .float(1500))
     }
 }
 
