@@ -36,16 +36,10 @@ struct LockMarkers {
     init(database path: String) {
         let given = BytePath.split(Array(path.utf8))
         // A database not there yet (a store about to create it): its real directory, and its name.
-        let real = Self.realPath(Array(path.utf8))
-            ?? Self.realPath(given.parent).map { BytePath.join($0, given.name) }
+        let real = BytePath.resolved(Array(path.utf8))
+            ?? BytePath.resolved(given.parent).map { BytePath.join($0, given.name) }
             ?? Array(path.utf8)
         directory = real + Array("-locks".utf8)
-    }
-
-    private static func realPath(_ path: ByteString) -> ByteString? {
-        guard let resolved = path.withCPath({ realpath($0, nil) }) else { return nil }
-        defer { free(resolved) }
-        return Array(UnsafeBufferPointer(start: UnsafeRawPointer(resolved).assumingMemoryBound(to: UInt8.self), count: strlen(resolved)))
     }
 
     /// The SQL function the `path_locks` trigger calls before each insert (see above): fails

@@ -52,7 +52,7 @@ public struct Janitor: Sendable {
             for task in tasks {
                 guard let plan = task.plan else { continue }
                 places.append(plan.destinationDirectory.bytes)
-                if let resolved = Self.resolved(plan.destinationDirectory.bytes), resolved != plan.destinationDirectory.bytes { places.append(resolved) }
+                if let resolved = BytePath.resolved(plan.destinationDirectory.bytes), resolved != plan.destinationDirectory.bytes { places.append(resolved) }
             }
             guard tasks.count == page.limit else { break }
             page.offset += page.limit
@@ -185,15 +185,6 @@ public struct Janitor: Sendable {
     static func unchanged(_ task: TaskRecord, in store: any TaskStore) async throws -> Bool {
         guard let now = try await store.task(task.id) else { return false }
         return now.status == task.status && now.attempts == task.attempts && now.updatedAt == task.updatedAt
-    }
-
-    /// The path with its symlinks resolved (`realpath`), nil if it cannot be.
-    static func resolved(_ path: ByteString) -> ByteString? {
-        guard let real = (path + [0]).withUnsafeBufferPointer({ buffer in
-            buffer.withMemoryRebound(to: CChar.self) { realpath($0.baseAddress!, nil) }
-        }) else { return nil }
-        defer { free(real) }
-        return Array(UnsafeRawBufferPointer(start: real, count: strlen(real)))
     }
 
     /// Entries named `prefix…` in `directory`, and in its subdirectories down to `depth`.

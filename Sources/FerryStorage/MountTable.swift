@@ -52,7 +52,7 @@ public struct MountTable: Sendable {
     }
 
     static func deepest(of mounts: [Mount], containing path: ByteString) -> Mount? {
-        let absolute = Self.resolved(path) ?? path
+        let absolute = BytePath.resolved(path) ?? path
         let slash = UInt8(ascii: "/")
         var best: (mount: Mount, length: Int)?
         for mount in mounts {
@@ -65,12 +65,4 @@ public struct MountTable: Sendable {
         return best?.mount
     }
 
-    /// `realpath`: the path absolute and without symlinks, nil if it cannot be resolved.
-    static func resolved(_ path: ByteString) -> ByteString? {
-        guard let real = (path + [0]).withUnsafeBufferPointer({ buffer in
-            buffer.withMemoryRebound(to: CChar.self) { realpath($0.baseAddress!, nil) }
-        }) else { return nil }
-        defer { free(real) }
-        return Array(UnsafeRawBufferPointer(start: real, count: strlen(real)))
-    }
 }

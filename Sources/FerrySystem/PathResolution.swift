@@ -102,6 +102,15 @@ public enum PathResolver {
 
 /// Splitting and joining byte paths (no normalisation: `..` is the resolver's business).
 public enum BytePath {
+    /// `realpath(3)`: the path absolute, without symlinks, `.` or `..`; nil if it cannot be
+    /// resolved (a component missing or unreadable). Follows every symlink: for finding where a
+    /// path leads, never for deciding what may be touched (`PathResolver` does that).
+    public static func resolved(_ path: ByteString) -> ByteString? {
+        guard let real = path.withCPath({ realpath($0, nil) }) else { return nil }
+        defer { free(real) }
+        return Array(UnsafeBufferPointer(start: UnsafeRawPointer(real).assumingMemoryBound(to: UInt8.self), count: strlen(real)))
+    }
+
     /// (parent, last component) of a path; the parent of `name` is `.`, of `/name` is `/`.
     public static func split(_ path: ByteString) -> (parent: ByteString, name: ByteString) {
         var trimmed = path
