@@ -26,6 +26,7 @@ extension APIError {
         var fields = headers
         fields[.contentType] = "application/json; charset=utf-8"
         fields[.cacheControl] = "no-store"
+        fields[Reply.noSniff] = "nosniff"
         return Response(status: httpStatus, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 }

@@ -235,10 +235,11 @@ import Testing
         let session = store.create(user: "alice")
         #expect(store.session(session.id) != nil)
         // Used every 50 ms (never idle), it ends all the same, at its lifetime.
-        while store.session(session.id) != nil && ContinuousClock.now - created < .seconds(30) { try await Task.sleep(for: .milliseconds(50)) }
+        // (A sleep may last far longer on a loaded machine: only the end is bounded, generously.)
+        while store.session(session.id) != nil && ContinuousClock.now - created < .seconds(300) { try await Task.sleep(for: .milliseconds(50)) }
         let lasted = ContinuousClock.now - created
-        #expect(lasted >= .seconds(1) && lasted < .seconds(30), "\(lasted)")
-        #expect(!store.isLive(session.id))
+        #expect(lasted >= .seconds(1), "\(lasted)")
+        #expect(store.session(session.id) == nil && !store.isLive(session.id), "still live after \(lasted)")
     }
 
     @Test func secretsCompareWholly() {

@@ -203,12 +203,19 @@ def test_unauthenticated_requests_get_401(start_server, alpha_dir):
                                 json=transfer("copy", [alpha_dir / "src"], alpha_dir / "copy")), 201)
     before = tree_snapshot(alpha_dir)
     failures = []
+    limited = 0
     for credentials in [{}, {"Cookie": "ferry_session=forged"}, {"Authorization": "Bearer not-the-token"},
                         {"X-Remote-User": "root"}]:
         for method, path, body in api_requests(task["id"], str(alpha_dir)):
             # stream=True: a wrongly accepted event stream must not hang the test.
             with requests.request(method, server.api(path), json=body, headers=credentials, timeout=30,
                                   stream=True) as r:
+                # Wrong bearer tokens count as failed logins: past five, 429.
+                if "Authorization" in credentials and r.status_code == 429:
+                    expect_error(r, 429, "auth.rate_limited")
+                    assert r.headers.get("Retry-After"), r.headers
+                    limited += 1
+                    continue
                 if r.status_code != 401:
                     failures.append(f"{method.upper()} {path} with {credentials or 'nothing'} → {r.status_code}")
                     continue
@@ -217,6 +224,9 @@ def test_unauthenticated_requests_get_401(start_server, alpha_dir):
                 except AssertionError as error:
                     failures.append(str(error))
     assert not failures, "expected 401 everywhere:\n" + "\n".join(failures)
+    assert limited > 0, "guesses at the bearer token were never limited"
+    # The right token is never limited, even from an address that guessed.
+    expect(requests.get(server.api("/api/tasks"), headers=server.bearer(), timeout=30), 200)
     # Pages send the browser to the login page.
     for page in ("/browse", "/tasks", f"/tasks/{task['id']}", "/admin"):
         r = requests.get(server.api(page), allow_redirects=False, timeout=30)
@@ -610,3 +620,21 @@ def test_hardening_headers_and_the_created_tasks_location(proxy_server, unix_use
     assert created.headers.get("Location") == f"/api/tasks/{body['id']}", describe(created)
     assert created.headers.get("X-Content-Type-Options") == "nosniff"
     wait_for_task(session, server, body["id"], timeout=60)
+
+
+def test_api_errors_of_the_router_and_the_body_reader_come_in_the_envelope(proxy_server, unix_user):
+    """An unknown API route, a method a route does not take and a form body over 64 KiB are
+    answered as every API error is: {"error": {code, message}}, JSON, not sniffable."""
+    server = proxy_server
+    session = server.session(user=unix_user().name)
+    r = session.get(server.api("/api/no-such-route"), timeout=30)
+    expect_error(r, 404, "route.not_found")
+    assert r.headers.get("X-Content-Type-Options") == "nosniff", r.headers
+    assert "/api/openapi.yaml" in r.json()["error"]["message"], r.text
+    r = session.delete(server.api("/api/roots"), timeout=30)
+    assert r.status_code in (404, 405), describe(r)
+    assert r.headers.get("Content-Type", "").startswith("application/json") and "code" in r.json()["error"], describe(r)
+    big = {"csrf_token": "x" * (1 << 17)}
+    r = requests.post(server.api("/api/tasks"), data=big, timeout=30, cookies=session.cookies,
+                      headers={**{k: v for k, v in session.headers.items() if k != "X-CSRF-Token"}})
+    expect_error(r, 413, "request.too_large")

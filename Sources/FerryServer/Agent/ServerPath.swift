@@ -73,8 +73,8 @@ extension TransferRequest {
 /// An API failure: an HTTP status, a stable code programs switch on, and a sentence for people.
 public struct APIError: Error, Sendable, Equatable, Codable {
     public enum Status: Int, Sendable, Codable {
-        case badRequest = 400, unauthorized = 401, forbidden = 403, notFound = 404, conflict = 409,
-             unprocessable = 422, tooManyRequests = 429, internalError = 500, unavailable = 503,
+        case badRequest = 400, unauthorized = 401, forbidden = 403, notFound = 404, methodNotAllowed = 405, conflict = 409,
+             contentTooLarge = 413, unprocessable = 422, tooManyRequests = 429, internalError = 500, unavailable = 503,
              gatewayTimeout = 504
     }
     public var status: Status

@@ -22,6 +22,26 @@ struct AuthMiddleware: RouterMiddleware {
     static let publicPaths: Set<String> = ["/healthz", "/metrics", "/login", "/api/openapi.yaml", "/favicon.ico"]
 
     func handle(_ request: Request, context: FerryContext, next: (Request, FerryContext) async throws -> Response) async throws -> Response {
+        // The API answers every error in its envelope ({"error": {code, message}}), those of the
+        // router and the body reader too: a client switches on the code, whatever failed.
+        do {
+            return try await authenticated(request, context: context, next: next)
+        } catch let error as any HTTPResponseError where request.uri.path.hasPrefix("/api/") {
+            let path = request.uri.path
+            switch error.status {
+            case .notFound:
+                return APIError(.notFound, "route.not_found", "no API route \(request.method.rawValue) \(path); the routes are in /api/openapi.yaml").response()
+            case .contentTooLarge:
+                return APIError(.contentTooLarge, "request.too_large", "the request body is too large for \(path)").response()
+            case .methodNotAllowed:
+                return APIError(.methodNotAllowed, "route.method", "\(path) does not take \(request.method.rawValue); the routes are in /api/openapi.yaml").response()
+            default:
+                throw error
+            }
+        }
+    }
+
+    private func authenticated(_ request: Request, context: FerryContext, next: (Request, FerryContext) async throws -> Response) async throws -> Response {
         var request = request
         var context = context
         let path = request.uri.path
