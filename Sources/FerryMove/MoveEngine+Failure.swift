@@ -227,9 +227,11 @@ extension MoveEngine {
 
     func fail(_ context: RunContext, _ failure: TaskFailure, rollback: Bool) async {
         if rollback, !(await stillHolds(context)) { return }
-        if rollback, !(await discardStaging(context)) {
-            try? await store.release(id: context.task.id, worker: context.worker, retryAfter: .seconds(30), failure: failure,
-                                     message: "\(failure.message) — the rollback did not finish (relinked entries not all put back, or the task unreadable); retrying it")
+        if rollback, let unfinished = await discardStaging(context) {
+            // Cancelled, so that the next run rolls back (it would otherwise carry the task on
+            // from its phase: relink again what was put back, and commit what was given up).
+            _ = try? await store.requestCancel(context.task.id)
+            await rollbackUnfinished(context, unfinished, after: "failed: \(failure.message) — ")
             return
         }
         try? await store.finish(id: context.task.id, worker: context.worker, status: .failed, failure: failure,
@@ -238,24 +240,36 @@ extension MoveEngine {
 
     func rollBack(_ context: RunContext, status: TaskStatus, failure: TaskFailure) async {
         guard await stillHolds(context) else { return }
-        guard await discardStaging(context) else {
-            try? await store.release(id: context.task.id, worker: context.worker, retryAfter: .seconds(30), failure: failure,
-                                     message: "the rollback did not finish (relinked entries not all put back, or the task unreadable); retrying it")
+        if let unfinished = await discardStaging(context) {
+            await rollbackUnfinished(context, unfinished, after: "")
             return
         }
         try? await store.finish(id: context.task.id, worker: context.worker, status: status, failure: failure,
                                 message: "rolled back: staged data removed, source untouched")
     }
 
+    static let rollbackUnfinishedEvent = "the rollback did not finish"
+
+    /// Hands back a task whose rollback did not finish, with why (`rollback.incomplete` when
+    /// relinked entries stay in staging), to be rolled back again after 30 s, 1 min, 2 min… (at
+    /// most an hour: a name taken in the source stays taken until someone frees it).
+    func rollbackUnfinished(_ context: RunContext, _ unfinished: TaskFailure, after prefix: String) async {
+        let tries = TaskEvent.count((try? await store.events(context.task.id)) ?? [], beginningWith: prefix + Self.rollbackUnfinishedEvent) + 1
+        let delay = min(Duration.seconds(3600), .seconds(30) * (1 << min(tries - 1, 7)))
+        try? await store.release(id: context.task.id, worker: context.worker, retryAfter: delay, failure: unfinished,
+                                 message: "\(prefix)\(Self.rollbackUnfinishedEvent): \(unfinished.message); tried again in \(Format.duration(Double(delay.components.seconds)))")
+    }
+
     /// Undoes the stage: a copy's staging is deleted; a relink's entries are renamed back into the
-    /// source (they are the only copy). Returns false if a relink could not be fully put back.
+    /// source (they are the only copy). Returns why a relink could not be fully put back, nil
+    /// once it is (or for a copy, whose staging the janitor removes if this could not).
     @discardableResult
-    func discardStaging(_ context: RunContext) async -> Bool {
+    func discardStaging(_ context: RunContext) async -> TaskFailure? {
         // A task that cannot be read now is not known to have nothing staged: a relink's files
         // may be in there, so the rollback is not done (it is retried).
         let read: TaskRecord?
-        do { read = try await store.task(context.task.id) } catch { return false }
-        guard let task = read, let plan = task.plan else { return true }
+        do { read = try await store.task(context.task.id) } catch { return Self.failure(for: error) }
+        guard let task = read, let plan = task.plan else { return nil }
         // What the staging holds is known by its mark, whatever this plan says: a retried task's
         // new plan may be a copy over what an earlier relink left there, or the reverse.
         let relinked = Mutex(plan.strategy == Strategy.relink.rawValue)
@@ -283,10 +297,10 @@ extension MoveEngine {
                     engine.discard(staging)
                 }
             }
-            return true
+            return nil
         } catch {
             try? await store.record(task.id, message: "rollback: \(error)")
-            return !relinked.withLock { $0 }
+            return relinked.withLock { $0 } ? Self.failure(for: error) : nil
         }
     }
 

@@ -1,7 +1,7 @@
 import Foundation
 import FerryCopy
 import FerryJobs
-import FerryMove
+@testable import FerryMove
 import FerrySystem
 import FerryTestSupport
 import Testing
@@ -224,16 +224,30 @@ struct RelinkTests {
             let b = fs.mountPoint + "/b"
             try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
             try makeTree(a + "/data", files: 2000, size: 100)
+            let before = try inodes(a + "/data")
             let (task, _) = try await relinkStoppedPartWay(a + "/data", to: b, harness: harness)
             let staging = b + "/" + (try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") }))
             try "stray".write(toFile: staging + "/stray", atomically: false, encoding: .utf8)
-            _ = try await harness.store.requestCancel(task.id)
-            let record = await harness.engine.run(try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))))
+            // A failure (not a cancel) that rolls back: the source changed, say.
+            let claimed = try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30)))
+            let context = RunContext(task: claimed, worker: "test-worker")
+            await harness.engine.fail(context, TaskFailure(code: "source.changed", message: "the source changed"), rollback: true)
+            let record = try #require(try await harness.store.task(task.id))
             #expect(record.status != .rolledBack && !record.status.isTerminal, "\(record.status)")
+            #expect(record.failure?.code == "rollback.incomplete", "\(String(describing: record.failure))")
+            // Cancelled, so that no run carries it on: the next one rolls back, it does not relink again.
+            #expect(record.cancelRequested)
             #expect(listing(staging) == ["stray"], "\(listing(staging))")
             #expect(FileManager.default.fileExists(atPath: a + "/data/sub"), "the rest was put back")
             let events = try await harness.store.events(task.id).map(\.message)
             #expect(events.contains { $0.contains("could not be put back") && $0.contains("stray") }, "\(events)")
+            // Once the stray entry is dealt with, the retried rollback finishes, with the source whole.
+            try FileManager.default.removeItem(atPath: staging + "/stray")
+            // (Claimed by id: the 30 s before its retry are not waited out.)
+            let again = await harness.engine.run(try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))))
+            #expect(again.status == .rolledBack, "\(again.status) \(String(describing: again.failure))")
+            #expect(!FileManager.default.fileExists(atPath: staging))
+            #expect(try inodes(a + "/data") == before, "every file back in the source, the same inode")
         }
     }
 }
