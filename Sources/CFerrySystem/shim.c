@@ -115,8 +115,12 @@ static void fill_quota(const struct fs_disk_quota *q, uint64_t *out) {
     out[5] = q->d_ino_hardlimit;
     // When the soft limit's grace period ends (seconds since the epoch; 0: none is running), with
     // the upper bits the kernel keeps apart since timestamps outgrew 32 bits (FS_DQ_BIGTIME).
-    out[6] = (uint64_t)(uint32_t)q->d_btimer | ((uint64_t)(uint8_t)q->d_btimer_hi << 32);
-    out[7] = (uint64_t)(uint32_t)q->d_itimer | ((uint64_t)(uint8_t)q->d_itimer_hi << 32);
+    out[6] = (uint64_t)(uint32_t)q->d_btimer;
+    out[7] = (uint64_t)(uint32_t)q->d_itimer;
+#ifdef FS_DQ_BIGTIME  /* headers of Linux 5.10 and later */
+    out[6] |= (uint64_t)(uint8_t)q->d_btimer_hi << 32;
+    out[7] |= (uint64_t)(uint8_t)q->d_itimer_hi << 32;
+#endif
 }
 
 int cferry_quotactl_project(const char *special, int id, uint64_t *out) {

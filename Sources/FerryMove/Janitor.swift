@@ -47,15 +47,19 @@ public struct Janitor: Sendable {
         // below through no symlink. Resolving follows links users may have made, but the mark,
         // the privacy of the directory and its task's state still decide what is removed there.
         var page = TaskFilter(limit: 1_000)
+        var destinations: [ByteString] = [], seen = Set<ByteString>()
         while true {
             let tasks = try await engine.store.list(page)
             for task in tasks {
-                guard let plan = task.plan else { continue }
-                places.append(plan.destinationDirectory.bytes)
-                if let resolved = BytePath.resolved(plan.destinationDirectory.bytes), resolved != plan.destinationDirectory.bytes { places.append(resolved) }
+                if let plan = task.plan, seen.insert(plan.destinationDirectory.bytes).inserted { destinations.append(plan.destinationDirectory.bytes) }
             }
             guard tasks.count == page.limit else { break }
             page.offset += page.limit
+        }
+        // Resolving reads the filesystem (a hung mount blocks it): off the cooperative pool.
+        let known = destinations
+        places += try await Blocking.run {
+            known.flatMap { path in [path] + (BytePath.resolved(path).flatMap { $0 == path ? nil : [$0] } ?? []) }
         }
         var candidates: [(directory: ByteString, name: ByteString)] = []
         for place in places where searched.insert(place).inserted {
