@@ -57,8 +57,8 @@ static int converse(int count, const struct pam_message **messages, struct pam_r
     return PAM_SUCCESS;
 }
 
-static int check(const char *service, const char *user, const char *password, const char *remote_host,
-                 char *message, size_t message_len) {
+int ferry_pam_authenticate(const char *service, const char *user, const char *password, const char *remote_host,
+                           char *message, size_t message_len) {
     if (message_len > 0) message[0] = '\0';
     struct conversation conversation = {.password = password, .module_error = ""};
     struct pam_conv conv = {.conv = converse, .appdata_ptr = &conversation};
@@ -70,7 +70,7 @@ static int check(const char *service, const char *user, const char *password, co
         return status;
     }
     if (remote_host != NULL && remote_host[0] != '\0') status = pam_set_item(handle, PAM_RHOST, remote_host);
-    if (status == PAM_SUCCESS && password != NULL) status = pam_authenticate(handle, PAM_SILENT | PAM_DISALLOW_NULL_AUTHTOK);
+    if (status == PAM_SUCCESS) status = pam_authenticate(handle, PAM_SILENT | PAM_DISALLOW_NULL_AUTHTOK);
     if (status == PAM_SUCCESS) status = pam_acct_mgmt(handle, PAM_SILENT | PAM_DISALLOW_NULL_AUTHTOK);
     if (status != PAM_SUCCESS) {
         copy_text(message, message_len, pam_strerror(handle, status));
@@ -84,22 +84,13 @@ static int check(const char *service, const char *user, const char *password, co
     return status;
 }
 
-int ferry_pam_authenticate(const char *service, const char *user, const char *password, const char *remote_host,
-                           char *message, size_t message_len) {
-    // A NULL password would skip the check: never from here.
-    return check(service, user, password != NULL ? password : "", remote_host, message, message_len);
-}
-
-int ferry_password_locked(const char *user) {
+int ferry_shadow_state(const char *user, long *expires, int *locked) {
     struct spwd entry, *found = NULL;
     char buffer[4096];
-    if (getspnam_r(user, &entry, buffer, sizeof buffer, &found) != 0 || found == NULL || entry.sp_pwdp == NULL) return 0;
-    return entry.sp_pwdp[0] == '!';
-}
-
-int ferry_pam_account(const char *service, const char *user, const char *remote_host,
-                      char *message, size_t message_len) {
-    return check(service, user, NULL, remote_host, message, message_len);
+    if (getspnam_r(user, &entry, buffer, sizeof buffer, &found) != 0 || found == NULL) return 0;
+    *expires = entry.sp_expire;
+    *locked = entry.sp_pwdp != NULL && entry.sp_pwdp[0] == '!';
+    return 1;
 }
 
 const int FERRY_PAM_SUCCESS = PAM_SUCCESS;

@@ -20,6 +20,9 @@ public final class ServerState: Sendable {
     public let store: any TaskStore
     public let sessions = SessionStore()
     public let limiter = LoginRateLimiter()
+    /// Wrong bearer tokens, counted apart: a script still sending the token of the server's last
+    /// start must not keep the person at that machine from logging in with the new one.
+    public let bearerLimiter = LoginRateLimiter()
     /// How often a password login's account is checked again while its session is used.
     let accountCheckInterval: Duration
     /// Password checks under way at once (each holds a thread for PAM's delay after a failure).

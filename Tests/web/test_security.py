@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import subprocess
 import time
 import urllib.parse
 
@@ -398,6 +399,27 @@ def test_pam_login(start_server, unix_user):
     assert r.status_code == 429, describe(r)
 
 
+def test_a_pam_session_ends_when_its_account_is_locked(start_server, unix_user):
+    """A password login's account is looked at again while its session is used: locked since
+    (`usermod -L`), the session ends (401 on the API, the login page for pages); unlocked, the
+    user logs in again."""
+    user = unix_user(password="correct horse 43")
+    server = start_server(auth="pam", extra_toml="account_check_seconds = 0.5")
+    session = server.session(user=user.name, password="correct horse 43")
+    expect(session.get(server.api("/api/session"), timeout=30), 200)
+    time.sleep(1)
+    expect(session.get(server.api("/api/session"), timeout=30), 200)  # checked, still usable
+    subprocess.run(["usermod", "-L", user.name], check=True)
+    time.sleep(1)
+    r = session.get(server.api("/api/session"), timeout=30)
+    expect_error(r, 401, "auth.required")
+    assert "locked" in r.json()["error"]["message"], r.text
+    expect_error(session.get(server.api("/api/session"), timeout=30), 401, "auth.required")  # the session is gone
+    subprocess.run(["usermod", "-U", user.name], check=True)
+    again = server.session(user=user.name, password="correct horse 43")
+    expect(again.get(server.api("/api/session"), timeout=30), 200)
+
+
 def test_failed_logins_through_the_tls_proxy_count_per_client(start_server, unix_user):
     """Behind the site's TLS proxy every client comes from the proxy's address: failed logins
     count per client it names in X-Forwarded-For (believed only from proxy_addresses), so five
@@ -623,7 +645,7 @@ def test_hardening_headers_and_the_created_tasks_location(proxy_server, unix_use
 
 
 def test_api_errors_of_the_router_and_the_body_reader_come_in_the_envelope(proxy_server, unix_user):
-    """An unknown API route, a method a route does not take and a form body over 64 KiB are
+    """An unknown API route (or a method a route does not take) and a form body over 64 KiB are
     answered as every API error is: {"error": {code, message}}, JSON, not sniffable."""
     server = proxy_server
     session = server.session(user=unix_user().name)

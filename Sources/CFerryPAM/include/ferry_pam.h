@@ -11,14 +11,12 @@
 int ferry_pam_authenticate(const char *service, const char *user, const char *password, const char *remote_host,
                            char *message, size_t message_len);
 
-// Whether the account may still be used (pam_acct_mgmt alone: expired accounts, access rules),
-// asked again while a session lasts. Same status and message as above.
-int ferry_pam_account(const char *service, const char *user, const char *remote_host,
-                      char *message, size_t message_len);
 
-// 1 if the shadow file says `user`'s password is locked (`passwd -l`: a hash starting with "!"),
-// 0 if not or if it cannot be read (not root, no such entry).
-int ferry_password_locked(const char *user);
+// The shadow file's word on `user`, read without PAM (whose account modules would count as a
+// login: pam_faillock's resets its failure tally): returns 1 and sets `expires` (the day, since
+// the epoch, the account expires; -1 never) and `locked` (the password hash starts with "!":
+// `passwd -l`), or returns 0 when there is no entry or it cannot be read (not root).
+int ferry_shadow_state(const char *user, long *expires, int *locked);
 
 // PAM's status numbers, so Swift never hardcodes one.
 extern const int FERRY_PAM_SUCCESS;

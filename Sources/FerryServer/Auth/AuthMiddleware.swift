@@ -68,12 +68,12 @@ struct AuthMiddleware: RouterMiddleware {
         } else if settings.authMode == .token, let token = state.token,
                   let authorization = request.headers[.authorization], authorization.hasPrefix("Bearer ") {
             // The right token is never limited (API clients holding it are not logging in: a login
-            // lock-out must not stop them); a wrong one counts as a failed login from its address,
-            // as a configured token may be as short as 16 characters.
+            // lock-out must not stop them); wrong ones are limited per address (a configured token
+            // may be as short as 16 characters), apart from logins (`bearerLimiter`).
             guard Secret.equal(String(authorization.dropFirst(7)), token) else {
                 let address = Login.clientAddress(request, context, settings)
-                if case .limited(let wait) = state.limiter.admit(address) {
-                    return APIError(.tooManyRequests, "auth.rate_limited", "too many failed logins from \(address); try again in \(wait) s").response()
+                if case .limited(let wait) = state.bearerLimiter.admit(address) {
+                    return APIError(.tooManyRequests, "auth.rate_limited", "too many wrong bearer tokens from \(address); try again in \(wait) s").response()
                         .with(header: .retryAfter, String(wait))
                 }
                 return APIError(.unauthorized, "auth.failed", "the bearer token is not this server's token").response()
@@ -81,12 +81,12 @@ struct AuthMiddleware: RouterMiddleware {
             context.principal = state.principal(state.serverUser)
             context.viaBearer = true
         } else if let id = request.cookie(ServerState.cookie), let session = state.sessions.session(id) {
-            // A password login's account is asked about again now and then: one locked or
-            // expired since loses its sessions (a PAM that cannot answer loses none).
+            // A password login's account is looked at again now and then: one removed, expired or
+            // locked since loses its sessions (a user database that cannot answer ends none).
             if settings.authMode == .pam, state.sessions.accountCheckDue(id, every: state.accountCheckInterval) {
-                let service = settings.pamService, user = session.user, address = Login.clientAddress(request, context, settings)
-                let answer = (try? await Blocking.run { PAM.accountUsable(service: service, user: user, remoteHost: address) }) ?? .unavailable("no answer")
-                if case .denied(let why) = answer {
+                let user = session.user, lockedAtLogin = session.lockedAtLogin
+                let answer = try? await Blocking.run { Login.accountEnded(user, lockedAtLogin: lockedAtLogin) }
+                if let why = answer {
                     state.sessions.remove(id)
                     state.logger.notice("session ended: account no longer usable", metadata: ["user": "\(user)", "why": "\(why)"])
                     if path.hasPrefix("/api/") {

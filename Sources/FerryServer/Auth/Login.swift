@@ -64,6 +64,19 @@ enum Login {
         return client
     }
 
+    /// Why a password login's account may no longer be used, nil if it may (or if that cannot
+    /// be told now): gone from the user database, expired, or its password locked since the login.
+    static func accountEnded(_ user: String, lockedAtLogin: Bool) -> String? {
+        switch Result(catching: { try UserIdentity.lookup(name: user) }) {
+        case .success(nil): return "the account no longer exists"
+        case .success, .failure: break
+        }
+        guard let shadow = PAM.shadowState(of: user) else { return nil }
+        if shadow.expired { return "the account has expired" }
+        if shadow.locked && !lockedAtLogin { return "the account's password has been locked" }
+        return nil
+    }
+
     static func attempt(_ credentials: Credentials, request: Request, context: FerryContext, state: ServerState, json: Bool) async -> Response {
         let address = clientAddress(request, context, state.settings)
         func failure(_ error: APIError) -> Response {
@@ -120,7 +133,8 @@ enum Login {
             return failure(APIError(.unauthorized, "auth.failed", "this server is behind a login proxy; open it through the proxy"))
         }
         state.limiter.succeeded(ticket)
-        let session = state.sessions.create(user: user)
+        let locked = state.settings.authMode == .pam ? (PAM.shadowState(of: user)?.locked ?? false) : false
+        let session = state.sessions.create(user: user, lockedAtLogin: locked)
         state.logger.info("login", metadata: ["user": "\(user)", "address": "\(address)"])
         let cookie = state.cookie(for: session, request: request)
         if json {

@@ -24,19 +24,25 @@ public enum PAM {
         return result(status, message)
     }
 
-    /// Whether `user`'s account may still be used, without a password: the service's account
-    /// modules (an expiry date passed, access rules), and, when this process may read the shadow
-    /// file, a password locked since (`passwd -l`, `usermod -L`), which account modules let pass.
-    /// Blocks, as `authenticate` does.
-    public static func accountUsable(service: String, user: String, remoteHost: String? = nil) -> PAMResult {
-        guard ![service, user, remoteHost ?? ""].contains(where: { $0.utf8.contains(0) }) else {
-            return .unavailable("the service or user name contains a NUL byte")
+    /// What the shadow file says of an account: expired (`chage -E`), its password locked
+    /// (`passwd -l`). Nil where there is no entry or it cannot be read (not root; an account of
+    /// the directory service alone). Read directly, not through PAM's account modules, which would
+    /// count as a login (pam_faillock's resets its tally of failures on it).
+    public struct ShadowState: Sendable, Equatable {
+        public var expired: Bool
+        public var locked: Bool
+        public init(expired: Bool, locked: Bool) {
+            self.expired = expired
+            self.locked = locked
         }
-        var message = [CChar](repeating: 0, count: 512)
-        let answer = result(ferry_pam_account(service, user, remoteHost, &message, message.count), message)
-        guard answer == .success else { return answer }
-        if ferry_password_locked(user) == 1 { return .denied("the account's password is locked") }
-        return .success
+    }
+
+    public static func shadowState(of user: String, now: Date = Date()) -> ShadowState? {
+        guard !user.utf8.contains(0) else { return nil }
+        var expires = -1, locked: Int32 = 0
+        guard ferry_shadow_state(user, &expires, &locked) == 1 else { return nil }
+        let today = Int(now.timeIntervalSince1970 / 86_400)
+        return ShadowState(expired: expires >= 0 && today >= expires, locked: locked != 0)
     }
 
     private static func result(_ status: Int32, _ message: [CChar]) -> PAMResult {

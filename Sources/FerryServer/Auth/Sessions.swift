@@ -20,6 +20,9 @@ public final class SessionStore: Sendable {
         var created: ContinuousClock.Instant = .now
         /// When its account was last found usable (`accountCheckDue`).
         var accountChecked: ContinuousClock.Instant = .now
+        /// Whether the shadow file said the password was locked when it logged in: a directory
+        /// user's local entry may be "!" all along, and only a lock since ends the session.
+        public var lockedAtLogin = false
         /// Requests that came back with it: a browser's session returns, one made for a request
         /// that never sends the cookie back (curl behind a login proxy) does not.
         var returns = 0
@@ -51,8 +54,8 @@ public final class SessionStore: Sendable {
         self.perUser = max(1, perUser)
     }
 
-    public func create(user: String) -> Session {
-        let session = Session(id: Secret.make(), user: user, csrfToken: Secret.make(), lastSeen: .now)
+    public func create(user: String, lockedAtLogin: Bool = false) -> Session {
+        let session = Session(id: Secret.make(), user: user, csrfToken: Secret.make(), lastSeen: .now, lockedAtLogin: lockedAtLogin)
         sessions.withLock { all in
             let now = ContinuousClock.now
             all = all.filter { live($0.value, now) }
@@ -116,7 +119,7 @@ public final class SessionStore: Sendable {
 /// not wipe out the guesses just made at someone else's.
 public final class LoginRateLimiter: Sendable {
     public struct Ticket: Sendable {
-        let address: String
+        let keys: [String]
         let serial: UInt64
     }
 
@@ -134,29 +137,32 @@ public final class LoginRateLimiter: Sendable {
     private let state = Mutex(State())
     let limit: Int
     let window: Duration
+    /// How many more failures a whole IPv6 /64 may make than one address: a site's network is
+    /// often one /64 for everyone, whom one user's typos must not lock out; a guesser rotating
+    /// through its addresses is held at this many.
+    static let networkFactor = 10
 
     public init(limit: Int = 5, window: Duration = .seconds(60)) {
         self.limit = limit
         self.window = window
     }
 
-    /// What failures are counted under: the address, or for IPv6 its /64 (one subscriber's
-    /// network, which holds more addresses than anyone could exhaust one by one).
-    public static func clientKey(_ address: String) -> String {
+    /// The keys failures are counted under, with their limits: the address (an IPv4 address
+    /// written as IPv6 is that IPv4 address), and for IPv6 also its /64.
+    static func keys(_ address: String, limit: Int) -> [(key: String, limit: Int)] {
         var bytes = [UInt8](repeating: 0, count: 16)
-        guard address.contains(":"), inet_pton(AF_INET6, address, &bytes) == 1 else { return address }
-        // An IPv4 address in IPv6 form is that IPv4 address.
+        guard address.contains(":"), inet_pton(AF_INET6, address, &bytes) == 1 else { return [(address, limit)] }
         if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {
-            return bytes[12...].map(String.init).joined(separator: ".")
+            return [(bytes[12...].map(String.init).joined(separator: "."), limit)]
         }
-        let groups = stride(from: 0, to: 8, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
-        return groups.joined(separator: ":") + "::/64"
+        let groups = stride(from: 0, to: 16, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
+        return [(groups.joined(separator: ":"), limit), (groups[0..<4].joined(separator: ":") + "::/64", limit * networkFactor)]
     }
 
     /// Admits one login attempt from `address`, counted as a failure until `succeeded`; or says
     /// how long to wait.
-    public func admit(_ client: String) -> Admission {
-        let address = Self.clientKey(client)
+    public func admit(_ address: String) -> Admission {
+        let keys = Self.keys(address, limit: limit)
         return state.withLock { state in
             let now = ContinuousClock.now
             // Addresses whose failures have all left the window are forgotten, so that many
@@ -164,27 +170,33 @@ public final class LoginRateLimiter: Sendable {
             if state.failures.count >= Self.pruneAbove {
                 state.failures = state.failures.filter { _, failures in failures.contains { now - $0.at < window } }
             }
-            let recent = (state.failures[address] ?? []).filter { now - $0.at < window }
-            if recent.count >= limit, let oldest = recent.first {
-                state.failures[address] = recent
-                return .limited(seconds: max(1, Int((window - (now - oldest.at)).components.seconds) + 1))
+            var wait = 0
+            for (key, limit) in keys {
+                let recent = (state.failures[key] ?? []).filter { now - $0.at < window }
+                state.failures[key] = recent
+                if recent.count >= limit, let oldest = recent.first {
+                    wait = max(wait, max(1, Int((window - (now - oldest.at)).components.seconds) + 1))
+                }
             }
+            if wait > 0 { return .limited(seconds: wait) }
             state.serial += 1
-            state.failures[address] = recent + [(now, state.serial)]
-            return .admitted(Ticket(address: address, serial: state.serial))
+            for (key, _) in keys { state.failures[key, default: []].append((now, state.serial)) }
+            return .admitted(Ticket(keys: keys.map(\.key), serial: state.serial))
         }
     }
 
-    /// The admitted attempt succeeded: it is not a failure.
     static let pruneAbove = 1024
 
-    /// Addresses with failures on record (some possibly past the window).
+    /// Addresses (and networks) with failures on record (some possibly past the window).
     public var trackedAddresses: Int { state.withLock { $0.failures.count } }
 
+    /// The admitted attempt succeeded: it is not a failure.
     public func succeeded(_ ticket: Ticket) {
         state.withLock { state in
-            state.failures[ticket.address]?.removeAll { $0.serial == ticket.serial }
-            if state.failures[ticket.address]?.isEmpty == true { state.failures[ticket.address] = nil }
+            for key in ticket.keys {
+                state.failures[key]?.removeAll { $0.serial == ticket.serial }
+                if state.failures[key]?.isEmpty == true { state.failures[key] = nil }
+            }
         }
     }
 }
