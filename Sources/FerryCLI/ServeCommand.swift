@@ -37,7 +37,9 @@ struct ServeCommand: AsyncParsableCommand {
         } else {
             configuration = try storageOptions.loadConfiguration()
             if let file = FerryConfiguration.locate(explicit: storageOptions.config) {
-                do { try configuration.serve.checkInlineSecrets(file: file) } catch { throw ValidationError("\(error)") }
+                do { try configuration.serve.checkInlineSecrets(file: file, environment: ProcessInfo.processInfo.environment) } catch {
+                    throw ValidationError("\(error)")
+                }
             }
         }
         do { configuration = try configuration.applyingEnvironment(ProcessInfo.processInfo.environment) } catch {

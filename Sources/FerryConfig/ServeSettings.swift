@@ -182,22 +182,17 @@ public struct ServeSettings: Equatable, Sendable {
             guard let count = Int(value), count >= 1 else { throw fail("FERRY_STREAMS_PER_USER must be 1 or more") }
             settings.streamsPerUser = count
         }
-        if let value = env["FERRY_AGENT_TIMEOUT_SECONDS"] {
-            guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_AGENT_TIMEOUT_SECONDS must be from 0.01 to 604800 (a week)") }
-            settings.agentTimeoutSeconds = number
+        /// A number of seconds from `name`, within `range` (said as `words`), or nil if unset.
+        func seconds(_ name: String, _ range: ClosedRange<Double>, _ words: String) throws(FerryConfiguration.Error) -> Double? {
+            guard let value = env[name] else { return nil }
+            guard let number = Double(value), range.contains(number) else { throw fail("\(name) must be from \(words)") }
+            return number
         }
-        if let value = env["FERRY_PREFLIGHT_TIMEOUT_SECONDS"] {
-            guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_PREFLIGHT_TIMEOUT_SECONDS must be from 0.01 to 604800 (a week)") }
-            settings.preflightTimeoutSeconds = number
-        }
-        if let value = env["FERRY_ACCOUNT_CHECK_SECONDS"] {
-            guard let number = Double(value), Self.timeouts.contains(number) else { throw fail("FERRY_ACCOUNT_CHECK_SECONDS must be from 0.01 to 604800 (a week)") }
-            settings.accountCheckSeconds = number
-        }
-        if let value = env["FERRY_SHUTDOWN_SECONDS"] {
-            guard let number = Double(value), Self.shutdowns.contains(number) else { throw fail("FERRY_SHUTDOWN_SECONDS must be from 1 to 86400 (a day)") }
-            settings.shutdownSeconds = number
-        }
+        let week = "0.01 to 604800 (a week)"
+        if let number = try seconds("FERRY_AGENT_TIMEOUT_SECONDS", Self.timeouts, week) { settings.agentTimeoutSeconds = number }
+        if let number = try seconds("FERRY_PREFLIGHT_TIMEOUT_SECONDS", Self.timeouts, week) { settings.preflightTimeoutSeconds = number }
+        if let number = try seconds("FERRY_ACCOUNT_CHECK_SECONDS", Self.timeouts, week) { settings.accountCheckSeconds = number }
+        if let number = try seconds("FERRY_SHUTDOWN_SECONDS", Self.shutdowns, "1 to 86400 (a day)") { settings.shutdownSeconds = number }
         if let value = env["FERRY_AUTH_MODE"] {
             guard let mode = AuthMode(rawValue: value) else { throw fail("FERRY_AUTH_MODE must be token, proxy or pam") }
             settings.authMode = mode
@@ -273,12 +268,17 @@ public struct ServeSettings: Equatable, Sendable {
 
     /// Refuses a token or proxy secret written in a configuration file that others than its owner
     /// may read (see the type's comment): `file` is the one the settings were read from.
-    public func checkInlineSecrets(file: String) throws(FerryConfiguration.Error) {
-        let inline = [token.map { _ in "auth.token" }, proxySecret.map { _ in "auth.proxy_secret" }].compactMap { $0 }
+    /// A secret the environment overrides (`FERRY_AUTH_TOKEN[_FILE]`, `…PROXY_SECRET[_FILE]`) is
+    /// not the one in effect, and not judged. Readable by its group is allowed only for root's
+    /// group: another group's members (and whoever has it as their primary group) are others.
+    public func checkInlineSecrets(file: String, environment: [String: String] = [:]) throws(FerryConfiguration.Error) {
+        func overridden(_ name: String) -> Bool { [name, name + "_FILE"].contains { !(environment[$0] ?? "").isEmpty } }
+        let inline = [token != nil && !overridden("FERRY_AUTH_TOKEN") ? "auth.token" : nil,
+                      proxySecret != nil && !overridden("FERRY_AUTH_PROXY_SECRET") ? "auth.proxy_secret" : nil].compactMap { $0 }
         guard let key = inline.first else { return }
         var status = stat()
         guard stat(file, &status) == 0 else { return }
-        guard status.st_mode & 0o077 == 0 else {
+        guard status.st_mode & 0o007 == 0 && (status.st_mode & 0o070 == 0 || status.st_gid == 0) else {
             let kind = key == "auth.token" ? "token_file" : "proxy_secret_file"
             throw FerryConfiguration.Error(file: file, message: "\(key) is written in a file others may read (mode \(String(status.st_mode & 0o777, radix: 8))): "
                 + "anyone who can read it can log in as any user. Put the secret in a file only root reads and name it as auth.\(kind) "

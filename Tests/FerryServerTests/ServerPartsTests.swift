@@ -334,6 +334,23 @@ import Testing
         #expect(try timeouts.applying(environment: ["FERRY_PREFLIGHT_TIMEOUT_SECONDS": "1200"]).preflightTimeoutSeconds == 1200)
         #expect(throws: FerryConfiguration.Error.self) { try FerryConfiguration.parse("agent_timeout_seconds = 0") }
         #expect(throws: FerryConfiguration.Error.self) { try timeouts.applying(environment: ["FERRY_PREFLIGHT_TIMEOUT_SECONDS": "-1"]) }
+        // A secret written in the configuration: refused when others may read it (root's group
+        // aside), judged only when it is the one in effect.
+        let file = NSTemporaryDirectory() + "ferry-inline-\(getpid()).toml"
+        try "[auth]\ntoken = \"an-inline-token-12345\"\n".write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let inline = try FerryConfiguration.load(file: file).serve
+        for (mode, group, refused) in [(0o644, 0, true), (0o600, 0, false), (0o640, 0, false), (0o640, 100, true), (0o604, 0, true)] as [(Int, Int, Bool)] {
+            chmod(file, mode_t(mode))
+            chown(file, 0, gid_t(group))
+            if refused {
+                #expect(throws: FerryConfiguration.Error.self, "mode \(String(mode, radix: 8)) group \(group)") { try inline.checkInlineSecrets(file: file) }
+            } else {
+                #expect(throws: Never.self, "mode \(String(mode, radix: 8)) group \(group)") { try inline.checkInlineSecrets(file: file) }
+            }
+        }
+        chmod(file, 0o644)
+        #expect(throws: Never.self) { try inline.checkInlineSecrets(file: file, environment: ["FERRY_AUTH_TOKEN_FILE": "/run/x"]) }
         // A graceful stop's limit: under the packaged unit's TimeoutStopSec=10min by default.
         #expect(ServeSettings().shutdownSeconds == 540)
         #expect(try FerryConfiguration.parse("shutdown_seconds = 1200").serve.shutdownSeconds == 1200)
