@@ -186,21 +186,31 @@ struct RelinkTests {
         }
     }
 
+    /// 2000 files in project 100 half relinked into `b` (no project) by a run that stopped: the
+    /// body gets the source tree's path, `b`, the task, its staging directory's path and the
+    /// source's inodes before.
+    func withHalfRelinkedTree(_ harness: Harness, _ body: (String, String, TaskRecord, String, [String: UInt64]) async throws -> Void) async throws {
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = fs.mountPoint + "/b"
+            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
+            try makeTree(a + "/data", files: 2000, size: 100)
+            let before = try inodes(a + "/data")
+            let (task, first) = try await relinkStoppedPartWay(a + "/data", to: b, harness: harness)
+            #expect(first.status == .copying && first.leaseOwner == nil, "\(first.status)")
+            let staging = b + "/" + (try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") }))
+            try await body(a + "/data", b, task, staging, before)
+        }
+    }
+
     /// A relink's staging holds the only names of the files it moved: the janitor keeps them by the
     /// directory's own mark, whatever the task's plan says now (a retry clears it; a cancel then
     /// ends the task before any run looks at the staging).
     @Test func theJanitorKeepsARelinksFilesWhateverThePlanSays() async throws {
         let harness = try Harness()
         defer { harness.cleanup() }
-        try await withLoopXFSAsync { fs in
-            let a = try fs.makeProjectDirectory("a", project: 100)
-            let b = fs.mountPoint + "/b"
-            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
-            try makeTree(a + "/data", files: 2000, size: 100)
-            let (task, first) = try await relinkStoppedPartWay(a + "/data", to: b, harness: harness)
-            #expect(first.status == .copying && first.leaseOwner == nil, "\(first.status)")
-            let staging = try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") })
-            let staged = FileManager.default.enumerator(atPath: b + "/" + staging)?.allObjects.count ?? 0
+        try await withHalfRelinkedTree(harness) { _, b, task, staging, _ in
+            let staged = FileManager.default.enumerator(atPath: staging)?.allObjects.count ?? 0
             #expect(staged >= 20)
             // Failed with its files still staged (as a rollback cut short leaves it), retried (the
             // plan goes), then cancelled while pending (no run looks at the staging).
@@ -209,8 +219,8 @@ struct RelinkTests {
             #expect(try await harness.store.retry(task.id).plan == nil)
             #expect(try await harness.store.requestCancel(task.id).status == .cancelled)
             let report = try await Janitor(engine: harness.engine, grace: .seconds(0)).run(directories: [Array(b.utf8)], recover: false)
-            #expect(report.removed.isEmpty && report.kept == [b + "/" + staging], "\(report)")
-            #expect(FileManager.default.enumerator(atPath: b + "/" + staging)?.allObjects.count == staged, "a relink's files were deleted")
+            #expect(report.removed.isEmpty && report.kept == [staging], "\(report)")
+            #expect(FileManager.default.enumerator(atPath: staging)?.allObjects.count == staged, "a relink's files were deleted")
         }
     }
 
@@ -219,14 +229,7 @@ struct RelinkTests {
     @Test func aRollbackThatLeavesEntriesInStagingIsNotDone() async throws {
         let harness = try Harness()
         defer { harness.cleanup() }
-        try await withLoopXFSAsync { fs in
-            let a = try fs.makeProjectDirectory("a", project: 100)
-            let b = fs.mountPoint + "/b"
-            try FileManager.default.createDirectory(atPath: b, withIntermediateDirectories: true)
-            try makeTree(a + "/data", files: 2000, size: 100)
-            let before = try inodes(a + "/data")
-            let (task, _) = try await relinkStoppedPartWay(a + "/data", to: b, harness: harness)
-            let staging = b + "/" + (try #require(listing(b).first { $0.hasPrefix(".ferry-staging-") }))
+        try await withHalfRelinkedTree(harness) { source, _, task, staging, before in
             try "stray".write(toFile: staging + "/stray", atomically: false, encoding: .utf8)
             // A failure (not a cancel) that rolls back: the source changed, say.
             let claimed = try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30)))
@@ -238,7 +241,7 @@ struct RelinkTests {
             // Cancelled, so that no run carries it on: the next one rolls back, it does not relink again.
             #expect(record.cancelRequested)
             #expect(listing(staging) == ["stray"], "\(listing(staging))")
-            #expect(FileManager.default.fileExists(atPath: a + "/data/sub"), "the rest was put back")
+            #expect(FileManager.default.fileExists(atPath: source + "/sub"), "the rest was put back")
             let events = try await harness.store.events(task.id).map(\.message)
             #expect(events.contains { $0.contains("could not be put back") && $0.contains("stray") }, "\(events)")
             // Once the stray entry is dealt with, the retried rollback finishes, with the source whole.
@@ -247,7 +250,7 @@ struct RelinkTests {
             let again = await harness.engine.run(try #require(try await harness.store.claim(id: task.id, worker: "test-worker", lease: .seconds(30))))
             #expect(again.status == .rolledBack, "\(again.status) \(String(describing: again.failure))")
             #expect(!FileManager.default.fileExists(atPath: staging))
-            #expect(try inodes(a + "/data") == before, "every file back in the source, the same inode")
+            #expect(try inodes(source) == before, "every file back in the source, the same inode")
         }
     }
 }
