@@ -91,6 +91,11 @@ public struct ServeSettings: Equatable, Sendable {
 
     mutating func read(key: String, value: TOMLValue) throws {
         func fail(_ message: String) -> FerryConfiguration.Error { FerryConfiguration.Error(file: "", message: message) }
+        /// The value as a number of seconds within `range` (said as `words`).
+        func seconds(_ range: ClosedRange<Double>, _ words: String) throws(FerryConfiguration.Error) -> Double {
+            guard let number = value.number, range.contains(number) else { throw fail("\(key) must be from \(words)") }
+            return number
+        }
         switch key {
         case "listen":
             guard let text = value.string else { throw fail("listen must be a string such as \"127.0.0.1:8080\"") }
@@ -107,18 +112,10 @@ public struct ServeSettings: Equatable, Sendable {
         case "streams_per_user":
             guard let count = value.integer, count >= 1 else { throw fail("streams_per_user must be a whole number, 1 or more") }
             streamsPerUser = Int(count)
-        case "agent_timeout_seconds":
-            guard let number = value.number, Self.timeouts.contains(number) else { throw fail("agent_timeout_seconds must be from 0.01 to 604800 (a week)") }
-            agentTimeoutSeconds = number
-        case "preflight_timeout_seconds":
-            guard let number = value.number, Self.timeouts.contains(number) else { throw fail("preflight_timeout_seconds must be from 0.01 to 604800 (a week)") }
-            preflightTimeoutSeconds = number
-        case "account_check_seconds":
-            guard let number = value.number, Self.timeouts.contains(number) else { throw fail("account_check_seconds must be from 0.01 to 604800 (a week)") }
-            accountCheckSeconds = number
-        case "shutdown_seconds":
-            guard let number = value.number, Self.shutdowns.contains(number) else { throw fail("shutdown_seconds must be from 1 to 86400 (a day)") }
-            shutdownSeconds = number
+        case "agent_timeout_seconds": agentTimeoutSeconds = try seconds(Self.timeouts, "0.01 to 604800 (a week)")
+        case "preflight_timeout_seconds": preflightTimeoutSeconds = try seconds(Self.timeouts, "0.01 to 604800 (a week)")
+        case "account_check_seconds": accountCheckSeconds = try seconds(Self.timeouts, "0.01 to 604800 (a week)")
+        case "shutdown_seconds": shutdownSeconds = try seconds(Self.shutdowns, "1 to 86400 (a day)")
         case "auth":
             guard let table = value.table else { throw fail("auth must be an [auth] table") }
             for (name, item) in table {
