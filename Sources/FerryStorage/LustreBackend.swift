@@ -183,7 +183,9 @@ extension LustreBackend {
 
 /// Chooses the backend for a path: detected from `statfs` magic, or forced by configuration.
 public enum Storage {
-    public static func backend(for fd: FileDescriptor, choice: BackendChoice = .auto, lfsPath: String? = nil) throws(StorageError) -> any StorageBackend {
+    /// `lfsTimeout`: the limit of one `lfs` call (default 60 s).
+    public static func backend(for fd: FileDescriptor, choice: BackendChoice = .auto, lfsPath: String? = nil,
+                               lfsTimeout: Double? = nil) throws(StorageError) -> any StorageBackend {
         let kind: FilesystemKind
         switch choice {
         case .auto:
@@ -196,7 +198,7 @@ public enum Storage {
         case .posix: kind = .posix
         }
         switch kind {
-        case .lustre: return LustreBackend(lfsPath: lfsPath)
+        case .lustre: return LustreBackend(lfsPath: lfsPath, timeout: lfsTimeout ?? 60)
         case .xfs, .ext4: return LinuxProjectBackend(kind: kind)
         case .posix: return PosixBackend()
         }

@@ -558,6 +558,25 @@ struct CapturingLogHandler: LogHandler {
 
 @Suite("Agents and a hung mount (root)", .enabled(if: QuotaFS.available), .serialized)
 struct AgentDeadlineTests {
+    /// An `lfs` that does not answer is stopped by the agent before the agent's own deadline: the
+    /// quota comes from statvfs, saying why, instead of a 504 with the `lfs` left running.
+    @Test func aHungLfsIsStoppedByTheAgentWhichStillAnswers() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-lfs-hang")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let program = directory + "/lfs"
+        try "#!/bin/sh\ncase \"$1\" in quota) exec sleep 600;; esac\necho 'lfs 2.15.4'\n".write(toFile: program, atomically: true, encoding: .utf8)
+        try Shell.run(["chmod", "755", program])
+        try FileManager.default.createDirectory(atPath: directory + "/root", withIntermediateDirectories: true)
+        var configuration = FerryConfiguration(lfsPath: program)
+        configuration.roots = [.init(path: directory + "/root", backend: .lustre)]
+        configuration.serve.agentTimeoutSeconds = 16  // lfs: 12 s, the agent's start and answer the rest
+        let client = AgentClient(executable: ferryBinary(), configuration: configuration)
+        var ask = AgentRequest(operation: .quota, configuration: configuration)
+        ask.path = directory + "/root"
+        let answer = String(decoding: try await client.ask(ask, as: UserIdentity.current.name), as: UTF8.self)
+        #expect(answer.contains("did not answer within 12 s"), "\(answer)")
+    }
+
     /// A listing in a directory whose filesystem does not answer (the tests' FUSE filesystem
     /// holding the open, as a hung NFS or Lustre mount does) is answered 504 at the deadline,
     /// not never. The killed agent still waits in the kernel, so it keeps its place among the

@@ -55,10 +55,13 @@ public struct AgentClient: Sendable {
         try slots.take(for: user)
         var held = true
         defer { if held { slots.release(user) } }
+        let limit = request.operation == .preflight ? preflightTimeout : timeout
+        var request = request
+        let seconds = Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
+        request.lfsTimeoutSeconds = seconds - min(5, seconds / 4)
         let input: Data
         do { input = try WireJSON.encoder.encode(request) } catch { throw APIError(.internalError, "internal", "\(error)") }
         let executable = executable
-        let limit = request.operation == .preflight ? preflightTimeout : timeout
         let outcome: ChildProcess.Outcome
         do {
             outcome = try await Blocking.run {

@@ -48,7 +48,7 @@ public struct AgentOperations: Sendable {
 
     func storage(for fd: FileDescriptor, path: ServerPath) throws -> any StorageBackend {
         let choice = request.roots.first { $0.path == path.root }?.backend ?? .auto
-        return try Storage.backend(for: fd, choice: choice, lfsPath: request.lfsPath)
+        return try Storage.backend(for: fd, choice: choice, lfsPath: request.lfsPath, lfsTimeout: request.lfsTimeoutSeconds)
     }
 
     // MARK: operations

@@ -18,6 +18,10 @@ public struct AgentRequest: Codable, Sendable {
     public var operation: Operation
     public var roots: [Root]
     public var lfsPath: String?
+    /// How long one `lfs` call may take: less than the agent's own deadline, set by the client,
+    /// so that an `lfs` that hangs is stopped by the agent, which answers with what it has (a
+    /// quota from `statvfs`), instead of being killed with it and left running, orphaned.
+    public var lfsTimeoutSeconds: Double?
     public var path: String?
     public var offset: Int?
     public var limit: Int?
