@@ -1,3 +1,4 @@
+import FerrySystem
 import Foundation
 
 /// How `ferry serve` authenticates people.
@@ -244,18 +245,21 @@ public struct ServeSettings: Equatable, Sendable {
     /// or write (an ssh key's rule), its first line without surrounding blanks, 16 characters or more.
     static func secret(from path: String, key: String) throws(FerryConfiguration.Error) -> String {
         func fail(_ message: String) -> FerryConfiguration.Error { FerryConfiguration.Error(file: path, message: message) }
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { throw fail("\(key): cannot be opened (\(String(cString: strerror(errno))))") }
-        defer { close(fd) }
-        var status = stat()
-        guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { throw fail("\(key): not a regular file") }
-        guard status.st_mode & 0o077 == 0 else {
-            throw fail("\(key): others than its owner may read or change it (mode \(String(status.st_mode & 0o777, radix: 8))): chmod 600 it")
+        let file: FileDescriptor, status: FileStatus
+        do { (file, status) = try currentWorkingDirectory.openRegularForReading(Array(path.utf8), [.noFollow]) } catch {
+            throw fail("\(key): cannot be opened (\(error))")
         }
-        guard status.st_uid == 0 || status.st_uid == geteuid() else { throw fail("\(key): owned by uid \(status.st_uid), neither root nor this server's user") }
+        defer { file.closeQuietly() }
+        guard status.kind == .regular else { throw fail("\(key): not a regular file") }
+        guard status.permissions & 0o077 == 0 else {
+            throw fail("\(key): others than its owner may read or change it (mode \(String(status.permissions & 0o777, radix: 8))): chmod 600 it")
+        }
+        guard status.uid == 0 || status.uid == geteuid() else { throw fail("\(key): owned by uid \(status.uid), neither root nor this server's user") }
         var bytes = [UInt8](repeating: 0, count: 4097)
-        let count = Glibc.read(fd, &bytes, bytes.count)
-        guard count >= 0 else { throw fail("\(key): cannot be read (\(String(cString: strerror(errno))))") }
+        let count: Int
+        do { count = try bytes.withUnsafeMutableBytes { (buffer) throws(SystemError) in try file.read(into: buffer) } } catch {
+            throw fail("\(key): cannot be read (\(error))")
+        }
         guard count <= 4096 else { throw fail("\(key): longer than 4096 bytes; a secret is one line") }
         let line = String(decoding: bytes[..<count], as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).first ?? ""
         let text = line.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -173,18 +173,8 @@ extension MoveEngine {
         // A source whose directory is gone was renamed before a crash, or was lost: the
         // destination says which. Any other failure to open them (permission, a stale handle)
         // says nothing of where they are, and is thrown as it is.
-        var sources: [CopySource] = []
+        let sources = try self.sources(task, plan, skippingGoneDirectories: true)
         defer { sources.forEach { $0.directory.closeQuietly() } }
-        let opener = DirectoryOpener(roots: settings.roots)
-        defer { opener.close() }
-        for (source, final) in zip(task.sources, plan.finalNames) {
-            let (parent, name) = BytePath.split(Transfer.absolute(source.bytes))
-            do {
-                sources.append(CopySource(directory: try opener.openDirectory(parent), name: name, destinationName: final.bytes))
-            } catch let error as SystemError where error.code == .notFound {
-                continue
-            }
-        }
         try Self.rename(sources, into: destination)
         let missing = plan.finalNames.filter { (try? destination.status($0.bytes)) == nil }
         if !missing.isEmpty {

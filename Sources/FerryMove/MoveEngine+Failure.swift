@@ -109,9 +109,9 @@ extension MoveEngine {
         }
         // Where it stands, if that can be read now: one that cannot be (a source's directory
         // unreadable, a stale handle) is not "nothing renamed", and keeps its place for a retry.
-        let read2 = try? await Blocking.run { [self, current, plan] in try self.commitState(current, plan) }
-        let state = read2 ?? CommitState(text: "Where the commit stands could not be read now. ")
-        if plan.strategy == Strategy.rename.rawValue, let read2, read2.renamed == 0 {
+        let known = try? await Blocking.run { [self, current, plan] in try self.commitState(current, plan) }
+        let state = known ?? CommitState(text: "Where the commit stands could not be read now. ")
+        if plan.strategy == Strategy.rename.rawValue, let known, known.renamed == 0 {
             // A rename that renamed nothing has nothing to finish: it fails as before the
             // commit (a retry plans it anew, e.g. as a copy after EXDEV).
             await fail(context, failure, rollback: false)

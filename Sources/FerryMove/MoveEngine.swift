@@ -268,13 +268,26 @@ public final class MoveEngine: Sendable {
                                message: task.kind == .move ? "moved: published, source removed" : "copied: published")
     }
 
-    func sources(_ task: TaskRecord, _ plan: TaskPlan) throws -> [CopySource] {
+    /// `skippingGoneDirectories`: a source whose directory no longer exists is left out (any
+    /// other failure to open one is thrown, the descriptors opened so far closed).
+    func sources(_ task: TaskRecord, _ plan: TaskPlan, skippingGoneDirectories: Bool = false) throws -> [CopySource] {
         let opener = DirectoryOpener(roots: settings.roots)
         defer { opener.close() }
-        return try zip(task.sources, plan.finalNames).map { source, final in
-            let (parent, name) = BytePath.split(Transfer.absolute(source.bytes))
-            return CopySource(directory: try opener.openDirectory(parent), name: name, destinationName: final.bytes)
+        var opened: [CopySource] = []
+        do {
+            for (source, final) in zip(task.sources, plan.finalNames) {
+                let (parent, name) = BytePath.split(Transfer.absolute(source.bytes))
+                do {
+                    opened.append(CopySource(directory: try opener.openDirectory(parent), name: name, destinationName: final.bytes))
+                } catch let error as SystemError where skippingGoneDirectories && error.code == .notFound {
+                    continue
+                }
+            }
+        } catch {
+            opened.forEach { $0.directory.closeQuietly() }
+            throw error
         }
+        return opened
     }
 
     /// `layouts`: the destination's, for the stage to give each staged file its source's layout
