@@ -129,8 +129,10 @@ public final class MoveEngine: Sendable {
 
     // MARK: phases
 
-    private func drive(_ context: RunContext) async throws {
-        var task = context.task
+    /// `start`: the task as it stands, when not as claimed (a relink the servers refused, planned
+    /// again as a copy).
+    private func drive(_ context: RunContext, from start: TaskRecord? = nil) async throws {
+        var task = start ?? context.task
         if task.cancelRequested && task.status != .committing {
             let crashed = task.failure.flatMap { $0.code == TaskFailure.crashedCode ? $0 : nil }
             await rollBack(context, status: .rolledBack, failure: crashed ?? TaskFailure(code: "cancelled", message: "cancelled by request"))
@@ -156,19 +158,7 @@ public final class MoveEngine: Sendable {
                 let holder = try? await store.task(other)
                 throw Refusal(code: "locked", message: holder?.lockExplanation(path: path) ?? TaskStoreError.locked(by: other, path: path).description)
             }
-            let (preflight, plan) = try await Blocking.run { [self, task, transfer] in try self.validate(task, transfer, context) }
-            if let refusal = preflight.refusal { throw refusal }
-            if task.options.recall, preflight.sourceOnLustre, preflight.measurement.releasedFiles > 0 {
-                try await store.record(task.id, message: "recalling \(preflight.measurement.releasedFiles) HSM-released files before copying")
-                let restored = try await Blocking.run { [self, transfer] in try self.recall(transfer) }
-                try await store.record(task.id, message: "\(restored) files restored from the HSM archive")
-            }
-            try await store.advance(id: task.id, worker: context.worker, to: .locked, plan: plan,
-                                    message: "\(preflight.summary)\(preflight.warnings.map { " Warning: \($0)." }.joined())")
-            // The measurement's counts (no totals) give way to nothing done yet of the plan's totals.
-            try? await store.updateProgress(id: task.id, worker: context.worker, TaskProgress(
-                bytesDone: 0, bytesTotal: plan.bytes, entriesDone: 0, entriesTotal: plan.entries, bytesPerSecond: 0))
-            task.plan = plan
+            task.plan = try await lockedPlan(context, task, transfer)
             task.status = .locked
         }
         guard var plan = task.plan else { throw Refusal(code: "plan.missing", message: "task \(task.id) reached \(task.status.rawValue) without a plan") }
@@ -232,7 +222,13 @@ public final class MoveEngine: Sendable {
             task.status = .copying
         }
         if task.status == .copying {
-            let notes = try await Blocking.run { [self, task, plan] in try self.stage(task, plan, context) }
+            let notes: CopyNotes?
+            do {
+                notes = try await Blocking.run { [self, task, plan] in try self.stage(task, plan, context) }
+            } catch where strategy == .relink && relinkRefusedByServers(error, task, plan) {
+                try await drive(context, from: try await copyInsteadOfRelink(context, task, after: error))
+                return
+            }
             if let notes, notes.count > 0 {
                 // What the destination would not keep (a copy; or a move that allows the loss).
                 try? await store.record(task.id, message: "not preserved (\(notes.count)): " + notes.first.prefix(5).joined(separator: "; ")

@@ -13,12 +13,12 @@ struct Harness {
     let engine: MoveEngine
 
     init(lease: Duration = .seconds(30), roots: [String]? = nil, maxAttempts: Int = 5, progressInterval: Duration = .milliseconds(5),
-         progress: (@Sendable (TaskRecord, CopyProgress) -> Void)? = nil) throws {
+         planner: Planner = Planner(), progress: (@Sendable (TaskRecord, CopyProgress) -> Void)? = nil) throws {
         directory = try TemporaryDirectory.make(prefix: "ferry-move")
         store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
         engine = MoveEngine(store: store, settings: .init(worker: "test-worker", lease: lease, roots: roots.map { $0.map { Array($0.utf8) } },
                                                           jobs: 2, maxAttempts: maxAttempts, progressInterval: progressInterval),
-                            progress: progress)
+                            planner: planner, progress: progress)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: directory) }

@@ -1,6 +1,7 @@
 import Foundation
 import FerryCopy
 import FerryJobs
+import FerryStorage
 @testable import FerryMove
 import FerrySystem
 import FerryTestSupport
@@ -186,6 +187,36 @@ struct RelinkTests {
         }
     }
 
+    /// A relink Ferry chose (a 2.15 client's `lfs` says files rename across projects) that the
+    /// servers refuse (XFS, like a Lustre server before 2.15, answers EXDEV): put back, and copied.
+    @Test func aRelinkTheServersRefuseCopiesInstead() async throws {
+        let planner = Planner(jobs: 2) { fd, _ in ClientSaysRelink(real: try Storage.backend(for: fd)) }
+        let harness = try Harness(planner: planner)
+        defer { harness.cleanup() }
+        try await withLoopXFSAsync { fs in
+            let a = try fs.makeProjectDirectory("a", project: 100)
+            let b = try fs.makeProjectDirectory("b", project: 200)
+            try makeTree(a + "/data")
+            try FileManager.default.linkItem(atPath: a + "/data/sub/f1", toPath: a + "/data/hardlink")
+            let before = try inodes(a + "/data")
+            let snapshot = try TreeSnapshot.take(a + "/data")
+            let record = try await harness.run([a + "/data"], to: b)
+            let history = try await harness.store.events(record.id).map(\.message)
+            #expect(record.status == .completed, "\(String(describing: record.failure)) \(history)")
+            #expect(record.plan?.strategy == "copy")
+            #expect(history.contains { $0.hasPrefix("Relink ") }, "planned as a relink first: \(history)")
+            #expect(history.contains { $0.contains("the servers refused to rename a file across projects") && $0.contains("EXDEV") }, "\(history)")
+            #expect(history.contains { $0.hasPrefix("Copying instead of relinking: Copy ") }, "\(history)")
+            #expect(try snapshot.differences(to: TreeSnapshot.take(b + "/data")).isEmpty)
+            let after = try inodes(b + "/data")
+            #expect(Set(after.values).isDisjoint(with: Set(before.values)), "copied: new inodes")
+            #expect(after["hardlink"] == after["sub/f1"], "the hard link kept")
+            #expect(try Shell.run(["xfs_io", "-c", "lsproj", b + "/data/sub/f1"]).contains("projid = 200"), "a copy, charged to the destination's project")
+            #expect(!FileManager.default.fileExists(atPath: a + "/data"))
+            #expect(listing(b) == ["data"])
+        }
+    }
+
     /// 2000 files in project 100 half relinked into `b` (no project) by a run that stopped: the
     /// body gets the source tree's path, `b`, the task, its staging directory's path and the
     /// source's inodes before.
@@ -330,3 +361,21 @@ struct ConfiguredBehaviourTests {
 /// Lets a progress handler reach the engine it belongs to.
 final class EngineBox: @unchecked Sendable { var engine: MoveEngine? }
 let stopperBox = EngineBox()
+
+/// The filesystem's own backend, except that it says files rename across projects, as a Lustre
+/// 2.15+ client's `lfs --version` does whatever its servers are.
+struct ClientSaysRelink: StorageBackend {
+    let real: any StorageBackend
+    var kind: FilesystemKind { real.kind }
+    var renamesFilesAcrossProjects: Bool { true }
+    var layoutAttributeNames: Set<ByteString> { real.layoutAttributeNames }
+    var layoutCreateFlags: OpenFlags { real.layoutCreateFlags }
+    func projectAttributes(of fd: FileDescriptor) throws(StorageError) -> ProjectAttributes? { try real.projectAttributes(of: fd) }
+    func setProjectAttributes(_ attributes: ProjectAttributes, on fd: FileDescriptor) throws(StorageError) {
+        try real.setProjectAttributes(attributes, on: fd)
+    }
+    func quota(of fd: FileDescriptor, path: ByteString) throws(StorageError) -> QuotaReport { try real.quota(of: fd, path: path) }
+    func cloneLayout(from source: FileDescriptor, to destination: FileDescriptor) throws(StorageError) {
+        try real.cloneLayout(from: source, to: destination)
+    }
+}
