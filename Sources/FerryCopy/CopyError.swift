@@ -19,6 +19,9 @@ public enum CopyError: Error, Sendable, CustomStringConvertible {
     /// A relink's rollback could not put these entries back into the source: they stay in the
     /// staging directory, the only copy of them, and the rollback is not done.
     case notPutBack(staging: String, entries: [String])
+    /// A filesystem (or a bind mount) is mounted at `path`, inside what is moved or copied: no
+    /// walk crosses into it, and nothing in it is copied or removed.
+    case mountPoint(path: String)
     case cancelled
 
     public struct Difference: Sendable, Equatable, CustomStringConvertible {
@@ -73,6 +76,10 @@ public enum CopyError: Error, Sendable, CustomStringConvertible {
             return "\(entries.count) relinked entr\(entries.count == 1 ? "y" : "ies") could not be put back into the source and stay in \(staging), "
                 + "their only copy (\(shown)\(entries.count > 5 ? ", …" : "")): the rollback is not done; free their names in the source "
                 + "(or move them back by hand), and the task's rollback is retried"
+        case .mountPoint(let path):
+            return "\(path) is a mount point (another filesystem, or a bind mount, is mounted there): Ferry does not cross into "
+                + "mounts, as moving the tree would remove what the mount holds from wherever it lives; unmount it first, or move "
+                + "what is around it and what it holds as separate tasks"
         case .cancelled:
             return "cancelled; everything the copy had created was removed"
         }

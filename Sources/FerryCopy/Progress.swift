@@ -12,7 +12,8 @@ public struct CopyProgress: Sendable {
     public var entriesTotal: UInt64
     /// The file a copier started most recently.
     public var currentPath: String?
-    /// Bytes per second since the phase started.
+    /// Bytes per second since the phase started (bytes found done already, as a resumed copy's
+    /// kept files, not counted).
     public var bytesPerSecond: Double
     /// Seconds left at the current rate, when it can be told.
     public var secondsRemaining: Double?
@@ -41,6 +42,9 @@ public typealias ProgressHandler = @Sendable (CopyProgress) -> Void
 final class ProgressMeter: @unchecked Sendable {
     let bytes = Atomic<UInt64>(0)
     let entries = Atomic<UInt64>(0)
+    /// Of `bytes`, those found done already (a resumed stage's kept files): counted as done, and
+    /// not in the rate, which they would make look as fast as checking a file is.
+    let keptBytes = Atomic<UInt64>(0)
     private let current = Locked<String?>(nil)
     private let phase: CopyProgress.Phase
     private let totals: (bytes: UInt64, entries: UInt64)
@@ -83,7 +87,8 @@ final class ProgressMeter: @unchecked Sendable {
     func snapshot() -> CopyProgress {
         let done = bytes.load(ordering: .relaxed)
         let elapsed = MonotonicClock.now() - started
-        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let moved = done - min(done, keptBytes.load(ordering: .relaxed))
+        let rate = elapsed > 0 ? Double(moved) / elapsed : 0
         let remaining: Double? = rate > 0 && totals.bytes >= done ? Double(totals.bytes - done) / rate : nil
         return CopyProgress(
             phase: phase, bytesDone: done, bytesTotal: totals.bytes,

@@ -96,6 +96,9 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
         let complete = status.kind == .regular && existing.kind == .regular && status.linkCount == 1
             && existing.size == status.size && existing.permissions == status.permissions
             && existing.modificationTime == status.modificationTime
+            // Not changed since (its mtime put back by `cp -p` or `touch -r`): the staged file's
+            // ctime is from its last metadata, set after its data.
+            && status.changeTime <= existing.changeTime
         // Kept only if its data reached the disk: the run that wrote it may have died before its
         // flush, and a write-back error since is reported to this file's next fsync (which no one
         // else makes), not to a later syncfs, which another flush of the filesystem may have
@@ -103,6 +106,7 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
         if complete, Self.flushes(entry.peerName, in: peer) {
             meter.entries.add(1, ordering: .relaxed)
             meter.bytes.add(status.size, ordering: .relaxed)
+            meter.keptBytes.add(status.size, ordering: .relaxed)
             return .done
         }
         if existing.kind == .directory {

@@ -44,6 +44,8 @@ final class MeasureVisitor: TreeVisitor, @unchecked Sendable {
 
     func visit(_ entry: WalkEntry, in directory: WalkDirectory) throws -> VisitOutcome {
         let status = try directory.source.status(entry.name)
+        // A file bind-mounted over one of the tree's (a directory is refused by the walk).
+        if status.isMountRoot && !directory.isRoot { throw CopyError.mountPoint(path: directory.displayPath(entry.name)) }
         var firstLink = true
         if status.kind == .regular && status.linkCount > 1 {
             firstLink = seenLinked.withLock { $0.insert(status.fileID).inserted }
@@ -128,7 +130,11 @@ final class RemoveVisitor: TreeVisitor, @unchecked Sendable {
                 // A directory (unlink says EISDIR, or EPERM on some filesystems): empty it first.
                 // An unprivileged owner may need to make it writable to do so.
                 // Through a descriptor opened O_NOFOLLOW: fchmodat would follow a swapped-in symlink.
-                if !processIsPrivileged, let status = try? directory.source.status(entry.name), status.kind == .directory {
+                let status = try? directory.source.status(entry.name)
+                // Not a directory (an immutable file, another's file in a sticky directory):
+                // that is the error to report, not the ENOTDIR of opening it as one.
+                if error.code == .notPermitted && status?.kind != .directory { throw error }
+                if !processIsPrivileged, let status, status.kind == .directory {
                     try makeWritableForRemoval(entry.name, in: directory.source, status: status)
                 }
                 return .descend(peer: nil)
@@ -156,6 +162,9 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
     /// Directories an unprivileged owner had to make writable, with their permissions before:
     /// put back on those that survive.
     private let loosened = Locked<[FileID: UInt32]>([:])
+    /// Inodes with several names, one of which this walk is removing or has removed: their ctime
+    /// moves on with it, and their other names are still to be judged by size and mtime.
+    private let unlinkedLinks = Locked<Set<FileID>>([])
     private let privileged = processIsPrivileged
 
     var visitsFilesWhereListed: Bool { true }
@@ -187,6 +196,12 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
             return .done
         }
         let same: Bool
+        if !directory.isRoot, status.kind == .directory, status.isMountRoot || (status.deviceMajor, status.deviceMinor)
+            != (directory.status.map { ($0.deviceMajor, $0.deviceMinor) } ?? (status.deviceMajor, status.deviceMinor)) {
+            // Mounted since the copy was made (the walks refuse to cross mounts): nothing of it
+            // is the source's, and nothing of it goes; not even made writable.
+            throw CopyError.mountPoint(path: directory.displayPath(entry.name))
+        }
         switch status.kind {
         case .directory:
             let copyDirectory = try peer.openAt(entry.peerName, [.directory, .noFollow])
@@ -202,7 +217,8 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
             }
             return .descend(peer: copyDirectory)
         case .regular:
-            same = copy.size == status.size && copy.modificationTime == status.modificationTime
+            let looksSame = copy.size == status.size && copy.modificationTime == status.modificationTime
+            same = try looksSame && (!changedSinceCopied(status, copy) || sameAfterAll(entry, in: directory, peer: peer, status, copy))
         case .symlink:
             same = try peer.readSymlink(entry.peerName) == directory.source.readSymlink(entry.name)
         default:
@@ -212,12 +228,34 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
             survived(directory.displayPath(entry.name))
             return .done
         }
+        // Before the unlink that moves its ctime on: a thread judging another name of it then
+        // finds it here.
+        if status.linkCount > 1 { unlinkedLinks.withLock { _ = $0.insert(status.fileID) } }
         do {
             try directory.source.removeEntry(entry.name, isDirectory: false)
         } catch {
             if error.code != .notFound { throw error }  // else: gone meanwhile
         }
         return .done
+    }
+
+    /// Whether the source file's status changed after its copy was made (the verifier's rule): a
+    /// rewrite that put its mtime back (`cp -p`, `rsync -t`, `touch -r`), or only its attributes
+    /// (`chattr -i` to let it go). Removing another name of the same inode, by this walk or by one
+    /// before a crash (the copy then has more names than the source has left), is not a change.
+    private func changedSinceCopied(_ status: FileStatus, _ copy: FileStatus) -> Bool {
+        status.changeTime > copy.changeTime && status.linkCount >= copy.linkCount
+            && !unlinkedLinks.withLock { $0.contains(status.fileID) }
+    }
+
+    /// For a file changed since its copy was made: it goes only if the copy still holds what it
+    /// holds (its bytes, mode and owner), not just the same size and mtime.
+    private func sameAfterAll(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor,
+                              _ status: FileStatus, _ copy: FileStatus) throws -> Bool {
+        guard status.permissions == copy.permissions && status.uid == copy.uid && status.gid == copy.gid else { return false }
+        let unstoppable = CancellationFlag()
+        return try VerifyVisitor.digest(directory.source, entry.name, cancellation: unstoppable) { _ in }
+            == VerifyVisitor.digest(peer, entry.peerName, cancellation: unstoppable) { _ in }
     }
 
     func leave(_ directory: WalkDirectory) throws {

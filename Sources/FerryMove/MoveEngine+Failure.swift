@@ -326,6 +326,7 @@ extension MoveEngine {
             case .unsupportedEntry: return TaskFailure(code: "unsupported", message: copy.description)
             case .foreignStaging: return TaskFailure(code: "staging.foreign", message: copy.description)
             case .notPutBack: return TaskFailure(code: "rollback.incomplete", message: copy.description)
+            case .mountPoint: return TaskFailure(code: "source.mount", message: copy.description)
             case .cancelled: return TaskFailure(code: "cancelled", message: copy.description)
             }
         case let system as SystemError:

@@ -180,6 +180,7 @@ public struct Planner: Sendable {
                 if let code = error.systemCode, code == .notFound {
                     return refused(kind, transfer, code: "source.missing", "\(error)")
                 }
+                if case .mountPoint = error { return refused(kind, transfer, code: "source.mount", "\(error)") }
                 throw error
             }
         }

@@ -93,6 +93,9 @@ public struct FileStatus: Sendable, Equatable {
     public var modificationTime: Timespec
     public var changeTime: Timespec
     public var blockSize: UInt32
+    /// The root of a mount (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8+): another filesystem, or a bind
+    /// mount, is mounted here, so its entries are not its parent directory's filesystem's.
+    public var isMountRoot: Bool
 
     /// Permission bits including setuid, setgid and sticky.
     public var permissions: UInt32 { mode & 0o7777 }
@@ -117,6 +120,7 @@ public struct FileStatus: Sendable, Equatable {
         modificationTime = Timespec(seconds: raw.mtime_sec, nanoseconds: raw.mtime_nsec)
         changeTime = Timespec(seconds: raw.ctime_sec, nanoseconds: raw.ctime_nsec)
         blockSize = raw.blksize
+        isMountRoot = raw.attributes & 0x2000 != 0  // STATX_ATTR_MOUNT_ROOT
     }
 }
 

@@ -198,7 +198,16 @@ final class WalkCoordinator: @unchecked Sendable {
                         throw error
                     }
                     let status: FileStatus
-                    do { status = try fd.status() } catch {
+                    do {
+                        status = try fd.status()
+                        // Never into another mount below what was named (a named source may be one):
+                        // what a walk finds there is not the tree's, and a move's removal of the
+                        // source would remove it.
+                        if let parent = directory.status,
+                           status.isMountRoot || (status.deviceMajor, status.deviceMinor) != (parent.deviceMajor, parent.deviceMinor) {
+                            throw CopyError.mountPoint(path: directory.displayPath(entry.name))
+                        }
+                    } catch {
                         fd.closeQuietly()
                         peer?.closeQuietly()
                         throw error
