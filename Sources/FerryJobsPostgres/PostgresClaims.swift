@@ -201,7 +201,9 @@ enum ClaimSQL {
         WHERE q.task_id = t.id AND NOT (t.lease_owner IS NULL AND t.status IN ('pending','validating','locked','copying','verifying','committing'))
         """
 
-    /// The server's time (`n`), and up to `limit` free (`free`) and expired (`expired`) tasks,
+    /// The server's time (`n`) — and the claim durable when it returns, whatever the site's
+    /// `synchronous_commit` (a takeover undone by a crash would let another worker take the task
+    /// over again while this one runs it), as the store's transactions are — and up to `limit` free (`free`) and expired (`expired`) tasks,
     /// locked, each with the worker whose lease it was (`previous`, null for a free one). The
     /// rows are locked FOR NO KEY UPDATE, as the claim's update locks them: a FOR UPDATE lock
     /// would conflict with the KEY SHARE lock that inserting an event (its foreign key) takes,
@@ -210,7 +212,7 @@ enum ClaimSQL {
         let freeOwned = owner.map { " AND t.owner = \($0)" } ?? ""
         let expiredOwned = owner.map { " AND tasks.owner = \($0)" } ?? ""
         return """
-        WITH n AS MATERIALIZED (SELECT \(PostgresSchema.clock) AS now),
+        WITH n AS MATERIALIZED (SELECT \(PostgresSchema.clock) AS now, set_config('synchronous_commit', 'on', true) AS durable),
         free AS MATERIALIZED (
             SELECT t.id, t.created_at, NULL::text AS previous FROM task_queue q JOIN tasks t ON t.id = q.task_id
             WHERE (q.not_before IS NULL OR q.not_before <= (SELECT now FROM n))\(freeOwned)
@@ -364,15 +366,21 @@ extension PostgresTaskStore {
         }
     }
 
-    /// Runs a prepared statement on a pooled connection (its own transaction); server errors become `.database`.
+    /// Runs a prepared statement on a pooled connection (its own transaction), again if the server
+    /// undid it for a conflict (`isConflict`); server errors become `.database`.
     func execute<Statement: PostgresPreparedStatement>(_ statement: Statement) async throws -> [PostgresRow]
         where Statement.Row == PostgresRow {
-        do {
-            var rows: [PostgresRow] = []
-            for try await row in try await client.execute(statement, logger: logger) { rows.append(row) }
-            return rows
-        } catch let error as PSQLError {
-            throw TaskStoreError.database(PostgresSchema.describe(error))
+        var conflicts = 0
+        while true {
+            do {
+                var rows: [PostgresRow] = []
+                for try await row in try await client.execute(statement, logger: logger) { rows.append(row) }
+                return rows
+            } catch let error as PSQLError {
+                let failure = TaskStoreError.database(PostgresSchema.describe(error))
+                guard Self.isConflict(failure) && conflicts < Self.conflictRetries else { throw failure }
+                conflicts += 1
+            }
         }
     }
 }

@@ -89,14 +89,31 @@ extension PostgresTaskStore {
         try await PostgresSchema.run(connection, query, logger)
     }
 
-    /// One statement on any pooled connection (its own transaction).
+    /// One statement on any pooled connection (its own transaction), run again if the server
+    /// undid it for a conflict (`isConflict`).
     func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        do {
-            return try await client.withConnection { connection in try await PostgresSchema.run(connection, query, logger) }
-        } catch let error as PSQLError {
-            throw TaskStoreError.database(PostgresSchema.describe(error))
+        var conflicts = 0
+        while true {
+            do {
+                return try await client.withConnection { connection in try await PostgresSchema.run(connection, query, logger) }
+            } catch let error as PSQLError {
+                throw TaskStoreError.database(PostgresSchema.describe(error))
+            } catch let error as TaskStoreError where Self.isConflict(error) && conflicts < Self.conflictRetries {
+                conflicts += 1
+            }
         }
     }
+
+    /// A statement the server undid, whole, for a conflict with another transaction: a
+    /// serialization failure (a site whose default isolation is REPEATABLE READ or SERIALIZABLE:
+    /// a row the statement locks was changed since its snapshot) or a deadlock. Run on its own,
+    /// it committed nothing, and runs again.
+    static func isConflict(_ error: TaskStoreError) -> Bool {
+        guard case .database(let message) = error else { return false }
+        return message.hasSuffix("(SQLSTATE 40001)") || message.hasSuffix("(SQLSTATE 40P01)")
+    }
+
+    static let conflictRetries = 20
 
     /// Runs `body` in a transaction on one pooled connection: committed if it returns, rolled back
     /// if it throws (its error is rethrown as it is).

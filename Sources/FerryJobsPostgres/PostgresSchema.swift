@@ -145,24 +145,37 @@ enum PostgresSchema {
 
     /// Brings the schema up to date. Safe to run from many processes at once: an advisory lock
     /// makes them take turns, and each applies only the versions `ferry_schema_version` lacks.
+    /// A schema already current is only read: a role without CREATE on the schema (PostgreSQL
+    /// 15 gives ordinary roles none on `public`) can use a database its owner set up.
     static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
         try await run(connection, "SELECT pg_advisory_xact_lock(\(migrationLock))", logger)
-        try await run(connection, """
-            CREATE TABLE IF NOT EXISTS ferry_schema_version (
-                version integer PRIMARY KEY,
-                applied_at double precision NOT NULL
-            )
-            """, logger)
-        let rows = try await run(connection, "SELECT coalesce(max(version), 0) AS version FROM ferry_schema_version", logger)
-        let current = try rows.first.map { try $0.makeRandomAccess()["version"].decode(Int.self) } ?? 0
+        let found = try await run(connection, "SELECT to_regclass('ferry_schema_version') IS NOT NULL AS present", logger)
+        var current = 0
+        if try found.first?.makeRandomAccess()["present"].decode(Bool.self) == true {
+            let rows = try await run(connection, "SELECT coalesce(max(version), 0) AS version FROM ferry_schema_version", logger)
+            current = try rows.first.map { try $0.makeRandomAccess()["version"].decode(Int.self) } ?? 0
+        }
         guard current <= migrations.count else {
             throw TaskStoreError.database("the database's schema is version \(current), newer than this ferry knows (\(migrations.count)): upgrade ferry")
         }
-        for (index, statements) in migrations.enumerated() where index + 1 > current {
-            for statement in statements {
-                try await run(connection, PostgresQuery(unsafeSQL: statement), logger)
+        if current == migrations.count { return }
+        do {
+            try await run(connection, """
+                CREATE TABLE IF NOT EXISTS ferry_schema_version (
+                    version integer PRIMARY KEY,
+                    applied_at double precision NOT NULL
+                )
+                """, logger)
+            for (index, statements) in migrations.enumerated() where index + 1 > current {
+                for statement in statements {
+                    try await run(connection, PostgresQuery(unsafeSQL: statement), logger)
+                }
+                try await run(connection, "INSERT INTO ferry_schema_version (version, applied_at) VALUES (\(index + 1), \(unescaped: clock))", logger)
             }
-            try await run(connection, "INSERT INTO ferry_schema_version (version, applied_at) VALUES (\(index + 1), \(unescaped: clock))", logger)
+        } catch TaskStoreError.database(let message) where message.hasSuffix("(SQLSTATE 42501)") {
+            throw TaskStoreError.database("the database's schema is version \(current) and this ferry needs version \(migrations.count), "
+                + "which this role may not create (\(message)): run any ferry command once as the database's owner "
+                + "(--database postgres://OWNER@…), or grant this role CREATE on the schema")
         }
     }
 

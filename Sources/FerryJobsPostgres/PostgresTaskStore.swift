@@ -179,7 +179,7 @@ public final class PostgresTaskStore: TaskStore {
 
     public func claim(id: String, worker: String, lease: Duration) async throws -> TaskRecord? {
         try await rows("""
-            WITH n AS MATERIALIZED (SELECT \(unescaped: Self.clock) AS now, \(worker)::text AS worker, \(lease.seconds)::float8 AS lease),
+            WITH n AS MATERIALIZED (SELECT \(unescaped: Self.clock) AS now, \(worker)::text AS worker, \(lease.seconds)::float8 AS lease, set_config('synchronous_commit', 'on', true)),
             c AS MATERIALIZED (
                 SELECT tasks.id, nullif(tasks.lease_owner, n.worker) AS previous FROM tasks, n
                 WHERE tasks.id = \(id)

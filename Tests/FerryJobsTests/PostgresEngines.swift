@@ -171,6 +171,55 @@ struct PostgresTaskStoreTests {
     /// two tasks that reached the advisory lock together both took their overlapping locks. The
     /// store begins its transactions in READ COMMITTED whatever the default. Here a third session holds
     /// the advisory lock until both takers have begun and wait for it.
+    /// Claims from many stores at once under a REPEATABLE READ default: a claim whose snapshot
+    /// predates another's (the queue row it locks was deleted since) is undone by the server
+    /// (40001) and run again, so no claim fails and no task is claimed twice.
+    @Test func concurrentClaimsUnderARepeatableReadDefaultNeitherFailNorDoubleUp() async throws {
+        let (cluster, database) = try SharedPostgresCluster.newDatabase()
+        defer { try? cluster.dropDatabase(database) }
+        try cluster.psql(database, "ALTER DATABASE \(database) SET default_transaction_isolation = 'repeatable read'")
+        var stores: [PostgresTaskStore] = []
+        for _ in 0..<6 { stores.append(try await SharedPostgresCluster.open(cluster, database)) }
+        for index in 0..<300 { _ = try await stores[0].create(newMove(sources: ["/p/a/\(index)"])) }
+        let claimed = try await withThrowingTaskGroup(of: [String].self) { group in
+            for (number, store) in stores.enumerated() {
+                group.addTask {
+                    var mine: [String] = []
+                    while let task = try await store.claim(worker: "w\(number)-\(mine.count)", limit: 1, lease: .seconds(60)).first {
+                        mine.append(task.id)
+                    }
+                    return mine
+                }
+            }
+            return try await group.reduce(into: [String]()) { $0 += $1 }
+        }
+        #expect(claimed.count == 300 && Set(claimed).count == 300, "\(claimed.count) claims of \(Set(claimed).count) tasks")
+        for store in stores { await store.shutdown() }
+    }
+
+    /// A role with no CREATE on the schema (PostgreSQL 15's default on `public`) opens a store on
+    /// a database whose owner brought the schema up to date, and claims from it.
+    @Test func aRoleWithoutCreateUsesTheSchemaItsOwnerMade() async throws {
+        let (cluster, database) = try SharedPostgresCluster.newDatabase()
+        let role = "worker_" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        defer {
+            _ = try? cluster.psql(database, "DROP OWNED BY \(role)")
+            try? cluster.dropDatabase(database)
+            _ = try? cluster.psql("postgres", "DROP ROLE IF EXISTS \(role)")
+        }
+        await (try await SharedPostgresCluster.open(cluster, database)).shutdown()
+        try cluster.psql(database, """
+            CREATE ROLE \(role) LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO \(role);
+            GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO \(role);
+            GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO \(role)
+            """)
+        let worker = try await PostgresTaskStore(host: cluster.host, port: cluster.port, user: role, password: nil, database: database)
+        let task = try await worker.create(newMove())
+        let claimed = try await worker.claim(worker: "w", limit: 1, lease: .seconds(30))
+        await worker.shutdown()
+        #expect(claimed.map(\.id) == [task.id])
+    }
+
     @Test func overlappingLocksStayExclusiveUnderARepeatableReadDefault() async throws {
         try await withTwoStores(defaults: ["default_transaction_isolation = 'repeatable read'"]) { cluster, database, one, two in
             for round in 0..<3 {
