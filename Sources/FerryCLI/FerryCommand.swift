@@ -52,7 +52,14 @@ public struct FerryCommand: AsyncParsableCommand {
 
 /// Prints to standard error (dropped if nothing reads it any more: see `Console`).
 func printError(_ message: String) {
-    Console.standardError(message + "\n")
+    Console.standardError(Console.printable(message) + "\n")
+}
+
+/// A line for people on standard output, its control characters escaped (`Console.printable`):
+/// what Ferry prints names files, tasks' errors and histories that others may have chosen, and
+/// none of it may drive the terminal. Every `print` of this module is this one.
+func print(_ line: String) {
+    Console.standardOutput(Console.printable(line) + "\n")
 }
 
 /// Writes one JSON object to standard output; nil values are written as `null`.

@@ -52,15 +52,8 @@ final class ProgressBar: @unchecked Sendable {
         return line
     }
 
-    /// A file name as the terminal is to show it: a control character in it (an escape sequence
-    /// that would drive the terminal, a newline, in a name someone else chose) as "?".
-    static func printable(_ path: String) -> String {
-        var shown = String.UnicodeScalarView()
-        for scalar in path.unicodeScalars {
-            shown.append(scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) ? "?" : scalar)
-        }
-        return String(shown)
-    }
+    /// A file name as the terminal is to show it, on the bar's one line (`Console.printable`).
+    static func printable(_ path: String) -> String { Console.printable(path, oneLine: true) }
 
     /// The end of `text` that fits in `columns` terminal columns, after "…" when cut.
     static func tail(_ text: String, columns room: Int) -> String {

@@ -27,7 +27,10 @@ struct TasksCommand: AsyncParsableCommand {
         }
         if tasks.isEmpty { print(all ? "no tasks" : "no running or queued tasks (ferry tasks --all shows finished ones)"); return }
         for task in tasks {
-            let done = task.progress.bytesTotal > 0 ? String(format: " %3.0f%%", Double(task.progress.bytesDone) * 100 / Double(task.progress.bytesTotal)) : ""
+            // Always five columns wide, so that the rows line up; 100% only when it is all there.
+            let percent = task.progress.bytesTotal > 0
+                ? String(min(100, Int((Double(task.progress.bytesDone) * 100 / Double(task.progress.bytesTotal)).rounded(.down)))) + "%" : "-"
+            let done = String(repeating: " ", count: max(1, 5 - percent.count)) + percent
             let sources = task.sources.map(\.description).joined(separator: " ")
             print("\(task.id)  \(task.status.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0))\(done)  \(task.kind.rawValue) \(sources) → \(task.destination)  [\(task.owner)]")
             if let stall = task.stallDescription() { print("    stalled: \(stall)") }

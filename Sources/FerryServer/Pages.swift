@@ -168,7 +168,11 @@ enum Pages {
         // A page of 100, newest first; one more is read to know whether older ones follow.
         let pageSize = 100
         let offset = min(10_000_000, max(0, Int(((try? request.query("offset")) ?? nil) ?? "0") ?? 0))
-        let found = (try? await state.store.list(TaskFilter(owner: owner, limit: pageSize + 1, offset: offset))) ?? []
+        // A database that cannot answer is said as such, not shown as "no tasks".
+        let found: [TaskRecord]
+        do { found = try await Routes.database { try await state.store.list(TaskFilter(owner: owner, limit: pageSize + 1, offset: offset)) } } catch {
+            return Pages.error(error, state: state, context: context)
+        }
         let records = Array(found.prefix(pageSize))
         func page(_ at: Int) -> String {
             var query = [showAll ? "all=1" : nil, at > 0 ? "offset=\(at)" : nil].compactMap { $0 }.joined(separator: "&")
@@ -188,7 +192,10 @@ enum Pages {
     static func task(_ context: FerryContext, _ state: ServerState) async -> Response {
         let record: TaskRecord
         do { record = try await Routes.visibleTask(context, state: state) } catch { return Pages.error(error, state: state, context: context) }
-        let events = (try? await state.store.events(record.id)) ?? []
+        let events: [TaskEvent]
+        do { events = try await Routes.database { try await state.store.events(record.id) } } catch {
+            return Pages.error(error, state: state, context: context)
+        }
         let order: [TaskStatus] = [.pending, .validating, .locked, .copying, .verifying, .committing, .completed]
         let reached = Set(events.map(\.status))
         let current = order.firstIndex(of: record.status)
@@ -215,7 +222,10 @@ enum Pages {
         guard principal.isAdmin else {
             return error(APIError(.forbidden, "forbidden", "the admin page is for Ferry administrators"), state: state, context: context)
         }
-        let records = (try? await state.store.list(TaskFilter(limit: 200))) ?? []
+        let records: [TaskRecord]
+        do { records = try await Routes.database { try await state.store.list(TaskFilter(limit: 200)) } } catch {
+            return Pages.error(error, state: state, context: context)
+        }
         let leases = records.filter { !$0.status.isTerminal && $0.leaseOwner != nil }.map { task -> [String: Any] in
             ["worker": task.leaseOwner ?? "", "taskID": task.id, "status": task.status.rawValue,
              "expiresText": task.leaseExpiresAt.map { $0.formatted(date: .omitted, time: .standard) } ?? ""]
@@ -241,13 +251,16 @@ enum Pages {
             "bytesText": p.bytesTotal > 0 ? "\(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytesTotal))" : p.bytesDone > 0 ? Format.bytes(p.bytesDone) : "—",
             "filesText": p.entriesTotal > 0 ? "\(Format.count(p.entriesDone)) of \(Format.count(p.entriesTotal)) entries"
                 : p.entriesDone > 0 ? "\(Format.count(p.entriesDone)) entries" : "—",
-            "rateText": Format.rate(p.bytesPerSecond),
+            "rateText": view.progress.bytesPerSecond > 0 ? Format.rate(view.progress.bytesPerSecond) : "",
             "etaText": view.progress.etaSeconds.map { Format.duration($0) } ?? "",
-            "terminal": task.status.isTerminal, "canCancel": !task.status.isTerminal,
+            // A commit is past cancelling: it is finished whatever is asked.
+            "terminal": task.status.isTerminal, "canCancel": !task.status.isTerminal && task.status != .committing && !task.cancelRequested,
+            "createdISO": TaskView.iso(task.createdAt),
             "canRetry": [.failed, .cancelled, .rolledBack].contains(task.status),
             "createdText": task.createdAt.formatted(date: .abbreviated, time: .shortened), "summary": view.summary,
         ]
         if let failure = task.failure { values["errorMessage"] = failure.message }
+        if let note = view.note { values["note"] = note }
         return values
     }
 

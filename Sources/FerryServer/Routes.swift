@@ -109,8 +109,13 @@ enum Routes {
         router.post("/api/tasks/:id/cancel", use: handle { _, context in
             let task = try await visibleTask(context, state: state)
             guard !task.status.isTerminal else { throw APIError(.conflict, "task.state", "task \(task.id) already ended (\(task.status.rawValue)); nothing to cancel") }
+            let tooLate = APIError(.conflict, "task.state", "task \(task.id) is committing (publishing the verified copy"
+                + (task.kind == .move ? ", then removing the source" : "") + "): too late to cancel; it is finished, not rolled back")
+            guard task.status != .committing else { throw tooLate }
             let updated = try await database { try await state.store.requestCancel(task.id) }
             state.feed.notify(task.id)
+            // Its commit began meanwhile: the request is on record, and changes nothing.
+            guard updated.status != .committing else { throw tooLate }
             return try Reply.json(TaskView(updated))
         })
 

@@ -36,6 +36,10 @@ public struct TaskView: Codable, Sendable {
     @Nullable public var finishedAt: String?
     public var terminal: Bool
     public var summary: String
+    /// Why a task part way through moves no further now, for people: its worker stopped without
+    /// handing it back, or no worker holds it (handed back to wait or to be retried). Its rate and
+    /// time left are then not shown: they would be the last run's, frozen.
+    @Nullable public var note: String?
     public var events: [EventView]?
 
     public init(_ task: TaskRecord, events: [TaskEvent]? = nil) {
@@ -48,7 +52,11 @@ public struct TaskView: Codable, Sendable {
         } else {
             percent = task.status == .completed ? 100 : 0
         }
-        let eta = task.status.isTerminal ? nil : p.secondsRemaining
+        let note = task.stallDescription() ?? task.waitingDescription()
+        // A rate and a time left only for work under way and counted as it goes (measuring,
+        // staging): a later phase's are its own checks', beside a bar already full.
+        let live = note == nil && task.leaseOwner != nil && [.validating, .copying].contains(task.status)
+        let eta = live ? p.secondsRemaining : nil
         id = task.id
         kind = task.kind.rawValue
         status = task.status.rawValue
@@ -60,13 +68,14 @@ public struct TaskView: Codable, Sendable {
         cancelRequested = task.cancelRequested
         privileged = task.options.privileged
         progress = ProgressView(bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, entriesDone: p.entriesDone, entriesTotal: p.entriesTotal,
-                                bytesPerSecond: p.bytesPerSecond, percent: (percent * 10).rounded() / 10, etaSeconds: eta)
+                                bytesPerSecond: live ? p.bytesPerSecond : 0, percent: (percent * 10).rounded(.down) / 10, etaSeconds: eta)
         error = task.failure.map { ErrorView(code: $0.code, message: $0.message) }
         createdAt = Self.iso(task.createdAt)
         updatedAt = Self.iso(task.updatedAt)
         finishedAt = task.finishedAt.map(Self.iso)
         terminal = task.status.isTerminal
         summary = Self.summary(task)
+        self.note = note
         self.events = events?.map { EventView(at: Self.iso($0.at), status: $0.status.rawValue, message: $0.message) }
     }
 

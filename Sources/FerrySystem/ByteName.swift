@@ -16,16 +16,20 @@ extension Array where Element == UInt8 {
         return try result.get()
     }
 
-    /// For people: valid UTF-8 as is, other bytes escaped as `\xNN`.
+    /// For people: valid UTF-8 as is, other bytes (and control characters) escaped as `\xNN`.
     public var displayString: String { PathDisplay.string(self) }
 }
 
 public enum PathDisplay {
     /// Also the characters `PathText` uses as escapes (U+F700…U+F7FF), byte by byte: displayed,
-    /// a name holding one must not read as the name whose byte it stands for.
+    /// a name holding one must not read as the name whose byte it stands for. So are control
+    /// characters (C0, DEL, C1): a name someone chose, shown in a terminal or a log, must neither
+    /// drive the terminal (escape sequences) nor start a line of its own.
     public static func string(_ bytes: some Collection<UInt8>) -> String {
         let raw = Array(bytes)
-        if !raw.contains(0xEF), let valid = String(validating: raw, as: UTF8.self) { return valid }
+        if !raw.contains(where: { $0 < 0x20 || $0 == 0x7F || $0 == 0xC2 || $0 == 0xEF }), let valid = String(validating: raw, as: UTF8.self) {
+            return valid
+        }
         var out = ""
         var index = 0
         while index < raw.count {
@@ -33,7 +37,7 @@ public enum PathDisplay {
             let length = lead < 0x80 ? 1 : lead >> 5 == 0x6 ? 2 : lead >> 4 == 0xE ? 3 : lead >> 3 == 0x1E ? 4 : 0
             if length > 0, index + length <= raw.count,
                let piece = String(validating: raw[index..<index + length], as: UTF8.self),
-               !piece.unicodeScalars.contains(where: { (0xF700...0xF7FF).contains($0.value) }) {
+               !piece.unicodeScalars.contains(where: { (0xF700...0xF7FF).contains($0.value) || Console.isControl($0) }) {
                 out += piece
                 index += length
             } else {

@@ -63,7 +63,7 @@ struct SystemCallTests {
             #expect(names.count == 3002)
             #expect(names.contains(invalid) && names.contains(long))
             #expect(try dir.status(invalid).kind == .regular)
-            #expect(PathDisplay.string(invalid) == "bad\\xFF\\xFE\nn")
+            #expect(PathDisplay.string(invalid) == "bad\\xFF\\xFE\\x0An", "a newline in a name is shown escaped too")
             #expect(PathText.encode(invalid) == "bad\u{F7FF}\u{F7FE}\nn" && PathText.decode(PathText.encode(invalid)) == invalid)
         }
     }
@@ -91,11 +91,16 @@ struct SystemCallTests {
             // Decoding undoes encoding: no two byte strings share a text.
             let text = PathText.encode(bytes)
             #expect(PathText.decode(text) == bytes, "\(bytes)")
-            // The web UI shows the text with each escape as \xNN: the display the CLI gives.
-            let shown = text.unicodeScalars.map { scalar -> String in
-                guard (0xF700...0xF7FF).contains(scalar.value) else { return String(scalar) }
-                let hex = String(scalar.value - 0xF700, radix: 16, uppercase: true)
+            // The web UI shows the text with each escape, and each byte of a control character, as
+            // \xNN: the display the CLI gives.
+            func escaped(_ byte: UInt32) -> String {
+                let hex = String(byte, radix: 16, uppercase: true)
                 return "\\x" + (hex.count == 1 ? "0" + hex : hex)
+            }
+            let shown = text.unicodeScalars.map { scalar -> String in
+                if Console.isControl(scalar) { return String(scalar).utf8.map { escaped(UInt32($0)) }.joined() }
+                guard (0xF700...0xF7FF).contains(scalar.value) else { return String(scalar) }
+                return escaped(scalar.value - 0xF700)
             }.joined()
             #expect(shown == PathDisplay.string(bytes), "\(bytes)")
         }

@@ -632,6 +632,23 @@ def test_task_detail_cancel_retry(start_server, work, beta_work):
         expect_error(r, 404, "task.not_found")
 
 
+def test_a_committing_task_cannot_be_cancelled(start_server, work, beta_work):
+    """A commit is finished whatever is asked: the API says so (409) instead of a cancel that
+    would look accepted while the move completes."""
+    import sqlite3
+    server = start_server(workers=0)
+    client = server.session()
+    write(work / "src" / "f", "data")
+    tid = expect(client.post(server.api("/api/tasks"), json=transfer("move", [work / "src"], beta_work), timeout=60), 201)["id"]
+    # As a worker leaves it mid-commit (no worker runs here); the store's own connection sees it.
+    with sqlite3.connect(server.database) as db:
+        db.execute("UPDATE tasks SET status = 'committing' WHERE id = ?", (tid,))
+    r = client.post(server.api(f"/api/tasks/{tid}/cancel"), timeout=30)
+    expect_error(r, 409, "task.state")
+    assert "too late to cancel" in r.json()["error"]["message"], r.text
+    assert expect(client.get(server.api(f"/api/tasks/{tid}"), timeout=30), 200)["cancelRequested"] is False
+
+
 def test_cancel_running_task_rolls_back(server, client, work, beta_work):
     # Large enough that the cancel lands while copying even on an idle machine.
     for i in range(2000):

@@ -14,9 +14,13 @@
   }
 
   // Paths come as the API's text: a byte of a name that is not UTF-8 is the private-use
-  // character U+F700 + byte. Sent back as they came; shown as \xNN, as ferry's CLI shows them.
+  // character U+F700 + byte. Sent back as they came; shown as \xNN, as ferry's CLI shows them,
+  // and so is each UTF-8 byte of a control character (a newline in a name, say).
   function shown(text) {
-    return String(text).replace(/[\uF700-\uF7FF]/g, (c) => '\\x' + (c.charCodeAt(0) - 0xF700).toString(16).toUpperCase().padStart(2, '0'));
+    const hex = (byte) => '\\x' + byte.toString(16).toUpperCase().padStart(2, '0');
+    return String(text)
+      .replace(/[\u0000-\u001F\u007F-\u009F]/g, (c) => (c.charCodeAt(0) < 0x80 ? '' : hex(0xC2)) + hex(c.charCodeAt(0)))
+      .replace(/[\uF700-\uF7FF]/g, (c) => hex(c.charCodeAt(0) - 0xF700));
   }
 
   function el(tag, attributes, ...children) {
@@ -96,7 +100,8 @@
   }
 
   function formatDuration(seconds) {
-    if (seconds === null || seconds === undefined || !isFinite(seconds) || seconds < 0) return '—';
+    // Past 100,000 hours (as the terminal's bar says) a time left means nothing.
+    if (seconds === null || seconds === undefined || !isFinite(seconds) || seconds < 0 || seconds >= 360000000) return '—';
     const total = Math.round(seconds);
     const h = Math.floor(total / 3600);
     const m = Math.floor((total % 3600) / 60);
@@ -222,7 +227,8 @@
     };
   }
 
-  function canCancel(task) { return !task.terminal && !task.cancelRequested; }
+  // A commit is past cancelling: it is finished whatever is asked (the API answers 409).
+  function canCancel(task) { return !task.terminal && !task.cancelRequested && task.status !== 'committing'; }
   function canRetry(task) { return !!task.terminal && PROBLEM.includes(task.status); }
 
   function renderTask(holder, task) {
@@ -257,6 +263,11 @@
     for (const node of $$('[data-field="error"]', holder)) {
       node.textContent = message;
       node.hidden = !message;
+    }
+    // Why it moves no further now (its worker stopped, or none holds it).
+    for (const node of $$('[data-field="note"]', holder)) {
+      node.textContent = task.note || '';
+      node.hidden = !task.note;
     }
     // A button whose request is still on its way stays disabled (a second click would only be
     // refused); one that hides itself hands the keyboard focus to the task's status.
@@ -435,6 +446,11 @@
     openStream(everyone ? '/api/stream?all=1' : '/api/stream', (task) => {
       let card = list.querySelector('[data-task-id="' + CSS.escape(task.id) + '"]');
       if (!card && !firstPage) return;
+      // The stream sends every task under way, older ones too: a task older than the oldest card
+      // on this page belongs on a later page, not at the top of this one.
+      const cards = Array.from(list.children).filter((other) => other.hasAttribute('data-task-id'));
+      const oldest = cards.length ? cards[cards.length - 1].getAttribute('data-created') || '' : '';
+      if (!card && list.getAttribute('data-has-older') === 'true' && (task.createdAt || '') < oldest) return;
       if (!card) {
         card = newTaskCard(task);
         if (!card) return;
@@ -517,14 +533,25 @@
         .finally(() => { refreshing = null; });
     };
 
+    // The history gains entries without a change of status too (a cancel asked for, a retry's
+    // delay): read again when the task's record changed, at most every ten seconds.
+    let eventsSeen = '';
+    let eventsReadAt = 0;
     const onTask = (task) => {
       if (task.id !== id) return;
       const changed = renderTask(page, task);
       if (timeline) renderTimeline(timeline, task.status);
-      if (changed) refreshEvents();
+      const now = Date.now();
+      if (changed || (task.updatedAt !== eventsSeen && now - eventsReadAt > 10000)) {
+        eventsSeen = task.updatedAt;
+        eventsReadAt = now;
+        refreshEvents();
+      }
     };
 
     const connect = () => {
+      const indicator = $('#live-indicator');
+      if (indicator) indicator.hidden = false;  // hidden on a page loaded ended, until a retry
       if (stream) stream.close();
       stream = openStream('/api/tasks/' + encodeURIComponent(id) + '/stream', onTask, () => { stream = null; refreshEvents(); });
     };
