@@ -29,6 +29,9 @@
 
 int cferry_statx(int dirfd, const char *path, int flags, unsigned int mask, cferry_statx_t *out) {
     struct statx sx;
+#ifdef STATX_MNT_ID
+    mask |= STATX_MNT_ID;
+#endif
     int r = statx(dirfd, path, flags, mask, &sx);
     if (r != 0) return r;
     out->mask = sx.stx_mask;
@@ -47,6 +50,11 @@ int cferry_statx(int dirfd, const char *path, int flags, unsigned int mask, cfer
     out->mtime_sec = sx.stx_mtime.tv_sec; out->mtime_nsec = sx.stx_mtime.tv_nsec;
     out->rdev_major = sx.stx_rdev_major; out->rdev_minor = sx.stx_rdev_minor;
     out->dev_major = sx.stx_dev_major; out->dev_minor = sx.stx_dev_minor;
+#ifdef STATX_MNT_ID  // kernel headers 5.8+ (glibc takes its struct statx from them when present)
+    out->mnt_id = (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0;
+#else
+    out->mnt_id = 0;
+#endif
     return 0;
 }
 

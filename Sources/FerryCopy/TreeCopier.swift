@@ -89,9 +89,16 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
         }
         if status.kind == .directory && existing.kind == .directory {
             meter.entries.add(1, ordering: .relaxed)
-            // Its metadata is applied again when it is left; until then it must be writable.
-            try peer.changeMode(entry.peerName, permissions: 0o700)
-            return .descend(peer: try peer.openAt(entry.peerName, [.directory, .noFollow]))
+            // Its metadata is applied again when it is left; until then it must be writable, and
+            // pass no default ACL (one an earlier attempt finished it with) to what is made in it
+            // now, as a new staging directory does not (`inheritNothing`).
+            let reopened = try peer.openAt(entry.peerName, [.directory, .noFollow])
+            do { try reopened.changeMode(permissions: 0o700) } catch {
+                reopened.closeQuietly()
+                throw error
+            }
+            CopyEngine.inheritNothing(reopened)
+            return .descend(peer: reopened)
         }
         let complete = status.kind == .regular && existing.kind == .regular && status.linkCount == 1
             && existing.size == status.size && existing.permissions == status.permissions
@@ -145,8 +152,16 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
                 notes.add("\(directory.displayPath(entry.name)): layout not preserved (\(error)); the file has its directory's default layout")
             }
         }
-        try data.copy(from: source, to: destination, status: before, cancellation: cancellation) { bytes in
-            meter.bytes.add(bytes, ordering: .relaxed)
+        do {
+            try data.copy(from: source, to: destination, status: before, cancellation: cancellation) { bytes in
+                meter.bytes.add(bytes, ordering: .relaxed)
+            }
+        } catch {
+            // Cut short while it was read: a changed source (not retried, nothing published), not
+            // "no data available".
+            let shrank = error.code == .noData && error.syscall.hasSuffix("(source ended early)")
+            if shrank { throw CopyError.sourceChanged(path: directory.displayPath(entry.name), detail: "it shrank below its size of \(before.size) bytes while being copied") }
+            throw error
         }
         if cancellation.isCancelled { throw CopyError.cancelled }
         let after = try source.status()

@@ -196,10 +196,10 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
             return .done
         }
         let same: Bool
-        if !directory.isRoot, status.kind == .directory, status.isMountRoot || (status.deviceMajor, status.deviceMinor)
-            != (directory.status.map { ($0.deviceMajor, $0.deviceMinor) } ?? (status.deviceMajor, status.deviceMinor)) {
-            // Mounted since the copy was made (the walks refuse to cross mounts): nothing of it
-            // is the source's, and nothing of it goes; not even made writable.
+        if status.kind == .directory, status.isMountRoot || ((directory.status ?? (try? directory.source.status())).map { status.isOnAnotherMount(than: $0) } ?? false) {
+            // Mounted since the copy was made (the walks refuse to cross mounts, and a move
+            // refuses a mount point as its source): nothing of it is the source's, and nothing of
+            // it goes; not even made writable.
             throw CopyError.mountPoint(path: directory.displayPath(entry.name))
         }
         switch status.kind {
@@ -218,7 +218,7 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
             return .descend(peer: copyDirectory)
         case .regular:
             let looksSame = copy.size == status.size && copy.modificationTime == status.modificationTime
-            same = try looksSame && (!changedSinceCopied(status, copy) || sameAfterAll(entry, in: directory, peer: peer, status, copy))
+            same = looksSame && (!changedSinceCopied(status, copy) || sameAfterAll(entry, in: directory, peer: peer, status, copy))
         case .symlink:
             same = try peer.readSymlink(entry.peerName) == directory.source.readSymlink(entry.name)
         default:
@@ -241,21 +241,49 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
 
     /// Whether the source file's status changed after its copy was made (the verifier's rule): a
     /// rewrite that put its mtime back (`cp -p`, `rsync -t`, `touch -r`), or only its attributes
-    /// (`chattr -i` to let it go). Removing another name of the same inode, by this walk or by one
-    /// before a crash (the copy then has more names than the source has left), is not a change.
+    /// (`chattr -i` to let it go). Removing another name of the same inode in this walk is not a
+    /// change (one removed before a crash is: `sameAfterAll` then decides).
     private func changedSinceCopied(_ status: FileStatus, _ copy: FileStatus) -> Bool {
-        status.changeTime > copy.changeTime && status.linkCount >= copy.linkCount
-            && !unlinkedLinks.withLock { $0.contains(status.fileID) }
+        status.changeTime > copy.changeTime && !unlinkedLinks.withLock { $0.contains(status.fileID) }
     }
 
     /// For a file changed since its copy was made: it goes only if the copy still holds what it
-    /// holds (its bytes, mode and owner), not just the same size and mtime.
+    /// holds (its bytes, mode, owner and extended attributes, ACLs among them), not just the same
+    /// size and mtime. What cannot be read to tell (a file its owner may not read) stays.
     private func sameAfterAll(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor,
-                              _ status: FileStatus, _ copy: FileStatus) throws -> Bool {
+                              _ status: FileStatus, _ copy: FileStatus) -> Bool {
         guard status.permissions == copy.permissions && status.uid == copy.uid && status.gid == copy.gid else { return false }
+        // No blocks for its bytes: released to tape (Lustre HSM, which also moves the ctime on),
+        // which reading would recall, file by file, inside the commit.
+        if status.size > 0 && status.blocks == 0 { return false }
         let unstoppable = CancellationFlag()
-        return try VerifyVisitor.digest(directory.source, entry.name, cancellation: unstoppable) { _ in }
-            == VerifyVisitor.digest(peer, entry.peerName, cancellation: unstoppable) { _ in }
+        do {
+            guard try Self.attributes(directory.source, entry.name) == Self.attributes(peer, entry.peerName) else { return false }
+            return try VerifyVisitor.digest(directory.source, entry.name, cancellation: unstoppable) { _ in }
+                == VerifyVisitor.digest(peer, entry.peerName, cancellation: unstoppable) { _ in }
+        } catch {
+            return false
+        }
+    }
+
+    /// A file's extended attributes as a copy keeps them (not Lustre's own of the inode, nor its
+    /// layout, which a copy gets from its destination).
+    private static func attributes(_ directory: FileDescriptor, _ name: ByteString) throws(SystemError) -> [ByteString: ByteString] {
+        let file = try directory.openAt(name, [.noFollow])
+        defer { file.closeQuietly() }
+        var found: [ByteString: ByteString] = [:]
+        let names: [ByteString]
+        do {
+            names = try ExtendedAttributes.names(file)
+        } catch {
+            guard error.code == .notSupported else { throw error }
+            names = []
+        }
+        for attribute in names where !MetadataApplier.lustreInodeAttributes.contains(attribute)
+            && !MetadataApplier.lustreLayoutAttributes.contains(attribute) {
+            found[attribute] = try ExtendedAttributes.value(file, attribute)
+        }
+        return found
     }
 
     func leave(_ directory: WalkDirectory) throws {

@@ -134,6 +134,16 @@ public struct Planner: Sendable {
         if let refusal = Self.permissionRefusal(kind, transfer) {
             return .refused(Refusal(code: "permission.denied", message: refusal))
         }
+        // A mount point named as a move's source: the move would empty the filesystem mounted
+        // there (and could not remove the mount point). A copy may read one.
+        if kind == .move {
+            for (source, path) in zip(transfer.sources, transfer.sourcePaths) {
+                guard let status = try? source.directory.status(source.name), let parent = try? source.directory.status(),
+                      status.kind == .directory ? status.isOnAnotherMount(than: parent) : status.isMountRoot else { continue }
+                return .refused(Refusal(code: "source.mount", message: "\(path.displayString) is a mount point: moving it would empty "
+                    + "the filesystem mounted there, which stays mounted; copy it (ferry copy), or move what it holds"))
+            }
+        }
         let backend = try storage(transfer.destination, transfer.destinationPath)
         let destinationProject = try backend.projectAttributes(of: transfer.destination)
         let sourceProject = try? backend.projectAttributes(of: transfer.sources[0].directory)

@@ -96,6 +96,17 @@ public struct FileStatus: Sendable, Equatable {
     /// The root of a mount (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8+): another filesystem, or a bind
     /// mount, is mounted here, so its entries are not its parent directory's filesystem's.
     public var isMountRoot: Bool
+    /// The mount it is on (`STATX_MNT_ID`, Linux 5.8+); 0 where the kernel does not say.
+    public var mountID: UInt64
+
+    /// Whether this directory is on another mount than `parent`, its parent directory: by the
+    /// kernel's mount ids where it gives them (a btrfs subvolume has a device number of its own
+    /// but is no mount), by device numbers before Linux 5.8.
+    public func isOnAnotherMount(than parent: FileStatus) -> Bool {
+        if isMountRoot { return true }
+        if mountID != 0 && parent.mountID != 0 { return mountID != parent.mountID }
+        return (deviceMajor, deviceMinor) != (parent.deviceMajor, parent.deviceMinor)
+    }
 
     /// Permission bits including setuid, setgid and sticky.
     public var permissions: UInt32 { mode & 0o7777 }
@@ -121,6 +132,7 @@ public struct FileStatus: Sendable, Equatable {
         changeTime = Timespec(seconds: raw.ctime_sec, nanoseconds: raw.ctime_nsec)
         blockSize = raw.blksize
         isMountRoot = raw.attributes & 0x2000 != 0  // STATX_ATTR_MOUNT_ROOT
+        mountID = raw.mnt_id
     }
 }
 

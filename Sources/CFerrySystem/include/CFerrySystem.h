@@ -26,6 +26,7 @@ typedef struct {
     int64_t mtime_sec; uint32_t mtime_nsec;
     uint32_t rdev_major, rdev_minor;
     uint32_t dev_major, dev_minor;
+    uint64_t mnt_id;  // 0 where the kernel does not say (before 5.8)
 } cferry_statx_t;
 
 int cferry_statx(int dirfd, const char *path, int flags, unsigned int mask, cferry_statx_t *out);

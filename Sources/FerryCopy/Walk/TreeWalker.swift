@@ -203,8 +203,7 @@ final class WalkCoordinator: @unchecked Sendable {
                         // Never into another mount below what was named (a named source may be one):
                         // what a walk finds there is not the tree's, and a move's removal of the
                         // source would remove it.
-                        if let parent = directory.status,
-                           status.isMountRoot || (status.deviceMajor, status.deviceMinor) != (parent.deviceMajor, parent.deviceMinor) {
+                        if let parent = directory.status, status.isOnAnotherMount(than: parent) {
                             throw CopyError.mountPoint(path: directory.displayPath(entry.name))
                         }
                     } catch {
