@@ -269,7 +269,7 @@ public final class SQLiteTaskStore: TaskStore {
     public func requestCancel(_ id: String) async throws -> TaskRecord {
         let record = try await pool.write { db -> TaskRecord in
             let task = try Self.fetch(db, id)
-            guard !task.status.isTerminal else { return task }
+            guard !task.status.isTerminal && task.status != .committing else { return task }  // past cancelling
             let now = Date().timeIntervalSince1970
             if task.status == .pending && (task.leaseExpiresAt.map { $0.timeIntervalSince1970 < now } ?? true) {
                 try db.execute(sql: "UPDATE tasks SET status = 'cancelled', cancel_requested = 1, finished_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",

@@ -48,7 +48,8 @@ public protocol TaskStore: Sendable {
 
     /// Pending tasks are cancelled at once; running ones are marked and cancel at their next
     /// checkpoint. One that no worker holds and that waits to be run again (a lock, a retry's
-    /// delay) may be claimed at once, to be rolled back; not one in its commit.
+    /// delay) may be claimed at once, to be rolled back. One in its commit is past cancelling:
+    /// returned as it is, nothing recorded (as an ended one).
     func requestCancel(_ id: String) async throws -> TaskRecord
     /// A failed, cancelled or rolled-back task goes back to pending.
     func retry(_ id: String) async throws -> TaskRecord

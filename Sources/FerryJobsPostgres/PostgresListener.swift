@@ -54,6 +54,11 @@ enum PostgresListener {
             if Task.isCancelled || given {
                 attempt.cancel()  // left behind: an attempt stuck inside the driver never returns
                 if Task.isCancelled { break }
+                // A store not yet open fails to open, rather than wait for ever (ignored once
+                // the first outcome is in).
+                if !signs.withLock({ $0.listening }) {
+                    ready.yield(TaskStoreError.database("LISTEN on \(PostgresTaskStore.channel) was not in place within \(listenWithin)"))
+                }
                 logger.warning("the listening connection gave no sign of life; listening on a new one")
             } else if case .failure(let error) = await attempt.result {
                 ready.yield(error)  // ignored once the first outcome is in

@@ -336,7 +336,7 @@ public final class PostgresTaskStore: TaskStore {
     public func requestCancel(_ id: String) async throws -> TaskRecord {
         let record = try await transaction { connection -> TaskRecord in
             let (task, now) = try await self.lockedTask(connection, id)
-            guard !task.status.isTerminal else { return task }
+            guard !task.status.isTerminal && task.status != .committing else { return task }  // past cancelling
             if task.status == .pending && (task.leaseExpiresAt.map { $0.timeIntervalSince1970 < now } ?? true) {
                 try await self.run(connection, """
                     UPDATE tasks SET status = 'cancelled', cancel_requested = true, finished_at = \(now), updated_at = \(now),

@@ -190,6 +190,17 @@ struct TaskStoreContractTests {
             _ = try await store.claim(worker: "w", limit: 1, lease: .seconds(30))
             let marked = try await store.requestCancel(running.id)
             #expect(marked.status == .pending && marked.cancelRequested)
+            // A commit is past cancelling: nothing is recorded (its flush failing would take it
+            // back to copying, where a recorded cancel would roll back what the user was told is
+            // finished).
+            let committing = try await store.create(newMove(sources: ["/p/a/committing"], destination: "/p/c"))
+            _ = try await store.claim(id: committing.id, worker: "c", lease: .seconds(30))
+            try await store.advance(id: committing.id, worker: "c", to: .committing, plan: nil, message: "publishing")
+            let eventsBefore = try await store.events(committing.id).count
+            let asked = try await store.requestCancel(committing.id)
+            #expect(asked.status == .committing && !asked.cancelRequested)
+            #expect(try await store.events(committing.id).count == eventsBefore)
+            try await store.finish(id: committing.id, worker: "c", status: .completed, failure: nil, message: "done")
             try await store.finish(id: running.id, worker: "w", status: .rolledBack, failure: TaskFailure(code: "cancelled", message: "cancelled by alice"), message: "rolled back")
             let again = try await store.retry(running.id)
             #expect(again.status == .pending && again.failure == nil && !again.cancelRequested && again.plan == nil)
