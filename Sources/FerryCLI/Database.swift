@@ -135,7 +135,8 @@ extension TaskRecord {
     var json: [String: Any?] {
         [
             "id": id, "kind": kind.rawValue, "status": status.rawValue, "owner": owner,
-            "sources": sources.map(\.description), "destination": destination.description,
+            // As the REST API writes paths (`PathText`): every name exact, not as shown to people.
+            "sources": sources.map { PathText.encode($0.bytes) }, "destination": PathText.encode(destination.bytes),
             "strategy": plan?.strategy, "attempts": attempts, "cancelRequested": cancelRequested,
             "progress": ["bytesDone": progress.bytesDone, "bytesTotal": progress.bytesTotal,
                          "entriesDone": progress.entriesDone, "entriesTotal": progress.entriesTotal,

@@ -205,7 +205,7 @@ struct TransferOptions: ParsableArguments {
         if json {
             var summary = record.json
             summary["verify"] = record.options.verify
-            summary["published"] = record.status == .completed ? record.plan?.finalNames.map(\.description) : []
+            summary["published"] = record.status == .completed ? record.plan?.finalNames.map { PathText.encode($0.bytes) } : []
             summary["ownershipPreserved"] = processIsPrivileged
             printJSON(summary)
         } else if record.status == .completed {
@@ -303,7 +303,7 @@ struct TransferOptions: ParsableArguments {
 
     private func report(_ command: String, code: String, _ message: String, moved: [ByteString], outcome: String) {
         if json {
-            printJSON(["kind": "move", "status": "failed", "strategy": "rename", "id": nil, "published": moved.map(\.displayString),
+            printJSON(["kind": "move", "status": "failed", "strategy": "rename", "id": nil, "published": moved.map(PathText.encode),
                        "error": ["code": code, "message": message] as [String: Any?]])
         } else {
             printError("\(command): \(message)")

@@ -2,19 +2,25 @@ import FerryConfig
 import FerrySystem
 import Foundation
 
-/// `ferry serve --demo`: a sandbox to try Ferry on with nothing set up. As root: a loop-mounted
-/// XFS image with three project directories (project IDs 100, 200, 300, inherit flag set), so a
+/// `ferry serve --demo`: a sandbox to try Ferry on with nothing set up. As root (with xfsprogs
+/// and loop devices): a loop-mounted XFS image with three project directories (project IDs 100, 200, 300, inherit flag set), so a
 /// move between them meets a real EXDEV; otherwise a plain directory tree. Sample data: a
 /// directory of a few GiB of sparse and real files, and one of many small files. The image is
 /// kept between runs (mounted again at start, unmounted at exit).
 public struct DemoSandbox: Sendable {
     public let directory: String
-    public var isLoopXFS: Bool { geteuid() == 0 }
+    /// Root, with XFS tools and loop devices (not so in a plain container): else plain directories.
+    public let isLoopXFS: Bool
     public var mountPoint: String { directory + "/mnt" }
     public var projects: String { (isLoopXFS ? mountPoint : directory + "/dirs") + "/projects" }
     public var database: String { directory + "/ferry.sqlite" }
 
-    public init(directory: String) { self.directory = directory }
+    public init(directory: String) {
+        self.directory = directory
+        let tools = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"].contains { FileManager.default.isExecutableFile(atPath: $0) }
+            && ["/usr/sbin/xfs_io", "/sbin/xfs_io", "/usr/bin/xfs_io"].contains { FileManager.default.isExecutableFile(atPath: $0) }
+        isLoopXFS = geteuid() == 0 && tools && FileManager.default.fileExists(atPath: "/dev/loop-control")
+    }
 
     public struct Failure: Error, CustomStringConvertible { public var description: String }
 

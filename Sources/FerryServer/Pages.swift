@@ -100,6 +100,7 @@ enum Pages {
                     "name": shown(entry.name), "path": entry.path, "type": entry.type, "isDirectory": entry.type == "directory",
                     "sizeText": entry.type == "directory" ? "—" : Format.bytes(entry.size), "size": entry.size,
                     "modifiedText": Date(timeIntervalSince1970: entry.modified).formatted(date: .abbreviated, time: .shortened),
+                    "modifiedISO": TaskView.iso(Date(timeIntervalSince1970: entry.modified)),
                     "modified": entry.modified, "owner": entry.owner, "mode": entry.mode,
                 ]
                 if entry.type == "directory" { row["url"] = browseURL(entry.path) }
@@ -213,7 +214,7 @@ enum Pages {
         return render("task", values.merging([
             "title": "Task \(record.id) — Ferry", "navTasks": true, "task": taskView(record), "phases": phases,
             "summary": view.summary,
-            "events": events.map { ["atText": $0.at.formatted(date: .abbreviated, time: .standard), "status": $0.status.rawValue, "message": $0.message] },
+            "events": events.map { ["atText": $0.at.formatted(date: .abbreviated, time: .standard), "atISO": TaskView.iso($0.at), "status": $0.status.rawValue, "message": $0.message] },
         ]) { $1 }, state: state, context: context)
     }
 
@@ -228,7 +229,8 @@ enum Pages {
         }
         let leases = records.filter { !$0.status.isTerminal && $0.leaseOwner != nil }.map { task -> [String: Any] in
             ["worker": task.leaseOwner ?? "", "taskID": task.id, "status": task.status.rawValue,
-             "expiresText": task.leaseExpiresAt.map { $0.formatted(date: .omitted, time: .standard) } ?? ""]
+             "expiresText": task.leaseExpiresAt.map { $0.formatted(date: .omitted, time: .standard) } ?? "",
+             "expiresISO": task.leaseExpiresAt.map(TaskView.iso) ?? ""]
         }
         let staging = ((try? await Routes.stagingDirectories(state)) ?? []).map { item -> [String: Any] in
             ["path": item.path, "taskID": item.taskID, "taskStatus": item.taskStatus ?? "unknown to the database", "unmarked": !item.marked]

@@ -92,7 +92,8 @@ struct SystemCallTests {
             let text = PathText.encode(bytes)
             #expect(PathText.decode(text) == bytes, "\(bytes)")
             // The web UI shows the text with each escape, and each byte of a control character, as
-            // \xNN: the display the CLI gives.
+            // \xNN: the display the CLI gives. (It keeps newlines and tabs, which its messages
+            // hold, and which HTML text shows as spaces.)
             func escaped(_ byte: UInt32) -> String {
                 let hex = String(byte, radix: 16, uppercase: true)
                 return "\\x" + (hex.count == 1 ? "0" + hex : hex)

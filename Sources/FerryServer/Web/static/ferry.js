@@ -15,11 +15,12 @@
 
   // Paths come as the API's text: a byte of a name that is not UTF-8 is the private-use
   // character U+F700 + byte. Sent back as they came; shown as \xNN, as ferry's CLI shows them,
-  // and so is each UTF-8 byte of a control character (a newline in a name, say).
+  // and so is each UTF-8 byte of a control character but a newline or a tab (which messages,
+  // shown the same way, hold; in HTML text they are only spaces).
   function shown(text) {
     const hex = (byte) => '\\x' + byte.toString(16).toUpperCase().padStart(2, '0');
     return String(text)
-      .replace(/[\u0000-\u001F\u007F-\u009F]/g, (c) => (c.charCodeAt(0) < 0x80 ? '' : hex(0xC2)) + hex(c.charCodeAt(0)))
+      .replace(/[\u0000-\u0008\u000B-\u001F\u007F-\u009F]/g, (c) => (c.charCodeAt(0) < 0x80 ? '' : hex(0xC2)) + hex(c.charCodeAt(0)))
       .replace(/[\uF700-\uF7FF]/g, (c) => hex(c.charCodeAt(0) - 0xF700));
   }
 
@@ -158,7 +159,20 @@
     if (track && track.getAttribute('role') === 'progressbar') track.setAttribute('aria-valuenow', String(percent));
   }
 
+  // Times the server wrote in its own time zone, again in the reader's (as the figures the page
+  // adds later are): one page, one zone.
+  function localTimes(root) {
+    for (const node of $$('time[datetime]', root)) {
+      const iso = node.getAttribute('datetime');
+      const date = new Date(iso);
+      if (!iso || isNaN(date.getTime())) continue;
+      const style = node.getAttribute('data-style');
+      node.textContent = style === 'time' ? date.toLocaleTimeString() : formatTime(iso, style === 'short' ? false : undefined);
+    }
+  }
+
   function initBars(root) {
+    localTimes(root);
     for (const fill of $$('.meter-fill[data-percent]', root)) {
       fill.style.width = clampPercent(fill.getAttribute('data-percent')) + '%';
     }
