@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(xfsprogs acl attr rsync util-linux libsqlite3-dev libc6-dev libstdc++-12-dev python3 bc fuse3 libfuse3-dev pkg-config gcc strace postgresql-15 libpam0g-dev procps)
 # `scripts/setup.sh --test`: also what the web tests drive (headless Chromium, its driver, the
 # Python test runner and Selenium).
-if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver python3-pip passwd); fi
+if [ "${1:-}" = "--test" ]; then packages+=(chromium chromium-driver python3-pip passwd openssl); fi
 # Installs Debian packages, the package lists read first (once per run).
 apt_install() {
   if [ "$(id -u)" != 0 ]; then echo "setup: need root to install: $*" >&2; exit 1; fi

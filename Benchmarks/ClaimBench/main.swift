@@ -24,8 +24,8 @@ func open() async throws -> any TaskStore {
     switch url {
     case .sqlite(let path):
         return try SQLiteTaskStore(path: path)
-    case .postgres(let host, let port, let user, let password, let database):
-        return try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: database)
+    case .postgres(let host, let port, let user, let password, let database, let tls):
+        return try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: database, tls: tls)
     }
 }
 if case .sqlite(let path) = url {

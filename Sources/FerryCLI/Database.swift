@@ -47,8 +47,8 @@ struct DatabaseOptions: ParsableArguments {
                 throw DatabaseUnusable(message: "cannot open the task database \(path): \(error.localizedDescription); "
                                        + "choose one with --database or FERRY_DATABASE_URL")
             }
-        case .postgres(let host, let port, let user, let password, let name):
-            return OpenStores.add(try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: name))
+        case .postgres(let host, let port, let user, let password, let name, let tls):
+            return OpenStores.add(try await PostgresTaskStore(host: host, port: port, user: user, password: password, database: name, tls: tls))
         }
     }
 }

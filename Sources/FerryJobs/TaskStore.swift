@@ -78,7 +78,7 @@ public protocol TaskStore: Sendable {
 /// `sqlite:///path/ferry.sqlite` or `postgres://user@host:port/db`.
 public enum DatabaseURL: Sendable, Equatable {
     case sqlite(path: String)
-    case postgres(host: String, port: Int, user: String, password: String?, database: String)
+    case postgres(host: String, port: Int, user: String, password: String?, database: String, tls: PostgresTLS)
 
     public init(_ text: String) throws {
         if text.hasPrefix("sqlite://") {
@@ -92,8 +92,23 @@ public enum DatabaseURL: Sendable, Equatable {
             throw TaskStoreError.database("unsupported database URL \(text): use sqlite:///path or postgres://user@host/db")
         }
         let database = url.path.hasPrefix("/") ? String(url.path.dropFirst()) : url.path
+        var tls = PostgresTLS()
+        for item in url.queryItems ?? [] {
+            switch item.name {
+            case "sslmode":
+                guard let mode = item.value.flatMap(PostgresTLS.Mode.init(rawValue:)) else {
+                    throw TaskStoreError.database("sslmode=\(item.value ?? "") in \(text): use disable, allow, prefer, require, verify-ca or verify-full")
+                }
+                tls.mode = mode
+            case "sslrootcert": tls.rootCertificate = item.value
+            default: throw TaskStoreError.database("unknown parameter \(item.name) in \(text): Ferry reads sslmode and sslrootcert")
+            }
+        }
+        if tls.mode == .verifyCA || tls.mode == .verifyFull, tls.rootCertificate?.isEmpty ?? true {
+            throw TaskStoreError.database("sslmode=\(tls.mode.rawValue) in \(text) needs sslrootcert=/path/to/root.crt, the certificate to check the server's against")
+        }
         self = .postgres(host: host, port: url.port ?? 5432, user: url.user ?? "postgres", password: url.password,
-                         database: database.isEmpty ? "ferry" : database)
+                         database: database.isEmpty ? "ferry" : database, tls: tls)
     }
 
     /// `--database`, else `FERRY_DATABASE_URL`, else `$XDG_STATE_HOME/ferry/ferry.sqlite`.
@@ -102,6 +117,24 @@ public enum DatabaseURL: Sendable, Equatable {
         if let configured = environment["FERRY_DATABASE_URL"], !configured.isEmpty { return try DatabaseURL(configured) }
         let state = environment["XDG_STATE_HOME"] ?? ((environment["HOME"] ?? "/root") + "/.local/state")
         return .sqlite(path: state + "/ferry/ferry.sqlite")
+    }
+}
+
+/// How a PostgreSQL connection is encrypted, as libpq's `sslmode` and `sslrootcert` say it:
+/// `prefer` (the default) encrypts where the server offers it, `require` insists, checking
+/// nothing of the server's certificate (unless a root certificate is given: then as `verify-ca`),
+/// `verify-ca` checks it against `sslrootcert`, `verify-full` also checks it names the host.
+/// `allow` is taken as `prefer`.
+public struct PostgresTLS: Sendable, Equatable {
+    public enum Mode: String, Sendable {
+        case disable, allow, prefer, require
+        case verifyCA = "verify-ca", verifyFull = "verify-full"
+    }
+    public var mode: Mode = .prefer
+    public var rootCertificate: String?
+    public init(mode: Mode = .prefer, rootCertificate: String? = nil) {
+        self.mode = mode
+        self.rootCertificate = rootCertificate
     }
 }
 

@@ -25,13 +25,14 @@ public final class PostgresTaskStore: TaskStore {
     let listenTask: Task<Void, Never>
 
     /// Connects, brings the schema up to date and starts listening for new work.
-    public init(host: String, port: Int, user: String, password: String?, database: String) async throws {
+    public init(host: String, port: Int, user: String, password: String?, database: String, tls: PostgresTLS = PostgresTLS()) async throws {
         let logger = { var logger = Logger(label: "ferry.jobs.postgres"); logger.logLevel = .critical; return logger }()
         // One plain connection first, for the migrations and for a clear error at once: the pool
         // retries a failing server for about a minute and then reports only that it gave up.
         let first: PostgresConnection
         do {
-            var single = PostgresConnection.Configuration(host: host, port: port, username: user, password: password, database: database, tls: .disable)
+            var single = PostgresConnection.Configuration(host: host, port: port, username: user, password: password, database: database,
+                                                          tls: try Self.encryption(tls).connection())
             single.options.additionalStartupParameters = Self.sessionParameters
             first = try await PostgresConnection.connect(configuration: single, id: 0, logger: logger)
         } catch let error as PSQLError {
@@ -46,7 +47,7 @@ public final class PostgresTaskStore: TaskStore {
         try? await first.close()
 
         var configuration = PostgresClient.Configuration(host: host, port: port, username: user, password: password,
-                                                         database: database, tls: .disable)
+                                                         database: database, tls: try Self.encryption(tls).client())
         configuration.options.additionalStartupParameters = Self.sessionParameters
         let client = PostgresClient(configuration: configuration)
         let wakeup = Wakeup()
