@@ -294,7 +294,7 @@ struct TransferOptions: ParsableArguments {
         }
         if json {
             printJSON(["kind": "move", "status": "completed", "strategy": "rename", "id": nil,
-                       "published": published.map(\.displayString), "verify": options.verify])
+                       "published": published.map(PathText.encode), "verify": options.verify])
         } else {
             printError(MoveEngine.renamedMessage)
         }

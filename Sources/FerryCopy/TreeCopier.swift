@@ -92,11 +92,8 @@ final class CopyVisitor: TreeVisitor, @unchecked Sendable {
             // Its metadata is applied again when it is left; until then it must be writable, and
             // pass no default ACL (one an earlier attempt finished it with) to what is made in it
             // now, as a new staging directory does not (`inheritNothing`).
+            try peer.changeMode(entry.peerName, permissions: 0o700)  // (in the private staging)
             let reopened = try peer.openAt(entry.peerName, [.directory, .noFollow])
-            do { try reopened.changeMode(permissions: 0o700) } catch {
-                reopened.closeQuietly()
-                throw error
-            }
             CopyEngine.inheritNothing(reopened)
             return .descend(peer: reopened)
         }

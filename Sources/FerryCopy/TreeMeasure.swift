@@ -253,12 +253,16 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
     private func sameAfterAll(_ entry: WalkEntry, in directory: WalkDirectory, peer: FileDescriptor,
                               _ status: FileStatus, _ copy: FileStatus) -> Bool {
         guard status.permissions == copy.permissions && status.uid == copy.uid && status.gid == copy.gid else { return false }
-        // No blocks for its bytes: released to tape (Lustre HSM, which also moves the ctime on),
-        // which reading would recall, file by file, inside the commit.
-        if status.size > 0 && status.blocks == 0 { return false }
+        // On Lustre, no blocks for its bytes: released to tape (HSM, which also moves the ctime
+        // on), which reading would recall, file by file, inside the commit.
+        if status.size > 0 && status.blocks == 0,
+           (try? directory.source.filesystemStatistics().magic) == FilesystemStatistics.lustreMagic { return false }
         let unstoppable = CancellationFlag()
         do {
-            guard try Self.attributes(directory.source, entry.name) == Self.attributes(peer, entry.peerName) else { return false }
+            // The source's attributes a copy takes, each the copy's (the copy may hold more: a
+            // label given where it landed).
+            let copied = try Self.attributes(peer, entry.peerName)
+            guard try Self.attributes(directory.source, entry.name).allSatisfy({ copied[$0.key] == $0.value }) else { return false }
             return try VerifyVisitor.digest(directory.source, entry.name, cancellation: unstoppable) { _ in }
                 == VerifyVisitor.digest(peer, entry.peerName, cancellation: unstoppable) { _ in }
         } catch {
@@ -266,8 +270,9 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
         }
     }
 
-    /// A file's extended attributes as a copy keeps them (not Lustre's own of the inode, nor its
-    /// layout, which a copy gets from its destination).
+    /// A file's extended attributes as a copy takes them (not Lustre's own of the inode, nor its
+    /// layout, which a copy gets from its destination; without root's rights, no `trusted.*` or
+    /// `security.*`, which only root may write).
     private static func attributes(_ directory: FileDescriptor, _ name: ByteString) throws(SystemError) -> [ByteString: ByteString] {
         let file = try directory.openAt(name, [.noFollow])
         defer { file.closeQuietly() }
@@ -279,8 +284,10 @@ final class VerifiedRemoveVisitor: TreeVisitor, @unchecked Sendable {
             guard error.code == .notSupported else { throw error }
             names = []
         }
+        let rootOnly = [Array("trusted.".utf8), Array("security.".utf8)]
         for attribute in names where !MetadataApplier.lustreInodeAttributes.contains(attribute)
-            && !MetadataApplier.lustreLayoutAttributes.contains(attribute) {
+            && !MetadataApplier.lustreLayoutAttributes.contains(attribute)
+            && (processIsPrivileged || !rootOnly.contains { attribute.starts(with: $0) }) {
             found[attribute] = try ExtendedAttributes.value(file, attribute)
         }
         return found

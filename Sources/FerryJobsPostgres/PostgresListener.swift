@@ -27,6 +27,7 @@ enum PostgresListener {
     static func run(client: PostgresClient, wakeup: Wakeup, logger: Logger, ready: AsyncStream<(any Error)?>.Continuation,
                     listenWithin: Duration = .seconds(15), silentFor: Duration = .seconds(75)) async {
         var failures = 0
+        var stalled = 0
         while !Task.isCancelled {
             let signs = Mutex(Signs())
             let attempt = Task {
@@ -54,9 +55,10 @@ enum PostgresListener {
             if Task.isCancelled || given {
                 attempt.cancel()  // left behind: an attempt stuck inside the driver never returns
                 if Task.isCancelled { break }
-                // A store not yet open fails to open, rather than wait for ever (ignored once
-                // the first outcome is in).
-                if !signs.withLock({ $0.listening }) {
+                // A store not yet open fails to open after four such attempts (a minute), rather
+                // than wait for ever (ignored once the first outcome is in).
+                if !signs.withLock({ $0.listening }) { stalled += 1 }
+                if stalled >= 4 {
                     ready.yield(TaskStoreError.database("LISTEN on \(PostgresTaskStore.channel) was not in place within \(listenWithin)"))
                 }
                 logger.warning("the listening connection gave no sign of life; listening on a new one")

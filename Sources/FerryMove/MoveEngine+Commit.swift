@@ -142,14 +142,11 @@ extension MoveEngine {
         defer { destination.closeQuietly() }
         let present = try remainingSources(task, plan)
         defer { present.forEach { $0.directory.closeQuietly() } }
-        var survivors: [String] = []
-        var count = 0
-        for source in present {
-            let left = try engine.removeMoved([source], publishedIn: destination)
-            try source.directory.sync()
-            count += left.count
-            survivors += left.first
-        }
+        // All in one walk: a file with names under two sources is one inode, whose first name's
+        // removal its other's check must know of (`VerifiedRemoveVisitor`).
+        let left = try engine.removeMoved(present, publishedIn: destination)
+        for source in present { try source.directory.sync() }
+        let (count, survivors) = (left.count, left.first)
         if count > 0 {
             throw Refusal(code: "source.changed", message: "\(count) entries were written into the source after it was verified "
                 + "(\(survivors.prefix(3).joined(separator: ", "))\(count > 3 ? ", …" : "")): they were left in place, everything else was moved "

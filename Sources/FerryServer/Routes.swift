@@ -114,7 +114,7 @@ enum Routes {
             guard task.status != .committing else { throw tooLate }
             let updated = try await database { try await state.store.requestCancel(task.id) }
             state.feed.notify(task.id)
-            // Its commit began meanwhile: the request is on record, and changes nothing.
+            // Its commit began meanwhile: nothing was recorded (a commit is past cancelling).
             guard updated.status != .committing else { throw tooLate }
             return try Reply.json(TaskView(updated))
         })

@@ -173,7 +173,7 @@ public final class TaskRunner: Service, Sendable {
                                         message: message + ": nothing was done")
                 return try? await store.task(task.id)
             }
-            if !task.cancelRequested {
+            if !task.cancelRequested && task.status != .committing {  // a commit is past cancelling
                 _ = try? await store.requestCancel(task.id)
                 try? await store.record(task.id, message: message + ": cancelled, and rolled back unless it is already committing")
             }

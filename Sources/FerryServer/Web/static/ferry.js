@@ -15,12 +15,12 @@
 
   // Paths come as the API's text: a byte of a name that is not UTF-8 is the private-use
   // character U+F700 + byte. Sent back as they came; shown as \xNN, as ferry's CLI shows them,
-  // and so is each UTF-8 byte of a control character but a newline or a tab (which messages,
-  // shown the same way, hold; in HTML text they are only spaces).
+  // and so is each UTF-8 byte of a control character (a newline in a name, say). Messages, made
+  // by the server with their names so shown already, keep their lines (`eventMessage`).
   function shown(text) {
     const hex = (byte) => '\\x' + byte.toString(16).toUpperCase().padStart(2, '0');
     return String(text)
-      .replace(/[\u0000-\u0008\u000B-\u001F\u007F-\u009F]/g, (c) => (c.charCodeAt(0) < 0x80 ? '' : hex(0xC2)) + hex(c.charCodeAt(0)))
+      .replace(/[\u0000-\u001F\u007F-\u009F]/g, (c) => (c.charCodeAt(0) < 0x80 ? '' : hex(0xC2)) + hex(c.charCodeAt(0)))
       .replace(/[\uF700-\uF7FF]/g, (c) => hex(c.charCodeAt(0) - 0xF700));
   }
 
@@ -521,11 +521,17 @@
     }
   }
 
+  function eventMessage(message) {
+    const node = el('span', { class: 'event-message' });
+    node.textContent = message || '';
+    return node;
+  }
+
   function renderEvents(list, events) {
     list.replaceChildren(...(events || []).map((event) => el('li', { 'data-status': event.status },
       el('time', { datetime: event.at, text: formatTime(event.at) }),
       el('span', { class: 'status-pill small', 'data-status': event.status, text: statusLabel(event.status) }),
-      el('span', { class: 'event-message', text: event.message || '' }))));
+      eventMessage(event.message))));
     const none = $('#events-empty');
     if (none) none.hidden = list.children.length > 0;
   }
