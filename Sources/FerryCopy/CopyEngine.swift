@@ -166,14 +166,12 @@ public final class CopyEngine: Sendable {
 
     /// Compares the staged copies with their sources; throws `.verificationFailed` with the first
     /// differences, or `.sourceChanged` when a source changed after it was copied.
-    /// `sourceIsSubset`: the sources are what is left of a partly deleted original (a move interrupted
-    /// while removing its source): each remaining entry must match, directories may hold fewer.
-    public func verify(_ sources: [CopySource], in staging: StagingArea, totals: TreeMeasurement? = nil, sourceIsSubset: Bool = false) throws(CopyError) {
+    public func verify(_ sources: [CopySource], in staging: StagingArea, totals: TreeMeasurement? = nil) throws(CopyError) {
         let meter = ProgressMeter(phase: .verifying, bytesTotal: options.verify == .checksum ? totals?.bytes ?? 0 : 0,
                                   entriesTotal: totals?.entries ?? 0, interval: options.progressInterval, handler: progress)
         defer { meter.finish() }
         let visitor = VerifyVisitor(mode: options.verify, checkOwnership: options.preserveOwnership,
-                                    meter: meter, cancellation: options.cancellation, sourceIsSubset: sourceIsSubset)
+                                    meter: meter, cancellation: options.cancellation)
         try walk(sources, peer: staging.directory, visitor: visitor)
         let differences = visitor.found
         if !differences.isEmpty { throw .verificationFailed(differences: differences) }

@@ -17,9 +17,6 @@ import SystemPackage
 final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
     private let mode: VerifyMode
     private let checkOwnership: Bool
-    /// The source may be a partly deleted remainder of what was copied: every entry left must match
-    /// the copy, but directories may hold fewer entries (and a newer ctime, from the deletions).
-    private let sourceIsSubset: Bool
     private let meter: ProgressMeter
     private let cancellation: CancellationFlag
     private let differences = Locked<[CopyError.Difference]>([])
@@ -30,8 +27,7 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
     /// Checksums read every byte of both sides.
     var movesFileData: Bool { mode == .checksum }
 
-    init(mode: VerifyMode, checkOwnership: Bool, meter: ProgressMeter, cancellation: CancellationFlag, sourceIsSubset: Bool = false) {
-        self.sourceIsSubset = sourceIsSubset
+    init(mode: VerifyMode, checkOwnership: Bool, meter: ProgressMeter, cancellation: CancellationFlag) {
         self.mode = mode
         self.checkOwnership = checkOwnership
         self.meter = meter
@@ -49,10 +45,7 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
             note(path, "missing in the copy")
             return .done
         }
-        // In a partly removed source, removing an entry moved its directory's ctime on, and
-        // removing one name of a hard-linked file its other names' (the copy has more of them).
-        let removalExplains = sourceIsSubset && (source.kind == .directory || source.linkCount < copy.linkCount)
-        if source.changeTime > copy.changeTime && !removalExplains {
+        if source.changeTime > copy.changeTime {
             throw CopyError.sourceChanged(path: path, detail: "its ctime \(source.changeTime) is after its copy's \(copy.changeTime)")
         }
         guard source.kind == copy.kind else {
@@ -65,7 +58,7 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
         if checkOwnership && (source.uid != copy.uid || source.gid != copy.gid) {
             note(path, "owner \(source.uid):\(source.gid) in the source, \(copy.uid):\(copy.gid) in the copy")
         }
-        if source.modificationTime != copy.modificationTime && !(sourceIsSubset && source.kind == .directory) {
+        if source.modificationTime != copy.modificationTime {
             note(path, "mtime \(source.modificationTime) in the source, \(copy.modificationTime) in the copy")
         }
         switch source.kind {
@@ -88,7 +81,7 @@ final class VerifyVisitor: TreeVisitor, @unchecked Sendable {
     }
 
     func leave(_ directory: WalkDirectory) throws {
-        guard let peer = directory.peer, !sourceIsSubset else { return }
+        guard let peer = directory.peer else { return }
         // Both listings are read afresh (a new open file description each), names only.
         let sourceCount = try Self.countEntries(directory.source)
         let copyCount = try Self.countEntries(peer)

@@ -370,16 +370,13 @@ extension PostgresTaskStore {
     /// undid it for a conflict (`isConflict`); server errors become `.database`.
     func execute<Statement: PostgresPreparedStatement>(_ statement: Statement) async throws -> [PostgresRow]
         where Statement.Row == PostgresRow {
-        var conflicts = 0
-        while true {
+        try await Self.retryingConflicts {
             do {
                 var rows: [PostgresRow] = []
                 for try await row in try await client.execute(statement, logger: logger) { rows.append(row) }
                 return rows
             } catch let error as PSQLError {
-                let failure = TaskStoreError.database(PostgresSchema.describe(error))
-                guard Self.isConflict(failure) && conflicts < Self.conflictRetries else { throw failure }
-                conflicts += 1
+                throw TaskStoreError.database(PostgresSchema.describe(error))
             }
         }
     }

@@ -92,13 +92,21 @@ extension PostgresTaskStore {
     /// One statement on any pooled connection (its own transaction), run again if the server
     /// undid it for a conflict (`isConflict`).
     func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        var conflicts = 0
-        while true {
+        try await Self.retryingConflicts {
             do {
                 return try await client.withConnection { connection in try await PostgresSchema.run(connection, query, logger) }
             } catch let error as PSQLError {
                 throw TaskStoreError.database(PostgresSchema.describe(error))
-            } catch let error as TaskStoreError where Self.isConflict(error) && conflicts < Self.conflictRetries {
+            }
+        }
+    }
+
+    /// Runs `statement` (one statement, its own transaction) again while the server undoes it for
+    /// a conflict (`isConflict`), up to `conflictRetries` times.
+    static func retryingConflicts<T>(_ statement: () async throws -> T) async throws -> T {
+        var conflicts = 0
+        while true {
+            do { return try await statement() } catch let error as TaskStoreError where isConflict(error) && conflicts < conflictRetries {
                 conflicts += 1
             }
         }

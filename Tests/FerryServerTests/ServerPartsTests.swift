@@ -464,46 +464,50 @@ struct CapturingLogHandler: LogHandler {
 }
 
 @Suite struct TaskViewTests {
-    /// A copy under way shows its rate and time left; handed back (no worker holds it), it says
-    /// so and shows neither, rather than the last run's figures, frozen.
-    @Test func aTaskNoWorkerHoldsSaysSoAndShowsNoRate() async throws {
+    /// A move task claimed by worker `w` in a store of its own, removed afterwards.
+    func withClaimedMove(_ body: (SQLiteTaskStore, TaskRecord) async throws -> Void) async throws {
         let directory = try TemporaryDirectory.make(prefix: "ferry-view")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
         let created = try await store.create(NewTask(kind: .move, sources: [StoredPath("/a/data")], destination: StoredPath("/b"), owner: "u"))
         _ = try await store.claim(id: created.id, worker: "w", lease: .seconds(30))
-        try await store.advance(id: created.id, worker: "w", to: .copying, plan: TaskPlan(
-            strategy: "copy", bytes: 1000, allocatedBytes: 1000, entries: 10, inodes: 10, stagingName: StoredPath(".ferry-staging-x"),
-            finalNames: [StoredPath("data")], destinationDirectory: StoredPath("/b")), message: "copying")
-        try await store.updateProgress(id: created.id, worker: "w", TaskProgress(bytesDone: 400, bytesTotal: 1000, entriesDone: 4,
-                                                                                entriesTotal: 10, bytesPerSecond: 100))
-        let running = TaskView(try #require(try await store.task(created.id)))
-        #expect(running.note == nil && running.progress.bytesPerSecond == 100 && running.progress.etaSeconds != nil)
-        try await store.release(id: created.id, worker: "w", retryAfter: .seconds(60), failure: nil, message: "handed back")
-        let waiting = TaskView(try #require(try await store.task(created.id)))
-        #expect(waiting.note?.hasPrefix("no worker holds it") == true, "\(String(describing: waiting.note))")
-        #expect(waiting.progress.bytesPerSecond == 0 && waiting.progress.etaSeconds == nil && waiting.progress.percent == 40)
+        try await body(store, created)
+    }
+
+    /// A copy under way shows its rate and time left; handed back (no worker holds it), it says
+    /// so and shows neither, rather than the last run's figures, frozen.
+    @Test func aTaskNoWorkerHoldsSaysSoAndShowsNoRate() async throws {
+        try await withClaimedMove { store, created in
+            try await store.advance(id: created.id, worker: "w", to: .copying, plan: TaskPlan(
+                strategy: "copy", bytes: 1000, allocatedBytes: 1000, entries: 10, inodes: 10, stagingName: StoredPath(".ferry-staging-x"),
+                finalNames: [StoredPath("data")], destinationDirectory: StoredPath("/b")), message: "copying")
+            try await store.updateProgress(id: created.id, worker: "w", TaskProgress(bytesDone: 400, bytesTotal: 1000, entriesDone: 4,
+                                                                                    entriesTotal: 10, bytesPerSecond: 100))
+            let running = TaskView(try #require(try await store.task(created.id)))
+            #expect(running.note == nil && running.progress.bytesPerSecond == 100 && running.progress.etaSeconds != nil)
+            try await store.release(id: created.id, worker: "w", retryAfter: .seconds(60), failure: nil, message: "handed back")
+            let waiting = TaskView(try #require(try await store.task(created.id)))
+            #expect(waiting.note?.hasPrefix("no worker holds it") == true, "\(String(describing: waiting.note))")
+            #expect(waiting.progress.bytesPerSecond == 0 && waiting.progress.etaSeconds == nil && waiting.progress.percent == 40)
+        }
     }
 
     /// While the source is measured the task has counts but no totals: the summary and the page's
     /// texts say what is found so far, not "… of 0 B".
     @Test func aTaskBeingMeasuredShowsWhatIsFoundSoFar() async throws {
-        let directory = try TemporaryDirectory.make(prefix: "ferry-view")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let store = try SQLiteTaskStore(path: directory + "/ferry.sqlite")
-        let created = try await store.create(NewTask(kind: .move, sources: [StoredPath("/a/data")], destination: StoredPath("/b"), owner: "u"))
-        _ = try await store.claim(id: created.id, worker: "w", lease: .seconds(30))
-        try await store.advance(id: created.id, worker: "w", to: .validating, plan: nil, message: "validating")
-        var task = try #require(try await store.task(created.id))
-        #expect(TaskView(task).summary == "Checking paths, space and quota")
-        try await store.updateProgress(id: created.id, worker: "w", TaskProgress(bytesDone: 3 << 30, bytesTotal: 0, entriesDone: 250_000,
-                                                                                entriesTotal: 0, bytesPerSecond: 0))
-        task = try #require(try await store.task(created.id))
-        #expect(TaskView(task).summary == "Measuring the source: 3.00 GiB in 250,000 entries so far")
-        let values = Pages.taskView(task)
-        #expect(values["bytesText"] as? String == "3.00 GiB")
-        #expect(values["filesText"] as? String == "250,000 entries")
-        #expect(values["rateText"] as? String == "")
+        try await withClaimedMove { store, created in
+            try await store.advance(id: created.id, worker: "w", to: .validating, plan: nil, message: "validating")
+            var task = try #require(try await store.task(created.id))
+            #expect(TaskView(task).summary == "Checking paths, space and quota")
+            try await store.updateProgress(id: created.id, worker: "w", TaskProgress(bytesDone: 3 << 30, bytesTotal: 0, entriesDone: 250_000,
+                                                                                    entriesTotal: 0, bytesPerSecond: 0))
+            task = try #require(try await store.task(created.id))
+            #expect(TaskView(task).summary == "Measuring the source: 3.00 GiB in 250,000 entries so far")
+            let values = Pages.taskView(task)
+            #expect(values["bytesText"] as? String == "3.00 GiB")
+            #expect(values["filesText"] as? String == "250,000 entries")
+            #expect(values["rateText"] as? String == "")
+        }
     }
 }
 
