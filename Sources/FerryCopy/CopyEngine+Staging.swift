@@ -15,6 +15,15 @@ extension CopyEngine {
         defer { staging.directory.closeQuietly() }
         var failure: CopyError?
         do { try removeContents(of: staging.directory) } catch { failure = error }
+        // The name is removed only while it is still this directory: another run may have put a
+        // new staging directory of the same task there meanwhile (a retry while a janitor emptied
+        // this one), which an rmdir by name would take from under it.
+        let emptied = try? staging.directory.status()
+        guard let named = try? staging.parent.status(staging.name), let emptied,
+              named.inode == emptied.inode, named.deviceMajor == emptied.deviceMajor, named.deviceMinor == emptied.deviceMinor else {
+            if let failure { throw failure }
+            return
+        }
         do {
             try staging.parent.removeEntry(staging.name, isDirectory: true)
         } catch {
@@ -55,7 +64,7 @@ extension CopyEngine {
         }
         // Another directory renamed into its place (all it takes is write access to the parent)
         // must not be resumed into, published or removed, least of all by a privileged task.
-        switch StagingArea.marking(of: fd, id: id) {
+        switch StagingArea.marking(of: fd, in: destination, id: id) {
         case .copies where !relink, .relinked where relink, .unsupported:
             Self.inheritNothing(fd)
             return StagingArea(parent: destination, name: name, directory: fd)

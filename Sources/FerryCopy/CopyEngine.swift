@@ -48,24 +48,35 @@ public struct StagingArea: Sendable {
         case unsupported
     }
 
-    /// Marks a staging directory Ferry has just made (the value is the id, after `relink ` for a
-    /// relink's); a filesystem without `user.*` attributes leaves it unmarked.
-    static func mark(_ directory: FileDescriptor, id: String, relink: Bool) throws(SystemError) {
+    /// The mark's value: the id (after `relink ` for a relink's), and the directory it was made in
+    /// (`in MAJOR:MINOR:INODE`). A copy of a staging directory (`cp -a`, `rsync -X`, kept as a
+    /// backup) carries the mark along, but not into the directory it was made for: the mark
+    /// holds only there, and a janitor removes nothing elsewhere.
+    public static func markValue(id: String, relink: Bool, parent: FileStatus) -> ByteString {
+        Array("\(relink ? "relink " : "")\(id) in \(parent.deviceMajor):\(parent.deviceMinor):\(parent.inode)".utf8)
+    }
+
+    /// Marks a staging directory Ferry has just made in `parent`; a filesystem without `user.*`
+    /// attributes leaves it unmarked.
+    static func mark(_ directory: FileDescriptor, in parent: FileDescriptor, id: String, relink: Bool) throws(SystemError) {
         do {
-            try ExtendedAttributes.set(directory, markerAttribute, Array(((relink ? "relink " : "") + id).utf8))
+            try ExtendedAttributes.set(directory, markerAttribute, markValue(id: id, relink: relink, parent: try parent.status()))
         } catch where error.code == .notSupported {
             return
         }
     }
 
-    /// Whether the open directory `directory` carries the staging mark of task `id`, and is private
-    /// to its owner, as Ferry made it (a marked directory others may write to is `.unmarked`).
-    public static func marking(of directory: FileDescriptor, id: String) -> Marking {
+    /// Whether the open directory `directory`, an entry of `parent`, carries the staging mark of
+    /// task `id` made there, and is private to its owner, as Ferry made it (a marked directory
+    /// others may write to, or one marked for another directory, is `.unmarked`).
+    public static func marking(of directory: FileDescriptor, in parent: FileDescriptor, id: String) -> Marking {
         let marking: Marking
         do {
-            switch try ExtendedAttributes.value(directory, markerAttribute) {
-            case Array(id.utf8)?: marking = .copies
-            case Array(("relink " + id).utf8)?: marking = .relinked
+            let value = try ExtendedAttributes.value(directory, markerAttribute)
+            let place = try parent.status()
+            switch value {
+            case markValue(id: id, relink: false, parent: place)?: marking = .copies
+            case markValue(id: id, relink: true, parent: place)?: marking = .relinked
             default: return .unmarked
             }
         } catch {
@@ -132,7 +143,7 @@ public final class CopyEngine: Sendable {
             throw .system(path: PathDisplay.string(name), error)
         }
         do {
-            try StagingArea.mark(fd, id: id, relink: relink)
+            try StagingArea.mark(fd, in: destination, id: id, relink: relink)
         } catch {
             fd.closeQuietly()
             try? destination.removeEntry(name, isDirectory: true)

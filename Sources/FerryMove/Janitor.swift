@@ -74,7 +74,7 @@ public struct Janitor: Sendable {
                 defer { fd.closeQuietly() }
                 guard let staging = try? fd.openAt(name, [.directory, .noFollow]) else { return nil }
                 defer { staging.closeQuietly() }
-                return StagingArea.marking(of: staging, id: id)
+                return StagingArea.marking(of: staging, in: fd, id: id)
             }
             guard let marking else { continue }  // gone meanwhile, or not a directory
             guard marking == .copies || marking == .relinked else { report.unmarked.append(path); continue }
@@ -96,7 +96,7 @@ public struct Janitor: Sendable {
                         defer { fd.closeQuietly() }
                         let staging = try fd.openAt(name, [.directory, .noFollow])
                         defer { staging.closeQuietly() }
-                        guard StagingArea.marking(of: staging, id: id) == marking else { return }  // replaced since
+                        guard StagingArea.marking(of: staging, in: fd, id: id) == marking else { return }  // replaced since
                         _ = try CopyEngine(options: CopyOptions(jobs: 1)).removeEmptySkeleton([CopySource(directory: fd, name: name)])
                     }
                 }
@@ -123,21 +123,24 @@ public struct Janitor: Sendable {
                 // Read again just before: a retry since the first read has a run that may be
                 // staging into this very directory now.
                 if let task, !(try await Self.unchanged(task, in: engine.store)) { report.kept.append(path); continue }
-                let removed = try await Blocking.run { () -> Bool in
+                let removed = try await Blocking.run { () -> Bool? in
                     let fd = try FileDescriptor.openDirectoryWithoutSymlinks(directory)
                     defer { fd.closeQuietly() }
                     let staging = try fd.openAt(name, [.directory, .noFollow])
                     // Its mark checked again, on the descriptor it is removed through: a directory
                     // renamed into its name since it was looked at (by anyone who may write
                     // there, with the mark copied onto one of theirs) is not Ferry's to remove.
-                    guard StagingArea.marking(of: staging, id: id) == marking else {
+                    guard StagingArea.marking(of: staging, in: fd, id: id) == marking else {
                         staging.closeQuietly()
+                        return nil
+                    }
+                    do { try CopyEngine(options: CopyOptions(jobs: 2)).remove(StagingArea(parent: fd, name: name, directory: staging)) } catch {
                         return false
                     }
-                    CopyEngine(options: CopyOptions(jobs: 2)).discard(StagingArea(parent: fd, name: name, directory: staging))
-                    return true
+                    return (try? fd.status(name)) == nil
                 }
-                guard removed else { report.unmarked.append(path); continue }
+                guard let removed else { report.unmarked.append(path); continue }
+                guard removed else { report.kept.append(path); continue }  // not all of it could be removed, or it is another now
                 if let task { try? await engine.store.record(task.id, message: "janitor removed its staging directory \(path)") }
             }
             report.removed.append(path)

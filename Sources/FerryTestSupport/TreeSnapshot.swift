@@ -185,7 +185,12 @@ public enum TreeBuilder {
         guard chmod(path, permissions) == 0 else { throw SystemError(errno: errno, syscall: "chmod", path: path) }
         let directory = try FileDescriptor.openDirectory(Array(path.utf8))
         defer { directory.closeQuietly() }
-        try ExtendedAttributes.set(directory, Array("user.ferry.staging".utf8), Array(id.utf8))
+        let parent = try FileDescriptor.openDirectory(BytePath.split(Array(path.utf8)).parent)
+        defer { parent.closeQuietly() }
+        let status = try parent.status()
+        // As `StagingArea.markValue` writes it: the id, and the directory it was made in.
+        let value = "\(id) in \(status.deviceMajor):\(status.deviceMinor):\(status.inode)"
+        try ExtendedAttributes.set(directory, Array("user.ferry.staging".utf8), Array(value.utf8))
     }
 
     public static func write(_ path: String, bytes: Int, seed: UInt64 = 1) throws {

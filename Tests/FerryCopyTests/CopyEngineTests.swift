@@ -155,9 +155,11 @@ struct CopyEngineTests {
             let sources = [CopySource(directory: source, name: Array("d".utf8))]
             let staging = try engine.createStaging(in: target, id: "t1")
             // Marked as Ferry's, for this id (the janitor removes nothing else).
-            #expect(StagingArea.marking(of: staging.directory, id: "t1") == .copies)
-            #expect(StagingArea.marking(of: staging.directory, id: "t2") == .unmarked)
-            #expect(StagingArea.marking(of: target, id: "t1") == .unmarked)
+            #expect(StagingArea.marking(of: staging.directory, in: target, id: "t1") == .copies)
+            #expect(StagingArea.marking(of: staging.directory, in: target, id: "t2") == .unmarked)
+            #expect(StagingArea.marking(of: target, in: source, id: "t1") == .unmarked)
+            // …made in this directory: seen as an entry of another, it is not the mark of this one.
+            #expect(StagingArea.marking(of: staging.directory, in: source, id: "t1") == .unmarked)
             _ = try engine.stage(sources, into: staging)
             usleep(20_000)
             try Shell.run(["chmod", "600", a + "/d/f7"])

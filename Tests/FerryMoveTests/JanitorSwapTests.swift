@@ -62,4 +62,26 @@ struct JanitorSwapTests {
         let differences = try before.differences(to: TreeSnapshot.take(shared))
         #expect(differences.isEmpty, "\(differences)")
     }
+
+    /// A staging directory copied elsewhere (`cp -a` of what a stopped commit left, kept as a
+    /// backup) carries the mark, the private mode and the old mtime along. The mark names the
+    /// directory it was made in, so the copy is not Ferry's to remove; the original still is.
+    @Test func aCopyOfAStagingDirectoryElsewhereIsNotRemoved() async throws {
+        let directory = try TemporaryDirectory.make(prefix: "ferry-janitor-copied")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let place = directory + "/project", backup = directory + "/backup"
+        let name = "/.ferry-staging-00000000000000cc"
+        try TreeBuilder.stagingDirectory(place + name, id: "00000000000000cc")
+        try makeTree(place + name + "/tree", files: 3)
+        try Shell.run(["touch", "-d", "2 days ago", place + name])
+        try FileManager.default.createDirectory(atPath: backup, withIntermediateDirectories: true)
+        try Shell.run(["cp", "-a", place + name, backup + name])
+        let before = try TreeSnapshot.take(backup + name)
+        let janitor = Janitor(engine: MoveEngine(store: try SQLiteTaskStore(path: directory + "/ferry.sqlite"), settings: .init(worker: "janitor")))
+        let report = try await janitor.run(directories: [Array(place.utf8), Array(backup.utf8)], recover: false)
+        #expect(report.removed == [place + name], "\(report)")
+        #expect(report.unmarked == [backup + name], "\(report)")
+        let differences = try before.differences(to: TreeSnapshot.take(backup + name))
+        #expect(differences.isEmpty, "\(differences)")
+    }
 }

@@ -120,7 +120,7 @@ struct RelinkTests {
             // leaves it alone even past the grace period: its files have no other names.
             let stagingDirectory = try FileDescriptor.openDirectory(Array((b + "/" + staging).utf8))
             defer { stagingDirectory.closeQuietly() }
-            #expect(try ExtendedAttributes.value(stagingDirectory, Array("user.ferry.staging".utf8)) == Array("relink \(task.id)".utf8))
+            #expect(try ExtendedAttributes.value(stagingDirectory, Array("user.ferry.staging".utf8)) == StagingArea.markValue(id: task.id, relink: true, parent: try FileDescriptor.openDirectory(Array(b.utf8)).status()))
             let stranger = try SQLiteTaskStore(path: harness.directory + "/another.sqlite")
             let report = try await Janitor(engine: MoveEngine(store: stranger, settings: .init(worker: "stranger")), grace: .seconds(0))
                 .run(directories: [Array(b.utf8)], recover: false)

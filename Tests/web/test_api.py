@@ -722,7 +722,9 @@ def test_admin_endpoints(server, client, xfs_sandbox):
     stale = xfs_sandbox.project("beta") / ".ferry-staging-00000000-test-unknown"
     stale.mkdir()
     stale.chmod(0o700)  # as Ferry makes them: a marked directory others may write to is not Ferry's
-    os.setxattr(stale, "user.ferry.staging", b"00000000-test-unknown")
+    parent = os.stat(stale.parent)  # the mark names the directory it was made in
+    os.setxattr(stale, "user.ferry.staging",
+                f"00000000-test-unknown in {os.major(parent.st_dev)}:{os.minor(parent.st_dev)}:{parent.st_ino}".encode())
     # A directory given a staging name by someone else: listed, never removed.
     foreign = xfs_sandbox.project("beta") / ".ferry-staging-00000000-test-foreign"
     foreign.mkdir()
