@@ -2,6 +2,7 @@ import ArgumentParser
 import FerryConfig
 import FerryJobs
 import FerryJobsPostgres
+import FerryMove
 import FerrySystem
 import Foundation
 import Synchronization
@@ -158,9 +159,7 @@ extension TaskRecord {
             // A refusal met while committing (a name taken meanwhile, a source gone) is no
             // pre-flight refusal: something was done, and `ferry task retry` finishes it.
             if plan?.stoppedCommitting == true { return FerryCommand.Status.failure.rawValue }
-            let refusals = ["quota.insufficient", "destination.exists", "source.missing", "hsm.released", "strategy.unknown",
-                            "strategy.invalid", "strategy.unavailable", "permission.denied", "relink.read_only"]
-            return refusals.contains(code) ? FerryCommand.Status.refused.rawValue : FerryCommand.Status.failure.rawValue
+            return Refusal.preflightCodes.contains(code) ? FerryCommand.Status.refused.rawValue : FerryCommand.Status.failure.rawValue
         }
     }
 }

@@ -19,6 +19,13 @@ public struct Refusal: Error, Sendable, Equatable, CustomStringConvertible {
     public var code: String
     public var message: String
     public var description: String { message }
+
+    /// The codes of refusals by the pre-flight check, which `ferry move`/`copy` end with exit 3
+    /// (one list, beside the checks that give them, so that a new refusal is not forgotten).
+    public static let preflightCodes: Set<String> = [
+        "quota.insufficient", "quota.unknown", "destination.exists", "source.missing", "source.mount", "hsm.released", "strategy.unknown",
+        "strategy.invalid", "strategy.unavailable", "permission.denied", "relink.read_only",
+    ]
 }
 
 /// The pre-flight verdict: what would happen, with the figures, and whether it may.
@@ -183,6 +190,15 @@ public struct Planner: Sendable {
         if strategy == .relink, !(try Self.sameFilesystem(transfer)) {
             return refused(kind, transfer, code: "strategy.invalid", "relink renames files, so the source and the destination must be on one filesystem")
         }
+        // A rename asked for where the kernel would refuse it (EXDEV) is refused now, not at the run.
+        if kind == .move, strategy == .rename, let possible = try? Self.renamePossible(transfer, destinationProject: destinationProject), !possible,
+           let sameFilesystem = try? Self.sameFilesystem(transfer) {
+            let filesOnly = transfer.sources.allSatisfy { (try? $0.directory.status($0.name))?.kind != .directory }
+            if !sameFilesystem || !(backend.renamesFilesAcrossProjects && filesOnly) {
+                let why = sameFilesystem ? "the destination's project (inherited) differs from the source's" : "the source and the destination are on different filesystems"
+                return refused(kind, transfer, code: "strategy.invalid", "a rename cannot do this move: \(why); move by copy (--strategy copy), or let Ferry choose")
+            }
+        }
         var measurement = TreeMeasurement()
         let copyOptions = CopyOptions(jobs: options.jobs ?? jobs, progressInterval: progressInterval, cancellation: cancellation)
         if strategy != .rename {
@@ -242,6 +258,14 @@ public struct Planner: Sendable {
                 let free = "\(report.bytesFree.map(Format.bytes) ?? "?") and \(report.inodesFree.map(Format.count) ?? "?") inodes free"
                 let need = "\(Format.bytes(needBytes)) and \(Format.count(needInodes)) inodes (with a \(Int((options.margin * 100).rounded()))% margin)"
                 refusal = Refusal(code: "quota.insufficient", message: "\(subject) has \(free); this \(kind.rawValue) needs \(need)")
+            }
+            // Lustre enforces project quotas on its servers: figures that could not be read are
+            // no reason to think the move fits (the filesystem's free space says nothing of them).
+            if refusal == nil, options.spaceCheck, backend.kind == .lustre, report.source == .statvfs,
+               let project = destinationProject, project.projectID != 0 {
+                refusal = Refusal(code: "quota.unknown", message: "project \(project.projectID)'s quota could not be read (\(report.note ?? "lfs quota failed")), "
+                    + "so whether this \(kind.rawValue) fits in it is unknown; put lfs right, or \(kind.rawValue) with --no-space-check "
+                    + "(one that meets the quota stops there and is rolled back, losing nothing)")
             }
             if report.inaccurate == true { warnings.append("the quota figures are estimates (lfs could not reach every target)") }
             if let note = report.note, report.source == .statvfs, destinationProject.map({ $0.projectID != 0 }) ?? false {

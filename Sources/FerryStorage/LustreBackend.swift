@@ -77,14 +77,19 @@ public struct LustreBackend: StorageBackend {
         return hard ?? soft
     }
 
+    /// lfs exits non-zero (EIO, EREMOTEIO) when a target did not answer, and still prints the
+    /// figures it has, the missing ones `[bracketed]`: those are read, marked inaccurate. Only a
+    /// failure that printed no figures is one.
     public func lustreQuota(project: UInt32, mountPoint: String) throws(StorageError) -> LustreQuotaReport {
         let output = try lfs.run(["quota", "-p", String(project), mountPoint])
-        guard output.status == 0 else {
-            throw StorageError(.command, "lfs quota -p \(project) \(mountPoint) exited with \(output.status): \(output.standardError.trimmingCharacters(in: .whitespacesAndNewlines))")
-        }
         do {
-            return try LfsQuotaParser.parse(String(decoding: output.standardOutput, as: UTF8.self))
+            var report = try LfsQuotaParser.parse(String(decoding: output.standardOutput, as: UTF8.self))
+            if output.status != 0 { report.inaccurate = true }
+            return report
         } catch {
+            guard output.status == 0 else {
+                throw StorageError(.command, "lfs quota -p \(project) \(mountPoint) exited with \(output.status): \(output.standardError.trimmingCharacters(in: .whitespacesAndNewlines))")
+            }
             throw StorageError(.parse, error.description)
         }
     }
@@ -116,6 +121,7 @@ public struct LustreBackend: StorageBackend {
     /// `lfs setstripe --copy=SOURCE DEST`: creates DEST with SOURCE's layout, for callers that
     /// create files by path.
     public func createFile(withLayoutOf source: String, at destination: String) throws(StorageError) {
+        try Self.requireAbsolute([source, destination].map { Array($0.utf8) })
         let output = try lfs.run(["setstripe", "--copy=\(source)", destination])
         guard output.status == 0 else {
             throw StorageError(.command, "lfs setstripe --copy=\(source) \(destination) failed: \(output.standardError)")
@@ -124,6 +130,7 @@ public struct LustreBackend: StorageBackend {
 
     /// `lfs getstripe PATH`, parsed.
     public func layout(of path: String) throws(StorageError) -> [LustreGetstripeEntry] {
+        try Self.requireAbsolute([Array(path.utf8)])
         let output = try lfs.run(["getstripe", path])
         guard output.status == 0 else { throw StorageError(.command, "lfs getstripe \(path) failed: \(output.standardError)") }
         do { return try LfsGetstripeParser.parse(String(decoding: output.standardOutput, as: UTF8.self)) } catch {
@@ -134,6 +141,7 @@ public struct LustreBackend: StorageBackend {
     /// `lfs hsm_state PATH...`, parsed.
     public func hsmState(of paths: [String]) throws(StorageError) -> [LustreHSMState] {
         guard !paths.isEmpty else { return [] }
+        try Self.requireAbsolute(paths.map { Array($0.utf8) })
         let output = try lfs.run(["hsm_state"] + paths)
         guard output.status == 0 else { throw StorageError(.command, "lfs hsm_state failed: \(output.standardError)") }
         do { return try LfsHSMStateParser.parse(String(decoding: output.standardOutput, as: UTF8.self)) } catch {
@@ -146,6 +154,7 @@ public struct LustreBackend: StorageBackend {
     /// It walks the tree on the metadata servers, which takes as long as the tree is large: its
     /// limit is `findTimeout`, not the runner's.
     public func releasedFiles(under directory: ByteString) throws(StorageError) -> [ByteString] {
+        try Self.requireAbsolute([directory])
         let output = try lfs.run(bytes: [Array("find".utf8), directory] + ["--layout", "released", "--print0"].map { Array($0.utf8) },
                                  timeout: max(lfs.timeout, Self.findTimeout))
         guard output.status == 0 else {
@@ -158,6 +167,7 @@ public struct LustreBackend: StorageBackend {
 extension LustreBackend {
     /// Asks the HSM to bring released files back from the archive (`lfs hsm_restore`), in batches.
     public func restore(_ paths: [ByteString]) throws(StorageError) {
+        try Self.requireAbsolute(paths)
         for start in stride(from: 0, to: paths.count, by: 100) {
             let output = try lfs.run(bytes: [Array("hsm_restore".utf8)] + paths[start..<min(start + 100, paths.count)])
             guard output.status == 0 else { throw StorageError(.command, "lfs hsm_restore failed: \(output.standardError)") }
@@ -167,6 +177,7 @@ extension LustreBackend {
     /// The paths whose HSM request is still pending (`lfs hsm_action`), as `lfs` prints them (for
     /// counting and showing): empty once all restores ended.
     public func pendingHSMActions(_ paths: [ByteString]) throws(StorageError) -> [String] {
+        try Self.requireAbsolute(paths)
         var pending: [String] = []
         for start in stride(from: 0, to: paths.count, by: 100) {
             let output = try lfs.run(bytes: [Array("hsm_action".utf8)] + paths[start..<min(start + 100, paths.count)])
@@ -178,6 +189,16 @@ extension LustreBackend {
             }
         }
         return pending
+    }
+}
+
+extension LustreBackend {
+    /// Paths given to `lfs` are absolute: lfs reads its options with getopt, which takes an
+    /// argument beginning with `-` for one wherever it stands (`-delete` would be an option).
+    static func requireAbsolute(_ paths: [ByteString]) throws(StorageError) {
+        if let relative = paths.first(where: { $0.first != UInt8(ascii: "/") }) {
+            throw StorageError(.unsupported, "\(PathDisplay.string(relative)) is not an absolute path; lfs is given absolute paths only")
+        }
     }
 }
 

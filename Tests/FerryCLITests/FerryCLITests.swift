@@ -5,6 +5,11 @@ import Testing
 
 @discardableResult
 func ferry(_ arguments: String..., environment: [String: String]? = nil) throws -> Shell.Result {
+    try ferry(arguments, environment: environment)
+}
+
+@discardableResult
+func ferry(_ arguments: [String], environment: [String: String]? = nil) throws -> Shell.Result {
     try Shell.execute([ferryBinary()] + arguments, environment: (environment ?? [:]).merging(["FERRY_DATABASE_URL": testDatabase]) { a, _ in a })
 }
 
@@ -225,6 +230,29 @@ struct FerryCLITests {
             #expect(full.status == 1)
             #expect((try jsonObject(full.standardOutput)["error"] as? [String: Any])?["code"] as? String == "nospace")
             #expect(try FileManager.default.contentsOfDirectory(atPath: b) == ["f"])
+        }
+    }
+
+    /// A mount inside a source is a pre-flight refusal, exit 3, in a run as in a dry run; nothing
+    /// is moved and nothing in the mount is touched.
+    @Test func aMountInsideTheSourceIsRefusedWithExitThree() throws {
+        try withLoopXFS { fs in
+            let a = try fs.makeProjectDirectory("a", project: 1)
+            let b = try fs.makeProjectDirectory("b", project: 2)
+            try FileManager.default.createDirectory(atPath: a + "/tree/mnt", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: fs.directory + "/outside", withIntermediateDirectories: true)
+            try TreeBuilder.write(fs.directory + "/outside/kept", bytes: 10, seed: 4)
+            try Shell.run(["mount", "--bind", fs.directory + "/outside", a + "/tree/mnt"])
+            defer { _ = try? Shell.run(["umount", a + "/tree/mnt"]) }
+            for dryRun in [false, true] {
+                let refused = try ferry(["move", "--json"] + (dryRun ? ["--dry-run"] : []) + [a + "/tree", b])
+                #expect(refused.status == 3, "\(refused.standardError)")
+                let object = try jsonObject(refused.standardOutput)
+                let code = (object["error"] as? [String: Any])?["code"] as? String ?? (object["refusal"] as? [String: Any])?["code"] as? String
+                #expect(code == "source.mount", "\(refused.standardOutput)")
+            }
+            #expect(FileManager.default.fileExists(atPath: a + "/tree/mnt/kept"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
         }
     }
 

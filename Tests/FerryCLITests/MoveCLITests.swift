@@ -26,6 +26,25 @@ struct MoveCLITests {
             #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
             let tasks = try jsonObject(try ferry("tasks", "--all", "--json", environment: database(fs)).standardOutput)
             #expect((tasks["tasks"] as? [Any])?.isEmpty == true)
+            // A rename asked for across projects is refused before it is tried, in a dry run as in a run.
+            for dryRun in [true, false] {
+                let forced = try ferry(["move", "--strategy", "rename"] + (dryRun ? ["--dry-run"] : []) + [a + "/data", b], environment: database(fs))
+                #expect(forced.status == 3, "\(forced.standardOutput)\(forced.standardError)")
+                #expect((forced.standardOutput + forced.standardError).contains("a rename cannot do this move: the destination's project (inherited) differs"),
+                        "\(forced.standardOutput)\(forced.standardError)")
+            }
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
+            // On Lustre, a project quota that cannot be read (no lfs here) is no quota at all: refused,
+            // unless the space check is turned off.
+            let unknown = try ferry("move", "--dry-run", "--backend", "lustre", "--lfs", fs.directory + "/no-such-lfs", a + "/data", b, environment: database(fs))
+            #expect(unknown.status == 3, "\(unknown.standardOutput)\(unknown.standardError)")
+            #expect((unknown.standardOutput + unknown.standardError).contains("project 200's quota could not be read"), "\(unknown.standardOutput)\(unknown.standardError)")
+            let unchecked = try ferry("move", "--dry-run", "--no-space-check", "--backend", "lustre", "--lfs", fs.directory + "/no-such-lfs",
+                                      a + "/data", b, environment: database(fs))
+            #expect(unchecked.status == 0, "\(unchecked.standardOutput)\(unchecked.standardError)")
+            let within = try ferry("move", "--strategy", "rename", a + "/data", a + "/renamed", environment: database(fs))
+            #expect(within.status == 0, "\(within.standardError)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: a) == ["renamed"])
         }
     }
 

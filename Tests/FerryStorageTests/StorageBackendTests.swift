@@ -93,7 +93,12 @@ struct StorageBackendTests {
             #expect(quota.overLimit == true)
             // Used 30720 KiB: at the soft limit (so `*`), 200 KiB under the hard limit.
             #expect(quota.bytesFree == 200 * 1024)
-            // A failing lfs: figures from statvfs, with the reason.
+            // An lfs that printed its figures and then failed (a target down: EIO) is read, its
+            // figures taken as estimates; before, its project's quota was not checked at all.
+            let partial = try makeStandInLFS(in: fs.directory, printing: "lfs_quota_p_overquota_v2.15.txt", exitStatus: 5)
+            let estimated = try LustreBackend(lfsPath: partial.program).quota(of: fd, path: Array(path.utf8))
+            #expect(estimated.source == .lfs && estimated.inaccurate == true && estimated.bytesFree == 200 * 1024, "\(estimated)")
+            // A failing lfs that printed no figures: figures from statvfs, with the reason.
             let broken = try makeStandInLFS(in: fs.directory, printing: "lfs_project_c.txt", exitStatus: 3)
             let fallback = try LustreBackend(lfsPath: broken.program).quota(of: fd, path: Array(path.utf8))
             #expect(fallback.source == .statvfs)
