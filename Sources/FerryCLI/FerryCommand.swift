@@ -19,9 +19,11 @@ public struct FerryCommand: AsyncParsableCommand {
     public enum Status: Int32 { case success = 0, failure = 1, usage = 2, refused = 3, locked = 4, hungUp = 129, interrupted = 130 }
 
     /// Parses and runs, mapping argument errors to status 2 (ArgumentParser's default is 64), then
-    /// closes the task stores the command opened and exits.
+    /// closes the task stores the command opened and exits. The arguments reach the parser as
+    /// `PathText` (bytes that are not UTF-8 kept, not replaced by U+FFFD); commands that take a
+    /// path read its bytes back with `PathText.decode`.
     public static func execute(_ arguments: [String]? = nil) async -> Never {
-        let status = await run(arguments)
+        let status = await run(arguments ?? Array(ProcessArguments.text.dropFirst()))
         await OpenStores.closeAll()
         Foundation.exit(status)
     }

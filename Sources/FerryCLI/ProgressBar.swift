@@ -10,7 +10,7 @@ import Glibc
 final class ProgressBar: @unchecked Sendable {
     private let enabled: Bool
     private let lock = NSLock()
-    private var lastWidth = 0
+    private var drawn = false
 
     init(enabled: Bool = isatty(STDERR_FILENO) == 1) { self.enabled = enabled }
 
@@ -94,18 +94,18 @@ final class ProgressBar: @unchecked Sendable {
         let line = Self.line(for: progress, width: width - 1)
         lock.lock()
         defer { lock.unlock() }
-        let shown = Self.columns(of: line)
-        let padding = max(0, lastWidth - shown)
-        Console.standardError("\r" + line + String(repeating: " ", count: padding))
-        lastWidth = shown
+        // Erased to the end of the line (EL), not padded with blanks: padding the width of the
+        // last line would wrap once the terminal has been made narrower.
+        Console.standardError("\r" + line + "\u{1B}[K")
+        drawn = true
     }
 
     func finish() {
         guard enabled else { return }
         lock.lock()
         defer { lock.unlock() }
-        if lastWidth > 0 { Console.standardError("\r" + String(repeating: " ", count: lastWidth) + "\r") }
-        lastWidth = 0
+        if drawn { Console.standardError("\r\u{1B}[K") }
+        drawn = false
     }
 
     static func terminalWidth() -> Int {

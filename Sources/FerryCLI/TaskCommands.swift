@@ -18,6 +18,10 @@ struct TasksCommand: AsyncParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var configuration: ConfigurationFile
 
+    func validate() throws {
+        guard limit > 0 else { throw ValidationError("--limit must be at least 1") }
+    }
+
     func run() async throws {
         let store = try await database.open(configuration: try configuration.load())
         let tasks = try await store.list(TaskFilter(statuses: all ? nil : TaskStatus.running, owner: owner, limit: limit))
@@ -148,6 +152,15 @@ struct WorkerCommand: AsyncParsableCommand {
         if let jobs, !(1...1024).contains(jobs) { throw ValidationError("--jobs must be from 1 to 1024") }
     }
 
+    /// A second SIGINT or SIGTERM: one who asks again will not wait for the tasks' checkpoints (a
+    /// task stuck on a hung mount never reaches one). The worker exits at once, its task processes
+    /// with it (their parent-death signal); what they were doing is resumed, or rolled back, by the
+    /// next worker or janitor once their leases run out, as after a crash.
+    static func leaveNow() -> Never {
+        printError("ferry worker: interrupted again: leaving now; the tasks it ran are resumed by the next `ferry worker` or `ferry janitor` once their leases run out")
+        Foundation.exit(FerryCommand.Status.interrupted.rawValue)
+    }
+
     var janitorInterval: Duration { .milliseconds(Int64((janitorMinutes * 60_000).rounded())) }
 
     func run() async throws {
@@ -158,7 +171,7 @@ struct WorkerCommand: AsyncParsableCommand {
         if asOwner || geteuid() == 0 {
             let runner = ownerRunner(store: store, configuration: configuration, concurrency: concurrency, role: "worker",
                                      lease: try database.leaseDuration(configuration), jobs: jobs)
-            let interrupt = InterruptWatcher { runner.stop() }
+            let interrupt = InterruptWatcher(onRepeat: { Self.leaveNow() }) { runner.stop() }
             defer { interrupt.stop() }
             if once {
                 var claimFailed = false
@@ -182,7 +195,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         let engine = try makeEngine(store: store, role: "worker", lease: try database.leaseDuration(configuration), jobs: jobs, storageOptions: storageOptions)
         let stop = CancellationFlag()
-        let interrupt = InterruptWatcher {
+        let interrupt = InterruptWatcher(onRepeat: { Self.leaveNow() }) {
             stop.cancel()
             engine.stop()  // running tasks stop at their next checkpoint and release their leases
         }
@@ -228,7 +241,7 @@ struct JanitorCommand: AsyncParsableCommand {
         let recovered = dryRun ? [] : await ownerRunner(store: store, configuration: configuration, concurrency: 2, role: "janitor",
                                                         lease: lease).runOnce()
         let report = try await Janitor(engine: engine, grace: .milliseconds(Int64(grace * 1000)))
-            .run(directories: scan.map { Transfer.absolute(Array($0.utf8)) }, dryRun: dryRun, recover: false)
+            .run(directories: scan.map { Transfer.absolute(PathText.decode($0)) }, dryRun: dryRun, recover: false)
         for record in recovered { print("recovered task \(record.id)") }
         for path in report.removed { print("\(dryRun ? "would remove" : "removed") \(path)") }
         for path in report.kept { print("kept \(path) (its task is still running, or it is younger than the grace period)") }

@@ -64,3 +64,8 @@ extension TransferOptions {
         throw ExitCode(FerryCommand.Status.failure.rawValue)
     }
 }
+
+/// The run of a task ended, but the database did not answer when asked how.
+struct UnreadableEnd: Error, CustomStringConvertible {
+    var description: String { "how the task ended could not be read back" }
+}

@@ -69,7 +69,7 @@ struct TransferOptions: ParsableArguments {
     private func perform(kind: TaskKind) async throws {
         let command = "ferry \(kind.rawValue)"
         let configuration = try storageOptions.loadConfiguration()
-        let bytes = paths.map { Array($0.utf8) }
+        let bytes = paths.map { PathText.decode($0) }
         // Usage problems are found before a task exists.
         let transfer: Transfer
         do {
@@ -194,13 +194,20 @@ struct TransferOptions: ParsableArguments {
             try await abandon(created.id, kind: kind, after: error, store: store, worker: engine.settings.worker)
         }
         bar.finish()
-        if !record.status.isTerminal && record.leaseOwner == nil {
-            // Handed back after a hangup: whoever may still read this learns where it went.
-            if json { printJSON(record.json) } else {
+        if !record.status.isTerminal && interrupt.hungUp {
+            // Handed back after a hangup, or left to the worker it was followed on: whoever may
+            // still read this learns where it went.
+            if json { printJSON(record.json) } else if let holder = record.leaseOwner, holder != engine.settings.worker {
+                printError("\(command): the terminal hung up; task \(record.id) runs on \(holder), which carries it on: `ferry task show \(record.id)`")
+            } else {
                 printError("\(command): the terminal hung up; task \(record.id) was handed back at \(record.status.rawValue) with what it staged: "
                            + "`ferry worker --once` or `ferry janitor` finishes it")
             }
             throw ExitCode(FerryCommand.Status.hungUp.rawValue)
+        }
+        if !record.status.isTerminal {
+            // Neither ended nor handed on: how the run ended could not be read back.
+            try await abandon(created.id, kind: kind, after: UnreadableEnd(), store: store, worker: engine.settings.worker)
         }
         if json {
             var summary = record.json

@@ -86,6 +86,13 @@ public final class Transfer: @unchecked Sendable {
                 error.path = argument.displayString  // the source as it was named, not its last component
                 throw error
             }
+            if argument.last == UInt8(ascii: "/"), status.kind != .directory {
+                // `name/` names a directory (`mv` answers ENOTDIR). For a symlink `cp -a` would go
+                // where it leads; Ferry neither moves the link for it nor follows it unasked.
+                let what = status.kind == .symlink ? "a symlink: name the directory it leads to, or \(BytePath.split(argument).name.displayString) without the slash for the link itself"
+                                                   : "not a directory"
+                throw UsageError(message: "\(argument.displayString): a trailing slash names a directory, and this is \(what)")
+            }
             if status.kind == .directory {
                 try Self.refuseIntoItself(parentFD, name, destination: destination, path: argument)
             }

@@ -90,6 +90,7 @@ public final class TaskRunner: Service, Sendable {
         var failed = false
         while !stopping.isCancelled && !failed {
             var claimed: [TaskRecord] = []
+            var gaveUp = false  // a task given up is claimable again at once, to be rolled back
             for _ in 0..<concurrency {
                 let name = runName()
                 let task: TaskRecord?
@@ -101,10 +102,10 @@ public final class TaskRunner: Service, Sendable {
                     break
                 }
                 guard let task else { break }
-                if await UnexpectedEnds.giveUpAfterTakeover(task, worker: name, store: store) { continue }  // claimed again, to roll back
+                if await UnexpectedEnds.giveUpAfterTakeover(task, worker: name, store: store) { gaveUp = true; continue }
                 claimed.append(task)
             }
-            if claimed.isEmpty { break }
+            if claimed.isEmpty && !gaveUp { break }
             finished += await withTaskGroup(of: TaskRecord?.self) { group in
                 for task in claimed { group.addTask { await self.execute(task) } }
                 var records: [TaskRecord] = []

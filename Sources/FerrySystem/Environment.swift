@@ -20,3 +20,19 @@ public struct Environment: Sendable, ExpressibleByDictionaryLiteral {
         return values.last { $0.name == name }?.value
     }
 }
+
+/// This process's arguments as they were given. `CommandLine.arguments` decodes each one as UTF-8
+/// and puts U+FFFD for bytes that are not, so `caf\xE9` (Latin-1) would arrive as `caf�` — the
+/// name of another file. These are the bytes, and the text form that gives them back
+/// (`PathText`), for parsers that want strings.
+public enum ProcessArguments {
+    public static var bytes: [ByteString] {
+        (0..<Int(CommandLine.argc)).map { index in
+            guard let argument = CommandLine.unsafeArgv[index] else { return [] }
+            return ByteString(UnsafeRawBufferPointer(start: argument, count: strlen(argument)))
+        }
+    }
+
+    /// Each argument as `PathText`: valid UTF-8 is itself; `PathText.decode` gives the bytes back.
+    public static var text: [String] { bytes.map { PathText.encode($0) } }
+}

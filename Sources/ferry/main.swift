@@ -38,16 +38,18 @@ func plainMove(_ arguments: [String]) -> [String]? {
 func renameIfThatIsAll(_ paths: [String]) {
     guard let configuration = try? FerryConfiguration.locate(explicit: nil).map({ try FerryConfiguration.load(file: $0) }) ?? FerryConfiguration(),
           case .sqlite(let path)? = try? DatabaseURL.choose(explicit: nil, configured: configuration.database),
-          let database = try? DatabaseURL.usableSQLitePath(path, explicit: false)
+          // Named (variable or configuration), the file is used as it is, never another (as the engine does).
+          let database = try? DatabaseURL.usableSQLitePath(path, explicit: !(Environment.process["FERRY_DATABASE_URL"] ?? "").isEmpty
+                                                                    || configuration.database != nil)
     else { return }
-    let bytes = paths.map { Array($0.utf8) }
+    let bytes = paths.map { PathText.decode($0) }
     guard let transfer = try? Transfer(sources: Array(bytes.dropLast()), destination: bytes[bytes.count - 1]) else { return }
     var planner = Planner { fd, path in try configuration.storageBackend(for: fd, path: path) }
     planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self), resolvingSymlinks: true)?.strategy }
     let published: [ByteString]?
     do {
         published = try MoveEngine.renameWithoutTaskNow(transfer, options: TaskOptions(), planner: planner) {
-            try SQLiteTaskStore.heldLocks(atPath: database)
+            try SQLiteTaskStore.heldLocks(atPath: database)  // unreadable: handed over (nil), and the engine says why
         }
     } catch {
         let problem = MoveEngine.renameProblem(error)
@@ -59,25 +61,24 @@ func renameIfThatIsAll(_ paths: [String]) {
     exit(0)
 }
 
-/// Replaces this process with the engine: `FERRY_ENGINE`, else `ferry-engine` beside this program.
-func handOver(_ arguments: [String]) -> Never {
+/// Replaces this process with the engine: `FERRY_ENGINE`, else `ferry-engine` beside this program,
+/// given this process's own argument vector (its bytes, whatever their encoding).
+func handOver() -> Never {
     let engine: String
     if let configured = Environment.process["FERRY_ENGINE"], !configured.isEmpty {
         engine = configured
     } else {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let length = readlink("/proc/self/exe", &buffer, Int(PATH_MAX))
-        let me = length > 0 ? buffer[..<length].map { UInt8(bitPattern: $0) } : Array(arguments[0].utf8)
+        let me = length > 0 ? buffer[..<length].map { UInt8(bitPattern: $0) } : ProcessArguments.bytes.first ?? []
         engine = String(decoding: BytePath.join(BytePath.split(me).parent, Array("ferry-engine".utf8)), as: UTF8.self)
     }
-    var argv = arguments.map { strdup($0) }
-    argv.append(nil)
-    execv(engine, &argv)
+    execv(engine, CommandLine.unsafeArgv)
     let reason = String(cString: strerror(errno))
     Console.standardError("ferry: cannot start the Ferry engine \(engine) (\(reason)); install ferry-engine beside ferry, or set FERRY_ENGINE to its path\n")
     exit(1)
 }
 
-let arguments = CommandLine.arguments
-if let paths = plainMove(arguments) { renameIfThatIsAll(paths) }
-handOver(arguments)
+// As text that decodes back to the bytes given (`PathText`): a name need not be UTF-8.
+if let paths = plainMove(ProcessArguments.text) { renameIfThatIsAll(paths) }
+handOver()

@@ -110,6 +110,7 @@ struct FerryCLITests {
             #expect(intoItself.status == 2)
             #expect(intoItself.standardError.contains("into itself"))
             #expect(try ferry("frobnicate").status == 2)
+            for limit in ["0", "-1"] { #expect(try ferry("tasks", "--limit=\(limit)").status == 2) }
             // A worker's figures out of range: no trap (1e15 minutes overflowed), no busy loop
             // (0.000001 minutes rounded to none), no silent change (0 slots taken for 1).
             for bad in [["--janitor-minutes", "1e15"], ["--janitor-minutes", "0.000001"], ["--concurrency", "0"],
@@ -154,6 +155,17 @@ struct FerryCLITests {
             let renamed = try ferry("move", a + "/sub", a + "/moved/")
             #expect(renamed.status == 0, "\(renamed.standardError)")
             try Shell.run(["mv", a + "/moved", a + "/sub"])
+            // A source with a trailing slash names a directory: not a file (`mv` says ENOTDIR),
+            // nor a symlink, which would be moved as a link where `cp -a` follows it.
+            try FileManager.default.createSymbolicLink(atPath: a + "/linked", withDestinationPath: a + "/sub")
+            for (source, says) in [(a + "/x/", "this is not a directory"), (a + "/linked/", "this is a symlink: name the directory it leads to")] {
+                for command in ["move", "copy"] {
+                    let refused = try ferry(command, source, b)
+                    #expect(refused.status == 2 && refused.standardError.contains("a trailing slash names a directory, and \(says)"), "\(refused.standardError)")
+                }
+            }
+            try FileManager.default.removeItem(atPath: a + "/linked")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: b).isEmpty)
             // `..` after a symlink is the parent of where the symlink leads, as for the kernel.
             try FileManager.default.createDirectory(atPath: b + "/deep", withIntermediateDirectories: true)
             try TreeBuilder.write(b + "/y", bytes: 30, seed: 3)

@@ -386,6 +386,101 @@ struct MoveCLITests {
         }
     }
 
+    /// A worker told to stop twice leaves at once (exit 130) instead of waiting for its tasks'
+    /// checkpoints; the next worker finishes what it was running.
+    @Test func aWorkerInterruptedTwiceLeavesAtOnce() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let (a, b, before) = try bigTree(fs)
+            let environment = database(fs).merging(["FERRY_LEASE_SECONDS": "1"]) { $1 }
+            let queued = try ferry("move", "--detach", "--jobs", "1", a + "/big", b, environment: environment)
+            #expect(queued.status == 0, "\(queued.standardError)")
+            let output = Pipe()
+            let worker = try startFerry(["worker", "--concurrency", "1"], environment: environment, output: output)
+            defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
+            waitUntilStaging(in: b, holds: "big", seconds: 20)
+            // Its task's process held still: the checkpoint the first SIGTERM asks for never comes.
+            let id = queued.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            let child = try Shell.run(["pgrep", "-f", "-n", "agent run-task .*\(id)"]).trimmingCharacters(in: .whitespacesAndNewlines)
+            try #require(!child.isEmpty)
+            _ = try Shell.run(["kill", "-STOP", child])
+            defer { _ = try? Shell.execute(["kill", "-CONT", child]) }
+            kill(worker.processIdentifier, SIGTERM)
+            Thread.sleep(forTimeInterval: 0.5)  // two signals at once would be one
+            #expect(worker.isRunning, "the worker left before its task's checkpoint")
+            kill(worker.processIdentifier, SIGTERM)
+            let leftBy = Date().addingTimeInterval(20)
+            while worker.isRunning && Date() < leftBy { Thread.sleep(forTimeInterval: 0.05) }
+            #expect(!worker.isRunning, "the worker still waits for its task after a second SIGTERM")
+            _ = try Shell.run(["kill", "-CONT", child])
+            worker.waitUntilExit()
+            let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(worker.terminationStatus == 130, "\(said)")
+            #expect(said.contains("interrupted again: leaving now"), "\(said)")
+            // Its task process stops (parent-death signal) and hands the task back, or its lease runs out.
+            var finished = ""
+            let deadline = Date().addingTimeInterval(30)
+            while !finished.contains(": completed") && Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.5)
+                finished = try ferry("worker", "--once", environment: environment).standardError
+            }
+            #expect(finished.contains(": completed"), "\(finished)")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/big"))
+        }
+    }
+
+    /// A hangup while a `ferry move` follows the worker that took its task over leaves the task to
+    /// that worker and exits 129, saying so (it used to exit 1 without a word).
+    @Test func aHangupWhileFollowingLeavesTheTaskToItsWorker() throws {
+        try withLoopXFS(sizeMiB: 1024) { fs in
+            let (a, b, before) = try bigTree(fs)
+            let environment = database(fs).merging(["FERRY_LEASE_SECONDS": "1"]) { $1 }
+            let output = Pipe()
+            let move = try startFerry(["move", "--jobs", "1", a + "/big", b], environment: environment, output: output)
+            waitUntilStaging(in: b, holds: "big", seconds: 20)
+            kill(move.processIdentifier, SIGSTOP)
+            let worker = try startFerry(["worker", "--concurrency", "1"], environment: environment)
+            defer { if worker.isRunning { kill(worker.processIdentifier, SIGCONT); worker.terminate(); worker.waitUntilExit() } }
+            var deadline = Date().addingTimeInterval(30)
+            var holder: String?
+            while holder == nil && Date() < deadline {
+                let tasks = try jsonObject(try ferry("tasks", "--all", "--json", environment: environment).standardOutput)
+                holder = ((tasks["tasks"] as? [[String: Any]])?.first?["leaseOwner"] as? String).flatMap { $0.contains(":worker") ? $0 : nil }
+                if holder == nil { Thread.sleep(forTimeInterval: 0.05) }
+            }
+            // The worker is held still while the command follows it, so that the task is running when the terminal goes.
+            kill(worker.processIdentifier, SIGSTOP)
+            kill(move.processIdentifier, SIGCONT)
+            var said = ""
+            deadline = Date().addingTimeInterval(30)
+            while !said.contains("following it") && Date() < deadline {
+                var ready = pollfd(fd: output.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+                guard poll(&ready, 1, 100) == 1 else { continue }
+                let data = output.fileHandleForReading.availableData
+                if data.isEmpty { break }
+                said += String(decoding: data, as: UTF8.self)
+            }
+            kill(move.processIdentifier, SIGHUP)
+            move.waitUntilExit()
+            said += String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            kill(worker.processIdentifier, SIGCONT)
+            #expect(holder != nil, "no worker took the task over: \(said)")
+            #expect(move.terminationStatus == 129, "\(said)")
+            #expect(said.contains("the terminal hung up; task "), "\(said)")
+            #expect(said.contains("runs on \(holder ?? "?"), which carries it on"), "\(said)")
+            deadline = Date().addingTimeInterval(60)
+            var status = ""
+            while status != "completed" && Date() < deadline {
+                let tasks = try jsonObject(try ferry("tasks", "--all", "--json", environment: environment).standardOutput)
+                status = (tasks["tasks"] as? [[String: Any]])?.first?["status"] as? String ?? ""
+                if status != "completed" { Thread.sleep(forTimeInterval: 0.1) }
+            }
+            #expect(status == "completed")
+            #expect(try before.differences(to: TreeSnapshot.take(b + "/big")).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: a + "/big"))
+        }
+    }
+
     /// Started as `nohup` starts it (SIGHUP ignored), a move outlives its terminal: the writes of its
     /// progress to the hung-up terminal fail (EIO) and are dropped, and the move completes.
     @Test func underNohupAMoveOutlivesItsTerminal() throws {

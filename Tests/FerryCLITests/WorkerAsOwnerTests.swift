@@ -293,8 +293,8 @@ struct WorkerAsOwnerTests {
 
     /// A task that takes its worker down with it every time (each worker here killed with SIGKILL
     /// while running it; its process then stops on the parent-death signal, unable to hand the
-    /// task back) is taken over by the next worker once the lease expires, twice; the third time,
-    /// it is rolled back instead (staging removed, source untouched) with `runner.crashed`, and
+    /// task back) is taken over by the next worker once the lease expires, twice; the third time
+    /// (`ferry worker --once`), it is rolled back instead (staging removed, source untouched) with `runner.crashed`, and
     /// `ferry task retry` runs it once more, to the end.
     @Test func aTaskWhoseWorkersKeepDyingIsRolledBack() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
@@ -331,10 +331,16 @@ struct WorkerAsOwnerTests {
             let staged = (try? FileManager.default.contentsOfDirectory(atPath: b)) ?? []
             #expect(staged.contains { $0.hasPrefix(".ferry-staging-") }, "the first run staged nothing: \(staged)")
 
+            // One `ferry worker --once`, once the last lease has run out, gives the task up and
+            // then rolls it back (it used to stop after giving it up, with nothing else claimed).
+            let stalledBy = Date().addingTimeInterval(20)
+            while (try show())["stalled"] as? Bool != true && Date() < stalledBy { Thread.sleep(forTimeInterval: 0.1) }
+            let once = try ferry("worker", "--once", "--lease", "2", "--concurrency", "1", environment: environment)
+            #expect(once.status == 0, "\(once.standardError)")
+            let record = try show()
+            try #require(record["status"] as? String == "rolled_back", "\(record)")
             let worker = try startFerry(["worker", "--lease", "2", "--concurrency", "1"], environment: environment)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
-            let record = try Self.waitUntil("rolled_back", seconds: 40, show)
-            try #require(record["status"] as? String == "rolled_back", "\(record)")
             let messages = (record["events"] as? [[String: Any]] ?? []).compactMap { $0["message"] as? String }
             #expect(messages.filter { $0.hasPrefix("claimed by") && $0.contains(" after the lease of ") }.count == 3, "\(messages)")
             try Self.expectRolledBackThenRetriedToTheEnd(record, move, environment: environment, show)
