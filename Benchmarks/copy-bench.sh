@@ -42,6 +42,8 @@ trap 'loop_xfs_down; exit 143' TERM
 loop_xfs_up ferry-bench 14G
 project_dir "$mnt/src" 100
 project_dir "$mnt/dst" 200
+# A task database of the run's own (it goes with the work directory), not the user's.
+export FERRY_DATABASE_URL="sqlite://$work/ferry.sqlite"
 
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }

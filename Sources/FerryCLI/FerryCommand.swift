@@ -20,8 +20,8 @@ public struct FerryCommand: AsyncParsableCommand {
 
     /// Parses and runs, mapping argument errors to status 2 (ArgumentParser's default is 64), then
     /// closes the task stores the command opened and exits. The arguments reach the parser as
-    /// `PathText` (bytes that are not UTF-8 kept, not replaced by U+FFFD); commands that take a
-    /// path read its bytes back with `PathText.decode`.
+    /// `ProcessArguments.text` (bytes that are not UTF-8 kept, not replaced by U+FFFD); commands
+    /// that take a path read its bytes back with `ProcessArguments.pathBytes`.
     public static func execute(_ arguments: [String]? = nil) async -> Never {
         let status = await run(arguments ?? Array(ProcessArguments.text.dropFirst()))
         await OpenStores.closeAll()

@@ -15,7 +15,7 @@ struct FsCommand: ParsableCommand {
 
     func run() throws {
         let configuration = try storageOptions.loadConfiguration()
-        let bytes = PathText.decode(path)
+        let bytes = ProcessArguments.pathBytes(path)
         // Readable (non-blocking, so a fifo cannot hang us) for the fsxattr ioctl; O_PATH is
         // enough for statfs where reading is not allowed.
         let readable: FileDescriptor

@@ -241,7 +241,7 @@ struct JanitorCommand: AsyncParsableCommand {
         let recovered = dryRun ? [] : await ownerRunner(store: store, configuration: configuration, concurrency: 2, role: "janitor",
                                                         lease: lease).runOnce()
         let report = try await Janitor(engine: engine, grace: .milliseconds(Int64(grace * 1000)))
-            .run(directories: scan.map { Transfer.absolute(PathText.decode($0)) }, dryRun: dryRun, recover: false)
+            .run(directories: scan.map { Transfer.absolute(ProcessArguments.pathBytes($0)) }, dryRun: dryRun, recover: false)
         for record in recovered { print("recovered task \(record.id)") }
         for path in report.removed { print("\(dryRun ? "would remove" : "removed") \(path)") }
         for path in report.kept { print("kept \(path) (its task is still running, or it is younger than the grace period)") }

@@ -69,7 +69,7 @@ struct TransferOptions: ParsableArguments {
     private func perform(kind: TaskKind) async throws {
         let command = "ferry \(kind.rawValue)"
         let configuration = try storageOptions.loadConfiguration()
-        let bytes = paths.map { PathText.decode($0) }
+        let bytes = paths.map { ProcessArguments.pathBytes($0) }
         // Usage problems are found before a task exists.
         let transfer: Transfer
         do {

@@ -49,11 +49,19 @@ public struct StagingArea: Sendable {
     }
 
     /// The mark's value: the id (after `relink ` for a relink's), and the directory it was made in
-    /// (`in MAJOR:MINOR:INODE`). A copy of a staging directory (`cp -a`, `rsync -X`, kept as a
-    /// backup) carries the mark along, but not into the directory it was made for: the mark
-    /// holds only there, and a janitor removes nothing elsewhere.
+    /// (`in INODE`). A copy of a staging directory (`cp -a`, `rsync -X`, kept as a backup) carries
+    /// the mark along, but not into the directory it was made for: the mark holds only there, and
+    /// a janitor removes nothing elsewhere. The inode, not the device: a device number is given
+    /// at mount time (Lustre, NFS: another on each client, and after a remount), and a task is
+    /// resumed on whichever node claims it.
     public static func markValue(id: String, relink: Bool, parent: FileStatus) -> ByteString {
-        Array("\(relink ? "relink " : "")\(id) in \(parent.deviceMajor):\(parent.deviceMinor):\(parent.inode)".utf8)
+        Array("\(relink ? "relink " : "")\(id) in \(parent.inode)".utf8)
+    }
+
+    /// The mark as Ferry wrote it before it named its directory: read still (a task staged then
+    /// is resumed, rolled back and cleaned up as any other), never written.
+    static func earlierMarkValue(id: String, relink: Bool) -> ByteString {
+        Array("\(relink ? "relink " : "")\(id)".utf8)
     }
 
     /// Marks a staging directory Ferry has just made in `parent`; a filesystem without `user.*`
@@ -75,8 +83,8 @@ public struct StagingArea: Sendable {
             let value = try ExtendedAttributes.value(directory, markerAttribute)
             let place = try parent.status()
             switch value {
-            case markValue(id: id, relink: false, parent: place)?: marking = .copies
-            case markValue(id: id, relink: true, parent: place)?: marking = .relinked
+            case markValue(id: id, relink: false, parent: place)?, earlierMarkValue(id: id, relink: false)?: marking = .copies
+            case markValue(id: id, relink: true, parent: place)?, earlierMarkValue(id: id, relink: true)?: marking = .relinked
             default: return .unmarked
             }
         } catch {

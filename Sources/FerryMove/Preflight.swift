@@ -264,7 +264,7 @@ public struct Planner: Sendable {
             if refusal == nil, options.spaceCheck, backend.kind == .lustre, report.source == .statvfs,
                let project = destinationProject, project.projectID != 0 {
                 refusal = Refusal(code: "quota.unknown", message: "project \(project.projectID)'s quota could not be read (\(report.note ?? "lfs quota failed")), "
-                    + "so whether this \(kind.rawValue) fits in it is unknown; put lfs right, or \(kind.rawValue) with --no-space-check "
+                    + "so whether this \(kind.rawValue) fits in it is unknown; put lfs right, or \(kind.rawValue) with the space check off (--no-space-check; the API's spaceCheck: false) "
                     + "(one that meets the quota stops there and is rolled back, losing nothing)")
             }
             if report.inaccurate == true { warnings.append("the quota figures are estimates (lfs could not reach every target)") }

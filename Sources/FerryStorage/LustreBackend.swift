@@ -78,20 +78,26 @@ public struct LustreBackend: StorageBackend {
     }
 
     /// lfs exits non-zero (EIO, EREMOTEIO) when a target did not answer, and still prints the
-    /// figures it has, the missing ones `[bracketed]`: those are read, marked inaccurate. Only a
-    /// failure that printed no figures is one.
+    /// figures it has, the missing ones `[bracketed]`: those are read, marked inaccurate. A failure
+    /// that printed no figures is one; so is one that printed no limit at all, since lfs prints
+    /// its zeroed buffer (limits 0, "none") when the quota master itself did not answer.
     public func lustreQuota(project: UInt32, mountPoint: String) throws(StorageError) -> LustreQuotaReport {
         let output = try lfs.run(["quota", "-p", String(project), mountPoint])
+        let failed = StorageError(.command, "lfs quota -p \(project) \(mountPoint) exited with \(output.status): "
+                                  + output.standardError.trimmingCharacters(in: .whitespacesAndNewlines))
+        let report: LustreQuotaReport
         do {
-            var report = try LfsQuotaParser.parse(String(decoding: output.standardOutput, as: UTF8.self))
-            if output.status != 0 { report.inaccurate = true }
-            return report
+            report = try LfsQuotaParser.parse(String(decoding: output.standardOutput, as: UTF8.self))
         } catch {
-            guard output.status == 0 else {
-                throw StorageError(.command, "lfs quota -p \(project) \(mountPoint) exited with \(output.status): \(output.standardError.trimmingCharacters(in: .whitespacesAndNewlines))")
-            }
+            if output.status != 0 { throw failed }
             throw StorageError(.parse, error.description)
         }
+        guard output.status != 0 else { return report }
+        let limits: [UInt64?] = [report.bytesSoftLimit, report.bytesHardLimit, report.inodesSoftLimit, report.inodesHardLimit]
+        guard limits.contains(where: { $0 != nil }) else { throw failed }
+        var estimated = report
+        estimated.inaccurate = true
+        return estimated
     }
 
     /// The layout lives in the `lustre.lov` xattr (also listed to root as `trusted.lov`). Set on a

@@ -23,8 +23,7 @@ public struct Environment: Sendable, ExpressibleByDictionaryLiteral {
 
 /// This process's arguments as they were given. `CommandLine.arguments` decodes each one as UTF-8
 /// and puts U+FFFD for bytes that are not, so `caf\xE9` (Latin-1) would arrive as `caf�` — the
-/// name of another file. These are the bytes, and the text form that gives them back
-/// (`PathText`), for parsers that want strings.
+/// name of another file. These are the bytes, and a text form for parsers that want strings.
 public enum ProcessArguments {
     public static var bytes: [ByteString] {
         (0..<Int(CommandLine.argc)).map { index in
@@ -33,6 +32,18 @@ public enum ProcessArguments {
         }
     }
 
-    /// Each argument as `PathText`: valid UTF-8 is itself; `PathText.decode` gives the bytes back.
-    public static var text: [String] { bytes.map { PathText.encode($0) } }
+    /// Each argument as text: valid UTF-8 as itself (a URL, a user name, a JSON request reach
+    /// their parsers unchanged); any other as `PathText`, which `pathBytes` turns back.
+    public static var text: [String] { bytes.map { String(validating: $0, as: UTF8.self) ?? PathText.encode($0) } }
+
+    /// The bytes of a path that was given as an argument and parsed as `text`: `PathText`
+    /// decoded where the argument was not UTF-8 (the decoded bytes are one of the arguments, and
+    /// the text itself is not), else the text's own UTF-8.
+    public static func pathBytes(_ argument: String) -> ByteString {
+        let utf8 = Array(argument.utf8)
+        guard utf8.contains(0xEF) else { return utf8 }  // no escape character in it
+        let given = bytes
+        let decoded = PathText.decode(argument)
+        return given.contains(decoded) && !given.contains(utf8) ? decoded : utf8
+    }
 }

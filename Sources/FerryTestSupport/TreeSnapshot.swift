@@ -189,7 +189,7 @@ public enum TreeBuilder {
         defer { parent.closeQuietly() }
         let status = try parent.status()
         // As `StagingArea.markValue` writes it: the id, and the directory it was made in.
-        let value = "\(id) in \(status.deviceMajor):\(status.deviceMinor):\(status.inode)"
+        let value = "\(id) in \(status.inode)"
         try ExtendedAttributes.set(directory, Array("user.ferry.staging".utf8), Array(value.utf8))
     }
 

@@ -42,7 +42,7 @@ func renameIfThatIsAll(_ paths: [String]) {
           let database = try? DatabaseURL.usableSQLitePath(path, explicit: !(Environment.process["FERRY_DATABASE_URL"] ?? "").isEmpty
                                                                     || configuration.database != nil)
     else { return }
-    let bytes = paths.map { PathText.decode($0) }
+    let bytes = paths.map { ProcessArguments.pathBytes($0) }
     guard let transfer = try? Transfer(sources: Array(bytes.dropLast()), destination: bytes[bytes.count - 1]) else { return }
     var planner = Planner { fd, path in try configuration.storageBackend(for: fd, path: path) }
     planner.configuredStrategy = { path in configuration.root(containing: String(decoding: path, as: UTF8.self), resolvingSymlinks: true)?.strategy }
@@ -79,6 +79,6 @@ func handOver() -> Never {
     exit(1)
 }
 
-// As text that decodes back to the bytes given (`PathText`): a name need not be UTF-8.
+// As text that gives back the bytes of each path (`ProcessArguments`): a name need not be UTF-8.
 if let paths = plainMove(ProcessArguments.text) { renameIfThatIsAll(paths) }
 handOver()

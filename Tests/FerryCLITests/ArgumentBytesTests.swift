@@ -52,5 +52,15 @@ struct ArgumentBytesTests {
         #expect(moveBack.status == 0, "\(moveBack.error)")
         #expect(content(base + Array("again".utf8)) == "latin-1")
         #expect(content(lookalike) == "replacement")
+        // Valid UTF-8 is taken as it is, even with the characters that stand for bytes in the
+        // text form of names that are not (U+F700–U+F7FF): it names itself, not those bytes.
+        let privateUse = base + Array("p\u{F7E9}".utf8)
+        let fd = Glibc.open(cString(privateUse), O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        #expect(fd >= 0)
+        close(fd)
+        let plain = try ferry([Array("move".utf8), privateUse, base + Array("plain".utf8)])
+        #expect(plain.status == 0, "\(plain.error)")
+        #expect(content(base + Array("plain".utf8)) == "")
+        #expect(content(base + Array("p".utf8) + [0xE9]) == nil)
     }
 }

@@ -157,9 +157,15 @@ struct CopyEngineTests {
             // Marked as Ferry's, for this id (the janitor removes nothing else).
             #expect(StagingArea.marking(of: staging.directory, in: target, id: "t1") == .copies)
             #expect(StagingArea.marking(of: staging.directory, in: target, id: "t2") == .unmarked)
-            #expect(StagingArea.marking(of: target, in: source, id: "t1") == .unmarked)
             // …made in this directory: seen as an entry of another, it is not the mark of this one.
             #expect(StagingArea.marking(of: staging.directory, in: source, id: "t1") == .unmarked)
+            // The mark of earlier releases (the id alone) is still read, so that what they staged is resumed.
+            try ExtendedAttributes.set(staging.directory, StagingArea.markerAttribute, Array("t1".utf8))
+            #expect(StagingArea.marking(of: staging.directory, in: source, id: "t1") == .copies)
+            try ExtendedAttributes.set(staging.directory, StagingArea.markerAttribute, Array("relink t1".utf8))
+            #expect(StagingArea.marking(of: staging.directory, in: source, id: "t1") == .relinked)
+            try ExtendedAttributes.set(staging.directory, StagingArea.markerAttribute,
+                                       StagingArea.markValue(id: "t1", relink: false, parent: try target.status()))
             _ = try engine.stage(sources, into: staging)
             usleep(20_000)
             try Shell.run(["chmod", "600", a + "/d/f7"])

@@ -98,6 +98,19 @@ struct StorageBackendTests {
             let partial = try makeStandInLFS(in: fs.directory, printing: "lfs_quota_p_overquota_v2.15.txt", exitStatus: 5)
             let estimated = try LustreBackend(lfsPath: partial.program).quota(of: fd, path: Array(path.utf8))
             #expect(estimated.source == .lfs && estimated.inaccurate == true && estimated.bytesFree == 200 * 1024, "\(estimated)")
+            // One that failed outright prints its zeroed buffer (no limits): that is no figure either.
+            let zeroed = fs.directory + "/zeroed-lfs"
+            try """
+                #!/bin/sh
+                echo 'Disk quotas for prj 1000 (pid 1000):'
+                echo '     Filesystem  kbytes   quota   limit   grace   files   quota   limit   grace'
+                echo '    \(fs.mountPoint)       0       0       0       -       0       0       0       -'
+                echo 'Some errors happened when getting quota info. Some devices may be not working or deactivated.'
+                exit 110
+                """.write(toFile: zeroed, atomically: true, encoding: .utf8)
+            try Shell.run(["chmod", "755", zeroed])
+            let unanswered = try LustreBackend(lfsPath: zeroed).quota(of: fd, path: Array(path.utf8))
+            #expect(unanswered.source == .statvfs && unanswered.note?.contains("exited with 110") == true, "\(unanswered)")
             // A failing lfs that printed no figures: figures from statvfs, with the reason.
             let broken = try makeStandInLFS(in: fs.directory, printing: "lfs_project_c.txt", exitStatus: 3)
             let fallback = try LustreBackend(lfsPath: broken.program).quota(of: fd, path: Array(path.utf8))

@@ -464,6 +464,21 @@ def test_preflight_refusal_destination_exists(server, client, work, beta_work):
     assert tree_snapshot(beta_work) == before
 
 
+def test_preflight_unreadable_lustre_quota_and_space_check_off(start_server, xfs_sandbox, work, beta_work):
+    """On Lustre a project quota that cannot be read (here: no lfs at all) is refused as
+    quota.unknown; the request may turn the space check off, as the CLI's --no-space-check."""
+    server = start_server(roots=[{"path": str(xfs_sandbox.projects), "name": "Projects", "backend": "lustre"}],
+                          extra_toml=f"lfs = {json.dumps(str(work / 'no-such-lfs'))}")
+    client = server.session()
+    write(work / "src" / "a.txt", "a")
+    body = expect(client.post(server.api("/api/preflight"), json=transfer("move", [work / "src"], beta_work), timeout=60), 200)
+    assert body["allowed"] is False and body["refusal"]["code"] == "quota.unknown", body
+    assert "spaceCheck: false" in body["refusal"]["message"], body
+    body = expect(client.post(server.api("/api/preflight"), json=transfer("move", [work / "src"], beta_work, spaceCheck=False),
+                              timeout=60), 200)
+    assert body["allowed"] is True and body["refusal"] is None, body
+
+
 def test_preflight_bad_requests(server, client, work):
     write(work / "src")
     url = server.api("/api/preflight")
@@ -724,7 +739,7 @@ def test_admin_endpoints(server, client, xfs_sandbox):
     stale.chmod(0o700)  # as Ferry makes them: a marked directory others may write to is not Ferry's
     parent = os.stat(stale.parent)  # the mark names the directory it was made in
     os.setxattr(stale, "user.ferry.staging",
-                f"00000000-test-unknown in {os.major(parent.st_dev)}:{os.minor(parent.st_dev)}:{parent.st_ino}".encode())
+                f"00000000-test-unknown in {parent.st_ino}".encode())
     # A directory given a staging name by someone else: listed, never removed.
     foreign = xfs_sandbox.project("beta") / ".ferry-staging-00000000-test-foreign"
     foreign.mkdir()

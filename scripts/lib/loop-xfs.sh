@@ -17,6 +17,12 @@ loop_xfs_up() {
 project_dir() {
   mkdir -p "$1"
   xfs_io -c "chproj $2" -c 'chattr +P' "$1" >/dev/null
+  # xfs_io has exited 0 for commands that failed: what it set is read back, for a "cross-project"
+  # row that is a plain rename measures nothing.
+  if ! xfs_io -c lsproj "$1" | grep -qx "projid = $2" || ! xfs_io -c lsattr "$1" | grep -q '^[^ ]*P'; then
+    echo "project_dir: $1 did not get project $2 with the inherit flag" >&2
+    return 1
+  fi
 }
 
 # Safe to call twice (from an INT trap, then the EXIT trap): what it undid is forgotten, so a loop
@@ -24,6 +30,10 @@ project_dir() {
 loop_xfs_down() {
   local -
   set +e
+  # Workers a script left running (interrupted mid-measurement) hold the mount: stopped first.
+  local running
+  running="$(jobs -p)"
+  if [ -n "$running" ]; then kill $running 2>/dev/null; wait $running 2>/dev/null; fi
   if [ -n "${mnt:-}" ] && mountpoint -q "$mnt"; then umount "$mnt" 2>/dev/null || umount -l "$mnt"; fi
   [ -n "${loop:-}" ] && losetup -d "$loop"
   [ -n "${work:-}" ] && rm -rf "$work"

@@ -191,6 +191,7 @@ public struct AgentOperations: Sendable {
         options.recall = requested?.recall ?? false
         options.waitForLocks = requested?.waitForLocks ?? false
         options.allowXattrLoss = requested?.allowXattrLoss ?? false
+        options.spaceCheck = requested?.spaceCheck ?? true
         return options
     }
 }

@@ -45,6 +45,9 @@ public struct TransferRequest: Codable, Sendable {
         public var waitForLocks: Bool?
         /// A move goes on when the destination refuses some extended attributes (lost with the source).
         public var allowXattrLoss: Bool?
+        /// false: no free-space and free-inode check (`--no-space-check`); the copy still stops
+        /// cleanly at ENOSPC/EDQUOT.
+        public var spaceCheck: Bool?
         /// Admins only: run the task with the server's privileges (owners preserved).
         public var privileged: Bool?
     }
