@@ -56,6 +56,15 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("no [[roots]] in the configuration: name the directories users may browse, or try ferry serve --demo")
         }
         if let lease = databaseOptions.lease { configuration.serve.leaseSeconds = lease }
+        var databaseOptions = databaseOptions
+        if demo && databaseOptions.database == nil {
+            // The demo's tasks live in its sandbox: FERRY_DATABASE_URL (a site's real database,
+            // set in the shell) is not served, and its tasks not run, by a demo.
+            if !(ProcessInfo.processInfo.environment["FERRY_DATABASE_URL"] ?? "").isEmpty {
+                say("ferry serve --demo: FERRY_DATABASE_URL is not used: the demo keeps its tasks in its sandbox (--database chooses another)")
+            }
+            databaseOptions.database = configuration.database
+        }
         let store = try await databaseOptions.open(configuration: configuration)
         let executable = ferryExecutable()
         let demoSandbox = sandbox

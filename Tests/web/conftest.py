@@ -180,8 +180,11 @@ class FerryServer:
     """One `ferry serve` process (and its restarts) with its config file and database."""
 
     def __init__(self, ferry_bin: Path, workdir: Path, config_path: Path, database: Path, auth: str,
-                 env: dict[str, str], workers: int | None, proxy_header: str, proxy_secret: str | None = None):
+                 env: dict[str, str], workers: int | None, proxy_header: str, proxy_secret: str | None = None,
+                 arguments: list[str] | None = None):
         self.ferry_bin = ferry_bin
+        # What follows the program instead of `serve --config CONFIG` (e.g. `serve --demo …`).
+        self.arguments = arguments
         self.workdir = workdir
         self.config_path = config_path
         self.database = database
@@ -224,7 +227,7 @@ class FerryServer:
 
     def start(self) -> "FerryServer":
         assert not self.running, "the server is already running"
-        command = [str(self.ferry_bin), "serve", "--config", str(self.config_path), "--listen", "127.0.0.1:0"]
+        command = [str(self.ferry_bin)] + (self.arguments or ["serve", "--config", str(self.config_path)]) + ["--listen", "127.0.0.1:0"]
         if self.workers is not None:
             command += ["--workers", str(self.workers)]
         with self._cond:
