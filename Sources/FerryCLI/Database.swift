@@ -58,22 +58,22 @@ extension DatabaseOptions {
     /// A configuration given is the only one read: without a `database` of its own, the default.
     func url(configuration: FerryConfiguration?) throws -> DatabaseURL {
         do {
-            return try DatabaseURL.choose(explicit: database, configured: configured(configuration))
+            let named = try configured(configuration)
+            return try DatabaseURL.choose(explicit: database, configured: named)
         } catch { throw ValidationError("\(error)") }  // a URL that is not one: a usage error
     }
 
-    private func configured(_ configuration: FerryConfiguration?) -> String? {
-        guard let configuration else {
-            return FerryConfiguration.locate(explicit: nil).flatMap { try? FerryConfiguration.load(file: $0) }?.database
-        }
-        return configuration.database
+    /// Without a configuration given, the default file's: one that cannot be read or is wrong is
+    /// an error, never quietly the default database.
+    private func configured(_ configuration: FerryConfiguration?) throws -> String? {
+        try (configuration ?? ConfigurationFile.load(nil)).database
     }
 
     /// Whether the database was named (option, variable or configuration), not the default: a
     /// named SQLite file whose directory cannot be made is an error, never quietly another file
     /// (where tasks queued with `--detach` would wait for a worker that never reads it).
     func chosenExplicitly(_ configuration: FerryConfiguration?) -> Bool {
-        database != nil || !(ProcessInfo.processInfo.environment["FERRY_DATABASE_URL"] ?? "").isEmpty || configured(configuration) != nil
+        database != nil || !(ProcessInfo.processInfo.environment["FERRY_DATABASE_URL"] ?? "").isEmpty || (try? configured(configuration)) != nil
     }
 
     /// The path locks tasks hold now, read as cheaply as the database allows: an SQLite file through

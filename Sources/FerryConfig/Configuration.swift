@@ -66,7 +66,7 @@ public struct FerryConfiguration: Equatable, Sendable {
     public static func parse(_ text: String) throws -> FerryConfiguration {
         let document = try TOMLParser.parse(text)
         var configuration = FerryConfiguration()
-        for (key, value) in document {
+        for (key, value) in document.sorted(by: { $0.key < $1.key }) {  // one order: the same mistake reported each run
             switch key {
             case "lfs":
                 guard let path = value.string, !path.isEmpty else { throw Error(file: "", message: "lfs must be the path of the lfs program (a non-empty string)") }
@@ -96,7 +96,7 @@ public struct FerryConfiguration: Equatable, Sendable {
         }
         let path = try normalRoot(written, origin: "")
         var root = Root(path: path)
-        for (key, value) in table {
+        for (key, value) in table.sorted(by: { $0.key < $1.key }) {
             switch key {
             case "path": break
             case "name":

@@ -99,7 +99,7 @@ public struct ServeSettings: Equatable, Sendable {
         }
         switch key {
         case "listen":
-            guard let text = value.string else { throw fail("listen must be a string such as \"127.0.0.1:8080\"") }
+            guard let text = value.string, Self.hostAndPort(text) != nil else { throw fail("listen must be HOST:PORT, such as \"127.0.0.1:8080\" or \"[::1]:8080\"") }
             listen = text
         case "margin":
             guard let number = value.number, (0..<1).contains(number) else { throw fail("margin must be a fraction from 0 to 1, such as 0.05") }
@@ -108,7 +108,7 @@ public struct ServeSettings: Equatable, Sendable {
             guard let number = value.number, Self.leases.contains(number) else { throw fail("lease_seconds must be from 0.2 to 604800 (a week)") }
             leaseSeconds = number
         case "workers":
-            guard let count = value.integer, count >= 0 else { throw fail("workers must be a whole number, 0 or more") }
+            guard let count = value.integer, Self.workerCounts.contains(Int(count)) else { throw fail("workers must be a whole number from 0 to 256") }
             workers = Int(count)
         case "streams_per_user":
             guard let count = value.integer, count >= 1 else { throw fail("streams_per_user must be a whole number, 1 or more") }
@@ -119,7 +119,7 @@ public struct ServeSettings: Equatable, Sendable {
         case "shutdown_seconds": shutdownSeconds = try seconds(Self.shutdowns, "1 to 86400 (a day)")
         case "auth":
             guard let table = value.table else { throw fail("auth must be an [auth] table") }
-            for (name, item) in table {
+            for (name, item) in table.sorted(by: { $0.key < $1.key }) {
                 switch name {
                 case "mode":
                     guard let word = item.string, let mode = AuthMode(rawValue: word) else { throw fail("auth.mode must be token, proxy or pam") }
@@ -131,10 +131,11 @@ public struct ServeSettings: Equatable, Sendable {
                     guard let names = item.array?.compactMap(\.string), names.count == item.array?.count else { throw fail("auth.admins must be an array of user names") }
                     admins = names
                 case "proxy_header":
-                    guard let text = item.string, !text.isEmpty else { throw fail("auth.proxy_header must be a header name") }
+                    guard let text = item.string, Self.isHeaderName(text) else { throw fail("auth.proxy_header must be a header name (letters, digits and -, such as X-Remote-User)") }
                     proxyHeader = text
                 case "proxy_addresses":
-                    guard let list = item.array?.compactMap(\.string), list.count == item.array?.count else { throw fail("auth.proxy_addresses must be an array of IP addresses") }
+                    let list = item.array?.compactMap(\.string).compactMap(Self.canonicalAddress) ?? []
+                    guard list.count == item.array?.count else { throw fail("auth.proxy_addresses must be an array of IP addresses, such as [\"127.0.0.1\", \"::1\"] (no names, no networks)") }
                     proxyAddresses = list
                 case "proxy_secret":
                     guard let text = item.string, text.count >= 16 else { throw fail("auth.proxy_secret must be a string of at least 16 characters") }
@@ -173,7 +174,7 @@ public struct ServeSettings: Equatable, Sendable {
             settings.leaseSeconds = number
         }
         if let value = env["FERRY_WORKERS"] {
-            guard let count = Int(value), count >= 0 else { throw fail("FERRY_WORKERS must be 0 or more") }
+            guard let count = Int(value), Self.workerCounts.contains(count) else { throw fail("FERRY_WORKERS must be from 0 to 256") }
             settings.workers = count
         }
         if let value = env["FERRY_STREAMS_PER_USER"] {
@@ -206,8 +207,16 @@ public struct ServeSettings: Equatable, Sendable {
             settings.token = nil
         }
         if let value = env["FERRY_AUTH_ADMINS"] { settings.admins = list(value) }
-        if let value = env["FERRY_AUTH_PROXY_HEADER"] { settings.proxyHeader = value }
-        if let value = env["FERRY_AUTH_PROXY_ADDRESSES"] { settings.proxyAddresses = list(value) }
+        if let value = env["FERRY_AUTH_PROXY_HEADER"] {
+            guard Self.isHeaderName(value) else { throw fail("FERRY_AUTH_PROXY_HEADER must be a header name (letters, digits and -, such as X-Remote-User)") }
+            settings.proxyHeader = value
+        }
+        if let value = env["FERRY_AUTH_PROXY_ADDRESSES"] {
+            let addresses = list(value).compactMap(Self.canonicalAddress)
+            guard addresses.count == list(value).count else { throw fail("FERRY_AUTH_PROXY_ADDRESSES must be IP addresses separated by commas") }
+            settings.proxyAddresses = addresses
+        }
+        if let value = env["FERRY_LISTEN"], Self.hostAndPort(value) == nil { throw fail("FERRY_LISTEN must be HOST:PORT, such as 127.0.0.1:8080") }
         if let value = env["FERRY_AUTH_PROXY_SECRET"] {
             guard value.count >= 16 else { throw fail("FERRY_AUTH_PROXY_SECRET must be at least 16 characters") }
             settings.proxySecret = value
@@ -278,21 +287,56 @@ public struct ServeSettings: Equatable, Sendable {
                       proxySecret != nil && !overridden("FERRY_AUTH_PROXY_SECRET") ? "auth.proxy_secret" : nil].compactMap { $0 }
         guard let key = inline.first else { return }
         var status = stat()
-        guard stat(file, &status) == 0 else { return }
+        guard stat(file, &status) == 0 else {
+            throw FerryConfiguration.Error(file: file, message: "\(key) is written in it, and who may read it cannot be told (\(String(cString: strerror(errno))))")
+        }
+        guard status.st_uid == 0 || status.st_uid == geteuid() else {
+            throw FerryConfiguration.Error(file: file, message: "\(key) is written in a file owned by uid \(status.st_uid), neither root nor this server's user, "
+                + "who may read it and change the proxy's addresses; chown it, or put the secret in auth.\(key == "auth.token" ? "token_file" : "proxy_secret_file")")
+        }
         guard status.st_mode & 0o007 == 0 && (status.st_mode & 0o070 == 0 || status.st_gid == 0) else {
             let kind = key == "auth.token" ? "token_file" : "proxy_secret_file"
             throw FerryConfiguration.Error(file: file, message: "\(key) is written in a file others may read (mode \(String(status.st_mode & 0o777, radix: 8))): "
                 + "anyone who can read it can log in as any user. Put the secret in a file only root reads and name it as auth.\(kind) "
-                + "(or LoadCredential= with auth.\(kind) = \"/run/credentials/<unit>/…\"), or chmod 600 the configuration")
+                + "(or LoadCredential= with auth.\(kind) = \"/run/credentials/<unit>/…\"); chmod 600 of the configuration also does, "
+                + "but then users' own ferry commands cannot read it")
         }
     }
 
     /// `listen` split into host and port ("[::1]:8080", "0.0.0.0:80", ":8080").
-    public var hostAndPort: (host: String, port: Int)? {
+    public var hostAndPort: (host: String, port: Int)? { Self.hostAndPort(listen) }
+
+    static func hostAndPort(_ listen: String) -> (host: String, port: Int)? {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else { return nil }
         var host = String(listen[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         return (host.isEmpty ? "0.0.0.0" : host, port)
+    }
+
+    static let workerCounts = 0...256
+
+    /// An HTTP field name (RFC 9110 token): a proxy header that is none would be no header at all.
+    public static func isHeaderName(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.allSatisfy { byte in
+            (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte) || Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
+        }
+    }
+
+    /// An IP address as one form (`inet_ntop`), an IPv4 address mapped into IPv6 (`::ffff:10.0.0.1`,
+    /// as a dual-stack listener reports an IPv4 peer) as IPv4; nil for anything else (a name, a
+    /// network), which would never match a peer.
+    public static func canonicalAddress(_ text: String) -> String? {
+        var v4 = in_addr(), v6 = in6_addr()
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        if inet_pton(AF_INET, text, &v4) == 1 {
+            return inet_ntop(AF_INET, &v4, &buffer, socklen_t(buffer.count)).map { _ in String(cString: buffer) }
+        }
+        guard inet_pton(AF_INET6, text, &v6) == 1 else { return nil }
+        let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+        if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF {
+            return bytes[12...].map(String.init).joined(separator: ".")
+        }
+        return inet_ntop(AF_INET6, &v6, &buffer, socklen_t(buffer.count)).map { _ in String(cString: buffer) }
     }
 }
 

@@ -39,6 +39,9 @@ private struct Reader {
     /// The table new keys go into, as a path from the root; arrays of tables address their last element.
     var current: [String] = []
     var definedTables: Set<[String]> = []
+    /// Arrays made by `[[…]]` headers: only those take more elements from one (`a = []` is a
+    /// static array, which `[[a]]` may not extend).
+    var tableArrays: Set<[String]> = []
 
     /// A byte-order mark at the start (editors on some systems write one) is no part of the text.
     init(_ scalars: [Unicode.Scalar]) { s = scalars.first == "\u{FEFF}" ? Array(scalars.dropFirst()) : scalars }
@@ -103,7 +106,11 @@ private struct Reader {
         if isArray {
             guard peek == "]" else { throw fail("expected ]] to close the array-of-tables header") }
             i += 1
+            if value(at: path[...], in: root) != nil && !tableArrays.contains(path) {
+                throw fail("\(path.joined(separator: ".")) is not an array of tables ([[\(path.joined(separator: "."))]] cannot extend a value set with =)")
+            }
             try appendTable(path)
+            tableArrays.insert(path)
             // A new element: its sub-tables ([a.b] after [[a]]) are its own, not yet defined.
             definedTables = definedTables.filter { !($0.count > path.count && $0.starts(with: path)) }
         } else {
@@ -178,7 +185,7 @@ private struct Reader {
                 var hex = ""
                 hex.unicodeScalars.append(contentsOf: s[i..<i + count])
                 i += count
-                guard let code = UInt32(hex, radix: 16), let scalar = Unicode.Scalar(code) else { throw fail("bad \\\(e) escape") }
+                guard hex.allSatisfy(\.isHexDigit), let code = UInt32(hex, radix: 16), let scalar = Unicode.Scalar(code) else { throw fail("bad \\\(e) escape") }
                 out.unicodeScalars.append(scalar)
             default:
                 throw fail("unknown escape \\\(e)")
@@ -230,6 +237,11 @@ private struct Reader {
             }
             guard let value = Int64(digits, radix: radix) else { throw fail("cannot read \(text): out of range for a 64-bit integer") }
             return .integer(value)
+        }
+        // The whole part of a float has no leading zero either, point or not (`05e3`).
+        let whole = unsigned.prefix { $0.isNumber }
+        if whole.count > 1, whole.hasPrefix("0"), unsigned.count > whole.count {
+            throw fail("cannot read \(text): a float has no leading zero")
         }
         if let dot = unsigned.firstIndex(of: ".") {
             let before = unsigned[..<dot], after = unsigned[unsigned.index(after: dot)...]

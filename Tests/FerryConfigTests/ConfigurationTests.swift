@@ -70,6 +70,10 @@ import Testing
         ("a = 01.5", 1, "leading zero"),
         ("a = 1e_5", 1, "underscore"),
         ("a = [1]\n[[a]]", 2, "not an array of tables"),
+        // An empty array set with = is a static array too, not one [[a]] may extend.
+        ("a = []\n[[a]]", 2, "not an array of tables"),
+        ("a = \"\\u+041\"", 1, "bad \\u escape"),
+        ("a = 05e3", 1, "leading zero"),
     ])
     func errorsNameTheLine(text: String, line: Int, message: String) {
         let error = #expect(throws: TOMLError.self) { try TOMLParser.parse(text) }
@@ -87,6 +91,8 @@ import Testing
         #expect(tables["a"]?.array?.compactMap { $0.table?["b"]?.table?["x"] } == [.integer(1), .integer(2)])
         #expect(try TOMLParser.parse("\u{FEFF}a = 1")["a"] == .integer(1))
         #expect(try TOMLParser.parse("a = 1.5e3")["a"] == .float(1500))
+        #expect(try TOMLParser.parse("a = 0e3\nb = 0.5e1")["b"] == .float(5))
+        #expect(try TOMLParser.parse("a = \"\\u0041\\U0001F600\"")["a"] == .string("A\u{1F600}"))
     }
 }
 
@@ -149,9 +155,21 @@ import Testing
         #expect(nested.root(containing: resolved + "/a-long-filesystem-name/home/x", resolvingSymlinks: true)?.strategy == "copy")
     }
 
+    @Test func proxyAddressesAreComparedInOneForm() throws {
+        let settings = try FerryConfiguration.parse("[auth]\nproxy_addresses = [\"::ffff:127.0.0.1\", \"0:0::1\"]").serve
+        #expect(settings.proxyAddresses == ["127.0.0.1", "::1"])
+        #expect(ServeSettings.canonicalAddress("::FFFF:10.1.2.3") == "10.1.2.3")
+        #expect(ServeSettings.canonicalAddress("example.org") == nil)
+        #expect(ServeSettings.isHeaderName("X-Remote-User") && !ServeSettings.isHeaderName("X-User:") && !ServeSettings.isHeaderName(""))
+    }
+
     @Test func mistakesAreErrorsNotIgnored() {
         for text in ["lsf = \"typo\"", "[[roots]]\npath = \"relative\"", "[[roots]]\npath = \"/x\"\nbackend = \"zfs\"",
-                     "[[roots]]\npath = \"/x\"\ncolour = \"red\"", "lfs = 3", "[[roots]]\npath = \"/x\"\nstrategy = \"teleport\""] {
+                     "[[roots]]\npath = \"/x\"\ncolour = \"red\"", "lfs = 3", "[[roots]]\npath = \"/x\"\nstrategy = \"teleport\"",
+                     // A proxy header that is no header name was another header's (X-Remote-User);
+                     // addresses that are names or networks never matched; a listen address is checked at once.
+                     "[auth]\nproxy_header = \"X Remote User\"", "[auth]\nproxy_addresses = [\"localhost\"]",
+                     "[auth]\nproxy_addresses = [\"10.0.0.0/8\"]", "listen = \"localhost\"", "workers = 100000"] {
             #expect(throws: (any Error).self, "\(text)") { try FerryConfiguration.parse(text) }
         }
     }

@@ -19,6 +19,12 @@ struct AuthMiddleware: RouterMiddleware {
         return Secret.equal(presented, secret)
     }
 
+    /// Whether the peer is one of `proxy_addresses`, both in one form (`ServeSettings.canonicalAddress`).
+    static func fromProxyAddress(_ context: FerryContext, _ settings: ServeSettings) -> Bool {
+        guard let peer = context.remoteAddress.flatMap(ServeSettings.canonicalAddress) else { return false }
+        return settings.proxyAddresses.contains { ServeSettings.canonicalAddress($0) == peer }
+    }
+
     static let publicPaths: Set<String> = ["/healthz", "/metrics", "/login", "/api/openapi.yaml", "/favicon.ico"]
 
     func handle(_ request: Request, context: FerryContext, next: (Request, FerryContext) async throws -> Response) async throws -> Response {
@@ -48,8 +54,9 @@ struct AuthMiddleware: RouterMiddleware {
         var newSession: SessionStore.Session?
         let settings = state.settings
 
-        let proxyHeader = HTTPField.Name(settings.proxyHeader) ?? .init("X-Remote-User")!
-        if settings.authMode == .proxy, let address = context.remoteAddress, settings.proxyAddresses.contains(address),
+        // The header is checked when the settings are read; one that is no header name is no
+        // proxy login at all (never another header's).
+        if settings.authMode == .proxy, let proxyHeader = HTTPField.Name(settings.proxyHeader), Self.fromProxyAddress(context, settings),
            let user = request.headers[proxyHeader], !user.isEmpty {
             guard Self.fromTheProxy(request, settings) else {
                 return APIError(.unauthorized, "auth.failed", "\(settings.proxyHeader) came without the proxy's \(ServeSettings.proxySecretHeader)").response()

@@ -59,7 +59,7 @@ enum Login {
     /// passwords from anyone would lock everyone out.
     static func clientAddress(_ request: Request, _ context: FerryContext, _ settings: ServeSettings) -> String {
         let peer = context.remoteAddress ?? "unknown"
-        guard settings.proxyAddresses.contains(peer), AuthMiddleware.fromTheProxy(request, settings), let forwarded = request.headers[values: HTTPField.Name("X-Forwarded-For")!].last,
+        guard AuthMiddleware.fromProxyAddress(context, settings), AuthMiddleware.fromTheProxy(request, settings), let forwarded = request.headers[values: HTTPField.Name("X-Forwarded-For")!].last,
               let client = forwarded.split(separator: ",").last?.trimmingCharacters(in: .whitespaces), !client.isEmpty else { return peer }
         return client
     }
