@@ -239,6 +239,10 @@ int cferry_interrupt_count(void) { return (int)interrupt_count; }
 
 int cferry_hangup_count(void) { return (int)hangup_count; }
 
+int cferry_set_undumpable(void) {
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
 int cferry_hangup_ignored(void) {
     struct sigaction current;
     return sigaction(SIGHUP, NULL, &current) == 0 && current.sa_handler == SIG_IGN;

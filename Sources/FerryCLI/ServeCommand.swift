@@ -105,7 +105,8 @@ struct AgentCommand: AsyncParsableCommand {
 
     struct RunTask: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "run-task", abstract: "Run one claimed task through the server's relay.")
-        @Argument var settings: String
-        func run() async throws { throw ExitCode(await AgentMain.runTask(settingsJSON: settings)) }
+        func run() async throws {
+            throw ExitCode(await AgentMain.runTask(settingsJSON: ProcessInfo.processInfo.environment[RunTaskSettings.variable] ?? ""))
+        }
     }
 }

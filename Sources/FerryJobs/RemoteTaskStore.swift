@@ -223,7 +223,7 @@ public final class TaskStoreRelay: Sendable {
             try own(op, a)
             if let plan = a.plan { try await check(plan) }
             try await store.advance(id: taskID, worker: worker, to: try required(a.status, op, "status"), plan: a.plan,
-                                    message: a.message ?? "")
+                                    message: try admitted(a.message))
         case "updateProgress":
             try own(op, a)
             let progress = try required(a.progress, op, "progress")
@@ -234,7 +234,7 @@ public final class TaskStoreRelay: Sendable {
         case "finish":
             try own(op, a)
             let status = try required(a.status, op, "status")
-            try await store.finish(id: taskID, worker: worker, status: status, failure: a.failure, message: a.message ?? "")
+            try await store.finish(id: taskID, worker: worker, status: status, failure: Self.bounded(a.failure), message: Self.bounded(a.message ?? ""))
             ending.withLock { $0 = status }
         case "release":
             try own(op, a)
@@ -243,14 +243,14 @@ public final class TaskStoreRelay: Sendable {
                 guard seconds.isFinite, seconds >= 0 else { throw TaskStoreError.database("not allowed: retry after \(seconds) s") }
                 retryAfter = .seconds(min(seconds, 86_400))  // a day at most; a `Duration` traps past ~1e19 s
             }
-            try await store.release(id: taskID, worker: worker, retryAfter: retryAfter, failure: a.failure, message: a.message ?? "")
+            try await store.release(id: taskID, worker: worker, retryAfter: retryAfter, failure: Self.bounded(a.failure), message: Self.bounded(a.message ?? ""))
         case "wait":
             try own(op, a)
             let seconds = try required(a.retryAfterSeconds, op, "retryAfterSeconds")
             guard seconds.isFinite, seconds >= 0 else { throw TaskStoreError.database("not allowed: retry after \(seconds) s") }
             // Whatever task it names, a runner only changes when its own task is looked at again.
             try await store.wait(id: taskID, worker: worker, for: try required(a.holder, op, "holder"),
-                                 retryAfter: .seconds(min(seconds, 86_400)), message: a.message ?? "")
+                                 retryAfter: .seconds(min(seconds, 86_400)), message: Self.bounded(a.message ?? ""))
         case "acquireLocks":
             try own(op, a)
             let locks = try required(a.locks, op, "locks")
@@ -263,24 +263,41 @@ public final class TaskStoreRelay: Sendable {
             try own(op, a, worker: false)  // the call names no worker: the lease is checked below
             // A note, not a dump: at most 64 KiB of it is kept, and a run adds a bounded number,
             // only while it holds the task.
-            var message = try required(a.message, op, "message")
-            if message.utf8.count > 65_536 { message = String(decoding: Array(message.utf8.prefix(65_536)), as: UTF8.self) }
+            let message = Self.bounded(try required(a.message, op, "message"))
             guard try await store.task(taskID)?.leaseOwner == worker else { throw TaskStoreError.leaseLost(taskID) }
-            let size = message.utf8.count
-            let allowed = notes.withLock { notes in
-                guard notes.count < Self.noteLimit, notes.bytes + size <= Self.noteBytes else { return false }
-                notes = (notes.count + 1, notes.bytes + size)
-                return true
-            }
-            guard allowed else {
-                throw TaskStoreError.database("not allowed: more than \(Self.noteLimit) notes or \(Self.noteBytes) bytes of them in one run")
-            }
-            try await store.record(taskID, message: message)
+            try await store.record(taskID, message: try admitted(message))
         default:
             throw TaskStoreError.database("not allowed: \(op)")
         }
         onChange(taskID)
         return .nothing
+    }
+
+    /// A message of the history (and a failure's) is a note, not a dump: at most 64 KiB of it is kept.
+    static func bounded(_ message: String) -> String {
+        message.utf8.count > 65_536 ? String(decoding: Array(message.utf8.prefix(65_536)), as: UTF8.self) : message
+    }
+
+    static func bounded(_ failure: TaskFailure?) -> TaskFailure? {
+        failure.map { TaskFailure(code: String($0.code.prefix(200)), message: bounded($0.message)) }
+    }
+
+    /// The calls a run may repeat that add to the shared history (a note; a change of phase, even
+    /// to the one it is in) count against the run's `noteLimit` and `noteBytes`: a runner may not
+    /// grow it without bound. Those that end the run (finish, release, wait) cannot be repeated:
+    /// the run no longer holds the task after them.
+    private func admitted(_ message: String?) throws -> String {
+        let text = Self.bounded(message ?? "")
+        let size = text.utf8.count
+        let allowed = notes.withLock { notes in
+            guard notes.count < Self.noteLimit, notes.bytes + size <= Self.noteBytes else { return false }
+            notes = (notes.count + 1, notes.bytes + size)
+            return true
+        }
+        guard allowed else {
+            throw TaskStoreError.database("not allowed: more than \(Self.noteLimit) entries or \(Self.noteBytes) bytes of history in one run")
+        }
+        return text
     }
 
     /// A runner may not point its plan anywhere but its own task's destination: the privileged
@@ -319,7 +336,9 @@ public final class TaskStoreRelay: Sendable {
             let path = lock.path.bytes
             if sources.contains(path) || path == destination { continue }
             let (directory, name) = BytePath.split(path)
-            guard BytePath.isPlainName(name) else { throw Self.notNamed(lock, taskID) }
+            // Compared on disk only in the form the engine locks (no `.` or `..`): a path through
+            // `..` would let a runner ask root, by the answer, what lies in directories it may not read.
+            guard BytePath.isPlainName(name), BytePath.lexicallyNormalized(directory) == directory else { throw Self.notNamed(lock, taskID) }
             if sourceNames.contains(name), directory == destination || Self.sameDirectory(directory, destination) { continue }
             if named.contains(where: { $0.name == name && Self.sameDirectory(directory, $0.parent) }) { continue }
             throw Self.notNamed(lock, taskID)

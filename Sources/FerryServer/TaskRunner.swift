@@ -194,8 +194,11 @@ public final class TaskRunner: Service, Sendable {
                                        lfsPath: configuration.lfsPath, jobs: jobs)
         let child: ChildProcess
         do {
-            let argument = String(decoding: try WireJSON.encoder.encode(settings), as: UTF8.self)
-            child = try ChildProcess.spawn(executable: executable, arguments: ["agent", "run-task", argument], environment: AgentClient.environment(),
+            // In the environment, not the arguments, which `ps` shows everyone: the task's id and
+            // the worker name its relay answers to are nobody else's business.
+            var environment = AgentClient.environment()
+            environment[RunTaskSettings.variable] = String(decoding: try WireJSON.encoder.encode(settings), as: UTF8.self)
+            child = try ChildProcess.spawn(executable: executable, arguments: ["agent", "run-task"], environment: environment,
                                            identity: identity, standardError: .pipe)
         } catch {
             log.error("cannot start the task's process", metadata: ["error": "\(error)"])
@@ -208,8 +211,8 @@ public final class TaskRunner: Service, Sendable {
         let relay = TaskStoreRelay(store: store, taskID: task.id, worker: worker, maximumLease: Self.relayedLease(lease)) { [feed] id in
             feed.notify(id)
         }
-        async let relayed: Void = relay.serve(requests: child.standardOutput.rawValue, responses: child.standardInput.rawValue)
-        async let complaints: Void = Self.logStandardError(of: child, log: log)
+        let relayed = Task { await relay.serve(requests: child.standardOutput.rawValue, responses: child.standardInput.rawValue) }
+        let complaints = Task { await Self.logStandardError(of: child, log: log) }
         let patience = max(lease * 2, .seconds(10))
         let watchdog = Task { [store, lease] in
             var endedAt: ContinuousClock.Instant?
@@ -251,11 +254,17 @@ public final class TaskRunner: Service, Sendable {
         }
         let termination = try? await Blocking.run { child.wait() }
         watchdog.cancel()
-        await relayed
-        await complaints
+        // The channel ends with the process, unless another holds it open (it should not be able
+        // to: the process makes itself undumpable). Its last answers get 10 s; then the runner
+        // moves on, leaving the descriptors to the threads still reading them (closed, their
+        // numbers could be reused under those reads).
+        if await Blocking.allEnd([relayed, complaints], within: .seconds(10)) {
+            child.standardOutput.closeQuietly()
+            child.standardInput.closeQuietly()
+        } else {
+            log.warning("the task process ended but its channel is still open; not waiting for it", metadata: ["pid": "\(child.pid)"])
+        }
         children.withLock { _ = $0.removeValue(forKey: worker) }
-        child.standardOutput.closeQuietly()
-        child.standardInput.closeQuietly()
         if let record = try? await store.task(task.id), record.leaseOwner == worker, !record.status.isTerminal {
             // The child died without handing the task back (a crash, or killed): give it back.
             await handBackAfterUnexpectedEnd(record, worker: worker, termination: termination.map { "\($0)" } ?? "unknown", log: log)
@@ -372,8 +381,9 @@ extension TaskRunner {
     }
 }
 
-/// What `ferry agent run-task` needs to carry a task on.
+/// What `ferry agent run-task` needs to carry a task on, as JSON in the variable `variable`.
 public struct RunTaskSettings: Codable, Sendable {
+    public static let variable = "FERRY_RUN_TASK"
     public var taskID: String
     public var worker: String
     public var leaseMilliseconds: Int64

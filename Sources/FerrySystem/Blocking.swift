@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// Runs blocking filesystem work on a thread of its own, so that it never occupies one of the
 /// cooperative pool's few threads (two, on a two-core machine) for seconds at a time.
@@ -19,6 +20,16 @@ public enum Blocking {
             }, box) != 0 {
                 Unmanaged<Job>.fromOpaque(box).takeRetainedValue().body()  // no thread: run here
             }
+        }
+    }
+
+    /// Whether every one of `tasks` ended within `limit` (those that did not are left running).
+    public static func allEnd(_ tasks: [Task<Void, Never>], within limit: Duration) async -> Bool {
+        await withCheckedContinuation { (answer: CheckedContinuation<Bool, Never>) in
+            let answered = Mutex(false)
+            let once: @Sendable (Bool) -> Void = { if answered.withLock({ state in defer { state = true }; return !state }) { answer.resume(returning: $0) } }
+            Task { for task in tasks { await task.value }; once(true) }
+            Task { try? await Task.sleep(for: limit); once(false) }
         }
     }
 

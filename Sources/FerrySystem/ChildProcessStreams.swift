@@ -8,6 +8,11 @@ struct ChildProcessStreams {
     var errorFD: FileDescriptor?
     var output: [UInt8] = []
     var error: [UInt8] = []
+    /// At most this much standard output is taken (more fails the exchange, EFBIG): a program run
+    /// as a user answers in pages, and a flood must not take the caller's memory. Standard error
+    /// beyond `errorLimit` is read and dropped.
+    static let outputLimit = 64 << 20
+    static let errorLimit = 1 << 20
 
     init(input: FileDescriptor, output: FileDescriptor, error: FileDescriptor) {
         self.input = input
@@ -60,9 +65,10 @@ struct ChildProcessStreams {
                 if count == 0 {
                     if isOutput { outputFD?.closeQuietly(); outputFD = nil } else { errorFD?.closeQuietly(); errorFD = nil }
                 } else if isOutput {
+                    guard output.count + count <= Self.outputLimit else { throw SystemError(errno: EFBIG, syscall: "read") }
                     output += buffer[0..<count]
-                } else {
-                    error += buffer[0..<count]
+                } else if error.count < Self.errorLimit {
+                    error += buffer[0..<min(count, Self.errorLimit - error.count)]
                 }
             }
         }

@@ -1,3 +1,4 @@
+import CFerrySystem
 import Glibc
 
 /// A user as the kernel sees one: the ids a process running as them gets, and their home.
@@ -99,5 +100,16 @@ public struct UserIdentity: Sendable, Equatable, Codable {
             }
             count = filled
         }
+    }
+}
+
+extension UserIdentity {
+    /// Makes this process not dumpable: a process started as a user (an agent of `ferry serve`)
+    /// holds pipes to the server, which that user, owning the process, could otherwise open
+    /// through `/proc/PID/fd` (or ptrace it) — to flood the server with output, or hold a
+    /// channel open after the process ended. Its /proc entries become root's. (`execve` made it
+    /// dumpable again, so it is done by the process itself, first thing.)
+    public static func forbidInspection() {
+        _ = cferry_set_undumpable()
     }
 }

@@ -400,7 +400,7 @@ struct MoveCLITests {
             waitUntilStaging(in: b, holds: "big", seconds: 20)
             // Its task's process held still: the checkpoint the first SIGTERM asks for never comes.
             let id = queued.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-            let child = try Shell.run(["pgrep", "-f", "-n", "agent run-task .*\(id)"]).trimmingCharacters(in: .whitespacesAndNewlines)
+            let child = WorkerAsOwnerTests.processes(matching: ["agent", "run-task"], and: id).last ?? ""
             try #require(!child.isEmpty)
             _ = try Shell.run(["kill", "-STOP", child])
             defer { _ = try? Shell.execute(["kill", "-CONT", child]) }

@@ -165,8 +165,11 @@ struct WorkerAsOwnerTests {
                                         environment: environment, output: log)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
             waitUntilStaging(in: b, holds: "big", seconds: 20)
-            let pid = try Shell.run(["pgrep", "-f", "-n", "agent run-task .*\(id)"]).trimmingCharacters(in: .whitespacesAndNewlines)
+            let pid = Self.processes(matching: ["agent", "run-task"], and: id).last ?? ""
             #expect(!pid.isEmpty)
+            // Its settings are in its environment, which only root reads; `ps` shows everyone its arguments.
+            let arguments = String(decoding: FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data(), as: UTF8.self)
+            #expect(!arguments.contains(id), "\(arguments)")
             _ = try Shell.run(["kill", "-STOP", pid])
             var record: [String: Any] = [:]
             let deadline = Date().addingTimeInterval(90)
@@ -238,12 +241,15 @@ struct WorkerAsOwnerTests {
     }
 
     /// The pids of processes whose arguments include `words` and one containing `text`.
+    /// Processes whose arguments include `words` and whose arguments or environment (where a
+    /// task process gets its settings) contain `text`, oldest first.
     static func processes(matching words: [String], and text: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { entry in
             guard entry.allSatisfy(\.isNumber), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return false }
             let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            return words.allSatisfy(arguments.contains) && arguments.contains { $0.contains(text) }
-        }
+            let environment = (FileManager.default.contents(atPath: "/proc/\(entry)/environ") ?? Data()).split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return words.allSatisfy(arguments.contains) && (arguments + environment).contains { $0.contains(text) }
+        }.sorted { Int($0) ?? 0 < Int($1) ?? 0 }
     }
 
     /// A task whose process keeps dying (a crash met on one of its files, memory it cannot have)

@@ -323,9 +323,15 @@ struct RemoteTaskStoreTests {
             try await client.updateProgress(id: task.id, worker: "w1", crawling)
             #expect(try await store.task(task.id)?.progress.secondsRemaining == nil)
 
-            for i in 0..<TaskStoreRelay.noteLimit { try await client.record(task.id, message: "note \(i)") }
+            // The change to validating was one entry of the run's history; a change to the phase
+            // it is in, repeated, counts as well (it adds an entry each time).
+            try await client.advance(id: task.id, worker: "w1", to: .validating, plan: nil, message: String(repeating: "v", count: 100_000))
+            #expect(try await store.events(task.id).last?.message.utf8.count == 65_536)
+            for i in 0..<TaskStoreRelay.noteLimit - 2 { try await client.record(task.id, message: "note \(i)") }
             await #expect(performing: { try await client.record(task.id, message: "one too many") }, throws: { isRefusal($0) })
-            #expect(try await store.events(task.id).filter { $0.message.hasPrefix("note ") }.count == TaskStoreRelay.noteLimit)
+            await #expect(performing: { try await client.advance(id: task.id, worker: "w1", to: .validating, plan: nil, message: "again") },
+                          throws: { isRefusal($0) })
+            #expect(try await store.events(task.id).filter { $0.message.hasPrefix("note ") }.count == TaskStoreRelay.noteLimit - 2)
 
             #expect(channel.relay.endedAs == nil)
             try await client.finish(id: task.id, worker: "w1", status: .completed, failure: nil, message: "done")

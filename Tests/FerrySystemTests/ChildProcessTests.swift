@@ -34,6 +34,18 @@ struct ChildProcessTests {
         #expect(quick.standardOutput.count == 200_000 && text(quick.standardError) == "done\n")
     }
 
+    /// A child's output is taken up to a limit (its user may flood it); past it the child is
+    /// stopped and the run fails, EFBIG. Standard error past its own limit is dropped.
+    @Test func outputIsBounded() throws {
+        let error = #expect(throws: SystemError.self) {
+            try ChildProcess.run(executable: "/bin/sh", arguments: ["-c", "exec head -c 80000000 /dev/zero"], environment: [:], identity: nil)
+        }
+        #expect(error?.errno.rawValue == EFBIG, "\(String(describing: error))")
+        let noisy = try ChildProcess.run(executable: "/bin/sh", arguments: ["-c", "head -c 3000000 /dev/zero >&2; echo out"], environment: [:], identity: nil)
+        #expect(noisy.termination == .exited(0) && text(noisy.standardOutput) == "out\n")
+        #expect(noisy.standardError.count == 1 << 20)
+    }
+
     @Test func aMissingProgramThrowsENOENTFromExecve() throws {
         let error = #expect(throws: SystemError.self) {
             try ChildProcess.spawn(executable: "/nonexistent/ferry-no-such-program", arguments: [], environment: [:], identity: nil)

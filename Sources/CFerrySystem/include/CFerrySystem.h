@@ -65,6 +65,9 @@ int cferry_interrupt_count(void);
 int cferry_hangup_count(void);
 // Whether SIGHUP is ignored (the process was started by nohup, or so).
 int cferry_hangup_ignored(void);
+/// Makes this process not dumpable (PR_SET_DUMPABLE 0): its /proc entries become root's, so
+/// the user it runs as cannot ptrace it or open its descriptors through /proc. 0 or -1 (errno).
+int cferry_set_undumpable(void);
 void cferry_restore_interrupt_defaults(void);
 
 // Starts `path` in a child process, the way `ferry serve` runs work as a user. The child resets

@@ -10,6 +10,7 @@ public enum AgentMain {
     /// `ferry agent request`: one request on standard input, one answer on standard output.
     /// Exit 0: the answer; exit 3 (`AgentExit.refused`): an `APIError`.
     public static func request() -> Int32 {
+        UserIdentity.forbidInspection()
         let input = FileHandle.standardInput.readDataToEndOfFile()
         let answer: Data
         var status: Int32 = 0
@@ -34,6 +35,7 @@ public enum AgentMain {
     /// store relayed by the server over standard input and output. SIGTERM: stop at the next
     /// checkpoint and hand the lease back.
     public static func runTask(settingsJSON: String) async -> Int32 {
+        UserIdentity.forbidInspection()
         guard let settings = try? WireJSON.decoder.decode(RunTaskSettings.self, from: Data(settingsJSON.utf8)) else {
             Console.standardError("ferry agent run-task: unreadable settings\n")
             return 2
