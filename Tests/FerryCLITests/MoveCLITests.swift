@@ -353,18 +353,26 @@ struct MoveCLITests {
         }
     }
 
+    /// A `ferry move` of `bigTree` (lease 1 s) stopped (SIGSTOP) with part of it staged, its output
+    /// in `output`, and a `ferry worker` started on the same database to take it over.
+    func stoppedMoveAndAWorker(_ fs: LoopXFS) throws
+        -> (a: String, b: String, before: TreeSnapshot, environment: [String: String], output: Pipe, move: Process, worker: Process) {
+        let (a, b, before) = try bigTree(fs)
+        let environment = database(fs).merging(["FERRY_LEASE_SECONDS": "1"]) { $1 }
+        let output = Pipe()
+        let move = try startFerry(["move", "--jobs", "1", a + "/big", b], environment: environment, output: output)
+        waitUntilStaging(in: b, holds: "big", seconds: 20)
+        kill(move.processIdentifier, SIGSTOP)
+        let worker = try startFerry(["worker", "--concurrency", "1"], environment: environment)
+        return (a, b, before, environment, output, move, worker)
+    }
+
     /// A `ferry move` stopped (Ctrl-Z) for longer than its lease, whose task a worker took over
     /// meanwhile, follows that task once it runs again, and ends as the task ends: it does not
     /// exit as if it had failed while the move goes on elsewhere.
     @Test func aMoveStoppedPastItsLeaseFollowsTheWorkerThatTookItOver() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
-            let (a, b, before) = try bigTree(fs)
-            let environment = database(fs).merging(["FERRY_LEASE_SECONDS": "1"]) { $1 }
-            let output = Pipe()
-            let move = try startFerry(["move", "--jobs", "1", a + "/big", b], environment: environment, output: output)
-            waitUntilStaging(in: b, holds: "big", seconds: 20)
-            kill(move.processIdentifier, SIGSTOP)
-            let worker = try startFerry(["worker", "--concurrency", "1"], environment: environment)
+            let (a, b, before, environment, output, move, worker) = try stoppedMoveAndAWorker(fs)
             defer { if worker.isRunning { worker.terminate(); worker.waitUntilExit() } }
             let deadline = Date().addingTimeInterval(30)
             var taken = false
@@ -433,13 +441,7 @@ struct MoveCLITests {
     /// that worker and exits 129, saying so (it used to exit 1 without a word).
     @Test func aHangupWhileFollowingLeavesTheTaskToItsWorker() throws {
         try withLoopXFS(sizeMiB: 1024) { fs in
-            let (a, b, before) = try bigTree(fs)
-            let environment = database(fs).merging(["FERRY_LEASE_SECONDS": "1"]) { $1 }
-            let output = Pipe()
-            let move = try startFerry(["move", "--jobs", "1", a + "/big", b], environment: environment, output: output)
-            waitUntilStaging(in: b, holds: "big", seconds: 20)
-            kill(move.processIdentifier, SIGSTOP)
-            let worker = try startFerry(["worker", "--concurrency", "1"], environment: environment)
+            let (a, b, before, environment, output, move, worker) = try stoppedMoveAndAWorker(fs)
             defer { if worker.isRunning { kill(worker.processIdentifier, SIGCONT); worker.terminate(); worker.waitUntilExit() } }
             var deadline = Date().addingTimeInterval(30)
             var holder: String?
