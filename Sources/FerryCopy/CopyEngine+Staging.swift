@@ -18,9 +18,8 @@ extension CopyEngine {
         // The name is removed only while it is still this directory: another run may have put a
         // new staging directory of the same task there meanwhile (a retry while a janitor emptied
         // this one), which an rmdir by name would take from under it.
-        let emptied = try? staging.directory.status()
-        guard let named = try? staging.parent.status(staging.name), let emptied,
-              named.inode == emptied.inode, named.deviceMajor == emptied.deviceMajor, named.deviceMinor == emptied.deviceMinor else {
+        guard let named = try? staging.parent.status(staging.name), let emptied = try? staging.directory.status(),
+              named.fileID == emptied.fileID else {
             if let failure { throw failure }
             return
         }

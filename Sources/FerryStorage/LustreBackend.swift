@@ -85,7 +85,7 @@ public struct LustreBackend: StorageBackend {
         let output = try lfs.run(["quota", "-p", String(project), mountPoint])
         let failed = StorageError(.command, "lfs quota -p \(project) \(mountPoint) exited with \(output.status): "
                                   + output.standardError.trimmingCharacters(in: .whitespacesAndNewlines))
-        let report: LustreQuotaReport
+        var report: LustreQuotaReport
         do {
             report = try LfsQuotaParser.parse(String(decoding: output.standardOutput, as: UTF8.self))
         } catch {
@@ -95,9 +95,8 @@ public struct LustreBackend: StorageBackend {
         guard output.status != 0 else { return report }
         let limits: [UInt64?] = [report.bytesSoftLimit, report.bytesHardLimit, report.inodesSoftLimit, report.inodesHardLimit]
         guard limits.contains(where: { $0 != nil }) else { throw failed }
-        var estimated = report
-        estimated.inaccurate = true
-        return estimated
+        report.inaccurate = true
+        return report
     }
 
     /// The layout lives in the `lustre.lov` xattr (also listed to root as `trusted.lov`). Set on a
